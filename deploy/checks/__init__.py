@@ -1,0 +1,81 @@
+"""The preflight: named checks that each catch one kind of dev/prod drift on the laptop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from deploy.errors import DeployError
+from deploy.settings import Settings
+
+
+@dataclass
+class CheckResult:
+    """One check's verdict: on failure, a one-line reason and a one-line fix."""
+
+    name: str
+    ok: bool
+    reason: str = ""
+    fix: str = ""
+    detail: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+Check = Callable[[Settings], CheckResult]
+
+
+def passed(name: str, detail: str = "") -> CheckResult:
+    return CheckResult(name, True, detail=detail)
+
+
+def failed(name: str, reason: str, fix: str, detail: str = "") -> CheckResult:
+    return CheckResult(name, False, reason=reason, fix=fix, detail=detail)
+
+
+def registry() -> dict[str, Check]:
+    """Check name -> function, in the order they run."""
+    from deploy.checks import env, git, migrations, parity
+
+    return {
+        "python-parity": parity.python_parity,
+        "lock-fresh": parity.lock_fresh,
+        "env-complete": env.env_complete,
+        "migrations": migrations.migrations,
+        "git-clean": git.git_clean,
+    }
+
+
+def run_checks(
+    settings: Settings, only: list[str] | None = None, skip: list[str] | None = None
+) -> list[CheckResult]:
+    checks = registry()
+    for name in (only or []) + (skip or []):
+        if name not in checks:
+            raise DeployError(f"no check named '{name}'", f"known checks: {', '.join(checks)}")
+    results = []
+    for name, check in checks.items():
+        if (only and name not in only) or (skip and name in skip):
+            continue
+        started = time.monotonic()
+        try:
+            result = check(settings)
+        except DeployError as exc:
+            result = failed(name, exc.message, exc.fix or "see the reason above")
+        result.seconds = round(time.monotonic() - started, 3)
+        results.append(result)
+    return results
+
+
+def format_results(results: list[CheckResult]) -> str:
+    lines = []
+    for r in results:
+        mark = "ok  " if r.ok else "FAIL"
+        text = f"{mark} {r.name:<14} {r.detail if r.ok else r.reason}".rstrip()
+        lines.append(text)
+        if not r.ok:
+            lines.append(f"     {'':<14} fix: {r.fix}")
+    return "\n".join(lines)

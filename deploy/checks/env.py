@@ -1,0 +1,99 @@
+"""env-complete: every variable the app needs is declared in .env.example and set in .env."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from deploy.checks import CheckResult, failed, passed
+from deploy.errors import DeployError
+from deploy.settings import Settings
+
+# Variables the toolkit itself writes on the VM (image and tag of the current release).
+TOOL_VARIABLES = frozenset({"DEPLOY_IMAGE", "DEPLOY_TAG"})
+_BRACED = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+][^}]*)?\}")
+_BARE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def compose_variables(text: str) -> dict[str, bool]:
+    """Variables a compose file interpolates -> whether it gives them a default."""
+    found: dict[str, bool] = {}
+    for name, modifier in _BRACED.findall(text):
+        has_default = bool(modifier) and modifier.lstrip(":")[0] in "-+"
+        found[name] = found.get(name, False) or has_default
+    for name in _BARE.findall(text):
+        found.setdefault(name, False)
+    return found
+
+
+def read_compose(path: Path) -> str:
+    """The compose file's text, after making sure it parses as YAML."""
+    import yaml
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DeployError(
+            f"no compose file at {path}", "create it, or set `compose_file` in deploy.toml"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise DeployError(f"{path.name} does not parse as YAML{where}", f"fix {path}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
+        raise DeployError(f"{path.name} has no `services:` mapping", f"fix {path}")
+    return text
+
+
+def env_complete(settings: Settings) -> CheckResult:
+    from deploy.envfile import env_keys
+
+    name = "env-complete"
+    example_path = settings.path(settings.env_example)
+    if not example_path.exists():
+        return failed(
+            name,
+            f"there is no {settings.env_example}",
+            f"create {settings.env_example} listing every variable the app reads",
+        )
+    example = set(env_keys(example_path))
+    required = [
+        var
+        for var, has_default in compose_variables(
+            read_compose(settings.path(settings.compose_file))
+        ).items()
+        if not has_default and var not in TOOL_VARIABLES
+    ]
+    missing = [v for v in required if v not in example]
+    if missing:
+        return failed(
+            name,
+            f"{settings.compose_file} uses ${{{missing[0]}}} without a default, "
+            f"but {settings.env_example} lacks it"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+            f"add {', '.join(missing)} to {settings.env_example}",
+        )
+    env_path = settings.path(settings.env_file)
+    if not env_path.exists():
+        return passed(
+            name, f"{settings.env_example} covers the compose file; no {settings.env_file} here"
+        )
+    env = set(env_keys(env_path))
+    undeclared = sorted(k for k in env - example if not k.startswith("DEPLOY_"))
+    if undeclared:
+        return failed(
+            name,
+            f"{settings.env_file} sets {', '.join(undeclared)}, "
+            f"missing from {settings.env_example}",
+            f"add {', '.join(undeclared)} to {settings.env_example} (with a placeholder value)",
+        )
+    unset = sorted(example - env)
+    if unset:
+        return failed(
+            name,
+            f"{settings.env_example} declares {', '.join(unset)}, missing from {settings.env_file}",
+            f"set {', '.join(unset)} in {settings.env_file}",
+        )
+    return passed(name, f"{len(example)} variables, declared and set")

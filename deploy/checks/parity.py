@@ -1,0 +1,95 @@
+"""python-parity and lock-fresh: the image runs what the laptop ran and what the lock pins."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+
+from deploy import dockerfile, lock
+from deploy.checks import CheckResult, failed, passed
+from deploy.settings import Settings
+
+
+def python_versions(settings: Settings) -> dict[str, str]:
+    """Every place that names a Python version, mapped to the major.minor (or spec) it names."""
+    found: dict[str, str] = {}
+    parsed = dockerfile.parse(settings.path(settings.dockerfile))
+    found[f"{settings.dockerfile} (final stage)"] = dockerfile.final_python(parsed)
+    found["local interpreter"] = f"{sys.version_info.major}.{sys.version_info.minor}"
+    pyver = settings.path(".python-version")
+    if pyver.exists():
+        first = (pyver.read_text().split() or [""])[0]
+        found[".python-version"] = ".".join(first.split(".")[:2])
+    lock_path = settings.path(settings.lock_file)
+    if lock_path.exists():
+        locked = lock.lock_python(lock_path.read_text())
+        if locked:
+            found[f"{settings.lock_file} header"] = locked
+    return found
+
+
+def requires_python(settings: Settings) -> str | None:
+    pyproject = settings.path("pyproject.toml")
+    if not pyproject.exists():
+        return None
+    try:
+        data = tomllib.loads(pyproject.read_text())
+    except tomllib.TOMLDecodeError:
+        return None
+    return data.get("project", {}).get("requires-python")
+
+
+def python_parity(settings: Settings) -> CheckResult:
+    name = "python-parity"
+    found = python_versions(settings)
+    image_py = next(iter(found.values()))
+    differing = {where: v for where, v in found.items() if v != image_py}
+    if differing:
+        where, version = next(iter(differing.items()))
+        return failed(
+            name,
+            f"the image runs Python {image_py} but the {where} is {version}",
+            f"use Python {image_py} for the {where} (or change the Dockerfile's FROM); "
+            "then re-run `inv lock`",
+            detail=", ".join(f"{w}={v}" for w, v in found.items()),
+        )
+    spec = requires_python(settings)
+    if spec:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            ok = SpecifierSet(spec).contains(f"{image_py}.0")
+        except InvalidSpecifier:
+            return failed(name, f"pyproject requires-python {spec!r} does not parse", "fix it")
+        if not ok:
+            return failed(
+                name,
+                f"the image runs Python {image_py} but pyproject requires-python is {spec!r}",
+                "align requires-python with the Dockerfile's FROM",
+            )
+    return passed(name, f"Python {image_py} everywhere ({len(found)} places)")
+
+
+def lock_fresh(settings: Settings) -> CheckResult:
+    name = "lock-fresh"
+    state = lock.check_lock(settings)
+    if not state.fresh:
+        return failed(name, state.reason, state.fix)
+    parsed = dockerfile.parse(settings.path(settings.dockerfile))
+    req_name = settings.path(settings.requirements).name
+    lock_name = settings.path(settings.lock_file).name
+    for line in dockerfile.run_lines(parsed):
+        words = [w.rsplit("/", 1)[-1] for w in line.split()]
+        if "install" in words and req_name in words:
+            return failed(
+                name,
+                f"the Dockerfile installs from {req_name}, not from the lock",
+                f"install with `pip install --require-hashes -r {lock_name}`",
+            )
+    if not dockerfile.mentions(parsed, lock_name):
+        return failed(
+            name,
+            f"the Dockerfile never uses {lock_name}",
+            f"COPY {lock_name} and `pip install --require-hashes -r {lock_name}`",
+        )
+    return passed(name, f"{lock_name} matches {req_name}; the image installs from it")

@@ -1,0 +1,1 @@
+"""Pure command builders: each returns an argument list and runs nothing."""

@@ -1,0 +1,89 @@
+"""Local Docker commands: build, inspect, run, tag, push, login."""
+
+from __future__ import annotations
+
+import shlex
+
+
+def ref(image: str, tag: str) -> str:
+    return f"{image}:{tag}"
+
+
+def registry_of(image: str) -> str:
+    """The registry host of an image name ('' for Docker Hub)."""
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return ""
+
+
+def buildx_version() -> list[str]:
+    return ["docker", "buildx", "version"]
+
+
+def engine_info() -> list[str]:
+    return ["docker", "info", "--format", "{{.ServerVersion}}"]
+
+
+def build(
+    image_ref: str,
+    *,
+    context: str,
+    dockerfile: str,
+    platform: str,
+    labels: dict[str, str],
+    buildx: bool = True,
+) -> list[str]:
+    """`docker buildx build --load` (or plain `docker build` when buildx is missing)."""
+    argv = ["docker", "buildx", "build", "--load"] if buildx else ["docker", "build"]
+    if buildx:
+        argv += ["--platform", platform]
+    argv += ["--file", dockerfile, "--tag", image_ref]
+    for key, value in labels.items():
+        argv += ["--label", f"{key}={value}"]
+    return argv + [context]
+
+
+def image_id(image_ref: str) -> list[str]:
+    return ["docker", "image", "inspect", "--format", "{{.Id}}", image_ref]
+
+
+def run_once(image_ref: str, command: str) -> list[str]:
+    """Run the smoke command in a throwaway container (no shell: argv from the command)."""
+    return ["docker", "run", "--rm", image_ref, *shlex.split(command)]
+
+
+def run_detached(image_ref: str, *, name: str, port: int, env_file: str | None) -> list[str]:
+    argv = ["docker", "run", "--detach", "--name", name, "--publish", f"127.0.0.1::{port}"]
+    if env_file:
+        argv += ["--env-file", env_file]
+    return argv + [image_ref]
+
+
+def port_of(name: str, port: int) -> list[str]:
+    return ["docker", "port", name, f"{port}/tcp"]
+
+
+def logs(name: str) -> list[str]:
+    return ["docker", "logs", name]
+
+
+def remove(name: str) -> list[str]:
+    return ["docker", "rm", "--force", name]
+
+
+def tag(source: str, target: str) -> list[str]:
+    return ["docker", "tag", source, target]
+
+
+def push(image_ref: str) -> list[str]:
+    return ["docker", "push", image_ref]
+
+
+def repo_digest(image_ref: str) -> list[str]:
+    return ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", image_ref]
+
+
+def login(registry: str, user: str) -> list[str]:
+    """Registry login that reads the password from stdin, never from argv."""
+    return ["docker", "login", "--username", user, "--password-stdin", registry]

@@ -1,0 +1,104 @@
+"""Read-only questions to git about the app repo, and the image version they give."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from pathlib import Path
+
+from deploy.errors import DeployError
+
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9-]+)*(?::[0-9]+)?/)"
+IMAGE_RE = re.compile(rf"{_DOMAIN}?{_COMPONENT}(?:/{_COMPONENT})*")
+
+
+def validate_tag(tag: str) -> str:
+    """`tag` if it follows Docker's tag grammar, else a clear error."""
+    if not TAG_RE.fullmatch(tag or ""):
+        raise DeployError(
+            f"{tag!r} is not a valid Docker tag",
+            "use 1-128 characters from letters, digits, '_', '.', '-', "
+            "not starting with '.' or '-'",
+        )
+    return tag
+
+
+def validate_image(image: str) -> str:
+    """`image` (registry/repository, no tag) if Docker would accept it, else a clear error."""
+    if not IMAGE_RE.fullmatch(image or ""):
+        raise DeployError(
+            f"image name {image!r} is not a valid Docker repository",
+            "set image = \"registry.example.com:5000/team/app\" (lower case, no tag) "
+            "in deploy.toml",
+        )
+    return image
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise DeployError("git is not installed", "install git, or pass --version") from None
+
+
+def is_repo(root: Path) -> bool:
+    return _git(root, "rev-parse", "--is-inside-work-tree").returncode == 0
+
+
+def head_sha(root: Path, short: bool = True) -> str:
+    result = _git(root, "rev-parse", "--short=7" if short else "--verify", "HEAD")
+    if result.returncode != 0:
+        raise DeployError(
+            f"cannot read the git commit of {root}: {result.stderr.strip()[:120]}",
+            "run inside a git repository with at least one commit, or pass --version",
+        )
+    return result.stdout.strip()
+
+
+def dirty_files(root: Path) -> list[str]:
+    """Paths with uncommitted changes (tracked or untracked, not ignored)."""
+    result = _git(root, "status", "--porcelain", "--untracked-files=all")
+    if result.returncode != 0:
+        raise DeployError(f"{root} is not a git repository", "run `git init` and commit")
+    return [line[3:] for line in result.stdout.splitlines() if line.strip()]
+
+
+def dirty_fingerprint(root: Path, files: list[str]) -> str:
+    """A short hash of the uncommitted state: stable while the tree does not change."""
+    digest = hashlib.sha256(_git(root, "diff", "HEAD", "--binary").stdout.encode())
+    for name in sorted(files):
+        path = root / name
+        digest.update(name.encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def remote_url(root: Path) -> str:
+    result = _git(root, "config", "--get", "remote.origin.url")
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def resolve_version(root: Path, explicit: str = "", allow_dirty: bool = True) -> str:
+    """The image version: explicit, else the commit's short SHA (`<sha>-dirty-<hash>` if dirty).
+
+    A dirty tree is refused unless `allow_dirty`: an image must be traceable to a commit.
+    """
+    if explicit:
+        return validate_tag(explicit)
+    sha = head_sha(root)
+    files = dirty_files(root)
+    if not files:
+        return sha
+    if not allow_dirty:
+        shown = ", ".join(files[:3]) + (" …" if len(files) > 3 else "")
+        raise DeployError(
+            f"the working tree has {len(files)} uncommitted change(s): {shown}",
+            "commit or stash them, or pass --allow-dirty (the tag then reads <sha>-dirty-<hash>)",
+        )
+    return f"{sha}-dirty-{dirty_fingerprint(root, files)}"

@@ -1,0 +1,215 @@
+"""The local half: build, smoke and push an image, each step through the runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+from deploy import git
+from deploy.commands import docker
+from deploy.errors import DeployError
+from deploy.runner import Runner
+from deploy.settings import Settings
+
+SMOKED_FILE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / (
+    "deploy-toolkit/smoked.json"
+)
+
+
+def image_ref(settings: Settings, version: str) -> str:
+    git.validate_image(settings.require("image"))
+    return docker.ref(settings.image, git.validate_tag(version))
+
+
+def require_engine(runner: Runner) -> None:
+    if runner.dry_run:
+        return
+    result = runner.run(docker.engine_info(), check=False, quiet=True)
+    if not result.ok:
+        raise DeployError(
+            "no Docker engine answers (`docker info` failed)",
+            "start Docker (e.g. `inv sandbox` or `sudo systemctl start docker`) and retry",
+        )
+
+
+def has_buildx(runner: Runner) -> bool:
+    return runner.dry_run or runner.run(docker.buildx_version(), check=False, quiet=True).ok
+
+
+def labels(settings: Settings, version: str) -> dict[str, str]:
+    revision = git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
+    return {
+        "org.opencontainers.image.revision": revision,
+        "org.opencontainers.image.version": version,
+        "org.opencontainers.image.created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.source": git.remote_url(settings.root) or str(settings.root),
+    }
+
+
+def build(settings: Settings, runner: Runner, version: str) -> str:
+    """Build IMAGE:VERSION into the local engine; returns the reference."""
+    ref = image_ref(settings, version)
+    dockerfile = settings.path(settings.dockerfile)
+    if not dockerfile.exists():
+        raise DeployError(f"no Dockerfile at {dockerfile}", "create it or set `dockerfile`")
+    require_engine(runner)
+    buildx = has_buildx(runner)
+    if not buildx:
+        runner.say("notice: docker buildx is missing; using plain `docker build`")
+    runner.run(
+        docker.build(
+            ref,
+            context=str(settings.path(settings.context)),
+            dockerfile=str(dockerfile),
+            platform=settings.platform,
+            labels=labels(settings, version),
+            buildx=buildx,
+        ),
+        what=f"building {ref} failed",
+        fix="read the build output above; fix the Dockerfile or the code it copies",
+    )
+    return ref
+
+
+def local_image_id(runner: Runner, ref: str) -> str:
+    result = runner.run(docker.image_id(ref), check=False, quiet=True)
+    if not result.ok:
+        raise DeployError(f"there is no local image {ref}", "build it first: inv build")
+    return result.stdout.strip()
+
+
+def _smoked() -> dict[str, dict]:
+    try:
+        return json.loads(SMOKED_FILE.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def record_smoked(image_id: str, ref: str) -> None:
+    data = _smoked()
+    data[image_id] = {"ref": ref, "at": time.time()}
+    SMOKED_FILE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = SMOKED_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, SMOKED_FILE)
+
+
+def was_smoked(image_id: str) -> bool:
+    return image_id in _smoked()
+
+
+def smoke(settings: Settings, runner: Runner, version: str, boot: bool = False) -> str:
+    """Run the smoke command inside the built image; with `boot`, start it and wait for health."""
+    ref = image_ref(settings, version)
+    require_engine(runner)
+    if runner.dry_run:
+        runner.run(docker.run_once(ref, settings.smoke_command))
+        return ref
+    image_id = local_image_id(runner, ref)
+    result = runner.run(docker.run_once(ref, settings.smoke_command), check=False, hide=True)
+    if not result.ok:
+        raise DeployError(
+            f"smoke test failed in {ref} (exit {result.exited}); the container said:\n"
+            + "\n".join("  " + line for line in result.output.splitlines()[-20:]),
+            "fix the image (a missing dependency? add it to requirements.txt, inv lock, "
+            "inv build) and re-run inv smoke",
+        )
+    runner.say(f"smoke: {result.stdout.strip()[-200:] or 'ok'}")
+    if boot:
+        boot_check(settings, runner, ref)
+    record_smoked(image_id, ref)
+    return ref
+
+
+def boot_check(settings: Settings, runner: Runner, ref: str) -> None:
+    """Start the image with the app's env, wait for its health URL to answer 200, remove it."""
+    name = f"deploy-boot-{os.getpid()}"
+    env_file = settings.path(settings.env_file)
+    runner.run(
+        docker.run_detached(
+            ref, name=name, port=settings.app_port,
+            env_file=str(env_file) if env_file.exists() else None,
+        ),
+        hide=True,
+        what=f"could not start a container from {ref}",
+        fix="see the message above",
+    )
+    try:
+        mapped = runner.run(docker.port_of(name, settings.app_port), quiet=True).stdout
+        host_port = mapped.strip().splitlines()[0].rsplit(":", 1)[-1]
+        url = f"http://127.0.0.1:{host_port}{settings.health_path}"
+        status = wait_for_http(url, settings.boot_timeout)
+        if status != 200:
+            logs = runner.run(docker.logs(name), check=False, quiet=True).output
+            raise DeployError(
+                f"{ref} did not answer 200 on {settings.health_path} within "
+                f"{settings.boot_timeout:.0f}s (last: {status}); its log ends:\n"
+                + "\n".join("  " + line for line in logs.splitlines()[-15:]),
+                "run the image locally with your .env and fix the start-up error",
+            )
+        runner.say(f"boot: {settings.health_path} answered 200")
+    finally:
+        runner.run(docker.remove(name), check=False, quiet=True)
+
+
+def wait_for_http(url: str, timeout: float, interval: float = 0.25) -> int | str:
+    """Poll `url` until it answers 200 or `timeout` passes; the last status seen."""
+    deadline = time.monotonic() + timeout
+    last: int | str = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                last = response.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+        except (urllib.error.URLError, OSError) as exc:
+            last = f"no answer ({getattr(exc, 'reason', exc)})"
+        if last == 200:
+            return 200
+        time.sleep(interval)
+    return last
+
+
+def login(settings: Settings, runner: Runner) -> None:
+    """Log in to the image's registry when credentials are set; password on stdin only."""
+    if not (settings.registry_user and settings.registry_password):
+        return
+    registry = docker.registry_of(settings.image)
+    runner.run(
+        docker.login(registry, settings.registry_user),
+        stdin=settings.registry_password,
+        hide=True,
+        what=f"registry login to {registry or 'Docker Hub'} failed",
+        fix="check registry_user and DEPLOY_REGISTRY_PASSWORD",
+    )
+
+
+def push(settings: Settings, runner: Runner, version: str) -> str:
+    """Push IMAGE:VERSION then IMAGE:latest, only if that exact image passed smoke."""
+    ref = image_ref(settings, version)
+    require_engine(runner)
+    if not runner.dry_run:
+        image_id = local_image_id(runner, ref)
+        if not was_smoked(image_id):
+            raise DeployError(
+                f"{ref} ({image_id[7:19]}) has not passed the smoke test",
+                f"run `inv smoke --version {version}` first",
+            )
+    login(settings, runner)
+    latest = docker.ref(settings.image, "latest")
+    registry = docker.registry_of(settings.image) or "Docker Hub"
+    fix = f"check that the registry {registry} is up and that you are logged in"
+    runner.run(docker.push(ref), what=f"pushing {ref} failed", fix=fix)
+    runner.run(docker.tag(ref, latest))
+    runner.run(docker.push(latest), what=f"pushing {latest} failed", fix=fix)
+    if runner.dry_run:
+        return ""
+    digests = json.loads(runner.run(docker.repo_digest(ref), quiet=True).stdout or "[]")
+    digest = next((d for d in digests if d.startswith(settings.image + "@")), "")
+    runner.say(f"pushed {ref} {digest.split('@')[-1]}")
+    return digest

@@ -1,0 +1,217 @@
+"""Settings: one typed place, read by both `inv` and `fab`.
+
+Sources, later ones win: defaults, `deploy.toml` in the app repo, `DEPLOY_<KEY>` lines of the
+app's `.env` file, then `DEPLOY_<KEY>` environment variables. Unknown keys and bad values are
+rejected with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import DeployError
+
+SETTINGS_FILE = "deploy.toml"
+ENV_PREFIX = "DEPLOY_"
+# DEPLOY_* variables that belong to other parts of the toolkit, not to the settings.
+FOREIGN_ENV = ("DEPLOY_SANDBOX_",)
+SECRET_KEYS = frozenset({"registry_password"})
+CHOICES: dict[str, tuple[str, ...]] = {
+    "database": ("sqlite", "postgres", "none"),
+    "lock_backend": ("pip-tools", "uv", "auto"),
+    "compose_command": ("auto", "v2", "v1"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a user may change per project. Paths are relative to `root`."""
+
+    root: Path = field(default_factory=Path.cwd, metadata={"internal": True})
+    # Image and build
+    image: str = ""
+    tag: str = ""
+    platform: str = "linux/amd64"
+    dockerfile: str = "Dockerfile"
+    context: str = "."
+    smoke_command: str = "python -c \"from app.main import app; print('OK')\""
+    app_port: int = 8000
+    health_path: str = "/health"
+    boot_timeout: float = 60.0
+    # Dependencies
+    requirements: str = "requirements.txt"
+    lock_file: str = "requirements.lock"
+    lock_backend: str = "pip-tools"
+    generate_hashes: bool = True
+    # Preflight
+    env_file: str = ".env"
+    env_example: str = ".env.example"
+    alembic_ini: str = "alembic.ini"
+    check_database_url: str = ""
+    database_url_env: str = "DATABASE_URL"
+    # Registry
+    registry_user: str = ""
+    registry_password: str = ""
+    # The VM
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    key_file: str = ""
+    known_hosts: str = ""
+    connect_timeout: float = 15.0
+    app_dir: str = "/srv/app"
+    compose_file: str = "compose.yaml"
+    compose_command: str = "auto"
+    service: str = "app"
+    migrate_command: str = "alembic upgrade head"
+    health_url: str = ""
+    health_timeout: float = 60.0
+    rollback_on_failure: bool = True
+    database: str = "sqlite"
+    sqlite_path: str = "data/app.db"
+    postgres_service: str = "db"
+    postgres_user: str = "postgres"
+    postgres_db: str = "app"
+    keep_backups: int = 5
+    keep_releases: int = 10
+
+    def path(self, relative: str) -> Path:
+        """A settings path resolved against the app repo (with `~` expanded)."""
+        return (self.root / Path(relative).expanduser()).resolve()
+
+    def require(self, key: str) -> Any:
+        """The value of `key`, or a clear error when it is empty."""
+        value = getattr(self, key)
+        if value in ("", None):
+            raise DeployError(
+                f"setting '{key}' is not set",
+                f"add `{key} = ...` to {SETTINGS_FILE} or set {ENV_PREFIX}{key.upper()}",
+            )
+        return value
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings, secrets replaced by '***'."""
+        out: dict[str, Any] = {}
+        for f in user_fields():
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.name in SECRET_KEYS and value else value
+        return out
+
+    @property
+    def secrets(self) -> list[str]:
+        """Secret values, for redaction of printed commands and output."""
+        return [getattr(self, k) for k in SECRET_KEYS if getattr(self, k)]
+
+
+def user_fields() -> list[dataclasses.Field]:
+    return [f for f in fields(Settings) if not f.metadata.get("internal")]
+
+
+FIELD_TYPES = {f.name: f.type for f in user_fields()}
+
+
+def _unknown_key(key: str, source: str) -> DeployError:
+    close = difflib.get_close_matches(key, FIELD_TYPES, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(FIELD_TYPES)}"
+    return DeployError(f"unknown setting '{key}' in {source}", hint)
+
+
+def coerce(key: str, value: Any, source: str) -> Any:
+    """Turn a raw value (TOML value or environment string) into the key's type."""
+    kind = FIELD_TYPES[key]
+    bad = DeployError(
+        f"setting '{key}' in {source} must be {_kind_name(kind)}, got {value!r}",
+        f"fix the value of '{key}' in {source}",
+    )
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise bad
+    if kind == "int":
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise bad from None
+    if kind == "float":
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if not isinstance(value, str):
+        raise bad
+    if key in CHOICES and value not in CHOICES[key]:
+        raise DeployError(
+            f"setting '{key}' in {source} must be one of {', '.join(CHOICES[key])}, got {value!r}",
+            f"fix the value of '{key}' in {source}",
+        )
+    return value
+
+
+def _kind_name(kind: str) -> str:
+    return {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(
+        kind, "a string"
+    )
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """The raw keys of a deploy.toml (empty when there is none)."""
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise DeployError(f"{path.name} is not valid TOML: {exc}", f"fix {path}") from None
+    except OSError as exc:
+        raise DeployError(f"cannot read {path}: {exc.strerror}", "check its permissions") from None
+    return data
+
+
+def _env_overrides(env: dict[str, str], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(FOREIGN_ENV):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in FIELD_TYPES:
+            raise _unknown_key(key, f"{source} ({name})")
+        out[key] = coerce(key, value, f"{source} ({name})")
+    return out
+
+
+def load_settings(
+    root: Path | str | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Read the effective settings for the app repo at `root` (default: the working dir)."""
+    from deploy.envfile import read_env_file
+
+    root = Path(root or Path.cwd()).resolve()
+    environ = dict(os.environ if environ is None else environ)
+    path = root / SETTINGS_FILE
+    values: dict[str, Any] = {}
+    for key, raw in read_settings_file(path).items():
+        if key not in FIELD_TYPES:
+            raise _unknown_key(key, SETTINGS_FILE)
+        values[key] = coerce(key, raw, SETTINGS_FILE)
+    env_values = _env_overrides(environ, "the environment")
+    env_file = env_values.get("env_file", values.get("env_file", Settings.env_file))
+    dotenv_path = root / env_file
+    if dotenv_path.exists():
+        values.update(_env_overrides(read_env_file(dotenv_path), env_file))
+    values.update(env_values)
+    return Settings(root=root, **values)

@@ -1,0 +1,150 @@
+"""Invoke tasks (`inv ...`): thin wiring of the library's steps.
+
+An app repo adopts them with a one-line tasks.py: `from deploy.tasks import ns`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json as jsonlib
+import shlex
+import sys
+from collections.abc import Callable
+
+from invoke import Collection, Exit, task
+
+from deploy.errors import DeployError
+
+
+def friendly(body: Callable) -> Callable:
+    """Show a DeployError as two lines (what, fix) and exit 1: no traceback for users."""
+
+    @functools.wraps(body)
+    def wrapper(*args, **kwargs):
+        try:
+            return body(*args, **kwargs)
+        except DeployError as exc:
+            text = f"error: {exc.message}"
+            if exc.fix:
+                text += f"\n  fix: {exc.fix}"
+            raise Exit(text, code=1) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=130) from None
+
+    return wrapper
+
+
+def setup(c, dry_run: bool = False):
+    """Settings for the app repo in the working directory, and a local runner."""
+    from deploy.runner import Runner
+    from deploy.settings import load_settings
+
+    settings = load_settings()
+    return settings, Runner(c, dry_run=dry_run, secrets=settings.secrets)
+
+
+def version_for(settings, version: str, allow_dirty: bool) -> str:
+    from deploy import git
+
+    return git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
+
+
+@task(
+    iterable=["upgrade_package"],
+    help={
+        "check": "only say whether the lock is fresh (offline); exit 1 if not",
+        "upgrade": "re-resolve every pin to the newest allowed version",
+        "upgrade-package": "re-resolve this package only (repeatable)",
+    },
+)
+@friendly
+def lock(c, check=False, upgrade=False, upgrade_package=None):
+    """Lock requirements.txt into requirements.lock (hashed pins, no machine index options)."""
+    from deploy import lock as locking
+
+    settings, runner = setup(c)
+    if check:
+        state = locking.check_lock(settings)
+        if not state.fresh:
+            raise DeployError(state.reason, state.fix)
+        print(f"{settings.lock_file} is fresh")
+        return
+    path = locking.write_lock(settings, runner, upgrade, tuple(upgrade_package or ()))
+    print(f"wrote {path}")
+
+
+@task(
+    iterable=["only", "skip"],
+    help={"json": "print results as JSON", "only": "run only this check", "skip": "skip it"},
+)
+@friendly
+def check(c, json=False, only=None, skip=None):
+    """Preflight: python-parity, lock-fresh, env-complete, migrations, git-clean."""
+    from deploy.checks import format_results, run_checks
+    from deploy.settings import load_settings
+
+    results = run_checks(load_settings(), only=only or None, skip=skip or None)
+    if json:
+        print(jsonlib.dumps([r.as_dict() for r in results], indent=2))
+    else:
+        print(format_results(results))
+    failures = [r.name for r in results if not r.ok]
+    if failures:
+        raise Exit("" if json else f"preflight failed: {', '.join(failures)}", code=1)
+
+
+@task(help={"args": "extra pytest arguments (or put them after --)"})
+@friendly
+def test(c, args=""):
+    """Run the app's tests with pytest; its exit code is ours."""
+    from deploy.runner import Runner
+
+    extra = shlex.split(args)
+    if "--" in sys.argv:
+        extra += sys.argv[sys.argv.index("--") + 1 :]
+    result = Runner(c).run([sys.executable, "-m", "pytest", *extra], check=False)
+    if not result.ok:
+        raise Exit(f"tests failed (pytest exit {result.exited})", code=result.exited)
+
+
+@task(help={"version": "image tag (default: the commit's short SHA)"})
+@friendly
+def build(c, version=""):
+    """Build IMAGE:VERSION with docker buildx --load (OCI labels: revision, created, source)."""
+    from deploy import local
+
+    settings, runner = setup(c)
+    local.build(settings, runner, version_for(settings, version, allow_dirty=True))
+
+
+@task(help={"version": "image tag", "boot": "also start it and wait for the health URL"})
+@friendly
+def smoke(c, version="", boot=False):
+    """Run the smoke command inside the built image (and with --boot, its health check)."""
+    from deploy import local
+
+    settings, runner = setup(c)
+    local.smoke(settings, runner, version_for(settings, version, allow_dirty=True), boot=boot)
+
+
+@task(help={"version": "image tag", "allow-dirty": "push an image built from a dirty tree"})
+@friendly
+def push(c, version="", allow_dirty=False):
+    """Push IMAGE:VERSION and IMAGE:latest; only an image that passed `inv smoke`."""
+    from deploy import local
+
+    settings, runner = setup(c)
+    local.push(settings, runner, version_for(settings, version, allow_dirty=allow_dirty))
+
+
+@task
+@friendly
+def config(c):
+    """Print the effective settings (secrets redacted)."""
+    from deploy.settings import load_settings
+
+    for key, value in load_settings().redacted().items():
+        print(f"{key} = {value!r}")
+
+
+ns = Collection(lock, check, test, build, smoke, push, config)
