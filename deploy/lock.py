@@ -137,10 +137,15 @@ def check_lock(settings: Settings) -> Freshness:
     return Freshness(True)
 
 
+def find_uv() -> str | None:
+    """uv on PATH, else next to this interpreter (a venv's uv when the venv is not activated)."""
+    return shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+
+
 def choose_backend(settings: Settings) -> str:
     if settings.lock_backend == "auto":
-        return "uv" if shutil.which("uv") else "pip-tools"
-    if settings.lock_backend == "uv" and not shutil.which("uv"):
+        return "uv" if find_uv() else "pip-tools"
+    if settings.lock_backend == "uv" and not find_uv():
         raise DeployError("lock_backend is 'uv' but uv is not installed", "pip install uv")
     return settings.lock_backend
 
@@ -154,7 +159,7 @@ def compile_command(
 ) -> list[str]:
     """The resolver's argv: hashes, no extras, no index options copied from this machine."""
     if backend == "uv":
-        argv = [shutil.which("uv") or "uv", "pip", "compile", "--quiet", "--no-header"]
+        argv = [find_uv() or "uv", "pip", "compile", "--quiet", "--no-header"]
         argv += ["--python-version", f"{sys.version_info.major}.{sys.version_info.minor}"]
     else:
         argv = [sys.executable, "-m", "piptools", "compile", "--quiet", "--no-header"]
@@ -166,7 +171,9 @@ def compile_command(
         argv.append("--upgrade")
     for name in upgrade_packages:
         argv += ["--upgrade-package", name]
-    argv += ["--output-file", str(output), str(settings.path(settings.requirements))]
+    # Relative to the working directory (the app repo), so that the lock's "# via -r ..."
+    # comments name requirements.txt rather than this machine's absolute path.
+    argv += ["--output-file", str(output), os.path.relpath(settings.path(settings.requirements))]
     return argv
 
 

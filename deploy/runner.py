@@ -64,8 +64,10 @@ class Runner:
         secrets: Iterable[str] = (),
         out: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cwd: str = "",
     ) -> None:
         self.target = target
+        self.cwd = cwd
         self.where = where
         self.dry_run = dry_run
         self.secrets = [s for s in secrets if s]
@@ -87,9 +89,14 @@ class Runner:
         timeout: float | None = None,
         what: str = "",
         fix: str = "",
+        cwd: str | None = None,
     ) -> Result:
-        """Run `argv`. With `check`, a non-zero exit raises DeployError(what, fix)."""
+        """Run `argv` (in `cwd`, default the runner's). With `check`, a non-zero exit raises
+        DeployError(what, fix)."""
         command = shlex.join(argv)
+        cwd = self.cwd if cwd is None else cwd
+        if cwd:
+            command = f"cd {shlex.quote(cwd)} && {command}"
         self.history.append(command)
         if not quiet:
             self.say(f"$ {command}" + (" < (stdin)" if stdin is not None else ""))

@@ -15,6 +15,7 @@ so that it survives re-clones of the repo. `down` stops only what `up` started (
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import re
 import shutil
@@ -26,7 +27,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,10 @@ IMAGE_CHANGES = (
     'CMD ["python3"]',
 )
 UNSET = Path()  # marks a Sandbox path field to derive from state_dir
+DOCKER_PID_FILES = (
+    (Path("/var/run/docker.pid"), "dockerd"),
+    (Path("/var/run/docker/containerd/containerd.pid"), "containerd"),
+)
 SETUP_FIX = "run .ci/setup (it installs docker.io, docker-registry, openssh-server, debootstrap)"
 
 
@@ -141,20 +147,19 @@ def _read_pid(pid_file: Path) -> int | None:
 
 
 def _alive(pid: int | None, program: str) -> bool:
-    """True if `pid` is a live process running `program` (guards against pid reuse)."""
+    """True if `pid` is a live process of executable `program` (guards against pid reuse)."""
     if not pid:
         return False
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    if stat.rpartition(")")[2].split()[0] == "Z":  # a zombie is as good as dead
-        return False
-    return bool(cmdline) and os.path.basename(cmdline[0].decode(errors="replace")) == program
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]  # executable name, cut to 15 chars
+    state = stat[stat.rindex(")") + 1 :].split()[0]
+    return comm == program[:15] and state != "Z"  # a zombie is as good as dead
 
 
-def _wait(check, timeout: float, interval: float = 0.2) -> bool:
+def _wait(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
     """Poll `check()` until it returns true or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     while True:
@@ -218,6 +223,16 @@ def engine_running() -> bool:
         return False
 
 
+def _clear_stale_pid_files() -> None:
+    """Drop dockerd/containerd pid files left by a killed engine whose pid may now be reused.
+
+    dockerd refuses to start while /var/run/docker.pid names a live process, whatever it is.
+    """
+    for pid_file, program in DOCKER_PID_FILES:
+        if pid_file.exists() and not _alive(_read_pid(pid_file), program):
+            pid_file.unlink(missing_ok=True)
+
+
 def ensure_engine(sb: Sandbox) -> str:
     """Make sure a Docker engine answers; start dockerd in the background if none does."""
     if not shutil.which("docker"):
@@ -225,6 +240,7 @@ def ensure_engine(sb: Sandbox) -> str:
     if engine_running():
         return "running"
     sb.state_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stale_pid_files()
     log = sb.state_dir / "dockerd.log"
     pid = _start_detached(dockerd_cmd(), log, sb.state_dir / "dockerd.pid")
     _wait(lambda: not _alive(pid, "dockerd") or engine_running(), 60, interval=0.5)
@@ -501,23 +517,15 @@ def ssh_cmd(
     sb: Sandbox, *remote: str, host: str | None = None, port: int | None = None
 ) -> list[str]:
     """ssh to the sandbox VM as root with its key, checking its host key strictly."""
-    return [
-        "ssh",
-        "-i",
-        str(sb.key_file),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        f"UserKnownHostsFile={sb.known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-p",
-        str(port or sb.ssh_port),
-        f"{sb.ssh_user}@{host or sb.ssh_host}",
-        *remote,
-    ]
+    options = {
+        "IdentitiesOnly": "yes",
+        "BatchMode": "yes",
+        "UserKnownHostsFile": str(sb.known_hosts),
+        "StrictHostKeyChecking": "yes",
+    }
+    flags = [arg for key, value in options.items() for arg in ("-o", f"{key}={value}")]
+    target = f"{sb.ssh_user}@{host or sb.ssh_host}"
+    return ["ssh", "-i", str(sb.key_file), *flags, "-p", str(port or sb.ssh_port), target, *remote]
 
 
 def _ensure_keys(sb: Sandbox) -> str:
@@ -583,9 +591,28 @@ def ensure_sshd(sb: Sandbox, host: str | None = None, port: int | None = None) -
 # --------------------------------------------------------------------------- up / down
 
 
+@contextmanager
+def _locked(sb: Sandbox) -> Iterator[None]:
+    """Serialize `up` and `down` across processes (two dockerds must never race)."""
+    sb.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(sb.state_dir / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def up() -> Sandbox:
     """Bring up engine, registry, base images and sshd; print one line per piece."""
     sb = sandbox()
+    with _locked(sb):
+        _up(sb)
+    return sb
+
+
+def _up(sb: Sandbox) -> None:
+    """The steps of `up`, each timed."""
     for name, step in (
         ("engine", ensure_engine),
         ("registry", ensure_registry),
@@ -595,16 +622,19 @@ def up() -> Sandbox:
         t0 = time.monotonic()
         state = step(sb)
         print(f"{name}: {state} [{time.monotonic() - t0:.1f}s]", flush=True)
-    return sb
 
 
 def down() -> None:
     """Stop what the sandbox started (sshd, registry, dockerd), by pid file only."""
     sb = sandbox()
-    for pid_file in sorted(sb.state_dir.glob("sshd*.pid")):
-        print(f"{pid_file.stem}: {_stop(pid_file, 'sshd')}")
-    print(f"registry: {_stop(sb.state_dir / 'registry.pid', 'docker-registry')}")
-    print(f"engine: {_stop(sb.state_dir / 'dockerd.pid', 'dockerd', timeout=60)}")
+    if not sb.state_dir.is_dir():
+        print("nothing to stop")
+        return
+    with _locked(sb):
+        for pid_file in sorted(sb.state_dir.glob("sshd*.pid")):
+            print(f"{pid_file.stem}: {_stop(pid_file, 'sshd')}")
+        print(f"registry: {_stop(sb.state_dir / 'registry.pid', 'docker-registry')}")
+        print(f"engine: {_stop(sb.state_dir / 'dockerd.pid', 'dockerd', timeout=60)}")
 
 
 def status() -> bool:

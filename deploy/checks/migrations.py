@@ -7,6 +7,7 @@ without a migration fails here instead of in production.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,8 @@ def migrations(settings: Settings) -> CheckResult:
                 [sys.executable, "-m", "deploy.checks.alembic_probe", str(ini), url,
                  settings.database_url_env],
                 cwd=ini.parent, capture_output=True, text=True, timeout=300, check=False,
+                # No __pycache__ left in the app's tree (git-clean would then fail).
+                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
             )
         except subprocess.TimeoutExpired:
             return failed(name, "migrating the scratch database took over 300s", "look at why")

@@ -1,0 +1,182 @@
+"""Fabric tasks (`fab ...`): thin wiring of `deploy.remote` for each VM.
+
+The VM comes from the settings, so `fab rollback --tag=v1` needs no `-H`; `-H` overrides. With
+several hosts the steps run host after host and stop at the first failure. An app repo adopts
+these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fabric import task
+from invoke import Collection, Exit
+
+from deploy.tasks import friendly
+
+
+def each_vm(c, dry_run: bool = False):
+    """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
+    from deploy.remote import session, targets
+    from deploy.settings import load_settings
+
+    settings = load_settings()
+    hosts = [c.original_host] if hasattr(c, "original_host") else None
+    for target in targets(settings, hosts):
+        with session(settings, target, dry_run=dry_run) as vm:
+            yield vm
+
+
+@task(help={"tag": "the image tag to deploy (must be in the registry)",
+            "message": "a note kept in the lock and history", "dry-run": "print, run nothing"})
+@friendly
+def deploy(c, tag, message="", dry_run=False):
+    """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
+    from deploy import git, registry, remote
+    from deploy.settings import load_settings
+
+    settings = load_settings()
+    git.validate_tag(tag)
+    if not dry_run:
+        registry.require_tag(git.validate_image(settings.require("image")), tag,
+                             settings.registry_user, settings.registry_password)
+    for vm in each_vm(c, dry_run):
+        remote.deploy(vm, tag, message=message)
+
+
+@task(help={"tag": "the release to put back (default: the previous one)",
+            "downgrade": "run `alembic downgrade` to that release's revision first"})
+@friendly
+def rollback(c, tag="", downgrade=False, dry_run=False):
+    """Put an earlier release back (health-checked, under the deploy lock)."""
+    from deploy import git, registry, remote
+
+    if tag:
+        git.validate_tag(tag)
+    for vm in each_vm(c, dry_run):
+        def in_registry(t: str, vm=vm) -> bool:
+            s = vm.settings
+            return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
+                is not None
+        remote.rollback(vm, tag, downgrade=downgrade, known_in_registry=in_registry)
+
+
+@task
+@friendly
+def releases(c):
+    """The release history on the VM, the current release marked with *."""
+    for vm in each_vm(c):
+        current = vm.current_tag()
+        history = vm.history()
+        if not history:
+            print(f"{vm.runner.where}: no releases recorded yet")
+        for entry in history:
+            mark = "*" if entry is last_of(history, current) else " "
+            print(f"{mark} {entry['time']}  {entry['tag']:<24} {entry.get('action', ''):<8} "
+                  f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "
+                  f"{(entry.get('digest') or '')[:19]}")
+
+
+def last_of(history: list[dict], tag: str) -> dict | None:
+    return next((e for e in reversed(history) if e["tag"] == tag), None)
+
+
+@task
+@friendly
+def status(c):
+    """What runs on the VM: current tag, containers, health, Alembic revision, lock holder."""
+    from deploy.commands import vm as cmd
+    from deploy.remote import describe_holder
+
+    for vm in each_vm(c):
+        holder = vm.holder()
+        print(f"host:      {vm.runner.where}")
+        print(f"release:   {vm.current_tag() or '(none recorded)'}")
+        print(f"health:    {vm.health()}")
+        print(f"revision:  {vm.revision() or '-'}")
+        print(f"lock:      {describe_holder(json.dumps(holder)) if holder else 'free'}")
+        print(vm.run(cmd.ps(vm.compose()), quiet=True, check=False).stdout.rstrip())
+
+
+@task(help={"follow": "keep streaming", "tail": "how many lines to show"})
+@friendly
+def logs(c, follow=False, tail=100):
+    """The app service's logs."""
+    from deploy.commands import vm as cmd
+
+    for vm in each_vm(c):
+        vm.run(cmd.service_logs(vm.compose(), vm.settings.service, int(tail), follow),
+               quiet=True, check=False)
+
+
+@task(name="exec", help={"cmd": "the command to run inside the app container"})
+@friendly
+def exec_(c, cmd):
+    """Run a command inside the running app container; its exit code is ours."""
+    from deploy.commands import vm as commands
+
+    for vm in each_vm(c):
+        result = vm.run(commands.exec_in_service(vm.compose(), vm.settings.service, cmd),
+                        check=False)
+        if not result.ok:
+            raise Exit(f"command exited {result.exited}", code=result.exited)
+
+
+@task
+@friendly
+def setup(c, dry_run=False):
+    """Prepare the VM: app directory, compose file, app env file (0600), registry login."""
+    from deploy.commands import docker
+    from deploy.commands import vm as cmd
+
+    for vm in each_vm(c, dry_run):
+        s = vm.settings
+        vm.run(cmd.make_dirs(s.app_dir), cwd="")
+        vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
+        vm.upload(s.path(s.env_file), cmd.APP_ENV, 0o600)
+        vm.run(cmd.write_release_env(vm.image, vm.current_tag()))
+        if s.registry_user and s.registry_password:
+            vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
+                   stdin=s.registry_password, hide=True, what="registry login on the VM failed",
+                   fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
+        vm.runner.say(f"ready: {s.app_dir}")
+
+
+@task
+@friendly
+def unlock(c):
+    """Clear a stale deploy lock (left by a deploy that was killed)."""
+    from deploy.commands import vm as cmd
+    from deploy.remote import describe_holder
+
+    for vm in each_vm(c):
+        holder = vm.holder()
+        if not holder:
+            print(f"{vm.runner.where}: the lock is free")
+            continue
+        vm.run(cmd.release_lock())
+        print(f"{vm.runner.where}: cleared the lock held by {describe_holder(json.dumps(holder))}")
+
+
+@task
+@friendly
+def backups(c):
+    """The database backups on the VM, newest first."""
+    from deploy.commands import vm as cmd
+
+    for vm in each_vm(c):
+        names = vm.run(cmd.list_backups(), quiet=True).stdout.split()
+        print("\n".join(names) if names else f"{vm.runner.where}: no backups yet")
+
+
+@task(help={"backup": "a name from `fab backups`"})
+@friendly
+def restore(c, backup):
+    """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
+    from deploy.remote import restore as restore_backup
+
+    for vm in each_vm(c):
+        restore_backup(vm, backup)
+
+
+ns = Collection(deploy, rollback, releases, status, logs, exec_, setup, unlock, backups, restore)

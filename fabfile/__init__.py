@@ -1,0 +1,3 @@
+"""This repo's fabfile: the toolkit's remote tasks, for the app in the working directory."""
+
+from deploy.fabtasks import ns  # noqa: F401

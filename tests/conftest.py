@@ -1,0 +1,176 @@
+"""Fixtures for the local half (`inv` tasks): a throwaway git copy of the example app, a way to
+run `inv` in it, and the Docker engine / registry / base image the slow tests need."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "example"
+REGISTRY = "127.0.0.1:5000"
+BASE_IMAGE = "python:3.11-slim"
+
+_IGNORE = shutil.ignore_patterns(
+    "v2", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", "data", "*.db",
+    "*.db-journal", ".env", "app.env", ".venv",
+)
+
+ENV_VALUES = {
+    "APP_SECRET": "test-secret",
+    "MODEL_NAME": "test-model",
+    "APP_PORT": "8000",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    """Run git in `repo`; its stdout (a failure fails the test with git's message)."""
+    proc = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+def commit_all(repo: Path, message: str = "change") -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def make_example_repo(dest: Path) -> Path:
+    """Copy the example app (v1 only) to `dest`, add .env and tasks.py, commit it all."""
+    shutil.copytree(EXAMPLE, dest, ignore=_IGNORE)
+    lines = []
+    for line in (dest / ".env.example").read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if line and not line.startswith("#") and "=" in line:
+            lines.append(f"{key}={ENV_VALUES.get(key, 'test-value')}")
+    (dest / ".env").write_text("\n".join(lines) + "\n")
+    (dest / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    gitignore = dest / ".gitignore"
+    ignored = gitignore.read_text().splitlines() if gitignore.exists() else []
+    if ".env" not in ignored:
+        gitignore.write_text("\n".join([*ignored, ".env"]) + "\n")
+    git(dest, "init", "-q")
+    git(dest, "config", "user.email", "tests@example.invalid")
+    git(dest, "config", "user.name", "Deploy Tests")
+    git(dest, "config", "commit.gpgsign", "false")
+    commit_all(dest, "example app")
+    assert git(dest, "status", "--porcelain", "--untracked-files=all") == "", "copy is not clean"
+    return dest
+
+
+@pytest.fixture
+def example_repo(tmp_path: Path) -> Path:
+    """A committed, clean git copy of example/ (without v2/) with a filled-in .env."""
+    return make_example_repo(tmp_path / "app")
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for an `inv` child: ours minus DEPLOY_* settings, plus `env`.
+
+    The venv's bin directory goes first on PATH, as if the venv were activated.
+    """
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith("DEPLOY_") and not k.startswith("DEPLOY_SANDBOX_"))
+    }
+    base["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", "")])
+    base.update(env or {})
+    return base
+
+
+def run_inv(
+    repo: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """`python -m invoke ARGS` in `repo`, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=repo,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def inv(tmp_path: Path):
+    """Run `inv` in an app repo. The smoke-test record goes to this test's own cache dir."""
+    cache = tmp_path / "xdg-cache"
+
+    def _inv(repo: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900):
+        return run_inv(repo, *args, env={"XDG_CACHE_HOME": str(cache), **(env or {})},
+                       timeout=timeout)
+
+    return _inv
+
+
+def output(proc: subprocess.CompletedProcess[str]) -> str:
+    return proc.stdout + proc.stderr
+
+
+def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
+    text = output(proc)
+    assert "Traceback" not in text, text
+    assert not [line for line in text.splitlines() if 'File "' in line and "deploy/" in line]
+
+
+def _docker(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_cli() -> str:
+    path = shutil.which("docker")
+    if not path:
+        pytest.skip("the docker CLI is not installed (CI installs it with .ci/setup)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def docker_engine(docker_cli: str) -> None:
+    try:
+        proc = _docker("info", "--format", "{{.ServerVersion}}")
+    except subprocess.TimeoutExpired:
+        pytest.skip("`docker info` hung for 60s: the Docker engine is not answering")
+    if proc.returncode != 0:
+        pytest.skip(
+            "no Docker engine answers `docker info` (start it: python -m deploy.sandbox up): "
+            + (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        )
+
+
+@pytest.fixture(scope="session")
+def registry(docker_engine: None) -> str:
+    url = f"http://{REGISTRY}/v2/"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        pytest.skip(f"no registry answers {url} ({exc}); start it: python -m deploy.sandbox up")
+    if status != 200:
+        pytest.skip(f"the registry at {url} answered {status}, not 200")
+    return REGISTRY
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_engine: None) -> str:
+    if _docker("image", "inspect", BASE_IMAGE).returncode != 0:
+        pytest.skip(
+            f"base image {BASE_IMAGE} is not in the local engine (no Docker Hub from here); "
+            "python -m deploy.sandbox up loads it"
+        )
+    return BASE_IMAGE
