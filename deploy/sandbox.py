@@ -184,7 +184,7 @@ def _stop(pid_file: Path, program: str, timeout: float = 30) -> str:
     pid = _read_pid(pid_file)
     if not _alive(pid, program):
         pid_file.unlink(missing_ok=True)
-        return "not running"
+        return "none started by the sandbox is running"
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
     if not _wait(lambda: not _alive(pid, program), timeout):

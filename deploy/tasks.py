@@ -147,4 +147,44 @@ def config(c):
         print(f"{key} = {value!r}")
 
 
-ns = Collection(lock, check, test, build, smoke, push, config)
+@task(
+    help={
+        "version": "image tag (default: the commit's short SHA)",
+        "allow-dirty": "deploy uncommitted changes (tag <sha>-dirty-<hash>)",
+        "skip-tests": "do not run pytest (must be said explicitly)",
+        "dry-run": "print every local and remote command in order; run none, no SSH",
+        "message": "a note kept in the deploy lock and the release history",
+    }
+)
+@friendly
+def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, message=""):
+    """The whole deploy: check, test, build, smoke, push, then the VM's pull-migrate-switch."""
+    from deploy.pipeline import full_deploy
+    from deploy.settings import load_settings
+
+    full_deploy(load_settings(), c, version=version, allow_dirty=allow_dirty,
+                skip_tests=skip_tests, dry_run=dry_run, message=message)
+
+
+@task(help={"stop": "stop what the sandbox started"})
+@friendly
+def sandbox(c, stop=False):
+    """Start (idempotently) a deploy target here: Docker engine, registry, sshd as the VM."""
+    from deploy import sandbox as sb
+
+    if stop:
+        sb.down()
+    else:
+        sb.up()
+
+
+@task
+@friendly
+def demo(c):
+    """Sandbox, then deploy the example v1, v2 (adds a column), roll back to v1."""
+    from deploy.demo import run_demo
+
+    run_demo()
+
+
+ns = Collection(lock, check, test, build, smoke, push, config, deploy, sandbox, demo)

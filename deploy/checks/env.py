@@ -16,13 +16,13 @@ _BARE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def compose_variables(text: str) -> dict[str, bool]:
-    """Variables a compose file interpolates -> whether it gives them a default."""
+    """Variables a compose file interpolates -> whether every use gives them a default."""
     found: dict[str, bool] = {}
     for name, modifier in _BRACED.findall(text):
         has_default = bool(modifier) and modifier.lstrip(":")[0] in "-+"
-        found[name] = found.get(name, False) or has_default
+        found[name] = found.get(name, True) and has_default  # one use without a default: needed
     for name in _BARE.findall(text):
-        found.setdefault(name, False)
+        found[name] = False
     return found
 
 

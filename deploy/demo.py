@@ -1,0 +1,140 @@
+"""`inv demo`: the embedded example deployed v1 -> v2 -> rollback to v1 on the sandbox VM.
+
+It drives `inv` and `fab` as a user would, in a git copy of example/, and prints what is served
+after each step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from deploy.errors import DeployError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "example"
+SKIP = shutil.ignore_patterns("v2", "data", ".env", "*.db", "__pycache__", ".pytest_cache")
+
+
+def banner(text: str) -> None:
+    print(f"\n{'=' * 8} {text} {'=' * max(0, 60 - len(text))}", flush=True)
+
+
+def sh(argv: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=cwd, env=env, check=False, text=True)
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=demo", "-c", "user.email=demo@localhost", *args],
+        cwd=cwd, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def prepare(work: Path) -> None:
+    """A fresh git repo holding example v1, with a .env made from .env.example."""
+    if not EXAMPLE.is_dir():
+        raise DeployError(f"the example app is missing at {EXAMPLE}", "run from a repo checkout")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(EXAMPLE, work, ignore=SKIP)
+    example_env = (work / ".env.example").read_text()
+    (work / ".env").write_text(
+        example_env.replace("APP_SECRET=change-me", f"APP_SECRET={secrets.token_hex(16)}")
+    )
+    (work / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (work / "fabfile").mkdir(exist_ok=True)
+    (work / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    git(work, "init", "-q")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "example v1")
+
+
+def apply_v2(work: Path) -> None:
+    shutil.copytree(EXAMPLE / "v2", work, dirs_exist_ok=True)
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "example v2: items get a note column")
+
+
+def served(base: str) -> str:
+    def get(path: str) -> str:
+        try:
+            with urllib.request.urlopen(base + path, timeout=5) as response:
+                return response.read().decode()
+        except OSError as exc:
+            return f"(no answer: {exc})"
+
+    return f"GET /version -> {get('/version')}\nGET /items   -> {get('/items')}"
+
+
+def post_item(base: str, name: str) -> None:
+    request = urllib.request.Request(
+        base + "/items", data=json.dumps({"name": name}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        print(f"POST /items {name!r} -> {response.status}")
+
+
+def reset_vm(work: Path) -> None:
+    """Remove what an earlier demo left in the VM's app directory (its schema is ahead)."""
+    from deploy import remote
+    from deploy.commands import vm as cmd
+    from deploy.settings import load_settings
+
+    settings = load_settings(work, environ={})
+    for target in remote.targets(settings):
+        with remote.session(settings, target) as vm:
+            vm.run(cmd.make_dirs(settings.app_dir), cwd="", quiet=True)
+            if vm.run(["test", "-f", settings.compose_file], check=False, quiet=True).ok:
+                vm.run([*vm.compose(), "down", "--remove-orphans"], check=False, hide=True)
+            vm.run(["rm", "-rf", settings.app_dir], cwd="")
+
+
+def step(argv: list[str], work: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_")}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("DEPLOY_SANDBOX_")})
+    print(f"\n$ {' '.join(argv[2:])}", flush=True)
+    if sh(argv, work, env).returncode != 0:
+        raise DeployError(f"demo step `{' '.join(argv[2:])}` failed", "see its output above")
+
+
+def run_demo(work: Path | None = None) -> None:
+    from deploy import sandbox
+    from deploy.envfile import read_env_file
+
+    banner("sandbox")
+    box = sandbox.up()
+    work = work or box.state_dir / "demo" / "app"
+    prepare(work)
+    port = read_env_file(work / ".env").get("APP_PORT", "8000")
+    base = f"http://127.0.0.1:{port}"
+    inv = [sys.executable, "-m", "invoke"]
+    fab = [sys.executable, "-m", "fabric"]
+    reset_vm(work)
+    v1 = git(work, "rev-parse", "--short=7", "HEAD")
+
+    banner(f"deploy v1 ({v1})")
+    step([*fab, "setup"], work)
+    step([*inv, "deploy"], work)
+    post_item(base, "written under v1")
+    post_item(base, "also v1")
+    print(served(base))
+
+    apply_v2(work)
+    v2 = git(work, "rev-parse", "--short=7", "HEAD")
+    banner(f"deploy v2 ({v2}): migration 0002 adds items.note")
+    step([*inv, "deploy"], work)
+    print(served(base))
+
+    banner(f"roll back to v1 ({v1})")
+    step([*fab, "rollback", f"--tag={v1}"], work)
+    print(served(base))
+
+    banner("release history")
+    step([*fab, "releases"], work)
+    print(f"\nThe demo app is in {work}; the VM's copy in its app_dir. v1 is serving at {base}.")

@@ -1,0 +1,81 @@
+"""`inv deploy`: check -> test -> build -> smoke -> push -> remote deploy, each step timed."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from deploy import git, local, registry, remote
+from deploy.checks import format_results, run_checks
+from deploy.errors import DeployError
+from deploy.runner import Runner
+from deploy.settings import Settings
+
+NO_TESTS_COLLECTED = 5
+
+
+def timed(runner: Runner, name: str, step: Callable[[], object]) -> object:
+    runner.say(f"== {name}")
+    started = time.monotonic()
+    result = step()
+    runner.say(f"== {name} done in {time.monotonic() - started:.1f}s")
+    return result
+
+
+def preflight(settings: Settings, runner: Runner, allow_dirty: bool) -> None:
+    skip = ["git-clean"] if allow_dirty else []
+    if runner.dry_run:
+        runner.say("would run the preflight checks" + (" (not git-clean)" if skip else ""))
+        return
+    results = run_checks(settings, skip=skip)
+    print(format_results(results), flush=True)
+    failures = [r.name for r in results if not r.ok]
+    if failures:
+        raise DeployError(f"preflight failed: {', '.join(failures)}", "fix what the checks say")
+
+
+def run_tests(settings: Settings, runner: Runner) -> None:
+    result = runner.run([sys.executable, "-m", "pytest", "-q"], check=False)
+    if result.exited == NO_TESTS_COLLECTED:
+        runner.say("no tests were collected; going on")
+    elif not result.ok:
+        raise DeployError(f"the tests failed (pytest exit {result.exited})",
+                          "fix them, or deploy with --skip-tests if you really must")
+
+
+def full_deploy(
+    settings: Settings,
+    ctx,
+    *,
+    version: str = "",
+    allow_dirty: bool = False,
+    skip_tests: bool = False,
+    dry_run: bool = False,
+    message: str = "",
+    hosts: list[str] | None = None,
+) -> str:
+    """The whole flow from the laptop. Returns the deployed tag."""
+    runner = Runner(ctx, dry_run=dry_run, secrets=settings.secrets)
+    started = time.monotonic()
+    tag = git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
+    image = git.validate_image(settings.require("image"))
+    vm_targets = remote.targets(settings, hosts)
+    git_sha = git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
+    runner.say(f"deploying {image}:{tag} to {', '.join(t.host for t in vm_targets)}")
+    timed(runner, "check", lambda: preflight(settings, runner, allow_dirty))
+    if skip_tests:
+        runner.say("== test skipped (--skip-tests)")
+    else:
+        timed(runner, "test", lambda: run_tests(settings, runner))
+    timed(runner, "build", lambda: local.build(settings, runner, tag))
+    timed(runner, "smoke", lambda: local.smoke(settings, runner, tag))
+    timed(runner, "push", lambda: local.push(settings, runner, tag))
+    if not dry_run:
+        registry.require_tag(image, tag, settings.registry_user, settings.registry_password)
+    for target in vm_targets:
+        with remote.session(settings, target, dry_run=dry_run) as vm:
+            timed(runner, f"remote deploy on {target.host}",
+                  lambda vm=vm: remote.deploy(vm, tag, git_sha=git_sha, message=message))
+    runner.say(f"done: {image}:{tag} in {time.monotonic() - started:.1f}s")
+    return tag
