@@ -98,9 +98,10 @@ def reset_vm(work: Path) -> None:
 def step(argv: list[str], work: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_")}
     env.update({k: v for k, v in os.environ.items() if k.startswith("DEPLOY_SANDBOX_")})
-    print(f"\n$ {' '.join(argv[2:])}", flush=True)
+    shown = " ".join(["inv" if argv[2] == "invoke" else "fab", *argv[3:]])
+    print(f"\n$ {shown}", flush=True)
     if sh(argv, work, env).returncode != 0:
-        raise DeployError(f"demo step `{' '.join(argv[2:])}` failed", "see its output above")
+        raise DeployError(f"demo step `{shown}` failed", "see its output above")
 
 
 def run_demo(work: Path | None = None) -> None:

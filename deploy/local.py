@@ -204,9 +204,9 @@ def push(settings: Settings, runner: Runner, version: str) -> str:
     latest = docker.ref(settings.image, "latest")
     registry = docker.registry_of(settings.image) or "Docker Hub"
     fix = f"check that the registry {registry} is up and that you are logged in"
-    runner.run(docker.push(ref), what=f"pushing {ref} failed", fix=fix)
+    runner.run(docker.push(ref), hide=True, what=f"pushing {ref} failed", fix=fix)
     runner.run(docker.tag(ref, latest))
-    runner.run(docker.push(latest), what=f"pushing {latest} failed", fix=fix)
+    runner.run(docker.push(latest), hide=True, what=f"pushing {latest} failed", fix=fix)
     if runner.dry_run:
         return ""
     digests = json.loads(runner.run(docker.repo_digest(ref), quiet=True).stdout or "[]")

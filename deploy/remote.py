@@ -427,7 +427,9 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
                     f"{now}; not downgrading (pass --downgrade to run `alembic downgrade {wanted}`)"
                 )
         switch_checked(vm, target, current)
-        entry = release_entry(target, digest, vm.revision(), "rollback", current)
+        # An older image may not know a newer schema's revision: then the database's is `now`.
+        revision = vm.revision() or (wanted if downgrade and wanted else now)
+        entry = release_entry(target, digest, revision, "rollback", current)
         if not vm.runner.dry_run:
             vm.record(entry)
     vm.runner.say(f"rolled back to {target}")

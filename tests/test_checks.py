@@ -345,7 +345,8 @@ def test_run_lines_and_mentions(tmp_path):
         RUN pip install \\
             --require-hashes -r requirements.lock
         """)
-    assert dockerfile.run_lines(parsed) == ["pip install --require-hashes -r requirements.lock"]
+    runs = [" ".join(line.split()) for line in dockerfile.run_lines(parsed)]
+    assert runs == ["pip install --require-hashes -r requirements.lock"]
     assert dockerfile.mentions(parsed, "requirements.lock")
     assert not dockerfile.mentions(parsed, "requirements.txt")
 

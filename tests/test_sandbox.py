@@ -5,6 +5,8 @@ The session fixture calls `up()`, which is a no-op when `.ci/setup` already brou
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -100,6 +102,43 @@ def test_main_reports_deploy_errors_without_traceback(monkeypatch, capsys):
     assert sbx.main(["up"]) == 1
     err = capsys.readouterr().err
     assert err == "error: it broke\nfix: do the fix\n"
+
+
+def test_a_zombie_or_another_program_is_not_alive():
+    child = subprocess.Popen(["sleep", "0"])
+    sbx._wait(
+        lambda: Path(f"/proc/{child.pid}/stat").read_text().split(")")[1].split()[0] == "Z", 5
+    )
+    try:
+        assert not sbx._alive(child.pid, "sleep")  # exited, not yet reaped
+    finally:
+        child.wait()
+    assert not sbx._alive(os.getpid(), "dockerd")
+    assert not sbx._alive(None, "sshd")
+
+
+def test_stop_kills_only_the_program_it_started(tmp_path):
+    child = subprocess.Popen(["sleep", "60"])
+    pid_file = tmp_path / "x.pid"
+    try:
+        pid_file.write_text(f"{child.pid}\n")
+        assert sbx._stop(pid_file, "sshd") == "none started by the sandbox is running"
+        assert child.poll() is None  # a pid file naming someone else's process kills nothing
+        pid_file.write_text(f"{child.pid}\n")
+        assert sbx._stop(pid_file, "sleep", timeout=5).startswith("stopped")
+        assert child.wait(timeout=5) == -signal.SIGTERM
+        assert not pid_file.exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_stale_docker_pid_files_are_cleared(tmp_path, monkeypatch):
+    stale = tmp_path / "docker.pid"
+    stale.write_text(f"{os.getpid()}")  # a live pid, but not a dockerd: dockerd would refuse
+    monkeypatch.setattr(sbx, "DOCKER_PID_FILES", ((stale, "dockerd"),))
+    sbx._clear_stale_pid_files()
+    assert not stale.exists()
 
 
 # --------------------------------------------------------------------------- the real thing
