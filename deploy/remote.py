@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from deploy.errors import DeployError
 from deploy.runner import Runner
 from deploy.settings import Settings
 
+UPGRADE_RE = re.compile(r"Running upgrade \S* -> (\w+)")
 BACKUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -120,11 +122,15 @@ def session(settings: Settings, target: Target, dry_run: bool = False) -> Iterat
     if dry_run:
         yield Vm(settings, Runner(None, where=target.host, dry_run=True, cwd=settings.app_dir))
         return
+    from deploy.shell import RemoteShell
+
     conn = connect(settings, target)
+    shell = RemoteShell(conn, where=target.host)
     try:
-        yield Vm(settings, Runner(conn, where=target.host, secrets=settings.secrets,
+        yield Vm(settings, Runner(shell, where=target.host, secrets=settings.secrets,
                                   cwd=settings.app_dir))
     finally:
+        shell.close()
         conn.close()
 
 
@@ -175,7 +181,7 @@ class Vm:
         self.runner.say(f"upload {local} -> {remote} (mode {mode:o})")
         if self.runner.dry_run:
             return
-        sftp = self.runner.target.sftp()
+        sftp = self.runner.target.connection.sftp()
         partial = f"{remote}.upload"
         with sftp.open(partial, "w") as handle:
             sftp.chmod(partial, mode)
@@ -256,12 +262,15 @@ class Vm:
                           "and check the database, then deploy again")
         return (result.stdout.strip().splitlines() or [""])[0]
 
-    def migrate(self, tag: str) -> None:
-        """Migrate with the NEW image before switching; on failure the old one keeps serving."""
+    def migrate(self, tag: str) -> str:
+        """Migrate with the NEW image before switching; on failure the old one keeps serving.
+
+        Returns the revision Alembic reported upgrading to ('' if it ran no migration).
+        """
         command = self.settings.migrate_command
         if not command:
-            return
-        self.run(
+            return ""
+        result = self.run(
             cmd.with_release(self.image, tag, cmd.run_in_new_container(
                 self.compose(), self.settings.service, command)),
             hide=True,
@@ -269,6 +278,8 @@ class Vm:
             fix="fix the migration, push a new tag and deploy again (fab backups lists the "
                 "backup taken just before)",
         )
+        upgrades = UPGRADE_RE.findall(result.output)
+        return upgrades[-1] if upgrades else ""
 
     def switch(self, tag: str) -> None:
         self.run(cmd.with_release(self.image, tag, cmd.up(self.compose())), hide=True,
@@ -336,6 +347,10 @@ def describe_holder(raw: str) -> str:
     return " ".join(parts)
 
 
+def last_revision(history: list[dict]) -> str:
+    return next((e["revision"] for e in reversed(history) if e.get("revision")), "")
+
+
 def release_entry(tag: str, digest: str, revision: str, action: str, previous: str,
                   git_sha: str = "") -> dict:
     return {
@@ -378,9 +393,11 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "") -> dict:
         previous = vm.current_tag()
         digest = vm.pull(tag)
         vm.backup(tag)
-        vm.migrate(tag)
+        revision = vm.migrate(tag)
         switch_checked(vm, tag, previous)
-        entry = release_entry(tag, digest, vm.revision(), "deploy", previous, git_sha)
+        # No migration ran: the schema is the previous release's (ask Alembic if unknown).
+        revision = revision or last_revision(vm.history()) or vm.revision()
+        entry = release_entry(tag, digest, revision, "deploy", previous, git_sha)
         if not vm.runner.dry_run:
             vm.record(entry)
     vm.runner.say(f"deployed {tag} in {time.monotonic() - started:.1f}s")

@@ -154,24 +154,28 @@ def health_state(compose_argv: list[str], service: str) -> list[str]:
               f"if [ -n \"$id\" ]; then {inspect} \"$id\"; else echo missing; fi")
 
 
-def wait_healthy(compose_argv: list[str], service: str, timeout: float) -> list[str]:
+def wait_healthy(compose_argv: list[str], service: str, timeout: float,
+                 interval: float = 0.2) -> list[str]:
     """Poll the service container's health on the VM; prints the final state.
 
-    Exit 0 healthy (or running steadily with no healthcheck), 1 unhealthy/crashed, 2 timed out.
+    Exit 0 healthy (or, with no healthcheck, running steadily for 3 s), 1 unhealthy or
+    crashed, 2 timed out.
     """
     ps = shlex.join([*compose_argv, "ps", "-q", service])
     inspect = shlex.join(["docker", "inspect", "--format", HEALTH_FORMAT])
+    steady = max(1, round(3 / interval))
     return sh(
-        f"end=$(( $(date +%s) + {int(timeout)} )); steady=0; bad=0; state=none; "
+        f"end=$(( $(date +%s) + {int(timeout)} )); steady=0; bad=0; state=none; id=; "
         f"while [ $(date +%s) -lt $end ]; do "
-        f"id=$({ps} 2>/dev/null | head -n 1); "
+        f"[ -n \"$id\" ] || id=$({ps} 2>/dev/null | head -n 1); "
         f"state=$([ -n \"$id\" ] && {inspect} \"$id\" 2>/dev/null || echo missing); "
         "case \"$state\" in "
         "healthy) echo healthy; exit 0;; "
-        "running) steady=$((steady+1)); [ $steady -ge 5 ] && { echo running; exit 0; };; "
+        f"running) steady=$((steady+1)); [ $steady -ge {steady} ] && {{ echo running; exit 0; }};; "
         "unhealthy|exited|dead) echo \"$state\"; exit 1;; "
         "restarting) bad=$((bad+1)); [ $bad -ge 2 ] && { echo restarting; exit 1; };; "
-        "esac; sleep 1; done; echo \"timeout ($state)\"; exit 2"
+        "missing) id=;; "
+        f"esac; sleep {interval}; done; echo \"timeout ($state)\"; exit 2"
     )
 
 

@@ -1,0 +1,147 @@
+"""One long-lived `sh` on the VM per connection: each command costs a write, not a new session.
+
+Opening an SSH session channel and starting the user's shell costs tens of milliseconds per
+command (more when the login shell reads rc files); a deploy runs a dozen commands. This target
+keeps one `sh` open on one channel, writes each command to it, and reads its output up to a
+marker line that carries the exit code. It has the `.run()` signature the Runner expects.
+
+A command that is interrupted (Ctrl-C, timeout) leaves the shell busy: the channel is closed and
+the next command opens a fresh one on the same connection.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from invoke.exceptions import CommandTimedOut
+
+from deploy.errors import DeployError
+
+
+@dataclass
+class ShellResult:
+    command: str
+    exited: int
+    stdout: str
+    stderr: str
+
+
+class RemoteShell:
+    """Runs commands through one persistent remote `sh` over a Fabric/paramiko connection."""
+
+    def __init__(self, connection: Any, where: str = "") -> None:
+        self.connection = connection
+        self.where = where or getattr(connection, "host", "the VM")
+        self.channel = None
+
+    def _open(self):
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise DeployError(
+                f"the SSH connection to {self.where} was lost",
+                "check the VM and the network, then run the same command again",
+            )
+        channel = transport.open_session()
+        channel.exec_command("exec sh")
+        self.channel = channel
+        return channel
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    def run(self, command: str, warn: bool = True, hide: Any = None, in_stream: Any = False,
+            timeout: float | None = None) -> ShellResult:
+        channel = self.channel or self._open()
+        mark = f"__deploy_done_{secrets.token_hex(8)}__"
+        stdin = ""
+        if in_stream:
+            data = in_stream.read()
+            stdin = f"<<'{mark}'\n{data}\n{mark}\n" if data else "</dev/null\n"
+        else:
+            stdin = "</dev/null\n"
+        script = (
+            f"( {command}\n) {stdin}"
+            f"__rc=$?; printf '\\n{mark} %s\\n' \"$__rc\"; printf '\\n{mark}\\n' >&2\n"
+        )
+        try:
+            channel.sendall(script.encode())
+            return self._collect(channel, command, mark, hide, timeout)
+        except BaseException:
+            self.close()  # the shell may still be busy: never reuse it
+            raise
+
+    def _collect(self, channel, command: str, mark: str, hide: Any,
+                 timeout: float | None) -> ShellResult:
+        show = hide is None or hide is False
+        out, err = _Stream(mark, sys.stdout if show else None), _Stream(mark, sys.stderr if show
+                                                                      else None)
+        deadline = time.monotonic() + timeout if timeout else None
+        while not (out.done and err.done):
+            got = False
+            if channel.recv_ready():
+                out.feed(channel.recv(65536))
+                got = True
+            if channel.recv_stderr_ready():
+                err.feed(channel.recv_stderr(65536))
+                got = True
+            if got:
+                continue
+            if channel.exit_status_ready() or channel.closed:
+                out.feed(channel.recv(65536) if channel.recv_ready() else b"")
+                if not (out.done and err.done):
+                    self.close()
+                    raise DeployError(
+                        f"the SSH connection to {self.where} was lost while running: "
+                        f"{command[:120]}",
+                        "check the VM, then run the same command again (a deploy re-run "
+                        "is safe; `fab status` shows what is serving)",
+                    )
+            if deadline and time.monotonic() > deadline:
+                raise CommandTimedOut(ShellResult(command, -1, out.text, err.text), timeout)
+            time.sleep(0.002)
+        return ShellResult(command, out.exit_code, out.text, err.text)
+
+
+class _Stream:
+    """Accumulates one stream up to the marker line, echoing complete lines when asked."""
+
+    def __init__(self, mark: str, echo) -> None:
+        self.mark = mark
+        self.echo = echo
+        self.buffer = ""
+        self.lines: list[str] = []
+        self.done = False
+        self.exit_code = -1
+
+    def feed(self, data: bytes) -> None:
+        if self.done or not data:
+            return
+        self.buffer += data.decode(errors="replace")
+        *complete, self.buffer = self.buffer.split("\n")
+        for line in complete:
+            if line.startswith(self.mark):
+                code = line[len(self.mark):].strip()
+                self.exit_code = int(code) if code.lstrip("-").isdigit() else 0
+                self.done = True
+                if self.lines and self.lines[-1] == "":
+                    self.lines.pop()  # the newline the marker's printf put before itself
+                elif self.lines:
+                    self._echo(self.lines[-1])
+                return
+            if self.lines:
+                self._echo(self.lines[-1])  # one line behind: the last may be the marker's
+            self.lines.append(line)
+
+    def _echo(self, line: str) -> None:
+        if self.echo is not None:
+            print(line, file=self.echo, flush=True)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines) + ("\n" if self.lines else "")
