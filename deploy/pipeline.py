@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -55,7 +56,11 @@ def full_deploy(
     message: str = "",
     hosts: list[str] | None = None,
 ) -> str:
-    """The whole flow from the laptop. Returns the deployed tag."""
+    """The whole flow from the laptop, one SSH connection per host. Returns the deployed tag.
+
+    What has not changed is skipped: a tag already in the registry is not built or pushed again,
+    and a VM already serving it healthy is left alone.
+    """
     runner = Runner(ctx, dry_run=dry_run, secrets=settings.secrets)
     started = time.monotonic()
     tag = git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
@@ -64,18 +69,31 @@ def full_deploy(
     git_sha = git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
     runner.say(f"deploying {image}:{tag} to {', '.join(t.host for t in vm_targets)}")
     timed(runner, "check", lambda: preflight(settings, runner, allow_dirty))
-    if skip_tests:
-        runner.say("== test skipped (--skip-tests)")
-    else:
-        timed(runner, "test", lambda: run_tests(settings, runner))
-    timed(runner, "build", lambda: local.build(settings, runner, tag))
-    timed(runner, "smoke", lambda: local.smoke(settings, runner, tag))
-    timed(runner, "push", lambda: local.push(settings, runner, tag))
-    if not dry_run:
-        registry.require_tag(image, tag, settings.registry_user, settings.registry_password)
-    for target in vm_targets:
-        with remote.session(settings, target, dry_run=dry_run) as vm:
-            timed(runner, f"remote deploy on {target.host}",
+    pushed = not dry_run and registry.tag_digest(
+        image, tag, settings.registry_user, settings.registry_password) is not None
+    with contextlib.ExitStack() as stack:
+        vms = [stack.enter_context(remote.session(settings, t, dry_run=dry_run))
+               for t in vm_targets]
+        stale = [vm for vm in vms if not (pushed and vm.is_serving(tag))]
+        if not stale:
+            runner.say(f"{image}:{tag} is already in the registry and serving healthy on every "
+                       "host: nothing to do (skipped test, build, push, pull, migrate, switch)")
+            return tag
+        if pushed:
+            runner.say(f"{image}:{tag} is already in the registry: skipping build, smoke, push")
+        if skip_tests:
+            runner.say("== test skipped (--skip-tests)")
+        else:
+            timed(runner, "test", lambda: run_tests(settings, runner))
+        if not pushed:
+            timed(runner, "build", lambda: local.build(settings, runner, tag))
+            timed(runner, "smoke", lambda: local.smoke(settings, runner, tag))
+            timed(runner, "push", lambda: local.push(settings, runner, tag))
+            if not dry_run:
+                registry.require_tag(image, tag, settings.registry_user,
+                                     settings.registry_password)
+        for vm in stale:
+            timed(runner, f"remote deploy on {vm.runner.where}",
                   lambda vm=vm: remote.deploy(vm, tag, git_sha=git_sha, message=message))
     runner.say(f"done: {image}:{tag} in {time.monotonic() - started:.1f}s")
     return tag

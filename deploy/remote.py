@@ -299,6 +299,12 @@ class Vm:
                 return f"{self.settings.health_url} answered {status}"
         return ""
 
+    def is_serving(self, tag: str) -> bool:
+        """Whether `tag` is the recorded release and its container is healthy right now."""
+        if self.runner.dry_run or self.current_tag() != tag:
+            return False
+        return self.health() in ("healthy", "running")
+
     def health(self) -> str:
         """The service container's state right now (healthy, unhealthy, running, missing)."""
         result = self.run(cmd.health_state(self.compose(), self.settings.service),
