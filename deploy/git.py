@@ -71,8 +71,11 @@ def dirty_files(root: Path) -> list[str]:
 def dirty_fingerprint(root: Path, files: list[str]) -> str:
     """A short hash of the uncommitted state: stable while the tree does not change."""
     digest = hashlib.sha256(_git(root, "diff", "HEAD", "--binary").stdout.encode())
+    # `git status --porcelain` names paths from the top of the repository, which is not `root`
+    # when the app lives in a subdirectory.
+    top = Path(_git(root, "rev-parse", "--show-toplevel").stdout.strip() or root)
     for name in sorted(files):
-        path = root / name
+        path = top / name
         digest.update(name.encode())
         if path.is_file():
             digest.update(path.read_bytes())

@@ -16,7 +16,7 @@ from deploy.errors import DeployError
 from deploy.runner import Runner
 from deploy.settings import Settings
 
-SMOKED_FILE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / (
+SMOKED_FILE = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / (
     "deploy-toolkit/smoked.json"
 )
 

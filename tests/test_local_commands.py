@@ -4,8 +4,11 @@ nothing here needs Docker."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,7 +83,8 @@ def test_build_uses_buildx_load_with_platform_tag_and_oci_labels(settings, examp
     labels = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--label")
     assert labels["org.opencontainers.image.revision"] == git(example_repo, "rev-parse", "HEAD")
     assert labels["org.opencontainers.image.version"] == "abc1234"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", labels["org.opencontainers.image.created"])
+    created = labels["org.opencontainers.image.created"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created), created
     assert labels["org.opencontainers.image.source"] == str(example_repo)
     assert argv[-1] == str(example_repo)  # the context comes last
     assert f"$ {runner.history[-1]}" in out.getvalue()  # the build command is shown
@@ -367,3 +371,32 @@ def test_version_outside_git_is_a_clear_error(tmp_path):
     with pytest.raises(DeployError) as err:
         deploy_git.resolve_version(tmp_path)
     assert "cannot read the git commit" in err.value.message
+
+
+def test_dirty_version_of_an_app_in_a_subdirectory_hashes_untracked_files(tmp_path):
+    top = tmp_path / "mono"
+    app = top / "services" / "app"
+    app.mkdir(parents=True)
+    (app / "main.py").write_text("print('hi')\n")
+    git(top, "init", "-q")
+    git(top, "config", "user.email", "tests@example.invalid")
+    git(top, "config", "user.name", "Deploy Tests")
+    commit_all(top, "init")
+    (app / "new.py").write_text("one\n")
+    first = deploy_git.resolve_version(app)
+    assert deploy_git.resolve_version(app) == first
+    (app / "new.py").write_text("two\n")  # same file list, other content: another image
+    assert deploy_git.resolve_version(app) != first
+
+
+@pytest.mark.parametrize("xdg", ["", None])
+def test_smoke_record_defaults_to_the_home_cache(tmp_path, xdg):
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
+    env["HOME"] = str(tmp_path)
+    if xdg is not None:
+        env["XDG_CACHE_HOME"] = xdg
+    proc = subprocess.run(
+        [sys.executable, "-c", "import deploy.local as m; print(m.SMOKED_FILE)"],
+        env=env, capture_output=True, text=True, check=True, cwd=tmp_path,
+    )
+    assert proc.stdout.strip() == str(tmp_path / ".cache" / "deploy-toolkit" / "smoked.json")

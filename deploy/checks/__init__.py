@@ -65,6 +65,9 @@ def run_checks(
             result = check(settings)
         except DeployError as exc:
             result = failed(name, exc.message, exc.fix or "see the reason above")
+        except Exception as exc:  # a check must never end the preflight with a traceback
+            result = failed(name, f"the check itself crashed: {type(exc).__name__}: {exc}",
+                            "this is a bug in the toolkit; run the others with --skip " + name)
         result.seconds = round(time.monotonic() - started, 3)
         results.append(result)
     return results

@@ -1,0 +1,227 @@
+"""Speed benchmarks against the sandbox: prints each figure with its target and the machine.
+
+usage: .venv/bin/python bench/run.py [--runs N]
+
+1. remote half: `fab deploy` vs a hand-written script with one ssh per step (bench/deploy.sh),
+   and vs the floor (the same script's commands run directly on the VM, no SSH)
+2. SSH connections per `fab deploy` and per `inv deploy`, counted in the sshd log
+3. redeploy of an unchanged commit vs its first deploy
+4. `inv lock --check` time; `inv lock` through uv vs pip-compile, with identical pins
+5. `inv --list` and `fab --list` start-up time
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from deploy import sandbox  # noqa: E402
+from deploy.lock import find_uv, locked_names  # noqa: E402
+
+INV = [sys.executable, "-m", "invoke"]
+FAB = [sys.executable, "-m", "fabric"]
+ROWS: list[tuple[str, str, str, bool]] = []
+
+
+def run(argv: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> float:
+    """Run a command quietly; its wall time in seconds."""
+    started = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - started
+    if check and proc.returncode != 0:
+        sys.exit(f"failed: {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return took
+
+
+def median_time(argv: list[str], cwd: Path, env: dict | None = None, runs: int = 5) -> float:
+    return statistics.median(run(argv, cwd, env) for _ in range(runs))
+
+
+def report(name: str, measured: str, target: str, met: bool) -> None:
+    ROWS.append((name, measured, target, met))
+    print(f"  {name}: {measured} (target {target}) {'MET' if met else 'MISSED'}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost",
+                           *args], cwd=cwd, check=True, capture_output=True, text=True
+                          ).stdout.strip()
+
+
+def prepare_app(work: Path, port: int) -> Path:
+    app = work / "app"
+    shutil.copytree(REPO / "example", app, ignore=shutil.ignore_patterns(
+        "v2", "data", ".env", "*.db", "__pycache__", ".pytest_cache"))
+    env = (app / ".env.example").read_text().replace("APP_SECRET=change-me", "APP_SECRET=bench")
+    (app / ".env").write_text(env.replace("APP_PORT=8000", f"APP_PORT={port}"))
+    (app / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (app / "fabfile").mkdir()
+    (app / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    git(app, "init", "-q")
+    git(app, "add", "-A")
+    git(app, "commit", "-q", "-m", "bench app")
+    return app
+
+
+def ssh_logins(box: sandbox.Sandbox) -> int:
+    return box.sshd_log.read_text(errors="replace").count("Accepted publickey")
+
+
+def bench_remote(app: Path, env: dict, box: sandbox.Sandbox, image: str, app_dir: str,
+                 runs: int) -> None:
+    print("1. remote half", flush=True)
+    project = "".join(c for c in Path(app_dir).name.lower() if c.isalnum())
+    ssh = (f"ssh -q -i {box.key_file} -o UserKnownHostsFile={box.known_hosts} "
+           f"-o StrictHostKeyChecking=yes -p {box.ssh_port} {box.ssh_user}@{box.ssh_host}")
+    script = [str(REPO / "bench" / "deploy.sh"), app_dir, image]
+    ours, by_ssh, floor = [], [], []
+    tags = ["b1", "b2"]
+    for i in range(runs):
+        # Each run switches the tag, so every variant really recreates the container.
+        ours.append(run([*FAB, "deploy", f"--tag={tags[i % 2]}"], app, env))
+        by_ssh.append(run(script + [tags[(i + 1) % 2], project], app, {**env, "RUN": ssh}))
+        floor.append(run(script + [tags[i % 2], project], app, {**env, "RUN": "sh -c"}))
+    m_ours, m_ssh, m_floor = (statistics.median(x) for x in (ours, by_ssh, floor))
+    print(f"  fab deploy {m_ours:.2f}s, script with one ssh per step {m_ssh:.2f}s, "
+          f"floor (no SSH) {m_floor:.2f}s  (medians of {runs})")
+    report("1a script time / fab deploy time", f"{m_ssh / m_ours:.2f}x", ">= 1.25x",
+           m_ssh / m_ours >= 1.25)
+    report("1b fab deploy over the floor", f"{(m_ours / m_floor - 1) * 100:+.1f}%", "<= +15%",
+           m_ours <= m_floor * 1.15)
+
+
+def bench_connections(app: Path, env: dict, box: sandbox.Sandbox) -> None:
+    print("2. SSH connections", flush=True)
+    for name, argv in (("fab deploy", [*FAB, "deploy", "--tag=b1"]),
+                       ("fab status", [*FAB, "status"]),
+                       ("inv deploy", [*INV, "deploy"])):
+        before = ssh_logins(box)
+        run(argv, app, env)
+        time.sleep(0.2)  # let sshd write its log line
+        count = ssh_logins(box) - before
+        report(f"2 connections per {name}", str(count), "exactly 1", count == 1)
+
+
+def bench_redeploy(app: Path, env: dict) -> None:
+    print("3. redeploy of an unchanged commit", flush=True)
+    (app / "CHANGELOG").write_text(f"bench {uuid.uuid4().hex}\n")
+    git(app, "add", "-A")
+    git(app, "commit", "-q", "-m", "a new commit to deploy")
+    first = run([*INV, "deploy"], app, env)
+    again = run([*INV, "deploy"], app, env)
+    print(f"  first deploy {first:.2f}s, redeploy {again:.2f}s")
+    report("3 redeploy / first deploy", f"{again / first * 100:.1f}%", "< 20%",
+           again < 0.2 * first)
+
+
+def bench_lock(app: Path, env: dict, runs: int) -> None:
+    print("4. lock", flush=True)
+    check = median_time([*INV, "lock", "--check"], app, env, runs)
+    report("4a inv lock --check", f"{check:.3f}s", "< 0.3s", check < 0.3)
+    if not find_uv():
+        report("4b inv lock via uv", "uv not installed", ">= 3x", False)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        pins = {}
+        times = {}
+        for backend in ("pip-tools", "uv"):
+            work = Path(tmp) / backend
+            work.mkdir()
+            shutil.copy(app / "requirements.txt", work / "requirements.txt")
+            shutil.copy(app / "tasks.py", work / "tasks.py")
+            benv = {**env, "DEPLOY_LOCK_BACKEND": backend}
+            samples = []
+            for _ in range(3):
+                (work / "requirements.lock").unlink(missing_ok=True)
+                samples.append(run([*INV, "lock"], work, benv))
+            times[backend] = statistics.median(samples)
+            text = (work / "requirements.lock").read_text()
+            pins[backend] = {line.split()[0] for line in text.splitlines() if "==" in line
+                             and not line.startswith((" ", "#"))}
+            assert locked_names(text)
+    same = pins["pip-tools"] == pins["uv"]
+    ratio = times["pip-tools"] / times["uv"]
+    print(f"  pip-compile {times['pip-tools']:.2f}s, uv {times['uv']:.2f}s, "
+          f"{len(pins['uv'])} pins, identical: {same}")
+    if not same:
+        print(f"  differ: {sorted(pins['pip-tools'] ^ pins['uv'])}")
+    report("4b inv lock: pip-compile / uv", f"{ratio:.1f}x, pins identical: {same}",
+           ">= 3x, identical", ratio >= 3 and same)
+
+
+def bench_startup(app: Path, env: dict, runs: int) -> None:
+    print("5. start-up", flush=True)
+    for name, argv in (("inv --list", [*INV, "--list"]), ("fab --list", [*FAB, "--list"])):
+        took = median_time(argv, app, env, runs)
+        report(f"5 {name}", f"{took:.3f}s", "< 0.5s", took < 0.5)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"],
+                            capture_output=True, text=True).stdout.strip()
+    return (f"{platform.node()}: {os.cpu_count()} cores, {cpu}, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, Docker engine {docker}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    print(f"machine: {machine()}", flush=True)
+    box = sandbox.up()
+    suffix = uuid.uuid4().hex[:8]
+    image = f"{box.registry}/bench-{suffix}"
+    app_dir = f"/srv/bench-{suffix}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_")}
+    env.update(DEPLOY_IMAGE=image, DEPLOY_APP_DIR=app_dir, DEPLOY_HOST=box.ssh_host,
+               DEPLOY_PORT=str(box.ssh_port), DEPLOY_USER=box.ssh_user,
+               DEPLOY_KEY_FILE=str(box.key_file), DEPLOY_KNOWN_HOSTS=str(box.known_hosts))
+    with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp:
+        app = prepare_app(Path(tmp), free_port())
+        try:
+            for tag in ("b1", "b2"):
+                for step in ("build", "smoke", "push"):
+                    run([*INV, step, f"--version={tag}"], app, env)
+            run([*FAB, "setup"], app, env)
+            run([*FAB, "deploy", "--tag=b2"], app, env)  # warm up: first deploy, image pulled
+            bench_remote(app, env, box, image, app_dir, args.runs)
+            bench_connections(app, env, box)
+            bench_redeploy(app, env)
+            bench_lock(app, env, args.runs)
+            bench_startup(app, env, args.runs)
+        finally:
+            project = "".join(c for c in Path(app_dir).name.lower() if c.isalnum())
+            subprocess.run(["docker", "compose", "--project-name", project, "--file",
+                            f"{app_dir}/compose.yaml", "down"], capture_output=True)
+            shutil.rmtree(app_dir, ignore_errors=True)
+    print("\n| target | measured | goal | |\n| --- | --- | --- | --- |")
+    for name, measured, target, met in ROWS:
+        print(f"| {name} | {measured} | {target} | {'met' if met else 'MISSED'} |")
+    print(f"\n{machine()}")
+    return 0 if all(met for *_, met in ROWS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

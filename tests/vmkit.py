@@ -1,0 +1,396 @@
+"""Plain helpers for the remote tests (tests/test_remote.py): the example images built once,
+an app repo wired to its own app directory on the sandbox VM, and the sandbox's sshd log.
+
+The sandbox "VM" is an sshd on this very machine (root login), so what a deploy leaves in its
+app directory can be read straight from the local filesystem: that keeps the checks from adding
+SSH connections of their own to the sshd log, which some tests count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conftest import EXAMPLE, REGISTRY, child_env, commit_all, git, make_example_repo
+
+from deploy.sandbox import Sandbox
+
+FABFILE = "from deploy.fabtasks import ns  # noqa: F401\n"
+
+BROKEN_MIGRATION = '''"""a migration that fails
+
+Revision ID: 0002
+Revises: 0001
+"""
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("SELECT no_such_function()")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(argv: list[str], *, cwd: Path | str | None = None, env: dict | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def docker(*args: str, cwd: Path | str | None = None, env: dict | None = None,
+           timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return run(["docker", *args], cwd=cwd, env=env, timeout=timeout)
+
+
+def checked(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"{proc.args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def output(proc: subprocess.CompletedProcess[str]) -> str:
+    return proc.stdout + proc.stderr
+
+
+def add_fabfile(repo: Path) -> None:
+    (repo / "fabfile").mkdir(exist_ok=True)
+    (repo / "fabfile" / "__init__.py").write_text(FABFILE)
+
+
+def make_app_repo(dest: Path) -> Path:
+    """A committed git copy of example v1 with tasks.py and fabfile/, as an app repo has."""
+    make_example_repo(dest)
+    add_fabfile(dest)
+    commit_all(dest, "fabfile")
+    return dest
+
+
+def apply_v2(repo: Path) -> str:
+    """Overlay example/v2 on the repo and commit it; the new short SHA."""
+    shutil.copytree(EXAMPLE / "v2", repo, dirs_exist_ok=True)
+    commit_all(repo, "v2: items get a note column")
+    return git(repo, "rev-parse", "--short=7", "HEAD")
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass
+class Images:
+    """The example images of this session, all pushed to the sandbox registry."""
+
+    image: str  # registry/name, no tag
+    name: str  # the repository path in the registry
+    v1: str
+    v2: str
+    broken: str  # v1 plus a migration 0002 that raises
+    unhealthy: str  # v1 whose /health always answers 503 (ENV APP_FAIL_HEALTH=1)
+
+    def ref(self, tag: str) -> str:
+        return f"{self.image}:{tag}"
+
+    @property
+    def tags(self) -> list[str]:
+        return [self.v1, self.v2, self.broken, self.unhealthy]
+
+
+def buildx(ref: str, context: Path) -> None:
+    checked(docker("buildx", "build", "--load", "--platform", "linux/amd64", "--quiet",
+                   "-t", ref, str(context), timeout=1200))
+
+
+def build_images(root: Path) -> Images:
+    """Build v1, v2, broken-migration and unhealthy images once; push them all."""
+    name = unique("rt-")
+    image = f"{REGISTRY}/{name}"
+    repo = make_app_repo(root / "app")
+    v1 = git(repo, "rev-parse", "--short=7", "HEAD")
+    broken_dir = root / "broken"
+    unhealthy_dir = root / "unhealthy"
+    ignore = shutil.ignore_patterns(".git")
+    shutil.copytree(repo, broken_dir, ignore=ignore)
+    shutil.copytree(repo, unhealthy_dir, ignore=ignore)
+    (broken_dir / "migrations" / "versions" / "0002_broken.py").write_text(BROKEN_MIGRATION)
+    dockerfile = unhealthy_dir / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "\nENV APP_FAIL_HEALTH=1\n")
+
+    images = Images(image=image, name=name, v1=v1, v2="", broken=f"{v1}-broken",
+                    unhealthy=f"{v1}-unhealthy")
+    buildx(images.ref(v1), repo)
+    images.v2 = apply_v2(repo)
+    buildx(images.ref(images.v2), repo)
+    buildx(images.ref(images.broken), broken_dir)
+    buildx(images.ref(images.unhealthy), unhealthy_dir)
+    for tag in images.tags:
+        checked(docker("push", "--quiet", images.ref(tag)))
+    return images
+
+
+def remove_local_images(image: str) -> None:
+    refs = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", image).stdout.split()
+    if refs:
+        docker("image", "rm", "--force", *refs)
+
+
+def registry_tags(name: str) -> list[str]:
+    try:
+        with urllib.request.urlopen(f"http://{REGISTRY}/v2/{name}/tags/list", timeout=10) as r:
+            return json.load(r).get("tags") or []
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return []
+        raise
+
+
+# --------------------------------------------------------------------------- sshd log
+
+
+class SshdLog:
+    """The sandbox sshd's log (LogLevel VERBOSE): what connected since a mark."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def mark(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def since(self, mark: int) -> list[str]:
+        with open(self.path, "rb") as handle:
+            handle.seek(mark)
+            return handle.read().decode(errors="replace").splitlines()
+
+    def connections(self, mark: int) -> int:
+        return sum("Connection from" in line for line in self.since(mark))
+
+    def logins(self, mark: int) -> int:
+        return sum("Accepted publickey" in line for line in self.since(mark))
+
+    def measure(self, action, what: str, expected: int, attempts: int = 3):
+        """Run `action` and count the sshd lines of kind `what` ("connections" or "logins")
+        it caused; (action's result, count, log lines).
+
+        The sandbox sshd is shared: another test process may connect at the same moment. So
+        an action whose count is not `expected` is run again, up to `attempts` times: a tool
+        that really opens the wrong number of connections does so every time.
+        """
+        for _ in range(attempts):
+            mark = self.mark()
+            result = action()
+            count = getattr(self, what)(mark)
+            if count == expected:
+                break
+        return result, count, self.since(mark)
+
+
+# --------------------------------------------------------------------------- one app
+
+
+@dataclass
+class App:
+    """An app repo deploying to its own app directory (and port) on the sandbox VM."""
+
+    repo: Path
+    images: Images
+    app_dir: str
+    port: int
+    cache: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, repo: Path, images: Images, cache: Path, sandbox: Sandbox,
+               image: str = "") -> App:
+        """Give `repo` its own app_dir and APP_PORT; point it at the sandbox VM."""
+        app_dir = f"/srv/{unique('t-')}"
+        port = free_port()
+        env_file = repo / ".env"
+        lines = [line for line in env_file.read_text().splitlines()
+                 if not line.startswith("APP_PORT=")]
+        env_file.write_text("\n".join([*lines, f"APP_PORT={port}"]) + "\n")
+        env = {
+            "DEPLOY_IMAGE": image or images.image,
+            "DEPLOY_HOST": sandbox.ssh_host,
+            "DEPLOY_PORT": str(sandbox.ssh_port),
+            "DEPLOY_USER": sandbox.ssh_user,
+            "DEPLOY_KEY_FILE": str(sandbox.key_file),
+            "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts),
+            "DEPLOY_APP_DIR": app_dir,
+            "DEPLOY_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+            "XDG_CACHE_HOME": str(cache),
+        }
+        return cls(repo=repo, images=images, app_dir=app_dir, port=port, cache=cache, env=env)
+
+    # -- running the tools, as a user would ------------------------------------------------
+    def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
+        return child_env({**self.env, **(extra or {})})
+
+    def fab(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return run([sys.executable, "-m", "fabric", *args], cwd=self.repo,
+                   env=self._env(env), timeout=timeout)
+
+    def inv(self, *args: str, env: dict[str, str] | None = None,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return run([sys.executable, "-m", "invoke", *args], cwd=self.repo,
+                   env=self._env(env), timeout=timeout)
+
+    def fab_ok(self, *args: str, env: dict[str, str] | None = None) -> str:
+        proc = self.fab(*args, env=env)
+        assert proc.returncode == 0, f"fab {' '.join(args)} exited {proc.returncode}:\n" + \
+            output(proc)
+        return output(proc)
+
+    def deploy(self, tag: str, env: dict[str, str] | None = None) -> str:
+        return self.fab_ok("deploy", f"--tag={tag}", env=env)
+
+    def settings(self, **overrides: str):
+        """The settings `fab` would read in this repo with this app's environment."""
+        from deploy.settings import load_settings
+
+        environ = {k: v for k, v in self.env.items() if k.startswith("DEPLOY_")}
+        return load_settings(self.repo, environ={**environ, **overrides})
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str, timeout: float = 5) -> tuple[int, object]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=timeout) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def get_json(self, path: str) -> object:
+        status, body = self.get(path)
+        assert status == 200, f"GET {path} -> {status}: {body}"
+        return body
+
+    def version(self) -> dict:
+        return self.get_json("/version")  # type: ignore[return-value]
+
+    def post_item(self, name: str, **fields: object) -> dict:
+        request = urllib.request.Request(
+            self.url("/items"), data=json.dumps({"name": name, **fields}).encode(),
+            headers={"Content-Type": "application/json"}, method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 201
+            return json.load(response)
+
+    def wait_http(self, path: str, timeout: float = 60) -> int | str:
+        deadline = time.monotonic() + timeout
+        last: int | str = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                last = self.get(path, timeout=2)[0]
+            except OSError as exc:
+                last = f"no answer ({exc})"
+            if last == 200:
+                return 200
+            time.sleep(0.3)
+        return last
+
+    # -- the VM's app directory (the sandbox VM is this machine) ---------------------------
+    @property
+    def project(self) -> str:
+        return "".join(c for c in Path(self.app_dir).name.lower() if c.isalnum())
+
+    def vm(self, relative: str = "") -> Path:
+        return Path(self.app_dir) / relative if relative else Path(self.app_dir)
+
+    def history(self) -> list[dict]:
+        path = self.vm(".deploy/history.jsonl")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def release_env(self) -> dict[str, str]:
+        path = self.vm(".env")
+        out = {}
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                key, value = line.split("=", 1)
+                out[key] = value
+        return out
+
+    def snapshot(self) -> dict[str, bytes | None]:
+        """Contents of the release state files (None when missing)."""
+        out: dict[str, bytes | None] = {}
+        for name in (".env", ".deploy/history.jsonl", "app.env", "compose.yaml"):
+            path = self.vm(name)
+            out[name] = path.read_bytes() if path.exists() else None
+        out["lock"] = b"held" if self.vm(".deploy/lock").exists() else None
+        backups = self.vm("backups")
+        out["backups"] = "\n".join(sorted(os.listdir(backups))).encode() if backups.is_dir() \
+            else None
+        return out
+
+    def backups(self) -> list[str]:
+        path = self.vm("backups")
+        return sorted(os.listdir(path)) if path.is_dir() else []
+
+    def db(self, sql: str, params: tuple = ()) -> list[dict]:
+        path = self.vm("data/app.db")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in conn.execute(sql, params)]
+        finally:
+            conn.close()
+
+    def item_names(self) -> list[str]:
+        return [row["name"] for row in self.db("SELECT name FROM items ORDER BY id")]
+
+    def db_revision(self) -> str:
+        return self.db("SELECT version_num FROM alembic_version")[0]["version_num"]
+
+    def containers(self, *, running: bool = True) -> list[str]:
+        args = ["ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"]
+        if not running:
+            args.insert(1, "-a")
+        return docker(*args).stdout.split()
+
+    def serving_image(self) -> str:
+        ids = self.containers()
+        assert len(ids) == 1, f"expected one running container of {self.project}: {ids}"
+        return docker("inspect", "--format", "{{.Config.Image}}", ids[0]).stdout.strip()
+
+    def tear_down(self) -> None:
+        """Remove this app's containers, network and app directory (whatever compose made them)."""
+        label = f"label=com.docker.compose.project={self.project}"
+        ids = docker("ps", "-aq", "--filter", label).stdout.split()
+        if ids:
+            docker("rm", "--force", "--volumes", *ids)
+        networks = docker("network", "ls", "-q", "--filter", label).stdout.split()
+        if networks:
+            docker("network", "rm", *networks)
+        if self.app_dir.startswith("/srv/t-"):
+            shutil.rmtree(self.app_dir, ignore_errors=True)
