@@ -74,6 +74,8 @@ def full_deploy(
     with contextlib.ExitStack() as stack:
         vms = [stack.enter_context(remote.session(settings, t, dry_run=dry_run))
                for t in vm_targets]
+        for vm in vms:  # held through build and push: two deploys at once, exactly one goes on
+            stack.enter_context(vm.locked(tag, message))
         stale = [vm for vm in vms if not (pushed and vm.is_serving(tag))]
         if not stale:
             runner.say(f"{image}:{tag} is already in the registry and serving healthy on every "
@@ -94,6 +96,7 @@ def full_deploy(
                                      settings.registry_password)
         for vm in stale:
             timed(runner, f"remote deploy on {vm.runner.where}",
-                  lambda vm=vm: remote.deploy(vm, tag, git_sha=git_sha, message=message))
+                  lambda vm=vm: remote.deploy(vm, tag, git_sha=git_sha, message=message,
+                                             lock=False))
     runner.say(f"done: {image}:{tag} in {time.monotonic() - started:.1f}s")
     return tag

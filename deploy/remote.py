@@ -233,9 +233,25 @@ class Vm:
 
     # -- steps --------------------------------------------------------------------------
     def current_tag(self) -> str:
+        """The release the VM should run: .env's DEPLOY_TAG, else what the running container
+        runs, else the newest history entry (with a warning saying what to repair)."""
         if self.runner.dry_run:
             return ""
-        return self.run(cmd.read_current_tag(), quiet=True).stdout.strip()
+        tag = self.run(cmd.read_current_tag(), quiet=True).stdout.strip()
+        if tag:
+            return tag
+        image = self.run(cmd.running_image(self.compose(), self.settings.service),
+                         quiet=True, check=False).stdout.strip()
+        source = "the running container"
+        tag = image.rsplit(":", 1)[-1] if image.startswith(self.image + ":") else ""
+        if not tag:
+            history = self.history()
+            tag, source = (history[-1]["tag"] if history else ""), "the release history"
+        if tag:
+            self.runner.say(f"warning: {self.settings.app_dir}/{cmd.COMPOSE_ENV} names no "
+                            f"current release; using {tag} from {source} (`fab setup` or the "
+                            "next deploy rewrites it)")
+        return tag
 
     def pull(self, tag: str) -> str:
         ref = self.ref(tag)
@@ -327,14 +343,22 @@ class Vm:
     def history(self) -> list[dict]:
         if self.runner.dry_run:
             return []
-        entries = []
-        for line in self.run(cmd.read_history(), quiet=True).stdout.splitlines():
+        entries, bad = [], []
+        lines = self.run(cmd.read_history(), quiet=True).stdout.splitlines()
+        for number, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and "tag" in entry:
+                entry = None
+            if isinstance(entry, dict) and isinstance(entry.get("tag"), str):
                 entries.append(entry)
+            elif line.strip():
+                bad.append(number)
+        if bad:
+            self.runner.say(
+                f"warning: {cmd.HISTORY_FILE} line(s) {', '.join(map(str, bad[:5]))} are not "
+                "release records and were skipped; repair or delete them on the VM"
+            )
         return entries
 
 
@@ -371,35 +395,60 @@ def release_entry(tag: str, digest: str, revision: str, action: str, previous: s
     }
 
 
+def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
+    """Put `previous` back after `tag` failed; a sentence saying how that went."""
+    if not (vm.settings.rollback_on_failure and previous and previous != tag):
+        return "no switch back (" + ("rollback_on_failure is off" if previous
+                                      else "no previous release recorded") + ")"
+    vm.runner.say(f"{why}; switching back to {previous}")
+    vm.switch(previous)
+    again = vm.wait_healthy()
+    return f"switched back to {previous}" + (f", which is {again} too" if again else "")
+
+
 def switch_checked(vm: Vm, tag: str, previous: str) -> None:
     """Switch to `tag` and wait for health; on failure switch back to `previous` (if allowed)."""
-    vm.switch(tag)
-    problem = vm.wait_healthy()
+    try:
+        vm.switch(tag)
+        problem = vm.wait_healthy()
+    except (KeyboardInterrupt, DeployError) as exc:
+        # Interrupted or cut off mid-switch: put the recorded release back before we leave.
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else exc.message
+        back = switch_back(vm, tag, previous, f"switching to {tag} failed: {what}")
+        raise DeployError(f"switching to {tag} failed ({what}); {back}",
+                          "run the same deploy again", exit_code=130 if isinstance(
+                              exc, KeyboardInterrupt) else 1) from None
     if not problem:
         return
-    if vm.settings.rollback_on_failure and previous and previous != tag:
-        vm.runner.say(f"{tag} is not healthy ({problem}); switching back to {previous}")
-        vm.switch(previous)
-        again = vm.wait_healthy()
-        back = f"switched back to {previous}" + ("" if not again else f", which is {again} too")
-        raise DeployError(
-            f"{tag} did not turn healthy ({problem}); {back}",
-            "look at `fab logs`, fix the app and deploy a new tag",
-        )
+    back = switch_back(vm, tag, previous, f"{tag} is not healthy ({problem})")
     raise DeployError(
-        f"{tag} did not turn healthy ({problem})",
-        "look at `fab logs`; `fab rollback` puts the previous release back",
+        f"{tag} did not turn healthy ({problem}); {back}",
+        "look at `fab logs`, fix the app and deploy a new tag"
+        if back.startswith("switched") else "`fab rollback` puts the previous release back",
     )
 
 
-def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "") -> dict:
-    """Lock, pull, back up, migrate, switch, check health, record. Returns the history entry."""
+def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
+           lock: bool = True) -> dict:
+    """Lock, pull, back up, migrate, switch, check health, record. Returns the history entry.
+
+    With lock=False the caller already holds the deploy lock (`inv deploy` takes it first).
+    """
     started = time.monotonic()
-    with vm.locked(tag, message):
+    with vm.locked(tag, message) if lock else contextlib.nullcontext():
         previous = vm.current_tag()
-        digest = vm.pull(tag)
-        vm.backup(tag)
-        revision = vm.migrate(tag)
+        step = "pull"
+        try:
+            digest = vm.pull(tag)
+            step = "backup"
+            vm.backup(tag)
+            step = "migrate"
+            revision = vm.migrate(tag)
+        except KeyboardInterrupt:
+            raise DeployError(
+                f"interrupted during {step} of {tag}; {previous or 'the previous version'} is "
+                "still serving and the lock was released",
+                "run the same deploy again", exit_code=130) from None
         switch_checked(vm, tag, previous)
         # No migration ran: the schema is the previous release's (ask Alembic if unknown).
         revision = revision or last_revision(vm.history()) or vm.revision()
@@ -426,6 +475,9 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
     current = vm.current_tag()
     target = pick_rollback_tag(history, current, tag)
     entries = {e["tag"]: e for e in history}
+    # The schema a release was deployed with: a rollback records the database's revision then,
+    # which (without --downgrade) is newer than the release itself.
+    deployed = {e["tag"]: e for e in history if e.get("action", "deploy") == "deploy"}
     if target not in entries and not (known_in_registry and known_in_registry(target)):
         raise DeployError(
             f"{target} is neither in the release history nor in the registry",
@@ -433,7 +485,7 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
         )
     with vm.locked(target, action="rollback"):
         digest = vm.pull(target)
-        wanted = entries.get(target, {}).get("revision", "")
+        wanted = (deployed.get(target) or entries.get(target, {})).get("revision", "")
         now = vm.revision()
         if wanted and now and wanted != now:
             if downgrade:

@@ -37,18 +37,32 @@ class RemoteShell:
         self.connection = connection
         self.where = where or getattr(connection, "host", "the VM")
         self.channel = None
+        self.reconnects = 0
 
     def _open(self):
         transport = self.connection.client.get_transport()
         if transport is None or not transport.is_active():
-            raise DeployError(
-                f"the SSH connection to {self.where} was lost",
-                "check the VM and the network, then run the same command again",
-            )
+            transport = self._reconnect()
         channel = transport.open_session()
         channel.exec_command("exec sh")
         self.channel = channel
         return channel
+
+    def _reconnect(self):
+        """A dropped connection is opened once more (to release the lock, switch back...)."""
+        try:
+            self.connection.close()
+            self.connection.open()
+            transport = self.connection.client.get_transport()
+        except Exception:
+            transport = None
+        if transport is None or not transport.is_active():
+            raise DeployError(
+                f"the SSH connection to {self.where} was lost and could not be opened again",
+                "check the VM and the network, then run the same command again",
+            )
+        self.reconnects += 1
+        return transport
 
     def close(self) -> None:
         if self.channel is not None:

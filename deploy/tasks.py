@@ -27,7 +27,7 @@ def friendly(body: Callable) -> Callable:
             text = f"error: {exc.message}"
             if exc.fix:
                 text += f"\n  fix: {exc.fix}"
-            raise Exit(text, code=1) from None
+            raise Exit(text, code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("interrupted", code=130) from None
 

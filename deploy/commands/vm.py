@@ -154,6 +154,13 @@ def health_state(compose_argv: list[str], service: str) -> list[str]:
               f"if [ -n \"$id\" ]; then {inspect} \"$id\"; else echo missing; fi")
 
 
+def running_image(compose_argv: list[str], service: str) -> list[str]:
+    """The image reference the service's container was started from ('' if none runs)."""
+    ps = shlex.join([*compose_argv, "ps", "-q", service])
+    return sh(f"id=$({ps} 2>/dev/null | head -n 1); "
+              "[ -n \"$id\" ] && docker inspect --format '{{.Config.Image}}' \"$id\" || true")
+
+
 def wait_healthy(compose_argv: list[str], service: str, timeout: float,
                  interval: float = 0.2) -> list[str]:
     """Poll the service container's health on the VM; prints the final state.
