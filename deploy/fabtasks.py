@@ -105,8 +105,9 @@ def logs(c, follow=False, tail=100):
     from deploy.commands import vm as cmd
 
     for vm in each_vm(c):
+        # Not quiet: quiet also hides the output, and the logs are the output.
         vm.run(cmd.service_logs(vm.compose(), vm.settings.service, int(tail), follow),
-               quiet=True, check=False)
+               check=False)
 
 
 @task(name="exec", help={"cmd": "the command to run inside the app container"})

@@ -212,7 +212,13 @@ class Vm:
         }
         if not self.runner.dry_run:
             self.run(cmd.make_dirs(self.settings.app_dir), quiet=True, cwd="")
-        result = self.run(cmd.acquire_lock(json.dumps(holder)), check=False)
+        try:
+            result = self.run(cmd.acquire_lock(json.dumps(holder)), check=False)
+        except BaseException:
+            # Cut off (Ctrl-C) while taking it: the VM may have made the lock ours already.
+            with contextlib.suppress(Exception):
+                self.run(cmd.release_lock_if_ours(json.dumps(holder)), quiet=True)
+            raise
         if result.exited == cmd.LOCK_BUSY_EXIT:
             raise DeployError(
                 f"the VM is locked by another deploy: {describe_holder(result.stdout)}",
@@ -424,7 +430,9 @@ def switch_checked(vm: Vm, tag: str, previous: str) -> None:
     raise DeployError(
         f"{tag} did not turn healthy ({problem}); {back}",
         "look at `fab logs`, fix the app and deploy a new tag"
-        if back.startswith("switched") else "`fab rollback` puts the previous release back",
+        if back.startswith("switched") or not previous
+        # The failed tag was not recorded: a bare `fab rollback` would pick the one before.
+        else f"`fab rollback --tag={previous}` puts the previous release back",
     )
 
 

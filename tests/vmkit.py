@@ -160,6 +160,21 @@ def remove_local_images(image: str) -> None:
         docker("image", "rm", "--force", *refs)
 
 
+def delete_from_registry(name: str) -> None:
+    """Delete every tag of repository `name` from the sandbox registry (best effort)."""
+    from deploy.registry import tag_digest
+
+    for tag in registry_tags(name):
+        try:
+            digest = tag_digest(f"{REGISTRY}/{name}", tag)
+            if digest and digest.startswith("sha256:"):
+                request = urllib.request.Request(
+                    f"http://{REGISTRY}/v2/{name}/manifests/{digest}", method="DELETE")
+                urllib.request.urlopen(request, timeout=10).close()
+        except Exception:  # noqa: BLE001 - a tag sharing a deleted manifest is gone already
+            pass
+
+
 def registry_tags(name: str) -> list[str]:
     try:
         with urllib.request.urlopen(f"http://{REGISTRY}/v2/{name}/tags/list", timeout=10) as r:

@@ -71,6 +71,12 @@ def release_lock() -> list[str]:
     return ["rm", "-rf", LOCK_DIR]
 
 
+def release_lock_if_ours(holder_json: str) -> list[str]:
+    """Release the lock only if holder.json is `holder_json` (after an interrupted acquire)."""
+    return sh(f"if [ \"$(cat {HOLDER_FILE} 2>/dev/null)\" = {q(holder_json)} ]; then "
+              f"rm -rf {LOCK_DIR}; fi")
+
+
 def read_lock() -> list[str]:
     return sh(f"if [ -d {LOCK_DIR} ]; then cat {HOLDER_FILE} 2>/dev/null || echo '{{}}'; fi")
 
@@ -108,15 +114,20 @@ def backup_postgres(compose_argv: list[str], service: str, user: str, db: str, n
     )
 
 
+# Newest first by name (they start with a UTC timestamp), not by mtime: `cp -p` gives a backup
+# its database's mtime, the same for every backup of an unchanged database.
+NEWEST_BACKUPS_FIRST = f"ls -1 {BACKUP_DIR} 2>/dev/null | LC_ALL=C sort -r"
+
+
 def prune_backups(keep: int) -> str:
     return (
-        f"ls -1t {BACKUP_DIR} | grep -v '\\.part$' | grep -v -- '-wal$' | tail -n +{keep + 1} | "
+        f"{NEWEST_BACKUPS_FIRST} | grep -v '\\.part$' | grep -v -- '-wal$' | tail -n +{keep + 1} | "
         f"while read -r old; do rm -f \"{BACKUP_DIR}/$old\" \"{BACKUP_DIR}/$old-wal\"; done"
     )
 
 
 def list_backups() -> list[str]:
-    return sh(f"ls -1t {BACKUP_DIR} 2>/dev/null | grep -v '\\.part$' | grep -v -- '-wal$' || true")
+    return sh(f"{NEWEST_BACKUPS_FIRST} | grep -v '\\.part$' | grep -v -- '-wal$' || true")
 
 
 def restore_sqlite(name: str, db_path: str) -> list[str]:

@@ -1,0 +1,606 @@
+"""The remote half end to end, against the real sandbox: sshd as the VM, the registry, the
+Docker engine and the app's SQLite database on the VM.
+
+`fab` and `inv` run as subprocesses in a git copy of the example app, as a user runs them.
+Each test gets its own app directory on the VM (/srv/t-<random>), its own APP_PORT and compose
+project; the images (v1, v2, a broken migration, an app that never turns healthy) are built and
+pushed once per session under a unique name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REGISTRY, assert_no_traceback, child_env, git
+from vmkit import (
+    App,
+    SshdLog,
+    build_images,
+    delete_from_registry,
+    docker,
+    make_app_repo,
+    output,
+    registry_tags,
+    remove_local_images,
+    run,
+    unique,
+)
+
+from deploy import remote
+from deploy import sandbox as sandbox_mod
+
+HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "15"}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def sandbox(registry, base_image) -> sandbox_mod.Sandbox:
+    """The sandbox up (idempotent): engine, registry, base image, sshd as the VM."""
+    return sandbox_mod.up()
+
+
+@pytest.fixture(scope="session")
+def images(sandbox, tmp_path_factory):
+    built = build_images(tmp_path_factory.mktemp("images"))
+    yield built
+    remove_local_images(built.image)
+    delete_from_registry(built.name)
+
+
+@pytest.fixture(scope="session")
+def sshd(sandbox) -> SshdLog:
+    return SshdLog(sandbox.sshd_log)
+
+
+@pytest.fixture
+def make_app(tmp_path, images, sandbox):
+    """Make apps (a repo each, with its own app_dir and port); each torn down afterwards."""
+    apps: list[App] = []
+
+    def _make(image: str = "") -> App:
+        repo = make_app_repo(tmp_path / f"app{len(apps)}")
+        app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image)
+        apps.append(app)
+        return app
+
+    yield _make
+    for app in apps:
+        app.tear_down()
+
+
+@pytest.fixture
+def app(make_app) -> App:
+    return make_app()
+
+
+@pytest.fixture
+def live(app, images) -> App:
+    """An app set up on the VM with v1 deployed."""
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    assert app.version() == {"version": "1", "revision": "0001"}
+    return app
+
+
+def failed(proc: subprocess.CompletedProcess[str]) -> str:
+    """The output of a command that must have failed cleanly (exit 1, no traceback)."""
+    assert proc.returncode == 1, f"expected exit 1, got {proc.returncode}:\n{output(proc)}"
+    assert_no_traceback(proc)
+    return output(proc)
+
+
+def current_line(releases_output: str) -> str:
+    marked = [line for line in releases_output.splitlines() if line.startswith("* ")]
+    assert len(marked) == 1, releases_output
+    return marked[0]
+
+
+# --------------------------------------------------------------------------- 1, 13: v1 -> v2
+
+
+def test_v2_migrates_and_keeps_rows_written_under_v1_over_one_ssh_connection(
+        live, images, sshd):
+    live.post_item("written under v1")
+    live.post_item("also v1")
+    assert live.item_names() == ["written under v1", "also v1"]
+
+    out, logins, lines = sshd.measure(lambda: live.deploy(images.v2), "logins", 1)
+    assert logins == 1, "one fab deploy should log in to the VM once:\n" + "\n".join(lines)
+    assert f"deployed {images.v2}" in out
+
+    assert live.version() == {"version": "2", "revision": "0002"}
+    items = live.get_json("/items")
+    assert [i["name"] for i in items] == ["written under v1", "also v1"]
+    assert all("note" in i and i["note"] is None for i in items)
+    columns = [c["name"] for c in live.db("PRAGMA table_info(items)")]
+    assert "note" in columns
+    assert live.db_revision() == "0002"
+    assert live.post_item("v2 item", note="with a note")["note"] == "with a note"
+
+    history = live.history()
+    assert [(e["tag"], e["action"], e["revision"]) for e in history][:2] == [
+        (images.v1, "deploy", "0001"), (images.v2, "deploy", "0002")]
+    assert history[1]["previous"] == images.v1
+    assert history[1]["digest"].startswith("sha256:")
+    assert live.release_env()["DEPLOY_TAG"] == images.v2
+    assert live.serving_image() == images.ref(images.v2)
+
+
+# --------------------------------------------------------------------------- 2: rollback
+
+
+def test_rollback_to_the_previous_release_warns_about_the_schema_and_keeps_data(live, images):
+    live.post_item("from v1")
+    live.deploy(images.v2)
+    live.post_item("from v2", note="kept")
+
+    out = live.fab_ok("rollback")  # no --tag: the release before the current one
+    assert f"rolled back to {images.v1}" in out
+    assert "warning" in out and "0001" in out and "0002" in out and "--downgrade" in out
+    assert live.version() == {"version": "1", "revision": "0002"}  # v1 code, schema untouched
+    assert [i["name"] for i in live.get_json("/items")] == ["from v1", "from v2"]
+    assert live.release_env()["DEPLOY_TAG"] == images.v1
+    assert live.serving_image() == images.ref(images.v1)
+    last = live.history()[-1]
+    assert (last["tag"], last["action"], last["previous"]) == (images.v1, "rollback", images.v2)
+
+    releases = live.fab_ok("releases")
+    current = current_line(releases)
+    assert images.v1 in current and "rollback" in current
+    assert releases.strip().splitlines()[-1] == current  # the newest line is the current one
+
+    live.fab_ok("rollback", f"--tag={images.v2}")  # forward again: the note is still there
+    assert live.version() == {"version": "2", "revision": "0002"}
+    assert [i.get("note") for i in live.get_json("/items")] == [None, "kept"]
+
+    out = live.fab_ok("rollback", f"--tag={images.v1}")
+    # v1 was deployed at schema 0001: an earlier rollback (which recorded the database's 0002)
+    # must not make us forget it.
+    assert "warning" in out and "0001" in out, out
+    assert live.version() == {"version": "1", "revision": "0002"}
+    assert current_line(live.fab_ok("releases")).split()[2] == images.v1
+
+
+def test_rollback_with_downgrade_takes_the_schema_back(live, images):
+    live.post_item("kept across the downgrade")
+    live.deploy(images.v2)
+
+    out = live.fab_ok("rollback", f"--tag={images.v1}", "--downgrade")
+    assert "downgrading the schema 0002 -> 0001" in out
+    assert "warning" not in out
+    assert live.version() == {"version": "1", "revision": "0001"}
+    assert live.db_revision() == "0001"
+    assert "note" not in [c["name"] for c in live.db("PRAGMA table_info(items)")]
+    assert live.item_names() == ["kept across the downgrade"]
+    last = live.history()[-1]
+    assert (last["tag"], last["action"], last["revision"]) == (images.v1, "rollback", "0001")
+
+
+# --------------------------------------------------------------------------- 3: migration fails
+
+
+def test_a_failing_migration_leaves_the_old_version_serving(live, images):
+    live.post_item("before the broken release")
+    before = live.snapshot()
+
+    out = failed(live.fab("deploy", f"--tag={images.broken}"))
+    assert f"migration with {images.broken} failed" in out
+    assert "the previous version is still serving" in out
+    assert "no_such_function" in out  # the migration's own error is shown
+
+    assert live.version() == {"version": "1", "revision": "0001"}
+    assert live.serving_image() == images.ref(images.v1)
+    assert live.item_names() == ["before the broken release"]
+    assert not live.vm(".deploy/lock").exists()
+    after = live.snapshot()
+    for name in (".env", ".deploy/history.jsonl", "lock"):
+        assert after[name] == before[name], name
+    assert len(live.backups()) == 1  # the backup taken just before the migration
+
+
+# --------------------------------------------------------------------------- 4: health fails
+
+
+def test_an_unhealthy_release_is_switched_back_automatically(live, images):
+    out = failed(live.fab("deploy", f"--tag={images.unhealthy}", env=HEALTH_TIMEOUT))
+    assert f"{images.unhealthy} did not turn healthy" in out
+    assert f"switched back to {images.v1}" in out
+    assert live.serving_image() == images.ref(images.v1)
+    assert live.wait_http("/health") == 200
+    assert live.version()["version"] == "1"
+    assert not live.vm(".deploy/lock").exists()
+    assert live.release_env()["DEPLOY_TAG"] == images.v1
+    assert [e["tag"] for e in live.history()] == [images.v1]
+
+
+def test_an_unhealthy_release_is_left_running_when_rollback_on_failure_is_off(live, images):
+    env = {**HEALTH_TIMEOUT, "DEPLOY_ROLLBACK_ON_FAILURE": "false"}
+    out = failed(live.fab("deploy", f"--tag={images.unhealthy}", env=env))
+    assert f"{images.unhealthy} did not turn healthy" in out
+    assert "no switch back (rollback_on_failure is off)" in out
+    assert "switched back" not in out
+    assert live.serving_image() == images.ref(images.unhealthy)
+    assert live.get("/health")[0] == 503
+    assert not live.vm(".deploy/lock").exists()
+
+    # The fix the message gives puts v1 back.
+    fix = next(line for line in out.splitlines() if "fix:" in line)
+    command = re.search(r"`fab (rollback[^`]*)`", fix)
+    assert command, fix
+    live.fab_ok(*command.group(1).split())
+    assert live.serving_image() == images.ref(images.v1)
+    assert live.version()["version"] == "1"
+
+
+# --------------------------------------------------------------------------- 5: the lock
+
+
+def test_a_held_lock_refuses_a_deploy_until_unlocked(live, images):
+    lock = live.vm(".deploy/lock")
+    lock.mkdir()
+    holder = {"holder": "alice@laptop", "time": "2030-01-01T00:00:00Z", "tag": "abc1234",
+              "action": "deploy", "message": "big migration"}
+    (lock / "holder.json").write_text(json.dumps(holder) + "\n")
+    before = live.snapshot()
+
+    out = failed(live.fab("deploy", f"--tag={images.v2}"))
+    assert "locked by another deploy" in out
+    assert "alice@laptop" in out and "deploy of abc1234" in out and "big migration" in out
+    assert "fab unlock" in out
+    assert live.snapshot() == before  # the other deploy's lock is left alone
+    assert json.loads((lock / "holder.json").read_text()) == holder
+    assert live.version()["version"] == "1"
+
+    status = live.fab_ok("status")
+    assert re.search(r"^lock:\s+alice@laptop", status, re.M), status
+
+    out = live.fab_ok("unlock")
+    assert "cleared the lock held by alice@laptop" in out
+    assert not lock.exists()
+    assert "the lock is free" in live.fab_ok("unlock")
+
+    live.deploy(images.v2)
+    assert live.version()["version"] == "2"
+
+
+@pytest.mark.parametrize("moment", ["lock", "switch"])
+def test_ctrl_c_during_a_deploy_releases_the_lock(live, images, moment):
+    """Ctrl-C as soon as the deploy holds the lock, or once the new container exists: exit 130,
+    the lock released, v1 serving."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric", "deploy", f"--tag={images.v2}"], cwd=live.repo,
+        env=child_env(live.env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = live.vm(".deploy/lock")
+    new_container = ["ps", "-q", "--filter", f"label=com.docker.compose.project={live.project}",
+                     "--filter", "label=com.docker.compose.oneoff=False",
+                     "--filter", f"ancestor={images.ref(images.v2)}"]
+
+    def reached() -> bool:
+        if moment == "lock":
+            return lock.exists()
+        return bool(docker(*new_container).stdout.strip())
+
+    try:
+        while not reached() and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=180)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out, out
+    assert not lock.exists(), out
+    assert live.release_env()["DEPLOY_TAG"] == images.v1
+    assert live.wait_http("/health") == 200
+    assert live.version()["version"] == "1"
+    assert [e["tag"] for e in live.history()] == [images.v1]
+    if moment == "switch":
+        assert f"switched back to {images.v1}" in out, out
+
+
+def test_an_unexpected_exception_mid_deploy_releases_the_lock(live, images, monkeypatch):
+    def boom(self, tag):
+        assert (Path(self.settings.app_dir) / ".deploy/lock/holder.json").exists()
+        raise RuntimeError("a bug in the middle of the deploy")
+
+    monkeypatch.setattr(remote.Vm, "backup", boom)
+    settings = live.settings()
+    with remote.session(settings, remote.targets(settings)[0]) as vm:
+        with pytest.raises(RuntimeError):
+            remote.deploy(vm, images.v2)
+    assert not live.vm(".deploy/lock").exists()
+    assert live.release_env()["DEPLOY_TAG"] == images.v1
+    assert live.version()["version"] == "1"
+
+
+# --------------------------------------------------------------------------- 6: host keys
+
+
+def test_an_unknown_host_key_is_refused_and_nothing_runs(app, images, sshd, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    env = {"DEPLOY_KNOWN_HOSTS": str(empty)}
+    for args in (["setup"], ["deploy", f"--tag={images.v1}"], ["status"]):
+        proc, logins, lines = sshd.measure(lambda args=args: app.fab(*args, env=env),
+                                           "logins", 0)
+        out = failed(proc)
+        assert "is unknown" in out, out
+        assert "refusing" in out
+        assert f"ssh-keyscan -p {app.settings().port} 127.0.0.1 >> {empty}" in out
+        assert logins == 0, "\n".join(lines)
+    assert not app.vm().exists()
+
+
+def test_a_changed_host_key_is_refused(app, images, sshd, tmp_path):
+    key = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    keytype, blob = key.with_suffix(".pub").read_text().split()[:2]
+    port = app.settings().port
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {keytype} {blob}\n")
+
+    proc, logins, lines = sshd.measure(
+        lambda: app.fab("deploy", f"--tag={images.v1}", env={"DEPLOY_KNOWN_HOSTS": str(known)}),
+        "logins", 0)
+    out = failed(proc)
+    assert "CHANGED" in out and "refusing" in out
+    assert str(known) in out  # where to remove the old line
+    assert logins == 0, "\n".join(lines)
+    assert not app.vm().exists()
+
+
+# --------------------------------------------------------------------------- 7, 8: bad tags
+
+
+@pytest.mark.parametrize("task", ["deploy", "rollback"])
+@pytest.mark.parametrize("template", [
+    "x;touch {marker}", "$(touch {marker})", "`touch {marker}`", "a b", "x&&touch {marker}",
+    "x|touch {marker}", "x\ntouch {marker}",
+])
+def test_a_tag_with_shell_metacharacters_is_refused_before_ssh(app, sshd, task, template):
+    marker = Path(f"/tmp/pwned-{unique('')}")
+    tag = template.format(marker=marker)
+    proc, connections, lines = sshd.measure(lambda: app.fab(task, f"--tag={tag}"),
+                                            "connections", 0)
+    out = failed(proc)
+    assert "is not a valid Docker tag" in out
+    assert connections == 0, "\n".join(lines)
+    assert not marker.exists()
+    assert not app.vm().exists()
+
+
+def test_a_tag_missing_from_the_registry_is_refused_before_the_vm_changes(live, images, sshd):
+    before = live.snapshot()
+    missing = unique("missing-")
+    proc, connections, lines = sshd.measure(lambda: live.fab("deploy", f"--tag={missing}"),
+                                            "connections", 0)
+    out = failed(proc)
+    assert f"{images.image}:{missing} is not in the registry" in out
+    assert "push it first" in out
+    assert connections == 0, "\n".join(lines)
+    assert live.snapshot() == before
+    assert live.serving_image() == images.ref(images.v1)
+
+
+# --------------------------------------------------------------------------- 9: dry runs
+
+REMOTE_STEPS = [
+    ("lock", "mkdir .deploy/lock"),
+    ("pull", "docker pull"),
+    ("backup", "backups/"),
+    ("migrate", "alembic upgrade head"),
+    ("up", " up -d"),
+    ("health", "docker inspect"),
+]
+
+
+def step_order(out: str, steps: list[tuple[str, str]]) -> list[str]:
+    """The steps in the order their first command appears in `out`."""
+    lines = out.splitlines()
+    found = {}
+    for name, needle in steps:
+        hits = [i for i, line in enumerate(lines) if needle in line]
+        assert hits, f"no {name} step ({needle!r}) in:\n{out}"
+        found[name] = hits[0]
+    return sorted(found, key=found.get)
+
+
+def test_fab_deploy_dry_run_prints_the_remote_steps_and_touches_nothing(live, images, sshd):
+    before = live.snapshot()
+    proc, connections, lines = sshd.measure(
+        lambda: live.fab("deploy", f"--tag={images.v2}", "--dry-run"), "connections", 0)
+    out = output(proc)
+    assert proc.returncode == 0, out
+    assert step_order(out, REMOTE_STEPS) == [name for name, _ in REMOTE_STEPS]
+    assert f"DEPLOY_TAG={images.v2}" in out and f"cd {live.app_dir} &&" in out
+    assert connections == 0, "\n".join(lines)
+    assert live.snapshot() == before
+    assert live.serving_image() == images.ref(images.v1)
+
+
+def test_inv_deploy_dry_run_prints_every_step_and_pushes_nothing(live, images, sshd):
+    tag = git(live.repo, "rev-parse", "--short=7", "HEAD")
+    tags_before = registry_tags(images.name)
+    before = live.snapshot()
+    proc, connections, lines = sshd.measure(lambda: live.inv("deploy", "--dry-run"),
+                                            "connections", 0)
+    out = output(proc)
+    assert proc.returncode == 0, out
+    # The VM's lock is taken right after the checks and held through build and push.
+    steps = [("check", "== check"), REMOTE_STEPS[0], ("test", "-m pytest"),
+             ("build", "buildx build"), ("smoke", "docker run"), ("push", "docker push"),
+             *REMOTE_STEPS[1:]]
+    assert step_order(out, steps) == [name for name, _ in steps]
+    assert f"{images.image}:{tag}" in out
+    assert connections == 0, "\n".join(lines)
+    assert live.snapshot() == before
+    assert registry_tags(images.name) == tags_before
+    assert docker("image", "inspect", f"{images.image}:{tag}").returncode != 0  # nothing built
+
+
+# --------------------------------------------------------------------------- 10: inspection
+
+
+def test_status_releases_logs_and_exec(live, images):
+    status = live.fab_ok("status")
+    assert re.search(rf"^release:\s+{images.v1}$", status, re.M), status
+    assert re.search(r"^health:\s+healthy$", status, re.M), status
+    assert re.search(r"^revision:\s+0001$", status, re.M), status
+    assert re.search(r"^lock:\s+free$", status, re.M), status
+    assert f"{live.project}-app-1" in status  # compose ps
+
+    releases = live.fab_ok("releases")
+    assert images.v1 in current_line(releases) and "rev=0001" in releases
+
+    live.get_json("/version")  # a request, so that the log has an access line
+    logs = live.fab_ok("logs", "--tail", "5")
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", logs)  # compose v2 erases lines even so
+    app_lines = [line for line in plain.splitlines() if re.match(r"\S*app[-_]1\s+\|", line)]
+    assert 1 <= len(app_lines) <= 5, logs
+    assert any("GET /" in line for line in app_lines), logs
+
+    assert "app.db" in live.fab_ok("exec", "--cmd", "ls /data")
+    proc = live.fab("exec", "--cmd", "exit 3")
+    assert proc.returncode == 3, output(proc)
+    assert_no_traceback(proc)
+
+
+# --------------------------------------------------------------------------- 11: setup, .env
+
+
+def test_setup_uploads_a_private_env_and_a_plain_compose_up_brings_the_release_back(
+        app, images):
+    out = app.fab_ok("setup")
+    assert f"ready: {app.app_dir}" in out
+    app_env = app.vm("app.env")
+    assert stat.S_IMODE(app_env.stat().st_mode) == 0o600
+    assert app_env.read_text() == (app.repo / ".env").read_text()
+    assert app.vm("compose.yaml").read_text() == (app.repo / "compose.yaml").read_text()
+    assert "DEPLOY_TAG" not in app.release_env()
+
+    app.deploy(images.v1)
+    app.post_item("survives a plain compose restart")
+    app.deploy(images.v2)
+    env = app.release_env()
+    assert stat.S_IMODE(app.vm(".env").stat().st_mode) == 0o600
+    assert (env["DEPLOY_IMAGE"], env["DEPLOY_TAG"]) == (images.image, images.v2)
+    assert env["APP_SECRET"] == "test-secret" and env["APP_PORT"] == str(app.port)
+
+    # What a reboot or an admin does: compose alone, no DEPLOY_* in the environment.
+    plain = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    for args in (["down"], ["up", "-d"]):
+        proc = run(["docker", "compose", "--project-name", app.project, *args],
+                   cwd=app.app_dir, env=plain)
+        assert proc.returncode == 0, output(proc)
+    assert app.wait_http("/health") == 200
+    assert app.version() == {"version": "2", "revision": "0002"}
+    assert app.serving_image() == images.ref(images.v2)
+    assert app.item_names() == ["survives a plain compose restart"]
+
+
+# --------------------------------------------------------------------------- 12: compose v1
+
+
+def test_the_same_deploy_works_with_compose_v1(app, images):
+    env = {"DEPLOY_COMPOSE_COMMAND": "v1"}
+    app.fab_ok("setup", env=env)
+    out = app.deploy(images.v1, env=env)
+    assert "docker-compose --file compose.yaml" in out
+    assert "docker compose " not in out
+    app.post_item("under compose v1")
+    out = app.deploy(images.v2, env=env)
+    assert "--wait" not in out
+    assert app.version() == {"version": "2", "revision": "0002"}
+    assert app.item_names() == ["under compose v1"]
+    names = docker("ps", "--format", "{{.Names}}", "--filter",
+                   f"label=com.docker.compose.project={app.project}").stdout.split()
+    assert names == [f"{app.project}_app_1"]  # compose v1 naming: it was docker-compose's doing
+    status = app.fab_ok("status", env=env)
+    assert re.search(r"^health:\s+healthy$", status, re.M), status
+    assert f"rolled back to {images.v1}" in app.fab_ok("rollback", env=env)
+    assert app.version() == {"version": "1", "revision": "0002"}
+
+
+# --------------------------------------------------------------------------- 14: inv deploy
+
+
+def test_inv_deploy_end_to_end(make_app, sshd):
+    image = f"{REGISTRY}/{unique('rt-inv-')}"
+    app = make_app(image=image)
+    try:
+        app.fab_ok("setup")
+        proc = app.inv("deploy")
+        out = output(proc)
+        assert proc.returncode == 0, out
+        assert_no_traceback(proc)
+        tag = git(app.repo, "rev-parse", "--short=7", "HEAD")
+        for step in ("check", "test", "build", "smoke", "push", "remote deploy on 127.0.0.1"):
+            assert f"== {step} done in" in out, f"step {step} missing:\n{out}"
+        assert f"done: {image}:{tag}" in out
+        assert sorted(registry_tags(image.split("/", 1)[1])) == sorted([tag, "latest"])
+        assert app.version() == {"version": "1", "revision": "0001"}
+        entry = app.history()[-1]
+        assert entry["tag"] == tag and entry["action"] == "deploy"
+        assert entry["git_sha"] == git(app.repo, "rev-parse", "HEAD")
+        assert app.release_env()["DEPLOY_TAG"] == tag
+        assert app.serving_image() == f"{image}:{tag}"
+
+        # Again: the tag is pushed and serving healthy, so nothing is rebuilt or switched.
+        proc, logins, lines = sshd.measure(lambda: app.inv("deploy"), "logins", 1)
+        out = output(proc)
+        assert proc.returncode == 0, out
+        assert "nothing to do" in out and "== build" not in out
+        assert logins == 1, "\n".join(lines)
+        assert len(app.history()) == 1
+    finally:
+        remove_local_images(image)
+        delete_from_registry(image.split("/", 1)[1])
+
+
+# --------------------------------------------------------------------------- 15: backups
+
+
+def test_backups_are_taken_listed_pruned_and_restored(live, images):
+    keep = {"DEPLOY_KEEP_BACKUPS": "2"}
+    assert live.backups() == []  # the first deploy had no database to back up
+    assert "no backups yet" in live.fab_ok("backups")
+    live.post_item("before the backups")
+
+    taken = []
+    for _ in range(4):  # the first migrates to 0002; the others find nothing to migrate
+        live.deploy(images.v2, env=keep)
+        names = [n for n in live.backups() if n.endswith(".sqlite3")]
+        new = sorted(set(names) - set(taken))
+        assert len(new) == 1 and new[0].endswith(f"-{images.v2}.sqlite3"), names
+        taken += new
+        assert len(names) == min(len(taken), 2)
+    # The newest two are kept, however old the database file they copied.
+    assert live.backups() == taken[-2:]
+    listed = live.fab_ok("backups").split()
+    assert listed == [taken[-1], taken[-2]]  # newest first
+
+    live.post_item("after the last backup")
+    assert live.item_names() == ["before the backups", "after the last backup"]
+    out = live.fab_ok("restore", f"--backup={taken[-1]}")
+    assert f"restored {taken[-1]}" in out
+    assert live.item_names() == ["before the backups"]
+    assert live.wait_http("/health") == 200
+    assert [i["name"] for i in live.get_json("/items")] == ["before the backups"]
+    assert not live.vm(".deploy/lock").exists()
+    status = live.fab_ok("status")
+    assert re.search(r"^health:\s+healthy$", status, re.M), status
+
+    out = failed(live.fab("restore", "--backup=../data/app.db"))
+    assert "is not a backup name" in out
