@@ -15,6 +15,23 @@ from invoke import Collection, Exit
 from deploy.tasks import friendly
 
 
+def _verify_host_keys() -> None:
+    """`fab -H host -- cmd` goes through Fabric alone: make it check host keys too."""
+    from deploy.errors import DeployError
+    from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
+    from deploy.settings import load_settings
+
+    files = [DEFAULT_KNOWN_HOSTS]
+    try:
+        known_hosts = load_settings().known_hosts
+    except DeployError:
+        known_hosts = ""
+    verify_fabric_connections([known_hosts, *files] if known_hosts else files)
+
+
+_verify_host_keys()
+
+
 def each_vm(c, dry_run: bool = False):
     """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
     from deploy.remote import session, targets
@@ -123,6 +140,21 @@ def exec_(c, cmd):
             raise Exit(f"command exited {result.exited}", code=result.exited)
 
 
+@task(name="run", help={"cmd": "the shell command to run on the VM, in app_dir"})
+@friendly
+def run_(c, cmd):
+    """Run an ad-hoc shell command on the VM (host key verified); its exit code is ours.
+
+    Fabric's own `fab -H vm -- cmd` works too, but Fabric alone does not verify host keys.
+    """
+    from deploy.runner import sh
+
+    for vm in each_vm(c):
+        result = vm.run(sh(cmd), check=False)
+        if not result.ok:
+            raise Exit(f"command exited {result.exited}", code=result.exited)
+
+
 @task
 @friendly
 def setup(c, dry_run=False):
@@ -180,4 +212,6 @@ def restore(c, backup):
         restore_backup(vm, backup)
 
 
-ns = Collection(deploy, rollback, releases, status, logs, exec_, setup, unlock, backups, restore)
+ns = Collection(
+    deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore
+)

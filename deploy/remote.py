@@ -20,6 +20,7 @@ from pathlib import Path
 from deploy import git
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
+from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, KnownHostsPolicy
 from deploy.runner import Runner
 from deploy.settings import Settings
 
@@ -71,7 +72,7 @@ def connect(settings: Settings, target: Target):
         except OSError as exc:
             raise DeployError(f"cannot read SSH key {key_file}: {exc.strerror}", "fix its "
                               "permissions") from None
-    known_hosts = Path(settings.known_hosts or "~/.ssh/known_hosts").expanduser()
+    known_hosts = Path(settings.known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
     connect_kwargs: dict = {"allow_agent": not key_file, "look_for_keys": not key_file}
     if key_file:
         connect_kwargs["key_filename"] = str(key_file)
@@ -82,9 +83,7 @@ def connect(settings: Settings, target: Target):
         connect_timeout=settings.connect_timeout,
         connect_kwargs=connect_kwargs,
     )
-    conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    if known_hosts.exists():
-        conn.client.load_host_keys(str(known_hosts))
+    conn.client.set_missing_host_key_policy(KnownHostsPolicy([known_hosts]))
     where = f"{target.host}:{target.port}"
     trust = (
         f"if it is really your VM, add its key: ssh-keyscan -p {target.port} {target.host} "

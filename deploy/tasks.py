@@ -127,13 +127,21 @@ def smoke(c, version="", boot=False):
     local.smoke(settings, runner, version_for(settings, version, allow_dirty=True), boot=boot)
 
 
-@task(help={"version": "image tag", "allow-dirty": "push an image built from a dirty tree"})
+@task(help={"version": "image tag", "allow-dirty": "push an image built from a dirty tree",
+            "password-stdin": "read the registry password from stdin (else "
+                              "DEPLOY_REGISTRY_PASSWORD)"})
 @friendly
-def push(c, version="", allow_dirty=False):
+def push(c, version="", allow_dirty=False, password_stdin=False):
     """Push IMAGE:VERSION and IMAGE:latest; only an image that passed `inv smoke`."""
+    import dataclasses
+
     from deploy import local
 
     settings, runner = setup(c)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        settings = dataclasses.replace(settings, registry_password=password)
+        runner.secrets.append(password)
     local.push(settings, runner, version_for(settings, version, allow_dirty=allow_dirty))
 
 

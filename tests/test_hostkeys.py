@@ -1,0 +1,93 @@
+"""Host keys are verified everywhere: our connections, and Fabric's own when our fabfile loads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import paramiko
+import pytest
+
+from deploy.hostkeys import KnownHostsPolicy
+
+HOST = "[127.0.0.1]:2222"
+
+
+def write_known(path: Path, host: str, key: paramiko.PKey) -> Path:
+    path.write_text(f"{host} {key.get_name()} {key.get_base64()}\n")
+    return path
+
+
+def test_known_key_is_accepted(tmp_path: Path) -> None:
+    key = paramiko.Ed25519Key.from_private_key_file(str(_host_key(tmp_path)))
+    policy = KnownHostsPolicy([write_known(tmp_path / "kh", HOST, key)])
+    assert policy.missing_host_key(None, HOST, key) is None
+
+
+def test_unknown_host_is_refused(tmp_path: Path) -> None:
+    key = paramiko.Ed25519Key.from_private_key_file(str(_host_key(tmp_path)))
+    policy = KnownHostsPolicy([write_known(tmp_path / "kh", "[other]:22", key)])
+    with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
+        policy.missing_host_key(None, HOST, key)
+
+
+def test_changed_key_is_refused(tmp_path: Path) -> None:
+    old = paramiko.Ed25519Key.from_private_key_file(str(_host_key(tmp_path, "old")))
+    new = paramiko.Ed25519Key.from_private_key_file(str(_host_key(tmp_path, "new")))
+    policy = KnownHostsPolicy([write_known(tmp_path / "kh", HOST, old)])
+    with pytest.raises(paramiko.BadHostKeyException):
+        policy.missing_host_key(None, HOST, new)
+
+
+def test_missing_files_know_nothing(tmp_path: Path) -> None:
+    key = paramiko.Ed25519Key.from_private_key_file(str(_host_key(tmp_path)))
+    with pytest.raises(paramiko.SSHException):
+        KnownHostsPolicy([tmp_path / "nope"]).missing_host_key(None, HOST, key)
+
+
+def test_fabric_connections_get_the_policy(tmp_path: Path) -> None:
+    code = (
+        "import fabric, fabric.connection as fc\n"
+        "from deploy.hostkeys import verify_fabric_connections\n"
+        f"verify_fabric_connections([{str(tmp_path / 'kh')!r}])\n"
+        "c = fabric.Connection('127.0.0.1')\n"
+        "print(type(c.client._policy).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "KnownHostsPolicy"
+
+
+def _host_key(tmp_path: Path, name: str = "host") -> Path:
+    path = tmp_path / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def _fab(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    import os
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_")}
+    return subprocess.run([sys.executable, "-m", "fabric", *args], cwd=repo, text=True,
+                          capture_output=True, env={**clean, "DEPLOY_APP_DIR": "/tmp", **env})
+
+
+def test_fab_run_checks_the_host_key(example_repo: Path, tmp_path: Path) -> None:
+    """`fab run` reaches the VM with a known key, and is refused (nothing run) without it."""
+    from deploy import sandbox
+
+    if not sandbox.sshd_running(sandbox.sandbox()):
+        pytest.skip("the sandbox sshd is not running (python -m deploy.sandbox up)")
+    (example_repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    marker = tmp_path / "ran"
+    ok = _fab(example_repo, "run", f"--cmd=echo hello; touch {marker}; exit 4")
+    assert ok.returncode == 4, ok.stderr
+    assert "hello" in ok.stdout and marker.exists()
+    marker.unlink()
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    refused = _fab(example_repo, "run", f"--cmd=touch {marker}", DEPLOY_KNOWN_HOSTS=str(empty))
+    assert refused.returncode == 1
+    assert "host key of 127.0.0.1:2222 is unknown" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not marker.exists()
