@@ -16,7 +16,11 @@ from deploy.tasks import friendly
 
 
 def _verify_host_keys() -> None:
-    """`fab -H host -- cmd` goes through Fabric alone: make it check host keys too."""
+    """Connections Fabric makes itself while this fabfile is loaded check host keys too.
+
+    (A bare `fab -H vm -- cmd` loads no fabfile, so Fabric alone handles it: `fab run` is the
+    verified way.)
+    """
     from deploy.errors import DeployError
     from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
     from deploy.settings import load_settings
