@@ -71,9 +71,18 @@ def deploy(c, tag, message="", dry_run=False):
 def rollback(c, tag="", downgrade=False, dry_run=False):
     """Put an earlier release back (health-checked, under the deploy lock)."""
     from deploy import git, registry, remote
+    from deploy.errors import DeployError
+    from deploy.settings import load_settings
 
     if tag:
         git.validate_tag(tag)
+        settings = load_settings()
+        image = git.validate_image(settings.require("image"))
+        # Before any connection: a tag that is not in the registry cannot be pulled back.
+        if not dry_run and registry.tag_digest(image, tag, settings.registry_user,
+                                               settings.registry_password) is None:
+            raise DeployError(f"{image}:{tag} is not in the registry: there is no such release "
+                              "to roll back to", "pick a tag from `fab releases`")
     for vm in each_vm(c, dry_run):
         def in_registry(t: str, vm=vm) -> bool:
             s = vm.settings
@@ -112,11 +121,23 @@ def status(c):
     for vm in each_vm(c):
         holder = vm.holder()
         print(f"host:      {vm.runner.where}")
-        print(f"release:   {vm.current_tag() or '(none recorded)'}")
+        release = vm.current_tag()
+        print(f"release:   {release or '(none recorded)'}")
+        running = vm.running_tag()
+        if release and running and running != release:  # e.g. a deploy killed mid-switch
+            print(f"warning: the app container runs {running}, not the recorded release")
+            print(f"  fix: `fab deploy --tag={running}` records it, or `fab rollback "
+                  f"--tag={release}` puts {release} back")
         print(f"health:    {vm.health()}")
         print(f"revision:  {vm.revision() or '-'}")
         print(f"lock:      {describe_holder(json.dumps(holder)) if holder else 'free'}")
-        print(vm.run(cmd.ps(vm.compose()), quiet=True, check=False).stdout.rstrip())
+        ps = vm.run(cmd.ps(vm.compose()), quiet=True, check=False)
+        print(ps.stdout.rstrip())
+        if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
+            problem = (ps.stderr.strip().splitlines() or [f"exit {ps.exited}"])[0]
+            print(f"warning: docker compose cannot read the app: {problem}")
+            print(f"  fix: repair what it names; `fab setup` rewrites {vm.settings.app_dir}/"
+                  f"{cmd.COMPOSE_ENV} from {cmd.APP_ENV} and the current release")
 
 
 @task(help={"follow": "keep streaming", "tail": "how many lines to show"})
@@ -163,9 +184,15 @@ def run_(c, cmd):
 @friendly
 def setup(c, dry_run=False):
     """Prepare the VM: app directory, compose file, app env file (0600), registry login."""
+    from deploy import git
+    from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.commands import vm as cmd
+    from deploy.settings import load_settings
 
+    settings = load_settings()  # before any connection: what would be uploaded must be sound
+    git.validate_image(settings.require("image"))
+    read_compose(settings.path(settings.compose_file))
     for vm in each_vm(c, dry_run):
         s = vm.settings
         vm.run(cmd.make_dirs(s.app_dir), cwd="")

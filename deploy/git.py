@@ -16,12 +16,22 @@ IMAGE_RE = re.compile(rf"{_DOMAIN}?{_COMPONENT}(?:/{_COMPONENT})*")
 
 
 def validate_tag(tag: str) -> str:
-    """`tag` if it follows Docker's tag grammar, else a clear error."""
+    """`tag` if it follows Docker's tag grammar in lower case, else a clear error.
+
+    Docker allows upper case in tags; this toolkit does not: its own tags (git SHAs) are lower
+    case, and `V1` next to `v1` would be two releases that read as one.
+    """
     if not TAG_RE.fullmatch(tag or ""):
         raise DeployError(
             f"{tag!r} is not a valid Docker tag",
-            "use 1-128 characters from letters, digits, '_', '.', '-', "
+            "use 1-128 characters from lower-case letters, digits, '_', '.', '-', "
             "not starting with '.' or '-'",
+        )
+    if tag != tag.lower():
+        raise DeployError(
+            f"{tag!r} has upper-case letters: this toolkit requires lower-case tags",
+            f"use {tag.lower()!r} (tag the image in lower case: docker tag IMAGE:{tag} "
+            f"IMAGE:{tag.lower()})",
         )
     return tag
 

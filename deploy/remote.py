@@ -11,6 +11,7 @@ import getpass
 import json
 import re
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from deploy.errors import DeployError
 from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, KnownHostsPolicy
 from deploy.runner import Runner
 from deploy.settings import Settings
+from deploy.shell import ConnectionLost
 
 UPGRADE_RE = re.compile(r"Running upgrade \S* -> (\w+)")
 BACKUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -55,23 +57,36 @@ def targets(settings: Settings, hosts: list[str] | None = None) -> list[Target]:
     return out
 
 
+def check_key_file(key_file: Path) -> None:
+    """Refuse, before any connection, a key_file that is missing or not a private key."""
+    import paramiko
+
+    fix = "set key_file in deploy.toml (or DEPLOY_KEY_FILE) to your private key, not the .pub"
+    if not key_file.exists():
+        raise DeployError(f"SSH key {key_file} does not exist", fix)
+    if not key_file.is_file():
+        raise DeployError(f"SSH key {key_file} is not a file", fix)
+    try:
+        paramiko.PKey.from_path(key_file)
+    except paramiko.PasswordRequiredException:
+        raise DeployError(f"SSH key {key_file} is protected by a passphrase",
+                          "use a deploy key without a passphrase, or unset key_file and load "
+                          "the key into ssh-agent") from None
+    except OSError as exc:
+        raise DeployError(f"cannot read SSH key {key_file}: {exc.strerror}",
+                          "fix its permissions") from None
+    except (paramiko.SSHException, paramiko.UnknownKeyType, ValueError):
+        raise DeployError(f"{key_file} is not an SSH private key", fix) from None
+
+
 def connect(settings: Settings, target: Target):
     """An open Fabric Connection whose host key was checked against known_hosts."""
     import paramiko
     from fabric import Connection
 
     key_file = settings.key_file and Path(settings.key_file).expanduser()
-    if key_file and not key_file.is_file():
-        raise DeployError(
-            f"SSH key {key_file} does not exist",
-            "fix key_file in deploy.toml (or DEPLOY_KEY_FILE)",
-        )
     if key_file:
-        try:
-            key_file.read_bytes()
-        except OSError as exc:
-            raise DeployError(f"cannot read SSH key {key_file}: {exc.strerror}", "fix its "
-                              "permissions") from None
+        check_key_file(key_file)
     known_hosts = Path(settings.known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
     connect_kwargs: dict = {"allow_agent": not key_file, "look_for_keys": not key_file}
     if key_file:
@@ -165,9 +180,14 @@ class Vm:
             self._compose_kind = result.stdout.strip()
         return self._compose_kind
 
+    @property
+    def project(self) -> str:
+        """The compose project name: the app directory's name, alphanumerics only."""
+        return "".join(c for c in Path(self.settings.app_dir).name.lower() if c.isalnum()) \
+            or "app"
+
     def compose(self) -> list[str]:
-        project = "".join(c for c in Path(self.settings.app_dir).name.lower() if c.isalnum())
-        return cmd.compose(self.compose_kind(), self.settings.compose_file, project or "app")
+        return cmd.compose(self.compose_kind(), self.settings.compose_file, self.project)
 
     def run(self, argv: list[str], **kwargs):
         return self.runner.run(argv, **kwargs)
@@ -232,7 +252,9 @@ class Vm:
             yield
         finally:
             try:
-                self.run(cmd.release_lock(), quiet=True)
+                # A Ctrl-C now must not keep the lock (nor hide the error on its way out).
+                with sigint_deferred(reraise=sys.exc_info()[0] is None):
+                    self.run(cmd.release_lock(), quiet=True)
             except Exception:  # the connection may be gone; say what to do
                 self.runner.say("could not release the deploy lock; clear it with `fab unlock`")
 
@@ -245,10 +267,7 @@ class Vm:
         tag = self.run(cmd.read_current_tag(), quiet=True).stdout.strip()
         if tag:
             return tag
-        image = self.run(cmd.running_image(self.compose(), self.settings.service),
-                         quiet=True, check=False).stdout.strip()
-        source = "the running container"
-        tag = image.rsplit(":", 1)[-1] if image.startswith(self.image + ":") else ""
+        tag, source = self.running_tag(), "the running container"
         if not tag:
             history = self.history()
             tag, source = (history[-1]["tag"] if history else ""), "the release history"
@@ -257,6 +276,26 @@ class Vm:
                             f"current release; using {tag} from {source} (`fab setup` or the "
                             "next deploy rewrites it)")
         return tag
+
+    def sync_release_env(self, tag: str) -> None:
+        """Make .env app.env plus the current release again, before compose reads it: a
+        deleted .env loses app.env's variables (a port, say) and a garbled one stops every
+        compose command. Run under the lock; says so when it had to rewrite it."""
+        if self.runner.dry_run:
+            return
+        result = self.run(cmd.sync_release_env(self.image, tag), quiet=True, check=False)
+        if "rewritten" in result.stdout:
+            self.runner.say(f"warning: {self.settings.app_dir}/{cmd.COMPOSE_ENV} was not "
+                            f"{cmd.APP_ENV} plus the current release ({tag or 'none'}); "
+                            "rewrote it")
+
+    def running_tag(self) -> str:
+        """The tag the service container runs ('' if none runs, or not of our image)."""
+        if self.runner.dry_run:
+            return ""
+        image = self.run(cmd.running_image(self.compose(), self.settings.service),
+                         quiet=True, check=False).stdout.strip()
+        return image.rsplit(":", 1)[-1] if image.startswith(self.image + ":") else ""
 
     def pull(self, tag: str) -> str:
         ref = self.ref(tag)
@@ -283,21 +322,45 @@ class Vm:
                           "and check the database, then deploy again")
         return (result.stdout.strip().splitlines() or [""])[0]
 
-    def migrate(self, tag: str) -> str:
+    def wait_for_leftovers(self) -> None:
+        """Wait for one-off containers an interrupted deploy left running (its migration goes
+        on without it): two migrations must never run at once."""
+        if self.runner.dry_run:
+            return
+        names = self.run(cmd.oneoff_containers(self.project), quiet=True,
+                         check=False).stdout.split()
+        if not names:
+            return
+        wait = self.settings.health_timeout
+        self.runner.say(f"waiting up to {wait:.0f}s for {', '.join(names)}: left running by an "
+                        "interrupted deploy (a migration may still be going on)")
+        self.run(cmd.wait_no_oneoffs(self.project, wait), quiet=True,
+                 what=f"{', '.join(names)} still runs on the VM after {wait:.0f}s; nothing was "
+                      "migrated or switched",
+                 fix=f"see what it does (`docker logs {names[0]}` on the VM), wait for it or "
+                     "stop it, then deploy again")
+
+    def migrate(self, tag: str, backup: str = "") -> str:
         """Migrate with the NEW image before switching; on failure the old one keeps serving.
 
         Returns the revision Alembic reported upgrading to ('' if it ran no migration).
+        `backup` is the one taken just before (named in the fix if the migration fails).
         """
         command = self.settings.migrate_command
         if not command:
             return ""
+        self.wait_for_leftovers()
+        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/") if backup.startswith(
+            f"{cmd.BACKUP_DIR}/") else ""
         result = self.run(
             cmd.with_release(self.image, tag, cmd.run_in_new_container(
                 self.compose(), self.settings.service, command)),
             hide=True,
             what=f"migration with {tag} failed; the previous version is still serving",
-            fix="fix the migration, push a new tag and deploy again (fab backups lists the "
-                "backup taken just before)",
+            fix="fix the migration, push a new tag and deploy again"
+                + (f"; if it changed the database before failing, `fab restore --backup={name}`"
+                   " puts back the copy taken just before" if name else
+                   " (fab backups lists the backup taken just before)"),
         )
         upgrades = UPGRADE_RE.findall(result.output)
         return upgrades[-1] if upgrades else ""
@@ -367,6 +430,26 @@ class Vm:
         return entries
 
 
+@contextlib.contextmanager
+def sigint_deferred(reraise: bool = False) -> Iterator[list[int]]:
+    """Run a short block to its end even if Ctrl-C comes; the list it yields is non-empty if
+    one came (then re-raised as KeyboardInterrupt after the block when `reraise`)."""
+    import signal
+    import threading
+
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and reraise:
+        raise KeyboardInterrupt
+
+
 def describe_holder(raw: str) -> str:
     try:
         data = json.loads(raw.strip() or "{}")
@@ -400,6 +483,20 @@ def release_entry(tag: str, digest: str, revision: str, action: str, previous: s
     }
 
 
+def cut_short(exc: BaseException, step: str, tag: str, previous: str) -> DeployError:
+    """Ctrl-C or a dropped connection before the switch: what is left and what to do."""
+    serving = f"{previous or 'the previous version'} is still serving"
+    if isinstance(exc, KeyboardInterrupt):
+        what, code, serving = "interrupted", 130, f"{serving} and the lock was released"
+    else:
+        what, code = f"the SSH connection to {getattr(exc, 'where', 'the VM')} was lost", 1
+    if step == "migrate":
+        serving += " (the migration may still finish on the VM: the next deploy waits for it)"
+    return DeployError(f"{what} during {step} of {tag}; {serving}",
+                       "run the same deploy again (`fab status` shows what is serving)",
+                       exit_code=code)
+
+
 def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
     """Put `previous` back after `tag` failed; a sentence saying how that went."""
     if not (vm.settings.rollback_on_failure and previous and previous != tag):
@@ -418,7 +515,9 @@ def switch_checked(vm: Vm, tag: str, previous: str) -> None:
         problem = vm.wait_healthy()
     except (KeyboardInterrupt, DeployError) as exc:
         # Interrupted or cut off mid-switch: put the recorded release back before we leave.
-        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else exc.message
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
+            f"the SSH connection to {exc.where} was lost" if isinstance(exc, ConnectionLost)
+            else exc.message)
         back = switch_back(vm, tag, previous, f"switching to {tag} failed: {what}")
         raise DeployError(f"switching to {tag} failed ({what}); {back}",
                           "run the same deploy again", exit_code=130 if isinstance(
@@ -444,24 +543,27 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     started = time.monotonic()
     with vm.locked(tag, message) if lock else contextlib.nullcontext():
         previous = vm.current_tag()
+        vm.sync_release_env(previous)
         step = "pull"
         try:
             digest = vm.pull(tag)
             step = "backup"
-            vm.backup(tag)
+            backup = vm.backup(tag)
             step = "migrate"
-            revision = vm.migrate(tag)
-        except KeyboardInterrupt:
-            raise DeployError(
-                f"interrupted during {step} of {tag}; {previous or 'the previous version'} is "
-                "still serving and the lock was released",
-                "run the same deploy again", exit_code=130) from None
+            revision = vm.migrate(tag, backup)
+        except (KeyboardInterrupt, ConnectionLost) as exc:
+            raise cut_short(exc, step, tag, previous) from None
         switch_checked(vm, tag, previous)
         # No migration ran: the schema is the previous release's (ask Alembic if unknown).
-        revision = revision or last_revision(vm.history()) or vm.revision()
-        entry = release_entry(tag, digest, revision, "deploy", previous, git_sha)
-        if not vm.runner.dry_run:
-            vm.record(entry)
+        # The new version serves healthy: a Ctrl-C now waits until it is recorded (else .env
+        # and the history would name the old one while the new one runs).
+        with sigint_deferred() as interrupted:
+            revision = revision or last_revision(vm.history()) or vm.revision()
+            entry = release_entry(tag, digest, revision, "deploy", previous, git_sha)
+            if not vm.runner.dry_run:
+                vm.record(entry)
+        if interrupted:
+            vm.runner.say(f"Ctrl-C came after {tag} turned healthy: it was recorded all the same")
     vm.runner.say(f"deployed {tag} in {time.monotonic() - started:.1f}s")
     return entry
 
@@ -491,6 +593,7 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
             "pick a tag from `fab releases`",
         )
     with vm.locked(target, action="rollback"):
+        vm.sync_release_env(current)
         digest = vm.pull(target)
         wanted = (deployed.get(target) or entries.get(target, {})).get("revision", "")
         now = vm.revision()
@@ -510,10 +613,14 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
                 )
         switch_checked(vm, target, current)
         # An older image may not know a newer schema's revision: then the database's is `now`.
-        revision = vm.revision() or (wanted if downgrade and wanted else now)
-        entry = release_entry(target, digest, revision, "rollback", current)
-        if not vm.runner.dry_run:
-            vm.record(entry)
+        with sigint_deferred() as interrupted:  # as in deploy: record what now serves
+            revision = vm.revision() or (wanted if downgrade and wanted else now)
+            entry = release_entry(target, digest, revision, "rollback", current)
+            if not vm.runner.dry_run:
+                vm.record(entry)
+        if interrupted:
+            vm.runner.say(f"Ctrl-C came after {target} turned healthy: it was recorded all the "
+                          "same")
     vm.runner.say(f"rolled back to {target}")
     return entry
 
@@ -530,7 +637,9 @@ def restore(vm: Vm, name: str) -> None:
     validate_backup_name(name)
     if name not in vm.run(cmd.list_backups(), quiet=True).stdout.split() and not vm.runner.dry_run:
         raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
-    with vm.locked(vm.current_tag(), action="restore", message=name):
+    current = vm.current_tag()
+    with vm.locked(current, action="restore", message=name):
+        vm.sync_release_env(current)
         if s.database == "sqlite":
             vm.run(cmd.stop(vm.compose(), s.service), hide=True)
             vm.run(cmd.restore_sqlite(name, s.sqlite_path), what=f"restoring {name} failed",

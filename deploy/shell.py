@@ -22,6 +22,14 @@ from invoke.exceptions import CommandTimedOut
 from deploy.errors import DeployError
 
 
+class ConnectionLost(DeployError):
+    """The SSH connection dropped under a command (which may go on running on the VM)."""
+
+    def __init__(self, message: str, fix: str, where: str) -> None:
+        super().__init__(message, fix)
+        self.where = where
+
+
 @dataclass
 class ShellResult:
     command: str
@@ -57,9 +65,10 @@ class RemoteShell:
         except Exception:
             transport = None
         if transport is None or not transport.is_active():
-            raise DeployError(
+            raise ConnectionLost(
                 f"the SSH connection to {self.where} was lost and could not be opened again",
                 "check the VM and the network, then run the same command again",
+                self.where,
             )
         self.reconnects += 1
         return transport
@@ -110,11 +119,12 @@ class RemoteShell:
                 out.feed(channel.recv(65536) if channel.recv_ready() else b"")
                 if not (out.done and err.done):
                     self.close()
-                    raise DeployError(
+                    raise ConnectionLost(
                         f"the SSH connection to {self.where} was lost while running: "
                         f"{command[:120]}",
                         "check the VM, then run the same command again (a deploy re-run "
                         "is safe; `fab status` shows what is serving)",
+                        self.where,
                     )
             if deadline and time.monotonic() > deadline:
                 raise CommandTimedOut(ShellResult(command, -1, out.text, err.text), timeout)

@@ -174,3 +174,83 @@ def base_image(docker_engine: None) -> str:
             "python -m deploy.sandbox up loads it"
         )
     return BASE_IMAGE
+
+
+# --------------------------------------------------------------------------- fault campaign
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The fault campaign's table (tests/test_faults.py), when it recorded rows; also written
+    as Markdown to $FAULTS_REPORT if that is set."""
+    kit = sys.modules.get("faultkit")
+    if kit is None or not kit.RESULTS:
+        return
+    terminalreporter.section("fault campaign")
+    for line in kit.table_text().splitlines():
+        terminalreporter.write_line(line)
+    report = os.environ.get("FAULTS_REPORT")
+    if report:
+        Path(report).write_text(kit.table_markdown())
+        terminalreporter.write_line(f"(written to {report})")
+
+
+# --------------------------------------------------------------------------- the sandbox VM
+# Shared by tests/test_remote.py and tests/test_faults.py: the example images are built and
+# pushed once per session. vmkit imports this module, so it is imported lazily here.
+
+
+@pytest.fixture(scope="session")
+def sandbox(registry, base_image):
+    """The sandbox up (idempotent): engine, registry, base image, sshd as the VM."""
+    from deploy import sandbox as sandbox_mod
+
+    return sandbox_mod.up()
+
+
+@pytest.fixture(scope="session")
+def images(sandbox, tmp_path_factory):
+    from vmkit import build_images, delete_from_registry, remove_local_images
+
+    built = build_images(tmp_path_factory.mktemp("images"))
+    yield built
+    remove_local_images(built.image)
+    delete_from_registry(built.name)
+
+
+@pytest.fixture(scope="session")
+def sshd(sandbox):
+    from vmkit import SshdLog
+
+    return SshdLog(sandbox.sshd_log)
+
+
+@pytest.fixture
+def make_app(tmp_path, images, sandbox):
+    """Make apps (a repo each, with its own app_dir and port); each torn down afterwards."""
+    from vmkit import App, make_app_repo
+
+    apps = []
+
+    def _make(image: str = ""):
+        repo = make_app_repo(tmp_path / f"app{len(apps)}")
+        app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image)
+        apps.append(app)
+        return app
+
+    yield _make
+    for app in apps:
+        app.tear_down()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def live(app, images):
+    """An app set up on the VM with v1 deployed."""
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    assert app.version() == {"version": "1", "revision": "0001"}
+    return app

@@ -149,9 +149,18 @@ def test_invalid_tag_is_rejected_before_any_command(settings, tag):
         assert ctx.run.call_count == 0
 
 
-@pytest.mark.parametrize("tag", ["a", "a" * 128, "v1.2.3", "abc1234-dirty-0123abcd", "_x", "A.b-C"])
+@pytest.mark.parametrize("tag", ["a", "a" * 128, "v1.2.3", "abc1234-dirty-0123abcd", "_x", "a.b-c"])
 def test_valid_tags_are_accepted(tag):
     assert deploy_git.validate_tag(tag) == tag
+
+
+@pytest.mark.parametrize("tag", ["A.b-C", "V1", "abc1234-DIRTY"])
+def test_upper_case_tags_are_refused_with_the_lower_case_fix(tag):
+    """Docker allows them; this toolkit requires lower-case tags (its own are git SHAs)."""
+    with pytest.raises(DeployError) as err:
+        deploy_git.validate_tag(tag)
+    assert "requires lower-case tags" in err.value.message
+    assert repr(tag.lower()) in err.value.fix
 
 
 @pytest.mark.parametrize("image", ["Example", "reg:5000/", "app:latest", "a//b", "-app"])

@@ -22,12 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import REGISTRY, assert_no_traceback, child_env, git
 from vmkit import (
-    App,
-    SshdLog,
-    build_images,
     delete_from_registry,
     docker,
-    make_app_repo,
     output,
     registry_tags,
     remove_local_images,
@@ -36,61 +32,12 @@ from vmkit import (
 )
 
 from deploy import remote
-from deploy import sandbox as sandbox_mod
 
 HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "15"}
 
 
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def sandbox(registry, base_image) -> sandbox_mod.Sandbox:
-    """The sandbox up (idempotent): engine, registry, base image, sshd as the VM."""
-    return sandbox_mod.up()
-
-
-@pytest.fixture(scope="session")
-def images(sandbox, tmp_path_factory):
-    built = build_images(tmp_path_factory.mktemp("images"))
-    yield built
-    remove_local_images(built.image)
-    delete_from_registry(built.name)
-
-
-@pytest.fixture(scope="session")
-def sshd(sandbox) -> SshdLog:
-    return SshdLog(sandbox.sshd_log)
-
-
-@pytest.fixture
-def make_app(tmp_path, images, sandbox):
-    """Make apps (a repo each, with its own app_dir and port); each torn down afterwards."""
-    apps: list[App] = []
-
-    def _make(image: str = "") -> App:
-        repo = make_app_repo(tmp_path / f"app{len(apps)}")
-        app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image)
-        apps.append(app)
-        return app
-
-    yield _make
-    for app in apps:
-        app.tear_down()
-
-
-@pytest.fixture
-def app(make_app) -> App:
-    return make_app()
-
-
-@pytest.fixture
-def live(app, images) -> App:
-    """An app set up on the VM with v1 deployed."""
-    app.fab_ok("setup")
-    app.deploy(images.v1)
-    assert app.version() == {"version": "1", "revision": "0001"}
-    return app
+# Fixtures (sandbox, images, sshd, make_app, app, live) live in conftest.py, shared with
+# tests/test_faults.py.
 
 
 def failed(proc: subprocess.CompletedProcess[str]) -> str:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import stat
 import subprocess
 from pathlib import Path
@@ -273,6 +274,45 @@ def test_release_env_is_app_env_plus_the_release_mode_0600(tmp_path):
     assert run_sh(cmd.read_current_tag(), tmp_path).stdout.strip() == ""
 
 
+def test_sync_release_env_repairs_a_deleted_or_garbled_env_and_leaves_a_good_one(tmp_path):
+    (tmp_path / "app.env").write_text("APP_SECRET=s\nAPP_PORT=8123\n")
+    env = tmp_path / ".env"
+    good = f"APP_SECRET=s\nAPP_PORT=8123\nDEPLOY_IMAGE={IMAGE}\nDEPLOY_TAG=v2\n"
+    run_sh(cmd.write_release_env(IMAGE, "v2"), tmp_path)
+    assert env.read_text() == good
+    for damage in ("", "garbage without equals\n", "DEPLOY_IMAGE=" + IMAGE + "\n", None):
+        if damage is None:
+            env.unlink()
+        else:
+            env.write_text(good + damage if damage.startswith("garbage") else damage)
+        result = run_sh(cmd.sync_release_env(IMAGE, "v2"), tmp_path)
+        assert result.returncode == 0 and result.stdout == "rewritten\n", (damage, result)
+        assert env.read_text() == good and stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert run_sh(cmd.sync_release_env(IMAGE, "v2"), tmp_path).stdout == ""  # already right
+    # The image .env names is kept: the current release may come from another repository.
+    env.write_text(good.replace(IMAGE, "old.registry/app"))
+    assert run_sh(cmd.sync_release_env(IMAGE, "v2"), tmp_path).stdout == ""
+    assert "DEPLOY_IMAGE=old.registry/app\n" in env.read_text()
+    (tmp_path / "app.env").unlink()  # never set up: nothing to sync from
+    assert run_sh(cmd.sync_release_env(IMAGE, "v2"), tmp_path).returncode == 0
+    assert "DEPLOY_IMAGE=old.registry/app" in env.read_text()
+
+
+def test_a_failed_sqlite_backup_leaves_no_partial_copy(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data/app.db").write_bytes(b"db")
+    bin_dir = tmp_path / "bin"  # a cp that fails halfway, as on a full disk
+    bin_dir.mkdir()
+    (bin_dir / "cp").write_text('#!/bin/sh\nprintf half > "$3"; echo "No space left" >&2; '
+                                "exit 1\n")
+    (bin_dir / "cp").chmod(0o755)
+    result = run_sh(cmd.backup_sqlite("data/app.db", "z", 5), tmp_path,
+                    {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode != 0 and "No space left" in result.stderr
+    assert not (tmp_path / "backups/z.sqlite3.part").exists()
+    assert not (tmp_path / "backups/z.sqlite3").exists()
+
+
 def test_history_lines_survive_any_characters(tmp_path):
     marker = tmp_path / "pwned"
     entry = {"tag": "v2", "message": f"it's $(touch {marker}) \\n `x`"}
@@ -393,6 +433,25 @@ def test_deploy_runs_each_step_in_order_and_records_the_release(tmp_path, kind):
     assert entry["digest"] == "sha256:" + "ab" * 32 and entry["git_sha"] == "f" * 40
     if kind == "v1":
         assert assert_v1_clean(history) >= 3
+
+
+def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path):
+    """Healthy and switched: a Ctrl-C then must not leave the new version running unrecorded."""
+    vm, out = scripted_vm(tmp_path, {})
+    record = vm.record
+
+    def interrupted_record(entry):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands while the release is recorded
+        record(entry)
+
+    vm.record = interrupted_record
+    entry = remote.deploy(vm, "v2")
+    assert entry["tag"] == "v2"
+    history = vm.runner.history
+    assert index_of(history, ">> .deploy/history.jsonl") < index_of(history, "DEPLOY_TAG=v2\n") \
+        < index_of(history, "rm -rf .deploy/lock")
+    assert "Ctrl-C came after v2 turned healthy: it was recorded all the same" in out.getvalue()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_busy_lock_names_its_holder_and_is_left_alone(tmp_path):

@@ -95,7 +95,7 @@ def backup_sqlite(db_path: str, name: str, keep: int) -> list[str]:
     return sh(
         f"mkdir -p {BACKUP_DIR} && "
         f"if [ -f {q(db_path)} ]; then "
-        f"cp -p {q(db_path)} {q(target)}.part && "
+        f"{{ cp -p {q(db_path)} {q(target)}.part || {{ rm -f {q(target)}.part; false; }}; }} && "
         f"if [ -f {q(db_path + '-wal')} ]; then "
         f"cp -p {q(db_path + '-wal')} {q(target + '-wal')}; fi"
         f" && mv {q(target)}.part {q(target)} && echo {q(target)}; "
@@ -148,6 +148,23 @@ def restore_postgres(compose_argv: list[str], service: str, user: str, db: str,
 def run_in_new_container(compose_argv: list[str], service: str, command: str) -> list[str]:
     """A one-off container of the service (new image via with_release), removed after."""
     return [*compose_argv, "run", "--rm", "-T", service, "sh", "-c", command]
+
+
+ONEOFF_FILTERS = ("--filter", "label=com.docker.compose.oneoff=True")
+
+
+def oneoff_containers(project: str) -> list[str]:
+    """Names of the project's running one-off containers (`compose run`: a migration)."""
+    return ["docker", "ps", "--filter", f"label=com.docker.compose.project={project}",
+            *ONEOFF_FILTERS, "--format", "{{.Names}}"]
+
+
+def wait_no_oneoffs(project: str, timeout: float) -> list[str]:
+    """Wait until none of the project's one-off containers runs; exit 1 after `timeout`."""
+    ps = shlex.join(["docker", "ps", "-q", "--filter",
+                     f"label=com.docker.compose.project={project}", *ONEOFF_FILTERS])
+    return sh(f"end=$(( $(date +%s) + {int(timeout)} )); while [ -n \"$({ps})\" ]; do "
+              "[ $(date +%s) -ge $end ] && exit 1; sleep 0.5; done")
 
 
 def up(compose_argv: list[str]) -> list[str]:
@@ -225,6 +242,20 @@ def write_release_env(image: str, tag: str) -> list[str]:
     return sh(
         f"umask 077 && {{ grep -v '^DEPLOY_\\(IMAGE\\|TAG\\)=' {APP_ENV} 2>/dev/null; "
         f"printf '%s' {q(lines)}; }} > {COMPOSE_ENV}.tmp && mv {COMPOSE_ENV}.tmp {COMPOSE_ENV}"
+    )
+
+
+def sync_release_env(image: str, tag: str) -> list[str]:
+    """Make .env app.env plus the current release again (keeping the DEPLOY_IMAGE it names,
+    else `image`); prints `rewritten` if it was not already (deleted, garbled, no tag)."""
+    tag_line = f"DEPLOY_TAG={tag}\n" if tag else ""
+    return sh(
+        f"[ -f {APP_ENV} ] || exit 0; umask 077 && "
+        f"img=$(sed -n 's/^DEPLOY_IMAGE=//p' {COMPOSE_ENV} 2>/dev/null | tail -n 1); "
+        f"{{ grep -v '^DEPLOY_\\(IMAGE\\|TAG\\)=' {APP_ENV}; "
+        f"printf 'DEPLOY_IMAGE=%s\\n%s' \"${{img:-{image}}}\" {q(tag_line)}; }} "
+        f"> {COMPOSE_ENV}.tmp && if cmp -s {COMPOSE_ENV}.tmp {COMPOSE_ENV}; then "
+        f"rm -f {COMPOSE_ENV}.tmp; else mv {COMPOSE_ENV}.tmp {COMPOSE_ENV} && echo rewritten; fi"
     )
 
 

@@ -1,0 +1,605 @@
+"""Helpers for the fault campaign (tests/test_faults.py): a probe that watches the app while a
+deploy runs, ways to catch a deploy in one phase on the VM and break something right then, the
+services to break (SSH session, registry, Docker engine, disk), and the campaign's table.
+
+The sandbox VM is this machine: its processes and files are read straight from /proc and the
+filesystem, so watching adds no SSH connection of its own. Every wait has a timeout, every
+thread is stopped and every service is restored in a `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conftest import EXAMPLE, child_env
+from vmkit import App, Images, buildx, checked, docker, make_app_repo
+
+from deploy import sandbox as sandbox_mod
+
+# --------------------------------------------------------------------------- extra images
+
+HALF_MIGRATION = '''"""a migration that changes the schema, then fails halfway
+
+Revision ID: 0002
+Revises: 0001
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # SQLite runs DDL outside the transaction: both changes stay when the migration fails.
+    op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))
+    op.add_column("items", sa.Column("half", sa.String(20), nullable=True))
+    raise RuntimeError("migration 0002 failed halfway")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+@dataclass
+class FaultImages:
+    """Variants of the session's images, under the same repository."""
+
+    crash: str  # v1 whose container exits 1 at start
+    half: str  # v1 plus a migration that creates a table and a column, then raises
+    big: str  # v2 plus a 48 MB layer of random bytes: a pull that takes a while
+
+
+def build_fault_images(root: Path, images: Images) -> FaultImages:
+    repo = make_app_repo(root / "fault-app")
+    ignore = shutil.ignore_patterns(".git")
+    crash_dir, half_dir, big_dir = root / "crash", root / "half", root / "big"
+    for d in (crash_dir, half_dir, big_dir):
+        shutil.copytree(repo, d, ignore=ignore)
+    dockerfile = crash_dir / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + '\nCMD ["python", "-c", '
+                          '"import sys; sys.exit(\'crashing at start\')"]\n')
+    (half_dir / "migrations" / "versions" / "0002_half.py").write_text(HALF_MIGRATION)
+    shutil.copytree(EXAMPLE / "v2", big_dir, dirs_exist_ok=True)
+    dockerfile = big_dir / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "\nRUN head -c 48000000 /dev/urandom > "
+                          "/opt/ballast.bin\n")
+    out = FaultImages(crash=f"{images.v1}-crash", half=f"{images.v1}-half",
+                      big=f"{images.v2}-big")
+    for tag, context in ((out.crash, crash_dir), (out.half, half_dir), (out.big, big_dir)):
+        buildx(images.ref(tag), context)
+        checked(docker("push", "--quiet", images.ref(tag)))
+    return out
+
+
+def forget_locally(ref: str) -> None:
+    """Remove an image from the engine, so that the VM's next pull downloads its layers."""
+    docker("image", "rm", "--force", ref)
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+def wait_until(check: Callable[[], object], timeout: float, interval: float = 0.01,
+               what: str = "") -> object:
+    """Poll `check()` until it returns something true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or check}")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- VM processes
+
+
+def processes(needle: str, cwd: str | None = None) -> list[int]:
+    """pids whose command line contains `needle` (and whose working dir is `cwd`)."""
+    found = []
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+                args = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            if needle not in args:
+                continue
+            if cwd is not None and os.readlink(f"/proc/{entry.name}/cwd") != cwd:
+                continue
+        except OSError:
+            continue
+        found.append(int(entry.name))
+    return found
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase of a deploy, recognised by the process it runs on the VM."""
+
+    name: str
+    needle: str
+    in_app_dir: bool = False
+
+    def running(self, app: App) -> bool:
+        return bool(processes(self.needle, app.app_dir if self.in_app_dir else None))
+
+
+def phases(app: App, tag: str) -> dict[str, Phase]:
+    project = f"--project-name {app.project} "
+    return {
+        "pull": Phase("pull", f"docker pull --quiet {app.images.ref(tag)}"),
+        "backup": Phase("backup", "cp -p data/app.db backups/", in_app_dir=True),
+        "migrate": Phase("migrate", project + "run --rm"),
+        "up": Phase("up", project + "up -d"),
+        "health": Phase("health", "end=$(( $(date +%s) +", in_app_dir=True),
+    }
+
+
+# --------------------------------------------------------------------------- SSH sessions
+
+
+def _ss() -> list[tuple[str, str, list[int]]]:
+    """Established TCP connections to or from the sandbox sshd: (local, peer, pids)."""
+    port = sandbox_mod.sandbox().ssh_port
+    out = subprocess.run(["ss", "-tnpH", "state", "established",
+                          f"( dport = :{port} or sport = :{port} )"],
+                         capture_output=True, text=True, timeout=10, check=False).stdout
+    rows = []
+    for line in out.splitlines():
+        parts = line.split()
+        addrs = [p for p in parts if re.fullmatch(r"[\d.]+:\d+|\[[\w:.]+\]:\d+", p)]
+        if len(addrs) < 2:
+            continue
+        rows.append((addrs[0], addrs[1], [int(p) for p in re.findall(r"pid=(\d+)", line)]))
+    return rows
+
+
+def ssh_session_pids(client_pid: int) -> list[int]:
+    """The VM-side sshd processes serving the SSH connection(s) of local process `client_pid`.
+
+    Matched by the client's port: its socket (local 127.0.0.1:P -> :2222) and the sshd's
+    (local :2222 <- 127.0.0.1:P). Never the sshd listener, which holds no connected socket.
+    """
+    sb = sandbox_mod.sandbox()
+    rows = _ss()
+    client_ports = {local for local, peer, pids in rows
+                    if client_pid in pids and peer.endswith(f":{sb.ssh_port}")}
+    listener = sandbox_mod._read_pid(sb.state_dir / "sshd.pid")
+    return sorted({pid for local, peer, pids in rows if peer in client_ports
+                   for pid in pids if pid not in (listener, client_pid)})
+
+
+def cut_ssh(client_pid: int) -> list[int]:
+    """Kill the VM-side sshd session process of `client_pid`'s connection: the link drops."""
+    pids = ssh_session_pids(client_pid)
+    assert pids, f"no sshd session serves process {client_pid}: {_ss()}"
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+# --------------------------------------------------------------------------- the probe
+
+
+@dataclass
+class Sample:
+    at: float
+    stage: str
+    version: str | None  # None: no answer or not 200
+    status: str
+
+
+class Probe:
+    """GET the app's /version every 50 ms in a thread, tagging each answer with a stage."""
+
+    def __init__(self, url: str, interval: float = 0.05) -> None:
+        self.url = url
+        self.interval = interval
+        self.stage = "before"
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="probe", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            version, status = None, ""
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as response:
+                    status = str(response.status)
+                    version = str(json.load(response).get("version"))
+            except urllib.error.HTTPError as exc:
+                status = str(exc.code)
+            except (OSError, ValueError) as exc:
+                status = type(exc).__name__
+            self.samples.append(Sample(started, self.stage, version, status))
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def of(self, stage: str) -> list[Sample]:
+        return [s for s in self.samples if s.stage == stage]
+
+    def versions(self, stage: str) -> list[str]:
+        """The versions served in `stage`, one entry per change (1, 2, 1: switched back)."""
+        seen: list[str] = []
+        for s in self.of(stage):
+            if s.version and (not seen or seen[-1] != s.version):
+                seen.append(s.version)
+        return seen
+
+    def failures(self, stage: str) -> int:
+        return sum(1 for s in self.of(stage) if s.version is None)
+
+    def summary(self, stage: str) -> str:
+        samples = self.of(stage)
+        versions = "→".join(self.versions(stage)) or "none"
+        return f"{versions} ({len(samples)} req, {self.failures(stage)} failed)"
+
+
+# --------------------------------------------------------------------------- a running tool
+
+
+STARTED: list[Running] = []
+
+
+def stop_all() -> None:
+    """Kill every tool child still running (a test that failed half-way leaves none behind)."""
+    while STARTED:
+        run = STARTED.pop()
+        if run.alive():
+            run.proc.send_signal(signal.SIGCONT)
+            run.proc.kill()
+            run.proc.wait(timeout=10)
+
+
+class Running:
+    """A `fab`/`inv` child whose output is collected by a thread (no blocked pipe)."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        STARTED.append(self)
+        self.pid = self.proc.pid
+        self.chunks: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.chunks.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.chunks)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 180) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            self._reader.join(timeout=10)
+        return code, self.output
+
+    def when(self, check: Callable[[], object], action: Callable[[], object], what: str,
+             timeout: float = 120, interval: float = 0.01) -> object:
+        """Poll `check` every `interval` while the tool runs; run `action` once it is true."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            if not self.alive():
+                raise AssertionError(f"the tool exited before {what}:\n{self.output}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what} not reached within {timeout:.0f}s:\n"
+                                     + self.output)
+            time.sleep(interval)
+        return action()
+
+
+def start_fab(app: App, *args: str, env: dict[str, str] | None = None) -> Running:
+    return Running([sys.executable, "-m", "fabric", *args], app.repo,
+                   child_env({**app.env, **(env or {})}))
+
+
+def start_inv(app: App, *args: str, env: dict[str, str] | None = None) -> Running:
+    return Running([sys.executable, "-m", "invoke", *args], app.repo,
+                   child_env({**app.env, **(env or {})}))
+
+
+# --------------------------------------------------------------------------- services
+
+
+def registry_pid() -> int | None:
+    return sandbox_mod._read_pid(sandbox_mod.sandbox().state_dir / "registry.pid")
+
+
+def stop_registry() -> None:
+    """Kill the sandbox's docker-registry (by its pid file) and wait until it answers no more."""
+    sb = sandbox_mod.sandbox()
+    pid = registry_pid()
+    assert sandbox_mod._alive(pid, "docker-registry"), f"no docker-registry at pid {pid}"
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not sandbox_mod.registry_up(sb), 10, 0.05, "the registry to stop")
+
+
+def restore_registry() -> None:
+    sb = sandbox_mod.sandbox()
+    sandbox_mod.ensure_registry(sb)
+    wait_until(lambda: sandbox_mod.registry_up(sb), 30, 0.1, "the registry to come back")
+
+
+@contextlib.contextmanager
+def registry_down() -> Iterator[None]:
+    """The registry stopped for the block, always brought back after it."""
+    try:
+        stop_registry()
+        yield
+    finally:
+        restore_registry()
+
+
+def running_containers() -> set[str]:
+    return set(docker("ps", "-q", "--no-trunc").stdout.split())
+
+
+def kill_engine(sig: int = signal.SIGTERM) -> int:
+    """Stop dockerd (the sandbox's, else the one in /var/run/docker.pid) with `sig`: SIGTERM
+    is what a `systemctl restart docker` does; it stops the containers first."""
+    sb = sandbox_mod.sandbox()
+    pid = sandbox_mod._read_pid(sb.state_dir / "dockerd.pid")
+    if not sandbox_mod._alive(pid, "dockerd"):
+        pid = sandbox_mod._read_pid(Path("/var/run/docker.pid"))
+    assert sandbox_mod._alive(pid, "dockerd"), "no dockerd to kill"
+    os.kill(pid, sig)
+    wait_until(lambda: not sandbox_mod._alive(pid, "dockerd"), 60, 0.05, "dockerd to exit")
+    return pid
+
+
+def restore_engine(were_running: set[str] = frozenset(), wait: float = 30) -> None:
+    """Start the engine again; any container that ran before and is not back within `wait`
+    seconds (its restart policy did not bring it back) is started, so that nothing else on
+    this machine stays down."""
+    sandbox_mod.ensure_engine(sandbox_mod.sandbox())
+    were_running = were_running & set(docker("ps", "-aq", "--no-trunc").stdout.split())
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: were_running <= running_containers(), wait, 0.5, "restart policies")
+    missing = were_running - running_containers()
+    if missing:
+        docker("start", *sorted(missing), timeout=120)
+
+
+@contextlib.contextmanager
+def full_tmpfs(path: Path, size: str = "16k") -> Iterator[Path]:
+    """A tiny tmpfs mounted on `path`, filled up; unmounted after the block."""
+    path.mkdir(parents=True, exist_ok=True)
+    checked(subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True, timeout=30, check=False))
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={path}/filler", "bs=1k", "count=1024"],
+                       capture_output=True, timeout=30, check=False)
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30,
+                       check=False)
+
+
+class PsSampler:
+    """Every command line on this machine (both sides: the VM is here too), every ~20 ms."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.lines: set[str] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ps", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
+                                 timeout=10, check=False).stdout
+            self.lines.update(out.splitlines())
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PsSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Row:
+    fault: str
+    before: str = ""
+    during: str = ""
+    after: str = ""
+    rows_before: str = ""
+    rows_after: str = ""
+    lock: str = ""
+    exit: str = ""
+    message: str = ""
+    then: str = ""
+    result: str = "FAILED"
+    requests: int = 0  # probe requests while the faulted command ran
+    failed: int = 0  # of which got no 200 answer
+
+
+RESULTS: list[Row] = []
+COLUMNS = [
+    ("fault", "fault"), ("before", "served before"), ("during", "during (probe)"),
+    ("after", "after"), ("rows_before", "rows before"), ("rows_after", "rows after"),
+    ("lock", "lock after"), ("exit", "exit"), ("message", "message shown"),
+    ("then", "then"), ("result", "test"),
+]
+
+
+def shorten(text: str, width: int = 90) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def first_message(out: str) -> str:
+    """The first line the user is told about the failure (error:, interrupted), shortened."""
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("error:", "interrupted")):
+            return shorten(line)
+    return shorten(lines[-1]) if lines else ""
+
+
+def probe_summary() -> str:
+    probed = [r for r in RESULTS if r.requests]
+    requests, failed = sum(r.requests for r in probed), sum(r.failed for r in probed)
+    clean = sum(1 for r in probed if not r.failed)
+    passed = sum(1 for r in RESULTS if r.result == "ok")
+    return (f"{len(RESULTS)} rows, {passed} ok. Probe (GET /version every 50 ms): {requests} "
+            f"requests during {len(probed)} faulted commands, {failed} without a 200 answer; "
+            f"{clean} of {len(probed)} saw no failed request.")
+
+
+def table_text() -> str:
+    rows = [[h for _, h in COLUMNS]] + [[getattr(r, k) for k, _ in COLUMNS] for r in RESULTS]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    out = []
+    for n, row in enumerate(rows):
+        out.append(" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        if n == 0:
+            out.append("-+-".join("-" * w for w in widths))
+    return "\n".join([*out, "", probe_summary()])
+
+
+def table_markdown() -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|") or " "
+
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+    rule = "|" + "|".join(" --- " for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(cell(getattr(r, k)) for k, _ in COLUMNS) + " |" for r in RESULTS]
+    return "\n".join([head, rule, *body, "", probe_summary()]) + "\n"
+
+
+# --------------------------------------------------------------------------- one fault
+
+
+def served(app: App) -> str:
+    """The version /version answers now ('none' if it does not answer 200)."""
+    try:
+        status, body = app.get("/version", timeout=3)
+    except OSError:
+        return "none"
+    return str(body.get("version")) if status == 200 and isinstance(body, dict) else "none"
+
+
+def lock_state(app: App) -> str:
+    lock = app.vm(".deploy/lock")
+    if not lock.exists():
+        return "free"
+    try:
+        holder = json.loads((lock / "holder.json").read_text())
+    except (OSError, ValueError):
+        return "held (no holder.json)"
+    return f"held by {holder.get('holder', '?')} ({holder.get('action', '?')} " \
+           f"{holder.get('tag', '?')})"
+
+
+def row_count(app: App) -> int:
+    return app.db("SELECT count(*) AS n FROM items")[0]["n"]
+
+
+@dataclass
+class Fault:
+    """One fault of the campaign: state before, a probe through it, state after, one row."""
+
+    app: App
+    name: str
+    row: Row = field(init=False)
+    probe: Probe = field(init=False)
+    names_before: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.row = Row(self.name)
+        self.probe = Probe(self.app.url("/version"))
+
+    def __enter__(self) -> Fault:
+        self.row.before = served(self.app)
+        self.names_before = self.app.item_names()
+        self.row.rows_before = str(len(self.names_before))
+        self.probe.__enter__()
+        self.probe.stage = "during"
+        return self
+
+    def done(self, code: int, out: str) -> None:
+        """The faulted command ended: note what the user saw and what state is left."""
+        self.probe.stage = "after"
+        self.row.exit = str(code)
+        self.row.message = first_message(out)
+        self.row.during = self.probe.summary("during")
+        self.row.requests = len(self.probe.of("during"))
+        self.row.failed = self.probe.failures("during")
+        self.settle()
+
+    def settle(self) -> None:
+        """Record the state as it is now (called again after a recovery step)."""
+        self.app.wait_http("/health", timeout=30)
+        self.row.after = served(self.app)
+        self.row.rows_after = str(row_count(self.app))
+        self.row.lock = lock_state(self.app)
+
+    def then(self, text: str) -> None:
+        self.row.then = text
+
+    def rows_intact(self) -> None:
+        """No row written before the fault is lost."""
+        names = self.app.item_names()
+        assert names[: len(self.names_before)] == self.names_before, (self.names_before, names)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        stop_all()
+        self.probe.__exit__()
+        if not self.row.during:
+            self.row.during = self.probe.summary("during")
+        self.row.result = "ok" if exc_type is None else "FAILED"
+        RESULTS.append(self.row)
