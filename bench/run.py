@@ -100,6 +100,9 @@ def bench_remote(app: Path, env: dict, box: sandbox.Sandbox, image: str, app_dir
         ours.append(run([*FAB, "deploy", f"--tag={tags[i % 2]}"], app, env))
         by_ssh.append(run(script + [tags[(i + 1) % 2], project], app, {**env, "RUN": ssh}))
         floor.append(run(script + [tags[i % 2], project], app, {**env, "RUN": "sh -c"}))
+    for name, samples in (("fab deploy", ours), ("one ssh per step", by_ssh),
+                          ("floor", floor)):
+        print(f"  {name:<17} " + " ".join(f"{x:.2f}" for x in samples))
     m_ours, m_ssh, m_floor = (statistics.median(x) for x in (ours, by_ssh, floor))
     print(f"  fab deploy {m_ours:.2f}s, script with one ssh per step {m_ssh:.2f}s, "
           f"floor (no SSH) {m_floor:.2f}s  (medians of {runs})")
@@ -187,7 +190,7 @@ def machine() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     box = sandbox.up()
