@@ -96,15 +96,3 @@ def require_tag(image: str, tag: str, user: str = "", password: str = "") -> str
         )
     return digest
 
-
-def list_tags(image: str, user: str = "", password: str = "") -> list[str]:
-    registry, path = _split(image)
-    url = f"{_base_url(registry)}/v2/{path}/tags/list"
-    request = urllib.request.Request(url)
-    if user:
-        request.add_header("Authorization", _basic(user, password))
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response).get("tags") or []
-    except (urllib.error.URLError, OSError, ValueError):
-        return []
