@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from deploy import sandbox  # noqa: E402
+from deploy.commands.vm import project_name  # noqa: E402
 from deploy.lock import find_uv, locked_names  # noqa: E402
 
 INV = [sys.executable, "-m", "invoke"]
@@ -89,7 +90,7 @@ def ssh_logins(box: sandbox.Sandbox) -> int:
 def bench_remote(app: Path, env: dict, box: sandbox.Sandbox, image: str, app_dir: str,
                  runs: int) -> None:
     print("1. remote half", flush=True)
-    project = "".join(c for c in Path(app_dir).name.lower() if c.isalnum())
+    project = project_name(app_dir)
     ssh = (f"ssh -q -i {box.key_file} -o UserKnownHostsFile={box.known_hosts} "
            f"-o StrictHostKeyChecking=yes -p {box.ssh_port} {box.ssh_user}@{box.ssh_host}")
     script = [str(REPO / "bench" / "deploy.sh"), app_dir, image]
@@ -215,7 +216,7 @@ def main() -> int:
             bench_lock(app, env, args.runs)
             bench_startup(app, env, args.runs)
         finally:
-            project = "".join(c for c in Path(app_dir).name.lower() if c.isalnum())
+            project = project_name(app_dir)
             subprocess.run(["docker", "compose", "--project-name", project, "--file",
                             f"{app_dir}/compose.yaml", "down"], capture_output=True)
             shutil.rmtree(app_dir, ignore_errors=True)

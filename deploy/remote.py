@@ -183,8 +183,7 @@ class Vm:
     @property
     def project(self) -> str:
         """The compose project name: the app directory's name, alphanumerics only."""
-        return "".join(c for c in Path(self.settings.app_dir).name.lower() if c.isalnum()) \
-            or "app"
+        return cmd.project_name(self.settings.app_dir)
 
     def compose(self) -> list[str]:
         return cmd.compose(self.compose_kind(), self.settings.compose_file, self.project)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from conftest import EXAMPLE, REGISTRY, child_env, commit_all, git, make_example_repo
 
+from deploy.commands.vm import project_name
 from deploy.sandbox import Sandbox
 
 FABFILE = "from deploy.fabtasks import ns  # noqa: F401\n"
@@ -336,7 +337,7 @@ class App:
     # -- the VM's app directory (the sandbox VM is this machine) ---------------------------
     @property
     def project(self) -> str:
-        return "".join(c for c in Path(self.app_dir).name.lower() if c.isalnum())
+        return project_name(self.app_dir)
 
     def vm(self, relative: str = "") -> Path:
         return Path(self.app_dir) / relative if relative else Path(self.app_dir)

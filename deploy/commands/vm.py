@@ -15,6 +15,7 @@ Layout of an app directory on the VM:
 from __future__ import annotations
 
 import shlex
+from pathlib import PurePosixPath
 
 from deploy.runner import sh
 
@@ -40,6 +41,11 @@ def detect_compose() -> list[str]:
         "elif docker-compose version >/dev/null 2>&1; then echo v1; "
         "else exit 1; fi"
     )
+
+
+def project_name(app_dir: str) -> str:
+    """The compose project name for an app directory: its name, lower-case alphanumerics."""
+    return "".join(c for c in PurePosixPath(app_dir).name.lower() if c.isalnum()) or "app"
 
 
 def compose(kind: str, compose_file: str, project: str) -> list[str]:
