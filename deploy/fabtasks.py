@@ -7,8 +7,6 @@ these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
 
 from __future__ import annotations
 
-import json
-
 from fabric import task
 from invoke import Collection, Exit
 
@@ -54,10 +52,11 @@ def each_vm(c, dry_run: bool = False):
 def deploy(c, tag, message="", dry_run=False):
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
     from deploy import git, registry, remote
+    from deploy.remote.contract import refuse_moving_tag
     from deploy.settings import load_settings
 
     settings = load_settings()
-    git.validate_tag(tag)
+    refuse_moving_tag(git.validate_tag(tag))
     if not dry_run:
         registry.require_tag(git.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
@@ -72,10 +71,11 @@ def rollback(c, tag="", downgrade=False, dry_run=False):
     """Put an earlier release back (health-checked, under the deploy lock)."""
     from deploy import git, registry, remote
     from deploy.errors import DeployError
+    from deploy.remote.contract import refuse_moving_tag
     from deploy.settings import load_settings
 
     if tag:
-        git.validate_tag(tag)
+        refuse_moving_tag(git.validate_tag(tag))
         settings = load_settings()
         image = git.validate_image(settings.require("image"))
         # Before any connection: a tag that is not in the registry cannot be pulled back.
@@ -124,13 +124,16 @@ def status(c):
         release = vm.current_tag()
         print(f"release:   {release or '(none recorded)'}")
         running = vm.running_tag()
+        mismatch = vm.runs_pulled_image(release) if release and running == release else ""
         if release and running and running != release:  # e.g. a deploy killed mid-switch
             print(f"warning: the app container runs {running}, not the recorded release")
             print(f"  fix: `fab deploy --tag={running}` records it, or `fab rollback "
                   f"--tag={release}` puts {release} back")
+        if mismatch:
+            print(f"warning: {mismatch}")
         print(f"health:    {vm.health()}")
         print(f"revision:  {vm.revision() or '-'}")
-        print(f"lock:      {describe_holder(json.dumps(holder)) if holder else 'free'}")
+        print(f"lock:      {describe_holder(holder) if holder else 'free'}")
         ps = vm.run(cmd.ps(vm.compose()), quiet=True, check=False)
         print(ps.stdout.rstrip())
         if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
@@ -138,6 +141,7 @@ def status(c):
             print(f"warning: docker compose cannot read the app: {problem}")
             print(f"  fix: repair what it names; `fab setup` rewrites {vm.settings.app_dir}/"
                   f"{cmd.COMPOSE_ENV} from {cmd.APP_ENV} and the current release")
+        print(f"project:   {vm.project}")
 
 
 @task(help={"follow": "keep streaming", "tail": "how many lines to show"})
@@ -183,22 +187,29 @@ def run_(c, cmd):
 @task
 @friendly
 def setup(c, dry_run=False):
-    """Prepare the VM: app directory, compose file, app env file (0600), registry login."""
+    """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
+    login; refuses a compose file the deploys could not back up or switch."""
     from deploy import git
     from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.commands import vm as cmd
+    from deploy.envfile import read_env_file
     from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     git.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
+    values = read_env_file(settings.path(settings.env_file)) \
+        if settings.path(settings.env_file).is_file() else {}
     for vm in each_vm(c, dry_run):
         s = vm.settings
-        vm.run(cmd.make_dirs(s.app_dir), cwd="")
+        vm.ensure_helper()
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
-        vm.upload(s.path(s.env_file), cmd.APP_ENV, 0o600)
-        vm.run(cmd.write_release_env(vm.image, vm.current_tag()))
+        vm.write_release_files(vm.current_tag(), values)
+        vm.check_project()
+        current = vm.current_tag()
+        if not dry_run:
+            vm.check_sqlite_on_disk(vm.config(current))
         if s.registry_user and s.registry_password:
             vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
@@ -206,30 +217,36 @@ def setup(c, dry_run=False):
         vm.runner.say(f"ready: {s.app_dir}")
 
 
-@task
+@task(help={"force": "clear it even though its holder renewed it recently (may be alive)"})
 @friendly
-def unlock(c):
-    """Clear a stale deploy lock (left by a deploy that was killed)."""
+def unlock(c, force=False):
+    """Clear a stale deploy lock (left by a deploy that was killed); a lock whose lease a live
+    deploy renews is refused without --force."""
     from deploy.commands import vm as cmd
-    from deploy.remote import describe_holder
+    from deploy.errors import DeployError
+    from deploy.remote import describe_holder, lease_is_fresh
 
     for vm in each_vm(c):
         holder = vm.holder()
         if not holder:
             print(f"{vm.runner.where}: the lock is free")
             continue
+        if lease_is_fresh(holder, vm.settings.lock_lease) and not force:
+            raise DeployError(
+                f"the lock on {vm.runner.where} is held by a deploy that is alive: "
+                f"{describe_holder(holder)}",
+                "wait for it; if you are sure it is gone, `fab unlock --force`")
         vm.run(cmd.release_lock())
-        print(f"{vm.runner.where}: cleared the lock held by {describe_holder(json.dumps(holder))}")
+        print(f"{vm.runner.where}: cleared the lock held by {describe_holder(holder)}")
 
 
 @task
 @friendly
 def backups(c):
     """The database backups on the VM, newest first."""
-    from deploy.commands import vm as cmd
 
     for vm in each_vm(c):
-        names = vm.run(cmd.list_backups(), quiet=True).stdout.split()
+        names = vm.backups()
         print("\n".join(names) if names else f"{vm.runner.where}: no backups yet")
 
 

@@ -28,8 +28,8 @@ def friendly(body: Callable) -> Callable:
             if exc.fix:
                 text += f"\n  fix: {exc.fix}"
             raise Exit(text, code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
+        except KeyboardInterrupt as exc:  # SIGTERM/SIGHUP arrive as one too (deploy.remote)
+            raise Exit("interrupted", code=128 + getattr(exc, "signum", 2)) from None
 
     return wrapper
 
