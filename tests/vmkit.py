@@ -348,14 +348,11 @@ class App:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def release_env(self) -> dict[str, str]:
-        path = self.vm(".env")
-        out = {}
-        for line in path.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                out[key] = value
-        return out
+    def release_env(self, name: str = ".env") -> dict[str, str]:
+        """An env file of the app directory as compose reads it (quotes removed, no $-expansion)."""
+        from dotenv import dotenv_values
+
+        return {k: v or "" for k, v in dotenv_values(self.vm(name), interpolate=False).items()}
 
     def snapshot(self) -> dict[str, bytes | None]:
         """Contents of the release state files (None when missing)."""

@@ -196,9 +196,12 @@ class Vm(VmQueries):
         """Wait for the service to turn healthy (or run steadily 3 s without a health check),
         then for health_url to answer 200 as seen from the VM; '' if so, else what was seen."""
         s = self.settings
-        if self.runner.dry_run:
-            return ""
         compose = self.compose(tag or None)
+        if self.runner.dry_run:  # what each poll runs, once
+            self.run(cmd.health_state(compose, s.service))
+            if s.health_url:
+                self.run(cmd.http_status(s.health_url))
+            return ""
         seen = {"state": "none", "steady": 0, "restarting": 0}
 
         def settled() -> bool:
