@@ -41,6 +41,8 @@ class Vm(VmQueries):
         contract.check_image(config, self.settings.service, self.ref(tag),
                              self.release_vars(tag))
         self.check_sqlite_on_disk(config)
+        if self.settings.health_url:  # says which tool the VM lacks before anything changes
+            self.http_status(self.settings.health_url)
 
     def check_sqlite_on_disk(self, config: dict) -> None:
         s = self.settings
