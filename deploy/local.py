@@ -33,7 +33,7 @@ def require_engine(runner: Runner) -> None:
     if not result.ok:
         raise DeployError(
             "no Docker engine answers (`docker info` failed)",
-            "start Docker (e.g. `inv sandbox` or `sudo systemctl start docker`) and retry",
+            "start Docker (e.g. `sudo systemctl start docker`) and retry",
         )
 
 

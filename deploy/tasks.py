@@ -154,25 +154,4 @@ def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, me
                 skip_tests=skip_tests, dry_run=dry_run, message=message)
 
 
-@task(help={"stop": "stop what the sandbox started"})
-@friendly
-def sandbox(c, stop=False):
-    """Start (idempotently) a deploy target here: Docker engine, registry, sshd as the VM."""
-    from deploy import sandbox as sb
-
-    if stop:
-        sb.down()
-    else:
-        sb.up()
-
-
-@task
-@friendly
-def demo(c):
-    """Sandbox, then deploy the example v1, v2 (adds a column), roll back to v1."""
-    from deploy.demo import run_demo
-
-    run_demo()
-
-
-ns = Collection(lock, check, test, build, smoke, push, config, deploy, sandbox, demo)
+ns = Collection(lock, check, test, build, smoke, push, config, deploy)
