@@ -12,7 +12,7 @@ import socket
 import time
 from datetime import UTC, datetime
 
-from deploy import git
+from deploy import refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote.contract import refuse_moving_tag
@@ -118,7 +118,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     With lock=False the caller already holds the deploy lock (`inv deploy` takes it first).
     """
     started = time.monotonic()
-    refuse_moving_tag(git.validate_tag(tag))
+    refuse_moving_tag(refs.validate_tag(tag))
     with vm.locked(tag, message) if lock else contextlib.nullcontext():
         previous = vm.current_tag()
         step = "check"
@@ -151,7 +151,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
 def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
     """`tag` if given, else the newest release before the current one."""
     if tag:
-        return git.validate_tag(tag)
+        return refs.validate_tag(tag)
     for entry in reversed(history):
         if entry["tag"] != current:
             return entry["tag"]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy import git
+from deploy import refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import contract
@@ -42,10 +42,10 @@ class VmQueries:
     # -- basics -------------------------------------------------------------------------
     @property
     def image(self) -> str:
-        return git.validate_image(self.settings.require("image"))
+        return refs.validate_image(self.settings.require("image"))
 
     def ref(self, tag: str) -> str:
-        return f"{self.image}:{git.validate_tag(tag)}"
+        return f"{self.image}:{refs.validate_tag(tag)}"
 
     @property
     def project(self) -> str:
