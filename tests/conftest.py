@@ -15,6 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
+EXAMPLE_POSTGRES = REPO / "example-postgres"
 REGISTRY = "127.0.0.1:5000"
 BASE_IMAGE = "python:3.11-slim"
 
@@ -43,9 +44,9 @@ def commit_all(repo: Path, message: str = "change") -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def make_example_repo(dest: Path) -> Path:
+def make_example_repo(dest: Path, source: Path = EXAMPLE) -> Path:
     """Copy the example app (v1 only) to `dest`, add .env and tasks.py, commit it all."""
-    shutil.copytree(EXAMPLE, dest, ignore=_IGNORE)
+    shutil.copytree(source, dest, ignore=_IGNORE)
     lines = []
     for line in (dest / ".env.example").read_text().splitlines():
         key = line.split("=", 1)[0].strip()

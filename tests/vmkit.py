@@ -379,6 +379,22 @@ class App:
         finally:
             conn.close()
 
+    def psql(self, sql: str, service: str = "db", user: str = "app",
+             database: str = "app") -> list[list[str]]:
+        """Rows of `sql` run by psql in the app's database container on the VM."""
+        ids = self._vm_docker("ps", "-q", "--filter",
+                              f"label=com.docker.compose.project={self.project}", "--filter",
+                              f"label=com.docker.compose.service={service}").stdout.split()
+        assert len(ids) == 1, f"expected one {service} container of {self.project}: {ids}"
+        proc = self._vm_docker("exec", ids[0], "psql", "-X", "-At", "-F", "\t", "-v",
+                               "ON_ERROR_STOP=1", "-U", user, "-d", database, "-c", sql)
+        assert proc.returncode == 0, proc.stderr
+        return [line.split("\t") for line in proc.stdout.splitlines()]
+
+    def _vm_docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """docker against the VM's engine (vm_docker once the sandbox VMs have their own)."""
+        return (getattr(self, "vm_docker", None) or docker)(*args)
+
     def item_names(self) -> list[str]:
         return [row["name"] for row in self.db("SELECT name FROM items ORDER BY id")]
 
@@ -405,5 +421,8 @@ class App:
         networks = docker("network", "ls", "-q", "--filter", label).stdout.split()
         if networks:
             docker("network", "rm", *networks)
+        volumes = docker("volume", "ls", "-q", "--filter", label).stdout.split()
+        if volumes:
+            docker("volume", "rm", "--force", *volumes)
         if self.app_dir.startswith("/srv/t-"):
             shutil.rmtree(self.app_dir, ignore_errors=True)

@@ -11,8 +11,10 @@ Layout of an app directory on the VM:
     .env                  compose's own file, read for ${VAR} interpolation by a plain
                           `docker compose up -d`: app.env plus COMPOSE_PROJECT_NAME and the
                           current release's image and tag variables. When a service itself reads
-                          `.env` (env_file: .env), it is app.env alone, so no release changes it
+                          `.env` (env_file: .env), no release may change it: then it is app.env,
+                          COMPOSE_PROJECT_NAME and COMPOSE_FILE=compose.yaml:.deploy/release.yaml
     .deploy/release.env   the current release's image and tag variables (the tool's record)
+    .deploy/release.yaml  (only when a service reads .env) the service's image IMAGE:TAG
     .deploy/lock/         the deploy lock (atomic mkdir): holder.json and the lease file
     .deploy/history.jsonl one JSON line per release
     .deploy/bin/          the helper script, one file per version
@@ -31,6 +33,7 @@ STATE_DIR = ".deploy"
 LOCK_DIR = f"{STATE_DIR}/lock"
 HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
 RELEASE_ENV = f"{STATE_DIR}/release.env"
+RELEASE_OVERRIDE = f"{STATE_DIR}/release.yaml"
 BACKUP_DIR = "backups"
 APP_ENV = "app.env"
 COMPOSE_ENV = ".env"

@@ -49,6 +49,13 @@ def env_text(values: dict[str, str], kind: str = "v2") -> str:
     return "".join(env_line(k, v, kind) for k, v in values.items())
 
 
+def release_override(service: str, ref: str) -> str:
+    """A compose override file that sets the service's image to the release (if any)."""
+    if not ref:
+        return "services: {}\n"
+    return f"services:\n  {service}:\n    image: {json.dumps(ref)}\n"
+
+
 def services_reading_dotenv(compose_path: Path) -> list[str]:
     """Services whose `env_file` is the compose directory's `.env` (compose's own file)."""
     import yaml

@@ -185,7 +185,8 @@ class VmQueries:
     def write_release_files(self, tag: str, app_values: dict[str, str] | None = None) -> bool:
         """Write app.env (when given), .deploy/release.env and .env for release `tag`; True if
         .env changed. .env is app.env plus the project name and the release, for a plain
-        `docker compose up -d`, unless a service reads .env itself: then app.env alone."""
+        `docker compose up -d`; when a service reads .env itself, the release goes to an
+        override file instead, which .env names in COMPOSE_FILE."""
         if self.runner.dry_run and app_values is None:
             return False
         kind = self.compose_kind()
@@ -200,8 +201,16 @@ class VmQueries:
                                     {self.settings.image_variable: self.image}, kind)
         self.write(cmd.RELEASE_ENV, release)
         readers = contract.services_reading_dotenv(self.settings.path(self.settings.compose_file))
-        dot_env = app_env if readers else (
-            app_env + contract.env_text({"COMPOSE_PROJECT_NAME": self.project}, kind) + release)
+        project = contract.env_text({"COMPOSE_PROJECT_NAME": self.project}, kind)
+        if readers:
+            # A service reads .env: it must not change per release. A plain `compose up -d`
+            # finds the release in an override file that .env names (constant lines).
+            self.write(cmd.RELEASE_OVERRIDE, contract.release_override(
+                self.settings.service, self.ref(tag) if tag else ""))
+            dot_env = app_env + project + contract.env_text(
+                {"COMPOSE_FILE": f"{self.settings.compose_file}:{cmd.RELEASE_OVERRIDE}"}, kind)
+        else:
+            dot_env = app_env + project + release
         self._current = tag
         return self.write(cmd.COMPOSE_ENV, dot_env)
 
