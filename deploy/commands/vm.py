@@ -150,7 +150,10 @@ def restore_postgres(compose_argv: list[str], service: str, user: str, db: str,
 
 
 def pg_ready(compose_argv: list[str], service: str, user: str, db: str) -> list[str]:
-    return [*compose_argv, "exec", "-T", service, "pg_isready", "-q", "-U", user, "-d", db]
+    """Over TCP: while the image initialises a new database its server listens on the socket
+    only, and stops again before the real start."""
+    return [*compose_argv, "exec", "-T", service, "pg_isready", "-q", "-h", "127.0.0.1",
+            "-U", user, "-d", db]
 
 
 def read_alembic_version(compose_argv: list[str], service: str, user: str,
