@@ -25,9 +25,10 @@ from deploy.errors import DeployError
 class ConnectionLost(DeployError):
     """The SSH connection dropped under a command (which may go on running on the VM)."""
 
-    def __init__(self, message: str, fix: str, where: str) -> None:
+    def __init__(self, message: str, fix: str, where: str, reason: str = "") -> None:
         super().__init__(message, fix)
         self.where = where
+        self.reason = reason
 
 
 @dataclass
@@ -57,7 +58,7 @@ class RemoteShell:
         try:
             channel = transport.open_session(timeout=self.network_timeout)
         except Exception as exc:  # paramiko.SSHException: no answer to the channel request
-            raise self._lost(f"opening a shell ({exc})") from None
+            raise self._lost("opening a shell", str(exc)) from None
         channel.exec_command("exec sh")
         self.channel = channel
         return channel
@@ -125,8 +126,8 @@ class RemoteShell:
                 continue
             if not alive.check():
                 self.close()
-                raise self._lost(f"{command[:120]} (no answer for "
-                                 f"{self.network_timeout:.0f}s, not even to SSH keepalives)")
+                raise self._lost(command[:120], f"no answer for {self.network_timeout:.0f}s, "
+                                 "not even to SSH keepalives; network_timeout sets it")
             if channel.exit_status_ready() or channel.closed:
                 out.feed(channel.recv(65536) if channel.recv_ready() else b"")
                 if not (out.done and err.done):
@@ -144,12 +145,12 @@ class RemoteShell:
         return ShellResult(command, out.exit_code, out.text, err.text)
 
 
-    def _lost(self, during: str) -> ConnectionLost:
+    def _lost(self, during: str, reason: str) -> ConnectionLost:
         return ConnectionLost(
-            f"the SSH connection to {self.where} was lost while running: {during}",
+            f"the SSH connection to {self.where} was lost while running: {during} ({reason})",
             "check the VM and the network, then run the same command again (a deploy re-run "
             "is safe; `fab status` shows what is serving)",
-            self.where,
+            self.where, reason,
         )
 
 

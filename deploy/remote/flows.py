@@ -51,6 +51,8 @@ def cut_short(exc: BaseException, step: str, tag: str, previous: str) -> DeployE
         serving = f"{serving} and the lock was released"
     else:
         what, code = f"the SSH connection to {getattr(exc, 'where', 'the VM')} was lost", 1
+        if getattr(exc, "reason", ""):
+            what += f" ({exc.reason})"
         serving += "; the lock is released if the VM answered again, else `fab unlock` clears it"
     if step == "migrate":
         serving += " (the migration may still finish on the VM: the next deploy waits for it)"
@@ -81,7 +83,8 @@ def switch_checked(vm: Vm, tag: str, previous: str) -> None:
         # Interrupted or cut off mid-switch: put the recorded release back before we leave.
         interrupted = isinstance(exc, KeyboardInterrupt)
         what = signal_name(exc) if interrupted else (
-            f"the SSH connection to {exc.where} was lost" if isinstance(exc, ConnectionLost)
+            f"the SSH connection to {exc.where} was lost ({exc.reason})"
+            if isinstance(exc, ConnectionLost)
             else exc.message)
         with sigint_deferred():
             back = switch_back(vm, tag, previous, f"switching to {tag} failed: {what}")
@@ -120,9 +123,9 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     started = time.monotonic()
     refuse_moving_tag(refs.validate_tag(tag))
     with vm.locked(tag, message) if lock else contextlib.nullcontext():
-        previous = vm.current_tag()
-        step = "check"
+        step, previous = "check", ""
         try:
+            previous = vm.current_tag()
             vm.sync_release_env(previous)
             vm.check_project()
             vm.check_contract(tag)
