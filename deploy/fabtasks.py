@@ -124,7 +124,9 @@ def status(c):
         release = vm.current_tag()
         print(f"release:   {release or '(none recorded)'}")
         running = vm.running_tag()
-        mismatch = vm.runs_pulled_image(release) if release and running == release else ""
+        recorded = last_of(vm.history(), release) or {} if release else {}
+        mismatch = vm.runs_pulled_image(release, recorded.get("digest", "")) \
+            if release and running == release else ""
         if release and running and running != release:  # e.g. a deploy killed mid-switch
             print(f"warning: the app container runs {running}, not the recorded release")
             print(f"  fix: `fab deploy --tag={running}` records it, or `fab rollback "

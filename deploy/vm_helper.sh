@@ -70,12 +70,12 @@ backup_sqlite() {  # DB_PATH TARGET
         echo "no database yet"
         return
     fi
-    if ! cp "$db" "$target.part"; then
+    if ! cp -p "$db" "$target.part"; then
         rm -f "$target.part"
         exit 1
     fi
     if [ -f "$db-wal" ]; then
-        cp "$db-wal" "$target-wal" || { rm -f "$target.part" "$target-wal"; exit 1; }
+        cp -p "$db-wal" "$target-wal" || { rm -f "$target.part" "$target-wal"; exit 1; }
     fi
     chmod 600 "$target.part" && mv "$target.part" "$target" && echo "$target"
 }

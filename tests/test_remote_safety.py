@@ -213,7 +213,7 @@ def test_a_live_deploy_renews_its_lease_and_unlock_refuses_it_without_force(live
         refused = live.fab("unlock", env=env)
         out = failed(refused)
         assert "held by a deploy that is alive" in out and "--force" in out
-        assert f"pid {proc.pid}" in out
+        assert f"[pid {proc.pid}, lease renewed" in out
         assert live.vm(".deploy/lock").exists()
         assert proc.wait(timeout=180) == 0, proc.communicate()[0]
     finally:
@@ -230,7 +230,7 @@ def test_unlock_clears_a_stale_lease_and_force_clears_a_fresh_one(live):
     (lock / "holder.json").write_text(json.dumps(holder) + "\n")
     (lock / "lease").write_text("")
     out = failed(live.fab("unlock"))
-    assert "bob@laptop (pid 4242)" in out
+    assert "bob@laptop since T deploy of x [pid 4242, lease renewed" in out
     assert "cleared the lock held by bob@laptop" in live.fab_ok("unlock", "--force")
     assert not lock.exists()
 

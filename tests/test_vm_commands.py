@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -273,6 +274,11 @@ def test_a_lease_not_renewed_goes_stale(tmp_path):
     assert stale["lease_age"] >= 300 and not remote.lease_is_fresh(stale, 120)
     assert "lease renewed 30" in remote.describe_holder(stale)
     assert not remote.lease_is_fresh(HOLDER, 120)  # a lock from before leases: stale
+    here = {**fresh, "host": socket.gethostname()}
+    assert remote.lease_is_fresh({**here, "pid": os.getpid()}, 120)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not remote.lease_is_fresh({**here, "pid": dead.pid}, 120)  # killed here: stale
 
 
 def test_sqlite_backup_copies_the_database_and_its_wal_privately(tmp_path):
@@ -313,13 +319,14 @@ def test_a_failed_sqlite_backup_leaves_no_partial_copy(tmp_path):
     (tmp_path / "data/app.db").write_bytes(b"db")
     bin_dir = tmp_path / "bin"  # a cp that fails halfway, as on a full disk
     bin_dir.mkdir()
-    (bin_dir / "cp").write_text('#!/bin/sh\nprintf half > "$2"; echo "No space left" >&2; '
-                                "exit 1\n")
+    (bin_dir / "cp").write_text('#!/bin/sh\nfor last; do :; done; printf half > "$last"; '
+                                'echo "No space left" >&2; exit 1\n')
     (bin_dir / "cp").chmod(0o755)
     result = run_sh(cmd.backup_sqlite("data/app.db", "backups/z.sqlite3"), tmp_path,
                     {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert result.returncode != 0 and "No space left" in result.stderr
     assert os.listdir(tmp_path / "backups") == []
+    assert (tmp_path / "data/app.db").read_bytes() == b"db"
 
 
 def test_removing_backups_takes_their_wal_and_refuses_paths(tmp_path):
@@ -1029,7 +1036,8 @@ def test_targets_come_from_settings_or_h():
 def test_describe_holder():
     assert remote.describe_holder(json.dumps(HOLDER)) == (
         "alice@laptop since 2030-01-01T00:00:00Z deploy of abc1234 (big migration)")
-    assert remote.describe_holder({**HOLDER, "pid": 42}).startswith("alice@laptop (pid 42) ")
+    assert remote.describe_holder({**HOLDER, "pid": 42, "lease_age": 3}).endswith(
+        "(big migration) [pid 42, lease renewed 3s ago]")
     assert remote.describe_holder("{}") == "?"[:0] + "unknown holder" or True
     assert remote.describe_holder("") == "unknown holder"
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -35,23 +37,33 @@ def describe_holder(raw: str | dict) -> str:
     data = raw if isinstance(raw, dict) else parse_holder(raw)
     if not data:
         return "unknown holder"
-    parts = [data.get("holder", "?")]
-    if data.get("pid"):
-        parts[0] += f" (pid {data['pid']})"
-    parts.append(f"since {data.get('time', '?')}")
+    parts = [data.get("holder", "?"), f"since {data.get('time', '?')}"]
     if data.get("tag"):
         parts.append(f"{data.get('action', 'deploy')} of {data['tag']}")
     if data.get("message"):
         parts.append(f"({data['message']})")
+    process = [f"pid {data['pid']}"] if data.get("pid") else []
     if "lease_age" in data:
-        parts.append(f"[lease renewed {data['lease_age']}s ago]")
+        process.append(f"lease renewed {data['lease_age']}s ago")
+    if process:
+        parts.append(f"[{', '.join(process)}]")
     return " ".join(parts)
 
 
 def lease_is_fresh(holder: dict, default_lease: float) -> bool:
-    """Whether a live deploy renewed the lock recently (a holder from before leases: no)."""
+    """Whether the holder may be alive: it renewed the lease recently, and it is not a process
+    of this very machine that is gone (a deploy killed here is known dead at once)."""
     lease = holder.get("lease") or default_lease
-    return "lease_age" in holder and holder["lease_age"] < float(lease)
+    if "lease_age" not in holder or holder["lease_age"] >= float(lease):
+        return False
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        try:
+            os.kill(holder["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
 
 
 class LeaseRenewer(threading.Thread):

@@ -232,10 +232,16 @@ class Vm(VmQueries):
                     f"nothing answered {s.health_url} on the VM"
         return ""
 
-    def runs_pulled_image(self, tag: str) -> str:
-        """'' if the service's container runs the image pulled for `tag`, else what runs."""
+    def runs_pulled_image(self, tag: str, digest: str = "") -> str:
+        """'' if the service's container runs the image pulled for `tag` (or, not pulled in
+        this session, the recorded `digest`), else what runs."""
+        if self.runner.dry_run:
+            return ""
         expected = self.pulled.get(tag)
-        if self.runner.dry_run or not expected:
+        if not expected and digest:
+            found = self.run(cmd.image_ids(f"{self.image}@{digest}"), quiet=True, check=False)
+            expected = found.stdout.split()[0] if found.ok and found.stdout.split() else ""
+        if not expected:
             return ""
         image_id, reference = self.running()
         if image_id == expected:
