@@ -219,6 +219,11 @@ project_dirs() {  # PROJECT: the working directories of the project's containers
         --format '{{.Label "com.docker.compose.project.working_dir"}}' | LC_ALL=C sort -u
 }
 
+dir_projects() {  # DIR: the compose projects whose containers were made in DIR
+    docker ps -a --filter "label=com.docker.compose.project.working_dir=$1" \
+        --format '{{.Label "com.docker.compose.project"}}' | LC_ALL=C sort -u
+}
+
 detect_compose() {
     if docker compose version >/dev/null 2>&1; then
         echo v2
@@ -276,6 +281,7 @@ case $cmd in
     health-state) health_state "$@" ;;
     running-image) running_image "$@" ;;
     project-dirs) project_dirs "$1" ;;
+    dir-projects) dir_projects "$1" ;;
     detect-compose) detect_compose ;;
     http-status) http_status "$1" ;;
     *) die "usage: helper SUBCOMMAND ARGS... (unknown: '$cmd')" ;;

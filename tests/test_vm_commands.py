@@ -752,6 +752,16 @@ def test_a_project_of_another_directory_is_refused(tmp_path):
     assert not ran(vm.runner.history, "docker pull")
 
 
+def test_an_app_dir_running_under_another_project_name_is_refused(tmp_path):
+    answers = {on("dir-projects"): Result("app\n")}
+    vm, _ = scripted_vm(tmp_path, answers)
+    with pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert f"the app in {APP_DIR} runs as compose project 'app'" in err.value.message
+    assert 'project_name = "app"' in err.value.fix
+    assert not ran(vm.runner.history, "docker pull")
+
+
 def test_a_compose_file_that_does_not_run_the_release_is_refused_before_anything(tmp_path):
     vm, _ = scripted_vm(tmp_path, {})
     vm.runner.target.run = lambda command, *a, **k: Result(

@@ -209,6 +209,10 @@ def project_dirs(project: str) -> list[str]:
     return helper("project-dirs", project)
 
 
+def dir_projects(app_dir: str) -> list[str]:
+    return helper("dir-projects", app_dir)
+
+
 def http_status(url: str) -> list[str]:
     return helper("http-status", url)
 

@@ -25,6 +25,15 @@ class Vm(VmQueries):
         app_dir = str(PurePosixPath(self.settings.app_dir))
         dirs = self.run(cmd.project_dirs(self.project), quiet=True, check=False).stdout.split()
         others = [d for d in dirs if d and str(PurePosixPath(d)) != app_dir]
+        if not others:
+            names = self.run(cmd.dir_projects(app_dir), quiet=True, check=False).stdout.split()
+            older = [n for n in names if n != self.project]
+            if older:  # e.g. deployed before project names carried a hash of app_dir
+                raise DeployError(
+                    f"the app in {app_dir} runs as compose project {older[0]!r}, not "
+                    f"{self.project!r}: deploying would start a second copy beside it",
+                    f"keep its name: project_name = \"{older[0]}\" in deploy.toml")
+            return
         if others:
             raise DeployError(
                 f"the compose project {self.project!r} on the VM belongs to {others[0]}, not to "
