@@ -51,8 +51,9 @@ def labels(settings: Settings, version: str) -> dict[str, str]:
     }
 
 
-def build(settings: Settings, runner: Runner, version: str) -> str:
-    """Build IMAGE:VERSION into the local engine; returns the reference."""
+def build(settings: Settings, runner: Runner, version: str, quiet: bool = False) -> str:
+    """Build IMAGE:VERSION into the local engine; returns the reference. With `quiet`, the
+    build's output is shown only if it fails."""
     ref = image_ref(settings, version)
     dockerfile = settings.path(settings.dockerfile)
     if not dockerfile.exists():
@@ -70,6 +71,7 @@ def build(settings: Settings, runner: Runner, version: str) -> str:
             labels=labels(settings, version),
             buildx=buildx,
         ),
+        hide=quiet,
         what=f"building {ref} failed",
         fix="read the build output above; fix the Dockerfile or the code it copies",
     )

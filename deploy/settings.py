@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "database": ("sqlite", "postgres", "none"),
     "lock_backend": ("pip-tools", "uv", "auto"),
     "compose_command": ("auto", "v2", "v1"),
+    "lock_kind": ("auto", "requirements", "uv", "poetry"),
 }
 
 
@@ -44,10 +45,16 @@ class Settings:
     app_port: int = 8000
     health_path: str = "/health"
     boot_timeout: float = 60.0
+    smoke_env_file: str = ""
+    # The app's own environment (where its code runs on the laptop): empty = detect
+    app_python: str = ""
+    test_command: str = ""
+    test_dir: str = ""
     # Dependencies
     requirements: str = "requirements.txt"
     lock_file: str = "requirements.lock"
     lock_backend: str = "pip-tools"
+    lock_kind: str = "auto"
     generate_hashes: bool = True
     # Preflight
     env_file: str = ".env"
@@ -68,6 +75,8 @@ class Settings:
     app_dir: str = "/srv/app"
     compose_file: str = "compose.yaml"
     compose_command: str = "auto"
+    image_variable: str = "DEPLOY_IMAGE"
+    tag_variable: str = "DEPLOY_TAG"
     service: str = "app"
     migrate_command: str = "alembic upgrade head"
     health_url: str = ""
