@@ -188,16 +188,20 @@ def setup(c, dry_run=False):
     from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.commands import vm as cmd
+    from deploy.envcheck import app_env_upload, filtered_env_text
     from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     git.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
+    if settings.path(settings.env_file).is_file():
+        filtered_env_text(settings.path(settings.env_file))
     for vm in each_vm(c, dry_run):
         s = vm.settings
         vm.run(cmd.make_dirs(s.app_dir), cwd="")
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
-        vm.upload(s.path(s.env_file), cmd.APP_ENV, 0o600)
+        with app_env_upload(s.path(s.env_file)) as filtered:  # without DEPLOY_* keys
+            vm.upload(filtered, cmd.APP_ENV, 0o600)
         vm.run(cmd.write_release_env(vm.image, vm.current_tag()))
         if s.registry_user and s.registry_password:
             vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
@@ -243,6 +247,40 @@ def restore(c, backup):
         restore_backup(vm, backup)
 
 
+@task(name="env", positional=["action", "key"],
+      help={"action": "`set` (the value from stdin) or `keys` (list the keys, never values)",
+            "key": "the variable to set"})
+@friendly
+def env_(c, action, key=""):
+    """`fab env set KEY` (value on stdin, app.env rewritten 0600) or `fab env keys`."""
+    import getpass
+    import sys
+
+    from deploy import envcheck
+    from deploy.commands import vm as cmd
+    from deploy.errors import DeployError
+
+    if action not in ("set", "keys"):
+        raise DeployError(f"unknown action {action!r}", "use `fab env set KEY` or `fab env keys`")
+    if action == "keys":
+        for vm in each_vm(c):
+            print(vm.run(envcheck.app_env_keys(), quiet=True).stdout.strip())
+        return
+    if not key:
+        raise DeployError("which variable?", "fab env set KEY  (the value is read from stdin)")
+    envcheck.validate_key(key)
+    value = (getpass.getpass(f"{key}: ") if sys.stdin.isatty()
+             else sys.stdin.readline().rstrip("\n"))
+    envcheck.validate_value(value)
+    for vm in each_vm(c):
+        vm.runner.secrets.append(value)
+        vm.run(envcheck.set_key(key), stdin=value, hide=True,
+               what=f"setting {key} in the VM's app.env failed", fix="see the message above")
+        vm.run(cmd.sync_release_env(vm.image, vm.current_tag()), quiet=True)
+        vm.runner.say(f"{key} set in {vm.settings.app_dir}/{cmd.APP_ENV}; it takes effect "
+                      "at the next deploy (or `docker compose up -d` on the VM)")
+
+
 ns = Collection(
-    deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore
+    deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_
 )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy import git
+from deploy import envcheck, git
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, KnownHostsPolicy
@@ -541,6 +541,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     """
     started = time.monotonic()
     with vm.locked(tag, message) if lock else contextlib.nullcontext():
+        envcheck.require_app_env(vm)  # issue 10: app.env has every key of .env.example, else refuse
         previous = vm.current_tag()
         vm.sync_release_env(previous)
         step = "pull"

@@ -81,9 +81,9 @@ def lock(c, check=False, upgrade=False, upgrade_package=None):
 def check(c, json=False, only=None, skip=None):
     """Preflight: python-parity, lock-fresh, env-complete, migrations, git-clean."""
     from deploy.checks import format_results, run_checks
-    from deploy.settings import load_settings
+    from deploy.settings import load_settings, require_root
 
-    results = run_checks(load_settings(), only=only or None, skip=skip or None)
+    results = run_checks(load_settings(require_root()), only=only or None, skip=skip or None)
     if json:
         print(jsonlib.dumps([r.as_dict() for r in results], indent=2))
     else:
@@ -149,9 +149,11 @@ def push(c, version="", allow_dirty=False, password_stdin=False):
 @friendly
 def config(c):
     """Print the effective settings (secrets redacted)."""
-    from deploy.settings import load_settings
+    from deploy.settings import SETTINGS_FILE, load_settings, require_root
 
-    for key, value in load_settings().redacted().items():
+    root = require_root()
+    print(f"# {root / SETTINGS_FILE}")
+    for key, value in load_settings(root).redacted().items():
         print(f"{key} = {value!r}")
 
 

@@ -50,8 +50,9 @@ def probe(ini: str, url: str, url_env: str) -> dict:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    """The exception's type and its first lines (a pydantic error names the field on line 2)."""
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()][:3]
+    return f"{type(exc).__name__}: {' / '.join(text)}"
 
 
 def main() -> int:

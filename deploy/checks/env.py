@@ -47,6 +47,11 @@ def read_compose(path: Path) -> str:
     return text
 
 
+def tool_variables(settings: Settings) -> set[str]:
+    """The compose variables the toolkit writes on the VM: the release's image and tag."""
+    return set(TOOL_VARIABLES) | {settings.image_variable, settings.tag_variable}
+
+
 def service_environment(settings: Settings) -> set[str]:
     """Variables the compose file sets itself in the app service's `environment:`."""
     import yaml
@@ -63,7 +68,9 @@ def code_reads_missing(settings: Settings, example: set[str]) -> dict[str, str]:
     compose service's `environment:` provides -> where the code reads them."""
     from deploy.envreads import required_reads
 
-    provided = {k.upper() for k in example | service_environment(settings) | TOOL_VARIABLES}
+    provided = {
+        k.upper() for k in example | service_environment(settings) | tool_variables(settings)
+    }
     return {
         var: where
         for var, where in required_reads(settings.path(settings.context)).items()
@@ -88,7 +95,7 @@ def env_complete(settings: Settings) -> CheckResult:
         for var, has_default in compose_variables(
             read_compose(settings.path(settings.compose_file))
         ).items()
-        if not has_default and var not in TOOL_VARIABLES
+        if not has_default and var not in tool_variables(settings)
     ]
     missing = [v for v in required if v not in example]
     if missing:

@@ -82,10 +82,11 @@ def run_probe(settings: Settings, app: appenv.AppPython, runner, scratch_dir: Pa
               db: scratchdb.ScratchDb) -> tuple[subprocess.CompletedProcess[str], str]:
     """The probe's process, and the equivalent alembic command for the user to try."""
     url_env = settings.database_url_env
+    app_env = example_env(settings)
     if app.in_image:
         ref = built_image(settings, runner)
         ini_rel = os.path.relpath(ini, settings.path(settings.context))
-        argv = docker_probe(ref, scratch_dir, ini_rel, db, url_env)
+        argv = docker_probe(ref, scratch_dir, ini_rel, db, url_env, app_env)
         how = f"docker run --rm {ref} alembic -c {ini_rel} heads"
         cwd = None
         env = None
@@ -93,7 +94,7 @@ def run_probe(settings: Settings, app: appenv.AppPython, runner, scratch_dir: Pa
         argv = [*app.argv, str(scratch_dir / PROBE.name), str(ini), db.url, url_env]
         how = f"cd {shlex.quote(str(ini.parent))} && {shlex.join(app.argv)} -m alembic heads"
         cwd = ini.parent
-        env = appenv.app_environ({url_env: db.url})
+        env = appenv.app_environ({**app_env, url_env: db.url})
     try:
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=TIMEOUT, check=False)
@@ -105,15 +106,23 @@ def run_probe(settings: Settings, app: appenv.AppPython, runner, scratch_dir: Pa
     return proc, how
 
 
+def example_env(settings: Settings) -> dict[str, str]:
+    """The app's variables with the placeholder values of .env.example (never .env's)."""
+    from deploy.envfile import read_env_file
+
+    path = settings.path(settings.env_example)
+    return read_env_file(path) if path.exists() else {}
+
+
 def docker_probe(ref: str, scratch_dir: Path, ini_rel: str, db: scratchdb.ScratchDb,
-                 url_env: str) -> list[str]:
+                 url_env: str, app_env: dict[str, str]) -> list[str]:
     from deploy.commands import docker
 
     probe = f"{IN_IMAGE_DIR}/{PROBE.name}"
     return docker.run_probe(
         ref,
         mounts={str(scratch_dir / PROBE.name): probe, str(scratch_dir): "/deploy-scratch:rw"},
-        env={url_env: db.container_url},
+        env={**app_env, url_env: db.container_url},
         network=f"container:{db.container}" if db.container else "none",
         command=["python", probe, ini_rel, db.container_url, url_env],
     )
