@@ -1,4 +1,4 @@
-"""Locks by kind: requirements.txt (pip-compile, deploy/lock.py), uv.lock (`uv lock`) and
+"""Locks by kind: requirements.txt (pip-compile, deploy/pins.py), uv.lock (`uv lock`) and
 poetry.lock (`poetry lock`). The tool never rewrites a user's lock except through its own tool.
 
 `uv` is found on PATH or next to this interpreter; `poetry` on PATH, else run through

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy import dockerfile, lock
+from deploy import dockerfile, pins
 from deploy.checks import CheckResult, failed, passed
 from deploy.settings import Settings
 
@@ -17,8 +17,8 @@ def python_versions(settings: Settings) -> dict[str, str]:
     found[f"{settings.dockerfile} (final stage)"] = dockerfile.final_python(parsed)
     found.update(appenv.dev_pythons(settings))
     lock_path = settings.path(settings.lock_file)
-    if lock.lock_kind(settings) == "requirements" and lock_path.exists():
-        locked = lock.lock_python(lock_path.read_text())
+    if pins.lock_kind(settings) == "requirements" and lock_path.exists():
+        locked = pins.lock_python(lock_path.read_text())
         if locked:
             found[f"{settings.lock_file} header"] = locked
     return found
@@ -63,10 +63,10 @@ def python_parity(settings: Settings) -> CheckResult:
 
 def lock_fresh(settings: Settings) -> CheckResult:
     name = "lock-fresh"
-    state = lock.check_lock(settings)
+    state = pins.check_lock(settings)
     if not state.fresh:
         return failed(name, state.reason, state.fix)
-    kind = lock.lock_kind(settings)
+    kind = pins.lock_kind(settings)
     if kind != "requirements":
         from deploy.lockkinds import detect, installs_from_lock
 
