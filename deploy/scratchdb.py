@@ -23,6 +23,8 @@ from deploy.settings import Settings
 PG_PORT = 5432
 PG_USER = "postgres"
 PG_DB = "scratch"
+# Not a secret: the scratch database lives on 127.0.0.1 for the length of one check.
+PG_PASSWORD = "scratch"
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def postgres(settings: Settings, runner: Runner, timeout: float = 90) -> Iterato
     """Start a scratch Postgres container, yield its URLs, remove it (also on Ctrl-C)."""
     image = database_image(settings)
     name = f"deploy-scratch-{os.getpid()}-{secrets.token_hex(3)}"
-    env = {"POSTGRES_HOST_AUTH_METHOD": "trust", "POSTGRES_DB": PG_DB}
+    env = {"POSTGRES_PASSWORD": PG_PASSWORD, "POSTGRES_DB": PG_DB}
     runner.run(docker.run_database(image, name=name, env=env, port=PG_PORT), quiet=True,
                hide=True, what=f"could not start a scratch database from {image}",
                fix=f"make sure the image {image} is in the local engine (docker pull {image})")
@@ -82,8 +84,8 @@ def postgres(settings: Settings, runner: Runner, timeout: float = 90) -> Iterato
         host_port = mapped.strip().splitlines()[0].rsplit(":", 1)[-1]
         scheme = url_scheme(settings)
         yield ScratchDb(
-            url=f"{scheme}://{PG_USER}@127.0.0.1:{host_port}/{PG_DB}",
-            container_url=f"{scheme}://{PG_USER}@127.0.0.1:{PG_PORT}/{PG_DB}",
+            url=f"{scheme}://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{host_port}/{PG_DB}",
+            container_url=f"{scheme}://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{PG_PORT}/{PG_DB}",
             container=name,
         )
     finally:

@@ -93,7 +93,7 @@ def run_database(image: str, *, name: str, env: dict[str, str], port: int) -> li
     """A throwaway database container: removed when stopped, port on 127.0.0.1 only."""
     argv = ["docker", "run", "--detach", "--rm", "--name", name,
             "--label", "deploy-toolkit.scratch=1", "--publish", f"127.0.0.1::{port}"]
-    for key, value in env.items():  # no secrets here: a scratch database with trust auth
+    for key, value in env.items():  # no secrets here: a scratch database
         argv += ["--env", f"{key}={value}"]
     return argv + [image]
 
