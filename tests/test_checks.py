@@ -251,7 +251,7 @@ def test_migrations_pass_with_model_change_and_its_migration(example_repo, inv):
     commit_all(example_repo, "v2 with its migration")
     code, results = check_json(inv, example_repo)
     assert code == 0, results
-    assert "one head (0002)" in results[3]["detail"]
+    assert "one head (0002)" in results[CHECKS.index("migrations")]["detail"]
 
 
 def test_migrations_catches_a_failing_migration(example_repo, inv):
