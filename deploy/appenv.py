@@ -108,12 +108,10 @@ def app_python(settings: Settings) -> AppPython:
                                 "python"), "uv run", cwd=uv_lock.parent)
     poetry_lock = find_upward(settings, "poetry.lock")
     if poetry_lock:
-        poetry = tool_path("poetry")
-        if not poetry:
-            raise DeployError("the app is a Poetry project (poetry.lock) but poetry is not "
-                              "installed", "pip install poetry, or set `app_python`")
-        return AppPython("poetry", (poetry, "run", "python"), "poetry run",
-                         cwd=poetry_lock.parent)
+        from deploy.lockkinds import poetry
+
+        return AppPython("poetry", (*poetry(), "--directory", str(poetry_lock.parent), "run",
+                                    "python"), "poetry run", cwd=poetry_lock.parent)
     return AppPython(IMAGE, (), "the app's image (no venv, uv.lock or poetry.lock found)")
 
 

@@ -156,4 +156,13 @@ def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, me
                 skip_tests=skip_tests, dry_run=dry_run, message=message)
 
 
-ns = Collection(lock, check, test, build, smoke, push, config, deploy)
+@task(help={"force": "overwrite deploy.toml, tasks.py and fabfile/__init__.py if they exist"})
+@friendly
+def init(c, force=False):
+    """Adopt the app in this directory: detect it, write deploy.toml, tasks.py, fabfile."""
+    from deploy import init as adopt
+
+    adopt.run(force=force)
+
+
+ns = Collection(init, lock, check, test, build, smoke, push, config, deploy)
