@@ -248,11 +248,14 @@ def restore(c, backup):
 
 
 @task(name="env", positional=["action", "key"],
-      help={"action": "`set` (the value from stdin) or `keys` (list the keys, never values)",
-            "key": "the variable to set"})
+      help={"action": "`set`: the value is read from stdin", "key": "the variable to set"})
+def env_(c, action, key):
+    """`fab env set KEY`: add or replace KEY in the VM's app.env (value from stdin, mode 0600)."""
+    env_set(c, action, key)  # (Invoke loses positional arguments through a wrapper)
+
+
 @friendly
-def env_(c, action, key=""):
-    """`fab env set KEY` (value on stdin, app.env rewritten 0600) or `fab env keys`."""
+def env_set(c, action: str, key: str) -> None:
     import getpass
     import sys
 
@@ -260,14 +263,9 @@ def env_(c, action, key=""):
     from deploy.commands import vm as cmd
     from deploy.errors import DeployError
 
-    if action not in ("set", "keys"):
-        raise DeployError(f"unknown action {action!r}", "use `fab env set KEY` or `fab env keys`")
-    if action == "keys":
-        for vm in each_vm(c):
-            print(vm.run(envcheck.app_env_keys(), quiet=True).stdout.strip())
-        return
-    if not key:
-        raise DeployError("which variable?", "fab env set KEY  (the value is read from stdin)")
+    if action != "set":
+        raise DeployError(f"unknown action {action!r}", "fab env set KEY (value on stdin); "
+                          "fab env-keys lists the keys")
     envcheck.validate_key(key)
     value = (getpass.getpass(f"{key}: ") if sys.stdin.isatty()
              else sys.stdin.readline().rstrip("\n"))
@@ -281,6 +279,17 @@ def env_(c, action, key=""):
                       "at the next deploy (or `docker compose up -d` on the VM)")
 
 
+@task(name="env-keys")
+@friendly
+def env_keys(c):
+    """The keys (never the values) of the VM's app.env."""
+    from deploy import envcheck
+
+    for vm in each_vm(c):
+        print(vm.run(envcheck.app_env_keys(), quiet=True).stdout.strip())
+
+
 ns = Collection(
-    deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_
+    deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
+    env_keys,
 )
