@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import REPO, child_env, output
 
-TASKS = ("lock", "check", "test", "build", "smoke", "push", "deploy", "config")
+TASKS = ("init", "lock", "check", "test", "build", "smoke", "push", "deploy", "config")
 REPO_ONLY = ("sandbox", "demo")  # this repo's tasks.py adds them; the package does not ship them
 
 
@@ -43,7 +43,8 @@ def test_installed_package_has_no_sandbox(tmp_path: Path) -> None:
     )
     assert build.returncode == 0, output(build)
     installed = sorted(p.name for p in site.iterdir() if not p.name.endswith(".dist-info"))
-    assert installed == ["deploy"], installed
+    assert installed == ["bin", "deploy"], installed
+    assert [p.name for p in (site / "bin").iterdir()] == ["deploy-init"]
     shipped = "".join(p.read_text() for p in (site / "deploy").rglob("*.py"))
     assert "debootstrap" not in shipped and "dockerd" not in shipped
     app = tmp_path / "app"
