@@ -287,3 +287,40 @@ def test_migrations_check_catches_drift_on_scratch_postgres(example_repo, inv, p
     assert not result["ok"]
     assert "the models differ from the migrations" in result["reason"]
     assert "extra" in result["reason"]
+
+
+# --- inv test: the app's command, directory and interpreter --------------------------------
+
+
+def test_inv_test_runs_the_test_command_in_test_dir(example_repo, inv):
+    with (example_repo / "deploy.toml").open("a") as f:
+        f.write('test_dir = "tests"\ntest_command = "sh -c \'pwd; exit 3\'"\n')
+    proc = inv(example_repo, "test")
+    assert proc.returncode == 3, output(proc)
+    assert f"{example_repo.resolve()}/tests\n" in proc.stdout
+    assert "tests failed (exit 3)" in proc.stderr
+
+
+def test_inv_test_uses_the_apps_interpreter(example_repo, inv, tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    (example_repo / ".venv").unlink()
+    (example_repo / ".venv").symlink_to(bare)
+    proc = inv(example_repo, "test")
+    assert proc.returncode == 1, output(proc)
+    assert f"{example_repo}/.venv/bin/python -m pytest" in proc.stdout
+    assert "No module named pytest" in output(proc)
+
+
+def test_inv_deploy_skip_check_is_said_and_goes_into_the_message(example_repo, inv):
+    proc = inv(example_repo, "deploy", "--dry-run", "--skip-check", "build-context",
+               "--skip-check", "migrations", env={"DEPLOY_HOST": "127.0.0.1"})
+    assert proc.returncode == 0, output(proc)
+    assert "check build-context waived (--skip-check build-context)" in proc.stdout
+    assert "check migrations waived" in proc.stdout
+    assert "waived checks: build-context, migrations" in proc.stdout  # the lock's holder note
+    proc = inv(example_repo, "deploy", "--dry-run", "--skip-check", "migration",
+               env={"DEPLOY_HOST": "127.0.0.1"})
+    assert proc.returncode == 1
+    assert "error: no check named 'migration'" in proc.stderr
+    assert_no_traceback(proc)

@@ -270,3 +270,20 @@ def test_init_never_overwrites_without_force(tmp_path, inv):
     assert proc.returncode == 0, output(proc)
     assert (repo / "deploy.toml").read_text() != before
     assert (repo / "fabfile" / "__init__.py").exists()
+
+
+def test_d_inv_test_db_on_a_throwaway_pgvector(poetry_app, inv):
+    repo, _ = poetry_app
+    before = subprocess.run(["docker", "ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    proc = inv(repo, "test", "--db", env=user_env())
+    assert proc.returncode == 0, output(proc)
+    assert "1 passed" in proc.stdout
+    assert "tests get DATABASE_URL = a throwaway Postgres container" in proc.stdout
+    after = subprocess.run(["docker", "ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert set(after) <= set(before), "the throwaway database was left behind"
+    # Without --db the test has no database: it fails on its own.
+    proc = inv(repo, "test", env=user_env())
+    assert proc.returncode == 1, output(proc)
+    assert "KeyError: 'DATABASE_URL'" in proc.stdout

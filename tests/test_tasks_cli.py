@@ -75,7 +75,7 @@ def test_inv_test_passes_arguments_and_keeps_pytest_exit_code(example_repo: Path
     assert "deselected" in selected.stdout
     nothing = inv(example_repo, "test", "--args=-k no_such_test_anywhere")
     assert nothing.returncode == 5  # pytest's "no tests collected", preserved
-    assert "pytest exit 5" in nothing.stderr
+    assert "tests failed (exit 5)" in nothing.stderr
 
 
 def test_inv_test_fails_with_a_failing_test(example_repo: Path, inv) -> None:

@@ -48,9 +48,12 @@ def image_id(image_ref: str) -> list[str]:
     return ["docker", "image", "inspect", "--format", "{{.Id}}", image_ref]
 
 
-def run_once(image_ref: str, command: str) -> list[str]:
+def run_once(image_ref: str, command: str, env_file: str | None = None) -> list[str]:
     """Run the smoke command in a throwaway container (no shell: argv from the command)."""
-    return ["docker", "run", "--rm", image_ref, *shlex.split(command)]
+    argv = ["docker", "run", "--rm"]
+    if env_file:
+        argv += ["--env-file", env_file]
+    return [*argv, image_ref, *shlex.split(command)]
 
 
 def run_detached(image_ref: str, *, name: str, port: int, env_file: str | None) -> list[str]:
