@@ -15,11 +15,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from deploy.commands.vm import APP_ENV
 from deploy.errors import DeployError
 from deploy.runner import sh
 from deploy.settings import ENV_PREFIX
 
-APP_ENV = "app.env"  # as deploy.commands.vm.APP_ENV
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

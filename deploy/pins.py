@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -175,7 +174,9 @@ def check_lock(settings: Settings) -> Freshness:
 
 def find_uv() -> str | None:
     """uv on PATH, else next to this interpreter (a venv's uv when the venv is not activated)."""
-    return shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    from deploy.appenv import tool_path
+
+    return tool_path("uv")
 
 
 def choose_backend(settings: Settings) -> str:
