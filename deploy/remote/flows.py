@@ -12,7 +12,7 @@ import socket
 import time
 from datetime import UTC, datetime
 
-from deploy import refs
+from deploy import envcheck, refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote.contract import refuse_moving_tag
@@ -125,6 +125,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     with vm.locked(tag, message) if lock else contextlib.nullcontext():
         step, previous = "check", ""
         try:
+            envcheck.require_app_env(vm)  # issue 10: app.env has every key of .env.example
             previous = vm.current_tag()
             vm.sync_release_env(previous)
             vm.check_project()
