@@ -3,12 +3,14 @@ run `inv` in it, and the Docker engine / registry / base image the slow tests ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,29 @@ def inv(tmp_path: Path):
                        timeout=timeout)
 
     return _inv
+
+
+@contextlib.contextmanager
+def answering_200() -> Iterator[int]:
+    """A local HTTP server that answers 200 to every GET, for the block; yields its port."""
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def output(proc: subprocess.CompletedProcess[str]) -> str:

@@ -8,6 +8,7 @@ Fixtures (sandbox, images, make_app, app, live) come from conftest.py.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import socket
 import subprocess
@@ -16,8 +17,10 @@ import threading
 import time
 
 import pytest
-from conftest import assert_no_traceback, child_env
+from conftest import answering_200, assert_no_traceback, child_env
 from vmkit import checked, docker, output
+
+from deploy.commands import vm as cmd
 
 HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "15"}
 
@@ -156,29 +159,15 @@ def test_the_health_url_is_asked_on_the_vm_not_on_the_laptop(live, images):
     """Something on the laptop answers 200 at health_url; the VM's app is broken there. The
     deploy must switch back. Meaningful once the sandbox VM has its own network (issue 8):
     while the laptop is the VM, the test says so and skips."""
-    import http.server
-
-    class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/health"
-    try:
-        seen = live.fab("run", "--cmd", f"curl -s -o /dev/null -w '%{{http_code}}' {url}")
-        if "200" in output(seen):
+    with answering_200() as port:
+        url = f"http://127.0.0.1:{port}/health"
+        seen = live.fab("run", "--cmd", shlex.join(cmd.http_status(url)))  # as the VM sees it
+        if "200" in output(seen).split():
             pytest.skip("the sandbox VM shares the laptop's network: nothing to tell apart")
         out = failed(live.fab("deploy", f"--tag={images.v2}",
                               env={**HEALTH_TIMEOUT, "DEPLOY_HEALTH_URL": url}))
         assert f"nothing answered {url} on the VM" in out
         assert f"switched back to {images.v1}" in out
-    finally:
-        server.shutdown()
 
 
 # --------------------------------------------------------------------------- 8: signals, network

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import answering_200
 from invoke import MockContext, Result
 
 from deploy import remote
@@ -418,19 +419,6 @@ def test_history_lines_survive_any_characters(tmp_path):
 ])
 def test_http_status_uses_curl_else_wget_else_python(tmp_path, tools, expected):
     """On the VM, whichever of curl, wget, python3 it has; says so when it has none."""
-    import http.server
-    import threading
-
-    class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ["sed", "tail", *tools]:
@@ -438,11 +426,9 @@ def test_http_status_uses_curl_else_wget_else_python(tmp_path, tools, expected):
         if not real:
             pytest.skip(f"{tool} is not installed here")
         (bin_dir / tool).symlink_to(real)
-    try:
-        result = run_sh(cmd.http_status(f"http://127.0.0.1:{server.server_port}/"), tmp_path,
+    with answering_200() as port:
+        result = run_sh(cmd.http_status(f"http://127.0.0.1:{port}/"), tmp_path,
                         {"PATH": str(bin_dir)})
-    finally:
-        server.shutdown()
     assert result.stdout.strip().startswith(expected), result.stdout + result.stderr
     assert result.returncode == (cmd.HELPER_MISSING_EXIT if expected == "missing" else 0)
 
