@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from deploy import git, local, refs, registry, remote
+from deploy import envcheck, git, local, refs, registry, remote
 from deploy.checks import format_results, run_checks
 from deploy.errors import DeployError
 from deploy.runner import Runner
@@ -91,6 +91,8 @@ def full_deploy(
                for t in vm_targets]
         for vm in vms:  # held through build and push: two deploys at once, exactly one goes on
             stack.enter_context(vm.locked(tag, message))
+        for vm in vms:  # a key the release needs and the VM lacks: refuse before building
+            envcheck.require_app_env(vm)
         stale = [vm for vm in vms if not (pushed and vm.is_serving(tag))]
         if not stale:
             runner.say(f"{image}:{tag} is already in the registry and serving healthy on every "

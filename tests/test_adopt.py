@@ -349,3 +349,13 @@ def test_migrations_without_a_local_environment_run_in_the_built_image(example_r
         refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", image).stdout.split()
         if refs:
             docker("rmi", *refs)
+
+
+def test_migrations_refuses_an_app_whose_dotenv_overrides_the_environment(example_repo, inv):
+    edit(example_repo / "app" / "db.py", "import os\n",
+         "import os\n\nfrom dotenv import load_dotenv\n\nload_dotenv(override=True)\n")
+    commit_all(example_repo, ".env wins over the environment")
+    result = check(inv, example_repo, "migrations")
+    assert not result["ok"]
+    assert result["reason"].startswith("the app loads its .env with override=True (app/db.py:")
+    assert "override=True" in result["fix"]
