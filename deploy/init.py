@@ -81,6 +81,13 @@ def detect_compose(root: Path, found: Found) -> None:
         found.values["database"] = "postgres"
         found.values["postgres_service"] = db
         found.notes.append(f"database service '{db}' ({services[db].get('image')}): Postgres")
+        env = services[db].get("environment") or {}
+        if isinstance(env, list):
+            env = dict(str(item).partition("=")[::2] for item in env)
+        for key, setting in (("POSTGRES_USER", "postgres_user"), ("POSTGRES_DB", "postgres_db")):
+            value = str(env.get(key, ""))
+            if value and "$" not in value:
+                found.values[setting] = value
     app = next((n for n in services if n in APP_SERVICE_NAMES and n != db), None) or next(
         (n for n, s in services.items() if n != db and isinstance(s, dict)
          and ("build" in s or "$" in str(s.get("image", "")))), None)
@@ -211,6 +218,7 @@ EXPLAIN = {
     "image_variable": "the compose variables the app's image line uses: the deploy sets them",
     "database": "sqlite, postgres or none: the kind of the scratch database the checks use",
     "postgres_service": "the compose service of the database (its image is the scratch one)",
+    "postgres_db": "the database the VM backs up before migrating",
     "alembic_ini": "Alembic's config (the migrations check)",
     "database_url_env": "the variable the app reads its database URL from",
     "lock_kind": "requirements (pip-compile), uv (uv.lock) or poetry (poetry.lock)",
