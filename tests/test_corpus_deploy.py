@@ -7,6 +7,7 @@ VM with `inv deploy`, upgraded, and rolled back with `fab rollback` (issue 10, D
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 
 import pytest
@@ -46,7 +47,7 @@ def vector_column(app) -> str:
               "c = e.connect(); print(c.execute(s.text(\"SELECT format_type(atttypid, atttypmod) "
               "FROM pg_attribute WHERE attrelid = 'notes'::regclass AND attname = 'embedding'\"))"
               ".scalar())")
-    return app.fab_ok("exec", "--cmd", f'python -c "{script}"')
+    return app.fab_ok("exec", "--cmd", f"python -c {shlex.quote(script)}")
 
 
 @pytest.mark.xfail(reason="until issue 9 lands: the first deploy of a Postgres app backs up "
