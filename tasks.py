@@ -3,7 +3,8 @@
 
 from invoke import task
 
-from deploy.tasks import friendly, ns
+from deploy.errors import friendly
+from deploy.tasks import ns
 
 
 @task(help={"vms": "how many VMs (vm1..vmN, default 1; more running are left alone)",
