@@ -428,6 +428,8 @@ def status() -> bool:
     for name, ok in pieces.items():
         print(f"{name}: {'up' if ok else 'down'}")
     print(f"ssh: {' '.join(ssh_cmd(sb))}")
+    for v in vmlib.running(sb.state_dir):
+        print(f"ssh {v.name}: {' '.join(ssh_cmd(sb, host=v.name, port=22))}")
     return all(pieces.values())
 
 
