@@ -38,14 +38,25 @@ _verify_host_keys()
 
 def each_vm(c, dry_run: bool = False):
     """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
-    from deploy.remote import session, targets
+    from deploy import roles  # issue 13: with [roles.*] and no -H, every role's hosts
+    from deploy.remote import session
     from deploy.settings import load_settings
 
     settings = load_settings()
     hosts = [c.original_host] if hasattr(c, "original_host") else None
-    for target in targets(settings, hosts):
-        with session(settings, target, dry_run=dry_run) as vm:
+    for role, each, target in roles.targets(settings, hosts):
+        if role:
+            print(f"== {target.host} (role {role})")
+        with session(each, target, dry_run=dry_run) as vm:
             yield vm
+
+
+def with_roles(c) -> bool:
+    """Issue 13: whether this task acts on the roles of deploy.toml (there are some, no -H)."""
+    from deploy import roles
+    from deploy.settings import load_settings
+
+    return not hasattr(c, "original_host") and roles.configured(load_settings())
 
 
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
@@ -61,6 +72,10 @@ def deploy(c, tag, message="", dry_run=False):
     if not dry_run:
         registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
+    if with_roles(c):  # issue 13: one tag for all roles, in batches
+        from deploy import roles
+        roles.deploy(settings, tag, message=message, dry_run=dry_run)
+        return
     for vm in each_vm(c, dry_run):
         remote.deploy(vm, tag, message=message)
 
@@ -83,6 +98,16 @@ def rollback(c, tag="", downgrade=False, dry_run=False):
                                                settings.registry_password) is None:
             raise DeployError(f"{image}:{tag} is not in the registry: there is no such release "
                               "to roll back to", "pick a tag from `fab releases`")
+    if with_roles(c):  # issue 13: every role's hosts, in batches, under one lock
+        from deploy import roles
+        settings = load_settings()
+
+        def in_registry(t: str) -> bool:
+            return registry.tag_digest(settings.image, t, settings.registry_user,
+                                       settings.registry_password) is not None
+        roles.rollback(settings, tag, downgrade=downgrade, dry_run=dry_run,
+                       known_in_registry=in_registry)
+        return
     for vm in each_vm(c, dry_run):
         def in_registry(t: str, vm=vm) -> bool:
             s = vm.settings
