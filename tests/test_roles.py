@@ -41,7 +41,8 @@ def test_roles_parse_with_defaults() -> None:
     ({"web": {"hosts": ["vm1"], "limit": 2}}, "unknown key 'limit' in [roles.web]"),
     ({"web": {"hosts": ["vm1"]}, "job": {"hosts": ["vm1"]}}, "host vm1 is in roles web and job"),
     ({"web": "vm1"}, "[roles.web] in deploy.toml must be a table"),
-    ({"web": {"hosts": ["vm1"], "service": 3}}, "service in [roles.web] in deploy.toml must be a string"),
+    ({"web": {"hosts": ["vm1"], "service": 3}},
+     "service in [roles.web] in deploy.toml must be a string"),
 ])
 def test_bad_roles_are_refused_naming_the_key(raw, message) -> None:
     with pytest.raises(DeployError) as caught:
@@ -112,7 +113,8 @@ def roles_repo(tmp_path: Path, extra: str = "") -> Path:
     repo = tmp_path / "app"
     repo.mkdir()
     (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
-    (repo / "compose.yaml").write_text("services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
+    (repo / "compose.yaml").write_text(
+        "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
     (repo / "deploy.toml").write_text(
         'image = "127.0.0.1:5000/rolesapp"\nuser = "root"\nprimary_role = "web"\n'
         'batch_limit = 1\nhealth_url = "http://127.0.0.1:8000/health"\n'
