@@ -77,6 +77,10 @@ def deploy(c, tag, message="", dry_run=False):
         roles.deploy(settings, tag, message=message, dry_run=dry_run)
         return
     for vm in each_vm(c, dry_run):
+        if settings.target == "swarm":  # issue 13: a stack deployed from the manager
+            from deploy import swarm
+            swarm.deploy(vm, tag, message=message)
+            continue
         remote.deploy(vm, tag, message=message)
 
 
@@ -113,6 +117,10 @@ def rollback(c, tag="", downgrade=False, dry_run=False):
             s = vm.settings
             return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
                 is not None
+        if vm.settings.target == "swarm":  # issue 13: redeploy the stack at that tag
+            from deploy import swarm
+            swarm.rollback(vm, tag, known_in_registry=in_registry)
+            continue
         remote.rollback(vm, tag, downgrade=downgrade, known_in_registry=in_registry)
 
 
@@ -156,6 +164,10 @@ def status(c):
         print(f"health:    {vm.health()}")
         print(f"revision:  {vm.revision() or '-'}")
         print(f"lock:      {describe_holder(json.dumps(holder)) if holder else 'free'}")
+        if vm.settings.target == "swarm":  # issue 13: the stack's tasks, not compose's
+            from deploy import swarm
+            print("\n".join(swarm.status_lines(vm)))
+            continue
         ps = vm.run(cmd.ps(vm.compose()), quiet=True, check=False)
         print(ps.stdout.rstrip())
         if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
@@ -228,6 +240,9 @@ def setup(c, dry_run=False):
         with app_env_upload(s.path(s.env_file)) as filtered:  # without DEPLOY_* keys
             vm.upload(filtered, cmd.APP_ENV, 0o600)
         vm.run(cmd.write_release_env(vm.image, vm.current_tag()))
+        if s.target == "swarm":  # issue 13: a one-node swarm unless the engine is in one
+            from deploy import swarm
+            swarm.ensure_swarm(vm)
         if s.registry_user and s.registry_password:
             vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
