@@ -262,9 +262,15 @@ def put_back(vm, tag: str, previous: str, why: str, switch_back) -> None:
         vm.record(release_entry(previous, "", "", "rollback", tag))
 
 
+def plan_of(settings: Settings) -> Plan:
+    return make_plan(read_roles(settings), settings.primary_role, settings.batch_limit)
+
+
 def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = "",
-           dry_run: bool = False) -> list[tuple[Slot, str, str]]:
-    """Deploy `tag` to every role's hosts (see the module's docstring). Returns the report."""
+           dry_run: bool = False, vms: dict | None = None) -> list[tuple[Slot, str, str]]:
+    """Deploy `tag` to every role's hosts (see the module's docstring). Returns the report.
+
+    With `vms` (a session per slot, `inv deploy`) the caller already holds the lock."""
     from deploy import envcheck
     from deploy.remote import cut_short, last_revision, release_entry
     from deploy.shell import ConnectionLost
@@ -272,10 +278,12 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
     roles = read_roles(settings)
     plan = make_plan(roles, settings.primary_role, settings.batch_limit)
     started = time.monotonic()
-    with sessions(settings, plan, roles, dry_run) as vms:
+    given = vms is not None
+    with contextlib.nullcontext(vms) if given else sessions(settings, plan, roles,
+                                                              dry_run) as vms:
         first = vms[plan.primary]
         say = first.runner.say
-        with first.locked(tag, message):
+        with contextlib.nullcontext() if given else first.locked(tag, message):
             previous, digests, step = {}, {}, "check"
             try:
                 for slot, vm in vms.items():  # nothing switches before every host has the image
@@ -322,7 +330,7 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
     from deploy.remote import pick_rollback_tag, release_entry
 
     roles = read_roles(settings)
-    plan = make_plan(roles, settings.primary_role, settings.batch_limit)
+    plan = plan_of(settings)
     with sessions(settings, plan, roles, dry_run) as vms:
         first = vms[plan.primary]
         say = first.runner.say
