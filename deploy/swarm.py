@@ -98,6 +98,7 @@ class Task:
     desired: str
     state: str
     error: str = ""
+    id: str = ""
 
     @property
     def tag(self) -> str:
@@ -122,7 +123,8 @@ def parse_tasks(output: str) -> list[Task]:
         # "Running 5 seconds ago" -> "Running"; "Shutdown" -> "Shutdown"
         state = (raw.get("CurrentState") or "").split(" ", 1)[0]
         tasks.append(Task(raw.get("Name", "").strip(" \\_"), raw.get("Image", ""),
-                          raw.get("DesiredState", ""), state, raw.get("Error", "")))
+                          raw.get("DesiredState", ""), state, raw.get("Error", ""),
+                          raw.get("ID", "")))
     return tasks
 
 
@@ -210,24 +212,40 @@ def converge(vm, tag: str, timeout: float) -> tuple[str, str]:
     Returns (verdict, why): done, rolled_back, paused, or timeout."""
     name = cmd.service_name(stack_name(vm), vm.settings.service)
     ref = vm.ref(tag)
-    seen: dict[str, str] = {}
+    seen: dict[str, str] | None = None
     end = time.monotonic() + timeout
-    why = ""
+    why = started_rollback = ""
     while time.monotonic() < end:
         raw = vm.run(cmd.service_inspect(name), quiet=True, check=False)
         if raw.ok and raw.stdout.strip():
             tasks = parse_tasks(vm.run(cmd.service_tasks(name), quiet=True,
                                        check=False).stdout)
-            for task in tasks:
-                key = f"{task.name}@{task.image}"
-                if seen.get(key) != task.state:
-                    seen[key] = task.state
-                    vm.runner.say(f"  task {task.line()}")
-            state, why = verdict(parse_service(raw.stdout), tasks, ref)
+            for task in tasks:  # at first the tasks that run; then every change
+                if (seen is None and task.desired != "Running") or \
+                        (seen is not None and seen.get(task.id) == task.state):
+                    continue
+                vm.runner.say(f"  task {task.line()}")
+            seen = {t.id: t.state for t in tasks}
+            service = parse_service(raw.stdout)
+            if service.update == "rollback_started" and not started_rollback:
+                started_rollback = service.message
+            state, why = verdict(service, tasks, ref)
             if state != "wait":
-                return state, why
+                return state, (started_rollback or why) + failed_task(vm, tasks, tag)
         time.sleep(POLL)
     return "timeout", why
+
+
+def failed_task(vm, tasks: list[Task], tag: str) -> str:
+    """What the newest task of `tag` that did not make it said, and its last health check."""
+    failed = sorted((t for t in tasks if t.tag == tag and t.desired != "Running"),
+                    key=lambda t: not (t.error or t.state in ("Failed", "Rejected", "Complete")))
+    if not failed:
+        return ""
+    task = failed[0]
+    health = vm.run(cmd.task_last_health(task.id), quiet=True, check=False).stdout.strip()
+    return (f"; its task: {task.state}" + (f", {task.error}" if task.error else "")
+            + (f"; its last health check: {health[-200:]}" if health else ""))
 
 
 def stack_switch(vm, tag: str, previous: str) -> None:
@@ -245,8 +263,8 @@ def stack_switch(vm, tag: str, previous: str) -> None:
         return
     back = previous or "the previous release"
     if state == "rolled_back":
-        raise DeployError(f"{tag} did not turn healthy; Swarm rolled the service back to {back} "
-                          f"({why})", "look at `fab logs`, fix the app and deploy a new tag")
+        raise DeployError(f"{tag} did not run healthy; Swarm rolled the service back to {back}: "
+                          f"{why}", "look at `fab logs`, fix the app and deploy a new tag")
     raise DeployError(f"the stack did not converge on {tag} ({state}: {why})",
                       f"`docker service ps {cmd.service_name(stack, vm.settings.service)}` on "
                       f"the manager shows the tasks; `fab rollback --tag={back}` redeploys "

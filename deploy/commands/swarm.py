@@ -42,3 +42,14 @@ def service_tasks(name: str) -> list[str]:
 
 def stack_rm(stack: str) -> list[str]:
     return ["docker", "stack", "rm", stack]
+
+
+def task_last_health(task_id: str) -> list[str]:
+    """The last line of the last health check a task's container ran ('' if none)."""
+    from deploy.commands.vm import q
+    from deploy.runner import sh
+
+    return sh(f"c=$(docker inspect --format '{{{{.Status.ContainerStatus.ContainerID}}}}' "
+              f"{q(task_id)} 2>/dev/null) && [ -n \"$c\" ] && docker inspect --format "
+              "'{{with .State.Health}}{{range .Log}}{{.Output}}{{end}}{{end}}' \"$c\" "
+              "2>/dev/null | grep . | tail -n 1 || true")
