@@ -47,6 +47,9 @@ def prepare(work: Path) -> None:
         example_env.replace("APP_SECRET=change-me", f"APP_SECRET={secrets.token_hex(16)}")
     )
     (work / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    # The example's development environment (where its tests and the migrations check run):
+    # this venv holds its requirements.
+    (work / ".venv").symlink_to(sys.prefix)
     (work / "fabfile").mkdir(exist_ok=True)
     (work / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
     git(work, "init", "-q")

@@ -324,3 +324,28 @@ def test_inv_deploy_skip_check_is_said_and_goes_into_the_message(example_repo, i
     assert proc.returncode == 1
     assert "error: no check named 'migration'" in proc.stderr
     assert_no_traceback(proc)
+
+
+def test_migrations_without_a_local_environment_run_in_the_built_image(example_repo, inv,
+                                                                      base_image):
+    from vmkit import unique
+
+    image = f"127.0.0.1:5000/{unique('adopt-probe-')}"
+    (example_repo / ".venv").unlink()
+    try:
+        result = check(inv, example_repo, "migrations", env={"DEPLOY_IMAGE": image})
+        assert result["ok"], result
+        assert result["detail"] == (
+            "one head (0001); models match the migrations (in the app's image (no venv, uv.lock "
+            "or poetry.lock found), on a scratch SQLite database)")
+        edit(example_repo / "app" / "models.py",  # a drift is caught in the image too
+             "    name: Mapped[str] = mapped_column(String(200), nullable=False)\n",
+             "    name: Mapped[str] = mapped_column(String(200), nullable=False)\n"
+             "    extra: Mapped[str] = mapped_column(String(20), nullable=True)\n")
+        commit_all(example_repo, "drift")
+        result = check(inv, example_repo, "migrations", env={"DEPLOY_IMAGE": image})
+        assert not result["ok"] and "extra" in result["reason"], result
+    finally:
+        refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", image).stdout.split()
+        if refs:
+            docker("rmi", *refs)

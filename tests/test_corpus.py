@@ -287,3 +287,18 @@ def test_d_inv_test_db_on_a_throwaway_pgvector(poetry_app, inv):
     proc = inv(repo, "test", env=user_env())
     assert proc.returncode == 1, output(proc)
     assert "KeyError: 'DATABASE_URL'" in proc.stdout
+
+
+def test_c_the_image_must_install_from_the_uv_lock(uv_app, inv):
+    repo, _ = uv_app
+    dockerfile = repo / "backend" / "Dockerfile"
+    edit(dockerfile, "RUN uv sync --locked", "RUN uv sync")
+    commit_all(repo, "uv sync may re-resolve")
+    result = verdicts(inv, repo)["lock-fresh"]
+    assert not result["ok"] and "`uv sync` without --locked" in result["reason"]
+    edit(dockerfile, "RUN uv sync", "RUN uv export --frozen -o r.txt && pip install -r r.txt &&"
+                                    " uv sync --locked")
+    commit_all(repo, "uv export --frozen")
+    result = verdicts(inv, repo)["lock-fresh"]
+    assert not result["ok"] and "uv export --frozen" in result["reason"]
+    assert result["fix"] == "use `uv export --locked`"
