@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "database": ("sqlite", "postgres", "none"),
     "lock_backend": ("pip-tools", "uv", "auto"),
     "compose_command": ("auto", "v2", "v1"),
+    "proxy_tls": ("auto", "internal", "off"),
 }
 
 
@@ -80,6 +81,16 @@ class Settings:
     postgres_db: str = "app"
     keep_backups: int = 5
     keep_releases: int = 10
+    # The proxy (Caddy) in front of the app: zero-downtime blue/green switches
+    proxy: bool = False
+    proxy_host: str = ""
+    proxy_tls: str = "auto"
+    proxy_email: str = ""
+    proxy_dir: str = "/srv/.deploy-proxy"
+    proxy_network: str = "deploy-proxy"
+    proxy_image: str = "caddy:2"
+    proxy_http_port: str = "80"
+    proxy_https_port: str = "443"
 
     def path(self, relative: str) -> Path:
         """A settings path resolved against the app repo (with `~` expanded)."""

@@ -1,0 +1,179 @@
+"""The proxy (issue 11): Caddy in front of the app, blue/green switches with no failed request.
+
+The builders are checked as text; the rest runs against the sandbox VM with a Caddy of this
+session's own (its own directory, network and ports). Each switch runs under a probe asking
+/version 100 times a second through Caddy, as users would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from vmkit import InFlight, Probe, Proxy, docker, output
+
+from deploy.commands import proxy as pcmd
+
+PROXY_IMAGE = os.environ.get("PROXY_TEST_IMAGE", "caddy:2")
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def test_caddy_config_per_tls_mode():
+    off = pcmd.caddy_config("off")
+    web = off["apps"]["http"]["servers"]["web"]
+    assert web["listen"] == [":80"] and web["automatic_https"] == {"disable": True}
+    assert "tls" not in off["apps"]
+    auto = pcmd.caddy_config("auto", "ops@example.com")
+    assert auto["apps"]["http"]["servers"]["web"]["listen"] == [":443"]
+    assert auto["apps"]["tls"]["automation"]["policies"][0]["issuers"] == [
+        {"module": "acme", "email": "ops@example.com"}]
+    internal = pcmd.caddy_config("internal")
+    assert internal["apps"]["tls"]["automation"]["policies"][0]["issuers"] == [
+        {"module": "internal"}]
+    # Admin API and the health-check listener are unix sockets: no container reaches them.
+    assert off["admin"]["listen"] == "unix//run/deploy-proxy/admin.sock"
+    check = off["apps"]["http"]["servers"]["check"]
+    assert check["listen"] == ["unix//run/deploy-proxy/check.sock"]
+
+
+def test_config_parts_join_routes_into_valid_json():
+    head, tail = pcmd.config_parts("off")
+    routes = [pcmd.route("a", ["a.test"], "a-app-1:8000"),
+              pcmd.route("b", ["b.test", "www.b.test"], "b-app-2:8000")]
+    config = json.loads(head + ",".join(json.dumps(r) for r in routes) + tail)
+    got = config["apps"]["http"]["servers"]["web"]["routes"]
+    assert [r["match"][0]["host"] for r in got] == [["a.test"], ["b.test", "www.b.test"]]
+    assert json.loads(head + tail)["apps"]["http"]["servers"]["web"]["routes"] == []
+
+
+def test_route_upstream_reads_back_what_route_wrote():
+    assert pcmd.route_upstream(json.dumps(pcmd.route("p", ["h"], "p-app-3:8000"))) \
+        == "p-app-3:8000"
+    assert pcmd.route_upstream("") == ""
+    assert pcmd.route_upstream("{garbage") == ""
+
+
+def test_scale_up_starts_dependencies_only_on_first_start():
+    base = ["docker", "compose", "--file", "c.yaml", "--project-name", "p"]
+    assert pcmd.scale_up(base, "app", 2, deps=False)[-4:] == [
+        "--scale", "app=2", "--no-deps", "app"]
+    first = pcmd.scale_up(base, "app", 1, deps=True)
+    assert "--no-deps" not in first and "--no-recreate" in first
+
+
+SCRIPTS = {
+    "set_route": pcmd.set_route("/srv/.deploy-proxy", "p", '{"a": "it\'s"}'),
+    "reload": pcmd.reload("/srv/.deploy-proxy"),
+    "write_base": pcmd.write_base("/srv/x y", "{}", "{", "}"),
+    "wait_upstream": pcmd.wait_upstream("/srv/.deploy-proxy", "abc", "p-app-1:8000", "h",
+                                        "/health", 10),
+    "wait_admin": pcmd.wait_admin("/srv/.deploy-proxy", 5),
+    "requirements": pcmd.requirements(),
+    "ensure_network": pcmd.ensure_network("deploy-proxy"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_scripts_are_posix_sh(name):
+    argv = SCRIPTS[name]
+    assert argv[:2] == ["sh", "-c"]
+    assert subprocess.run(["dash", "-n", "-c", argv[2]]).returncode == 0
+    if shutil.which("shellcheck"):
+        proc = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2016", "-"], input=argv[2],
+                              text=True, capture_output=True)
+        assert proc.returncode == 0, proc.stdout
+
+
+# --------------------------------------------------------------------------- on the VM
+
+
+@pytest.fixture(scope="session")
+def caddy(sandbox):
+    if docker("image", "inspect", PROXY_IMAGE).returncode != 0:
+        pytest.skip(f"no {PROXY_IMAGE} image on the sandbox VM (the sandbox builds it offline;"
+                    " PROXY_TEST_IMAGE names another)")
+    proxy = Proxy(PROXY_IMAGE)
+    yield proxy
+    proxy.tear_down()
+
+
+@pytest.fixture
+def proxied(make_app, caddy):
+    """An app behind this session's Caddy, set up, with v1 deployed."""
+    app = make_app().use_proxy(caddy)
+    app.fab_ok("setup")
+    return app
+
+
+def test_setup_refuses_a_compose_file_that_publishes_ports(make_app, caddy):
+    app = make_app().use_proxy(caddy)
+    proc = app.fab("setup", env={"DEPLOY_COMPOSE_FILE": "compose.yaml"})
+    assert proc.returncode == 1, output(proc)
+    text = output(proc)
+    assert "error: service 'app' in compose.yaml publishes ports" in text
+    assert "fix: remove `ports:`" in text and "Traceback" not in text
+    assert not app.vm().exists()  # nothing reached the VM
+
+
+def test_deploy_and_rollback_behind_the_proxy_fail_no_request(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    assert app.version() == {"version": "1", "revision": "0001"}
+    first = app.container_names()
+    assert len(first) == 1 and app.history()[-1]["container"] == first[0]
+
+    # A deploy of v2 under 100 requests/s, with 5 s requests started every second.
+    with Probe(app) as probe, InFlight(app, seconds=5) as slow:
+        app.deploy(images.v2)
+    assert probe.failed == [], probe.summary()
+    assert len(probe.hits) > 300, probe.summary()
+    assert probe.versions() == ["1", "2"], probe.summary()
+    assert slow.hits and all(h.status == 200 for h in slow.hits), slow.hits
+    switched = probe.first("2")
+    across = [h for h in slow.hits if h.version == "1" and h.started < switched < h.ended]
+    assert across, "no 5 s request was in flight across the switch"
+    second = app.container_names()
+    assert len(second) == 1 and second != first
+    assert app.history()[-1]["container"] == second[0]
+    assert app.version()["version"] == "2"
+
+    status = app.fab_ok("status")
+    assert f"{app.host} -> {second[0]}:8000" in status
+    assert "/health through Caddy answers 200" in status
+
+    # A plain `docker compose up -d` on the VM keeps the release and its container.
+    proc = app.vm_compose("up", "-d")
+    assert proc.returncode == 0, output(proc)
+    assert app.container_names() == second and app.version()["version"] == "2"
+
+    with Probe(app) as probe:
+        app.fab_ok("rollback")
+    assert probe.failed == [], probe.summary()
+    assert probe.versions() == ["2", "1"], probe.summary()
+    assert app.history()[-1]["action"] == "rollback"
+    assert app.history()[-1]["container"] == app.container_names()[0]
+
+
+def test_an_unhealthy_image_never_takes_traffic(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    before = app.container_names()
+    history = app.history()
+    with Probe(app) as probe:
+        proc = app.fab("deploy", f"--tag={images.unhealthy}",
+                       env={"DEPLOY_HEALTH_TIMEOUT": "15"})
+    assert proc.returncode == 1, output(proc)
+    text = output(proc)
+    assert f"error: {images.unhealthy} did not turn healthy" in text, text
+    assert f"{images.v1} kept serving: the proxy was not switched" in text, text
+    assert probe.failed == [], probe.summary()
+    assert probe.versions() == ["1"], probe.summary()
+    assert app.container_names() == before  # the new container is gone, the old one serves
+    assert app.container_names(running=False) == before
+    assert app.history() == history
+    assert app.release_env()["DEPLOY_TAG"] == images.v1
