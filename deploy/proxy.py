@@ -10,10 +10,12 @@ one never stops serving. Commands come from `deploy.commands.proxy`.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
+from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
@@ -65,22 +67,25 @@ def check_compose(settings: Settings) -> None:
     networks = service.get("networks") or []
     names = list(networks) if isinstance(networks, dict | list) else []
     top = data.get("networks") or {}
+    env_path = settings.path(settings.env_file)
+    # On the VM compose reads the app's env file (it becomes .env there), then the shell's.
+    values = {**(read_env_file(env_path) if env_path.exists() else {}), **os.environ}
     joined = [
         key for key in names
         if isinstance(top.get(key), dict) and top[key].get("external")
-        and _interpolate(top[key].get("name") or key) == settings.proxy_network
+        and _interpolate(str(top[key].get("name") or key), values) == settings.proxy_network
     ]
     if not joined:
         raise DeployError(f"service '{settings.service}' in {path.name} does not join the "
                           f"proxy's network {settings.proxy_network}", fix_net)
 
 
-def _interpolate(value: str) -> str:
-    """`${VAR:-default}` as compose would read it with VAR unset (enough for the check)."""
-    value = str(value)
-    if value.startswith("${") and value.endswith("}") and ":-" in value:
-        return value[2:-1].split(":-", 1)[1]
-    return value
+def _interpolate(value: str, values: dict[str, str]) -> str:
+    """A whole-value `${VAR}` / `${VAR:-default}` as compose reads it (enough for a name)."""
+    if not (value.startswith("${") and value.endswith("}")):
+        return value
+    name, _, default = value[2:-1].partition(":-")
+    return values.get(name) or default
 
 
 # -- set-up and the proxy tasks ----------------------------------------------------------
@@ -195,10 +200,9 @@ def switch(vm, tag: str) -> tuple[str, str]:
         discard(vm, fresh)
         raise
     if problem:
-        logs = vm.run(pcmd.container_logs(fresh.id), quiet=True, check=False).output
+        detail = why_unhealthy(vm, fresh, target, problem)
         discard(vm, fresh)
-        tail = "\n".join(logs.splitlines()[-8:])
-        return f"{problem}{'; its last log lines:' + chr(10) + tail if tail else ''}", ""
+        return problem + (f"\n{detail}" if detail else ""), ""
     # From here on the switch runs to its end: a Ctrl-C waits (the old one must not be
     # stopped before Caddy points elsewhere, nor left serving a recorded new release).
     with sigint_deferred():
@@ -210,6 +214,20 @@ def switch(vm, tag: str) -> tuple[str, str]:
             vm.run(pcmd.stop([c.id for c in old]), hide=True, check=False)
             vm.run(pcmd.remove([c.id for c in old], force=True), hide=True, check=False)
     return "", fresh.name
+
+
+def why_unhealthy(vm, container: Container, upstream: str, problem: str) -> str:
+    """What the failed container said: its health answer through Caddy if it answers,
+    else the end of its logs (a crash)."""
+    s = vm.settings
+    if problem.startswith("timeout") or problem == "unhealthy":
+        body = vm.run(pcmd.probe_body(s.proxy_dir, upstream, hosts(s)[0], s.health_path),
+                      quiet=True, check=False, cwd="").stdout.strip()
+        if body:
+            return f"{s.health_path} through the proxy answered: {body[:300]}"
+    logs = vm.run(pcmd.container_logs(container.id), quiet=True, check=False).output
+    tail = "\n".join(logs.splitlines()[-8:])
+    return f"its last log lines:\n{tail}" if tail else ""
 
 
 def discard(vm, container: Container) -> None:
@@ -239,8 +257,10 @@ def switch_checked(vm, tag: str, previous: str) -> None:
                           "`fab status` shows which container serves; run the same deploy "
                           "again (it removes a container that does not serve)") from None
     if problem:
-        raise DeployError(f"{tag} did not turn healthy ({problem})\n{kept}: the proxy was not "
-                          "switched and the new container was removed",
+        first, _, detail = problem.partition("\n")
+        raise DeployError(f"{tag} did not turn healthy ({first}); {kept}: the proxy was not "
+                          "switched and the new container was removed"
+                          + (f"\n{detail}" if detail else ""),
                           "fix the app and deploy a new tag")
     vm.serving = name
     settle(vm, tag)

@@ -130,6 +130,7 @@ def test_deploy_and_rollback_behind_the_proxy_fail_no_request(proxied, images):
     # A deploy of v2 under 100 requests/s, with 5 s requests started every second.
     with Probe(app) as probe, InFlight(app, seconds=5) as slow:
         app.deploy(images.v2)
+    print(f"deploy: {probe.summary()}; 5 s requests: {[h.status for h in slow.hits]}")
     assert probe.failed == [], probe.summary()
     assert len(probe.hits) > 300, probe.summary()
     assert probe.versions() == ["1", "2"], probe.summary()
@@ -153,6 +154,7 @@ def test_deploy_and_rollback_behind_the_proxy_fail_no_request(proxied, images):
 
     with Probe(app) as probe:
         app.fab_ok("rollback")
+    print(f"rollback: {probe.summary()}")
     assert probe.failed == [], probe.summary()
     assert probe.versions() == ["2", "1"], probe.summary()
     assert app.history()[-1]["action"] == "rollback"
@@ -167,10 +169,12 @@ def test_an_unhealthy_image_never_takes_traffic(proxied, images):
     with Probe(app) as probe:
         proc = app.fab("deploy", f"--tag={images.unhealthy}",
                        env={"DEPLOY_HEALTH_TIMEOUT": "15"})
+    print(f"unhealthy image: {probe.summary()}")
     assert proc.returncode == 1, output(proc)
     text = output(proc)
     assert f"error: {images.unhealthy} did not turn healthy" in text, text
     assert f"{images.v1} kept serving: the proxy was not switched" in text, text
+    assert "/health through the proxy answered: " in text and "APP_FAIL_HEALTH=1" in text
     assert probe.failed == [], probe.summary()
     assert probe.versions() == ["1"], probe.summary()
     assert app.container_names() == before  # the new container is gone, the old one serves

@@ -200,9 +200,14 @@ def check_url(host: str, path: str) -> str:
 
 def probe(proxy_dir: str, upstream: str, host: str, path: str) -> list[str]:
     """One request through Caddy to `upstream` (container:port); prints the HTTP status."""
-    return ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5",
-            "--unix-socket", f"{proxy_dir}/run/check.sock", "-H",
-            f"{UPSTREAM_HEADER}: {upstream}", check_url(host, path)]
+    body = probe_body(proxy_dir, upstream, host, path)
+    return [*body[:2], "-o", "/dev/null", "-w", "%{http_code}", *body[2:]]
+
+
+def probe_body(proxy_dir: str, upstream: str, host: str, path: str) -> list[str]:
+    """One request through Caddy to `upstream`; prints the answer's body."""
+    return ["curl", "-s", "--max-time", "5", "--unix-socket", f"{proxy_dir}/run/check.sock",
+            "-H", f"{UPSTREAM_HEADER}: {upstream}", check_url(host, path)]
 
 
 def wait_upstream(proxy_dir: str, container: str, upstream: str, host: str, path: str,
