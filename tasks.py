@@ -1,3 +1,32 @@
-"""This repo's own tasks: the toolkit's tasks, run on the app in the working directory."""
+"""This repo's own tasks: the toolkit's tasks (run on the app in the working directory), plus
+`inv sandbox` and `inv demo`, which live in the repo's `sandbox/` package, not in the library."""
 
-from deploy.tasks import ns  # noqa: F401
+from invoke import task
+
+from deploy.errors import friendly
+from deploy.tasks import ns
+
+
+@task(help={"stop": "stop what the sandbox started"})
+@friendly
+def sandbox(c, stop=False):
+    """Start (idempotently) a deploy target here: Docker engine, registry, sshd as the VM."""
+    import sandbox as sb
+
+    if stop:
+        sb.down()
+    else:
+        sb.up()
+
+
+@task
+@friendly
+def demo(c):
+    """Sandbox, then deploy the example v1, v2 (adds a column), roll back to v1."""
+    from sandbox.demo import run_demo
+
+    run_demo()
+
+
+ns.add_task(sandbox)
+ns.add_task(demo)

@@ -28,9 +28,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from deploy import sandbox  # noqa: E402
+import sandbox  # noqa: E402
 from deploy.commands.vm import project_name  # noqa: E402
-from deploy.lock import find_uv, locked_names  # noqa: E402
+from deploy.pins import find_uv, locked_names  # noqa: E402
 
 INV = [sys.executable, "-m", "invoke"]
 FAB = [sys.executable, "-m", "fabric"]

@@ -1,4 +1,10 @@
-"""The one exception type the toolkit raises for failures a user can act on."""
+"""The one exception type the toolkit raises for failures a user can act on, and the wrapper
+that turns it into an exit code for the tasks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 
 class DeployError(Exception):
@@ -12,3 +18,22 @@ class DeployError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
+
+
+def friendly(body: Callable) -> Callable:
+    """Show a DeployError as two lines (what, fix) and exit 1: no traceback for users."""
+    import invoke
+
+    @functools.wraps(body)
+    def wrapper(*args, **kwargs):
+        try:
+            return body(*args, **kwargs)
+        except DeployError as exc:
+            text = f"error: {exc.message}"
+            if exc.fix:
+                text += f"\n  fix: {exc.fix}"
+            raise invoke.Exit(text, code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise invoke.Exit("interrupted", code=130) from None
+
+    return wrapper

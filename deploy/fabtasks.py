@@ -12,7 +12,7 @@ import json
 from fabric import task
 from invoke import Collection, Exit
 
-from deploy.tasks import friendly
+from deploy.errors import friendly
 
 
 def _verify_host_keys() -> None:
@@ -53,13 +53,13 @@ def each_vm(c, dry_run: bool = False):
 @friendly
 def deploy(c, tag, message="", dry_run=False):
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
-    from deploy import git, registry, remote
+    from deploy import refs, registry, remote
     from deploy.settings import load_settings
 
     settings = load_settings()
-    git.validate_tag(tag)
+    refs.validate_tag(tag)
     if not dry_run:
-        registry.require_tag(git.validate_image(settings.require("image")), tag,
+        registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
     for vm in each_vm(c, dry_run):
         remote.deploy(vm, tag, message=message)
@@ -70,14 +70,14 @@ def deploy(c, tag, message="", dry_run=False):
 @friendly
 def rollback(c, tag="", downgrade=False, dry_run=False):
     """Put an earlier release back (health-checked, under the deploy lock)."""
-    from deploy import git, registry, remote
+    from deploy import refs, registry, remote
     from deploy.errors import DeployError
     from deploy.settings import load_settings
 
     if tag:
-        git.validate_tag(tag)
+        refs.validate_tag(tag)
         settings = load_settings()
-        image = git.validate_image(settings.require("image"))
+        image = refs.validate_image(settings.require("image"))
         # Before any connection: a tag that is not in the registry cannot be pulled back.
         if not dry_run and registry.tag_digest(image, tag, settings.registry_user,
                                                settings.registry_password) is None:
@@ -189,14 +189,14 @@ def run_(c, cmd):
 def setup(c, dry_run=False):
     """Prepare the VM: app directory, compose file, app env file (0600), registry login;
     with `proxy` on, the VM's Caddy too."""
-    from deploy import git
+    from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.commands import vm as cmd
     from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
-    git.validate_image(settings.require("image"))
+    refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
     if settings.proxy:
         from deploy import proxy

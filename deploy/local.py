@@ -10,7 +10,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy import git
+from deploy import git, refs
 from deploy.commands import docker
 from deploy.errors import DeployError
 from deploy.runner import Runner
@@ -22,8 +22,8 @@ SMOKED_FILE = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() 
 
 
 def image_ref(settings: Settings, version: str) -> str:
-    git.validate_image(settings.require("image"))
-    return docker.ref(settings.image, git.validate_tag(version))
+    refs.validate_image(settings.require("image"))
+    return docker.ref(settings.image, refs.validate_tag(version))
 
 
 def require_engine(runner: Runner) -> None:
@@ -33,7 +33,7 @@ def require_engine(runner: Runner) -> None:
     if not result.ok:
         raise DeployError(
             "no Docker engine answers (`docker info` failed)",
-            "start Docker (e.g. `inv sandbox` or `sudo systemctl start docker`) and retry",
+            "start Docker (e.g. `sudo systemctl start docker`) and retry",
         )
 
 

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from deploy import git, local, registry, remote
+from deploy import git, local, refs, registry, remote
 from deploy.checks import format_results, run_checks
 from deploy.errors import DeployError
 from deploy.runner import Runner
@@ -64,7 +64,7 @@ def full_deploy(
     runner = Runner(ctx, dry_run=dry_run, secrets=settings.secrets)
     started = time.monotonic()
     tag = git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
-    image = git.validate_image(settings.require("image"))
+    image = refs.validate_image(settings.require("image"))
     vm_targets = remote.targets(settings, hosts)
     git_sha = git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
     runner.say(f"deploying {image}:{tag} to {', '.join(t.host for t in vm_targets)}")

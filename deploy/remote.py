@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy import git
+from deploy import refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, KnownHostsPolicy
@@ -160,10 +160,10 @@ class Vm:
     # -- basics -------------------------------------------------------------------------
     @property
     def image(self) -> str:
-        return git.validate_image(self.settings.require("image"))
+        return refs.validate_image(self.settings.require("image"))
 
     def ref(self, tag: str) -> str:
-        return f"{self.image}:{git.validate_tag(tag)}"
+        return f"{self.image}:{refs.validate_tag(tag)}"
 
     def compose_kind(self) -> str:
         if self._compose_kind:
@@ -577,7 +577,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
 def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
     """`tag` if given, else the newest release before the current one."""
     if tag:
-        return git.validate_tag(tag)
+        return refs.validate_tag(tag)
     for entry in reversed(history):
         if entry["tag"] != current:
             return entry["tag"]

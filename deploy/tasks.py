@@ -5,33 +5,13 @@ An app repo adopts them with a one-line tasks.py: `from deploy.tasks import ns`.
 
 from __future__ import annotations
 
-import functools
 import json as jsonlib
 import shlex
 import sys
-from collections.abc import Callable
 
 from invoke import Collection, Exit, task
 
-from deploy.errors import DeployError
-
-
-def friendly(body: Callable) -> Callable:
-    """Show a DeployError as two lines (what, fix) and exit 1: no traceback for users."""
-
-    @functools.wraps(body)
-    def wrapper(*args, **kwargs):
-        try:
-            return body(*args, **kwargs)
-        except DeployError as exc:
-            text = f"error: {exc.message}"
-            if exc.fix:
-                text += f"\n  fix: {exc.fix}"
-            raise Exit(text, code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise Exit("interrupted", code=130) from None
-
-    return wrapper
+from deploy.errors import DeployError, friendly
 
 
 def setup(c, dry_run: bool = False):
@@ -60,16 +40,16 @@ def version_for(settings, version: str, allow_dirty: bool) -> str:
 @friendly
 def lock(c, check=False, upgrade=False, upgrade_package=None):
     """Lock requirements.txt into requirements.lock (hashed pins, no machine index options)."""
-    from deploy import lock as locking
+    from deploy import pins
 
     settings, runner = setup(c)
     if check:
-        state = locking.check_lock(settings)
+        state = pins.check_lock(settings)
         if not state.fresh:
             raise DeployError(state.reason, state.fix)
         print(f"{settings.lock_file} is fresh")
         return
-    path = locking.write_lock(settings, runner, upgrade, tuple(upgrade_package or ()))
+    path = pins.write_lock(settings, runner, upgrade, tuple(upgrade_package or ()))
     print(f"wrote {path}")
 
 
@@ -174,25 +154,4 @@ def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, me
                 skip_tests=skip_tests, dry_run=dry_run, message=message)
 
 
-@task(help={"stop": "stop what the sandbox started"})
-@friendly
-def sandbox(c, stop=False):
-    """Start (idempotently) a deploy target here: Docker engine, registry, sshd as the VM."""
-    from deploy import sandbox as sb
-
-    if stop:
-        sb.down()
-    else:
-        sb.up()
-
-
-@task
-@friendly
-def demo(c):
-    """Sandbox, then deploy the example v1, v2 (adds a column), roll back to v1."""
-    from deploy.demo import run_demo
-
-    run_demo()
-
-
-ns = Collection(lock, check, test, build, smoke, push, config, deploy, sandbox, demo)
+ns = Collection(lock, check, test, build, smoke, push, config, deploy)

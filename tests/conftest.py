@@ -146,7 +146,7 @@ def docker_engine(docker_cli: str) -> None:
         pytest.skip("`docker info` hung for 60s: the Docker engine is not answering")
     if proc.returncode != 0:
         pytest.skip(
-            "no Docker engine answers `docker info` (start it: python -m deploy.sandbox up): "
+            "no Docker engine answers `docker info` (start it: python -m sandbox up): "
             + (proc.stderr.strip().splitlines() or ["no output"])[-1]
         )
 
@@ -160,7 +160,7 @@ def registry(docker_engine: None) -> str:
     except urllib.error.HTTPError as exc:
         status = exc.code
     except (urllib.error.URLError, OSError) as exc:
-        pytest.skip(f"no registry answers {url} ({exc}); start it: python -m deploy.sandbox up")
+        pytest.skip(f"no registry answers {url} ({exc}); start it: python -m sandbox up")
     if status != 200:
         pytest.skip(f"the registry at {url} answered {status}, not 200")
     return REGISTRY
@@ -171,7 +171,7 @@ def base_image(docker_engine: None) -> str:
     if _docker("image", "inspect", BASE_IMAGE).returncode != 0:
         pytest.skip(
             f"base image {BASE_IMAGE} is not in the local engine (no Docker Hub from here); "
-            "python -m deploy.sandbox up loads it"
+            "python -m sandbox up loads it"
         )
     return BASE_IMAGE
 
@@ -202,7 +202,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture(scope="session")
 def sandbox(registry, base_image):
     """The sandbox up (idempotent): engine, registry, base image, sshd as the VM."""
-    from deploy import sandbox as sandbox_mod
+    import sandbox as sandbox_mod
 
     return sandbox_mod.up()
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from conftest import EXAMPLE, child_env
 from vmkit import App, Images, buildx, checked, docker, make_app_repo
 
-from deploy import sandbox as sandbox_mod
+from sandbox import box as sandbox_mod
 
 # --------------------------------------------------------------------------- extra images
 

@@ -74,10 +74,10 @@ def _fab(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 
 def test_fab_run_checks_the_host_key(example_repo: Path, tmp_path: Path) -> None:
     """`fab run` reaches the VM with a known key, and is refused (nothing run) without it."""
-    from deploy import sandbox
+    from sandbox import box
 
-    if not sandbox.sshd_running(sandbox.sandbox()):
-        pytest.skip("the sandbox sshd is not running (python -m deploy.sandbox up)")
+    if not box.sshd_running(box.sandbox()):
+        pytest.skip("the sandbox sshd is not running (python -m sandbox up)")
     (example_repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
     marker = tmp_path / "ran"
     ok = _fab(example_repo, "run", f"--cmd=echo hello; touch {marker}; exit 4")

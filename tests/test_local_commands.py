@@ -16,7 +16,7 @@ from conftest import commit_all, git
 from invoke import MockContext, Result
 
 from deploy import git as deploy_git
-from deploy import local
+from deploy import local, refs
 from deploy.commands import docker
 from deploy.errors import DeployError
 from deploy.runner import Runner
@@ -151,14 +151,14 @@ def test_invalid_tag_is_rejected_before_any_command(settings, tag):
 
 @pytest.mark.parametrize("tag", ["a", "a" * 128, "v1.2.3", "abc1234-dirty-0123abcd", "_x", "a.b-c"])
 def test_valid_tags_are_accepted(tag):
-    assert deploy_git.validate_tag(tag) == tag
+    assert refs.validate_tag(tag) == tag
 
 
 @pytest.mark.parametrize("tag", ["A.b-C", "V1", "abc1234-DIRTY"])
 def test_upper_case_tags_are_refused_with_the_lower_case_fix(tag):
     """Docker allows them; this toolkit requires lower-case tags (its own are git SHAs)."""
     with pytest.raises(DeployError) as err:
-        deploy_git.validate_tag(tag)
+        refs.validate_tag(tag)
     assert "requires lower-case tags" in err.value.message
     assert repr(tag.lower()) in err.value.fix
 
@@ -166,7 +166,7 @@ def test_upper_case_tags_are_refused_with_the_lower_case_fix(tag):
 @pytest.mark.parametrize("image", ["Example", "reg:5000/", "app:latest", "a//b", "-app"])
 def test_invalid_image_names_are_rejected(image):
     with pytest.raises(DeployError):
-        deploy_git.validate_image(image)
+        refs.validate_image(image)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_invalid_image_names_are_rejected(image):
     ],
 )
 def test_registry_of(image, registry):
-    deploy_git.validate_image(image)
+    refs.validate_image(image)
     assert docker.registry_of(image) == registry
 
 
@@ -349,7 +349,7 @@ def test_version_of_a_dirty_tree_is_stable_while_unchanged(example_repo):
     (example_repo / "new.txt").write_text("untracked, changed\n")
     second = deploy_git.resolve_version(example_repo)
     assert second != first and second.startswith(f"{sha}-dirty-")
-    deploy_git.validate_tag(second)
+    refs.validate_tag(second)
 
 
 def test_dirty_tree_is_refused_without_allow_dirty(example_repo):

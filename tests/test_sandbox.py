@@ -14,8 +14,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from deploy import sandbox as sbx
 from deploy.errors import DeployError
+from sandbox import box as sbx
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from conftest import output
+from conftest import REPO, child_env, output
 
-TASKS = ("lock", "check", "test", "build", "smoke", "push", "deploy", "config", "sandbox", "demo")
+TASKS = ("lock", "check", "test", "build", "smoke", "push", "deploy", "config")
+REPO_ONLY = ("sandbox", "demo")  # this repo's tasks.py adds them; the package does not ship them
 
 
 def test_inv_list_names_every_task_with_its_help(example_repo: Path, inv) -> None:
@@ -16,6 +19,47 @@ def test_inv_list_names_every_task_with_its_help(example_repo: Path, inv) -> Non
     for name in TASKS:
         assert f"\n  {name} " in proc.stdout, name
     assert "Preflight" in proc.stdout
+    for name in REPO_ONLY:
+        assert f"\n  {name} " not in proc.stdout, name
+
+
+def test_this_repos_tasks_add_sandbox_and_demo(inv) -> None:
+    proc = inv(REPO, "--list")
+    assert proc.returncode == 0, output(proc)
+    for name in (*TASKS, *REPO_ONLY):
+        assert f"\n  {name} " in proc.stdout, name
+
+
+def test_installed_package_has_no_sandbox(tmp_path: Path) -> None:
+    """A non-editable `pip install` of the package plus a one-line tasks.py: only deploy tasks,
+    and no root-filesystem builder in what was installed."""
+    src, site = tmp_path / "src", tmp_path / "site"  # built from a copy: no build/ in the repo
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "example"))
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-cache-dir", "--target", str(site), str(src)],
+        capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+    )
+    assert build.returncode == 0, output(build)
+    installed = sorted(p.name for p in site.iterdir() if not p.name.endswith(".dist-info"))
+    assert installed == ["deploy"], installed
+    shipped = "".join(p.read_text() for p in (site / "deploy").rglob("*.py"))
+    assert "debootstrap" not in shipped and "dockerd" not in shipped
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    env = child_env({"PYTHONPATH": str(site)})
+    where = subprocess.run([sys.executable, "-c", "import deploy; print(deploy.__file__)"],
+                           cwd=app, env=env, capture_output=True, text=True, check=True)
+    assert where.stdout.startswith(str(site)), where.stdout  # the installed copy, not the repo
+    proc = subprocess.run([sys.executable, "-m", "invoke", "--list"], cwd=app, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, output(proc)
+    for name in TASKS:
+        assert f"\n  {name} " in proc.stdout, name
+    for name in REPO_ONLY:
+        assert f"\n  {name} " not in proc.stdout, name
 
 
 def test_inv_test_runs_the_apps_tests(example_repo: Path, inv) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from conftest import EXAMPLE, REGISTRY, child_env, commit_all, git, make_example_repo
 
 from deploy.commands.vm import project_name
-from deploy.sandbox import Sandbox
+from sandbox import Sandbox
 
 FABFILE = "from deploy.fabtasks import ns  # noqa: F401\n"
 

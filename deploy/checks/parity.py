@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import tomllib
 
-from deploy import dockerfile, lock
+from deploy import dockerfile, pins
 from deploy.checks import CheckResult, failed, passed
 from deploy.settings import Settings
 
@@ -22,7 +22,7 @@ def python_versions(settings: Settings) -> dict[str, str]:
         found[".python-version"] = ".".join(first.split(".")[:2])
     lock_path = settings.path(settings.lock_file)
     if lock_path.exists():
-        locked = lock.lock_python(lock_path.read_text())
+        locked = pins.lock_python(lock_path.read_text())
         if locked:
             found[f"{settings.lock_file} header"] = locked
     return found
@@ -72,7 +72,7 @@ def python_parity(settings: Settings) -> CheckResult:
 
 def lock_fresh(settings: Settings) -> CheckResult:
     name = "lock-fresh"
-    state = lock.check_lock(settings)
+    state = pins.check_lock(settings)
     if not state.fresh:
         return failed(name, state.reason, state.fix)
     parsed = dockerfile.parse(settings.path(settings.dockerfile))

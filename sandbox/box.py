@@ -1,6 +1,6 @@
 """An embedded deploy target on this machine: a Docker engine, a registry and an SSH "VM".
 
-`python -m deploy.sandbox up` brings up, idempotently:
+`python -m sandbox up` brings up, idempotently:
 
 - engine:   `dockerd` (only if `docker info` fails), log in <state>/dockerd.log
 - registry: `docker-registry` on 127.0.0.1:5000, storage in <state>/registry
@@ -654,9 +654,9 @@ def status() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m deploy.sandbox up|down|status`."""
+    """`python -m sandbox up|down|status`."""
     parser = argparse.ArgumentParser(
-        prog="python -m deploy.sandbox",
+        prog="python -m sandbox",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -676,6 +676,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

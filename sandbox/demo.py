@@ -105,7 +105,7 @@ def step(argv: list[str], work: Path) -> None:
 
 
 def run_demo(work: Path | None = None) -> None:
-    from deploy import sandbox
+    import sandbox
     from deploy.envfile import read_env_file
 
     banner("sandbox")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, assert_no_traceback, output
 
-from deploy import lock as locking
+from deploy import pins as pinning
 from deploy.settings import load_settings
 
 REQUIREMENTS = "six\nidna\n"
@@ -34,13 +34,13 @@ def locked(app: Path, inv) -> Path:
 
 
 def pins(text: str) -> set[str]:
-    return {f"{locking.normalize_name(n)}=={v}" for n, v in PIN.findall(text)}
+    return {f"{pinning.normalize_name(n)}=={v}" for n, v in PIN.findall(text)}
 
 
 def test_lock_writes_stamped_hashed_lock_without_machine_index_options(locked):
     text = (locked / "requirements.lock").read_text()
     lines = text.splitlines()
-    assert locking.STAMP_RE.match(lines[0]), lines[0]
+    assert pinning.STAMP_RE.match(lines[0]), lines[0]
     assert "python=3." in lines[0]
     assert {p.split("==")[0] for p in pins(text)} == {"six", "idna"}
     assert text.count("--hash=sha256:") >= 2
@@ -163,7 +163,7 @@ def test_uv_backend_pins_the_same_versions_as_pip_tools(locked, inv, tmp_path):
 
 
 def test_the_example_lock_is_fresh():
-    state = locking.check_lock(load_settings(EXAMPLE, environ={}))
+    state = pinning.check_lock(load_settings(EXAMPLE, environ={}))
     assert state.fresh, f"{state.reason}; fix: cd example && ../.venv/bin/inv lock"
 
 
@@ -172,4 +172,4 @@ def test_uv_in_the_venv_is_found_without_activating_it(monkeypatch, tmp_path):
     if not venv_uv.exists():
         pytest.skip(f"uv is not installed next to {sys.executable}")
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
-    assert locking.find_uv() == str(venv_uv)
+    assert pinning.find_uv() == str(venv_uv)
