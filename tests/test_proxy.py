@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 from vmkit import InFlight, Probe, Proxy, docker, output
@@ -49,6 +51,9 @@ def test_config_parts_join_routes_into_valid_json():
     got = config["apps"]["http"]["servers"]["web"]["routes"]
     assert [r["match"][0]["host"] for r in got] == [["a.test"], ["b.test", "www.b.test"]]
     assert json.loads(head + tail)["apps"]["http"]["servers"]["web"]["routes"] == []
+    fallback = json.loads(head + json.dumps(pcmd.FALLBACK_ROUTE) + tail)
+    assert fallback["apps"]["http"]["servers"]["web"]["routes"][0]["handle"][0][
+        "status_code"] == 404
 
 
 def test_route_upstream_reads_back_what_route_wrote():
@@ -181,3 +186,40 @@ def test_an_unhealthy_image_never_takes_traffic(proxied, images):
     assert app.container_names(running=False) == before
     assert app.history() == history
     assert app.release_env()["DEPLOY_TAG"] == images.v1
+
+
+def test_two_apps_share_one_proxy_by_host_name(make_app, caddy, images):
+    first = make_app().use_proxy(caddy)
+    second = make_app().use_proxy(caddy)
+    for app in (first, second):
+        app.fab_ok("setup")
+    first.deploy(images.v1)
+    second.deploy(images.v2)
+    assert first.version()["version"] == "1" and second.version()["version"] == "2"
+    # Each app's route names its own container; the other app's route is untouched.
+    status = first.fab_ok("proxy", "status")
+    assert f"{first.host} -> {first.container_names()[0]}:8000" in status
+    upstreams = json.loads(status.split("upstreams (Caddy): ", 1)[1].splitlines()[0])
+    assert sorted(u["address"] for u in upstreams if u["address"].endswith(":8000")) == \
+        sorted(f"{a.container_names()[0]}:8000" for a in (first, second))
+    # A request for a host no app serves is sent to neither.
+    request = urllib.request.Request(first.url("/version"), headers={"Host": "other.test"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=5)
+    assert caught.value.code == 404
+
+
+def test_proxy_reload_drops_no_request_and_bad_actions_are_refused(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    with Probe(app) as probe:
+        for _ in range(3):
+            app.fab_ok("proxy", "reload")
+    print(f"3 x fab proxy reload: {probe.summary()}")
+    assert probe.failed == [] and len(probe.hits) > 50, probe.summary()
+    proc = app.fab("proxy", "restart")
+    assert proc.returncode == 1
+    assert "error: unknown proxy action 'restart'" in output(proc)
+    assert "fix: use one of: fab proxy status | logs | reload" in output(proc)
+    logs = app.fab_ok("proxy", "logs", "--tail=50")
+    assert "load complete" in logs  # Caddy's own log of the config loads

@@ -3,7 +3,8 @@
 One Caddy per VM, in its own compose project in `proxy_dir`, on a docker network
 (`proxy_network`) that the apps' web services join. Layout of `proxy_dir` on the VM:
     compose.json          Caddy's compose project (JSON is YAML)
-    base/head.json        Caddy's config up to the app routes, base/tail.json the rest
+    base/head.json        Caddy's config up to the app routes, base/tail.json the rest,
+                          base/fallback.json the last route (404: no app has that host)
     apps/PROJECT.json     one route per app: its host names -> the container that serves
     conf/caddy.json       head + routes + tail: what Caddy runs (loaded at start and at
                           each switch through the admin API, so a restart runs the same)
@@ -76,6 +77,10 @@ def route(project: str, hosts: list[str], upstream: str) -> dict:
     }
 
 
+FALLBACK_ROUTE = {"handle": [{"handler": "static_response", "status_code": 404,
+                               "body": "no app is served under this host name\n"}]}
+
+
 def route_upstream(route_json: str) -> str:
     """The container:port a route file sends traffic to ('' if none or unreadable)."""
     try:
@@ -103,10 +108,12 @@ def compose_project(image: str, network: str, http_port: str, https_port: str) -
 
 
 def _assemble() -> str:
-    """sh (in proxy_dir, under the config lock): conf/caddy.json from head, routes, tail."""
+    """sh (in proxy_dir, under the config lock): conf/caddy.json from head, the app routes,
+    the fallback route (404 for a host no app serves), tail."""
     return (
-        "{ cat base/head.json; sep=; for f in apps/*.json; do [ -f \"$f\" ] || continue; "
-        "printf '%s' \"$sep\"; cat \"$f\"; sep=,; done; cat base/tail.json; } "
+        "{ cat base/head.json; sep=; for f in apps/*.json base/fallback.json; do "
+        "[ -f \"$f\" ] || continue; printf '%s' \"$sep\"; cat \"$f\"; sep=,; done; "
+        "cat base/tail.json; } "
         "> conf/caddy.json.tmp && mv conf/caddy.json.tmp conf/caddy.json"
     )
 
@@ -139,6 +146,7 @@ def write_base(proxy_dir: str, compose_text: str, head: str, tail: str) -> list[
         f"mkdir -p {d}/base {d}/apps {d}/conf {d}/run {d}/data {d}/config && cd {d} && "
         f"printf '%s' {q(compose_text)} > compose.json.tmp && mv compose.json.tmp compose.json"
         f" && printf '%s' {q(head)} > base/head.json && printf '%s' {q(tail)} > base/tail.json"
+        f" && printf '%s' {q(json.dumps(FALLBACK_ROUTE))} > base/fallback.json"
     )
 
 
