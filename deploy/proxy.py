@@ -181,9 +181,9 @@ def switch(vm, tag: str) -> tuple[str, str]:
            hide=True, what=f"starting a container of {tag} failed; "
            + (f"{old[0].name} still serves" if old else "nothing was switched"),
            fix="see the output above")
-    if vm.runner.dry_run:
-        return "", ""
     new = [c for c in containers(vm) if c.id not in {o.id for o in old}]
+    if vm.runner.dry_run:  # print the rest of the plan with a stand-in for the new container
+        new = [Container("NEW_ID", f"{vm.project}-{s.service}-N", "running")]
     if len(new) != 1:
         raise DeployError(f"expected one new container of {tag}, found "
                           f"{', '.join(c.name for c in new) or 'none'}",

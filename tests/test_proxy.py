@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -223,3 +224,25 @@ def test_proxy_reload_drops_no_request_and_bad_actions_are_refused(proxied, imag
     assert "fix: use one of: fab proxy status | logs | reload" in output(proc)
     logs = app.fab_ok("proxy", "logs", "--tail=50")
     assert "load complete" in logs  # Caddy's own log of the config loads
+
+
+def test_dry_run_prints_the_blue_green_plan_and_connects_nowhere(example_repo, tmp_path):
+    (example_repo / "fabfile").mkdir()
+    (example_repo / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns\n")
+    env = {"DEPLOY_PROXY": "true", "DEPLOY_PROXY_HOST": "app.example.com",
+           "DEPLOY_COMPOSE_FILE": "compose.proxy.yaml", "DEPLOY_HOST": "vm.invalid",
+           "DEPLOY_APP_DIR": "/srv/example"}
+    from conftest import child_env
+
+    proc = subprocess.run([sys.executable, "-m", "fabric", "deploy", "--tag=v9", "--dry-run"],
+                          cwd=example_repo, env=child_env(env), capture_output=True, text=True,
+                          timeout=60)
+    text = output(proc)
+    assert proc.returncode == 0, text
+    steps = [line for line in text.splitlines() if "$ " in line]
+    scale = next(i for i, line in enumerate(steps) if "--scale app=2" in line
+                 or "--scale app=1" in line)
+    wait = next(i for i, line in enumerate(steps) if "check.sock" in line)
+    route = next(i for i, line in enumerate(steps) if "/load" in line)
+    assert scale < wait < route, steps
+    assert "example-app-N:8000" in steps[route] and "app.example.com" in steps[route]
