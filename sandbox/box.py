@@ -4,7 +4,8 @@
 
 - engine:   `dockerd` (only if `docker info` fails), log in <state>/dockerd.log
 - registry: `docker-registry` on 127.0.0.1:5000, storage in <state>/registry
-- images:   base images built offline from a debootstrap rootfs (no Docker Hub needed)
+- images:   python:3.11-slim, postgres:17 (= pgvector/pgvector:pg17), caddy:2, built offline
+            (sandbox/images.py: no Docker Hub needed)
 - sshd:     a private sshd on 127.0.0.1:2222 that lets root in with <state>/id_ed25519
 
 Everything lives in the state directory (DEPLOY_SANDBOX_DIR, default ~/.deploy-sandbox)
@@ -17,38 +18,37 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import DeployError
-
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-BASE_SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
-# Tag -> rootfs recipe. Bookworm's python3 is 3.11, so its rootfs stands in for python:3.11-slim.
-BASE_IMAGES = {"python:3.11-slim": "bookworm-python"}
-IMAGE_CHANGES = (
-    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    'CMD ["python3"]',
+from sandbox import images
+from sandbox.proc import (
+    SETUP_FIX,
+    alive,
+    check,
+    exe,
+    port_open,
+    read_pid,
+    run,
+    start_detached,
+    stop,
+    tail,
+    wait,
 )
+
 UNSET = Path()  # marks a Sandbox path field to derive from state_dir
 DOCKER_PID_FILES = (
     (Path("/var/run/docker.pid"), "dockerd"),
     (Path("/var/run/docker/containerd/containerd.pid"), "containerd"),
 )
-SETUP_FIX = "run .ci/setup (it installs docker.io, docker-registry, openssh-server, debootstrap)"
 
 
 @dataclass(frozen=True)
@@ -88,120 +88,6 @@ def sandbox() -> Sandbox:
     return Sandbox(state_dir=state.absolute(), ssh_port=int(port), cache_dir=cache.absolute())
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _run(cmd: Sequence[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """Run a command, capturing its output as text; never raises on a non-zero exit."""
-    try:
-        return subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=timeout, check=False, **kwargs
-        )
-    except FileNotFoundError as exc:
-        raise DeployError(f"{cmd[0]} is not installed", SETUP_FIX) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise DeployError(
-            f"`{' '.join(cmd)}` did not finish within {timeout:.0f}s", "see its log and retry"
-        ) from exc
-
-
-def _check(cmd: Sequence[str], what: str, fix: str, timeout: float = 120) -> str:
-    """Run a command and return its stdout; raise DeployError naming `what` if it fails."""
-    result = _run(cmd, timeout=timeout)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        reason = " / ".join(detail) or f"exit {result.returncode}"
-        raise DeployError(f"{what} failed: {reason}", fix)
-    return result.stdout
-
-
-def _exe(name: str) -> str:
-    """Full path of a program, looking in sbin too (root's PATH may lack it)."""
-    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    raise DeployError(f"{name} is not installed", SETUP_FIX)
-
-
-def _start_detached(cmd: Sequence[str], log: Path, pid_file: Path) -> int:
-    """Start a long-running program in its own session, log to `log`, record its pid."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            list(cmd),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
-
-
-def _read_pid(pid_file: Path) -> int | None:
-    """The pid in a pid file, or None if there is no readable pid."""
-    try:
-        return int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int | None, program: str) -> bool:
-    """True if `pid` is a live process of executable `program` (guards against pid reuse)."""
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    comm = stat[stat.index("(") + 1 : stat.rindex(")")]  # executable name, cut to 15 chars
-    state = stat[stat.rindex(")") + 1 :].split()[0]
-    return comm == program[:15] and state != "Z"  # a zombie is as good as dead
-
-
-def _wait(check: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
-    """Poll `check()` until it returns true or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
-def _port_open(host: str, port: int) -> bool:
-    """True if something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _stop(pid_file: Path, program: str, timeout: float = 30) -> str:
-    """SIGTERM the process in `pid_file` if it is still `program`; say what happened."""
-    pid = _read_pid(pid_file)
-    if not _alive(pid, program):
-        pid_file.unlink(missing_ok=True)
-        return "none started by the sandbox is running"
-    assert pid is not None
-    os.kill(pid, signal.SIGTERM)
-    if not _wait(lambda: not _alive(pid, program), timeout):
-        os.kill(pid, signal.SIGKILL)
-        _wait(lambda: not _alive(pid, program), 5)
-    pid_file.unlink(missing_ok=True)
-    return f"stopped (pid {pid})"
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    """Last lines of a log file, for error messages."""
-    try:
-        return " / ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 # --------------------------------------------------------------------------- engine
 
 
@@ -212,13 +98,13 @@ def docker_info_cmd() -> list[str]:
 
 def dockerd_cmd() -> list[str]:
     """Start the Docker engine in the foreground (we detach it ourselves)."""
-    return [_exe("dockerd")]
+    return [exe("dockerd")]
 
 
 def engine_running() -> bool:
     """True if `docker info` reaches an engine."""
     try:
-        return _run(docker_info_cmd(), timeout=30).returncode == 0
+        return run(docker_info_cmd(), timeout=30).returncode == 0
     except DeployError:
         return False
 
@@ -229,7 +115,7 @@ def _clear_stale_pid_files() -> None:
     dockerd refuses to start while /var/run/docker.pid names a live process, whatever it is.
     """
     for pid_file, program in DOCKER_PID_FILES:
-        if pid_file.exists() and not _alive(_read_pid(pid_file), program):
+        if pid_file.exists() and not alive(read_pid(pid_file), program):
             pid_file.unlink(missing_ok=True)
 
 
@@ -242,11 +128,11 @@ def ensure_engine(sb: Sandbox) -> str:
     sb.state_dir.mkdir(parents=True, exist_ok=True)
     _clear_stale_pid_files()
     log = sb.state_dir / "dockerd.log"
-    pid = _start_detached(dockerd_cmd(), log, sb.state_dir / "dockerd.pid")
-    _wait(lambda: not _alive(pid, "dockerd") or engine_running(), 60, interval=0.5)
-    if not _alive(pid, "dockerd"):
+    pid = start_detached(dockerd_cmd(), log, sb.state_dir / "dockerd.pid")
+    wait(lambda: not alive(pid, "dockerd") or engine_running(), 60, interval=0.5)
+    if not alive(pid, "dockerd"):
         raise DeployError(
-            f"dockerd exited at start: {_tail(log)}",
+            f"dockerd exited at start: {tail(log)}",
             f"read {log}; a stale /var/run/docker.pid may name a live process",
         )
     if not engine_running():
@@ -273,7 +159,7 @@ def registry_config(sb: Sandbox) -> str:
 
 def registry_cmd(config: Path) -> list[str]:
     """Serve the registry with `config`."""
-    return [_exe("docker-registry"), "serve", str(config)]
+    return [exe("docker-registry"), "serve", str(config)]
 
 
 def registry_up(sb: Sandbox) -> bool:
@@ -290,7 +176,7 @@ def ensure_registry(sb: Sandbox) -> str:
     if registry_up(sb):
         return f"running at http://{sb.registry}"
     host, _, port = sb.registry.rpartition(":")
-    if _port_open(host, int(port)):
+    if port_open(host, int(port)):
         raise DeployError(
             f"something on {sb.registry} is not a Docker registry (/v2/ did not answer 200)",
             f"stop whatever listens on {sb.registry}",
@@ -300,162 +186,13 @@ def ensure_registry(sb: Sandbox) -> str:
     config = sb.state_dir / "registry.yml"
     config.write_text(registry_config(sb))
     log = sb.state_dir / "registry.log"
-    pid = _start_detached(registry_cmd(config), log, sb.state_dir / "registry.pid")
-    if not _wait(lambda: registry_up(sb), 30):
+    pid = start_detached(registry_cmd(config), log, sb.state_dir / "registry.pid")
+    if not wait(lambda: registry_up(sb), 30):
         raise DeployError(
-            f"docker-registry did not answer on http://{sb.registry}/v2/ within 30s: {_tail(log)}",
+            f"docker-registry did not answer on http://{sb.registry}/v2/ within 30s: {tail(log)}",
             f"read {log}",
         )
     return f"started at http://{sb.registry} (pid {pid})"
-
-
-# --------------------------------------------------------------------------- base images
-
-
-def host_mirror() -> str:
-    """The Debian mirror this machine's apt uses (so debootstrap goes where apt goes)."""
-    if os.environ.get("DEPLOY_SANDBOX_MIRROR"):
-        return os.environ["DEPLOY_SANDBOX_MIRROR"]
-    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
-    for path in files:
-        try:
-            text = path.read_text(errors="replace")
-        except OSError:
-            continue
-        for url in re.findall(r"https?://\S+", text):
-            if re.search(r"/debian/?$", url):
-                return url.rstrip("/")
-    return DEFAULT_MIRROR
-
-
-def debootstrap_cmd(target: Path, mirror: str) -> list[str]:
-    """Build a minimal bookworm rootfs with Python in `target`."""
-    return [
-        _exe("debootstrap"),
-        "--variant=minbase",
-        f"--include={','.join(BASE_PACKAGES)}",
-        BASE_SUITE,
-        str(target),
-        mirror,
-    ]
-
-
-def tar_cmd(rootfs: Path, tarball: Path) -> list[str]:
-    """Pack a rootfs into a tarball that `docker import` takes."""
-    return ["tar", "--numeric-owner", "-C", str(rootfs), "-cf", str(tarball), "."]
-
-
-def import_cmd(tarball: Path, tag: str) -> list[str]:
-    """Import a rootfs tarball as image `tag`."""
-    cmd = ["docker", "import"]
-    for change in IMAGE_CHANGES:
-        cmd += ["--change", change]
-    return [*cmd, str(tarball), tag]
-
-
-def image_exists(tag: str) -> bool:
-    """True if the engine has image `tag`."""
-    return _run(["docker", "image", "inspect", "--format", "{{.Id}}", tag]).returncode == 0
-
-
-def trim_rootfs(root: Path) -> None:
-    """Make the debootstrap rootfs behave like python:*-slim and keep it small."""
-    host_ca = Path("/etc/ssl/certs/ca-certificates.crt")
-    if host_ca.is_file():  # the host's bundle may carry a CA that pip needs to reach PyPI
-        (root / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(host_ca, root / "etc/ssl/certs/ca-certificates.crt")
-    for marker in root.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
-        marker.unlink()
-    for link, target in (("python", "python3"), ("pip", "pip3")):
-        path = root / "usr/bin" / link
-        if not path.exists() and not path.is_symlink():
-            path.symlink_to(target)
-    for pattern in (
-        "var/cache/apt/*.bin",
-        "var/cache/apt/archives/*.deb",
-        "var/lib/apt/lists/*",
-        "usr/share/doc/*",
-        "usr/share/man/*",
-        "usr/share/info/*",
-        "var/log/*.log",
-    ):
-        for path in root.glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
-def ensure_rootfs_tarball(sb: Sandbox, name: str) -> Path:
-    """Build (once) and cache the rootfs tarball `name`; return its path."""
-    tarball = sb.cache_dir / f"{name}.tar"
-    if tarball.is_file():
-        return tarball
-    sb.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=sb.cache_dir, prefix=f"{name}.") as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        try:
-            _build_rootfs(sb, name, rootfs)
-        finally:
-            _unmount_under(rootfs)  # never let the cleanup walk into a /proc left mounted
-        partial = Path(tmp) / "rootfs.tar"
-        _check(
-            tar_cmd(rootfs, partial),
-            "packing the rootfs",
-            f"check free space in {tmp}",
-            timeout=600,
-        )
-        partial.replace(tarball)  # atomic: a half-written tarball is never cached
-    return tarball
-
-
-def _build_rootfs(sb: Sandbox, name: str, rootfs: Path) -> None:
-    """debootstrap the rootfs into `rootfs` and trim it."""
-    mirror = host_mirror()
-    log = sb.cache_dir / f"{name}.debootstrap.log"
-    with open(log, "w") as out:
-        code = subprocess.run(
-            debootstrap_cmd(rootfs, mirror), stdout=out, stderr=subprocess.STDOUT, check=False
-        ).returncode
-    if code != 0:
-        raise DeployError(
-            f"debootstrap of {BASE_SUITE} from {mirror} failed (exit {code}): {_tail(log)}",
-            f"read {log}; set DEPLOY_SANDBOX_MIRROR to a reachable Debian mirror",
-        )
-    trim_rootfs(rootfs)
-
-
-def _unmount_under(root: Path) -> None:
-    """Lazily unmount anything debootstrap may have left mounted below `root`."""
-    try:
-        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    except OSError:
-        return
-    prefix = str(root) + "/"
-    for point in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
-        _run(["umount", "-l", point])
-
-
-def ensure_base_images(sb: Sandbox, tags: Iterable[str] = ("python:3.11-slim",)) -> str:
-    """Make sure each base image tag exists, importing it from a cached debootstrap rootfs."""
-    done = []
-    for tag in tags:
-        if image_exists(tag):
-            continue
-        if tag not in BASE_IMAGES:
-            raise DeployError(
-                f"the sandbox cannot build base image {tag}",
-                f"use one of: {', '.join(BASE_IMAGES)}",
-            )
-        tarball = ensure_rootfs_tarball(sb, BASE_IMAGES[tag])
-        _check(
-            import_cmd(tarball, tag),
-            f"docker import of {tag}",
-            f"delete {tarball} to rebuild it, then retry",
-            timeout=600,
-        )
-        done.append(tag)
-    return f"imported {', '.join(done)}" if done else "present"
 
 
 # --------------------------------------------------------------------------- sshd
@@ -503,7 +240,7 @@ def sshd_config(sb: Sandbox, host: str, port: int, pid_file: Path) -> str:
 
 def sshd_cmd(config: Path, log: Path) -> list[str]:
     """Start sshd (it daemonizes itself) with our config, logging to `log`."""
-    return [_exe("sshd"), "-f", str(config), "-E", str(log)]
+    return [exe("sshd"), "-f", str(config), "-E", str(log)]
 
 
 def known_hosts_line(host: str, port: int, host_pubkey: str) -> str:
@@ -536,7 +273,7 @@ def _ensure_keys(sb: Sandbox) -> str:
     for key, comment in ((host_key, "deploy-sandbox-host"), (sb.key_file, "deploy-sandbox")):
         if not key.is_file():
             key.with_name(key.name + ".pub").unlink(missing_ok=True)
-            _check(keygen_cmd(key, comment), f"ssh-keygen for {key}", SETUP_FIX)
+            check(keygen_cmd(key, comment), f"ssh-keygen for {key}", SETUP_FIX)
     auth = sb.state_dir / "authorized_keys"
     client_pub = sb.key_file.with_name(sb.key_file.name + ".pub").read_text()
     if not auth.is_file() or auth.read_text() != client_pub:
@@ -560,7 +297,7 @@ def sshd_running(sb: Sandbox, host: str | None = None, port: int | None = None) 
     """True if our sshd for host:port is alive and accepting connections."""
     host, port = host or sb.ssh_host, port or sb.ssh_port
     _, pid_file, _ = _sshd_files(sb, host, port)
-    return _alive(_read_pid(pid_file), "sshd") and _port_open(host, port)
+    return alive(read_pid(pid_file), "sshd") and port_open(host, port)
 
 
 def ensure_sshd(sb: Sandbox, host: str | None = None, port: int | None = None) -> str:
@@ -572,20 +309,20 @@ def ensure_sshd(sb: Sandbox, host: str | None = None, port: int | None = None) -
     text = sshd_config(sb, host, port, pid_file)
     if sshd_running(sb, host, port) and config.is_file() and config.read_text() == text:
         return f"running on {host}:{port}"
-    _stop(pid_file, "sshd", timeout=10)  # ours, but stale or with an old config
-    if _port_open(host, port):
+    stop(pid_file, "sshd", timeout=10)  # ours, but stale or with an old config
+    if port_open(host, port):
         raise DeployError(
             f"{host}:{port} is already taken by a process the sandbox did not start",
             "stop it, or pick another port with DEPLOY_SANDBOX_SSH_PORT",
         )
     config.write_text(text)
     Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)  # privilege separation
-    _check(sshd_cmd(config, log), f"starting sshd on {host}:{port}", f"read {log}")
-    if not _wait(lambda: sshd_running(sb, host, port), 15):
+    check(sshd_cmd(config, log), f"starting sshd on {host}:{port}", f"read {log}")
+    if not wait(lambda: sshd_running(sb, host, port), 15):
         raise DeployError(
-            f"sshd did not listen on {host}:{port} within 15s: {_tail(log)}", f"read {log}"
+            f"sshd did not listen on {host}:{port} within 15s: {tail(log)}", f"read {log}"
         )
-    return f"started on {host}:{port} (pid {_read_pid(pid_file)})"
+    return f"started on {host}:{port} (pid {read_pid(pid_file)})"
 
 
 # --------------------------------------------------------------------------- up / down
@@ -616,7 +353,7 @@ def _up(sb: Sandbox) -> None:
     for name, step in (
         ("engine", ensure_engine),
         ("registry", ensure_registry),
-        ("images", ensure_base_images),
+        ("images", lambda sb: images.ensure_images(sb.cache_dir)),
         ("sshd", ensure_sshd),
     ):
         t0 = time.monotonic()
@@ -632,9 +369,9 @@ def down() -> None:
         return
     with _locked(sb):
         for pid_file in sorted(sb.state_dir.glob("sshd*.pid")):
-            print(f"{pid_file.stem}: {_stop(pid_file, 'sshd')}")
-        print(f"registry: {_stop(sb.state_dir / 'registry.pid', 'docker-registry')}")
-        print(f"engine: {_stop(sb.state_dir / 'dockerd.pid', 'dockerd', timeout=60)}")
+            print(f"{pid_file.stem}: {stop(pid_file, 'sshd')}")
+        print(f"registry: {stop(sb.state_dir / 'registry.pid', 'docker-registry')}")
+        print(f"engine: {stop(sb.state_dir / 'dockerd.pid', 'dockerd', timeout=60)}")
 
 
 def status() -> bool:
@@ -644,7 +381,7 @@ def status() -> bool:
     pieces = {
         "engine": engine,
         "registry": registry_up(sb),
-        "images": engine and all(image_exists(tag) for tag in BASE_IMAGES),
+        "images": engine and all(images.image_exists(tag) for tag in images.IMAGES),
         "sshd": sshd_running(sb),
     }
     for name, ok in pieces.items():

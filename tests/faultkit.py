@@ -185,7 +185,7 @@ def ssh_session_pids(client_pid: int) -> list[int]:
     rows = _ss()
     client_ports = {local for local, peer, pids in rows
                     if client_pid in pids and peer.endswith(f":{sb.ssh_port}")}
-    listener = sandbox_mod._read_pid(sb.state_dir / "sshd.pid")
+    listener = sandbox_mod.read_pid(sb.state_dir / "sshd.pid")
     return sorted({pid for local, peer, pids in rows if peer in client_ports
                    for pid in pids if pid not in (listener, client_pid)})
 
@@ -347,14 +347,14 @@ def start_inv(app: App, *args: str, env: dict[str, str] | None = None) -> Runnin
 
 
 def registry_pid() -> int | None:
-    return sandbox_mod._read_pid(sandbox_mod.sandbox().state_dir / "registry.pid")
+    return sandbox_mod.read_pid(sandbox_mod.sandbox().state_dir / "registry.pid")
 
 
 def stop_registry() -> None:
     """Kill the sandbox's docker-registry (by its pid file) and wait until it answers no more."""
     sb = sandbox_mod.sandbox()
     pid = registry_pid()
-    assert sandbox_mod._alive(pid, "docker-registry"), f"no docker-registry at pid {pid}"
+    assert sandbox_mod.alive(pid, "docker-registry"), f"no docker-registry at pid {pid}"
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not sandbox_mod.registry_up(sb), 10, 0.05, "the registry to stop")
 
@@ -383,12 +383,12 @@ def kill_engine(sig: int = signal.SIGTERM) -> int:
     """Stop dockerd (the sandbox's, else the one in /var/run/docker.pid) with `sig`: SIGTERM
     is what a `systemctl restart docker` does; it stops the containers first."""
     sb = sandbox_mod.sandbox()
-    pid = sandbox_mod._read_pid(sb.state_dir / "dockerd.pid")
-    if not sandbox_mod._alive(pid, "dockerd"):
-        pid = sandbox_mod._read_pid(Path("/var/run/docker.pid"))
-    assert sandbox_mod._alive(pid, "dockerd"), "no dockerd to kill"
+    pid = sandbox_mod.read_pid(sb.state_dir / "dockerd.pid")
+    if not sandbox_mod.alive(pid, "dockerd"):
+        pid = sandbox_mod.read_pid(Path("/var/run/docker.pid"))
+    assert sandbox_mod.alive(pid, "dockerd"), "no dockerd to kill"
     os.kill(pid, sig)
-    wait_until(lambda: not sandbox_mod._alive(pid, "dockerd"), 60, 0.05, "dockerd to exit")
+    wait_until(lambda: not sandbox_mod.alive(pid, "dockerd"), 60, 0.05, "dockerd to exit")
     return pid
 
 

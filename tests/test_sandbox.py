@@ -6,6 +6,7 @@ The session fixture calls `up()`, which is a no-op when `.ci/setup` already brou
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import urllib.request
@@ -16,6 +17,7 @@ import pytest
 
 from deploy.errors import DeployError
 from sandbox import box as sbx
+from sandbox import images
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +28,7 @@ def sb() -> sbx.Sandbox:
 
 def _pids(sb: sbx.Sandbox) -> dict[str, int | None]:
     """pid of every process the sandbox recorded."""
-    return {p.name: sbx._read_pid(p) for p in sorted(sb.state_dir.glob("*.pid"))}
+    return {p.name: sbx.read_pid(p) for p in sorted(sb.state_dir.glob("*.pid"))}
 
 
 def _client(known_hosts: Path) -> paramiko.SSHClient:
@@ -106,15 +108,15 @@ def test_main_reports_deploy_errors_without_traceback(monkeypatch, capsys):
 
 def test_a_zombie_or_another_program_is_not_alive():
     child = subprocess.Popen(["sleep", "0"])
-    sbx._wait(
+    sbx.wait(
         lambda: Path(f"/proc/{child.pid}/stat").read_text().split(")")[1].split()[0] == "Z", 5
     )
     try:
-        assert not sbx._alive(child.pid, "sleep")  # exited, not yet reaped
+        assert not sbx.alive(child.pid, "sleep")  # exited, not yet reaped
     finally:
         child.wait()
-    assert not sbx._alive(os.getpid(), "dockerd")
-    assert not sbx._alive(None, "sshd")
+    assert not sbx.alive(os.getpid(), "dockerd")
+    assert not sbx.alive(None, "sshd")
 
 
 def test_stop_kills_only_the_program_it_started(tmp_path):
@@ -122,10 +124,10 @@ def test_stop_kills_only_the_program_it_started(tmp_path):
     pid_file = tmp_path / "x.pid"
     try:
         pid_file.write_text(f"{child.pid}\n")
-        assert sbx._stop(pid_file, "sshd") == "none started by the sandbox is running"
+        assert sbx.stop(pid_file, "sshd") == "none started by the sandbox is running"
         assert child.poll() is None  # a pid file naming someone else's process kills nothing
         pid_file.write_text(f"{child.pid}\n")
-        assert sbx._stop(pid_file, "sleep", timeout=5).startswith("stopped")
+        assert sbx.stop(pid_file, "sleep", timeout=5).startswith("stopped")
         assert child.wait(timeout=5) == -signal.SIGTERM
         assert not pid_file.exists()
     finally:
@@ -211,3 +213,117 @@ def test_base_image_runs_python_311(sb):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "3.11"
+
+
+# --------------------------------------------------------------------------- sandbox images
+
+
+def _docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, f"{proc.args}: {proc.stdout}{proc.stderr}"
+    return proc.stdout.strip()
+
+
+def _wait_healthy(name: str, timeout: float = 90) -> str:
+    def health() -> str:
+        return _ok(_docker("inspect", "-f", "{{.State.Health.Status}}", name))
+
+    sbx.wait(lambda: health() in ("healthy", "unhealthy"), timeout, interval=0.5)
+    return health()
+
+
+@pytest.fixture
+def names():
+    """Unique container/network names; everything under them removed afterwards."""
+    from vmkit import unique
+
+    made = {"containers": [], "networks": []}
+
+    def _name(kind: str = "containers") -> str:
+        made[kind].append(unique("sbx-img-"))
+        return made[kind][-1]
+
+    yield _name
+    if made["containers"]:
+        _docker("rm", "-f", "-v", *made["containers"])
+    for network in made["networks"]:
+        _docker("network", "rm", network)
+
+
+@pytest.mark.parametrize("tag", ["postgres:17", "pgvector/pgvector:pg17"])
+def test_postgres_image_inits_from_env_and_stores_vectors(sb, names, tag):
+    pg, net = names(), names("networks")
+    _ok(_docker("network", "create", net))
+    _ok(_docker("run", "-d", "--name", pg, "--network", net, "-e", "POSTGRES_USER=app",
+                "-e", "POSTGRES_PASSWORD=s3cr'et pw", "-e", "POSTGRES_DB=appdb", tag))
+    assert _wait_healthy(pg) == "healthy", _docker("logs", pg).stderr
+    sql = ("CREATE EXTENSION vector; CREATE TABLE items (id int, embedding vector(3)); "
+           "INSERT INTO items VALUES (1, '[1,2,3]'), (2, '[9,9,9]'); "
+           "SELECT id FROM items ORDER BY embedding <-> '[1,2,4]' LIMIT 1;")
+    assert _ok(_docker("exec", pg, "psql", "-U", "app", "-d", "appdb", "-tAq", "-c", sql)) == "1"
+    # over the network, as the app connects: the password works, a wrong one is refused
+    client = ["run", "--rm", "--network", net, tag, "psql", "-h", pg, "-U", "app", "-d", "appdb",
+              "-tAc", "SELECT embedding FROM items WHERE id = 2"]
+    good = _docker("run", "--rm", "--network", net, "-e", "PGPASSWORD=s3cr'et pw", *client[4:])
+    assert _ok(good) == "[9,9,9]"
+    bad = _docker("run", "--rm", "--network", net, "-e", "PGPASSWORD=wrong", *client[4:])
+    assert bad.returncode != 0 and "password authentication failed" in bad.stderr
+    assert _ok(_docker("exec", pg, "ps", "-o", "user=", "-C", "postgres")).split()[0] == "postgres"
+    # docker stop (SIGTERM) is a fast shutdown: exit 0 well within the 10 s grace period
+    _ok(_docker("stop", pg))
+    assert _ok(_docker("inspect", "-f", "{{.State.ExitCode}}", pg)) == "0"
+    assert "database system is shut down" in _docker("logs", pg).stderr
+
+
+def test_postgres_image_refuses_to_init_without_a_password(sb, names):
+    pg = names()
+    proc = _docker("run", "--name", pg, "postgres:17")
+    assert proc.returncode == 1
+    assert "POSTGRES_PASSWORD is not set" in proc.stderr
+
+
+def test_caddy_image_proxies_to_a_backend(sb, names, tmp_path):
+    from vmkit import free_port
+
+    net, backend, caddy = names("networks"), names(), names()
+    _ok(_docker("network", "create", net))
+    _ok(_docker("run", "-d", "--name", backend, "--network", net, "python:3.11-slim",
+                "sh", "-c", "echo hello-from-backend > index.html && "
+                "exec python3 -m http.server 8000"))
+    caddyfile = tmp_path / "Caddyfile"
+    caddyfile.write_text(f":80 {{\n\treverse_proxy {backend}:8000\n}}\n")
+    port = free_port()
+    _ok(_docker("run", "-d", "--name", caddy, "--network", net, "-p", f"127.0.0.1:{port}:80",
+                "-v", f"{caddyfile}:/etc/caddy/Caddyfile:ro", "caddy:2"))
+    body = ""
+
+    def answered() -> bool:
+        nonlocal body
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=2) as r:
+                body = r.read().decode()
+        except OSError:
+            return False
+        return True
+
+    assert sbx.wait(answered, 30, interval=0.3), _docker("logs", caddy).stderr
+    assert body.strip() == "hello-from-backend"
+    version = _ok(_docker("exec", caddy, "caddy", "version"))
+    assert version.startswith("v2.11"), version
+    # the admin API answers on :2019 inside the container (caddy reload uses it)
+    config = _ok(_docker("exec", caddy, "python3", "-c", "import urllib.request as u; print("
+                         "u.urlopen('http://localhost:2019/config/').read().decode())"))
+    assert backend in config
+
+
+def test_postgres_entrypoint_is_posix_sh():
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed (.ci/setup installs it)")
+    script = images.FILES / "postgres-entrypoint.sh"
+    proc = subprocess.run(["shellcheck", "--shell=sh", str(script)], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stdout
