@@ -201,8 +201,8 @@ def test_two_apps_share_one_proxy_by_host_name(make_app, caddy, images):
     status = first.fab_ok("proxy", "status")
     assert f"{first.host} -> {first.container_names()[0]}:8000" in status
     upstreams = json.loads(status.split("upstreams (Caddy): ", 1)[1].splitlines()[0])
-    assert sorted(u["address"] for u in upstreams if u["address"].endswith(":8000")) == \
-        sorted(f"{a.container_names()[0]}:8000" for a in (first, second))
+    addresses = {u["address"] for u in upstreams}
+    assert {f"{a.container_names()[0]}:8000" for a in (first, second)} <= addresses, addresses
     # A request for a host no app serves is sent to neither.
     request = urllib.request.Request(first.url("/version"), headers={"Host": "other.test"})
     with pytest.raises(urllib.error.HTTPError) as caught:

@@ -456,6 +456,8 @@ class App:
             docker("network", "rm", *networks)
         if self.app_dir.startswith("/srv/t-"):
             shutil.rmtree(self.app_dir, ignore_errors=True)
+        if self.proxy:  # its route (Caddy drops it at the next config load)
+            self.proxy.path(f"apps/{self.project}.json").unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the proxy
