@@ -1,10 +1,10 @@
 """Zero-downtime releases behind the proxy (Caddy): the blue/green switch on one VM.
 
 A switch starts the new container next to the serving one, waits until it answers the health
-path through Caddy (the path users' requests take), points the app's route at it with one
-config load (a reload: requests in flight carry on), then stops the old container within its
-stop grace period and removes it. A new container that never turns healthy is removed; the old
-one never stops serving. Commands come from `deploy.commands.proxy`.
+path through Caddy (the path users' requests take), points the app at it by renaming a new
+upstream file over the old one (Caddy reads it per request: no config reload), then stops the
+old container within its stop grace period and removes it. A new container that never turns
+healthy is removed; the old one never stops serving. Commands come from `deploy.commands.proxy`.
 """
 
 from __future__ import annotations
@@ -110,6 +110,16 @@ def setup(vm) -> None:
            what=f"the proxy's admin API did not answer within {ADMIN_WAIT:.0f}s",
            fix="look at `fab proxy logs`")
     reload(vm)
+    ensure_route(vm)
+
+
+def ensure_route(vm) -> None:
+    """The app's route in Caddy's config, loaded if it was missing or its hosts changed."""
+    s = vm.settings
+    route = json.dumps(pcmd.route(vm.project, hosts(s)), separators=(",", ":"))
+    vm.run(pcmd.set_route(s.proxy_dir, vm.project, route), cwd="", hide=True,
+           what="Caddy refused the app's route; it keeps running the previous config",
+           fix="look at the error above and at `fab proxy logs`")
 
 
 def caddy_compose(vm) -> list[str]:
@@ -157,9 +167,8 @@ def serving_upstream(vm) -> str:
     """The container:port the app's route sends traffic to ('' before the first switch)."""
     if vm.runner.dry_run:
         return ""
-    raw = vm.run(pcmd.read_route(vm.settings.proxy_dir, vm.project), quiet=True,
-                 cwd="").stdout
-    return pcmd.route_upstream(raw)
+    return vm.run(pcmd.read_upstream(vm.settings.proxy_dir, vm.project), quiet=True,
+                  cwd="").stdout.strip()
 
 
 def switch(vm, tag: str) -> tuple[str, str]:
@@ -173,6 +182,7 @@ def switch(vm, tag: str) -> tuple[str, str]:
     before = containers(vm)
     old = [c for c in before if c.state == "running" and upstream.startswith(c.name + ":")]
     leftovers = [c for c in before if c not in old]
+    ensure_route(vm)
     if leftovers:  # an interrupted switch's new container, a stopped one: none serves
         vm.runner.say(f"removing {', '.join(c.name for c in leftovers)}: not serving")
         vm.run(pcmd.remove([c.id for c in leftovers], force=True), hide=True)
@@ -206,10 +216,7 @@ def switch(vm, tag: str) -> tuple[str, str]:
     # From here on the switch runs to its end: a Ctrl-C waits (the old one must not be
     # stopped before Caddy points elsewhere, nor left serving a recorded new release).
     with sigint_deferred():
-        route = json.dumps(pcmd.route(vm.project, names, target), separators=(",", ":"))
-        vm.run(pcmd.set_route(s.proxy_dir, vm.project, route), cwd="", hide=True,
-               what=f"Caddy refused the route to {fresh.name}",
-               fix="look at `fab proxy logs`")
+        vm.run(pcmd.set_upstream(s.proxy_dir, vm.project, target), cwd="", hide=True)
         if old:
             vm.run(pcmd.stop([c.id for c in old]), hide=True, check=False)
             vm.run(pcmd.remove([c.id for c in old], force=True), hide=True, check=False)

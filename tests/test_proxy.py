@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import pytest
+from conftest import child_env
 from vmkit import InFlight, Probe, Proxy, docker, output
 
 from deploy.commands import proxy as pcmd
@@ -46,22 +49,17 @@ def test_caddy_config_per_tls_mode():
 
 def test_config_parts_join_routes_into_valid_json():
     head, tail = pcmd.config_parts("off")
-    routes = [pcmd.route("a", ["a.test"], "a-app-1:8000"),
-              pcmd.route("b", ["b.test", "www.b.test"], "b-app-2:8000")]
+    routes = [pcmd.route("a", ["a.test"]), pcmd.route("b", ["b.test", "www.b.test"])]
     config = json.loads(head + ",".join(json.dumps(r) for r in routes) + tail)
     got = config["apps"]["http"]["servers"]["web"]["routes"]
     assert [r["match"][0]["host"] for r in got] == [["a.test"], ["b.test", "www.b.test"]]
+    # Each route's upstream is read from its own file, per request (no reload to switch).
+    assert got[1]["handle"][0]["upstreams"] == [
+        {"dial": "{file./etc/deploy-proxy/upstreams/b}"}]
     assert json.loads(head + tail)["apps"]["http"]["servers"]["web"]["routes"] == []
     fallback = json.loads(head + json.dumps(pcmd.FALLBACK_ROUTE) + tail)
     assert fallback["apps"]["http"]["servers"]["web"]["routes"][0]["handle"][0][
         "status_code"] == 404
-
-
-def test_route_upstream_reads_back_what_route_wrote():
-    assert pcmd.route_upstream(json.dumps(pcmd.route("p", ["h"], "p-app-3:8000"))) \
-        == "p-app-3:8000"
-    assert pcmd.route_upstream("") == ""
-    assert pcmd.route_upstream("{garbage") == ""
 
 
 def test_scale_up_starts_dependencies_only_on_first_start():
@@ -74,6 +72,8 @@ def test_scale_up_starts_dependencies_only_on_first_start():
 
 SCRIPTS = {
     "set_route": pcmd.set_route("/srv/.deploy-proxy", "p", '{"a": "it\'s"}'),
+    "set_upstream": pcmd.set_upstream("/srv/.deploy-proxy", "p", "p-app-2:8000"),
+    "read_upstream": pcmd.read_upstream("/srv/.deploy-proxy", "p"),
     "reload": pcmd.reload("/srv/.deploy-proxy"),
     "write_base": pcmd.write_base("/srv/x y", "{}", "{", "}"),
     "wait_upstream": pcmd.wait_upstream("/srv/.deploy-proxy", "abc", "p-app-1:8000", "h",
@@ -116,6 +116,12 @@ def proxied(make_app, caddy):
     return app
 
 
+def caddy_loads(app) -> int:
+    """How many configs Caddy has loaded (its own log lines)."""
+    logs = app.vm_docker("logs", *app.proxy.caddy_ids())
+    return output(logs).count('"msg":"load complete"')
+
+
 def test_setup_refuses_a_compose_file_that_publishes_ports(make_app, caddy):
     app = make_app().use_proxy(caddy)
     proc = app.fab("setup", env={"DEPLOY_COMPOSE_FILE": "compose.yaml"})
@@ -134,8 +140,10 @@ def test_deploy_and_rollback_behind_the_proxy_fail_no_request(proxied, images):
     assert len(first) == 1 and app.history()[-1]["container"] == first[0]
 
     # A deploy of v2 under 100 requests/s, with 5 s requests started every second.
+    loads = caddy_loads(app)
     with Probe(app) as probe, InFlight(app, seconds=5) as slow:
         app.deploy(images.v2)
+    assert caddy_loads(app) == loads  # the switch did not reload Caddy
     print(f"deploy: {probe.summary()}; 5 s requests: {[h.status for h in slow.hits]}")
     assert probe.failed == [], probe.summary()
     assert len(probe.hits) > 300, probe.summary()
@@ -197,12 +205,10 @@ def test_two_apps_share_one_proxy_by_host_name(make_app, caddy, images):
     first.deploy(images.v1)
     second.deploy(images.v2)
     assert first.version()["version"] == "1" and second.version()["version"] == "2"
-    # Each app's route names its own container; the other app's route is untouched.
-    status = first.fab_ok("proxy", "status")
-    assert f"{first.host} -> {first.container_names()[0]}:8000" in status
-    upstreams = json.loads(status.split("upstreams (Caddy): ", 1)[1].splitlines()[0])
-    addresses = {u["address"] for u in upstreams}
-    assert {f"{a.container_names()[0]}:8000" for a in (first, second)} <= addresses, addresses
+    # Each app's route names its own container.
+    for app in (first, second):
+        status = app.fab_ok("proxy", "status")
+        assert f"{app.host} -> {app.container_names()[0]}:8000" in status, status
     # A request for a host no app serves is sent to neither.
     request = urllib.request.Request(first.url("/version"), headers={"Host": "other.test"})
     with pytest.raises(urllib.error.HTTPError) as caught:
@@ -232,8 +238,6 @@ def test_dry_run_prints_the_blue_green_plan_and_connects_nowhere(example_repo, t
     env = {"DEPLOY_PROXY": "true", "DEPLOY_PROXY_HOST": "app.example.com",
            "DEPLOY_COMPOSE_FILE": "compose.proxy.yaml", "DEPLOY_HOST": "vm.invalid",
            "DEPLOY_APP_DIR": "/srv/example"}
-    from conftest import child_env
-
     proc = subprocess.run([sys.executable, "-m", "fabric", "deploy", "--tag=v9", "--dry-run"],
                           cwd=example_repo, env=child_env(env), capture_output=True, text=True,
                           timeout=60)
@@ -244,5 +248,56 @@ def test_dry_run_prints_the_blue_green_plan_and_connects_nowhere(example_repo, t
                  or "--scale app=1" in line)
     wait = next(i for i, line in enumerate(steps) if "check.sock" in line)
     route = next(i for i, line in enumerate(steps) if "/load" in line)
-    assert scale < wait < route, steps
-    assert "example-app-N:8000" in steps[route] and "app.example.com" in steps[route]
+    switch = next(i for i, line in enumerate(steps) if "conf/upstreams/example.tmp" in line)
+    assert route < scale < wait < switch, steps
+    assert "app.example.com" in steps[route]  # the route is loaded only if it changed
+    assert "example-app-N:8000" in steps[switch]
+
+
+def test_ctrl_c_while_the_new_container_starts_leaves_the_old_one_serving(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    before = app.container_names()
+    with Probe(app) as probe:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fabric", "deploy", f"--tag={images.unhealthy}"],
+            cwd=app.repo, env=child_env(app.env), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            new = ["ps", "-q", "--filter", f"label=com.docker.compose.project={app.project}",
+                   "--filter", "label=com.docker.compose.oneoff=False",
+                   "--filter", f"ancestor={images.ref(images.unhealthy)}"]
+            while not app.vm_docker(*new).stdout.strip() and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1)  # into the health wait
+            proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=120)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, out
+    assert f"interrupted while starting {images.unhealthy}; {images.v1} kept serving" in out
+    assert "Traceback" not in out
+    assert probe.failed == [], probe.summary()
+    assert app.container_names() == before
+    assert not app.vm(".deploy/lock").exists()
+    assert [e["tag"] for e in app.history()] == [images.v1]
+
+
+def test_restore_behind_the_proxy_serves_again(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    app.post_item("kept")
+    app.deploy(images.v2)  # backs up the database first
+    backup = [n for n in app.backups() if n.endswith(".sqlite3")][-1]
+    app.post_item("after the backup", note="n")
+    assert app.item_names() == ["kept", "after the backup"]
+    out = app.fab_ok("restore", f"--backup={backup}")
+    assert f"restored {backup}" in out
+    assert app.wait_http("/health") == 200
+    assert app.item_names() == ["kept"]  # the database as it was before v2's deploy
+    status = app.fab_ok("status")
+    serving = app.container_names()
+    assert len(serving) == 1 and f"{app.host} -> {serving[0]}:8000" in status, status

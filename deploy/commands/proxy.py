@@ -5,9 +5,11 @@ One Caddy per VM, in its own compose project in `proxy_dir`, on a docker network
     compose.json          Caddy's compose project (JSON is YAML)
     base/head.json        Caddy's config up to the app routes, base/tail.json the rest,
                           base/fallback.json the last route (404: no app has that host)
-    apps/PROJECT.json     one route per app: its host names -> the container that serves
-    conf/caddy.json       head + routes + tail: what Caddy runs (loaded at start and at
-                          each switch through the admin API, so a restart runs the same)
+    apps/PROJECT.json     one route per app: its host names -> the file naming its upstream
+    conf/caddy.json       head + routes + tail: what Caddy runs (loaded at start and when a
+                          route changes, through the admin API, so a restart runs the same)
+    conf/upstreams/PROJECT  the container:port that serves the app, read by Caddy for each
+                          request: a switch renames a new file over it, no config reload
     run/admin.sock        Caddy's admin API (a unix socket: no container can reach it)
     run/check.sock        a Caddy listener that proxies to the container named in the
                           X-Deploy-Upstream header: health as seen from Caddy's network
@@ -62,32 +64,32 @@ def config_parts(tls: str, email: str = "") -> tuple[str, str]:
     return head, tail
 
 
-def route(project: str, hosts: list[str], upstream: str) -> dict:
-    """One app's route: its host names to one container. A dial that fails (the container
-    going away) is retried for a few seconds instead of answering 502 at once."""
+FALLBACK_ROUTE = {"handle": [{"handler": "static_response", "status_code": 404,
+                               "body": "no app is served under this host name\n"}]}
+
+
+def upstream_path(project: str, inside: bool = False) -> str:
+    """The file naming the app's serving container (in proxy_dir, or inside Caddy)."""
+    return f"{IN_CONTAINER_CONF if inside else 'conf'}/upstreams/{project}"
+
+
+def route(project: str, hosts: list[str]) -> dict:
+    """One app's route: its host names to the container named in its upstream file.
+
+    Caddy reads the file for each request (the `{file.*}` placeholder), so a switch is an
+    atomic rename on the VM and no config load: a load (a reload of the servers) can drop a
+    request that arrives at that instant. A dial that fails (the container going away) is
+    retried for a few seconds instead of answering 502 at once."""
     return {
         "@id": f"deploy-{project}",
         "match": [{"host": hosts}],
         "handle": [{
             "handler": "reverse_proxy",
-            "upstreams": [{"dial": upstream}],
+            "upstreams": [{"dial": "{file." + upstream_path(project, inside=True) + "}"}],
             "load_balancing": {"try_duration": "5s", "try_interval": "250ms"},
         }],
         "terminal": True,
     }
-
-
-FALLBACK_ROUTE = {"handle": [{"handler": "static_response", "status_code": 404,
-                               "body": "no app is served under this host name\n"}]}
-
-
-def route_upstream(route_json: str) -> str:
-    """The container:port a route file sends traffic to ('' if none or unreadable)."""
-    try:
-        data = json.loads(route_json)
-        return data["handle"][0]["upstreams"][0]["dial"]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return ""
 
 
 def compose_project(image: str, network: str, http_port: str, https_port: str) -> str:
@@ -181,10 +183,12 @@ def wait_admin(proxy_dir: str, timeout: float) -> list[str]:
 
 
 def set_route(proxy_dir: str, project: str, route_json: str) -> list[str]:
-    """Point an app's route at a new container, atomically: write it, rebuild, load. If
-    Caddy refuses, the previous route file is put back (Caddy still runs the old config)."""
+    """Make an app's route `route_json` (nothing happens if it already is): write it,
+    rebuild, load. If Caddy refuses, the previous route file is put back (Caddy still runs
+    the old config). Only set-up and a change of host names load a config."""
     f = q(f"apps/{project}.json")
     return _locked(proxy_dir, (
+        f"[ \"$(cat {f} 2>/dev/null)\" = {q(route_json)} ] && exit 0; "
         f"if [ -f {f} ]; then cp {f} {f}.prev; else rm -f {f}.prev; fi; "
         f"printf '%s\\n' {q(route_json)} > {f}.tmp && mv {f}.tmp {f} && "
         f"{_assemble()} && {_load()} || {{ "
@@ -192,8 +196,16 @@ def set_route(proxy_dir: str, project: str, route_json: str) -> list[str]:
     ))
 
 
-def read_route(proxy_dir: str, project: str) -> list[str]:
-    return sh(f"cat {q(f'{proxy_dir}/apps/{project}.json')} 2>/dev/null || true")
+def set_upstream(proxy_dir: str, project: str, upstream: str) -> list[str]:
+    """Point the app at `upstream` (container:port): one atomic rename, which the next
+    request Caddy receives for the app already reads."""
+    f = q(upstream_path(project))
+    return sh(f"cd {q(proxy_dir)} && mkdir -p conf/upstreams && "
+              f"printf '%s' {q(upstream)} > {f}.tmp && mv {f}.tmp {f}")
+
+
+def read_upstream(proxy_dir: str, project: str) -> list[str]:
+    return sh(f"cat {q(f'{proxy_dir}/{upstream_path(project)}')} 2>/dev/null || true")
 
 
 def admin_get(proxy_dir: str, path: str) -> list[str]:
