@@ -193,11 +193,14 @@ def setup(c, dry_run=False):
     from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.commands import vm as cmd
+    from deploy.envcheck import app_env_upload, filtered_env_text
     from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
+    if settings.path(settings.env_file).is_file():
+        filtered_env_text(settings.path(settings.env_file))
     if settings.proxy:
         from deploy import proxy
 
@@ -207,7 +210,8 @@ def setup(c, dry_run=False):
         s = vm.settings
         vm.run(cmd.make_dirs(s.app_dir), cwd="")
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
-        vm.upload(s.path(s.env_file), cmd.APP_ENV, 0o600)
+        with app_env_upload(s.path(s.env_file)) as filtered:  # without DEPLOY_* keys
+            vm.upload(filtered, cmd.APP_ENV, 0o600)
         vm.run(cmd.write_release_env(vm.image, vm.current_tag()))
         if s.registry_user and s.registry_password:
             vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
@@ -286,7 +290,49 @@ def proxy_(c, action, follow=False, tail=100):
             vm.runner.say("reloaded the proxy's config (no restart)")
 
 
+@task(name="env", positional=["action", "key"],
+      help={"action": "`set`: the value is read from stdin", "key": "the variable to set"})
+def env_(c, action, key):
+    """`fab env set KEY`: add or replace KEY in the VM's app.env (value from stdin, mode 0600)."""
+    env_set(c, action, key)  # (Invoke loses positional arguments through a wrapper)
+
+
+@friendly
+def env_set(c, action: str, key: str) -> None:
+    import getpass
+    import sys
+
+    from deploy import envcheck
+    from deploy.commands import vm as cmd
+    from deploy.errors import DeployError
+
+    if action != "set":
+        raise DeployError(f"unknown action {action!r}", "fab env set KEY (value on stdin); "
+                          "fab env-keys lists the keys")
+    envcheck.validate_key(key)
+    value = (getpass.getpass(f"{key}: ") if sys.stdin.isatty()
+             else sys.stdin.readline().rstrip("\n"))
+    envcheck.validate_value(value)
+    for vm in each_vm(c):
+        vm.runner.secrets.append(value)
+        vm.run(envcheck.set_key(key), stdin=value, hide=True,
+               what=f"setting {key} in the VM's app.env failed", fix="see the message above")
+        vm.run(cmd.sync_release_env(vm.image, vm.current_tag()), quiet=True)
+        vm.runner.say(f"{key} set in {vm.settings.app_dir}/{cmd.APP_ENV}; it takes effect "
+                      "at the next deploy (or `docker compose up -d` on the VM)")
+
+
+@task(name="env-keys")
+@friendly
+def env_keys(c):
+    """The keys (never the values) of the VM's app.env."""
+    from deploy import envcheck
+
+    for vm in each_vm(c):
+        print(vm.run(envcheck.app_env_keys(), quiet=True).stdout.strip())
+
+
 ns = Collection(
-    deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore,
-    proxy_,
+    deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
+    env_keys, proxy_,
 )

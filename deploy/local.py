@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -51,8 +55,9 @@ def labels(settings: Settings, version: str) -> dict[str, str]:
     }
 
 
-def build(settings: Settings, runner: Runner, version: str) -> str:
-    """Build IMAGE:VERSION into the local engine; returns the reference."""
+def build(settings: Settings, runner: Runner, version: str, quiet: bool = False) -> str:
+    """Build IMAGE:VERSION into the local engine; returns the reference. With `quiet`, the
+    build's output is shown only if it fails."""
     ref = image_ref(settings, version)
     dockerfile = settings.path(settings.dockerfile)
     if not dockerfile.exists():
@@ -70,6 +75,7 @@ def build(settings: Settings, runner: Runner, version: str) -> str:
             labels=labels(settings, version),
             buildx=buildx,
         ),
+        hide=quiet,
         what=f"building {ref} failed",
         fix="read the build output above; fix the Dockerfile or the code it copies",
     )
@@ -107,23 +113,70 @@ def smoke(settings: Settings, runner: Runner, version: str, boot: bool = False) 
     """Run the smoke command inside the built image; with `boot`, start it and wait for health."""
     ref = image_ref(settings, version)
     require_engine(runner)
-    if runner.dry_run:
-        runner.run(docker.run_once(ref, settings.smoke_command))
-        return ref
-    image_id = local_image_id(runner, ref)
-    result = runner.run(docker.run_once(ref, settings.smoke_command), check=False, hide=True)
+    with smoke_env(settings) as (env_file, source):
+        if runner.dry_run:
+            runner.run(docker.run_once(ref, settings.smoke_command, env_file))
+            return ref
+        image_id = local_image_id(runner, ref)
+        result = runner.run(docker.run_once(ref, settings.smoke_command, env_file),
+                            check=False, hide=True)
     if not result.ok:
+        what, fix = smoke_diagnosis(result.output, source)
         raise DeployError(
-            f"smoke test failed in {ref} (exit {result.exited}); the container said:\n"
+            f"smoke test failed in {ref} (exit {result.exited}): {what}; the container said:\n"
             + "\n".join("  " + line for line in result.output.splitlines()[-20:]),
-            "fix the image (a missing dependency? add it to requirements.txt, inv lock, "
-            "inv build) and re-run inv smoke",
+            fix,
         )
     runner.say(f"smoke: {result.stdout.strip()[-200:] or 'ok'}")
     if boot:
         boot_check(settings, runner, ref)
     record_smoked(image_id, ref)
     return ref
+
+
+@contextlib.contextmanager
+def smoke_env(settings: Settings) -> Iterator[tuple[str | None, str]]:
+    """A private env file for the smoke run: `smoke_env_file`, else .env.example's values
+    (parsed, written as plain KEY=value lines for `docker run --env-file`)."""
+    from deploy.envfile import read_env_file
+
+    source = settings.smoke_env_file or settings.env_example
+    path = settings.path(source)
+    if not path.is_file():
+        if settings.smoke_env_file:
+            raise DeployError(f"smoke_env_file {path} does not exist", "create it or unset it")
+        yield None, ""
+        return
+    values = read_env_file(path)
+    fd, name = tempfile.mkstemp(prefix="deploy-smoke-", suffix=".env")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.writelines(f"{k}={v}\n" for k, v in values.items() if "\n" not in v)
+        yield name, source
+    finally:
+        os.unlink(name)
+
+
+MODULE_RE = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '([^']+)'")
+PYDANTIC_MISSING_RE = re.compile(r"^(\w+)\n\s+Field required", re.M)
+KEY_ERROR_RE = re.compile(r"KeyError: '([A-Za-z_][A-Za-z0-9_]*)'")
+
+
+def smoke_diagnosis(output: str, source: str) -> tuple[str, str]:
+    """What the container's own output says was missing: a module, or a setting."""
+    module = MODULE_RE.findall(output)
+    if module:
+        return (f"the image lacks the module '{module[-1]}'",
+                f"add the package that provides {module[-1]} to the app's dependencies, "
+                "lock (inv lock), rebuild (inv build) and re-run inv smoke")
+    fields = PYDANTIC_MISSING_RE.findall(output) + KEY_ERROR_RE.findall(output)
+    if fields:
+        given = f"it ran with the variables of {source}" if source else "it ran with no env"
+        return (f"the app needs setting(s) {', '.join(dict.fromkeys(fields))} ({given})",
+                "add them to .env.example (placeholder values), or point `smoke_env_file` at "
+                "a file with the values the app needs to start")
+    return ("see the container's output below",
+            "fix what the output says, rebuild (inv build) and re-run inv smoke")
 
 
 def boot_check(settings: Settings, runner: Runner, ref: str) -> None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import DeployError
+from deploy.runner import redact
 from deploy.settings import Settings
 
 STAMP_RE = re.compile(r"^# inv lock: requirements sha256=(?P<sha>[0-9a-f]{64}) python=(?P<py>\S+)")
@@ -101,8 +101,43 @@ class Freshness:
     fix: str = ""
 
 
+def lock_kind(settings: Settings) -> str:
+    """"requirements", "uv" or "poetry" (see deploy.lockkinds)."""
+    from deploy import lockkinds
+
+    return lockkinds.detect(settings).kind
+
+
+def check_tool_lock(settings: Settings) -> Freshness:
+    """A uv or Poetry lock, checked by its own tool."""
+    import subprocess
+
+    from deploy import lockkinds
+
+    lk = lockkinds.detect(settings)
+    name = lk.lock.relative_to(settings.root) if lk.lock else lk.kind
+    if not lk.lock.exists():
+        return Freshness(False, f"{name} does not exist", f"run `{REGENERATE}`")
+    argv = lockkinds.check_command(lk)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
+                              cwd=lk.project)
+    except subprocess.TimeoutExpired:
+        return Freshness(False, f"`{' '.join(argv[-4:])}` took over 300s", "run it by hand")
+    if proc.returncode != 0:
+        return Freshness(
+            False,
+            f"{name} is not up to date with pyproject.toml; {lk.kind} said:\n"
+            + lockkinds.brief(proc.stderr + proc.stdout, 6),
+            f"run `{REGENERATE}` (it runs `{lk.kind} lock`) and commit {name}",
+        )
+    return Freshness(True)
+
+
 def check_lock(settings: Settings) -> Freshness:
     """Is the lock present, made from the current requirements, and complete?"""
+    if lock_kind(settings) != "requirements":
+        return check_tool_lock(settings)
     req, lock = settings.path(settings.requirements), settings.path(settings.lock_file)
     if not lock.exists():
         return Freshness(False, f"{settings.lock_file} does not exist", f"run `{REGENERATE}`")
@@ -139,7 +174,9 @@ def check_lock(settings: Settings) -> Freshness:
 
 def find_uv() -> str | None:
     """uv on PATH, else next to this interpreter (a venv's uv when the venv is not activated)."""
-    return shutil.which("uv") or shutil.which("uv", path=str(Path(sys.executable).parent))
+    from deploy.appenv import tool_path
+
+    return tool_path("uv")
 
 
 def choose_backend(settings: Settings) -> str:
@@ -160,8 +197,15 @@ def compile_command(
     """The resolver's argv: hashes, no extras, no index options copied from this machine."""
     if backend == "uv":
         argv = [find_uv() or "uv", "pip", "compile", "--quiet", "--no-header"]
-        argv += ["--python-version", f"{sys.version_info.major}.{sys.version_info.minor}"]
+        argv += ["--python-version", target_python(settings)]
     else:
+        tool_py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if target_python(settings) != tool_py:
+            raise DeployError(
+                f"pip-compile resolves for the Python running it ({tool_py}), but the image "
+                f"runs Python {target_python(settings)}",
+                'set lock_backend = "uv" in deploy.toml (it resolves for any Python version)',
+            )
         argv = [sys.executable, "-m", "piptools", "compile", "--quiet", "--no-header"]
         argv += ["--strip-extras", "--allow-unsafe", "--no-emit-index-url"]
         argv += ["--no-emit-find-links", "--no-emit-trusted-host"]
@@ -177,8 +221,18 @@ def compile_command(
     return argv
 
 
+def target_python(settings: Settings) -> str:
+    """The Python the lock is for: the image's (the final stage's FROM), else this one."""
+    from deploy import dockerfile
+
+    try:
+        return dockerfile.final_python(dockerfile.parse(settings.path(settings.dockerfile)))
+    except DeployError:
+        return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def header(settings: Settings, backend: str) -> str:
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    py = target_python(settings)
     fingerprint = requirements_fingerprint(settings.path(settings.requirements))
     return (
         f"# inv lock: requirements sha256={fingerprint} python={py}\n"
@@ -187,11 +241,30 @@ def header(settings: Settings, backend: str) -> str:
     )
 
 
+def write_tool_lock(settings: Settings, runner, upgrade: bool, upgrade_packages) -> Path:
+    """`uv lock` / `poetry lock`: the project's own tool writes its own lock."""
+    from deploy import lockkinds
+
+    lk = lockkinds.detect(settings)
+    result = runner.run(lockkinds.lock_command(lk, upgrade, tuple(upgrade_packages)),
+                        check=False, hide=True, cwd=str(lk.project))
+    if not result.ok:
+        raise DeployError(
+            f"resolving {lk.project.relative_to(settings.root) / 'pyproject.toml'} failed "
+            f"(exit {result.exited}); {lk.lock.name} is unchanged. {lk.kind} said:\n"
+            + lockkinds.brief(redact(result.output, runner.secrets)),
+            "fix the conflicting requirement in pyproject.toml and run `inv lock` again",
+        )
+    return lk.lock
+
+
 def write_lock(settings: Settings, runner, upgrade: bool = False, upgrade_packages=()) -> Path:
     """Resolve into a temp file next to the lock and rename it over the lock when done.
 
     A failed resolution leaves the old lock as it was.
     """
+    if lock_kind(settings) != "requirements":
+        return write_tool_lock(settings, runner, upgrade, upgrade_packages)
     lock = settings.path(settings.lock_file)
     requirement_lines(settings.path(settings.requirements))  # a clear error if it is missing
     backend = choose_backend(settings)
@@ -201,11 +274,18 @@ def write_lock(settings: Settings, runner, upgrade: bool = False, upgrade_packag
     try:
         if lock.exists():  # keep existing pins unless asked to upgrade
             tmp.write_text(lock.read_text())
-        runner.run(
+        result = runner.run(
             compile_command(settings, tmp, backend, upgrade, tuple(upgrade_packages)),
-            what=f"resolving {settings.requirements} failed; {settings.lock_file} is unchanged",
-            fix="read the resolver's message above; loosen or fix the conflicting requirement",
+            check=False, hide=True,
         )
+        if not result.ok:
+            from deploy.lockkinds import brief
+
+            raise DeployError(
+                f"resolving {settings.requirements} failed; {settings.lock_file} is unchanged. "
+                f"The resolver said:\n{brief(redact(result.output, runner.secrets))}",
+                "loosen or fix the conflicting requirement",
+            )
         if runner.dry_run:
             return lock
         body = "".join(

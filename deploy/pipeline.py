@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 from collections.abc import Callable
 
@@ -24,8 +23,11 @@ def timed(runner: Runner, name: str, step: Callable[[], object]) -> object:
     return result
 
 
-def preflight(settings: Settings, runner: Runner, allow_dirty: bool) -> None:
-    skip = ["git-clean"] if allow_dirty else []
+def preflight(settings: Settings, runner: Runner, allow_dirty: bool,
+              waived: list[str] | None = None) -> None:
+    skip = (["git-clean"] if allow_dirty else []) + list(waived or [])
+    for name in waived or []:
+        runner.say(f"check {name} waived (--skip-check {name}); recorded with the release")
     if runner.dry_run:
         runner.say("would run the preflight checks" + (" (not git-clean)" if skip else ""))
         return
@@ -37,7 +39,10 @@ def preflight(settings: Settings, runner: Runner, allow_dirty: bool) -> None:
 
 
 def run_tests(settings: Settings, runner: Runner) -> None:
-    result = runner.run([sys.executable, "-m", "pytest", "-q"], check=False)
+    from deploy import apptests
+
+    extra = [] if settings.test_command else ["-q"]
+    result = apptests.run(settings, runner, extra)
     if result.exited == NO_TESTS_COLLECTED:
         runner.say("no tests were collected; going on")
     elif not result.ok:
@@ -55,6 +60,7 @@ def full_deploy(
     dry_run: bool = False,
     message: str = "",
     hosts: list[str] | None = None,
+    skip_checks: list[str] | None = None,
 ) -> str:
     """The whole flow from the laptop, one SSH connection per host. Returns the deployed tag.
 
@@ -68,7 +74,16 @@ def full_deploy(
     vm_targets = remote.targets(settings, hosts)
     git_sha = git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
     runner.say(f"deploying {image}:{tag} to {', '.join(t.host for t in vm_targets)}")
-    timed(runner, "check", lambda: preflight(settings, runner, allow_dirty))
+    if skip_checks:
+        from deploy.checks import registry as check_registry
+
+        unknown = [n for n in skip_checks if n not in check_registry()]
+        if unknown:
+            raise DeployError(f"no check named '{unknown[0]}'",
+                              f"known checks: {', '.join(check_registry())}")
+        waived = f"waived checks: {', '.join(skip_checks)}"
+        message = f"{message} ({waived})" if message else waived
+    timed(runner, "check", lambda: preflight(settings, runner, allow_dirty, skip_checks))
     pushed = not dry_run and registry.tag_digest(
         image, tag, settings.registry_user, settings.registry_password) is not None
     with contextlib.ExitStack() as stack:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deploy import refs
+from deploy import envcheck, refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, KnownHostsPolicy
@@ -548,6 +548,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     """
     started = time.monotonic()
     with vm.locked(tag, message) if lock else contextlib.nullcontext():
+        envcheck.require_app_env(vm)  # issue 10: app.env has every key of .env.example, else refuse
         previous = vm.current_tag()
         vm.sync_release_env(previous)
         step = "pull"

@@ -90,9 +90,10 @@ class Runner:
         what: str = "",
         fix: str = "",
         cwd: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> Result:
-        """Run `argv` (in `cwd`, default the runner's). With `check`, a non-zero exit raises
-        DeployError(what, fix)."""
+        """Run `argv` (in `cwd`, default the runner's; local runs may replace the environment
+        with `env`). With `check`, a non-zero exit raises DeployError(what, fix)."""
         command = shlex.join(argv)
         cwd = self.cwd if cwd is None else cwd
         if cwd:
@@ -110,6 +111,7 @@ class Runner:
                 hide=True if hide or quiet else None,
                 in_stream=io.StringIO(stdin) if stdin is not None else False,
                 timeout=timeout,
+                **({"env": env, "replace_env": True} if env is not None else {}),
             )
         except CommandTimedOut:
             raise DeployError(

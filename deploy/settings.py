@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "database": ("sqlite", "postgres", "none"),
     "lock_backend": ("pip-tools", "uv", "auto"),
     "compose_command": ("auto", "v2", "v1"),
+    "lock_kind": ("auto", "requirements", "uv", "poetry"),
     "proxy_tls": ("auto", "internal", "off"),
 }
 
@@ -45,10 +46,16 @@ class Settings:
     app_port: int = 8000
     health_path: str = "/health"
     boot_timeout: float = 60.0
+    smoke_env_file: str = ""
+    # The app's own environment (where its code runs on the laptop): empty = detect
+    app_python: str = ""
+    test_command: str = ""
+    test_dir: str = ""
     # Dependencies
     requirements: str = "requirements.txt"
     lock_file: str = "requirements.lock"
     lock_backend: str = "pip-tools"
+    lock_kind: str = "auto"
     generate_hashes: bool = True
     # Preflight
     env_file: str = ".env"
@@ -69,6 +76,8 @@ class Settings:
     app_dir: str = "/srv/app"
     compose_file: str = "compose.yaml"
     compose_command: str = "auto"
+    image_variable: str = "DEPLOY_IMAGE"
+    tag_variable: str = "DEPLOY_TAG"
     service: str = "app"
     migrate_command: str = "alembic upgrade head"
     health_url: str = ""
@@ -205,13 +214,35 @@ def _env_overrides(env: dict[str, str], source: str) -> dict[str, Any]:
     return out
 
 
+def find_root(start: Path | None = None) -> Path | None:
+    """The app's project root: the nearest directory from `start` up that holds deploy.toml."""
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / SETTINGS_FILE).is_file():
+            return d
+    return None
+
+
+def require_root(start: Path | None = None) -> Path:
+    """The project root, or a clear refusal when there is no deploy.toml here or above."""
+    root = find_root(start)
+    if root is None:
+        here = (start or Path.cwd()).resolve()
+        raise DeployError(
+            f"no {SETTINGS_FILE} in {here} or any directory above it",
+            "run this in the app's repo; to adopt an app, run `inv init` at its root",
+        )
+    return root
+
+
 def load_settings(
     root: Path | str | None = None, environ: dict[str, str] | None = None
 ) -> Settings:
-    """Read the effective settings for the app repo at `root` (default: the working dir)."""
+    """Read the effective settings for the app repo at `root` (default: the nearest directory
+    from the working directory up that holds deploy.toml, else the working directory)."""
     from deploy.envfile import read_env_file
 
-    root = Path(root or Path.cwd()).resolve()
+    root = Path(root or find_root() or Path.cwd()).resolve()
     environ = dict(os.environ if environ is None else environ)
     path = root / SETTINGS_FILE
     values: dict[str, Any] = {}

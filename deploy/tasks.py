@@ -61,9 +61,9 @@ def lock(c, check=False, upgrade=False, upgrade_package=None):
 def check(c, json=False, only=None, skip=None):
     """Preflight: python-parity, lock-fresh, env-complete, migrations, git-clean."""
     from deploy.checks import format_results, run_checks
-    from deploy.settings import load_settings
+    from deploy.settings import load_settings, require_root
 
-    results = run_checks(load_settings(), only=only or None, skip=skip or None)
+    results = run_checks(load_settings(require_root()), only=only or None, skip=skip or None)
     if json:
         print(jsonlib.dumps([r.as_dict() for r in results], indent=2))
     else:
@@ -73,18 +73,21 @@ def check(c, json=False, only=None, skip=None):
         raise Exit("" if json else f"preflight failed: {', '.join(failures)}", code=1)
 
 
-@task(help={"args": "extra pytest arguments (or put them after --)"})
+@task(help={"args": "extra arguments for the test command (or put them after --)",
+            "db": "start a throwaway database of the production kind for the tests (its URL "
+                  "in the database_url_env variable); removed afterwards"})
 @friendly
-def test(c, args=""):
-    """Run the app's tests with pytest; its exit code is ours."""
-    from deploy.runner import Runner
+def test(c, args="", db=False):
+    """Run the app's tests (test_command in test_dir, default: pytest with the app's Python)."""
+    from deploy import apptests
 
+    settings, runner = setup(c)
     extra = shlex.split(args)
     if "--" in sys.argv:
         extra += sys.argv[sys.argv.index("--") + 1 :]
-    result = Runner(c).run([sys.executable, "-m", "pytest", *extra], check=False)
+    result = apptests.run(settings, runner, extra, db=db)
     if not result.ok:
-        raise Exit(f"tests failed (pytest exit {result.exited})", code=result.exited)
+        raise Exit(f"tests failed (exit {result.exited})", code=result.exited)
 
 
 @task(help={"version": "image tag (default: the commit's short SHA)"})
@@ -129,9 +132,11 @@ def push(c, version="", allow_dirty=False, password_stdin=False):
 @friendly
 def config(c):
     """Print the effective settings (secrets redacted)."""
-    from deploy.settings import load_settings
+    from deploy.settings import SETTINGS_FILE, load_settings, require_root
 
-    for key, value in load_settings().redacted().items():
+    root = require_root()
+    print(f"# {root / SETTINGS_FILE}")
+    for key, value in load_settings(root).redacted().items():
         print(f"{key} = {value!r}")
 
 
@@ -142,16 +147,30 @@ def config(c):
         "skip-tests": "do not run pytest (must be said explicitly)",
         "dry-run": "print every local and remote command in order; run none, no SSH",
         "message": "a note kept in the deploy lock and the release history",
-    }
+        "skip-check": "waive this preflight check knowingly (repeatable); printed and kept in "
+                      "the release record",
+    },
+    iterable=["skip_check"],
 )
 @friendly
-def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, message=""):
+def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, message="",
+           skip_check=None):
     """The whole deploy: check, test, build, smoke, push, then the VM's pull-migrate-switch."""
     from deploy.pipeline import full_deploy
-    from deploy.settings import load_settings
+    from deploy.settings import load_settings, require_root
 
-    full_deploy(load_settings(), c, version=version, allow_dirty=allow_dirty,
-                skip_tests=skip_tests, dry_run=dry_run, message=message)
+    full_deploy(load_settings(require_root()), c, version=version, allow_dirty=allow_dirty,
+                skip_tests=skip_tests, dry_run=dry_run, message=message,
+                skip_checks=list(skip_check or []))
 
 
-ns = Collection(lock, check, test, build, smoke, push, config, deploy)
+@task(help={"force": "overwrite deploy.toml, tasks.py and fabfile/__init__.py if they exist"})
+@friendly
+def init(c, force=False):
+    """Adopt the app in this directory: detect it, write deploy.toml, tasks.py, fabfile."""
+    from deploy import init as adopt
+
+    adopt.run(force=force)
+
+
+ns = Collection(init, lock, check, test, build, smoke, push, config, deploy)

@@ -53,10 +53,15 @@ def make_example_repo(dest: Path) -> Path:
             lines.append(f"{key}={ENV_VALUES.get(key, 'test-value')}")
     (dest / ".env").write_text("\n".join(lines) + "\n")
     (dest / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    # The example's development environment: its requirements are in the toolkit's own venv,
+    # so that venv stands in as the app's .venv (where the migrations check runs Alembic).
+    (dest / ".venv").symlink_to(Path(sys.executable).parent.parent)
     gitignore = dest / ".gitignore"
     ignored = gitignore.read_text().splitlines() if gitignore.exists() else []
-    if ".env" not in ignored:
-        gitignore.write_text("\n".join([*ignored, ".env"]) + "\n")
+    for name in (".env", ".venv"):
+        if name not in ignored:
+            ignored.append(name)
+    gitignore.write_text("\n".join(ignored) + "\n")
     git(dest, "init", "-q")
     git(dest, "config", "user.email", "tests@example.invalid")
     git(dest, "config", "user.name", "Deploy Tests")

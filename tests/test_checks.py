@@ -14,7 +14,8 @@ from deploy import dockerfile
 from deploy.checks.env import compose_variables
 from deploy.errors import DeployError
 
-CHECKS = ["python-parity", "lock-fresh", "env-complete", "migrations", "git-clean"]
+CHECKS = ["python-parity", "lock-fresh", "env-complete", "build-context", "migrations",
+          "git-clean"]
 INSTALL_LOCK = "RUN pip install --no-cache-dir --require-hashes -r requirements.lock"
 
 
@@ -65,7 +66,7 @@ def test_check_passes_on_the_example(example_repo, inv):
 def test_check_json_on_the_example(example_repo, inv):
     code, results = check_json(inv, example_repo)
     assert code == 0
-    assert len(results) == 5
+    assert len(results) == len(CHECKS)
     assert [r["name"] for r in results] == CHECKS
     assert all(r["ok"] for r in results), results
     # Running the checks leaves the app's tree clean (no __pycache__ from the Alembic probe).
@@ -250,7 +251,7 @@ def test_migrations_pass_with_model_change_and_its_migration(example_repo, inv):
     commit_all(example_repo, "v2 with its migration")
     code, results = check_json(inv, example_repo)
     assert code == 0, results
-    assert "one head (0002)" in results[3]["detail"]
+    assert "one head (0002)" in results[CHECKS.index("migrations")]["detail"]
 
 
 def test_migrations_catches_a_failing_migration(example_repo, inv):

@@ -9,6 +9,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -218,8 +219,10 @@ def test_smoke_runs_the_smoke_command_without_a_shell_and_records_the_image(
     }))
     local.smoke(settings, runner, "abc1234")
     argv = argv_of(runner.history, "docker run --rm")
-    assert argv == ["docker", "run", "--rm", f"{IMAGE}:abc1234",
-                    "python", "-c", "from app.main import app; print('OK')"]
+    assert argv[:4] == ["docker", "run", "--rm", "--env-file"]  # .env.example's values
+    assert argv[4].startswith(tempfile.gettempdir()) and not Path(argv[4]).exists()
+    assert argv[5:] == [f"{IMAGE}:abc1234",
+                        "python", "-c", "from app.main import app; print('OK')"]
     assert "smoke: OK" in out.getvalue()
     assert local.was_smoked(IMAGE_ID)
 

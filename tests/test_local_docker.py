@@ -106,6 +106,21 @@ def test_smoke_fails_on_a_missing_module(built, inv):
     # The container's traceback is shown; our own process prints none.
     assert not [line for line in text.splitlines() if 'File "' in line and "deploy/" in line]
     assert 'File "<string>"' in text  # the container's
+    assert "the image lacks the module 'anthropic'" in text
+
+
+def test_smoke_runs_with_env_example_and_names_a_missing_setting(built, inv):
+    show = "python -c \"import os; print(os.environ['APP_SECRET'])\""
+    proc = inv(built.repo, "smoke", env={**built.env, "DEPLOY_SMOKE_COMMAND": show})
+    assert proc.returncode == 0, output(proc)
+    assert "smoke: change-me" in proc.stdout  # .env.example's placeholder, never .env's value
+    proc = inv(built.repo, "smoke", env={
+        **built.env, "DEPLOY_SMOKE_COMMAND": "python -c \"import os; os.environ['OPENAI_KEY']\""})
+    assert proc.returncode == 1
+    assert ("the app needs setting(s) OPENAI_KEY (it ran with the variables of .env.example)"
+            in proc.stderr)
+    assert "smoke_env_file" in proc.stderr and "requirements" not in proc.stderr
+    assert "KeyError: 'OPENAI_KEY'" in proc.stderr  # the container's own output
 
 
 def test_smoke_boot_answers_health(built, inv):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from conftest import REPO, child_env, output
 
-TASKS = ("lock", "check", "test", "build", "smoke", "push", "deploy", "config")
+TASKS = ("init", "lock", "check", "test", "build", "smoke", "push", "deploy", "config")
 REPO_ONLY = ("sandbox", "demo")  # this repo's tasks.py adds them; the package does not ship them
 
 
@@ -43,7 +43,8 @@ def test_installed_package_has_no_sandbox(tmp_path: Path) -> None:
     )
     assert build.returncode == 0, output(build)
     installed = sorted(p.name for p in site.iterdir() if not p.name.endswith(".dist-info"))
-    assert installed == ["deploy"], installed
+    assert installed == ["bin", "deploy"], installed
+    assert [p.name for p in (site / "bin").iterdir()] == ["deploy-init"]
     shipped = "".join(p.read_text() for p in (site / "deploy").rglob("*.py"))
     assert "debootstrap" not in shipped and "dockerd" not in shipped
     app = tmp_path / "app"
@@ -74,7 +75,7 @@ def test_inv_test_passes_arguments_and_keeps_pytest_exit_code(example_repo: Path
     assert "deselected" in selected.stdout
     nothing = inv(example_repo, "test", "--args=-k no_such_test_anywhere")
     assert nothing.returncode == 5  # pytest's "no tests collected", preserved
-    assert "pytest exit 5" in nothing.stderr
+    assert "tests failed (exit 5)" in nothing.stderr
 
 
 def test_inv_test_fails_with_a_failing_test(example_repo: Path, inv) -> None:

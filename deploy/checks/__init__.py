@@ -38,12 +38,13 @@ def failed(name: str, reason: str, fix: str, detail: str = "") -> CheckResult:
 
 def registry() -> dict[str, Check]:
     """Check name -> function, in the order they run."""
-    from deploy.checks import env, git, migrations, parity
+    from deploy.checks import context, env, git, migrations, parity
 
     return {
         "python-parity": parity.python_parity,
         "lock-fresh": parity.lock_fresh,
         "env-complete": env.env_complete,
+        "build-context": context.build_context,
         "migrations": migrations.migrations,
         "git-clean": git.git_clean,
     }

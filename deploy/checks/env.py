@@ -47,6 +47,37 @@ def read_compose(path: Path) -> str:
     return text
 
 
+def tool_variables(settings: Settings) -> set[str]:
+    """The compose variables the toolkit writes on the VM: the release's image and tag."""
+    return set(TOOL_VARIABLES) | {settings.image_variable, settings.tag_variable}
+
+
+def service_environment(settings: Settings) -> set[str]:
+    """Variables the compose file sets itself in the app service's `environment:`."""
+    import yaml
+
+    data = yaml.safe_load(read_compose(settings.path(settings.compose_file)))
+    env = (data["services"].get(settings.service) or {}).get("environment") or {}
+    if isinstance(env, list):
+        return {str(item).split("=", 1)[0] for item in env}
+    return {str(key) for key in env}
+
+
+def code_reads_missing(settings: Settings, example: set[str]) -> dict[str, str]:
+    """Variables the app's code reads without a default that neither .env.example nor the
+    compose service's `environment:` provides -> where the code reads them."""
+    from deploy.envreads import required_reads
+
+    provided = {
+        k.upper() for k in example | service_environment(settings) | tool_variables(settings)
+    }
+    return {
+        var: where
+        for var, where in required_reads(settings.path(settings.context)).items()
+        if var.upper() not in provided
+    }
+
+
 def env_complete(settings: Settings) -> CheckResult:
     from deploy.envfile import env_keys
 
@@ -64,7 +95,7 @@ def env_complete(settings: Settings) -> CheckResult:
         for var, has_default in compose_variables(
             read_compose(settings.path(settings.compose_file))
         ).items()
-        if not has_default and var not in TOOL_VARIABLES
+        if not has_default and var not in tool_variables(settings)
     ]
     missing = [v for v in required if v not in example]
     if missing:
@@ -74,6 +105,16 @@ def env_complete(settings: Settings) -> CheckResult:
             f"but {settings.env_example} lacks it"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
             f"add {', '.join(missing)} to {settings.env_example}",
+        )
+    unread = code_reads_missing(settings, example)
+    if unread:
+        shown = ", ".join(f"{var} ({where})" for var, where in list(unread.items())[:3])
+        return failed(
+            name,
+            f"the app's code reads {shown} without a default"
+            + (f" (and {len(unread) - 3} more)" if len(unread) > 3 else "")
+            + f", missing from {settings.env_example}",
+            f"add {', '.join(unread)} to {settings.env_example} (with a placeholder value)",
         )
     env_path = settings.path(settings.env_file)
     if not env_path.exists():

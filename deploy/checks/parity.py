@@ -2,44 +2,31 @@
 
 from __future__ import annotations
 
-import sys
-import tomllib
-
 from deploy import dockerfile, pins
 from deploy.checks import CheckResult, failed, passed
 from deploy.settings import Settings
 
 
 def python_versions(settings: Settings) -> dict[str, str]:
-    """Every place that names a Python version, mapped to the major.minor (or spec) it names."""
+    """Every place that names the app's Python, mapped to the major.minor it names: the image
+    first, then the app's development Python (never the interpreter running this tool)."""
+    from deploy import appenv
+
     found: dict[str, str] = {}
     parsed = dockerfile.parse(settings.path(settings.dockerfile))
     found[f"{settings.dockerfile} (final stage)"] = dockerfile.final_python(parsed)
-    found["local interpreter"] = f"{sys.version_info.major}.{sys.version_info.minor}"
-    pyver = settings.path(".python-version")
-    if pyver.exists():
-        first = (pyver.read_text().split() or [""])[0]
-        found[".python-version"] = ".".join(first.split(".")[:2])
+    found.update(appenv.dev_pythons(settings))
     lock_path = settings.path(settings.lock_file)
-    if lock_path.exists():
+    if pins.lock_kind(settings) == "requirements" and lock_path.exists():
         locked = pins.lock_python(lock_path.read_text())
         if locked:
             found[f"{settings.lock_file} header"] = locked
     return found
 
 
-def requires_python(settings: Settings) -> str | None:
-    pyproject = settings.path("pyproject.toml")
-    if not pyproject.exists():
-        return None
-    try:
-        data = tomllib.loads(pyproject.read_text())
-    except tomllib.TOMLDecodeError:
-        return None
-    return data.get("project", {}).get("requires-python")
-
-
 def python_parity(settings: Settings) -> CheckResult:
+    from deploy import appenv
+
     name = "python-parity"
     found = python_versions(settings)
     image_py = next(iter(found.values()))
@@ -53,7 +40,7 @@ def python_parity(settings: Settings) -> CheckResult:
             "then re-run `inv lock`",
             detail=", ".join(f"{w}={v}" for w, v in found.items()),
         )
-    spec = requires_python(settings)
+    spec = appenv.requires_python(settings)
     if spec:
         from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
@@ -67,7 +54,11 @@ def python_parity(settings: Settings) -> CheckResult:
                 f"the image runs Python {image_py} but pyproject requires-python is {spec!r}",
                 "align requires-python with the Dockerfile's FROM",
             )
-    return passed(name, f"Python {image_py} everywhere ({len(found)} places)")
+        found[f"requires-python {spec}"] = image_py
+    if len(found) == 1:
+        return passed(name, f"the image runs Python {image_py}; the app names no development "
+                            "Python (.python-version, a venv, requires-python) to compare")
+    return passed(name, f"Python {image_py}: image and app agree ({', '.join(list(found)[1:])})")
 
 
 def lock_fresh(settings: Settings) -> CheckResult:
@@ -75,6 +66,16 @@ def lock_fresh(settings: Settings) -> CheckResult:
     state = pins.check_lock(settings)
     if not state.fresh:
         return failed(name, state.reason, state.fix)
+    kind = pins.lock_kind(settings)
+    if kind != "requirements":
+        from deploy.lockkinds import detect, installs_from_lock
+
+        lock_name = detect(settings).lock.name
+        parsed = dockerfile.parse(settings.path(settings.dockerfile))
+        ok, reason, fix = installs_from_lock(kind, dockerfile.run_lines(parsed), lock_name)
+        if not ok:
+            return failed(name, reason, fix)
+        return passed(name, f"{lock_name} is up to date ({kind}); the image installs from it")
     parsed = dockerfile.parse(settings.path(settings.dockerfile))
     req_name = settings.path(settings.requirements).name
     lock_name = settings.path(settings.lock_file).name

@@ -48,9 +48,12 @@ def image_id(image_ref: str) -> list[str]:
     return ["docker", "image", "inspect", "--format", "{{.Id}}", image_ref]
 
 
-def run_once(image_ref: str, command: str) -> list[str]:
+def run_once(image_ref: str, command: str, env_file: str | None = None) -> list[str]:
     """Run the smoke command in a throwaway container (no shell: argv from the command)."""
-    return ["docker", "run", "--rm", image_ref, *shlex.split(command)]
+    argv = ["docker", "run", "--rm"]
+    if env_file:
+        argv += ["--env-file", env_file]
+    return [*argv, image_ref, *shlex.split(command)]
 
 
 def run_detached(image_ref: str, *, name: str, port: int, env_file: str | None) -> list[str]:
@@ -87,3 +90,37 @@ def repo_digest(image_ref: str) -> list[str]:
 def login(registry: str, user: str) -> list[str]:
     """Registry login that reads the password from stdin, never from argv."""
     return ["docker", "login", "--username", user, "--password-stdin", registry]
+
+
+def run_database(image: str, *, name: str, env: dict[str, str], port: int) -> list[str]:
+    """A throwaway database container: removed when stopped, port on 127.0.0.1 only."""
+    argv = ["docker", "run", "--detach", "--rm", "--name", name,
+            "--label", "deploy-toolkit.scratch=1", "--publish", f"127.0.0.1::{port}"]
+    for key, value in env.items():  # no secrets here: a scratch database
+        argv += ["--env", f"{key}={value}"]
+    return argv + [image]
+
+
+def exec_in(name: str, *command: str) -> list[str]:
+    return ["docker", "exec", name, *command]
+
+
+def run_probe(
+    image_ref: str,
+    *,
+    mounts: dict[str, str],
+    env: dict[str, str],
+    network: str | None,
+    command: list[str],
+) -> list[str]:
+    """Run a command in a throwaway container of the app's image, files mounted read-only
+    (a mount ending in ':rw' is writable). No secrets in `env`: they would be on argv."""
+    argv = ["docker", "run", "--rm"]
+    if network:
+        argv += ["--network", network]
+    for host, container in mounts.items():
+        mode = "rw" if container.endswith(":rw") else "ro"
+        argv += ["--volume", f"{host}:{container.removesuffix(':rw')}:{mode}"]
+    for key, value in env.items():
+        argv += ["--env", f"{key}={value}"]
+    return argv + [image_ref, *command]

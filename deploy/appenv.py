@@ -1,0 +1,213 @@
+"""Where the app runs, as opposed to where the tool runs.
+
+The tool may run on any supported Python (a uv tool, a pipx app, or the app's own venv); what
+imports the app (the Alembic probe, the tests) runs in the app's environment, found in this
+order: the `app_python` setting; a `.venv`/`venv` next to the app (from its Alembic directory
+up to the project root); `uv run --locked` for a uv project; `poetry run` for a Poetry project;
+else the app's freshly built image. The app's development Python is read from the same places.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shlex
+import shutil
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.errors import DeployError
+from deploy.settings import Settings
+
+VENV_DIRS = (".venv", "venv")
+IMAGE = "image"
+# Variables of the tool's own environment that must not leak into the app's interpreter.
+TOOL_ONLY_ENV = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "CONDA_PREFIX")
+
+
+@dataclass(frozen=True)
+class AppPython:
+    """How to start the app's Python: an argv prefix (empty for `image`) and where it is."""
+
+    kind: str  # "setting", "venv", "uv", "poetry" or "image"
+    argv: tuple[str, ...]
+    where: str
+    cwd: Path | None = None
+
+    @property
+    def in_image(self) -> bool:
+        return self.kind == IMAGE
+
+
+def upward(start: Path, stop: Path) -> list[Path]:
+    """`start` and its parents up to `stop` (inclusive), or just `start` if it is outside."""
+    start, stop = start.resolve(), stop.resolve()
+    dirs = [start]
+    if start != stop and stop not in start.parents:
+        return dirs
+    while dirs[-1] != stop:
+        dirs.append(dirs[-1].parent)
+    return dirs
+
+
+def app_dirs(settings: Settings) -> list[Path]:
+    """Where the app's own files may be, innermost first: its Alembic dir, the build context,
+    up to the project root."""
+    seen: list[Path] = []
+    for start in (settings.path(settings.alembic_ini).parent, settings.path(settings.context)):
+        for d in upward(start, settings.root):
+            if d not in seen:
+                seen.append(d)
+    return seen
+
+
+def find_upward(settings: Settings, name: str) -> Path | None:
+    for d in app_dirs(settings):
+        if (d / name).exists():
+            return d / name
+    return None
+
+
+def tool_path(name: str) -> str | None:
+    """A tool on PATH, else next to this interpreter (a venv that is not activated)."""
+    return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+
+
+def venv_python(settings: Settings) -> Path | None:
+    for d in app_dirs(settings):
+        for name in VENV_DIRS:
+            python = d / name / "bin" / "python"
+            if python.exists():
+                return python
+    return None
+
+
+def app_python(settings: Settings) -> AppPython:
+    """The app's interpreter (see the module docstring for the order)."""
+    if settings.app_python == IMAGE:
+        return AppPython(IMAGE, (), "the app's image")
+    if settings.app_python:
+        argv = shlex.split(settings.app_python)
+        if "/" in argv[0]:
+            argv[0] = str(settings.path(argv[0]))
+        return AppPython("setting", tuple(argv), f"app_python = {settings.app_python!r}")
+    venv = venv_python(settings)
+    if venv:
+        return AppPython("venv", (str(venv),), str(venv.parent.parent.relative_to(settings.root)
+                                                    if settings.root in venv.parents else venv))
+    uv_lock = find_upward(settings, "uv.lock")
+    if uv_lock:
+        uv = tool_path("uv")
+        if not uv:
+            raise DeployError("the app is a uv project (uv.lock) but uv is not installed",
+                              "install uv (pip install uv), or set `app_python` in deploy.toml")
+        return AppPython("uv", (uv, "run", "--locked", "--project", str(uv_lock.parent),
+                                "python"), "uv run", cwd=uv_lock.parent)
+    poetry_lock = find_upward(settings, "poetry.lock")
+    if poetry_lock:
+        from deploy.lockkinds import poetry
+
+        return AppPython("poetry", (*poetry(), "--directory", str(poetry_lock.parent), "run",
+                                    "python"), "poetry run", cwd=poetry_lock.parent)
+    return AppPython(IMAGE, (), "the app's image (no venv, uv.lock or poetry.lock found)")
+
+
+def app_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for the app's interpreter: ours without the tool's venv."""
+    env = {k: v for k, v in os.environ.items() if k not in TOOL_ONLY_ENV}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no __pycache__ in the app's tree (git-clean)
+    env.update(extra or {})
+    return env
+
+
+def _major_minor(text: str) -> str | None:
+    match = re.match(r"\s*(?:cpython-|python)?(\d+)\.(\d+)", text)
+    return f"{match.group(1)}.{match.group(2)}" if match else None
+
+
+def venv_version(venv_python_path: Path) -> str | None:
+    """A venv's Python major.minor, from its pyvenv.cfg (no need to run it)."""
+    cfg = venv_python_path.parent.parent / "pyvenv.cfg"
+    try:
+        text = cfg.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("version", "version_info"):
+            return _major_minor(value)
+    return None
+
+
+def pyproject(settings: Settings) -> tuple[Path, dict] | None:
+    """The app's pyproject.toml (innermost) and its data."""
+    path = find_upward(settings, "pyproject.toml")
+    if not path:
+        return None
+    try:
+        return path, tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, OSError):
+        return None
+
+
+def requires_python(settings: Settings) -> str | None:
+    found = pyproject(settings)
+    if not found:
+        return None
+    data = found[1]
+    spec = data.get("project", {}).get("requires-python")
+    if not spec:
+        poetry_py = data.get("tool", {}).get("poetry", {}).get("dependencies", {}).get("python")
+        spec = poetry_to_pep440(poetry_py) if isinstance(poetry_py, str) else None
+    return spec
+
+
+def poetry_to_pep440(spec: str) -> str:
+    """Poetry's `^3.10` / `~3.10` / `>=3.10,<3.13` as a PEP 440 specifier."""
+    parts = []
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.match(r"^([\^~])(\d+)\.(\d+)", part)
+        if match:
+            major, minor = int(match.group(2)), int(match.group(3))
+            upper = f"{major + 1}.0" if match.group(1) == "^" else f"{major}.{minor + 1}"
+            parts += [f">={major}.{minor}", f"<{upper}"]
+        else:
+            parts.append(part)
+    return ",".join(parts)
+
+
+def dev_pythons(settings: Settings) -> dict[str, str]:
+    """Every place that names the app's development Python -> its major.minor."""
+    found: dict[str, str] = {}
+    for d in app_dirs(settings):
+        pin = d / ".python-version"
+        if pin.exists():
+            version = _major_minor((pin.read_text().split() or [""])[0])
+            if version:
+                found[str(pin.relative_to(settings.root))] = version
+            break
+    venv = venv_python(settings)
+    if venv:
+        version = venv_version(venv)
+        if version:
+            found[f"the app's venv ({venv.parent.parent.relative_to(settings.root)})"] = version
+    return found
+
+
+def alembic_script_dir(ini: Path) -> Path | None:
+    """The Alembic script_location of an alembic.ini (where env.py lives)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(ini)
+        location = parser.get("alembic", "script_location")
+    except (configparser.Error, OSError):
+        return None
+    location = location.replace("%(here)s", str(ini.parent))
+    if ":" in location and not location.startswith("/"):  # package:resource
+        return None
+    path = Path(location)
+    return path if path.is_absolute() else ini.parent / path

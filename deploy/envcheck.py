@@ -1,0 +1,118 @@
+"""Env parity to the VM: the VM's app.env has every key of the release's .env.example.
+
+Only keys cross the wire from the VM (a `sed` that prints names, never values). `fab env set KEY`
+adds or replaces one key, its value read from stdin (never argv), app.env rewritten atomically
+with mode 0600. `DEPLOY_*` keys are the tool's settings: they never go to the VM's app.env.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from deploy.commands.vm import APP_ENV
+from deploy.errors import DeployError
+from deploy.runner import sh
+from deploy.settings import ENV_PREFIX
+
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def app_env_keys() -> list[str]:
+    """Print the keys (only) of the VM's app.env, one a line; nothing if it does not exist."""
+    return sh(
+        "sed -n 's/^[[:space:]]*\\(export[[:space:]][[:space:]]*\\)\\{0,1\\}"
+        "\\([A-Za-z_][A-Za-z0-9_]*\\)[[:space:]]*=.*/\\2/p' "
+        f"{APP_ENV} 2>/dev/null || true"
+    )
+
+
+def set_key(key: str) -> list[str]:
+    """Replace or add KEY in app.env with the value on stdin; atomic, mode 0600."""
+    validate_key(key)
+    return sh(
+        f"umask 077 && v=$(cat) && {{ grep -v '^[[:space:]]*{key}[[:space:]]*=' {APP_ENV} "
+        f"2>/dev/null; printf '%s=%s\\n' {key} \"$v\"; }} > {APP_ENV}.tmp && "
+        f"chmod 600 {APP_ENV}.tmp && mv {APP_ENV}.tmp {APP_ENV}"
+    )
+
+
+def validate_key(key: str) -> str:
+    if not KEY_RE.match(key):
+        raise DeployError(f"{key!r} is not a variable name",
+                          "use letters, digits and underscores, not starting with a digit")
+    if key.startswith(ENV_PREFIX):
+        raise DeployError(f"{key} is a setting of the deploy tool, not the app's",
+                          "DEPLOY_* keys never go to the VM's app.env; keep them on the laptop")
+    return key
+
+
+def validate_value(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise DeployError("the value has a line break", "give a one-line value on stdin")
+    return value
+
+
+def release_keys(example: Path) -> list[str]:
+    """The keys a release needs on the VM: its .env.example's, minus the tool's DEPLOY_*."""
+    from deploy.envfile import env_keys
+
+    if not example.exists():
+        return []
+    return [k for k in env_keys(example) if not k.startswith(ENV_PREFIX)]
+
+
+def missing_keys(vm, example: Path) -> list[str]:
+    """Keys of `example` that the VM's app.env lacks."""
+    present = set(vm.run(app_env_keys(), quiet=True).stdout.split())
+    return [k for k in release_keys(example) if k not in present]
+
+
+def require_app_env(vm) -> None:
+    """Refuse (before anything changes on the VM) a release whose .env.example names keys the
+    VM's app.env lacks."""
+    if vm.runner.dry_run:
+        return
+    settings = vm.settings
+    missing = missing_keys(vm, settings.path(settings.env_example))
+    if missing:
+        raise DeployError(
+            f"the VM's {APP_ENV} lacks {', '.join(missing)}, which {settings.env_example} of "
+            "this release declares; nothing was changed on the VM",
+            " ; ".join(f"fab env set {k} (the value on stdin)" for k in missing)
+            + " ; or `fab setup` again to upload the whole .env",
+        )
+
+
+def filtered_env_text(path: Path) -> str:
+    """The env file's text without DEPLOY_* keys (each binding kept as written)."""
+    from dotenv.parser import parse_stream
+
+    from deploy.envfile import read_env_file
+
+    read_env_file(path)  # a clear error on a line that does not parse
+    kept = []
+    for binding in parse_stream(io.StringIO(path.read_text())):
+        if binding.key is not None and binding.key.startswith(ENV_PREFIX):
+            continue
+        kept.append(binding.original.string)
+    return "".join(kept)
+
+
+@contextlib.contextmanager
+def app_env_upload(path: Path) -> Iterator[Path]:
+    """A private temporary copy of the app's env file without DEPLOY_* keys, to upload."""
+    if not path.is_file():
+        raise DeployError(f"{path} does not exist", f"create it (see {path.name}.example)")
+    fd, name = tempfile.mkstemp(prefix="app-env-", suffix=".env")
+    try:
+        with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
+            handle.write(filtered_env_text(path))
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)

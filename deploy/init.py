@@ -1,0 +1,294 @@
+"""`inv init`: look at an app repo and write a commented deploy.toml, tasks.py and
+fabfile/__init__.py that match what is there.
+
+It detects the Dockerfile and its Python, the compose file (its services, how it names the
+app's image, its database service), Alembic, the lock kind, the app's development Python, the
+variable the app reads its database URL from, and where the tests live. What it cannot know
+(the VM, the registry) is left for the user, and said so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy.errors import DeployError
+from deploy.settings import SETTINGS_FILE, Settings
+
+COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+APP_SERVICE_NAMES = ("app", "web", "backend", "api", "server")
+VAR_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}$")
+TASKS_PY = "from deploy.tasks import ns  # noqa: F401\n"
+FABFILE_PY = "from deploy.fabtasks import ns  # noqa: F401\n"
+
+
+@dataclass
+class Found:
+    """What `inv init` found: settings to write, notes to show, things left to fill in."""
+
+    values: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    todo: list[str] = field(default_factory=list)
+
+
+def first_existing(root: Path, names: tuple[str, ...], depth: int = 1) -> Path | None:
+    """The first of `names` in `root`, else in its subdirectories (one level)."""
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    if depth:
+        for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                          and p.name not in ("node_modules", "venv", "tests")):
+            hit = first_existing(sub, names, depth - 1)
+            if hit:
+                return hit
+    return None
+
+
+def rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """`REPO:TAG` split at the tag's colon (not a registry port's)."""
+    head, _, last = image.rpartition("/")
+    if ":" in last:
+        name, _, tag = last.partition(":")
+        return (f"{head}/{name}" if head else name), tag
+    return image, ""
+
+
+def detect_compose(root: Path, found: Found) -> None:
+    import yaml
+
+    path = first_existing(root, COMPOSE_NAMES)
+    if not path:
+        found.todo.append("no compose file found: write compose.yaml (the app service's image: "
+                          "\"${DEPLOY_IMAGE}:${DEPLOY_TAG}\"), then set compose_file")
+        return
+    found.values["compose_file"] = rel(root, path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        found.todo.append(f"{rel(root, path)} does not parse as YAML: fix it")
+        return
+    services = data.get("services") or {}
+    found.notes.append(f"compose file {rel(root, path)}: services {', '.join(services)}")
+    db = next((name for name, svc in services.items() if isinstance(svc, dict) and any(
+        word in str(svc.get("image", "")) for word in ("postgres", "pgvector"))), None)
+    if db:
+        found.values["database"] = "postgres"
+        found.values["postgres_service"] = db
+        found.notes.append(f"database service '{db}' ({services[db].get('image')}): Postgres")
+    app = next((n for n in services if n in APP_SERVICE_NAMES and n != db), None) or next(
+        (n for n, s in services.items() if n != db and isinstance(s, dict)
+         and ("build" in s or "$" in str(s.get("image", "")))), None)
+    if not app:
+        found.todo.append("cannot tell which compose service is the app: set `service`")
+        return
+    found.values["service"] = app
+    image = str((services[app] or {}).get("image", ""))
+    repo, tag = split_image(image)
+    repo_var, tag_var = VAR_RE.match(repo), VAR_RE.match(tag)
+    if repo_var and tag_var:
+        found.values["image_variable"] = repo_var.group(1)
+        found.values["tag_variable"] = tag_var.group(1)
+        if repo_var.group(2):
+            found.values["image"] = repo_var.group(2)
+        found.notes.append(f"service '{app}' names its image {image}: the deploy sets "
+                           f"{repo_var.group(1)} and {tag_var.group(1)} on the VM")
+    else:
+        found.todo.append(
+            f"service '{app}' has image {image or '(none)'}: write it as "
+            '"${DEPLOY_IMAGE}:${DEPLOY_TAG}" so the deploy can choose the release')
+    env_files = (services[app] or {}).get("env_file")
+    if env_files:
+        found.notes.append(f"service '{app}' reads env_file {env_files}")
+
+
+def detect_dockerfile(root: Path, found: Found) -> None:
+    from deploy import dockerfile
+
+    path = first_existing(root, ("Dockerfile",))
+    if not path:
+        found.todo.append("no Dockerfile found: write one, then set `dockerfile`")
+        return
+    found.values["dockerfile"] = rel(root, path)
+    try:
+        python = dockerfile.final_python(dockerfile.parse(path))
+        found.notes.append(f"{rel(root, path)}: the image runs Python {python}")
+    except DeployError as exc:
+        found.todo.append(exc.message)
+    if path.parent != root:  # the context: the Dockerfile's directory, unless it copies
+        from deploy.checks.context import copy_sources  # files from the repo root (uv.lock)
+
+        sources = [src.removeprefix("./").rstrip("/") for src in copy_sources(
+            dockerfile.parse(path))]
+        from_root = any(src not in ("", ".") and (root / src).exists()
+                        and not (path.parent / src).exists() for src in sources)
+        found.values["context"] = "." if from_root else rel(root, path.parent)
+
+
+def detect_app(root: Path, found: Found) -> None:
+    from deploy import appenv, lockkinds
+    from deploy.envreads import app_env_reads
+
+    ini = first_existing(root, ("alembic.ini",))
+    if ini:
+        found.values["alembic_ini"] = rel(root, ini)
+        found.notes.append(f"Alembic: {rel(root, ini)}")
+    else:
+        found.notes.append("no alembic.ini: the migrations check will have nothing to check")
+    settings = Settings(root=root, **{k: v for k, v in found.values.items()
+                                      if k in ("alembic_ini", "context", "dockerfile")})
+    reads = {r.name for r in app_env_reads(root)}
+    url_vars = sorted(v for v in reads if "DATABASE_URL" in v.upper() or v.upper() == "DB_URL")
+    if url_vars:
+        found.values["database_url_env"] = url_vars[0]
+        found.notes.append(f"the app reads its database URL from {url_vars[0]}")
+    elif ini:
+        found.todo.append("the app's code reads no *DATABASE_URL variable: set "
+                          "`database_url_env` to the one it builds its URL from (the migrations "
+                          "check refuses until then)")
+    if ini and "database" not in found.values:
+        found.values["database"] = "sqlite"
+    try:
+        lk = lockkinds.detect(settings)
+        found.values["lock_kind"] = lk.kind
+        found.notes.append(f"dependencies: {lk.kind}" + (
+            f" ({rel(root, lk.lock)})" if lk.lock and lk.lock.exists() else " (no lock yet: "
+            "run `inv lock`)"))
+    except DeployError as exc:
+        found.todo.append(exc.message)
+    pythons = appenv.dev_pythons(settings)
+    spec = appenv.requires_python(settings)
+    if pythons or spec:
+        found.notes.append("the app's Python: " + ", ".join(
+            [f"{w} {v}" for w, v in pythons.items()] + ([f"requires-python {spec}"] if spec
+                                                        else [])))
+    try:
+        found.notes.append(f"the app's code runs (checks, tests) in "
+                           f"{appenv.app_python(settings).where}")
+    except DeployError as exc:
+        found.todo.append(f"{exc.message}: {exc.fix}")
+    tests = sorted(p.parent for p in root.glob("*/tests") if p.is_dir()) + (
+        [root] if (root / "tests").is_dir() else [])
+    if tests:
+        found.values["test_dir"] = rel(root, tests[0]) if tests[0] != root else "."
+        found.notes.append(f"tests: {found.values['test_dir']}/tests")
+    if ini:
+        script = next((p for p in ini.parent.glob("scripts/*.sh")
+                       if "alembic" in p.read_text()), None)
+        if script:
+            found.values["migrate_command"] = f"sh {rel(ini.parent, script)}"
+            found.notes.append(f"migrations run by {rel(root, script)}")
+
+
+def detect(root: Path) -> Found:
+    found = Found()
+    detect_dockerfile(root, found)
+    detect_compose(root, found)
+    detect_app(root, found)
+    if (root / ".env.example").exists():
+        found.values["env_example"] = ".env.example"
+    else:
+        found.todo.append("no .env.example: list every variable the app reads in it")
+    found.todo += ["image: the registry and name to push to (e.g. registry.example.com/app)",
+                   "host, user, key_file: the VM (and known_hosts, or ssh-keyscan it first)"]
+    if "image" in found.values:
+        found.todo.pop(-2)
+    return found
+
+
+EXPLAIN = {
+    "image": "where `inv push` sends the image (registry/name)",
+    "dockerfile": "the app's Dockerfile",
+    "context": "the build context (paths in the Dockerfile are relative to it)",
+    "compose_file": "the compose file uploaded to the VM",
+    "service": "the compose service that runs the app",
+    "image_variable": "the compose variables the app's image line uses: the deploy sets them",
+    "database": "sqlite, postgres or none: the kind of the scratch database the checks use",
+    "postgres_service": "the compose service of the database (its image is the scratch one)",
+    "alembic_ini": "Alembic's config (the migrations check)",
+    "database_url_env": "the variable the app reads its database URL from",
+    "lock_kind": "requirements (pip-compile), uv (uv.lock) or poetry (poetry.lock)",
+    "test_dir": "where `inv test` runs the tests",
+    "migrate_command": "what the VM runs (in the new image) to migrate before switching",
+    "env_example": "every variable the app reads, with placeholder values",
+}
+
+
+def render(found: Found) -> str:
+    lines = ["# deploy.toml, written by `inv init`. Every key: README \"Settings\"; `inv config`",
+             "# prints the effective values.", ""]
+    for key, value in found.values.items():
+        if key == "tag_variable":
+            continue
+        if key in EXPLAIN:
+            lines.append(f"# {EXPLAIN[key]}")
+        lines.append(f"{key} = {toml_value(value)}")
+        if key == "image_variable":
+            lines.append(f"tag_variable = {toml_value(found.values['tag_variable'])}")
+    if "image" not in found.values:
+        lines += ["# where `inv push` sends the image (registry/name): FILL IN",
+                  '# image = "registry.example.com/app"']
+    lines += ["", "# The VM: FILL IN", '# host = "vm.example.com"', '# user = "deploy"',
+              '# key_file = "~/.ssh/id_ed25519"', '# app_dir = "/srv/app"', ""]
+    return "\n".join(lines)
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write(root: Path, force: bool = False) -> tuple[Found, list[Path]]:
+    """Detect and write the three files; refuses to overwrite any without `force`."""
+    targets = {root / SETTINGS_FILE: None, root / "tasks.py": TASKS_PY,
+               root / "fabfile" / "__init__.py": FABFILE_PY}
+    existing = [p for p in targets if p.exists()]
+    if existing and not force:
+        raise DeployError(
+            f"{', '.join(rel(root, p) for p in existing)} already exist(s); nothing was written",
+            "inv init --force overwrites them",
+        )
+    found = detect(root)
+    targets[root / SETTINGS_FILE] = render(found)
+    for path, text in targets.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return found, list(targets)
+
+
+def run(root: Path | None = None, force: bool = False) -> None:
+    """Detect, write, and say what was found and what is left to fill in."""
+    root = (root or Path.cwd()).resolve()
+    found, written = write(root, force=force)
+    print("found:")
+    for note in found.notes:
+        print(f"  {note}")
+    print("wrote: " + ", ".join(rel(root, p) for p in written))
+    if found.todo:
+        print("fill in (deploy.toml), then run `inv check`:")
+        for item in found.todo:
+            print(f"  - {item}")
+
+
+def main() -> None:
+    """`deploy-init [--force]`: `inv init` for a repo that has no tasks.py yet."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="deploy-init", description=main.__doc__)
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    args = parser.parse_args()
+    try:
+        run(force=args.force)
+    except DeployError as exc:
+        print(f"error: {exc.message}" + (f"\n  fix: {exc.fix}" if exc.fix else ""),
+              file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,326 @@
+"""Adopting a real app (issue 10), the local half: checks that run where the app runs, the app's
+own env reads, the build context, the project root found from a subdirectory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import assert_no_traceback, commit_all, output
+from test_checks import edit
+
+from deploy.envreads import file_reads
+
+
+def check(inv, repo: Path, name: str, cwd: Path | None = None, env: dict | None = None) -> dict:
+    proc = inv(cwd or repo, "check", "--json", "--only", name, env=env)
+    assert_no_traceback(proc)
+    assert proc.stdout.startswith("["), output(proc)
+    results = json.loads(proc.stdout)
+    assert len(results) == 1, output(proc)
+    assert proc.returncode == (0 if results[0]["ok"] else 1)
+    return results[0]
+
+
+# --- env-complete reads the app's code -----------------------------------------------------
+
+
+def test_env_reads_found_by_ast(tmp_path):
+    src = tmp_path / "conf.py"
+    src.write_text(
+        "import os\nfrom os import getenv\nfrom pydantic import Field\n"
+        "from pydantic_settings import BaseSettings, SettingsConfigDict\n\n"
+        "class Settings(BaseSettings):\n"
+        "    model_config = SettingsConfigDict(env_prefix='APP_')\n"
+        "    database_url: str\n    debug: bool = False\n"
+        "    token: str = Field(validation_alias='API_TOKEN')\n"
+        "    name: str = Field('x')\n\n"
+        "A = os.environ['NEEDED_A']\nB = os.getenv('NEEDED_B')\nC = getenv('OPT_C', 'd')\n"
+        "D = os.environ.get('OPT_D') or 'x'\nif os.environ.get('OPT_E'):\n    pass\n"
+        "F = os.environ.get('OPT_F') == '1'\n"
+    )
+    reads = {r.name: r.required for r in file_reads(src, tmp_path)}
+    assert reads == {
+        "APP_DATABASE_URL": True, "APP_DEBUG": False, "API_TOKEN": True, "APP_NAME": False,
+        "NEEDED_A": True, "NEEDED_B": True, "OPT_C": False, "OPT_D": False, "OPT_E": False,
+        "OPT_F": False,
+    }
+
+
+def test_a_variable_the_code_reads_must_be_in_env_example(example_repo, inv):
+    edit(example_repo / "app" / "main.py", 'DEFAULT_MODEL_NAME = "demo-model"',
+         'DEFAULT_MODEL_NAME = "demo-model"\nEMBED_MODEL = os.environ["EMBED_MODEL"]')
+    (example_repo / "app" / "config.py").write_text(
+        "from pydantic_settings import BaseSettings, SettingsConfigDict\n\n\n"
+        "class Settings(BaseSettings):\n"
+        "    model_config = SettingsConfigDict(env_prefix='APP_')\n"
+        "    openai_key: str\n    debug: bool = False\n")
+    commit_all(example_repo, "the code reads two new variables")
+    result = check(inv, example_repo, "env-complete")
+    assert not result["ok"]
+    assert "EMBED_MODEL (app/main.py:" in result["reason"]
+    assert "APP_OPENAI_KEY (app/config.py:" in result["reason"]
+    assert "APP_DEBUG" not in result["reason"] + result["fix"]
+    assert result["fix"] == ("add APP_OPENAI_KEY, EMBED_MODEL to .env.example "
+                             "(with a placeholder value)")
+    # Declared in .env.example and set in .env: passes.
+    for name in (".env.example", ".env"):
+        with (example_repo / name).open("a") as f:
+            f.write("EMBED_MODEL=m\nAPP_OPENAI_KEY=k\n")
+    commit_all(example_repo, "declared")
+    assert check(inv, example_repo, "env-complete")["ok"]
+
+
+# --- build-context -------------------------------------------------------------------------
+
+
+def test_build_context_catches_env_and_git_shipped_by_copy_dot(example_repo, inv):
+    assert check(inv, example_repo, "build-context")["ok"]  # COPY of named dirs only
+    edit(example_repo / "Dockerfile", "COPY app/ ./app/", "COPY . .")
+    (example_repo / ".dockerignore").write_text("__pycache__/\n")
+    commit_all(example_repo, "COPY . . without excluding secrets")
+    result = check(inv, example_repo, "build-context")
+    assert not result["ok"]
+    assert result["reason"].startswith("the image would ship .env, .git")
+    assert result["fix"] == "add these lines to .dockerignore: .env  .git"
+    with (example_repo / ".dockerignore").open("a") as f:
+        f.write(".env\n.git\n")
+    commit_all(example_repo, "excluded")
+    assert check(inv, example_repo, "build-context")["ok"]
+
+
+# --- migrations: where the app runs, never its .env database -------------------------------
+
+
+def test_migrations_from_a_subdirectory_finds_the_project_root(example_repo, inv):
+    result = check(inv, example_repo, "migrations", cwd=example_repo / "app")
+    assert result["ok"] and result["detail"].startswith("one head (0001)"), result
+    assert "in .venv" in result["detail"]
+
+
+def test_check_outside_any_project_refuses(tmp_path, inv):
+    (tmp_path / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    proc = inv(tmp_path, "check")
+    assert proc.returncode == 1
+    assert f"error: no deploy.toml in {tmp_path.resolve()} or any directory above it" in \
+        proc.stderr
+    assert "inv init" in proc.stderr
+    assert_no_traceback(proc)
+    proc = inv(tmp_path, "config")
+    assert proc.returncode == 1 and "error: no deploy.toml" in proc.stderr
+
+
+def test_migrations_refuses_when_the_url_variable_is_not_read(example_repo, inv):
+    with (example_repo / "deploy.toml").open("a") as f:
+        f.write('database_url_env = "SQLALCHEMY_URL"\n')
+    commit_all(example_repo, "a URL variable the app never reads")
+    result = check(inv, example_repo, "migrations")
+    assert not result["ok"]
+    assert "cannot tell how the app builds its database URL" in result["reason"]
+    assert "SQLALCHEMY_URL" in result["reason"]
+    assert "database_url_env" in result["fix"]
+
+
+def test_migrations_run_in_the_apps_python_not_the_tools(example_repo, inv, tmp_path):
+    """An app interpreter without Alembic: the probe says so (the tool's venv has Alembic)."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    with (example_repo / "deploy.toml").open("a") as f:
+        f.write(f'app_python = "{bare}/bin/python"\n')
+    commit_all(example_repo, "an app Python without alembic")
+    result = check(inv, example_repo, "migrations")
+    assert not result["ok"]
+    assert result["reason"].startswith("alembic cannot be imported in app_python = ")
+    assert "No module named 'alembic'" in result["reason"]
+
+
+def test_migrations_see_the_sys_path_the_real_alembic_sees(example_repo, inv):
+    """Without `prepend_sys_path = .` the real `alembic` cannot import the app: neither can
+    the check (it used to put the working directory on sys.path and pass)."""
+    edit(example_repo / "alembic.ini", "prepend_sys_path = .", "")
+    commit_all(example_repo, "no prepend_sys_path")
+    result = check(inv, example_repo, "migrations")
+    assert not result["ok"]
+    assert "No module named 'app'" in result["reason"]
+    real = subprocess.run([str(example_repo / ".venv/bin/alembic"), "heads"], cwd=example_repo,
+                          capture_output=True, text=True, check=False)
+    upgrade = subprocess.run(
+        [str(example_repo / ".venv/bin/alembic"), "upgrade", "head", "--sql"],
+        cwd=example_repo, capture_output=True, text=True, check=False)
+    assert real.returncode == 0  # heads reads the scripts only
+    assert upgrade.returncode != 0 and "No module named 'app'" in upgrade.stderr
+
+
+def test_migrations_without_target_metadata_checks_heads_only_and_says_so(example_repo, inv):
+    edit(example_repo / "migrations" / "env.py", "target_metadata = Base.metadata",
+         "target_metadata = None")
+    commit_all(example_repo, "no metadata")
+    result = check(inv, example_repo, "migrations")
+    assert result["ok"], result
+    assert "no target_metadata" in result["detail"]
+    assert "not checked" in result["detail"]
+
+
+# --- migrations against a scratch Postgres; the real one in .env is never touched ----------
+
+PG_IMAGE = "postgres:17"
+
+
+def docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+@pytest.fixture(scope="session")
+def pg_image(docker_engine) -> str:
+    if docker("image", "inspect", PG_IMAGE).returncode != 0:
+        pytest.skip(f"{PG_IMAGE} is not in the local engine (the sandbox set-up builds it)")
+    return PG_IMAGE
+
+
+@pytest.fixture(scope="session")
+def pg_venv(tmp_path_factory) -> Path:
+    """An app venv of its own (not the tool's): Alembic, SQLAlchemy, psycopg, python-dotenv."""
+    from deploy.appenv import tool_path
+
+    venv = tmp_path_factory.mktemp("pgvenv") / "venv"
+    uv = tool_path("uv")
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    proc = subprocess.run([uv, "pip", "install", "-q", "--python", str(venv / "bin/python"),
+                           "alembic", "sqlalchemy", "psycopg[binary]", "python-dotenv"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot install the Postgres app's venv from PyPI: {proc.stderr[-300:]}")
+    return venv
+
+
+@pytest.fixture
+def real_postgres(pg_image):
+    """A 'production' Postgres that logs every connection, with one precious row."""
+    from vmkit import unique
+
+    name = unique("realdb-")
+    proc = docker("run", "-d", "--rm", "--name", name, "-e", "POSTGRES_PASSWORD=realpw",
+                  "-e", "POSTGRES_DB=real", "--no-healthcheck", "-p", "127.0.0.1::5432", pg_image,
+                  "-c", "log_connections=on")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        for _ in range(200):
+            if docker("exec", name, "pg_isready", "-q", "-h", "127.0.0.1", "-U", "postgres",
+                      "-d", "real").returncode == 0:
+                break
+            import time
+            time.sleep(0.3)
+        psql(name, "CREATE TABLE precious (id int); INSERT INTO precious VALUES (1);")
+        port = docker("port", name, "5432/tcp").stdout.split(":")[-1].strip()
+        yield name, int(port)
+    finally:
+        docker("rm", "-f", name)
+
+
+def psql(name: str, sql: str) -> str:
+    proc = docker("exec", name, "psql", "-U", "postgres", "-d", "real", "-tAc", sql)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def connections(name: str) -> int:
+    """TCP connections the real database authorized (its log, log_connections=on)."""
+    logs = docker("logs", name)
+    return sum("connection authorized" in line for line in (logs.stdout + logs.stderr).splitlines())
+
+
+def make_postgres_app(repo: Path, venv: Path, real_port: int) -> None:
+    """The example as a Postgres app whose code loads .env (python-dotenv), .env naming the
+    real database."""
+    (repo / ".venv").unlink()
+    (repo / ".venv").symlink_to(venv)
+    edit(repo / "app" / "db.py", "import os\n", "import os\n\nfrom dotenv import load_dotenv\n\n"
+                                                "load_dotenv()\n")
+    edit(repo / "compose.yaml", "services:\n", "services:\n  db:\n    image: postgres:17\n")
+    edit(repo / "deploy.toml", 'database = "sqlite"', 'database = "postgres"')
+    with (repo / ".env.example").open("a") as f:
+        f.write("DATABASE_URL=postgresql+psycopg://app:change-me@db:5432/app\n")
+    with (repo / ".env").open("a") as f:
+        f.write(f"DATABASE_URL=postgresql+psycopg://postgres:realpw@127.0.0.1:{real_port}/real\n")
+    commit_all(repo, "a Postgres app whose .env names the real database")
+
+
+def test_check_never_connects_to_the_database_in_dotenv(example_repo, inv, pg_venv,
+                                                        real_postgres):
+    name, port = real_postgres
+    make_postgres_app(example_repo, pg_venv, port)
+    before = connections(name)
+    scratch_before = docker("ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1").stdout
+
+    result = check(inv, example_repo, "migrations")
+    assert result["ok"], result
+    assert "on a scratch Postgres database" in result["detail"]
+    assert connections(name) == before, "the check connected to the database in .env"
+    assert psql(name, "SELECT count(*) FROM precious") == "1"
+    assert psql(name, "SELECT to_regclass('alembic_version') IS NULL") == "t"
+    after = docker("ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1").stdout
+    assert set(after.split()) <= set(scratch_before.split()), "scratch database left behind"
+
+    # The proof can fail: the app's own alembic, run as the user would, does reach it.
+    proc = subprocess.run([str(pg_venv / "bin/alembic"), "current"], cwd=example_repo,
+                          capture_output=True, text=True, check=False,
+                          env={k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+    assert proc.returncode == 0, proc.stderr
+    assert connections(name) > before
+
+
+def test_migrations_check_catches_drift_on_scratch_postgres(example_repo, inv, pg_venv,
+                                                            real_postgres):
+    _, port = real_postgres
+    make_postgres_app(example_repo, pg_venv, port)
+    edit(example_repo / "app" / "models.py",
+         "    name: Mapped[str] = mapped_column(String(200), nullable=False)\n",
+         "    name: Mapped[str] = mapped_column(String(200), nullable=False)\n"
+         "    extra: Mapped[str] = mapped_column(String(20), nullable=True)\n")
+    commit_all(example_repo, "a model change without a migration")
+    result = check(inv, example_repo, "migrations")
+    assert not result["ok"]
+    assert "the models differ from the migrations" in result["reason"]
+    assert "extra" in result["reason"]
+
+
+# --- inv test: the app's command, directory and interpreter --------------------------------
+
+
+def test_inv_test_runs_the_test_command_in_test_dir(example_repo, inv):
+    with (example_repo / "deploy.toml").open("a") as f:
+        f.write('test_dir = "tests"\ntest_command = "sh -c \'pwd; exit 3\'"\n')
+    proc = inv(example_repo, "test")
+    assert proc.returncode == 3, output(proc)
+    assert f"{example_repo.resolve()}/tests\n" in proc.stdout
+    assert "tests failed (exit 3)" in proc.stderr
+
+
+def test_inv_test_uses_the_apps_interpreter(example_repo, inv, tmp_path):
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    (example_repo / ".venv").unlink()
+    (example_repo / ".venv").symlink_to(bare)
+    proc = inv(example_repo, "test")
+    assert proc.returncode == 1, output(proc)
+    assert f"{example_repo}/.venv/bin/python -m pytest" in proc.stdout
+    assert "No module named pytest" in output(proc)
+
+
+def test_inv_deploy_skip_check_is_said_and_goes_into_the_message(example_repo, inv):
+    proc = inv(example_repo, "deploy", "--dry-run", "--skip-check", "build-context",
+               "--skip-check", "migrations", env={"DEPLOY_HOST": "127.0.0.1"})
+    assert proc.returncode == 0, output(proc)
+    assert "check build-context waived (--skip-check build-context)" in proc.stdout
+    assert "check migrations waived" in proc.stdout
+    assert "waived checks: build-context, migrations" in proc.stdout  # the lock's holder note
+    proc = inv(example_repo, "deploy", "--dry-run", "--skip-check", "migration",
+               env={"DEPLOY_HOST": "127.0.0.1"})
+    assert proc.returncode == 1
+    assert "error: no check named 'migration'" in proc.stderr
+    assert_no_traceback(proc)
