@@ -300,7 +300,8 @@ class App:
         published port, its own host name."""
         self.proxy = proxy
         env_file = self.repo / ".env"
-        env_file.write_text(env_file.read_text() + f"DEPLOY_PROXY_NETWORK={proxy.network}\n")
+        # compose.proxy.yaml names its network ${PROXY_NETWORK:-deploy-proxy}
+        env_file.write_text(env_file.read_text() + f"PROXY_NETWORK={proxy.network}\n")
         self.env.update({
             "DEPLOY_PROXY": "true",
             "DEPLOY_PROXY_HOST": self.host,
