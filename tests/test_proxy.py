@@ -310,3 +310,34 @@ def test_restore_behind_the_proxy_serves_again(proxied, images):
     status = app.fab_ok("status")
     serving = app.container_names()
     assert len(serving) == 1 and f"{app.host} -> {serving[0]}:8000" in status, status
+
+
+@pytest.fixture
+def internal_caddy(sandbox):
+    """A Caddy of its own with `proxy_tls = "internal"` (set up before, torn down after the
+    apps of the test)."""
+    if docker("image", "inspect", PROXY_IMAGE).returncode != 0:
+        pytest.skip(f"no {PROXY_IMAGE} image on the sandbox VM")
+    proxy = Proxy(PROXY_IMAGE, tls="internal")
+    yield proxy
+    proxy.tear_down()
+
+
+def test_https_with_caddys_internal_ca(internal_caddy, make_app, images):
+    proxy = internal_caddy
+    app = make_app().use_proxy(proxy)
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    url = f"https://{app.host}:{proxy.https_port}/version"
+    curl = ["curl", "-sS", "--max-time", "10", "--resolve",
+            f"{app.host}:{proxy.https_port}:127.0.0.1"]
+    https = subprocess.run([*curl, "--insecure", url], capture_output=True, text=True)
+    assert json.loads(https.stdout or "{}").get("version") == "1", https.stderr
+    # The certificate is from Caddy's own CA, not a public one: refused without --insecure.
+    strict = subprocess.run([*curl, url], capture_output=True, text=True)
+    assert strict.returncode == 60, strict.stderr  # curl: peer certificate not trusted
+    # Plain HTTP is redirected to HTTPS.
+    plain = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                            f"Host: {app.host}", f"http://127.0.0.1:{proxy.http_port}/version"],
+                           capture_output=True, text=True)
+    assert plain.stdout == "308", plain

@@ -470,6 +470,7 @@ class Proxy:
     never touches another test session's (or a real) proxy."""
 
     image: str
+    tls: str = "off"
     proxy_dir: str = field(default_factory=lambda: f"/srv/.{unique('dp-')}")
     network: str = field(default_factory=lambda: unique("dpnet-"))
     http_port: int = field(default_factory=free_port)
@@ -480,7 +481,7 @@ class Proxy:
             "DEPLOY_PROXY_DIR": self.proxy_dir,
             "DEPLOY_PROXY_NETWORK": self.network,
             "DEPLOY_PROXY_IMAGE": self.image,
-            "DEPLOY_PROXY_TLS": "off",
+            "DEPLOY_PROXY_TLS": self.tls,
             "DEPLOY_PROXY_HTTP_PORT": f"127.0.0.1:{self.http_port}",
             "DEPLOY_PROXY_HTTPS_PORT": f"127.0.0.1:{self.https_port}",
         }
