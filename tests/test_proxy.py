@@ -341,3 +341,28 @@ def test_https_with_caddys_internal_ca(internal_caddy, make_app, images):
                             f"Host: {app.host}", f"http://127.0.0.1:{proxy.http_port}/version"],
                            capture_output=True, text=True)
     assert plain.stdout == "308", plain
+
+
+def test_compose_check_names_what_to_change(tmp_path):
+    from deploy import proxy
+    from deploy.errors import DeployError
+    from deploy.settings import load_settings
+
+    (tmp_path / "deploy.toml").write_text('proxy = true\nproxy_host = "a.test"\n'
+                                          'proxy_network = "edge"\n')
+    compose = tmp_path / "compose.yaml"
+    compose.write_text("services:\n  app:\n    image: x\n")
+    with pytest.raises(DeployError) as caught:
+        proxy.check_compose(load_settings(tmp_path, environ={}))
+    assert "does not join the proxy's network edge" in caught.value.message
+    assert "name: edge, external: true" in caught.value.fix
+    # The network's name may come from a variable of the app's env file, as on the VM.
+    compose.write_text("services:\n  app:\n    image: x\n    networks: [default, proxy]\n"
+                       "networks:\n  proxy:\n    name: ${NET:-other}\n    external: true\n")
+    with pytest.raises(DeployError):
+        proxy.check_compose(load_settings(tmp_path, environ={}))
+    (tmp_path / ".env").write_text("NET=edge\n")
+    proxy.check_compose(load_settings(tmp_path, environ={}))
+    with pytest.raises(DeployError) as caught:
+        proxy.hosts(load_settings(tmp_path, environ={"DEPLOY_PROXY_HOST": " "}))
+    assert "proxy_host" in caught.value.message
