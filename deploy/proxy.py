@@ -209,6 +209,7 @@ def switch(vm, tag: str) -> tuple[str, str]:
     except (KeyboardInterrupt, ConnectionLost):
         discard(vm, fresh)
         raise
+    problem = problem or runs_other_image(vm, fresh, tag)
     if problem:
         detail = why_unhealthy(vm, fresh, target, problem)
         discard(vm, fresh)
@@ -235,6 +236,18 @@ def why_unhealthy(vm, container: Container, upstream: str, problem: str) -> str:
     logs = vm.run(pcmd.container_logs(container.id), quiet=True, check=False).output
     tail = "\n".join(logs.splitlines()[-8:])
     return f"its last log lines:\n{tail}" if tail else ""
+
+
+def runs_other_image(vm, container: Container, tag: str) -> str:
+    """'' if the new container runs the image pulled for `tag` (or none was pulled in this
+    session), else what it runs."""
+    expected = getattr(vm, "pulled", {}).get(tag)
+    if not expected:
+        return ""
+    image = vm.run(pcmd.container_image(container.id), quiet=True, check=False).stdout.strip()
+    return "" if image == expected else (
+        f"the new container runs image {image[:19] or '-'}, not the one pulled for "
+        f"{vm.ref(tag)} ({expected[:19]})")
 
 
 def discard(vm, container: Container) -> None:

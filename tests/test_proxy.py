@@ -22,6 +22,7 @@ from conftest import child_env
 from vmkit import InFlight, Probe, Proxy, docker, output
 
 from deploy.commands import proxy as pcmd
+from deploy.commands.vm import project_name
 
 PROXY_IMAGE = os.environ.get("PROXY_TEST_IMAGE", "caddy:2")
 
@@ -257,10 +258,11 @@ def test_dry_run_prints_the_blue_green_plan_and_connects_nowhere(example_repo, t
                  or "--scale app=1" in line)
     wait = next(i for i, line in enumerate(steps) if "check.sock" in line)
     route = next(i for i, line in enumerate(steps) if "/load" in line)
-    switch = next(i for i, line in enumerate(steps) if "conf/upstreams/example.tmp" in line)
+    project = project_name("/srv/example")
+    switch = next(i for i, line in enumerate(steps) if f"conf/upstreams/{project}.tmp" in line)
     assert route < scale < wait < switch, steps
     assert "app.example.com" in steps[route]  # the route is loaded only if it changed
-    assert "example-app-N:8000" in steps[switch]
+    assert f"{project}-app-N:8000" in steps[switch]
 
 
 def test_ctrl_c_while_the_new_container_starts_leaves_the_old_one_serving(proxied, images):

@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import shlex
 
-from deploy.commands.vm import HEALTH_FORMAT, q
 from deploy.runner import sh
+
+q = shlex.quote
 
 IN_CONTAINER_RUN = "/run/deploy-proxy"
 IN_CONTAINER_CONF = "/etc/deploy-proxy"
@@ -32,6 +33,8 @@ ROUTES_MARK = "__DEPLOY_ROUTES__"
 UPSTREAM_HEADER = "X-Deploy-Upstream"
 SERVICE = "caddy"
 CONFIG_LOCK_WAIT = 60
+# A container's state as the health wait reads it: its health, else its run state.
+HEALTH_FORMAT = "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
 
 
 def caddy_config(tls: str, email: str = "") -> dict:
@@ -283,6 +286,10 @@ def stop(container_ids: list[str]) -> list[str]:
 
 def remove(container_ids: list[str], force: bool = False) -> list[str]:
     return ["docker", "rm", *(["--force"] if force else []), *container_ids]
+
+
+def container_image(container: str) -> list[str]:
+    return ["docker", "inspect", "--format", "{{.Image}}", container]
 
 
 def container_logs(container: str, tail: int = 15) -> list[str]:
