@@ -87,7 +87,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="deploy-bench-proxy-") as tmp:
         root = Path(tmp)
         images = vmkit.build_images(root / "images")
-        proxy = vmkit.Proxy(args.image)
+        proxy = vmkit.Proxy(args.image, box.vm(1))
         apps: list[App] = []
         try:
             for mode in ("recreate", "proxy"):

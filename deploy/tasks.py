@@ -39,15 +39,17 @@ def version_for(settings, version: str, allow_dirty: bool) -> str:
 )
 @friendly
 def lock(c, check=False, upgrade=False, upgrade_package=None):
-    """Lock requirements.txt into requirements.lock (hashed pins, no machine index options)."""
-    from deploy import pins
+    """Lock the app's dependencies by its lock kind: requirements.txt into requirements.lock
+    (hashed pins, no machine index options), `uv lock`, or `poetry lock`."""
+    from deploy import lockkinds, pins
 
     settings, runner = setup(c)
     if check:
         state = pins.check_lock(settings)
         if not state.fresh:
             raise DeployError(state.reason, state.fix)
-        print(f"{settings.lock_file} is fresh")
+        lk = lockkinds.detect(settings)
+        print(f"{lk.lock.relative_to(settings.root) if lk.lock else settings.lock_file} is fresh")
         return
     path = pins.write_lock(settings, runner, upgrade, tuple(upgrade_package or ()))
     print(f"wrote {path}")

@@ -287,3 +287,32 @@ def test_d_inv_test_db_on_a_throwaway_pgvector(poetry_app, inv):
     proc = inv(repo, "test", env=user_env())
     assert proc.returncode == 1, output(proc)
     assert "KeyError: 'DATABASE_URL'" in proc.stdout
+
+
+def test_c_the_image_must_install_from_the_uv_lock(uv_app, inv):
+    repo, _ = uv_app
+    dockerfile = repo / "backend" / "Dockerfile"
+    edit(dockerfile, "RUN uv sync --locked", "RUN uv sync")
+    commit_all(repo, "uv sync may re-resolve")
+    result = verdicts(inv, repo)["lock-fresh"]
+    assert not result["ok"] and "`uv sync` without --locked" in result["reason"]
+    edit(dockerfile, "RUN uv sync", "RUN uv export --frozen -o r.txt && pip install -r r.txt &&"
+                                    " uv sync --locked")
+    commit_all(repo, "uv export --frozen")
+    result = verdicts(inv, repo)["lock-fresh"]
+    assert not result["ok"] and "uv export --frozen" in result["reason"]
+    assert result["fix"] == "use `uv export --locked`"
+
+
+def test_init_says_how_to_fix_a_literal_image_line(tmp_path):
+    repo = make_example_repo(tmp_path / "g")
+    for name in ("deploy.toml", "tasks.py"):
+        (repo / name).unlink()
+    edit(repo / "compose.yaml", '"${DEPLOY_IMAGE:-127.0.0.1:5000/example}:${DEPLOY_TAG:-latest}"',
+         "myapp:latest")
+    proc = deploy_init(repo)
+    assert proc.returncode == 0, output(proc)
+    assert ("- service 'app' has image myapp:latest: write it as \"${DEPLOY_IMAGE}:${DEPLOY_TAG}\""
+            in proc.stdout)
+    assert "- image: the registry and name to push to" in proc.stdout
+    assert "image_variable" not in (repo / "deploy.toml").read_text()

@@ -19,7 +19,7 @@ import urllib.request
 
 import pytest
 from conftest import child_env
-from vmkit import InFlight, Probe, Proxy, docker, output
+from vmkit import InFlight, Probe, Proxy, output
 
 from deploy.commands import proxy as pcmd
 from deploy.commands.vm import project_name
@@ -99,12 +99,17 @@ def test_scripts_are_posix_sh(name):
 # --------------------------------------------------------------------------- on the VM
 
 
-@pytest.fixture(scope="session")
-def caddy(sandbox):
-    if docker("image", "inspect", PROXY_IMAGE).returncode != 0:
+def new_proxy(sandbox, tls: str = "off") -> Proxy:
+    proxy = Proxy(PROXY_IMAGE, sandbox.vm(1), tls=tls)
+    if not proxy.has_image():
         pytest.skip(f"no {PROXY_IMAGE} image on the sandbox VM (the sandbox builds it offline;"
                     " PROXY_TEST_IMAGE names another)")
-    proxy = Proxy(PROXY_IMAGE)
+    return proxy
+
+
+@pytest.fixture(scope="session")
+def caddy(sandbox):
+    proxy = new_proxy(sandbox)
     yield proxy
     proxy.tear_down()
 
@@ -318,9 +323,7 @@ def test_restore_behind_the_proxy_serves_again(proxied, images):
 def internal_caddy(sandbox):
     """A Caddy of its own with `proxy_tls = "internal"` (set up before, torn down after the
     apps of the test)."""
-    if docker("image", "inspect", PROXY_IMAGE).returncode != 0:
-        pytest.skip(f"no {PROXY_IMAGE} image on the sandbox VM")
-    proxy = Proxy(PROXY_IMAGE, tls="internal")
+    proxy = new_proxy(sandbox, tls="internal")
     yield proxy
     proxy.tear_down()
 
@@ -332,7 +335,7 @@ def test_https_with_caddys_internal_ca(internal_caddy, make_app, images):
     app.deploy(images.v1)
     url = f"https://{app.host}:{proxy.https_port}/version"
     curl = ["curl", "-sS", "--max-time", "10", "--resolve",
-            f"{app.host}:{proxy.https_port}:127.0.0.1"]
+            f"{app.host}:{proxy.https_port}:{app.machine.address}"]
     https = subprocess.run([*curl, "--insecure", url], capture_output=True, text=True)
     assert json.loads(https.stdout or "{}").get("version") == "1", https.stderr
     # The certificate is from Caddy's own CA, not a public one: refused without --insecure.
@@ -340,7 +343,7 @@ def test_https_with_caddys_internal_ca(internal_caddy, make_app, images):
     assert strict.returncode == 60, strict.stderr  # curl: peer certificate not trusted
     # Plain HTTP is redirected to HTTPS.
     plain = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H",
-                            f"Host: {app.host}", f"http://127.0.0.1:{proxy.http_port}/version"],
+                            f"Host: {app.host}", app.url("/version")],
                            capture_output=True, text=True)
     assert plain.stdout == "308", plain
 
