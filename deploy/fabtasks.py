@@ -170,6 +170,10 @@ def status(c):
             continue
         ps = vm.run(cmd.ps(vm.compose()), quiet=True, check=False)
         print(ps.stdout.rstrip())
+        if vm.settings.proxy:
+            from deploy import proxy
+
+            print("\n".join(proxy.status_lines(vm)))
         if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
             problem = (ps.stderr.strip().splitlines() or [f"exit {ps.exited}"])[0]
             print(f"warning: docker compose cannot read the app: {problem}")
@@ -220,7 +224,8 @@ def run_(c, cmd):
 @task
 @friendly
 def setup(c, dry_run=False):
-    """Prepare the VM: app directory, compose file, app env file (0600), registry login."""
+    """Prepare the VM: app directory, compose file, app env file (0600), registry login;
+    with `proxy` on, the VM's Caddy too."""
     from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
@@ -233,6 +238,11 @@ def setup(c, dry_run=False):
     read_compose(settings.path(settings.compose_file))
     if settings.path(settings.env_file).is_file():
         filtered_env_text(settings.path(settings.env_file))
+    if settings.proxy:
+        from deploy import proxy
+
+        proxy.hosts(settings)
+        proxy.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
         vm.run(cmd.make_dirs(s.app_dir), cwd="")
@@ -247,7 +257,10 @@ def setup(c, dry_run=False):
             vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
                    fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
-        vm.runner.say(f"ready: {s.app_dir}")
+        if s.proxy:
+            proxy.setup(vm)
+        vm.runner.say(f"ready: {s.app_dir}" + (f" behind the proxy in {s.proxy_dir}"
+                                                if s.proxy else ""))
 
 
 @task
@@ -285,6 +298,36 @@ def restore(c, backup):
 
     for vm in each_vm(c):
         restore_backup(vm, backup)
+
+
+PROXY_ACTIONS = ("status", "logs", "reload")
+
+
+@task(name="proxy", help={"action": "status, logs or reload", "follow": "logs: keep streaming",
+                          "tail": "logs: how many lines"})
+@friendly
+def proxy_(c, action, follow=False, tail=100):
+    """The VM's proxy (Caddy): `status` (routes, upstream health), `logs`, or `reload` (load
+    its config again: no restart, open connections carry on)."""
+    from deploy import proxy
+    from deploy.commands import proxy as pcmd
+    from deploy.errors import DeployError
+
+    if action not in PROXY_ACTIONS:
+        raise DeployError(f"unknown proxy action {action!r}",
+                          f"use one of: fab proxy {' | '.join(PROXY_ACTIONS)}")
+    for vm in each_vm(c):
+        if action == "status":
+            print("\n".join(proxy.status_lines(vm)))
+            routes = vm.run(pcmd.admin_get(vm.settings.proxy_dir, "/reverse_proxy/upstreams"),
+                            quiet=True, check=False)
+            print(f"upstreams (Caddy): {routes.stdout.strip() or routes.stderr.strip()}")
+        elif action == "logs":
+            vm.run([*proxy.caddy_compose(vm), "logs", "--no-color", "--tail", str(int(tail)),
+                    *(["--follow"] if follow else [])], cwd="", check=False)
+        else:
+            proxy.reload(vm)
+            vm.runner.say("reloaded the proxy's config (no restart)")
 
 
 @task(name="env", positional=["action", "key"],
@@ -331,5 +374,5 @@ def env_keys(c):
 
 ns = Collection(
     deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
-    env_keys,
+    env_keys, proxy_,
 )
