@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from deploy import git, local, refs, registry, remote
+from deploy import envcheck, git, local, refs, registry, remote
 from deploy.checks import format_results, run_checks
 from deploy.errors import DeployError
 from deploy.runner import Runner
@@ -97,6 +97,8 @@ def full_deploy(
         # one lock, on the primary role's first host (the first of the plan).
         for vm in vms[:1] if per_host[0][0] else vms:
             stack.enter_context(vm.locked(tag, message))
+        for vm in vms:  # a key the release needs and the VM lacks: refuse before building
+            envcheck.require_app_env(vm)
         stale = [vm for vm in vms if not (pushed and vm.is_serving(tag))]
         if not stale:
             runner.say(f"{image}:{tag} is already in the registry and serving healthy on every "
