@@ -38,7 +38,11 @@ services:
     volumes: ["./data:/data"]
     stop_grace_period: 10s
     healthcheck:
-      test: ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)"]
+      test:
+        - CMD
+        - python
+        - -c
+        - "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=2)"
       interval: 1s
       timeout: 2s
       retries: 3
