@@ -8,11 +8,12 @@ these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
 from __future__ import annotations
 
 import json
+import sys
 
 from fabric import task
 from invoke import Collection, Exit
 
-from deploy.errors import friendly
+from deploy.errors import DeployError, friendly
 
 
 def _verify_host_keys() -> None:
@@ -59,6 +60,35 @@ def with_roles(c) -> bool:
     return not hasattr(c, "original_host") and roles.configured(load_settings())
 
 
+# Hosts that took the new release in this `fab` run: Fabric calls a task once per -H host, so
+# the list outlives one call.
+CHANGED: list[str] = []
+
+
+def one_host_after_another(c, tag: str, step, dry_run: bool = False) -> None:
+    """Run `step(vm)` host after host; at the first failure, stop and say, before the error,
+    which hosts have TAG and which were not touched."""
+    from deploy.remote import session, targets
+    from deploy.settings import load_settings
+
+    settings = load_settings()
+    on_command_line = hasattr(c, "original_host")
+    todo = targets(settings, [c.original_host] if on_command_line else None)
+    for i, target in enumerate(todo):
+        try:
+            with session(settings, target, dry_run=dry_run) as vm:
+                step(vm)
+        except (DeployError, KeyboardInterrupt):
+            if CHANGED or len(todo) > 1:
+                rest = ", ".join(t.host for t in todo[i + 1:]) or (
+                    "any later -H host" if on_command_line else "none")
+                print(f"{tag} stopped at {target.host}: now on {tag}: "
+                      f"{', '.join(CHANGED) or 'no host'}; {target.host}: see the error below; "
+                      f"not attempted (kept their release): {rest}", file=sys.stderr)
+            raise
+        CHANGED.append(target.host)
+
+
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
             "message": "a note kept in the lock and history", "dry-run": "print, run nothing"})
 @friendly
@@ -76,12 +106,15 @@ def deploy(c, tag, message="", dry_run=False):
         from deploy import roles
         roles.deploy(settings, tag, message=message, dry_run=dry_run)
         return
-    for vm in each_vm(c, dry_run):
+
+    def step(vm) -> None:
         if settings.target == "swarm":  # issue 13: a stack deployed from the manager
             from deploy import swarm
             swarm.deploy(vm, tag, message=message)
-            continue
-        remote.deploy(vm, tag, message=message)
+        else:
+            remote.deploy(vm, tag, message=message)
+
+    one_host_after_another(c, tag, step, dry_run)
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
@@ -131,8 +164,7 @@ def releases(c):
     for vm in each_vm(c):
         current = vm.current_tag()
         history = vm.history()
-        if not history:
-            print(f"{vm.runner.where}: no releases recorded yet")
+        print(f"{vm.runner.where}:" if history else f"{vm.runner.where}: no releases recorded yet")
         for entry in history:
             mark = "*" if entry is last_of(history, current) else " "
             print(f"{mark} {entry['time']}  {entry['tag']:<24} {entry.get('action', ''):<8} "
