@@ -7,10 +7,12 @@ these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
 
 from __future__ import annotations
 
+import sys
+
 from fabric import task
 from invoke import Collection, Exit
 
-from deploy.errors import friendly
+from deploy.errors import DeployError, friendly
 
 
 def _verify_host_keys() -> None:
@@ -36,14 +38,54 @@ _verify_host_keys()
 
 def each_vm(c, dry_run: bool = False):
     """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
-    from deploy.remote import session, targets
+    from deploy import roles  # issue 13: with [roles.*] and no -H, every role's hosts
+    from deploy.remote import session
     from deploy.settings import load_settings
 
     settings = load_settings()
     hosts = [c.original_host] if hasattr(c, "original_host") else None
-    for target in targets(settings, hosts):
-        with session(settings, target, dry_run=dry_run) as vm:
+    for role, each, target in roles.targets(settings, hosts):
+        if role:
+            print(f"== {target.host} (role {role})")
+        with session(each, target, dry_run=dry_run) as vm:
             yield vm
+
+
+def with_roles(c) -> bool:
+    """Issue 13: whether this task acts on the roles of deploy.toml (there are some, no -H)."""
+    from deploy import roles
+    from deploy.settings import load_settings
+
+    return not hasattr(c, "original_host") and roles.configured(load_settings())
+
+
+# Hosts that took the new release in this `fab` run: Fabric calls a task once per -H host, so
+# the list outlives one call.
+CHANGED: list[str] = []
+
+
+def one_host_after_another(c, tag: str, step, dry_run: bool = False) -> None:
+    """Run `step(vm)` host after host; at the first failure, stop and say, before the error,
+    which hosts have TAG and which were not touched."""
+    from deploy.remote import session, targets
+    from deploy.settings import load_settings
+
+    settings = load_settings()
+    on_command_line = hasattr(c, "original_host")
+    todo = targets(settings, [c.original_host] if on_command_line else None)
+    for i, target in enumerate(todo):
+        try:
+            with session(settings, target, dry_run=dry_run) as vm:
+                step(vm)
+        except (DeployError, KeyboardInterrupt):
+            if CHANGED or len(todo) > 1:
+                rest = ", ".join(t.host for t in todo[i + 1:]) or (
+                    "any later -H host" if on_command_line else "none")
+                print(f"{tag} stopped at {target.host}: now on {tag}: "
+                      f"{', '.join(CHANGED) or 'no host'}; {target.host}: see the error below; "
+                      f"not attempted (kept their release): {rest}", file=sys.stderr)
+            raise
+        CHANGED.append(target.host)
 
 
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
@@ -60,8 +102,19 @@ def deploy(c, tag, message="", dry_run=False):
     if not dry_run:
         registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
-    for vm in each_vm(c, dry_run):
-        remote.deploy(vm, tag, message=message)
+    if with_roles(c):  # issue 13: one tag for all roles, in batches
+        from deploy import roles
+        roles.deploy(settings, tag, message=message, dry_run=dry_run)
+        return
+
+    def step(vm) -> None:
+        if settings.target == "swarm":  # issue 13: a stack deployed from the manager
+            from deploy import swarm
+            swarm.deploy(vm, tag, message=message)
+        else:
+            remote.deploy(vm, tag, message=message)
+
+    one_host_after_another(c, tag, step, dry_run)
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
@@ -83,11 +136,25 @@ def rollback(c, tag="", downgrade=False, dry_run=False):
                                                settings.registry_password) is None:
             raise DeployError(f"{image}:{tag} is not in the registry: there is no such release "
                               "to roll back to", "pick a tag from `fab releases`")
+    if with_roles(c):  # issue 13: every role's hosts, in batches, under one lock
+        from deploy import roles
+        settings = load_settings()
+
+        def in_registry(t: str) -> bool:
+            return registry.tag_digest(settings.image, t, settings.registry_user,
+                                       settings.registry_password) is not None
+        roles.rollback(settings, tag, downgrade=downgrade, dry_run=dry_run,
+                       known_in_registry=in_registry)
+        return
     for vm in each_vm(c, dry_run):
         def in_registry(t: str, vm=vm) -> bool:
             s = vm.settings
             return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
                 is not None
+        if vm.settings.target == "swarm":  # issue 13: redeploy the stack at that tag
+            from deploy import swarm
+            swarm.rollback(vm, tag, known_in_registry=in_registry)
+            continue
         remote.rollback(vm, tag, downgrade=downgrade, known_in_registry=in_registry)
 
 
@@ -98,8 +165,7 @@ def releases(c):
     for vm in each_vm(c):
         current = vm.current_tag()
         history = vm.history()
-        if not history:
-            print(f"{vm.runner.where}: no releases recorded yet")
+        print(f"{vm.runner.where}:" if history else f"{vm.runner.where}: no releases recorded yet")
         for entry in history:
             mark = "*" if entry is last_of(history, current) else " "
             print(f"{mark} {entry['time']}  {entry['tag']:<24} {entry.get('action', ''):<8} "
@@ -136,8 +202,16 @@ def status(c):
         print(f"health:    {vm.health()}")
         print(f"revision:  {vm.revision() or '-'}")
         print(f"lock:      {describe_holder(holder) if holder else 'free'}")
+        if vm.settings.target == "swarm":  # issue 13: the stack's tasks, not compose's
+            from deploy import swarm
+            print("\n".join(swarm.status_lines(vm)))
+            continue
         ps = vm.run(cmd.ps(vm.compose()), quiet=True, check=False)
         print(ps.stdout.rstrip())
+        if vm.settings.proxy:
+            from deploy import proxy
+
+            print("\n".join(proxy.status_lines(vm)))
         if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
             problem = (ps.stderr.strip().splitlines() or [f"exit {ps.exited}"])[0]
             print(f"warning: docker compose cannot read the app: {problem}")
@@ -190,7 +264,8 @@ def run_(c, cmd):
 @friendly
 def setup(c, dry_run=False):
     """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
-    login; refuses a compose file the deploys could not back up or switch."""
+    login; with `proxy` on, the VM's Caddy too. Refuses a compose file the deploys could not
+    back up or switch."""
     from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
@@ -202,6 +277,11 @@ def setup(c, dry_run=False):
     refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
     values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
+    if settings.proxy:
+        from deploy import proxy
+
+        proxy.hosts(settings)
+        proxy.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
         vm.ensure_helper()
@@ -209,13 +289,19 @@ def setup(c, dry_run=False):
         vm.write_release_files(vm.current_tag(), values)
         vm.check_project()
         current = vm.current_tag()
-        if not dry_run:
+        if not dry_run and s.target != "swarm":
             vm.check_sqlite_on_disk(vm.config(current))
+        if s.target == "swarm":  # issue 13: a one-node swarm unless the engine is in one
+            from deploy import swarm
+            swarm.ensure_swarm(vm)
         if s.registry_user and s.registry_password:
             vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
                    fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
-        vm.runner.say(f"ready: {s.app_dir}")
+        if s.proxy:
+            proxy.setup(vm)
+        vm.runner.say(f"ready: {s.app_dir}" + (f" behind the proxy in {s.proxy_dir}"
+                                                if s.proxy else ""))
 
 
 @task(help={"force": "clear it even though its holder renewed it recently (may be alive)"})
@@ -259,6 +345,36 @@ def restore(c, backup):
 
     for vm in each_vm(c):
         restore_backup(vm, backup)
+
+
+PROXY_ACTIONS = ("status", "logs", "reload")
+
+
+@task(name="proxy", help={"action": "status, logs or reload", "follow": "logs: keep streaming",
+                          "tail": "logs: how many lines"})
+@friendly
+def proxy_(c, action, follow=False, tail=100):
+    """The VM's proxy (Caddy): `status` (routes, upstream health), `logs`, or `reload` (load
+    its config again: no restart, open connections carry on)."""
+    from deploy import proxy
+    from deploy.commands import proxy as pcmd
+    from deploy.errors import DeployError
+
+    if action not in PROXY_ACTIONS:
+        raise DeployError(f"unknown proxy action {action!r}",
+                          f"use one of: fab proxy {' | '.join(PROXY_ACTIONS)}")
+    for vm in each_vm(c):
+        if action == "status":
+            print("\n".join(proxy.status_lines(vm)))
+            routes = vm.run(pcmd.admin_get(vm.settings.proxy_dir, "/reverse_proxy/upstreams"),
+                            quiet=True, check=False)
+            print(f"upstreams (Caddy): {routes.stdout.strip() or routes.stderr.strip()}")
+        elif action == "logs":
+            vm.run([*proxy.caddy_compose(vm), "logs", "--no-color", "--tail", str(int(tail)),
+                    *(["--follow"] if follow else [])], cwd="", check=False)
+        else:
+            proxy.reload(vm)
+            vm.runner.say("reloaded the proxy's config (no restart)")
 
 
 @task(name="env", positional=["action", "key"],
@@ -307,5 +423,5 @@ def env_keys(c):
 
 ns = Collection(
     deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
-    env_keys,
+    env_keys, proxy_,
 )
