@@ -76,6 +76,10 @@ def switch_checked(vm: Vm, tag: str, previous: str) -> None:
     """Switch to `tag`, wait for health (as the VM sees it) and check the container runs the
     pulled image; on failure switch back to `previous` (if allowed). The one place a release
     is switched."""
+    if vm.settings.proxy:  # issue 11: blue/green behind Caddy instead of compose recreate
+        from deploy import proxy
+
+        return proxy.switch_checked(vm, tag, previous)
     try:
         vm.switch(tag)
         problem = vm.wait_healthy(tag) or vm.runs_pulled_image(tag)
