@@ -192,13 +192,15 @@ def test_sigterm_and_sighup_release_the_lock_like_ctrl_c(live, images, signum):
 
 def test_a_live_deploy_renews_its_lease_and_unlock_refuses_it_without_force(live, images):
     """`fab unlock` during a live deploy once let a second deploy run."""
-    env = {"DEPLOY_LOCK_LEASE": "2", "DEPLOY_MIGRATE_COMMAND": "sleep 4; alembic upgrade head"}
+    # A lease of 6 s renewed every 1.5 s; a migration long enough for `fab unlock` to start
+    # and ask while the deploy runs, even on a loaded machine.
+    env = {"DEPLOY_LOCK_LEASE": "6", "DEPLOY_MIGRATE_COMMAND": "sleep 20; alembic upgrade head"}
     proc = background(live, "deploy", f"--tag={images.v2}", env=env)
     lease = live.vm(".deploy/lock/lease")
     try:
         wait_for(lease.exists, proc=proc)
         first = lease.stat().st_mtime
-        wait_for(lambda: not lease.exists() or lease.stat().st_mtime > first, 10, proc)
+        wait_for(lambda: not lease.exists() or lease.stat().st_mtime > first, 15, proc)
         refused = live.fab("unlock", env=env)
         out = failed(refused)
         assert "held by a deploy that is alive" in out and "--force" in out
