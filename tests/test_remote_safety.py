@@ -270,7 +270,8 @@ def test_a_dead_network_fails_within_the_network_timeout_and_reports_the_lock(
         f"[127.0.0.1]:{proxy.port} {line.split(None, 1)[1]}\n"
         for line in sandbox.known_hosts.read_text().splitlines()
         if line.strip() and name in line.split()[0].split(",")))
-    env = {"DEPLOY_PORT": str(proxy.port), "DEPLOY_KNOWN_HOSTS": str(known),
+    env = {"DEPLOY_HOST": "127.0.0.1", "DEPLOY_PORT": str(proxy.port),
+           "DEPLOY_KNOWN_HOSTS": str(known),
            "DEPLOY_NETWORK_TIMEOUT": "6", "DEPLOY_CONNECT_TIMEOUT": "5",
            "DEPLOY_LOCK_LEASE": "3"}
     proc = background(live, "deploy", f"--tag={images.v2}", env=env)
