@@ -202,24 +202,27 @@ def sessions(settings: Settings, plan: Plan, roles: list[Role], dry_run: bool
         yield vms
 
 
-def report(vms: dict[Slot, object], tag: str) -> list[tuple[Slot, str, str]]:
-    """(slot, recorded release, what the container runs) per host, asked of each VM now."""
+Row = tuple[Slot, str, str, str]  # slot, recorded release, what the container runs, health
+
+
+def report(vms: dict[Slot, object], tag: str) -> list[Row]:
+    """What each host serves, asked of each VM now."""
     rows = []
     for slot, vm in vms.items():
         try:
-            rows.append((slot, vm.current_tag(), vm.running_tag()))
+            rows.append((slot, vm.current_tag(), vm.running_tag(), vm.health()))
         except DeployError as exc:  # a lost connection: say so, keep reporting the others
-            rows.append((slot, "?", f"unknown ({exc.message})"))
+            rows.append((slot, "?", "", f"unknown ({exc.message})"))
     return rows
 
 
-def print_report(rows: list[tuple[Slot, str, str]], tag: str, say) -> None:
+def print_report(rows: list[Row], tag: str, say) -> None:
     say("per host:")
-    width = max(len(str(slot)) for slot, _, _ in rows)
-    for slot, recorded, running in rows:
-        note = "" if running in (recorded, "") else f"  (container runs {running})"
+    width = max(len(str(row[0])) for row in rows)
+    for slot, recorded, running, health in rows:
+        note = "" if running in (recorded, "") else f"  (its container runs {running})"
         mark = "new" if recorded == tag else "old"
-        say(f"  {str(slot):<{width}}  serves {recorded or '(none)'}  [{mark}]{note}")
+        say(f"  {str(slot):<{width}}  serves {recorded or '(none)'}  [{mark}]  {health}{note}")
 
 
 def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Settings,
@@ -267,7 +270,7 @@ def plan_of(settings: Settings) -> Plan:
 
 
 def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = "",
-           dry_run: bool = False, vms: dict | None = None) -> list[tuple[Slot, str, str]]:
+           dry_run: bool = False, vms: dict | None = None) -> list[Row]:
     """Deploy `tag` to every role's hosts (see the module's docstring). Returns the report.
 
     With `vms` (a session per slot, `inv deploy`) the caller already holds the lock."""
@@ -324,7 +327,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
 
 
 def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_run: bool = False,
-             known_in_registry=None) -> list[tuple[Slot, str, str]]:
+             known_in_registry=None) -> list[Row]:
     """Put every role's hosts back on `tag` (default: the release before the primary host's
     current one), batch by batch, under the one lock; `downgrade` runs on the primary host."""
     from deploy.remote import pick_rollback_tag, release_entry
