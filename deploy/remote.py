@@ -155,6 +155,7 @@ class Vm:
         self.settings = settings
         self.runner = runner
         self._compose_kind = ""
+        self.serving = ""  # the container a proxy switch left serving (recorded)
 
     # -- basics -------------------------------------------------------------------------
     @property
@@ -404,6 +405,8 @@ class Vm:
         return words[0] if result.ok and words else ""
 
     def record(self, entry: dict) -> None:
+        if self.serving:  # behind the proxy: which container serves this release
+            entry["container"] = self.serving
         self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
         self.run(cmd.write_release_env(self.image, entry["tag"]), quiet=True)
 
@@ -509,6 +512,10 @@ def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
 
 def switch_checked(vm: Vm, tag: str, previous: str) -> None:
     """Switch to `tag` and wait for health; on failure switch back to `previous` (if allowed)."""
+    if vm.settings.proxy:  # issue 11: blue/green behind Caddy instead of compose recreate
+        from deploy import proxy
+
+        return proxy.switch_checked(vm, tag, previous)
     try:
         vm.switch(tag)
         problem = vm.wait_healthy()
