@@ -155,6 +155,7 @@ def host_settings(settings: Settings, role: Role, host: str) -> Settings:
         compose_file=role.compose_file or settings.compose_file,
         # A worker answers no HTTP: its container's health (or a steady run) is the check.
         health_url=role.health_url or (settings.health_url if role.kind == "web" else ""),
+        proxy=settings.proxy and role.kind == "web",  # a worker takes no requests
     )
 
 
@@ -230,7 +231,7 @@ def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Se
     """Switch the plan's batches to `tag` (health-checked, recorded by `record(slot, vm)`);
     on the first failure put back what `to_switch_back` says and stop. Returns the switched
     hosts still on `tag` and the failure, if any."""
-    from deploy.remote import switch_back, switch_checked
+    from deploy.remote import switch_checked
 
     switched: list[Slot] = []
     for number, batch in enumerate(plan.batches):
@@ -245,7 +246,7 @@ def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Se
             except DeployError as exc:
                 rollback_all = settings.rollback_all_on_failure
                 for back in to_switch_back(plan, number, switched, rollback_all):
-                    put_back(vms[back], tag, previous[back], f"{slot} failed", switch_back)
+                    put_back(vms[back], tag, previous[back], f"{slot} failed")
                     switched.remove(back)
                 return switched, (slot, exc)
             record(slot, vm)
@@ -253,16 +254,23 @@ def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Se
     return switched, None
 
 
-def put_back(vm, tag: str, previous: str, why: str, switch_back) -> None:
-    """Switch a host that already serves `tag` back to `previous` and record that."""
-    from deploy.remote import release_entry
+def put_back(vm, tag: str, previous: str, why: str) -> None:
+    """Switch a host that already serves `tag` back to `previous` (through the same checked
+    switch, behind the proxy or not) and record that; a failure is said, not raised."""
+    from deploy.remote import release_entry, switch_checked
 
     if not previous:
         vm.runner.say(f"{vm.runner.where}: no previous release to switch back to; {tag} stays")
         return
-    sentence = switch_back(vm, tag, previous, why)
-    if sentence.startswith("switched back") and not vm.runner.dry_run:
-        vm.record(release_entry(previous, "", "", "rollback", tag))
+    vm.runner.say(f"{why}; switching {vm.runner.where} back to {previous}")
+    try:
+        switch_checked(vm, previous, tag)
+    except DeployError as exc:
+        vm.runner.say(f"warning: {vm.runner.where} could not go back to {previous}: "
+                      f"{exc.message}")
+        return
+    if not vm.runner.dry_run:
+        vm.record(release_entry(previous, "", vm.revision(), "rollback", tag))
 
 
 def plan_of(settings: Settings) -> Plan:

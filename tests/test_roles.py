@@ -186,12 +186,17 @@ def three_vms(sandbox, two_vms):
 
 @pytest.fixture
 def roles_app(make_app, three_vms):
-    """One app repo with web = vm1, vm2 and worker = vm5 (batches of one), and a view of its
-    app directory on each VM (the same path, a separate machine)."""
+    """One app repo with web = vm1, vm2 (each behind its VM's Caddy) and worker = vm5
+    (batches of one), and a view of its app directory on each VM (the same path, a separate
+    machine)."""
     import dataclasses
 
+    from vmkit import Proxy
+
     web1, web2, worker = three_vms
-    app = make_app(vm=web1)
+    proxies = [Proxy("caddy:2", web1)]
+    proxies.append(dataclasses.replace(proxies[0], machine=web2))  # same settings, its own VM
+    app = make_app(vm=web1).use_proxy(proxies[0])
     (app.repo / "compose.worker.yaml").write_text(WORKER_COMPOSE)
     with (app.repo / "deploy.toml").open("a") as toml:
         toml.write(
@@ -201,10 +206,13 @@ def roles_app(make_app, three_vms):
             'service = "worker"\ncompose_file = "compose.worker.yaml"\n')
     subprocess.run(["git", "add", "-A"], cwd=app.repo, check=True)
     subprocess.run(["git", "commit", "-qm", "roles"], cwd=app.repo, check=True)
-    views = [app] + [dataclasses.replace(app, machine=vm, tunnel=None) for vm in (web2, worker)]
+    views = [app, dataclasses.replace(app, machine=web2, tunnel=None, proxy=proxies[1]),
+             dataclasses.replace(app, machine=worker, tunnel=None, proxy=None)]
     yield views
     for view in views[1:]:
         view.tear_down()
+    for proxy in proxies:
+        proxy.tear_down()
 
 
 def served(view, service: str = "app") -> str:
@@ -241,10 +249,11 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
     out = web1.fab_ok("deploy", f"--tag={v1}")
     assert report_lines(out) == {h: f"{v1}  [new]  healthy" for h in hosts}, out
     assert [served(web1), served(web2), served(worker, "worker")] == [v1, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["1", "1"]
 
     # A failure injected on the second web host only, and only for v2: its healthcheck fails
     # when compose starts v2 there.
-    compose = web2.vm("compose.yaml")
+    compose = web2.vm("compose.proxy.yaml")
     lines = compose.read_text().splitlines()
     check = ("import urllib.request; urllib.request.urlopen("
              "'http://127.0.0.1:8000/health', timeout=2)")
@@ -265,6 +274,8 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
                       hosts[2]: f"{v1}  [old]  healthy"}, text
     # the report matches what each VM serves and records
     assert [served(web1), served(web2), served(worker, "worker")] == [v2, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["2", "1"], \
+        "each web VM's Caddy serves what the report says"
     assert [v.release_env()["DEPLOY_TAG"] for v in roles_app] == [v2, v1, v1]
     assert f"error: {hosts[1]} (web): {v2} did not turn healthy" in text
     assert f"hosts serving {v2}: {hosts[0]} (web)" in text
@@ -285,6 +296,7 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
     back = web1.fab_ok("rollback", f"--tag={v1}")
     assert report_lines(back) == {h: f"{v1}  [new]  healthy" for h in hosts}, back
     assert [served(web1), served(web2), served(worker, "worker")] == [v1, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["1", "1"]
     assert web1.history()[-1]["action"] == "rollback"
     releases = web1.fab_ok("releases")
     assert releases.count("== ") == 3 and "* " in releases
