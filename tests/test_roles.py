@@ -300,3 +300,22 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
     assert web1.history()[-1]["action"] == "rollback"
     releases = web1.fab_ok("releases")
     assert releases.count("== ") == 3 and "* " in releases
+
+
+def test_inv_deploy_dry_run_locks_the_primary_host_once_and_migrates_once(
+        example_repo, inv) -> None:
+    from conftest import commit_all
+
+    with (example_repo / "deploy.toml").open("a") as toml:
+        toml.write('\nprimary_role = "web"\nbatch_limit = 1\n[roles.web]\nhosts = '
+                   '["10.0.0.1", "10.0.0.2"]\n[roles.worker]\nhosts = ["10.0.0.3"]\n'
+                   'kind = "worker"\n')
+    commit_all(example_repo, "roles")
+    proc = inv(example_repo, "deploy", "--dry-run", "--skip-tests")
+    text = output(proc)
+    assert proc.returncode == 0, text
+    locks = [line for line in text.splitlines() if "mkdir .deploy/lock" in line]
+    assert len(locks) == 1 and locks[0].startswith("[10.0.0.1]"), text
+    assert text.count("alembic upgrade head") == 1
+    assert [line.split("] ", 1)[1] for line in text.splitlines() if "] batch " in line] == [
+        "batch 1/3: 10.0.0.1 (web)", "batch 2/3: 10.0.0.2 (web)", "batch 3/3: 10.0.0.3 (worker)"]
