@@ -301,6 +301,17 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
     releases = web1.fab_ok("releases")
     assert releases.count("== ") == 3 and "* " in releases
 
+    # rollback_all_on_failure: the failing batch sends the earlier batches back too
+    again = web1.fab("deploy", f"--tag={v2}", env={"DEPLOY_ROLLBACK_ALL_ON_FAILURE": "true"})
+    text = output(again)
+    assert again.returncode == 1, text
+    assert f"switching {hosts[0]} back to {v1}" in text
+    assert report_lines(text) == {h: f"{v1}  [old]  healthy" for h in hosts}, text
+    assert [served(web1), served(web2), served(worker, "worker")] == [v1, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["1", "1"]
+    assert [(e["tag"], e["action"]) for e in web1.history()[-2:]] == [
+        (v2, "deploy"), (v1, "rollback")], "vm1's history says it went to v2 and back"
+
 
 def test_inv_deploy_dry_run_locks_the_primary_host_once_and_migrates_once(
         example_repo, inv) -> None:
