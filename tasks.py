@@ -7,16 +7,17 @@ from deploy.errors import friendly
 from deploy.tasks import ns
 
 
-@task(help={"stop": "stop what the sandbox started"})
+@task(help={"vms": "how many VMs (vm1..vmN, default 1; more running are left alone)",
+            "stop": "stop the VMs and what else the sandbox started"})
 @friendly
-def sandbox(c, stop=False):
-    """Start (idempotently) a deploy target here: Docker engine, registry, sshd as the VM."""
+def sandbox(c, vms=1, stop=False):
+    """Start (idempotently) a deploy target here: engine, registry, images and VMs vm1..vmN."""
     import sandbox as sb
 
     if stop:
         sb.down()
     else:
-        sb.up()
+        sb.up(vms=vms)
 
 
 @task(help={"postgres": "the Postgres example (pgvector), and a restore at the end"})

@@ -188,3 +188,24 @@ def required_reads(root: Path) -> dict[str, str]:
         if read.required:
             out.setdefault(read.name, read.where)
     return out
+
+
+def dotenv_overrides(root: Path) -> list[str]:
+    """Where the app calls `load_dotenv(..., override=True)`: its .env would then replace a
+    variable set in the environment (the checks' scratch database URL)."""
+    found = []
+    for path in python_files(root):
+        try:
+            tree = ast.parse(path.read_text(), filename=str(path))
+        except (SyntaxError, UnicodeDecodeError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            override = _keyword(node, "override")
+            if name in ("load_dotenv", "dotenv_values") and isinstance(override, ast.Constant) \
+                    and override.value is True:
+                found.append(f"{path.relative_to(root).as_posix()}:{node.lineno}")
+    return found

@@ -36,14 +36,25 @@ _verify_host_keys()
 
 def each_vm(c, dry_run: bool = False):
     """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
-    from deploy.remote import session, targets
+    from deploy import roles  # issue 13: with [roles.*] and no -H, every role's hosts
+    from deploy.remote import session
     from deploy.settings import load_settings
 
     settings = load_settings()
     hosts = [c.original_host] if hasattr(c, "original_host") else None
-    for target in targets(settings, hosts):
-        with session(settings, target, dry_run=dry_run) as vm:
+    for role, each, target in roles.targets(settings, hosts):
+        if role:
+            print(f"== {target.host} (role {role})")
+        with session(each, target, dry_run=dry_run) as vm:
             yield vm
+
+
+def with_roles(c) -> bool:
+    """Issue 13: whether this task acts on the roles of deploy.toml (there are some, no -H)."""
+    from deploy import roles
+    from deploy.settings import load_settings
+
+    return not hasattr(c, "original_host") and roles.configured(load_settings())
 
 
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
@@ -60,7 +71,15 @@ def deploy(c, tag, message="", dry_run=False):
     if not dry_run:
         registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
+    if with_roles(c):  # issue 13: one tag for all roles, in batches
+        from deploy import roles
+        roles.deploy(settings, tag, message=message, dry_run=dry_run)
+        return
     for vm in each_vm(c, dry_run):
+        if settings.target == "swarm":  # issue 13: a stack deployed from the manager
+            from deploy import swarm
+            swarm.deploy(vm, tag, message=message)
+            continue
         remote.deploy(vm, tag, message=message)
 
 
@@ -83,11 +102,25 @@ def rollback(c, tag="", downgrade=False, dry_run=False):
                                                settings.registry_password) is None:
             raise DeployError(f"{image}:{tag} is not in the registry: there is no such release "
                               "to roll back to", "pick a tag from `fab releases`")
+    if with_roles(c):  # issue 13: every role's hosts, in batches, under one lock
+        from deploy import roles
+        settings = load_settings()
+
+        def in_registry(t: str) -> bool:
+            return registry.tag_digest(settings.image, t, settings.registry_user,
+                                       settings.registry_password) is not None
+        roles.rollback(settings, tag, downgrade=downgrade, dry_run=dry_run,
+                       known_in_registry=in_registry)
+        return
     for vm in each_vm(c, dry_run):
         def in_registry(t: str, vm=vm) -> bool:
             s = vm.settings
             return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
                 is not None
+        if vm.settings.target == "swarm":  # issue 13: redeploy the stack at that tag
+            from deploy import swarm
+            swarm.rollback(vm, tag, known_in_registry=in_registry)
+            continue
         remote.rollback(vm, tag, downgrade=downgrade, known_in_registry=in_registry)
 
 
@@ -136,6 +169,10 @@ def status(c):
         print(f"health:    {vm.health()}")
         print(f"revision:  {vm.revision() or '-'}")
         print(f"lock:      {describe_holder(holder) if holder else 'free'}")
+        if vm.settings.target == "swarm":  # issue 13: the stack's tasks, not compose's
+            from deploy import swarm
+            print("\n".join(swarm.status_lines(vm)))
+            continue
         ps = vm.run(cmd.ps(vm.compose()), quiet=True, check=False)
         print(ps.stdout.rstrip())
         if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
@@ -211,6 +248,9 @@ def setup(c, dry_run=False):
         current = vm.current_tag()
         if not dry_run:
             vm.check_sqlite_on_disk(vm.config(current))
+        if s.target == "swarm":  # issue 13: a one-node swarm unless the engine is in one
+            from deploy import swarm
+            swarm.ensure_swarm(vm)
         if s.registry_user and s.registry_password:
             vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",

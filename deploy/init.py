@@ -81,6 +81,13 @@ def detect_compose(root: Path, found: Found) -> None:
         found.values["database"] = "postgres"
         found.values["postgres_service"] = db
         found.notes.append(f"database service '{db}' ({services[db].get('image')}): Postgres")
+        env = services[db].get("environment") or {}
+        if isinstance(env, list):
+            env = dict(str(item).partition("=")[::2] for item in env)
+        for key, setting in (("POSTGRES_USER", "postgres_user"), ("POSTGRES_DB", "postgres_db")):
+            value = str(env.get(key, ""))
+            if value and "$" not in value:
+                found.values[setting] = value
     app = next((n for n in services if n in APP_SERVICE_NAMES and n != db), None) or next(
         (n for n, s in services.items() if n != db and isinstance(s, dict)
          and ("build" in s or "$" in str(s.get("image", "")))), None)
@@ -92,8 +99,9 @@ def detect_compose(root: Path, found: Found) -> None:
     repo, tag = split_image(image)
     repo_var, tag_var = VAR_RE.match(repo), VAR_RE.match(tag)
     if repo_var and tag_var:
-        found.values["image_variable"] = repo_var.group(1)
-        found.values["tag_variable"] = tag_var.group(1)
+        if (repo_var.group(1), tag_var.group(1)) != ("DEPLOY_IMAGE", "DEPLOY_TAG"):
+            found.values["image_variable"] = repo_var.group(1)
+            found.values["tag_variable"] = tag_var.group(1)
         if repo_var.group(2):
             found.values["image"] = repo_var.group(2)
         found.notes.append(f"service '{app}' names its image {image}: the deploy sets "
@@ -176,7 +184,7 @@ def detect_app(root: Path, found: Found) -> None:
         [root] if (root / "tests").is_dir() else [])
     if tests:
         found.values["test_dir"] = rel(root, tests[0]) if tests[0] != root else "."
-        found.notes.append(f"tests: {found.values['test_dir']}/tests")
+        found.notes.append(f"tests: {rel(root, tests[0] / 'tests')}/")
     if ini:
         script = next((p for p in ini.parent.glob("scripts/*.sh")
                        if "alembic" in p.read_text()), None)
@@ -194,10 +202,10 @@ def detect(root: Path) -> Found:
         found.values["env_example"] = ".env.example"
     else:
         found.todo.append("no .env.example: list every variable the app reads in it")
-    found.todo += ["image: the registry and name to push to (e.g. registry.example.com/app)",
-                   "host, user, key_file: the VM (and known_hosts, or ssh-keyscan it first)"]
-    if "image" in found.values:
-        found.todo.pop(-2)
+    if "image" not in found.values:
+        found.todo.append("image: the registry and name to push to "
+                          "(e.g. registry.example.com/app)")
+    found.todo.append("host, user, key_file: the VM (and known_hosts, or ssh-keyscan it first)")
     return found
 
 
@@ -210,6 +218,7 @@ EXPLAIN = {
     "image_variable": "the compose variables the app's image line uses: the deploy sets them",
     "database": "sqlite, postgres or none: the kind of the scratch database the checks use",
     "postgres_service": "the compose service of the database (its image is the scratch one)",
+    "postgres_db": "the database the VM backs up before migrating",
     "alembic_ini": "Alembic's config (the migrations check)",
     "database_url_env": "the variable the app reads its database URL from",
     "lock_kind": "requirements (pip-compile), uv (uv.lock) or poetry (poetry.lock)",

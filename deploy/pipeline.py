@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from deploy import git, local, refs, registry, remote
+from deploy import envcheck, git, local, refs, registry, remote
 from deploy.checks import format_results, run_checks
 from deploy.errors import DeployError
 from deploy.runner import Runner
@@ -71,7 +71,11 @@ def full_deploy(
     started = time.monotonic()
     tag = git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
     image = refs.validate_image(settings.require("image"))
-    vm_targets = remote.targets(settings, hosts)
+    # Issue 13: with [roles.*] (and no -H), every role's hosts, each with its role's settings.
+    from deploy import roles
+
+    per_host = roles.targets(settings, hosts)
+    vm_targets = [t for _, _, t in per_host]
     git_sha = git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
     runner.say(f"deploying {image}:{tag} to {', '.join(t.host for t in vm_targets)}")
     if skip_checks:
@@ -87,10 +91,14 @@ def full_deploy(
     pushed = not dry_run and registry.tag_digest(
         image, tag, settings.registry_user, settings.registry_password) is not None
     with contextlib.ExitStack() as stack:
-        vms = [stack.enter_context(remote.session(settings, t, dry_run=dry_run))
-               for t in vm_targets]
-        for vm in vms:  # held through build and push: two deploys at once, exactly one goes on
+        vms = [stack.enter_context(remote.session(each, t, dry_run=dry_run))
+               for _, each, t in per_host]
+        # Held through build and push: two deploys at once, exactly one goes on. With roles,
+        # one lock, on the primary role's first host (the first of the plan).
+        for vm in vms[:1] if per_host[0][0] else vms:
             stack.enter_context(vm.locked(tag, message))
+        for vm in vms:  # a key the release needs and the VM lacks: refuse before building
+            envcheck.require_app_env(vm)
         stale = [vm for vm in vms if not (pushed and vm.is_serving(tag))]
         if not stale:
             runner.say(f"{image}:{tag} is already in the registry and serving healthy on every "
@@ -109,9 +117,19 @@ def full_deploy(
             if not dry_run:
                 registry.require_tag(image, tag, settings.registry_user,
                                      settings.registry_password)
+        if per_host[0][0]:  # issue 13: roles switch in batches after one migration
+            slots = dict(zip(roles.plan_of(settings).slots, vms, strict=True))
+            timed(runner, "remote deploy over roles",
+                  lambda: roles.deploy(settings, tag, git_sha=git_sha, message=message,
+                                       dry_run=dry_run, vms=slots))
+            stale = []
         for vm in stale:
+            flow = remote.deploy
+            if settings.target == "swarm":  # issue 13: a stack deployed from the manager
+                from deploy import swarm
+                flow = swarm.deploy
             timed(runner, f"remote deploy on {vm.runner.where}",
-                  lambda vm=vm: remote.deploy(vm, tag, git_sha=git_sha, message=message,
-                                             lock=False))
+                  lambda vm=vm, flow=flow: flow(vm, tag, git_sha=git_sha, message=message,
+                                                lock=False))
     runner.say(f"done: {image}:{tag} in {time.monotonic() - started:.1f}s")
     return tag

@@ -27,7 +27,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lock_backend": ("pip-tools", "uv", "auto"),
     "compose_command": ("auto", "v2", "v1"),
     "lock_kind": ("auto", "requirements", "uv", "poetry"),
+    "target": ("compose", "swarm"),
 }
+# Tables read by their own module, not typed settings (issue 13: `[roles.NAME]`, deploy/roles.py).
+TABLES = ("roles",)
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,15 @@ class Settings:
     postgres_db: str = "app"
     keep_backups: int = 5
     keep_releases: int = 10
+    # Several hosts: [roles.NAME] tables (deploy/roles.py) and how they switch
+    primary_role: str = ""
+    batch_limit: int = 0
+    batch_wait: float = 0.0
+    rollback_all_on_failure: bool = False
+    # The engine: compose (per host) or a Docker Swarm stack (deploy/swarm.py)
+    target: str = "compose"
+    stack: str = ""
+    swarm_timeout: float = 180.0
 
     def path(self, relative: str) -> Path:
         """A settings path resolved against the app repo (with `~` expanded)."""
@@ -239,6 +251,8 @@ def load_settings(
     path = root / SETTINGS_FILE
     values: dict[str, Any] = {}
     for key, raw in read_settings_file(path).items():
+        if key in TABLES:
+            continue
         if key not in FIELD_TYPES:
             raise _unknown_key(key, SETTINGS_FILE)
         values[key] = coerce(key, raw, SETTINGS_FILE)

@@ -7,6 +7,8 @@
 - images:   python:3.11-slim, postgres:17 (= pgvector/pgvector:pg17), caddy:2, built offline
             (sandbox/images.py: no Docker Hub needed)
 - sshd:     a private sshd on 127.0.0.1:2222 that lets root in with <state>/id_ed25519
+- VMs:      vm1..vmN (`--vms N`), each with its own network, /srv, Docker engine and sshd on
+            10.213.0.(10+i):22 (sandbox/vms.py says what they are and are not)
 
 Everything lives in the state directory (DEPLOY_SANDBOX_DIR, default ~/.deploy-sandbox)
 except the rootfs tarball, cached in DEPLOY_SANDBOX_CACHE (default /var/cache/deploy-sandbox)
@@ -23,13 +25,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import DeployError
 from sandbox import images
+from sandbox import vms as vmlib
 from sandbox.proc import (
     SETUP_FIX,
     alive,
@@ -64,6 +67,10 @@ class Sandbox:
     known_hosts: Path = UNSET  # holds the sandbox sshd host key(s): state_dir/known_hosts
     sshd_log: Path = UNSET  # LogLevel VERBOSE: one "Connection from" line per connection
     cache_dir: Path = Path("/var/cache/deploy-sandbox")  # rootfs tarballs, survive re-clones
+
+    def vm(self, index: int) -> vmlib.Vm:
+        """Sandbox VM number `index` (vm1 is 10.213.0.11)."""
+        return vmlib.vm(self.state_dir, index)
 
     def __post_init__(self) -> None:
         for name, default in (
@@ -340,33 +347,64 @@ def _locked(sb: Sandbox) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def up() -> Sandbox:
-    """Bring up engine, registry, base images and sshd; print one line per piece."""
+def up(vms: int = 1) -> Sandbox:
+    """Bring up engine, registry, images, sshd and VMs vm1..vmN; print one line per piece."""
     sb = sandbox()
+    if not 0 <= vms <= vmlib.MAX_VMS:
+        raise DeployError(f"--vms {vms} is out of range", f"use 0 to {vmlib.MAX_VMS}")
     with _locked(sb):
-        _up(sb)
+        _up(sb, vms)
     return sb
 
 
-def _up(sb: Sandbox) -> None:
+def _timed(name: str, step: Callable[[], str]) -> None:
+    t0 = time.monotonic()
+    state = step()
+    print(f"{name}: {state} [{time.monotonic() - t0:.1f}s]", flush=True)
+
+
+def _up(sb: Sandbox, vms: int) -> None:
     """The steps of `up`, each timed."""
-    for name, step in (
-        ("engine", ensure_engine),
-        ("registry", ensure_registry),
-        ("images", lambda sb: images.ensure_images(sb.cache_dir)),
-        ("sshd", ensure_sshd),
-    ):
-        t0 = time.monotonic()
-        state = step(sb)
-        print(f"{name}: {state} [{time.monotonic() - t0:.1f}s]", flush=True)
+    _timed("engine", lambda: ensure_engine(sb))
+    _timed("registry", lambda: ensure_registry(sb))
+    _timed("images", lambda: images.ensure_images(sb.cache_dir))
+    _timed("sshd", lambda: ensure_sshd(sb))
+    for index in range(1, vms + 1):
+        _timed(sb.vm(index).name, lambda index=index: up_vm(sb, index))
+    vmlib.write_hosts(vmlib.running(sb.state_dir))
+
+
+def up_vm(sb: Sandbox, index: int) -> str:
+    """Bring VM `index` up (idempotent); its known_hosts lines (address and name) written."""
+    v = sb.vm(index)
+    _ensure_keys(sb)
+    keygen = keygen_cmd(Path("KEY"), f"deploy-sandbox-{v.name}")[:-1]
+    said = vmlib.up_vm(v, sb.registry, sb.state_dir / "authorized_keys", keygen)
+    for name in (v.address, v.name):
+        _write_known_hosts(sb, name, 22, vmlib.host_pubkey(v))
+    return f"{v.address}: {said}"
+
+
+def down_vms(sb: Sandbox, indices: Sequence[int] | None = None) -> None:
+    """Stop sandbox VMs (all by default), each by its pid files and namespace."""
+    targets = [sb.vm(i) for i in indices] if indices is not None else \
+        vmlib.existing(sb.state_dir)
+    with _locked(sb):
+        for v in targets:
+            print(f"{v.name}: {vmlib.stop_vm(v)}", flush=True)
+        left = vmlib.running(sb.state_dir)
+        vmlib.write_hosts(left)
+        if not left:
+            vmlib.remove_bridge()
 
 
 def down() -> None:
-    """Stop what the sandbox started (sshd, registry, dockerd), by pid file only."""
+    """Stop the VMs, then what the sandbox started (sshd, registry, dockerd), by pid file."""
     sb = sandbox()
     if not sb.state_dir.is_dir():
         print("nothing to stop")
         return
+    down_vms(sb)
     with _locked(sb):
         for pid_file in sorted(sb.state_dir.glob("sshd*.pid")):
             print(f"{pid_file.stem}: {stop(pid_file, 'sshd')}")
@@ -384,9 +422,14 @@ def status() -> bool:
         "images": engine and all(images.image_exists(tag) for tag in images.IMAGES),
         "sshd": sshd_running(sb),
     }
+    for v in vmlib.existing(sb.state_dir):
+        pieces[f"{v.name} ({v.address})"] = v.holder is not None and vmlib.engine_up(v) and \
+            vmlib.sshd_running(v)
     for name, ok in pieces.items():
         print(f"{name}: {'up' if ok else 'down'}")
     print(f"ssh: {' '.join(ssh_cmd(sb))}")
+    for v in vmlib.running(sb.state_dir):
+        print(f"ssh {v.name}: {' '.join(ssh_cmd(sb, host=v.name, port=22))}")
     return all(pieces.values())
 
 
@@ -398,10 +441,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=("up", "down", "status"))
+    parser.add_argument("--vms", type=int, default=1, metavar="N",
+                        help="up: make sure VMs vm1..vmN run (default 1; others are left alone)")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            up()
+            up(args.vms)
         elif args.command == "down":
             down()
         else:

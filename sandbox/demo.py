@@ -12,7 +12,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 from deploy.errors import DeployError
@@ -37,8 +36,9 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def prepare(work: Path, example: Path = EXAMPLE) -> None:
-    """A fresh git repo holding example v1, with a .env made from .env.example."""
+def prepare(work: Path, vm, example: Path = EXAMPLE) -> None:
+    """A fresh git repo holding example v1, with a .env made from .env.example, deploying to
+    sandbox VM `vm`."""
     if not example.is_dir():
         raise DeployError(f"the example app is missing at {example}", "run from a repo checkout")
     shutil.rmtree(work, ignore_errors=True)
@@ -49,6 +49,7 @@ def prepare(work: Path, example: Path = EXAMPLE) -> None:
         .replace("POSTGRES_PASSWORD=change-me", f"POSTGRES_PASSWORD={secrets.token_hex(16)}")
     )
     (work / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    point_at(work, vm)
     # The example's development environment (where its tests and the migrations check run):
     # this venv holds its requirements.
     (work / ".venv").symlink_to(sys.prefix)
@@ -65,24 +66,39 @@ def apply_v2(work: Path, example: Path = EXAMPLE) -> None:
     git(work, "commit", "-q", "-m", "example v2: items get a note column")
 
 
-def served(base: str) -> str:
-    def get(path: str) -> str:
-        try:
-            with urllib.request.urlopen(base + path, timeout=5) as response:
-                return response.read().decode()
-        except OSError as exc:
-            return f"(no answer: {exc})"
-
-    return f"GET /version -> {get('/version')}\nGET /items   -> {get('/items')}"
+def on_vm(vm, *curl_args: str) -> str:
+    """An HTTP request made on the VM (the app listens on the VM's loopback only)."""
+    proc = subprocess.run(vm.in_vm("curl", "-sS", "--max-time", "5", *curl_args),
+                          capture_output=True, text=True, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else f"(no answer: {proc.stderr.strip()})"
 
 
-def post_item(base: str, name: str) -> None:
-    request = urllib.request.Request(
-        base + "/items", data=json.dumps({"name": name}).encode(),
-        headers={"Content-Type": "application/json"}, method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        print(f"POST /items {name!r} -> {response.status}")
+def served(vm, base: str) -> str:
+    return (f"GET /version -> {on_vm(vm, base + '/version')}\n"
+            f"GET /items   -> {on_vm(vm, base + '/items')}")
+
+
+def post_item(vm, base: str, name: str) -> None:
+    status = on_vm(vm, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H",
+                   "Content-Type: application/json", "-d", json.dumps({"name": name}),
+                   base + "/items")
+    print(f"POST /items {name!r} -> {status}")
+
+
+def point_at(work: Path, vm) -> None:
+    """The demo's deploy.toml names the sandbox VM as a user names theirs: host and port."""
+    path = work / "deploy.toml"
+    lines = []
+    for line in path.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        if key == "host":
+            line = f'host = "{vm.name}"'
+        elif key == "port":
+            line = "port = 22"
+        elif key == "health_url":  # fetched by `fab` on the laptop until the check moves
+            line = 'health_url = ""  # the container healthcheck, on the VM, decides'
+        lines.append(line)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def reset_vm(work: Path) -> None:
@@ -132,9 +148,10 @@ def run_demo(work: Path | None = None, postgres: bool = False) -> None:
     banner("sandbox")
     box = sandbox.up()
     work = work or box.state_dir / "demo" / ("app-postgres" if postgres else "app")
-    prepare(work, example)
+    vm = box.vm(1)
+    prepare(work, vm, example)
     port = read_env_file(work / ".env").get("APP_PORT", "8000")
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"  # on the VM
     inv = [sys.executable, "-m", "invoke"]
     fab = [sys.executable, "-m", "fabric"]
     reset_vm(work)
@@ -143,28 +160,30 @@ def run_demo(work: Path | None = None, postgres: bool = False) -> None:
     banner(f"deploy v1 ({v1})")
     step([*fab, "setup"], work)
     step([*inv, "deploy"], work)
-    post_item(base, "written under v1")
-    post_item(base, "also v1")
-    print(served(base))
+    post_item(vm, base, "written under v1")
+    post_item(vm, base, "also v1")
+    print(served(vm, base))
 
     apply_v2(work, example)
     v2 = git(work, "rev-parse", "--short=7", "HEAD")
     banner(f"deploy v2 ({v2}): migration 0002 adds items.note")
     step([*inv, "deploy"], work)
-    print(served(base))
+    print(served(vm, base))
 
     banner(f"roll back to v1 ({v1})")
     step([*fab, "rollback", f"--tag={v1}"], work)
-    print(served(base))
+    print(served(vm, base))
 
     if postgres:
         banner("restore the backup taken before v2's migration")
-        post_item(base, "written after the backup")
-        print(served(base))
+        post_item(vm, base, "written after the backup")
+        print(served(vm, base))
         step([*fab, "backups"], work)
         step([*fab, "restore", f"--backup={newest_backup(work)}"], work)
-        print(served(base))
+        print(served(vm, base))
 
     banner("release history")
     step([*fab, "releases"], work)
-    print(f"\nThe demo app is in {work}; the VM's copy in its app_dir. v1 is serving at {base}.")
+    print(f"\nThe demo app is in {work}; the VM's copy in {vm.name}'s app_dir (on this laptop: "
+          f"{vm.srv}). v1 is serving at {base} on {vm.name} (`python -m sandbox status` "
+          "shows how to ssh there).")

@@ -230,41 +230,75 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # pushed once per session. vmkit imports this module, so it is imported lazily here.
 
 
+# VMs 1 and 2 serve every remote test (other test runs may use them at the same time); VMs 3
+# and 4 are for the tests that kill a VM's engine or sshd (the fault campaign, multi-host).
+SHARED_VMS = (1, 2)
+FAULT_VMS = (3, 4)
+
+
 @pytest.fixture(scope="session")
 def sandbox(registry, base_image):
-    """The sandbox up (idempotent): engine, registry, base image, sshd as the VM."""
+    """The sandbox up (idempotent): engine, registry, images, sshd, VMs 1 and 2."""
     import sandbox as sandbox_mod
 
-    return sandbox_mod.up()
+    return sandbox_mod.up(vms=max(SHARED_VMS))
+
+
+@pytest.fixture(scope="session")
+def vm1(sandbox):
+    """The VM remote tests deploy to by default."""
+    return sandbox.vm(SHARED_VMS[0])
+
+
+@pytest.fixture(scope="session")
+def two_vms(sandbox):
+    """Two separate VMs, for multi-host tests that do not break them."""
+    return tuple(sandbox.vm(i) for i in SHARED_VMS)
+
+
+@pytest.fixture(scope="session")
+def fault_vms(sandbox):
+    """Two VMs of their own for tests that kill a VM's engine or sshd."""
+    import sandbox as sandbox_mod
+
+    sandbox_mod.up(vms=max(FAULT_VMS))
+    return tuple(sandbox.vm(i) for i in FAULT_VMS)
 
 
 @pytest.fixture(scope="session")
 def images(sandbox, tmp_path_factory):
     from vmkit import build_images, delete_from_registry, remove_local_images
 
+    from sandbox.vms import running
+
     built = build_images(tmp_path_factory.mktemp("images"))
     yield built
     remove_local_images(built.image)
+    for vm in running(sandbox.state_dir):  # what the VMs pulled
+        remove_local_images(built.image, vm)
     delete_from_registry(built.name)
 
 
 @pytest.fixture(scope="session")
-def sshd(sandbox):
+def sshd(vm1):
+    """The log of vm1's sshd."""
     from vmkit import SshdLog
 
-    return SshdLog(sandbox.sshd_log)
+    return SshdLog(vm1.log("sshd"))
 
 
 @pytest.fixture
-def make_app(tmp_path, images, sandbox):
-    """Make apps (a repo each, with its own app_dir and port); each torn down afterwards."""
+def make_app(tmp_path, images, sandbox, vm1):
+    """Make apps (a repo each, with its own app_dir and port, on vm1 unless `vm` says another);
+    each torn down afterwards."""
     from vmkit import App, make_app_repo
 
     apps = []
 
-    def _make(image: str = ""):
+    def _make(image: str = "", vm=None):
         repo = make_app_repo(tmp_path / f"app{len(apps)}")
-        app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image)
+        app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image,
+                         vm=vm or vm1)
         apps.append(app)
         return app
 

@@ -257,9 +257,11 @@ def test_check_never_connects_to_the_database_in_dotenv(example_repo, inv, pg_ve
     before = connections(name)
     scratch_before = docker("ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1").stdout
 
-    result = check(inv, example_repo, "migrations")
-    assert result["ok"], result
-    assert "on a scratch Postgres database" in result["detail"]
+    proc = inv(example_repo, "check", "--json")  # every check, as a user runs it
+    assert_no_traceback(proc)
+    results = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert all(r["ok"] for r in results.values()), results
+    assert "on a scratch Postgres database" in results["migrations"]["detail"]
     assert connections(name) == before, "the check connected to the database in .env"
     assert psql(name, "SELECT count(*) FROM precious") == "1"
     assert psql(name, "SELECT to_regclass('alembic_version') IS NULL") == "t"
@@ -349,3 +351,13 @@ def test_migrations_without_a_local_environment_run_in_the_built_image(example_r
         refs = docker("images", "--format", "{{.Repository}}:{{.Tag}}", image).stdout.split()
         if refs:
             docker("rmi", *refs)
+
+
+def test_migrations_refuses_an_app_whose_dotenv_overrides_the_environment(example_repo, inv):
+    edit(example_repo / "app" / "db.py", "import os\n",
+         "import os\n\nfrom dotenv import load_dotenv\n\nload_dotenv(override=True)\n")
+    commit_all(example_repo, ".env wins over the environment")
+    result = check(inv, example_repo, "migrations")
+    assert not result["ok"]
+    assert result["reason"].startswith("the app loads its .env with override=True (app/db.py:")
+    assert "override=True" in result["fix"]

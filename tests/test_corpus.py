@@ -302,3 +302,17 @@ def test_c_the_image_must_install_from_the_uv_lock(uv_app, inv):
     result = verdicts(inv, repo)["lock-fresh"]
     assert not result["ok"] and "uv export --frozen" in result["reason"]
     assert result["fix"] == "use `uv export --locked`"
+
+
+def test_init_says_how_to_fix_a_literal_image_line(tmp_path):
+    repo = make_example_repo(tmp_path / "g")
+    for name in ("deploy.toml", "tasks.py"):
+        (repo / name).unlink()
+    edit(repo / "compose.yaml", '"${DEPLOY_IMAGE:-127.0.0.1:5000/example}:${DEPLOY_TAG:-latest}"',
+         "myapp:latest")
+    proc = deploy_init(repo)
+    assert proc.returncode == 0, output(proc)
+    assert ("- service 'app' has image myapp:latest: write it as \"${DEPLOY_IMAGE}:${DEPLOY_TAG}\""
+            in proc.stdout)
+    assert "- image: the registry and name to push to" in proc.stdout
+    assert "image_variable" not in (repo / "deploy.toml").read_text()

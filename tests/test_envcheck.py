@@ -70,3 +70,18 @@ def test_env_set_refuses_deploy_keys_and_bad_names(app):
         assert proc.returncode == 1
         assert message in proc.stderr
         assert_no_traceback(proc)
+
+
+def test_inv_deploy_refuses_before_tests_and_build(app):
+    app.fab_ok("setup")
+    with (app.repo / ".env.example").open("a") as f:
+        f.write("EMBEDDING_MODEL=all-minilm\n")
+    with (app.repo / ".env").open("a") as f:  # the laptop has it; the VM's app.env does not
+        f.write("EMBEDDING_MODEL=all-minilm\n")
+    commit_all(app.repo, "the release reads a new variable")
+    proc = app.inv("deploy")
+    assert proc.returncode == 1
+    assert "error: the VM's app.env lacks EMBEDDING_MODEL" in proc.stderr
+    assert "== test" not in proc.stdout and "== build" not in proc.stdout
+    assert not app.vm(".deploy/lock").exists()
+    assert_no_traceback(proc)

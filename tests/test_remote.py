@@ -28,7 +28,6 @@ from vmkit import (
     output,
     registry_tags,
     remove_local_images,
-    run,
     unique,
 )
 
@@ -237,7 +236,7 @@ def test_ctrl_c_during_a_deploy_releases_the_lock(live, images, moment):
     def reached() -> bool:
         if moment == "lock":
             return lock.exists()
-        return bool(docker(*new_container).stdout.strip())
+        return bool(live.vm_docker(*new_container).stdout.strip())
 
     try:
         while not reached() and proc.poll() is None:
@@ -260,7 +259,7 @@ def test_ctrl_c_during_a_deploy_releases_the_lock(live, images, moment):
 
 def test_an_unexpected_exception_mid_deploy_releases_the_lock(live, images, monkeypatch):
     def boom(self, tag, previous=""):
-        assert (Path(self.settings.app_dir) / ".deploy/lock/holder.json").exists()
+        assert live.vm(".deploy/lock/holder.json").exists()
         raise RuntimeError("a bug in the middle of the deploy")
 
     monkeypatch.setattr(remote.Vm, "backup", boom)
@@ -286,7 +285,8 @@ def test_an_unknown_host_key_is_refused_and_nothing_runs(app, images, sshd, tmp_
         out = failed(proc)
         assert "is unknown" in out, out
         assert "refusing" in out
-        assert f"ssh-keyscan -p {app.settings().port} 127.0.0.1 >> {empty}" in out
+        target = app.settings()
+        assert f"ssh-keyscan -p {target.port} {target.host} >> {empty}" in out
         assert logins == 0, "\n".join(lines)
     assert not app.vm().exists()
 
@@ -295,9 +295,10 @@ def test_a_changed_host_key_is_refused(app, images, sshd, tmp_path):
     key = tmp_path / "other_host_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     keytype, blob = key.with_suffix(".pub").read_text().split()[:2]
-    port = app.settings().port
+    target = app.settings()
+    name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
     known = tmp_path / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} {keytype} {blob}\n")
+    known.write_text(f"{name} {keytype} {blob}\n")
 
     proc, logins, lines = sshd.measure(
         lambda: app.fab("deploy", f"--tag={images.v1}", env={"DEPLOY_KNOWN_HOSTS": str(known)}),
@@ -447,10 +448,9 @@ def test_setup_uploads_a_private_env_and_a_plain_compose_up_brings_the_release_b
     assert env["APP_SECRET"] == "test-secret" and env["APP_PORT"] == str(app.port)
 
     # What a reboot or an admin does: compose alone, no DEPLOY_* in the environment.
-    plain = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    plain = ["env", "-i", f"PATH={os.environ['PATH']}", "HOME=/root"]
     for args in (["down"], ["up", "-d"]):
-        proc = run(["docker", "compose", "--project-name", app.project, *args],
-                   cwd=app.app_dir, env=plain)
+        proc = app.vm_run(*plain, "docker", "compose", "--project-name", app.project, *args)
         assert proc.returncode == 0, output(proc)
     assert app.wait_http("/health") == 200
     assert app.version() == {"version": "2", "revision": "0002"}
@@ -472,7 +472,7 @@ def test_the_same_deploy_works_with_compose_v1(app, images):
     assert "--wait" not in out
     assert app.version() == {"version": "2", "revision": "0002"}
     assert app.item_names() == ["under compose v1"]
-    names = docker("ps", "--format", "{{.Names}}", "--filter",
+    names = app.vm_docker("ps", "--format", "{{.Names}}", "--filter",
                    f"label=com.docker.compose.project={app.project}").stdout.split()
     assert names == [f"{app.project}_app_1"]  # compose v1 naming: it was docker-compose's doing
     status = app.fab_ok("status", env=env)
@@ -494,7 +494,8 @@ def test_inv_deploy_end_to_end(make_app, sshd):
         assert proc.returncode == 0, out
         assert_no_traceback(proc)
         tag = git(app.repo, "rev-parse", "--short=7", "HEAD")
-        for step in ("check", "test", "build", "smoke", "push", "remote deploy on 127.0.0.1"):
+        host = app.settings().host
+        for step in ("check", "test", "build", "smoke", "push", f"remote deploy on {host}"):
             assert f"== {step} done in" in out, f"step {step} missing:\n{out}"
         assert f"done: {image}:{tag}" in out
         assert sorted(registry_tags(image.split("/", 1)[1])) == sorted([tag, "latest"])

@@ -1,9 +1,11 @@
 """Plain helpers for the remote tests (tests/test_remote.py): the example images built once,
-an app repo wired to its own app directory on the sandbox VM, and the sandbox's sshd log.
+an app repo wired to its own app directory on a sandbox VM, and the VM's sshd log.
 
-The sandbox "VM" is an sshd on this very machine (root login), so what a deploy leaves in its
-app directory can be read straight from the local filesystem: that keeps the checks from adding
-SSH connections of their own to the sshd log, which some tests count.
+A sandbox VM (sandbox/vms.py) has its own network, /srv, Docker engine and sshd, but the laptop
+reaches its insides without SSH: its /srv through a laptop-side directory (`App.vm()`), its
+engine through a socket (`App.vm_docker()`), a command inside it through nsenter (`App.vm_run()`).
+That keeps the checks from adding SSH connections of their own to the sshd log, which some
+tests count.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from conftest import EXAMPLE, REGISTRY, child_env, commit_all, git, make_example
 
 from deploy.commands.vm import project_name
 from sandbox import Sandbox
+from sandbox.vms import Vm
 
 FABFILE = "from deploy.fabtasks import ns  # noqa: F401\n"
+FORWARD = Path(__file__).resolve().parents[1] / "sandbox" / "forward.py"
 
 BROKEN_MIGRATION = '''"""a migration that fails
 
@@ -155,10 +159,12 @@ def build_images(root: Path) -> Images:
     return images
 
 
-def remove_local_images(image: str) -> None:
-    refs = docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", image).stdout.split()
+def remove_local_images(image: str, vm: Vm | None = None) -> None:
+    """Remove every tag of `image` from the laptop's engine (or from `vm`'s)."""
+    engine = vm.docker if vm else (lambda *args: ["docker", *args])
+    refs = run(engine("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", image)).stdout.split()
     if refs:
-        docker("image", "rm", "--force", *refs)
+        run(engine("image", "rm", "--force", *refs))
 
 
 def delete_from_registry(name: str) -> None:
@@ -231,19 +237,28 @@ class SshdLog:
 
 @dataclass
 class App:
-    """An app repo deploying to its own app directory (and port) on the sandbox VM."""
+    """An app repo deploying to its own app directory (and port) on a sandbox VM."""
 
     repo: Path
     images: Images
-    app_dir: str
+    app_dir: str  # the path on the VM
     port: int
     cache: Path
+    machine: Vm
     env: dict[str, str] = field(default_factory=dict)
+    tunnel: subprocess.Popen | None = None
+    tunnel_port: int = 0
 
     @classmethod
     def create(cls, repo: Path, images: Images, cache: Path, sandbox: Sandbox,
-               image: str = "") -> App:
-        """Give `repo` its own app_dir and APP_PORT; point it at the sandbox VM."""
+               image: str = "", vm: Vm | None = None) -> App:
+        """Give `repo` its own app_dir and APP_PORT; point it at a sandbox VM (default vm1).
+
+        DEPLOY_HEALTH_URL is empty: the deploy waits for the container's own healthcheck,
+        which runs on the VM. (Today `fab` fetches a health_url from the laptop, where the
+        app's port is not; once the check runs on the VM, `app.vm_url("/health")` is the URL.)
+        """
+        vm = vm or sandbox.vm(1)
         app_dir = f"/srv/{unique('t-')}"
         port = free_port()
         env_file = repo / ".env"
@@ -252,16 +267,17 @@ class App:
         env_file.write_text("\n".join([*lines, f"APP_PORT={port}"]) + "\n")
         env = {
             "DEPLOY_IMAGE": image or images.image,
-            "DEPLOY_HOST": sandbox.ssh_host,
-            "DEPLOY_PORT": str(sandbox.ssh_port),
+            "DEPLOY_HOST": vm.address,
+            "DEPLOY_PORT": "22",
             "DEPLOY_USER": sandbox.ssh_user,
             "DEPLOY_KEY_FILE": str(sandbox.key_file),
             "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts),
             "DEPLOY_APP_DIR": app_dir,
-            "DEPLOY_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+            "DEPLOY_HEALTH_URL": "",
             "XDG_CACHE_HOME": str(cache),
         }
-        return cls(repo=repo, images=images, app_dir=app_dir, port=port, cache=cache, env=env)
+        return cls(repo=repo, images=images, app_dir=app_dir, port=port, cache=cache, machine=vm,
+                   env=env)
 
     # -- running the tools, as a user would ------------------------------------------------
     def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
@@ -295,6 +311,22 @@ class App:
 
     # -- HTTP ------------------------------------------------------------------------------
     def url(self, path: str) -> str:
+        """The app's URL as the laptop reaches it. The example publishes its port on the VM's
+        loopback only, so this goes through a tunnel (as `ssh -L` would): a laptop port of its
+        own (never the app's port number) forwarded to the VM's 127.0.0.1:PORT."""
+        if self.tunnel is None or self.tunnel.poll() is not None:
+            self.tunnel_port = free_port()
+            self.tunnel = subprocess.Popen(
+                [sys.executable, str(FORWARD), "--connect-netns", str(self.machine.netns_file),
+                 str(self.tunnel_port), f"127.0.0.1:{self.port}"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            assert self.tunnel.stdout is not None
+            line = self.tunnel.stdout.readline()
+            assert "listening" in line, f"the tunnel to {self.machine.name} failed: {line}"
+        return f"http://127.0.0.1:{self.tunnel_port}{path}"
+
+    def vm_url(self, path: str) -> str:
+        """The app's URL as the VM itself sees it."""
         return f"http://127.0.0.1:{self.port}{path}"
 
     def get(self, path: str, timeout: float = 5) -> tuple[int, object]:
@@ -334,13 +366,25 @@ class App:
             time.sleep(0.3)
         return last
 
-    # -- the VM's app directory (the sandbox VM is this machine) ---------------------------
+    # -- the VM's app directory, engine and commands (no SSH) -------------------------------
     @property
     def project(self) -> str:
         return project_name(self.app_dir)
 
     def vm(self, relative: str = "") -> Path:
-        return Path(self.app_dir) / relative if relative else Path(self.app_dir)
+        """The laptop-side path of a file in the app's directory on the VM."""
+        root = self.machine.host_path(self.app_dir)
+        return root / relative if relative else root
+
+    def vm_docker(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """`docker ARGS` against the VM's engine."""
+        return run(self.machine.docker(*args), timeout=timeout)
+
+    def vm_run(self, *argv: str, cwd: str = "",
+               timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """A command run inside the VM (its network, /srv, /run, engine), as root, in `cwd`
+        (a path on the VM; default the app's directory)."""
+        return run(self.machine.in_vm(*argv, cwd=cwd or self.app_dir), timeout=timeout)
 
     def history(self) -> list[dict]:
         path = self.vm(".deploy/history.jsonl")
@@ -405,24 +449,25 @@ class App:
         args = ["ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"]
         if not running:
             args.insert(1, "-a")
-        return docker(*args).stdout.split()
+        return self.vm_docker(*args).stdout.split()
 
     def serving_image(self) -> str:
         ids = self.containers()
         assert len(ids) == 1, f"expected one running container of {self.project}: {ids}"
-        return docker("inspect", "--format", "{{.Config.Image}}", ids[0]).stdout.strip()
+        return self.vm_docker("inspect", "--format", "{{.Config.Image}}", ids[0]).stdout.strip()
 
     def tear_down(self) -> None:
-        """Remove this app's containers, network and app directory (whatever compose made them)."""
+        """Remove this app's containers, network, volumes and app directory on the VM."""
         label = f"label=com.docker.compose.project={self.project}"
-        ids = docker("ps", "-aq", "--filter", label).stdout.split()
+        ids = self.vm_docker("ps", "-aq", "--filter", label).stdout.split()
         if ids:
-            docker("rm", "--force", "--volumes", *ids)
-        networks = docker("network", "ls", "-q", "--filter", label).stdout.split()
-        if networks:
-            docker("network", "rm", *networks)
-        volumes = docker("volume", "ls", "-q", "--filter", label).stdout.split()
-        if volumes:
-            docker("volume", "rm", "--force", *volumes)
+            self.vm_docker("rm", "--force", "--volumes", *ids)
+        for kind in ("network", "volume"):
+            names = self.vm_docker(kind, "ls", "-q", "--filter", label).stdout.split()
+            if names:
+                self.vm_docker(kind, "rm", *(["--force"] if kind == "volume" else []), *names)
         if self.app_dir.startswith("/srv/t-"):
-            shutil.rmtree(self.app_dir, ignore_errors=True)
+            shutil.rmtree(self.vm(), ignore_errors=True)
+        if self.tunnel is not None:
+            self.tunnel.kill()
+            self.tunnel.wait(timeout=10)

@@ -53,6 +53,17 @@ def migrations(settings: Settings) -> CheckResult:
             "set `database_url_env` in deploy.toml to the variable the app reads its whole "
             "database URL from (the check sets it to a scratch database)",
         )
+    from deploy.envreads import dotenv_overrides
+
+    overrides = dotenv_overrides(settings.path(settings.context))
+    if overrides:
+        return failed(
+            name,
+            f"the app loads its .env with override=True ({overrides[0]}): that would replace "
+            f"the scratch {settings.database_url_env} with the database in {settings.env_file}",
+            "drop override=True (variables set in the environment should win), or run the "
+            "check with `app_python = \"image\"` (no .env in the image)",
+        )
     app = appenv.app_python(settings)
     with tempfile.TemporaryDirectory(prefix="deploy-check-") as tmp:
         scratch_dir = Path(tmp)

@@ -1,0 +1,55 @@
+"""Docker Swarm commands that run on a manager VM, as argument lists (issue 13). Nothing here
+opens a connection; deploy/swarm.py runs them."""
+
+from __future__ import annotations
+
+SWARM_STATE = "{{.Swarm.LocalNodeState}}"
+
+
+def swarm_state() -> list[str]:
+    """`active`, `inactive`, `pending`, ... of this engine."""
+    return ["docker", "info", "--format", SWARM_STATE]
+
+
+def swarm_init(advertise_addr: str = "") -> list[str]:
+    return ["docker", "swarm", "init", *(["--advertise-addr", advertise_addr]
+                                         if advertise_addr else [])]
+
+
+def render_config(compose_argv: list[str]) -> list[str]:
+    """The compose file with every variable resolved (`docker stack deploy` reads no .env)."""
+    return [*compose_argv, "config", "--format", "json"]
+
+
+def stack_deploy(stack: str) -> list[str]:
+    """Deploy the stack file given on stdin; services no longer in it are removed."""
+    return ["docker", "stack", "deploy", "--with-registry-auth", "--prune",
+            "--compose-file", "-", stack]
+
+
+def service_name(stack: str, service: str) -> str:
+    return f"{stack}_{service}"
+
+
+def service_inspect(name: str) -> list[str]:
+    return ["docker", "service", "inspect", "--format", "{{json .}}", name]
+
+
+def service_tasks(name: str) -> list[str]:
+    """One JSON line per task of the service (its current and recent tasks)."""
+    return ["docker", "service", "ps", "--no-trunc", "--format", "{{json .}}", name]
+
+
+def stack_rm(stack: str) -> list[str]:
+    return ["docker", "stack", "rm", stack]
+
+
+def task_last_health(task_id: str) -> list[str]:
+    """The last line of the last health check a task's container ran ('' if none)."""
+    from deploy.commands.vm import q
+    from deploy.runner import sh
+
+    return sh(f"c=$(docker inspect --format '{{{{.Status.ContainerStatus.ContainerID}}}}' "
+              f"{q(task_id)} 2>/dev/null) && [ -n \"$c\" ] && docker inspect --format "
+              "'{{with .State.Health}}{{range .Log}}{{.Output}}{{end}}{{end}}' \"$c\" "
+              "2>/dev/null | grep . | tail -n 1 || true")

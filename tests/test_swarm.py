@@ -1,0 +1,132 @@
+"""`target = "swarm"` (issue 13 item 2): the stack file rendered from the compose file as
+`docker compose config` sees it, the command builders, and how Swarm's answers are read. The
+live stack tests (sandbox VMs' own engines; never the shared engine) are at the end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import EXAMPLE
+
+from deploy.commands import swarm as cmd
+from deploy.errors import DeployError
+from deploy.swarm import (
+    ServiceState,
+    Task,
+    parse_service,
+    parse_tasks,
+    stack_file,
+    verdict,
+)
+
+REF = "127.0.0.1:5000/app:v2"
+
+
+def compose_config(tmp_path: Path, compose: str | None = None) -> dict:
+    """What `docker compose config --format json` says of the example (or of `compose`)."""
+    app = tmp_path / "app"
+    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("v2", "tests", ".venv"))
+    (app / "app.env").write_text("APP_SECRET=s\n")
+    if compose:
+        (app / "compose.yaml").write_text(compose)
+    out = subprocess.run(["docker", "compose", "-p", "demo", "config", "--format", "json"],
+                         cwd=app, env={"PATH": "/usr/bin:/bin", "DEPLOY_IMAGE": REF[:-3],
+                                       "DEPLOY_TAG": "v2"},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+PROXIED = """
+services:
+  app:
+    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"
+    env_file: app.env
+    restart: unless-stopped
+    volumes: ["./data:/data"]
+    ports: ["127.0.0.1:8000:8000"]
+    depends_on: [db]
+    deploy: {replicas: 2}
+  db:
+    image: postgres:17
+    volumes: ["pg:/var/lib/postgresql/data"]
+  proxy:
+    image: caddy:2
+    ports: ["8080:80"]
+    volumes: ["./Caddyfile:/etc/caddy/Caddyfile:ro"]
+volumes:
+  pg: {}
+"""
+
+
+def test_the_stack_file_rolls_the_app_start_first_with_swarms_rollback(tmp_path) -> None:
+    stack = stack_file(compose_config(tmp_path, PROXIED), "app")
+    app, proxy = stack["services"]["app"], stack["services"]["proxy"]
+    assert app["image"] == REF
+    assert app["environment"]["APP_SECRET"] == "s", "app.env's values are in the stack file"
+    assert app["deploy"]["replicas"] == 2, "the user's deploy keys stay"
+    assert app["deploy"]["endpoint_mode"] == "dnsrr"
+    assert app["deploy"]["update_config"] == {
+        "parallelism": 1, "order": "start-first", "failure_action": "rollback", "monitor": "10s"}
+    assert app["deploy"]["rollback_config"]["order"] == "start-first"
+    assert "ports" not in app, "a dnsrr service publishes no port: the proxy reaches its tasks"
+    assert not {"restart", "depends_on", "env_file", "container_name"} & set(app)
+    assert app["volumes"][0]["type"] == "bind" and app["volumes"][0]["source"].endswith("/data")
+    assert "bind" not in app["volumes"][0], "compose's create_host_path is not a stack key"
+    assert proxy["ports"] == [{"target": 80, "published": 8080, "mode": "host",
+                               "protocol": "tcp"}], "no routing mesh: host-mode ports"
+    assert stack["networks"]["default"] == {"driver": "overlay", "attachable": True}
+    assert stack["volumes"]["pg"]["name"] == "demo_pg", "the same named volume as compose's"
+    assert stack["version"] == "3.8" and "name" not in stack
+
+
+def test_a_service_the_compose_file_lacks_is_refused(tmp_path) -> None:
+    with pytest.raises(DeployError, match="no service 'web'"):
+        stack_file(compose_config(tmp_path), "web")
+
+
+def test_builders() -> None:
+    assert cmd.stack_deploy("shop") == ["docker", "stack", "deploy", "--with-registry-auth",
+                                        "--prune", "--compose-file", "-", "shop"]
+    assert cmd.swarm_init("10.0.0.2") == ["docker", "swarm", "init", "--advertise-addr",
+                                          "10.0.0.2"]
+    assert cmd.render_config(["docker", "compose", "-p", "x"])[-3:] == ["config", "--format",
+                                                                        "json"]
+    assert cmd.service_name("shop", "app") == "shop_app"
+
+
+def task(image: str, state: str, desired: str = "Running", error: str = "") -> Task:
+    return Task("shop_app.1", image, desired, state, error)
+
+
+def test_swarms_answers_read_as_waiting_done_or_rolled_back() -> None:
+    old = "127.0.0.1:5000/app:v1@sha256:aa"
+    new = f"{REF}@sha256:bb"
+    updating = ServiceState(REF, "updating", "update in progress", 1)
+    assert verdict(updating, [task(new, "Starting")], REF)[0] == "wait"
+    # a stale "completed" right after stack deploy, new task not running yet: wait
+    done_before = ServiceState(REF, "completed", "", 1)
+    assert verdict(done_before, [task(new, "Starting"), task(old, "Running")], REF)[0] == "wait"
+    both = [task(new, "Running"), task(old, "Shutdown", desired="Shutdown")]
+    assert verdict(done_before, both, REF) == ("done", f"1/1 task(s) running {REF}")
+    rolled = ServiceState("127.0.0.1:5000/app:v1", "rollback_completed",
+                          "rollback completed", 1)
+    assert verdict(rolled, [task(old, "Running")], REF) == ("rolled_back", "rollback completed")
+    paused = ServiceState(REF, "paused", "update paused due to failure", 1)
+    assert verdict(paused, [], REF)[0] == "paused"
+
+
+def test_docker_output_is_parsed() -> None:
+    line = json.dumps({"Name": "shop_app.1", "Image": f"{REF}@sha256:bb",
+                       "DesiredState": "Shutdown", "CurrentState": "Failed 3 seconds ago",
+                       "Error": "task: non-zero exit (1)"})
+    (t,) = parse_tasks(line + "\nnot json\n")
+    assert (t.tag, t.state, t.line()) == ("v2", "Failed",
+                                          "shop_app.1 v2: Failed (task: non-zero exit (1))")
+    svc = {"Spec": {"Mode": {"Replicated": {"Replicas": 2}},
+                    "TaskTemplate": {"ContainerSpec": {"Image": f"{REF}@sha256:bb"}}},
+           "UpdateStatus": {"State": "completed", "Message": "update completed"}}
+    assert parse_service(json.dumps(svc)) == ServiceState(REF, "completed", "update completed", 2)
