@@ -113,6 +113,11 @@ def reset_vm(work: Path) -> None:
             vm.run(cmd.make_dirs(settings.app_dir), cwd="", quiet=True)
             if vm.run(["test", "-f", settings.compose_file], check=False, quiet=True).ok:
                 vm.run([*vm.compose(), "down", "--remove-orphans"], check=False, hide=True)
+            # a demo of an older toolkit may have run it under another project name
+            for name in vm.run(cmd.dir_projects(settings.app_dir), check=False,
+                               quiet=True).stdout.split():
+                vm.run(["docker", "compose", "--project-name", name, "down", "--remove-orphans"],
+                       check=False, hide=True)
             vm.run(["rm", "-rf", settings.app_dir], cwd="")
 
 
