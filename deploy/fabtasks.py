@@ -38,8 +38,10 @@ def each_vm(c, dry_run: bool = False):
     """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
     from deploy import roles  # issue 13: with [roles.*] and no -H, every role's hosts
     from deploy.remote import session
+    from deploy.runner import set_verbose
     from deploy.settings import load_settings
 
+    set_verbose(False, c)  # `fab --echo`
     settings = load_settings()
     hosts = [c.original_host] if hasattr(c, "original_host") else None
     for role, each, target in roles.targets(settings, hosts):
@@ -58,13 +60,17 @@ def with_roles(c) -> bool:
 
 
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
-            "message": "a note kept in the lock and history", "dry-run": "print, run nothing"})
+            "message": "a note kept in the lock and history", "dry-run": "print, run nothing",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def deploy(c, tag, message="", dry_run=False):
+def deploy(c, tag, message="", dry_run=False, verbose=False):
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
     from deploy import refs, registry, remote
     from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
     from deploy.settings import load_settings
+
+    set_verbose(verbose, c)
 
     settings = load_settings()
     refuse_moving_tag(refs.validate_tag(tag))
@@ -84,14 +90,18 @@ def deploy(c, tag, message="", dry_run=False):
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
-            "downgrade": "run `alembic downgrade` to that release's revision first"})
+            "downgrade": "run `alembic downgrade` to that release's revision first",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def rollback(c, tag="", downgrade=False, dry_run=False):
+def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
     """Put an earlier release back (health-checked, under the deploy lock)."""
     from deploy import refs, registry, remote
     from deploy.errors import DeployError
     from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
     from deploy.settings import load_settings
+
+    set_verbose(verbose, c)
 
     if tag:
         refuse_moving_tag(refs.validate_tag(tag))
@@ -223,11 +233,14 @@ def run_(c, cmd):
             raise Exit(f"command exited {result.exited}", code=result.exited)
 
 
-@task
+@task(help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def setup(c, dry_run=False):
+def setup(c, dry_run=False, verbose=False):
     """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
     login; refuses a compose file the deploys could not back up or switch."""
+    from deploy.runner import set_verbose
+
+    set_verbose(verbose, c)
     from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
@@ -291,11 +304,15 @@ def backups(c):
         print("\n".join(names) if names else f"{vm.runner.where}: no backups yet")
 
 
-@task(help={"backup": "a name from `fab backups`"})
+@task(help={"backup": "a name from `fab backups`",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def restore(c, backup):
+def restore(c, backup, verbose=False):
     """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
     from deploy.remote import restore as restore_backup
+    from deploy.runner import set_verbose
+
+    set_verbose(verbose, c)
 
     for vm in each_vm(c):
         restore_backup(vm, backup)

@@ -20,8 +20,6 @@ class Vm(VmQueries):
     # -- before anything changes -----------------------------------------------------------
     def check_project(self) -> None:
         """Refuse when the compose project name is another app directory's on this VM."""
-        if self.runner.dry_run:
-            return
         app_dir = str(PurePosixPath(self.settings.app_dir))
         dirs = self.run(cmd.project_dirs(self.project), quiet=True, check=False).stdout.split()
         others = [d for d in dirs if d and str(PurePosixPath(d)) != app_dir]
@@ -84,8 +82,6 @@ class Vm(VmQueries):
         return digest
 
     def inspect(self, tag: str) -> str:
-        if self.runner.dry_run:
-            return ""
         out = self.run(cmd.image_ids(self.ref(tag)), quiet=True).stdout.strip()
         image_id, _, raw = out.partition(" ")
         self.pulled[tag] = image_id
@@ -144,8 +140,6 @@ class Vm(VmQueries):
     def prune_backups(self, history: list[dict]) -> None:
         """Keep the newest keep_backups backups of recorded releases, as many of failed
         attempts, and always the one taken before the last migration that succeeded."""
-        if self.runner.dry_run:
-            return
         doomed = backups_to_prune(self.backups(), history, self.settings.keep_backups)
         if doomed:
             self.run(cmd.remove_backups(doomed), quiet=True, check=False)
@@ -153,8 +147,6 @@ class Vm(VmQueries):
     def wait_for_leftovers(self) -> None:
         """Wait for one-off containers an interrupted deploy left running (its migration goes
         on without it): two migrations must never run at once."""
-        if self.runner.dry_run:
-            return
         names = self.run(cmd.oneoff_containers(self.project), quiet=True,
                          check=False).stdout.split()
         if not names:
@@ -244,8 +236,6 @@ class Vm(VmQueries):
     def runs_pulled_image(self, tag: str, digest: str = "") -> str:
         """'' if the service's container runs the image pulled for `tag` (or, not pulled in
         this session, the recorded `digest`), else what runs."""
-        if self.runner.dry_run:
-            return ""
         expected = self.pulled.get(tag)
         if not expected and digest:
             found = self.run(cmd.image_ids(f"{self.image}@{digest}"), quiet=True, check=False)
