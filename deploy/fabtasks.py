@@ -244,7 +244,6 @@ def setup(c, dry_run=False, verbose=False):
     from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
-    from deploy.commands import vm as cmd
     from deploy.envcheck import app_env_values
     from deploy.settings import load_settings
 
@@ -265,7 +264,7 @@ def setup(c, dry_run=False, verbose=False):
             from deploy import swarm
             swarm.ensure_swarm(vm)
         if s.registry_user and s.registry_password:
-            vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
+            vm.run(docker.login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
                    fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
         vm.runner.say(f"ready: {s.app_dir}")

@@ -43,9 +43,8 @@ def engine(overrides: dict | None = None) -> dict:
         re.compile(r"^docker info\b"): Result("20.10.24"),
         re.compile(r"^docker buildx version$"): Result("github.com/docker/buildx 0.13.1"),
         re.compile(r"^docker image inspect --format '\{\{\.Id\}\}' "): Result(IMAGE_ID + "\n"),
-        re.compile(r"^docker image inspect --format '\{\{json \.RepoDigests\}\}' "): Result(
-            f'["{IMAGE}@sha256:{"cd" * 32}"]'
-        ),
+        re.compile(r"^docker image inspect --format '\{\{\.Id\}\} \{\{json \.RepoDigests\}\}' "):
+            Result(f'{IMAGE_ID} ["{IMAGE}@sha256:{"cd" * 32}"]'),
         re.compile(r"^docker (build|buildx build|push|tag|login|run|rm|port)\b"): Result(""),
     }
     overrides = overrides or {}

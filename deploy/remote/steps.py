@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
+from deploy.commands import docker
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import contract
@@ -76,17 +77,15 @@ class Vm(VmQueries):
         self.run(cmd.pull(pinned), hide=True, what=f"the VM could not pull {pinned}",
                  fix="the registry no longer has the image this release ran; pick another "
                      "release from `fab releases`")
-        self.run(cmd.tag_image(pinned, self.ref(tag)), quiet=True)
+        self.run(docker.tag(pinned, self.ref(tag)), quiet=True)
         self.runner.say(f"{tag} is brought back as recorded: {digest}")
         self.inspect(tag)
         return digest
 
     def inspect(self, tag: str) -> str:
-        out = self.run(cmd.image_ids(self.ref(tag)), quiet=True).stdout.strip()
-        image_id, _, raw = out.partition(" ")
-        self.pulled[tag] = image_id
-        digests = json.loads(raw or "[]") or []
-        return next((d for d in digests if d.startswith(self.image + "@")), "").split("@")[-1]
+        out = self.run(docker.image_digests(self.ref(tag)), quiet=True).stdout
+        self.pulled[tag], digest = docker.parse_image_digests(out, self.image)
+        return digest
 
     # -- the database ---------------------------------------------------------------------
     def start_database(self, tag: str) -> None:
@@ -238,7 +237,8 @@ class Vm(VmQueries):
         this session, the recorded `digest`), else what runs."""
         expected = self.pulled.get(tag)
         if not expected and digest:
-            found = self.run(cmd.image_ids(f"{self.image}@{digest}"), quiet=True, check=False)
+            found = self.run(docker.image_digests(f"{self.image}@{digest}"), quiet=True,
+                             check=False)
             expected = found.stdout.split()[0] if found.ok and found.stdout.split() else ""
         if not expected:
             return ""
