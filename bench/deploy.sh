@@ -3,7 +3,7 @@
 # remote call per step. The benchmark runs it twice: with RUN="ssh ... host" (one ssh per step)
 # and with RUN="sh -c" (the floor: the commands back to back on the VM, no SSH at all).
 #
-# usage: RUN="ssh -p 2222 root@127.0.0.1" deploy.sh APP_DIR IMAGE TAG PROJECT
+# usage: RUN="ssh root@vm2" deploy.sh APP_DIR IMAGE TAG PROJECT
 set -euo pipefail
 app_dir=$1 image=$2 tag=$3 project=$4
 compose="docker compose --file compose.yaml --project-name $project"

@@ -7,10 +7,12 @@ these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
 
 from __future__ import annotations
 
+import sys
+
 from fabric import task
 from invoke import Collection, Exit
 
-from deploy.errors import friendly
+from deploy.errors import DeployError, friendly
 
 
 def _verify_host_keys() -> None:
@@ -59,6 +61,35 @@ def with_roles(c) -> bool:
     return not hasattr(c, "original_host") and roles.configured(load_settings())
 
 
+# Hosts that took the new release in this `fab` run: Fabric calls a task once per -H host, so
+# the list outlives one call.
+CHANGED: list[str] = []
+
+
+def one_host_after_another(c, tag: str, step, dry_run: bool = False) -> None:
+    """Run `step(vm)` host after host; at the first failure, stop and say, before the error,
+    which hosts have TAG and which were not touched."""
+    from deploy.remote import session, targets
+    from deploy.settings import load_settings
+
+    settings = load_settings()
+    on_command_line = hasattr(c, "original_host")
+    todo = targets(settings, [c.original_host] if on_command_line else None)
+    for i, target in enumerate(todo):
+        try:
+            with session(settings, target, dry_run=dry_run) as vm:
+                step(vm)
+        except (DeployError, KeyboardInterrupt):
+            if CHANGED or len(todo) > 1:
+                rest = ", ".join(t.host for t in todo[i + 1:]) or (
+                    "any later -H host" if on_command_line else "none")
+                print(f"{tag} stopped at {target.host}: now on {tag}: "
+                      f"{', '.join(CHANGED) or 'no host'}; {target.host}: see the error below; "
+                      f"not attempted (kept their release): {rest}", file=sys.stderr)
+            raise
+        CHANGED.append(target.host)
+
+
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
             "message": "a note kept in the lock and history", "dry-run": "print, run nothing",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
@@ -81,12 +112,15 @@ def deploy(c, tag, message="", dry_run=False, verbose=False):
         from deploy import roles
         roles.deploy(settings, tag, message=message, dry_run=dry_run)
         return
-    for vm in each_vm(c, dry_run):
+
+    def step(vm) -> None:
         if settings.target == "swarm":  # issue 13: a stack deployed from the manager
             from deploy import swarm
             swarm.deploy(vm, tag, message=message)
-            continue
-        remote.deploy(vm, tag, message=message)
+        else:
+            remote.deploy(vm, tag, message=message)
+
+    one_host_after_another(c, tag, step, dry_run)
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
@@ -141,8 +175,7 @@ def releases(c):
     for vm in each_vm(c):
         current = vm.current_tag()
         history = vm.history()
-        if not history:
-            print(f"{vm.runner.where}: no releases recorded yet")
+        print(f"{vm.runner.where}:" if history else f"{vm.runner.where}: no releases recorded yet")
         for entry in history:
             mark = "*" if entry is last_of(history, current) else " "
             print(f"{mark} {entry['time']}  {entry['tag']:<24} {entry.get('action', ''):<8} "
@@ -185,6 +218,10 @@ def status(c):
             continue
         ps = vm.run(cmd.ps(vm.compose()), quiet=True, check=False)
         print(ps.stdout.rstrip())
+        if vm.settings.proxy:
+            from deploy import proxy
+
+            print("\n".join(proxy.status_lines(vm)))
         if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
             problem = (ps.stderr.strip().splitlines() or [f"exit {ps.exited}"])[0]
             print(f"warning: docker compose cannot read the app: {problem}")
@@ -237,7 +274,8 @@ def run_(c, cmd):
 @friendly
 def setup(c, dry_run=False, verbose=False):
     """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
-    login; refuses a compose file the deploys could not back up or switch."""
+    login; refuses a compose file the deploys could not back up or switch; with `proxy` on,
+    the VM's Caddy too."""
     from deploy.runner import set_verbose
 
     set_verbose(verbose, c)
@@ -251,6 +289,11 @@ def setup(c, dry_run=False, verbose=False):
     refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
     values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
+    if settings.proxy:
+        from deploy import proxy
+
+        proxy.hosts(settings)
+        proxy.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
         vm.ensure_helper()
@@ -267,7 +310,10 @@ def setup(c, dry_run=False, verbose=False):
             vm.run(docker.login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
                    fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
-        vm.runner.say(f"ready: {s.app_dir}")
+        if s.proxy:
+            proxy.setup(vm)
+        vm.runner.say(f"ready: {s.app_dir}" + (f" behind the proxy in {s.proxy_dir}"
+                                                if s.proxy else ""))
 
 
 @task(help={"force": "clear it even though its holder renewed it recently (may be alive)"})
@@ -317,6 +363,36 @@ def restore(c, backup, verbose=False):
         restore_backup(vm, backup)
 
 
+PROXY_ACTIONS = ("status", "logs", "reload")
+
+
+@task(name="proxy", help={"action": "status, logs or reload", "follow": "logs: keep streaming",
+                          "tail": "logs: how many lines"})
+@friendly
+def proxy_(c, action, follow=False, tail=100):
+    """The VM's proxy (Caddy): `status` (routes, upstream health), `logs`, or `reload` (load
+    its config again: no restart, open connections carry on)."""
+    from deploy import proxy
+    from deploy.commands import proxy as pcmd
+    from deploy.errors import DeployError
+
+    if action not in PROXY_ACTIONS:
+        raise DeployError(f"unknown proxy action {action!r}",
+                          f"use one of: fab proxy {' | '.join(PROXY_ACTIONS)}")
+    for vm in each_vm(c):
+        if action == "status":
+            print("\n".join(proxy.status_lines(vm)))
+            routes = vm.run(pcmd.admin_get(vm.settings.proxy_dir, "/reverse_proxy/upstreams"),
+                            quiet=True, check=False)
+            print(f"upstreams (Caddy): {routes.stdout.strip() or routes.stderr.strip()}")
+        elif action == "logs":
+            vm.run([*proxy.caddy_compose(vm), "logs", "--no-color", "--tail", str(int(tail)),
+                    *(["--follow"] if follow else [])], cwd="", check=False)
+        else:
+            proxy.reload(vm)
+            vm.runner.say("reloaded the proxy's config (no restart)")
+
+
 @task(name="env", positional=["action", "key"],
       help={"action": "`set`: the value is read from stdin", "key": "the variable to set"})
 def env_(c, action, key):
@@ -363,5 +439,5 @@ def env_keys(c):
 
 ns = Collection(
     deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
-    env_keys,
+    env_keys, proxy_,
 )

@@ -28,6 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "compose_command": ("auto", "v2", "v1"),
     "lock_kind": ("auto", "requirements", "uv", "poetry"),
     "target": ("compose", "swarm"),
+    "proxy_tls": ("auto", "internal", "off"),
 }
 # Tables read by their own module, not typed settings (issue 13: `[roles.NAME]`, deploy/roles.py).
 TABLES = ("roles",)
@@ -97,6 +98,16 @@ class Settings:
     postgres_db: str = "app"
     keep_backups: int = 5
     keep_releases: int = 10
+    # The proxy (Caddy) in front of the app: zero-downtime blue/green switches
+    proxy: bool = False
+    proxy_host: str = ""
+    proxy_tls: str = "auto"
+    proxy_email: str = ""
+    proxy_dir: str = "/srv/.deploy-proxy"
+    proxy_network: str = "deploy-proxy"
+    proxy_image: str = "caddy:2"
+    proxy_http_port: str = "80"
+    proxy_https_port: str = "443"
     # Several hosts: [roles.NAME] tables (deploy/roles.py) and how they switch
     primary_role: str = ""
     batch_limit: int = 0

@@ -193,6 +193,9 @@ def ensure_network(v: Vm) -> None:
         ("creating its veth", [ip, "link", "add", v.netns, "type", "veth", "peer", "name",
                                "eth0", "netns", v.netns]),
         ("attaching it to dsb0", [ip, "link", "set", v.netns, "master", BRIDGE, "up"]),
+        # a fixed MAC: a laptop that cached the VM's address before a restart still reaches it
+        ("setting eth0's MAC", [ip, "-n", v.netns, "link", "set", "eth0", "address",
+                                f"02:00:0a:d5:00:{10 + v.index:02x}"]),
         ("addressing eth0", [ip, "-n", v.netns, "addr", "add", f"{v.address}/24", "dev",
                              "eth0"]),
         ("bringing eth0 up", [ip, "-n", v.netns, "link", "set", "eth0", "up"]),
@@ -200,6 +203,7 @@ def ensure_network(v: Vm) -> None:
         ("routing", [ip, "-n", v.netns, "route", "add", "default", "via", GATEWAY]),
     ):
         check(argv, f"{v.name}: {what}", "see `ip netns` and `ip link`")
+    _ip("neigh", "flush", "to", v.address, "dev", BRIDGE)
 
 
 def remove_network(v: Vm) -> None:
@@ -258,6 +262,7 @@ def dockerd_argv(v: Vm) -> list[str]:
     """The VM's engine: own data root, exec root and pid file in its /run, two sockets."""
     return [
         exe("dockerd"),
+        "--config-file", str(v.dir / "daemon.json"),  # not the laptop's /etc/docker/daemon.json
         "--data-root", str(v.dir / "docker"),
         "--exec-root", "/run/docker",
         "--pidfile", "/run/docker.pid",
@@ -284,6 +289,7 @@ def ensure_dockerd(v: Vm) -> str:
         stop(v.pid_file("dockerd"), "dockerd", timeout=20)
     holder = v.holder
     assert holder is not None
+    (v.dir / "daemon.json").write_text("{}\n")
     for stale in ("run/docker.pid", "run/docker/containerd/containerd.pid"):
         Path(f"/proc/{holder}/root/{stale}").unlink(missing_ok=True)
     pid = start_detached(v.in_vm(*dockerd_argv(v)), v.log("dockerd"), v.pid_file("dockerd"))

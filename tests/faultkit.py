@@ -2,8 +2,9 @@
 deploy runs, ways to catch a deploy in one phase on the VM and break something right then, the
 services to break (SSH session, registry, Docker engine, disk), and the campaign's table.
 
-The sandbox VM is this machine: its processes and files are read straight from /proc and the
-filesystem, so watching adds no SSH connection of its own. Every wait has a timeout, every
+The faults hit a sandbox VM of their own (conftest.FAULT_VMS): its engine, its sshd sessions, its
+disk. A VM shares this machine's kernel, so its processes are read straight from /proc and its
+disk. A VM shares this machine's kernel: its processes are read from /proc, its files from the
 thread is stopped and every service is restored in a `finally`.
 """
 
@@ -26,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conftest import EXAMPLE, child_env
-from vmkit import App, Images, buildx, checked, docker, make_app_repo
+from vmkit import App, Images, buildx, checked, docker, make_app_repo, run
 
 from sandbox import box as sandbox_mod
+from sandbox.vms import Vm
 
 # --------------------------------------------------------------------------- extra images
 
@@ -89,9 +91,9 @@ def build_fault_images(root: Path, images: Images) -> FaultImages:
     return out
 
 
-def forget_locally(ref: str) -> None:
-    """Remove an image from the engine, so that the VM's next pull downloads its layers."""
-    docker("image", "rm", "--force", ref)
+def forget_locally(ref: str, vm: Vm) -> None:
+    """Remove an image from the VM's engine, so that its next pull downloads the layers."""
+    run(vm.docker("image", "rm", "--force", ref))
 
 
 # --------------------------------------------------------------------------- waiting
@@ -159,11 +161,12 @@ def phases(app: App, tag: str) -> dict[str, Phase]:
 # --------------------------------------------------------------------------- SSH sessions
 
 
-def _ss() -> list[tuple[str, str, list[int]]]:
-    """Established TCP connections to or from the sandbox sshd: (local, peer, pids)."""
-    port = sandbox_mod.sandbox().ssh_port
-    out = subprocess.run(["ss", "-tnpH", "state", "established",
-                          f"( dport = :{port} or sport = :{port} )"],
+def _ss(netns: Path | None = None) -> list[tuple[str, str, list[int]]]:
+    """Established TCP connections to or from port 22 (the VMs' sshd): (local, peer, pids),
+    seen from the laptop's network, or from inside the VM's (`netns`)."""
+    enter = ["nsenter", f"--net={netns}"] if netns else []
+    out = subprocess.run([*enter, "ss", "-tnpH", "state", "established",
+                          "( dport = :22 or sport = :22 )"],
                          capture_output=True, text=True, timeout=10, check=False).stdout
     rows = []
     for line in out.splitlines():
@@ -175,25 +178,24 @@ def _ss() -> list[tuple[str, str, list[int]]]:
     return rows
 
 
-def ssh_session_pids(client_pid: int) -> list[int]:
+def ssh_session_pids(client_pid: int, vm: Vm) -> list[int]:
     """The VM-side sshd processes serving the SSH connection(s) of local process `client_pid`.
 
-    Matched by the client's port: its socket (local 127.0.0.1:P -> :2222) and the sshd's
-    (local :2222 <- 127.0.0.1:P). Never the sshd listener, which holds no connected socket.
+    Matched by the client's address: its socket on the laptop (local 10.213.0.1:P -> VM:22) is
+    the sshd's peer inside the VM (local VM:22 <- 10.213.0.1:P). Never the sshd listener,
+    which holds no connected socket.
     """
-    sb = sandbox_mod.sandbox()
-    rows = _ss()
-    client_ports = {local for local, peer, pids in rows
-                    if client_pid in pids and peer.endswith(f":{sb.ssh_port}")}
-    listener = sandbox_mod.read_pid(sb.state_dir / "sshd.pid")
-    return sorted({pid for local, peer, pids in rows if peer in client_ports
+    client_ends = {local for local, peer, pids in _ss()
+                   if client_pid in pids and peer == f"{vm.address}:22"}
+    listener = sandbox_mod.read_pid(vm.pid_file("sshd"))
+    return sorted({pid for local, peer, pids in _ss(vm.netns_file) if peer in client_ends
                    for pid in pids if pid not in (listener, client_pid)})
 
 
-def cut_ssh(client_pid: int) -> list[int]:
+def cut_ssh(client_pid: int, vm: Vm) -> list[int]:
     """Kill the VM-side sshd session process of `client_pid`'s connection: the link drops."""
-    pids = ssh_session_pids(client_pid)
-    assert pids, f"no sshd session serves process {client_pid}: {_ss()}"
+    pids = ssh_session_pids(client_pid, vm)
+    assert pids, f"no sshd session serves process {client_pid}: {_ss(vm.netns_file)}"
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -375,49 +377,46 @@ def registry_down() -> Iterator[None]:
         restore_registry()
 
 
-def running_containers() -> set[str]:
-    return set(docker("ps", "-q", "--no-trunc").stdout.split())
+def running_containers(vm: Vm) -> set[str]:
+    return set(run(vm.docker("ps", "-q", "--no-trunc")).stdout.split())
 
 
-def kill_engine(sig: int = signal.SIGTERM) -> int:
-    """Stop dockerd (the sandbox's, else the one in /var/run/docker.pid) with `sig`: SIGTERM
-    is what a `systemctl restart docker` does; it stops the containers first."""
-    sb = sandbox_mod.sandbox()
-    pid = sandbox_mod.read_pid(sb.state_dir / "dockerd.pid")
-    if not sandbox_mod.alive(pid, "dockerd"):
-        pid = sandbox_mod.read_pid(Path("/var/run/docker.pid"))
-    assert sandbox_mod.alive(pid, "dockerd"), "no dockerd to kill"
+def kill_engine(vm: Vm, sig: int = signal.SIGTERM) -> int:
+    """Stop the VM's dockerd (never the laptop's) with `sig`: SIGTERM is what a
+    `systemctl restart docker` does; it stops the containers first."""
+    pid = sandbox_mod.read_pid(vm.pid_file("dockerd"))
+    assert sandbox_mod.alive(pid, "dockerd"), f"no dockerd runs on {vm.name}"
     os.kill(pid, sig)
     wait_until(lambda: not sandbox_mod.alive(pid, "dockerd"), 60, 0.05, "dockerd to exit")
     return pid
 
 
-def restore_engine(were_running: set[str] = frozenset(), wait: float = 30) -> None:
-    """Start the engine again; any container that ran before and is not back within `wait`
+def restore_engine(vm: Vm, were_running: set[str] = frozenset(), wait: float = 30) -> None:
+    """Start the VM's engine again; any container that ran before and is not back within `wait`
     seconds (its restart policy did not bring it back) is started, so that nothing else on
-    this machine stays down."""
-    sandbox_mod.ensure_engine(sandbox_mod.sandbox())
-    were_running = were_running & set(docker("ps", "-aq", "--no-trunc").stdout.split())
+    that VM stays down."""
+    sandbox_mod.up_vm(sandbox_mod.sandbox(), vm.index)
+    were_running = were_running & set(run(vm.docker("ps", "-aq", "--no-trunc")).stdout.split())
     with contextlib.suppress(AssertionError):
-        wait_until(lambda: were_running <= running_containers(), wait, 0.5, "restart policies")
-    missing = were_running - running_containers()
+        wait_until(lambda: were_running <= running_containers(vm), wait, 0.5,
+                   "restart policies")
+    missing = were_running - running_containers(vm)
     if missing:
-        docker("start", *sorted(missing), timeout=120)
+        run(vm.docker("start", *sorted(missing)), timeout=120)
 
 
 @contextlib.contextmanager
-def full_tmpfs(path: Path, size: str = "16k") -> Iterator[Path]:
-    """A tiny tmpfs mounted on `path`, filled up; unmounted after the block."""
-    path.mkdir(parents=True, exist_ok=True)
-    checked(subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                           capture_output=True, text=True, timeout=30, check=False))
+def full_tmpfs(app: App, relative: str, size: str = "16k") -> Iterator[Path]:
+    """A tiny tmpfs mounted on the app's `relative` directory on the VM (inside the VM's mount
+    namespace, where the deploy sees it), filled up; unmounted after the block."""
+    app.vm(relative).mkdir(parents=True, exist_ok=True)
+    path = f"{app.app_dir}/{relative}"
+    checked(app.vm_run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path))
     try:
-        subprocess.run(["dd", "if=/dev/zero", f"of={path}/filler", "bs=1k", "count=1024"],
-                       capture_output=True, timeout=30, check=False)
-        yield path
+        app.vm_run("dd", "if=/dev/zero", f"of={path}/filler", "bs=1k", "count=1024")
+        yield app.vm(relative)
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30,
-                       check=False)
+        app.vm_run("umount", "-l", path)
 
 
 class PsSampler:

@@ -7,7 +7,8 @@ holder after a SIGKILL), the exit code is non-zero and the message says what hap
 to do. `pytest tests/test_faults.py -q` ends with the campaign's table (conftest.py prints it;
 FAULTS_REPORT=path also writes it as Markdown).
 
-The Docker engine restart disturbs everything on this machine: it is the last test here.
+The faults hit a sandbox VM of their own (conftest.FAULT_VMS): its Docker engine restart and
+crash disturb nothing else on this machine. The registry is the laptop's, shared.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from faultkit import (
 from vmkit import (
     apply_v2,
     delete_from_registry,
-    docker,
     output,
     remove_local_images,
     unique,
@@ -76,10 +76,18 @@ def fast_healthcheck(app) -> None:
     commit_all(app.repo, "healthcheck twice a second")
 
 
+@pytest.fixture(scope="session")
+def sshd(fault_vms):
+    """The log of the fault VM's sshd (overrides conftest's vm1)."""
+    from vmkit import SshdLog
+
+    return SshdLog(fault_vms[0].log("sshd"))
+
+
 @pytest.fixture
-def rows(make_app, images):
-    """An app serving v1 on the VM, with rows written before any fault."""
-    app = make_app()
+def rows(make_app, images, fault_vms):
+    """An app serving v1 on the fault VM, with rows written before any fault."""
+    app = make_app(vm=fault_vms[0])
     fast_healthcheck(app)
     app.fab_ok("setup")
     app.deploy(images.v1)
@@ -103,7 +111,7 @@ def serving_good(app, versions=("1",)) -> str:
 
 
 def leftover_migrations(app) -> list[str]:
-    return docker("ps", "-q", "--filter", f"label=com.docker.compose.project={app.project}",
+    return app.vm_docker("ps", "-q", "--filter", f"label=com.docker.compose.project={app.project}",
                   "--filter", "label=com.docker.compose.oneoff=True").stdout.split()
 
 
@@ -138,7 +146,7 @@ def add_ballast(app, megabytes: int = BALLAST_MB) -> None:
 def setup_for(phase: str, app, images, fault_images) -> tuple[str, dict]:
     """The tag and settings that make `phase` last long enough to be caught in the act."""
     if phase == "pull":  # layers the VM does not have yet
-        forget_locally(images.ref(fault_images.big))
+        forget_locally(images.ref(fault_images.big), app.machine)
         return fault_images.big, {}
     if phase == "backup":
         add_ballast(app)
@@ -158,11 +166,12 @@ def test_ssh_connection_cut(rows, images, fault_images, phase):
     watch = phases(app, tag)[phase]
     with Fault(app, f"SSH cut during {phase}") as fault:
         run = start_fab(app, "deploy", f"--tag={tag}", env=env)
-        run.when(lambda: watch.running(app), lambda: cut_ssh(run.pid), f"the {phase} phase")
+        run.when(lambda: watch.running(app), lambda: cut_ssh(run.pid, app.machine),
+                 f"the {phase} phase")
         code, out = run.wait()
         fault.done(code, out)
         clean_failure(out, code)
-        assert "SSH connection to 127.0.0.1 was lost" in out
+        assert f"SSH connection to {app.settings().host} was lost" in out
         assert "run the same deploy again" in out
         if phase == "up":
             assert "switched back to" in out
@@ -422,7 +431,7 @@ def shorten_warning(line: str) -> str:
 def test_the_backup_disk_full_stops_the_deploy_before_migrating(rows, images):
     app = rows
     schema_before = schema(app)
-    with Fault(app, "backup disk full") as fault, full_tmpfs(app.vm("backups")):
+    with Fault(app, "backup disk full") as fault, full_tmpfs(app, "backups"):
         proc = app.fab("deploy", f"--tag={images.v2}")
         out = output(proc)
         fault.done(proc.returncode, out)
@@ -484,7 +493,9 @@ def bad_input_cases(app, images, tmp_path):
                    check=True)
     keytype, blob = other_key.with_suffix(".pub").read_text().split()[:2]
     changed_known = tmp_path / "known_hosts_changed"
-    changed_known.write_text(f"[127.0.0.1]:{app.settings().port} {keytype} {blob}\n")
+    target = app.settings()
+    name = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+    changed_known.write_text(f"{name} {keytype} {blob}\n")
     not_a_key = tmp_path / "not_a_key"
     not_a_key.write_text("this is not a key\n")
     repo = app.repo
@@ -639,14 +650,15 @@ def test_the_docker_engine_goes_down_during_the_health_wait(rows, images, sig):
     app = rows
     watch = phases(app, images.v2)["health"]
     env = {"DEPLOY_HEALTH_TIMEOUT": "40" if sig == signal.SIGTERM else "12"}
-    others = running_containers()
+    others = running_containers(app.machine)
     name = "restarted" if sig == signal.SIGTERM else "crashed (SIGKILL), started again"
     with Fault(app, f"Docker engine {name} during health wait") as fault:
         run = start_fab(app, "deploy", f"--tag={images.v2}", env=env)
         try:
-            run.when(lambda: watch.running(app), lambda: kill_engine(sig), "the health wait")
+            run.when(lambda: watch.running(app), lambda: kill_engine(app.machine, sig),
+                     "the health wait")
         finally:  # after a crash, restart policies bring nothing back: no use waiting
-            restore_engine(others, wait=30 if sig == signal.SIGTERM else 0)
+            restore_engine(app.machine, others, wait=30 if sig == signal.SIGTERM else 0)
         code, out = run.wait(timeout=240)
         fault.done(code, out)
         assert "Traceback" not in out, out

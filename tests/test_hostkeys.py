@@ -72,22 +72,28 @@ def _fab(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, env={**clean, "DEPLOY_APP_DIR": "/tmp", **env})
 
 
-def test_fab_run_checks_the_host_key(example_repo: Path, tmp_path: Path) -> None:
+def test_fab_run_checks_the_host_key(example_repo: Path, sandbox, vm1) -> None:
     """`fab run` reaches the VM with a known key, and is refused (nothing run) without it."""
-    from sandbox import box
+    from vmkit import unique
 
-    if not box.sshd_running(box.sandbox()):
-        pytest.skip("the sandbox sshd is not running (python -m sandbox up)")
     (example_repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
-    marker = tmp_path / "ran"
-    ok = _fab(example_repo, "run", f"--cmd=echo hello; touch {marker}; exit 4")
-    assert ok.returncode == 4, ok.stderr
-    assert "hello" in ok.stdout and marker.exists()
-    marker.unlink()
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
-    refused = _fab(example_repo, "run", f"--cmd=touch {marker}", DEPLOY_KNOWN_HOSTS=str(empty))
-    assert refused.returncode == 1
-    assert "host key of 127.0.0.1:2222 is unknown" in refused.stderr
-    assert "Traceback" not in refused.stderr
-    assert not marker.exists()
+    target = {"DEPLOY_HOST": vm1.name, "DEPLOY_PORT": "22", "DEPLOY_APP_DIR": "/srv",
+              "DEPLOY_KEY_FILE": str(sandbox.key_file),
+              "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts)}
+    name = unique("hostkey-")
+    marker = vm1.srv / name  # /srv/NAME on the VM
+    try:
+        ok = _fab(example_repo, "run", f"--cmd=echo hello; touch /srv/{name}; exit 4", **target)
+        assert ok.returncode == 4, ok.stderr
+        assert "hello" in ok.stdout and marker.exists()
+        marker.unlink()
+        empty = example_repo / "known_hosts"
+        empty.write_text("")
+        refused = _fab(example_repo, "run", f"--cmd=touch /srv/{name}",
+                       **{**target, "DEPLOY_KNOWN_HOSTS": str(empty)})
+        assert refused.returncode == 1
+        assert f"host key of {vm1.name}:22 is unknown" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert not marker.exists()
+    finally:
+        marker.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ def test_deploy_toml_values_are_read_and_typed(tmp_path):
 def test_example_deploy_toml_loads(example_repo):
     s = load_settings(example_repo, environ={})
     assert s.image == "127.0.0.1:5000/example"
-    assert s.port == 2222
+    assert (s.host, s.port) == ("vm1", 22)  # sandbox VM 1 (python -m sandbox up)
     assert s.app_dir == "/srv/example"
 
 

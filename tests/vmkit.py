@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -248,6 +249,7 @@ class App:
     env: dict[str, str] = field(default_factory=dict)
     tunnel: subprocess.Popen | None = None
     tunnel_port: int = 0
+    proxy: Proxy | None = None  # set by use_proxy(): served through the VM's Caddy
 
     @classmethod
     def create(cls, repo: Path, images: Images, cache: Path, sandbox: Sandbox,
@@ -309,11 +311,36 @@ class App:
         environ = {k: v for k, v in self.env.items() if k.startswith("DEPLOY_")}
         return load_settings(self.repo, environ={**environ, **overrides})
 
+    def use_proxy(self, proxy: Proxy) -> App:
+        """Serve this app behind `proxy` (blue/green switches): compose.proxy.yaml, no
+        published port, its own host name."""
+        self.proxy = proxy
+        env_file = self.repo / ".env"
+        # compose.proxy.yaml names its network ${PROXY_NETWORK:-deploy-proxy}
+        env_file.write_text(env_file.read_text() + f"PROXY_NETWORK={proxy.network}\n")
+        self.env.update({
+            "DEPLOY_PROXY": "true",
+            "DEPLOY_PROXY_HOST": self.host,
+            "DEPLOY_COMPOSE_FILE": "compose.proxy.yaml",
+            "DEPLOY_HEALTH_URL": "",
+            **proxy.settings(),
+        })
+        return self
+
+    @property
+    def host(self) -> str:
+        """The host name the app answers to behind the proxy."""
+        return f"{self.project}.test"
+
     # -- HTTP ------------------------------------------------------------------------------
     def url(self, path: str) -> str:
-        """The app's URL as the laptop reaches it. The example publishes its port on the VM's
-        loopback only, so this goes through a tunnel (as `ssh -L` would): a laptop port of its
-        own (never the app's port number) forwarded to the VM's 127.0.0.1:PORT."""
+        """The app's URL as the laptop reaches it. Behind the proxy: Caddy's port on the
+        VM's address, as users reach it (requests carry the app's Host: `request()`).
+        Else: the example publishes its port on the VM's loopback only, so this goes through
+        a tunnel (as `ssh -L` would): a laptop port of its own (never the app's port number)
+        forwarded to the VM's 127.0.0.1:PORT."""
+        if self.proxy:
+            return f"http://{self.machine.address}:{self.proxy.http_port}{path}"
         if self.tunnel is None or self.tunnel.poll() is not None:
             self.tunnel_port = free_port()
             self.tunnel = subprocess.Popen(
@@ -329,9 +356,14 @@ class App:
         """The app's URL as the VM itself sees it."""
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def request(self, path: str, **kwargs) -> urllib.request.Request:
+        """A request for `path` as users send it (through the proxy: with the app's Host)."""
+        headers = {"Host": self.host} if self.proxy else {}
+        return urllib.request.Request(self.url(path), headers=headers, **kwargs)
+
     def get(self, path: str, timeout: float = 5) -> tuple[int, object]:
         try:
-            with urllib.request.urlopen(self.url(path), timeout=timeout) as response:
+            with urllib.request.urlopen(self.request(path), timeout=timeout) as response:
                 return response.status, json.load(response)
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode(errors="replace")
@@ -345,10 +377,9 @@ class App:
         return self.get_json("/version")  # type: ignore[return-value]
 
     def post_item(self, name: str, **fields: object) -> dict:
-        request = urllib.request.Request(
-            self.url("/items"), data=json.dumps({"name": name, **fields}).encode(),
-            headers={"Content-Type": "application/json"}, method="POST",
-        )
+        request = self.request("/items", data=json.dumps({"name": name, **fields}).encode(),
+                               method="POST")
+        request.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 201
             return json.load(response)
@@ -456,6 +487,19 @@ class App:
         assert len(ids) == 1, f"expected one running container of {self.project}: {ids}"
         return self.vm_docker("inspect", "--format", "{{.Config.Image}}", ids[0]).stdout.strip()
 
+    def container_names(self, *, running: bool = True) -> list[str]:
+        ids = self.containers(running=running)
+        if not ids:
+            return []
+        out = self.vm_docker("inspect", "--format", "{{.Name}}", *ids).stdout.split()
+        return sorted(name.lstrip("/") for name in out)
+
+    def vm_compose(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A plain `docker compose ARGS` for the app on the VM, as a user would type it in
+        the app directory (compose reads its .env; the toolkit's project name)."""
+        return self.vm_run("docker", "compose", "--file", self.settings().compose_file,
+                           "--project-name", self.project, *args)
+
     def tear_down(self) -> None:
         """Remove this app's containers, network, volumes and app directory on the VM."""
         label = f"label=com.docker.compose.project={self.project}"
@@ -471,3 +515,164 @@ class App:
         if self.tunnel is not None:
             self.tunnel.kill()
             self.tunnel.wait(timeout=10)
+        if self.proxy:  # its route (Caddy drops it at the next config load)
+            self.proxy.path(f"apps/{self.project}.json").unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- the proxy
+
+
+@dataclass
+class Proxy:
+    """A Caddy of our own on a sandbox VM: its own directory, network and ports, so it never
+    touches another test session's (or a real) proxy. Its HTTP port listens on the VM's
+    address, where users' requests come."""
+
+    image: str
+    machine: Vm
+    tls: str = "off"
+    proxy_dir: str = field(default_factory=lambda: f"/srv/.{unique('dp-')}")
+    network: str = field(default_factory=lambda: unique("dpnet-"))
+    http_port: int = field(default_factory=free_port)
+    https_port: int = field(default_factory=free_port)
+
+    def settings(self) -> dict[str, str]:
+        return {
+            "DEPLOY_PROXY_DIR": self.proxy_dir,
+            "DEPLOY_PROXY_NETWORK": self.network,
+            "DEPLOY_PROXY_IMAGE": self.image,
+            "DEPLOY_PROXY_TLS": self.tls,
+            "DEPLOY_PROXY_HTTP_PORT": str(self.http_port),
+            "DEPLOY_PROXY_HTTPS_PORT": str(self.https_port),
+        }
+
+    @property
+    def project(self) -> str:
+        return project_name(self.proxy_dir)
+
+    def path(self, relative: str) -> Path:
+        """The laptop-side path of a file in proxy_dir on the VM."""
+        return self.machine.host_path(self.proxy_dir) / relative
+
+    def docker(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run(self.machine.docker(*args))
+
+    def has_image(self) -> bool:
+        return self.docker("image", "inspect", self.image).returncode == 0
+
+    def caddy_ids(self) -> list[str]:
+        return self.docker("ps", "-q", "--filter",
+                           f"label=com.docker.compose.project={self.project}").stdout.split()
+
+    def tear_down(self) -> None:
+        label = f"label=com.docker.compose.project={self.project}"
+        ids = self.docker("ps", "-aq", "--filter", label).stdout.split()
+        if ids:
+            self.docker("rm", "--force", *ids)
+        self.docker("network", "rm", self.network)
+        if Path(self.proxy_dir).name.startswith(".dp-"):
+            shutil.rmtree(self.path(""), ignore_errors=True)
+
+
+@dataclass
+class Hit:
+    started: float
+    ended: float
+    status: int | str  # the HTTP status, or the error when there was no answer
+    version: str = ""
+
+
+class Probe:
+    """GET `path` at `rate` requests/s from a thread until stopped (at most `limit` s),
+    each on a new connection, as users' requests come: what failed, which versions answered."""
+
+    def __init__(self, app: App, path: str = "/version", rate: float = 100,
+                 limit: float = 240) -> None:
+        self.app, self.path, self.rate, self.limit = app, path, rate, limit
+        self.hits: list[Hit] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Probe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        begin = time.monotonic()
+        n = 0
+        while not self._stop.is_set() and time.monotonic() - begin < self.limit:
+            slot = begin + n / self.rate
+            n += 1
+            delay = slot - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.hits.append(fetch(self.app, self.path, timeout=10))
+
+    @property
+    def failed(self) -> list[Hit]:
+        return [h for h in self.hits if h.status != 200]
+
+    def versions(self) -> list[str]:
+        """The versions that answered, in order, repeats folded: ['1', '2'] for one switch."""
+        out: list[str] = []
+        for hit in self.hits:
+            if hit.status == 200 and (not out or out[-1] != hit.version):
+                out.append(hit.version)
+        return out
+
+    def first(self, version: str) -> float:
+        return next(h.started for h in self.hits if h.status == 200 and h.version == version)
+
+    def summary(self) -> str:
+        took = (self.hits[-1].ended - self.hits[0].started) if self.hits else 0
+        return (f"{len(self.hits)} requests in {took:.1f}s, {len(self.failed)} failed "
+                f"{[h.status for h in self.failed][:5]}, versions {self.versions()}")
+
+
+def fetch(app: App, path: str, timeout: float = 10) -> Hit:
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(app.request(path), timeout=timeout) as response:
+            body = json.load(response)
+            return Hit(started, time.monotonic(), response.status, str(body.get("version")))
+    except urllib.error.HTTPError as exc:
+        return Hit(started, time.monotonic(), exc.code)
+    except (OSError, ValueError) as exc:
+        return Hit(started, time.monotonic(), f"{type(exc).__name__}: {exc}")
+
+
+class InFlight:
+    """Start a GET of /slow?seconds=`seconds` every `every` s (at most `count`) while the
+    block runs; each one's answer is kept (every one must end with 200)."""
+
+    def __init__(self, app: App, seconds: float = 5, every: float = 1, count: int = 60) -> None:
+        self.app, self.seconds, self.every, self.count = app, seconds, every, count
+        self.hits: list[Hit] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._starter = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> InFlight:
+        self._starter.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._starter.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=self.seconds + 30)
+
+    def _one(self) -> None:
+        self.hits.append(fetch(self.app, f"/slow?seconds={self.seconds:g}",
+                               timeout=self.seconds + 30))
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self._threads) < self.count:
+            thread = threading.Thread(target=self._one, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            self._stop.wait(self.every)

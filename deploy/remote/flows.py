@@ -59,6 +59,11 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     """Switch to `tag`, wait for health (as the VM sees it) and check the container runs the
     pulled image; on failure switch back to `previous` (if allowed). The one place a release
     is switched (`release`, if given, gets the `switch` and `healthy` phases)."""
+    if vm.settings.proxy:  # issue 11: blue/green behind Caddy instead of compose recreate
+        from deploy import proxy
+
+        with optional_phase(release, "switch behind the proxy", cuts_short=False):
+            return proxy.switch_checked(vm, tag, previous)
     try:
         with optional_phase(release, "switch", cuts_short=False):
             vm.switch(tag)

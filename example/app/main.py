@@ -4,6 +4,7 @@ Written generically over the Item table's columns, so that the v2 overlay
 only has to change models.py (plus a migration) for /items to carry a new column.
 """
 
+import asyncio
 import os
 from typing import Annotated, Any
 
@@ -106,6 +107,19 @@ def current_revision() -> str | None:
 @app.get("/version")
 def version():
     return {"version": __version__, "revision": current_revision()}
+
+
+SLOW_MAX_SECONDS = 30.0
+
+
+@app.get("/slow")
+async def slow(seconds: float = 1.0):
+    """Answer after `seconds` (at most 30): a long request, to test that a release switch
+    lets requests in flight finish."""
+    if not 0 <= seconds <= SLOW_MAX_SECONDS:
+        raise HTTPException(status_code=422, detail=f"seconds must be 0 to {SLOW_MAX_SECONDS:g}")
+    await asyncio.sleep(seconds)
+    return {"version": __version__, "slept": seconds}
 
 
 @app.get("/items")

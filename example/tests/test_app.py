@@ -132,3 +132,18 @@ def test_model_name_from_env(client, monkeypatch):
     assert client.get("/").json()["model_name"] == "demo-model"
     monkeypatch.setenv("MODEL_NAME", "other-model")
     assert client.get("/").json()["model_name"] == "other-model"
+
+
+def test_slow_answers_after_the_delay(client):
+    import time
+
+    started = time.monotonic()
+    r = client.get("/slow", params={"seconds": 0.3})
+    assert r.status_code == 200
+    assert r.json()["slept"] == 0.3
+    assert time.monotonic() - started >= 0.3
+
+
+def test_slow_refuses_out_of_range(client):
+    assert client.get("/slow", params={"seconds": 31}).status_code == 422
+    assert client.get("/slow", params={"seconds": -1}).status_code == 422

@@ -1,0 +1,286 @@
+"""Zero-downtime releases behind the proxy (Caddy): the blue/green switch on one VM.
+
+A switch starts the new container next to the serving one, waits until it answers the health
+path through Caddy (the path users' requests take), points the app at it by renaming a new
+upstream file over the old one (Caddy reads it per request: no config reload), then stops the
+old container within its stop grace period and removes it. A new container that never turns
+healthy is removed; the old one never stops serving. Commands come from `deploy.commands.proxy`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from deploy.commands import proxy as pcmd
+from deploy.commands import vm as cmd
+from deploy.envfile import read_env_file
+from deploy.errors import DeployError
+from deploy.settings import Settings
+from deploy.shell import ConnectionLost
+
+ADMIN_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    state: str
+
+
+def hosts(settings: Settings) -> list[str]:
+    """The app's host names (proxy_host, comma-separated)."""
+    names = [h.strip() for h in settings.proxy_host.split(",") if h.strip()]
+    if not names:
+        raise DeployError("setting 'proxy_host' is not set (proxy = true needs the app's "
+                          "host name)", "add `proxy_host = \"app.example.com\"` to deploy.toml")
+    return names
+
+
+def project(settings: Settings) -> str:
+    """Caddy's compose project name (from proxy_dir: one Caddy per VM)."""
+    return cmd.project_name(settings.proxy_dir)
+
+
+def check_compose(settings: Settings) -> None:
+    """Before any connection: the app's compose file must suit the proxy. Its web service
+    publishes no host port (two containers run side by side during a switch; Caddy
+    publishes the ports) and joins the external network `proxy_network`."""
+    import yaml
+
+    path = settings.path(settings.compose_file)
+    data = yaml.safe_load(path.read_text()) or {}
+    service = (data.get("services") or {}).get(settings.service)
+    fix_net = (f"in {path.name}: give service '{settings.service}' `networks: [default, proxy]`"
+               f" and add top-level `networks: {{proxy: {{name: {settings.proxy_network}, "
+               "external: true}}` (see example/compose.proxy.yaml)")
+    if not isinstance(service, dict):
+        raise DeployError(f"{path.name} has no service '{settings.service}'",
+                          "set `service` in deploy.toml to the web service's name")
+    if service.get("ports"):
+        raise DeployError(
+            f"service '{settings.service}' in {path.name} publishes ports {service['ports']}, "
+            "but with proxy = true Caddy publishes them (two containers of it run side by side "
+            "during a switch)", f"remove `ports:` from service '{settings.service}'")
+    networks = service.get("networks") or []
+    names = list(networks) if isinstance(networks, dict | list) else []
+    top = data.get("networks") or {}
+    env_path = settings.path(settings.env_file)
+    # On the VM compose reads the app's env file (it becomes .env there), then the shell's.
+    values = {**(read_env_file(env_path) if env_path.exists() else {}), **os.environ}
+    joined = [
+        key for key in names
+        if isinstance(top.get(key), dict) and top[key].get("external")
+        and _interpolate(str(top[key].get("name") or key), values) == settings.proxy_network
+    ]
+    if not joined:
+        raise DeployError(f"service '{settings.service}' in {path.name} does not join the "
+                          f"proxy's network {settings.proxy_network}", fix_net)
+
+
+def _interpolate(value: str, values: dict[str, str]) -> str:
+    """A whole-value `${VAR}` / `${VAR:-default}` as compose reads it (enough for a name)."""
+    if not (value.startswith("${") and value.endswith("}")):
+        return value
+    name, _, default = value[2:-1].partition(":-")
+    return values.get(name) or default
+
+
+# -- set-up and the proxy tasks ----------------------------------------------------------
+def setup(vm) -> None:
+    """Create or update the VM's Caddy (`fab setup`). Starting it is a restart only if its
+    compose file changed (image, ports): otherwise the running Caddy just reloads."""
+    s: Settings = vm.settings
+    d = s.proxy_dir
+    vm.run(pcmd.requirements(), cwd="", what="the VM cannot run the proxy",
+           fix="install them on the VM (apt-get install -y curl util-linux)")
+    head, tail = pcmd.config_parts(s.proxy_tls, s.proxy_email)
+    compose_text = pcmd.compose_project(s.proxy_image, s.proxy_network, s.proxy_http_port,
+                                        s.proxy_https_port)
+    vm.run(pcmd.write_base(d, compose_text, head, tail), cwd="")
+    vm.run(pcmd.assemble(d), cwd="")
+    vm.run(pcmd.ensure_network(s.proxy_network), cwd="", hide=True)
+    vm.run([*caddy_compose(vm), "up", "-d"], cwd="", hide=True,
+           what=f"starting the proxy ({s.proxy_image}) failed",
+           fix=f"check that the VM has the image {s.proxy_image} and the ports "
+               f"{s.proxy_http_port}, {s.proxy_https_port} are free")
+    vm.run(pcmd.wait_admin(d, ADMIN_WAIT), cwd="", quiet=True,
+           what=f"the proxy's admin API did not answer within {ADMIN_WAIT:.0f}s",
+           fix="look at `fab proxy logs`")
+    reload(vm)
+    ensure_route(vm)
+
+
+def ensure_route(vm) -> None:
+    """The app's route in Caddy's config, loaded if it was missing or its hosts changed."""
+    s = vm.settings
+    route = json.dumps(pcmd.route(vm.project, hosts(s)), separators=(",", ":"))
+    vm.run(pcmd.set_route(s.proxy_dir, vm.project, route), cwd="", hide=True,
+           what="Caddy refused the app's route; it keeps running the previous config",
+           fix="look at the error above and at `fab proxy logs`")
+
+
+def caddy_compose(vm) -> list[str]:
+    s = vm.settings
+    return cmd.compose(vm.compose_kind(), f"{s.proxy_dir}/compose.json", project(s))
+
+
+def reload(vm) -> None:
+    """Rebuild Caddy's config from the app routes and load it: no restart, no dropped
+    connection."""
+    vm.run(pcmd.reload(vm.settings.proxy_dir), cwd="", hide=True,
+           what="Caddy refused the new config; it keeps running the previous one",
+           fix="look at the error above and at `fab proxy logs`")
+
+
+def status_lines(vm) -> list[str]:
+    """What `fab status` and `fab proxy status` show about the proxy."""
+    s = vm.settings
+    upstream = serving_upstream(vm)
+    lines = [f"proxy:     {', '.join(hosts(s))} -> {upstream or '(no route yet)'}"]
+    if upstream and not vm.runner.dry_run:
+        code = vm.run(pcmd.probe(s.proxy_dir, upstream, hosts(s)[0], s.health_path),
+                      cwd="", quiet=True, check=False).stdout.strip()
+        lines.append(f"upstream:  {s.health_path} through Caddy answers {code or 'nothing'}")
+    for c in containers(vm):
+        mark = "*" if upstream.startswith(c.name + ":") else " "
+        lines.append(f"  {mark} {c.name:<32} {c.state}")
+    caddy = vm.run([*caddy_compose(vm), "ps", "--format", "{{.Name}} {{.Status}}"]
+                   if vm.compose_kind() == "v2" else [*caddy_compose(vm), "ps"],
+                   cwd="", quiet=True, check=False)
+    lines.append(f"caddy:     {caddy.stdout.strip() or 'not running (fab setup starts it)'}")
+    return lines
+
+
+# -- the switch --------------------------------------------------------------------------
+def containers(vm) -> list[Container]:
+    if vm.runner.dry_run:
+        return []
+    out = vm.run(pcmd.service_containers(vm.project, vm.settings.service), quiet=True,
+                 check=False).stdout
+    return [Container(*line.split()[:3]) for line in out.splitlines() if len(line.split()) >= 3]
+
+
+def serving_upstream(vm) -> str:
+    """The container:port the app's route sends traffic to ('' before the first switch)."""
+    if vm.runner.dry_run:
+        return ""
+    return vm.run(pcmd.read_upstream(vm.settings.proxy_dir, vm.project), quiet=True,
+                  cwd="").stdout.strip()
+
+
+def switch(vm, tag: str) -> tuple[str, str]:
+    """Blue/green switch to `tag`: (problem, container). `problem` is '' when `tag` serves;
+    otherwise the new container was removed and the old one serves on, untouched."""
+    from deploy.remote import sigint_deferred
+
+    s: Settings = vm.settings
+    names = hosts(s)
+    upstream = serving_upstream(vm)
+    before = containers(vm)
+    old = [c for c in before if c.state == "running" and upstream.startswith(c.name + ":")]
+    leftovers = [c for c in before if c not in old]
+    ensure_route(vm)
+    if leftovers:  # an interrupted switch's new container, a stopped one: none serves
+        vm.runner.say(f"removing {', '.join(c.name for c in leftovers)}: not serving")
+        vm.run(pcmd.remove([c.id for c in leftovers], force=True), hide=True)
+    vm.run(pcmd.scale_up(vm.compose(tag), s.service, len(old) + 1, deps=not old),
+           hide=True, what=f"starting a container of {tag} failed; "
+           + (f"{old[0].name} still serves" if old else "nothing was switched"),
+           fix="see the output above")
+    new = [c for c in containers(vm) if c.id not in {o.id for o in old}]
+    if vm.runner.dry_run:  # print the rest of the plan with a stand-in for the new container
+        new = [Container("NEW_ID", f"{vm.project}-{s.service}-N", "running")]
+    if len(new) != 1:
+        raise DeployError(f"expected one new container of {tag}, found "
+                          f"{', '.join(c.name for c in new) or 'none'}",
+                          "look at `fab status`; the next deploy removes what does not serve")
+    fresh = new[0]
+    target = f"{fresh.name}:{s.app_port}"
+    try:
+        result = vm.run(pcmd.wait_upstream(s.proxy_dir, fresh.id, target, names[0],
+                                           s.health_path, s.health_timeout),
+                        check=False, cwd="")
+        problem = "" if result.ok else (result.stdout.strip().splitlines() or
+                                        [f"exit {result.exited}"])[-1]
+    except (KeyboardInterrupt, ConnectionLost):
+        discard(vm, fresh)
+        raise
+    problem = problem or runs_other_image(vm, fresh, tag)
+    if problem:
+        detail = why_unhealthy(vm, fresh, target, problem)
+        discard(vm, fresh)
+        return problem + (f"\n{detail}" if detail else ""), ""
+    # From here on the switch runs to its end: a Ctrl-C waits (the old one must not be
+    # stopped before Caddy points elsewhere, nor left serving a recorded new release).
+    with sigint_deferred():
+        vm.run(pcmd.set_upstream(s.proxy_dir, vm.project, target), cwd="", hide=True)
+        if old:
+            vm.run(pcmd.stop([c.id for c in old]), hide=True, check=False)
+            vm.run(pcmd.remove([c.id for c in old], force=True), hide=True, check=False)
+    return "", fresh.name
+
+
+def why_unhealthy(vm, container: Container, upstream: str, problem: str) -> str:
+    """What the failed container said: its health answer through Caddy if it answers,
+    else the end of its logs (a crash)."""
+    s = vm.settings
+    if problem.startswith("timeout") or problem == "unhealthy":
+        body = vm.run(pcmd.probe_body(s.proxy_dir, upstream, hosts(s)[0], s.health_path),
+                      quiet=True, check=False, cwd="").stdout.strip()
+        if body:
+            return f"{s.health_path} through the proxy answered: {body[:300]}"
+    logs = vm.run(pcmd.container_logs(container.id), quiet=True, check=False).output
+    tail = "\n".join(logs.splitlines()[-8:])
+    return f"its last log lines:\n{tail}" if tail else ""
+
+
+def runs_other_image(vm, container: Container, tag: str) -> str:
+    """'' if the new container runs the image pulled for `tag` (or none was pulled in this
+    session), else what it runs."""
+    expected = getattr(vm, "pulled", {}).get(tag)
+    if not expected:
+        return ""
+    image = vm.run(pcmd.container_image(container.id), quiet=True, check=False).stdout.strip()
+    return "" if image == expected else (
+        f"the new container runs image {image[:19] or '-'}, not the one pulled for "
+        f"{vm.ref(tag)} ({expected[:19]})")
+
+
+def discard(vm, container: Container) -> None:
+    vm.run(pcmd.remove([container.id], force=True), hide=True, check=False)
+
+
+def settle(vm, tag: str) -> None:
+    """After the switch: a plain `compose up -d` with the release (other services of the
+    release come up; the serving container matches and is kept)."""
+    vm.run(pcmd.settle(vm.compose(tag)), hide=True,
+           what="`compose up -d` after the switch failed", fix="see the output above")
+
+
+def switch_checked(vm, tag: str, previous: str) -> None:
+    """The proxy's switch_checked: `tag` serves on return, else DeployError with the old
+    release still serving (it never stopped)."""
+    kept = f"{previous or 'the previous version'} kept serving"
+    try:
+        problem, name = switch(vm, tag)
+    except KeyboardInterrupt:
+        raise DeployError(f"interrupted while starting {tag}; {kept} (the proxy was not "
+                          "switched, the new container was removed)",
+                          "run the same deploy again", exit_code=130) from None
+    except ConnectionLost as exc:
+        raise DeployError(f"the SSH connection to {exc.where} was lost while switching to "
+                          f"{tag}; {kept} unless the switch had reached the proxy",
+                          "`fab status` shows which container serves; run the same deploy "
+                          "again (it removes a container that does not serve)") from None
+    if problem:
+        first, _, detail = problem.partition("\n")
+        raise DeployError(f"{tag} did not turn healthy ({first}); {kept}: the proxy was not "
+                          "switched and the new container was removed"
+                          + (f"\n{detail}" if detail else ""),
+                          "fix the app and deploy a new tag")
+    vm.serving = name
+    settle(vm, tag)
+

@@ -1,0 +1,373 @@
+"""The proxy (issue 11): Caddy in front of the app, blue/green switches with no failed request.
+
+The builders are checked as text; the rest runs against the sandbox VM with a Caddy of this
+session's own (its own directory, network and ports). Each switch runs under a probe asking
+/version 100 times a second through Caddy, as users would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import child_env
+from vmkit import InFlight, Probe, Proxy, output
+
+from deploy.commands import proxy as pcmd
+from deploy.commands.vm import project_name
+
+PROXY_IMAGE = os.environ.get("PROXY_TEST_IMAGE", "caddy:2")
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def test_caddy_config_per_tls_mode():
+    off = pcmd.caddy_config("off")
+    web = off["apps"]["http"]["servers"]["web"]
+    assert web["listen"] == [":80"] and web["automatic_https"] == {"disable": True}
+    assert "tls" not in off["apps"]
+    auto = pcmd.caddy_config("auto", "ops@example.com")
+    assert auto["apps"]["http"]["servers"]["web"]["listen"] == [":443"]
+    assert auto["apps"]["tls"]["automation"]["policies"][0]["issuers"] == [
+        {"module": "acme", "email": "ops@example.com"}]
+    internal = pcmd.caddy_config("internal")
+    assert internal["apps"]["tls"]["automation"]["policies"][0]["issuers"] == [
+        {"module": "internal"}]
+    # Admin API and the health-check listener are unix sockets: no container reaches them.
+    assert off["admin"]["listen"] == "unix//run/deploy-proxy/admin.sock"
+    check = off["apps"]["http"]["servers"]["check"]
+    assert check["listen"] == ["unix//run/deploy-proxy/check.sock"]
+
+
+def test_config_parts_join_routes_into_valid_json():
+    head, tail = pcmd.config_parts("off")
+    routes = [pcmd.route("a", ["a.test"]), pcmd.route("b", ["b.test", "www.b.test"])]
+    config = json.loads(head + ",".join(json.dumps(r) for r in routes) + tail)
+    got = config["apps"]["http"]["servers"]["web"]["routes"]
+    assert [r["match"][0]["host"] for r in got] == [["a.test"], ["b.test", "www.b.test"]]
+    # Each route's upstream is read from its own file, per request (no reload to switch).
+    assert got[1]["handle"][0]["upstreams"] == [
+        {"dial": "{file./etc/deploy-proxy/upstreams/b}"}]
+    assert json.loads(head + tail)["apps"]["http"]["servers"]["web"]["routes"] == []
+    fallback = json.loads(head + json.dumps(pcmd.FALLBACK_ROUTE) + tail)
+    assert fallback["apps"]["http"]["servers"]["web"]["routes"][0]["handle"][0][
+        "status_code"] == 404
+
+
+def test_scale_up_starts_dependencies_only_on_first_start():
+    base = ["docker", "compose", "--file", "c.yaml", "--project-name", "p"]
+    assert pcmd.scale_up(base, "app", 2, deps=False)[-4:] == [
+        "--scale", "app=2", "--no-deps", "app"]
+    first = pcmd.scale_up(base, "app", 1, deps=True)
+    assert "--no-deps" not in first and "--no-recreate" in first
+
+
+SCRIPTS = {
+    "set_route": pcmd.set_route("/srv/.deploy-proxy", "p", '{"a": "it\'s"}'),
+    "set_upstream": pcmd.set_upstream("/srv/.deploy-proxy", "p", "p-app-2:8000"),
+    "read_upstream": pcmd.read_upstream("/srv/.deploy-proxy", "p"),
+    "reload": pcmd.reload("/srv/.deploy-proxy"),
+    "write_base": pcmd.write_base("/srv/x y", "{}", "{", "}"),
+    "wait_upstream": pcmd.wait_upstream("/srv/.deploy-proxy", "abc", "p-app-1:8000", "h",
+                                        "/health", 10),
+    "wait_admin": pcmd.wait_admin("/srv/.deploy-proxy", 5),
+    "requirements": pcmd.requirements(),
+    "ensure_network": pcmd.ensure_network("deploy-proxy"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_scripts_are_posix_sh(name):
+    argv = SCRIPTS[name]
+    assert argv[:2] == ["sh", "-c"]
+    assert subprocess.run(["dash", "-n", "-c", argv[2]]).returncode == 0
+    if shutil.which("shellcheck"):
+        proc = subprocess.run(["shellcheck", "-s", "sh", "-e", "SC2016", "-"], input=argv[2],
+                              text=True, capture_output=True)
+        assert proc.returncode == 0, proc.stdout
+
+
+# --------------------------------------------------------------------------- on the VM
+
+
+def new_proxy(sandbox, tls: str = "off") -> Proxy:
+    proxy = Proxy(PROXY_IMAGE, sandbox.vm(1), tls=tls)
+    if not proxy.has_image():
+        pytest.skip(f"no {PROXY_IMAGE} image on the sandbox VM (the sandbox builds it offline;"
+                    " PROXY_TEST_IMAGE names another)")
+    return proxy
+
+
+@pytest.fixture(scope="session")
+def caddy(sandbox):
+    proxy = new_proxy(sandbox)
+    yield proxy
+    proxy.tear_down()
+
+
+@pytest.fixture
+def proxied(make_app, caddy):
+    """An app behind this session's Caddy, set up, with v1 deployed."""
+    app = make_app().use_proxy(caddy)
+    app.fab_ok("setup")
+    return app
+
+
+def caddy_loads(app) -> int:
+    """How many configs Caddy has loaded (its own log lines)."""
+    logs = app.vm_docker("logs", *app.proxy.caddy_ids())
+    return output(logs).count('"msg":"load complete"')
+
+
+def test_setup_refuses_a_compose_file_that_publishes_ports(make_app, caddy):
+    app = make_app().use_proxy(caddy)
+    proc = app.fab("setup", env={"DEPLOY_COMPOSE_FILE": "compose.yaml"})
+    assert proc.returncode == 1, output(proc)
+    text = output(proc)
+    assert "error: service 'app' in compose.yaml publishes ports" in text
+    assert "fix: remove `ports:`" in text and "Traceback" not in text
+    assert not app.vm().exists()  # nothing reached the VM
+
+
+@pytest.fixture(params=["v2", "v1"])
+def compose_flavour(request):
+    """docker compose v2 and docker-compose v1.29 (both installed on the sandbox VM)."""
+    return request.param
+
+
+def test_deploy_and_rollback_behind_the_proxy_fail_no_request(proxied, images,
+                                                              compose_flavour):
+    app = proxied
+    app.env["DEPLOY_COMPOSE_COMMAND"] = compose_flavour
+    app.deploy(images.v1)
+    assert app.version() == {"version": "1", "revision": "0001"}
+    first = app.container_names()
+    assert len(first) == 1 and app.history()[-1]["container"] == first[0]
+
+    # A deploy of v2 under 100 requests/s, with 5 s requests started every second.
+    loads = caddy_loads(app)
+    with Probe(app) as probe, InFlight(app, seconds=5) as slow:
+        app.deploy(images.v2)
+    assert caddy_loads(app) == loads  # the switch did not reload Caddy
+    print(f"deploy: {probe.summary()}; 5 s requests: {[h.status for h in slow.hits]}")
+    assert probe.failed == [], probe.summary()
+    assert len(probe.hits) > 300, probe.summary()
+    assert probe.versions() == ["1", "2"], probe.summary()
+    assert slow.hits and all(h.status == 200 for h in slow.hits), slow.hits
+    switched = probe.first("2")
+    across = [h for h in slow.hits if h.version == "1" and h.started < switched < h.ended]
+    assert across, "no 5 s request was in flight across the switch"
+    second = app.container_names()
+    assert len(second) == 1 and second != first
+    assert app.history()[-1]["container"] == second[0]
+    assert app.version()["version"] == "2"
+
+    status = app.fab_ok("status")
+    assert f"{app.host} -> {second[0]}:8000" in status
+    assert "/health through Caddy answers 200" in status
+
+    if compose_flavour == "v2":
+        # A plain `docker compose up -d` on the VM keeps the release and its container.
+        proc = app.vm_compose("up", "-d")
+        assert proc.returncode == 0, output(proc)
+        assert app.container_names() == second and app.version()["version"] == "2"
+
+    with Probe(app) as probe:
+        app.fab_ok("rollback")
+    print(f"rollback: {probe.summary()}")
+    assert probe.failed == [], probe.summary()
+    assert probe.versions() == ["2", "1"], probe.summary()
+    assert app.history()[-1]["action"] == "rollback"
+    assert app.history()[-1]["container"] == app.container_names()[0]
+
+
+def test_an_unhealthy_image_never_takes_traffic(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    before = app.container_names()
+    history = app.history()
+    with Probe(app) as probe:
+        proc = app.fab("deploy", f"--tag={images.unhealthy}",
+                       env={"DEPLOY_HEALTH_TIMEOUT": "15"})
+    print(f"unhealthy image: {probe.summary()}")
+    assert proc.returncode == 1, output(proc)
+    text = output(proc)
+    assert f"error: {images.unhealthy} did not turn healthy" in text, text
+    assert f"{images.v1} kept serving: the proxy was not switched" in text, text
+    assert "/health through the proxy answered: " in text and "APP_FAIL_HEALTH=1" in text
+    assert probe.failed == [], probe.summary()
+    assert probe.versions() == ["1"], probe.summary()
+    assert app.container_names() == before  # the new container is gone, the old one serves
+    assert app.container_names(running=False) == before
+    assert app.history() == history
+    assert app.release_env()["DEPLOY_TAG"] == images.v1
+
+
+def test_two_apps_share_one_proxy_by_host_name(make_app, caddy, images):
+    first = make_app().use_proxy(caddy)
+    second = make_app().use_proxy(caddy)
+    for app in (first, second):
+        app.fab_ok("setup")
+    first.deploy(images.v1)
+    second.deploy(images.v2)
+    assert first.version()["version"] == "1" and second.version()["version"] == "2"
+    # Each app's route names its own container.
+    for app in (first, second):
+        status = app.fab_ok("proxy", "status")
+        assert f"{app.host} -> {app.container_names()[0]}:8000" in status, status
+    # A request for a host no app serves is sent to neither.
+    request = urllib.request.Request(first.url("/version"), headers={"Host": "other.test"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=5)
+    assert caught.value.code == 404
+
+
+def test_proxy_reload_drops_no_request_and_bad_actions_are_refused(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    with Probe(app) as probe:
+        for _ in range(3):
+            app.fab_ok("proxy", "reload")
+    print(f"3 x fab proxy reload: {probe.summary()}")
+    assert probe.failed == [] and len(probe.hits) > 50, probe.summary()
+    proc = app.fab("proxy", "restart")
+    assert proc.returncode == 1
+    assert "error: unknown proxy action 'restart'" in output(proc)
+    assert "fix: use one of: fab proxy status | logs | reload" in output(proc)
+    logs = app.fab_ok("proxy", "logs", "--tail=50")
+    assert "load complete" in logs  # Caddy's own log of the config loads
+
+
+def test_dry_run_prints_the_blue_green_plan_and_connects_nowhere(example_repo, tmp_path):
+    (example_repo / "fabfile").mkdir()
+    (example_repo / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns\n")
+    env = {"DEPLOY_PROXY": "true", "DEPLOY_PROXY_HOST": "app.example.com",
+           "DEPLOY_COMPOSE_FILE": "compose.proxy.yaml", "DEPLOY_HOST": "vm.invalid",
+           "DEPLOY_APP_DIR": "/srv/example"}
+    proc = subprocess.run([sys.executable, "-m", "fabric", "deploy", "--tag=v9", "--dry-run"],
+                          cwd=example_repo, env=child_env(env), capture_output=True, text=True,
+                          timeout=60)
+    text = output(proc)
+    assert proc.returncode == 0, text
+    steps = [line for line in text.splitlines() if "$ " in line]
+    scale = next(i for i, line in enumerate(steps) if "--scale app=2" in line
+                 or "--scale app=1" in line)
+    wait = next(i for i, line in enumerate(steps) if "check.sock" in line)
+    route = next(i for i, line in enumerate(steps) if "/load" in line)
+    project = project_name("/srv/example")
+    switch = next(i for i, line in enumerate(steps) if f"conf/upstreams/{project}.tmp" in line)
+    assert route < scale < wait < switch, steps
+    assert "app.example.com" in steps[route]  # the route is loaded only if it changed
+    assert f"{project}-app-N:8000" in steps[switch]
+
+
+def test_ctrl_c_while_the_new_container_starts_leaves_the_old_one_serving(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    before = app.container_names()
+    with Probe(app) as probe:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fabric", "deploy", f"--tag={images.unhealthy}"],
+            cwd=app.repo, env=child_env(app.env), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            new = ["ps", "-q", "--filter", f"label=com.docker.compose.project={app.project}",
+                   "--filter", "label=com.docker.compose.oneoff=False",
+                   "--filter", f"ancestor={images.ref(images.unhealthy)}"]
+            while not app.vm_docker(*new).stdout.strip() and proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1)  # into the health wait
+            proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=120)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, out
+    assert f"interrupted while starting {images.unhealthy}; {images.v1} kept serving" in out
+    assert "Traceback" not in out
+    assert probe.failed == [], probe.summary()
+    assert app.container_names() == before
+    assert not app.vm(".deploy/lock").exists()
+    assert [e["tag"] for e in app.history()] == [images.v1]
+
+
+def test_restore_behind_the_proxy_serves_again(proxied, images):
+    app = proxied
+    app.deploy(images.v1)
+    app.post_item("kept")
+    app.deploy(images.v2)  # backs up the database first
+    backup = [n for n in app.backups() if n.endswith(".sqlite3")][-1]
+    app.post_item("after the backup", note="n")
+    assert app.item_names() == ["kept", "after the backup"]
+    out = app.fab_ok("restore", f"--backup={backup}")
+    assert f"restored {backup}" in out
+    assert app.wait_http("/health") == 200
+    assert app.item_names() == ["kept"]  # the database as it was before v2's deploy
+    status = app.fab_ok("status")
+    serving = app.container_names()
+    assert len(serving) == 1 and f"{app.host} -> {serving[0]}:8000" in status, status
+
+
+@pytest.fixture
+def internal_caddy(sandbox):
+    """A Caddy of its own with `proxy_tls = "internal"` (set up before, torn down after the
+    apps of the test)."""
+    proxy = new_proxy(sandbox, tls="internal")
+    yield proxy
+    proxy.tear_down()
+
+
+def test_https_with_caddys_internal_ca(internal_caddy, make_app, images):
+    proxy = internal_caddy
+    app = make_app().use_proxy(proxy)
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    url = f"https://{app.host}:{proxy.https_port}/version"
+    curl = ["curl", "-sS", "--max-time", "10", "--resolve",
+            f"{app.host}:{proxy.https_port}:{app.machine.address}"]
+    https = subprocess.run([*curl, "--insecure", url], capture_output=True, text=True)
+    assert json.loads(https.stdout or "{}").get("version") == "1", https.stderr
+    # The certificate is from Caddy's own CA, not a public one: refused without --insecure.
+    strict = subprocess.run([*curl, url], capture_output=True, text=True)
+    assert strict.returncode == 60, strict.stderr  # curl: peer certificate not trusted
+    # Plain HTTP is redirected to HTTPS.
+    plain = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                            f"Host: {app.host}", app.url("/version")],
+                           capture_output=True, text=True)
+    assert plain.stdout == "308", plain
+
+
+def test_compose_check_names_what_to_change(tmp_path):
+    from deploy import proxy
+    from deploy.errors import DeployError
+    from deploy.settings import load_settings
+
+    (tmp_path / "deploy.toml").write_text('proxy = true\nproxy_host = "a.test"\n'
+                                          'proxy_network = "edge"\n')
+    compose = tmp_path / "compose.yaml"
+    compose.write_text("services:\n  app:\n    image: x\n")
+    with pytest.raises(DeployError) as caught:
+        proxy.check_compose(load_settings(tmp_path, environ={}))
+    assert "does not join the proxy's network edge" in caught.value.message
+    assert "name: edge, external: true" in caught.value.fix
+    # The network's name may come from a variable of the app's env file, as on the VM.
+    compose.write_text("services:\n  app:\n    image: x\n    networks: [default, proxy]\n"
+                       "networks:\n  proxy:\n    name: ${NET:-other}\n    external: true\n")
+    with pytest.raises(DeployError):
+        proxy.check_compose(load_settings(tmp_path, environ={}))
+    (tmp_path / ".env").write_text("NET=edge\n")
+    proxy.check_compose(load_settings(tmp_path, environ={}))
+    with pytest.raises(DeployError) as caught:
+        proxy.hosts(load_settings(tmp_path, environ={"DEPLOY_PROXY_HOST": " "}))
+    assert "proxy_host" in caught.value.message

@@ -1,0 +1,274 @@
+"""`target = "swarm"` against a real swarm of two sandbox VMs (issue 13 items 2-4): vm6 the
+manager, vm7 a worker, each VM's own engine joined over its own address; the app's tasks on the
+manager (SQLite), Caddy on the worker reaching them across the overlay network by DNS
+(`endpoint_mode: dnsrr`, `dynamic a tasks.app`) on a host-mode port. v1 -> v2 -> rollback to v1
+with a probe at 100 requests/s through Caddy seeing no failed request, and an image that never
+turns healthy rolled back by Swarm itself and reported.
+
+These two VMs are the swarm's alone: a swarm is never left (`docker swarm leave` breaks name
+resolution for containers created before it, moby#45144), so no other test may use them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+import pytest
+
+pytest.importorskip("sandbox.vms", reason="needs the sandbox VMs (issue 8)")
+
+from conftest import output  # noqa: E402
+from vmkit import REGISTRY, delete_from_registry, docker, unique  # noqa: E402
+
+SWARM_VMS = (6, 7)  # manager, worker: used by no other test
+
+STACK_COMPOSE = """\
+services:
+  app:
+    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"
+    env_file: app.env
+    environment:
+      DATABASE_URL: "sqlite:////data/app.db"
+    volumes: ["./data:/data"]
+    stop_grace_period: 10s
+    healthcheck:
+      test:
+        - CMD
+        - python
+        - -c
+        - "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=2)"
+      interval: 1s
+      timeout: 2s
+      retries: 3
+      start_period: 3s
+    deploy:
+      placement:
+        constraints: ["node.role == manager"]
+  proxy:
+    image: "CADDY"
+    ports: ["${APP_PORT}:80"]
+    configs:
+      - source: caddyfile
+        target: /etc/caddy/Caddyfile
+    deploy:
+      placement:
+        constraints: ["node.role == worker"]
+configs:
+  caddyfile:
+    file: ./Caddyfile
+"""
+
+CADDYFILE = """\
+{
+\tadmin off
+}
+:80 {
+\treverse_proxy {
+\t\tdynamic a {
+\t\t\tname tasks.app
+\t\t\tport 8000
+\t\t\trefresh 1s
+\t\t}
+\t\tlb_try_duration 5s
+\t\ttransport http {
+\t\t\tdial_timeout 500ms
+\t\t}
+\t}
+}
+"""
+
+
+def vm_docker(vm, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(vm.docker(*args), capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def swarm(sandbox):
+    """vm6 a manager and vm7 a worker of one swarm (made once; left in place)."""
+    import sandbox as sandbox_mod
+
+    sandbox_mod.up(vms=max(SWARM_VMS))
+    manager, worker = (sandbox.vm(i) for i in SWARM_VMS)
+    # The VMs' bridge forwards between them only if the laptop's firewall lets it (the laptop's
+    # dockerd sets FORWARD to DROP): swarm's control port, gossip and VXLAN go VM to VM.
+    rule = ["DOCKER-USER", "-i", "dsb0", "-o", "dsb0", "-j", "ACCEPT"]
+    if subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode != 0:
+        subprocess.run(["iptables", "-I", *rule], check=True)
+    state = vm_docker(manager, "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    if state != "active":
+        init = vm_docker(manager, "swarm", "init", "--advertise-addr", manager.address)
+        assert init.returncode == 0, init.stderr
+    state = vm_docker(worker, "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+    if state != "active":
+        token = vm_docker(manager, "swarm", "join-token", "-q", "worker").stdout.strip()
+        join = vm_docker(worker, "swarm", "join", "--advertise-addr", worker.address,
+                         "--token", token, f"{manager.address}:2377")
+        assert join.returncode == 0, join.stderr
+    nodes = vm_docker(manager, "node", "ls", "--format", "{{.Hostname}} {{.Status}}").stdout
+    assert sorted(nodes.split("\n")[:2]) == ["vm6 Ready", "vm7 Ready"], nodes
+    return manager, worker
+
+
+@pytest.fixture(scope="module")
+def caddy_image(swarm):
+    """caddy:2 from the registry (a stack resolves images there; Docker Hub is not reachable)."""
+    name = unique("caddy-")
+    ref = f"{REGISTRY}/{name}:2"
+    assert docker("tag", "caddy:2", ref).returncode == 0
+    assert docker("push", "--quiet", ref).returncode == 0
+    yield ref
+    docker("image", "rm", ref)
+    delete_from_registry(name)
+
+
+@pytest.fixture
+def stack_app(make_app, swarm, caddy_image):
+    manager, worker = swarm
+    app = make_app(vm=manager)
+    stack = unique("s")
+    (app.repo / "compose.yaml").write_text(STACK_COMPOSE.replace("CADDY", caddy_image))
+    with (app.repo / "deploy.toml").open("a") as toml:
+        toml.write(f'\ntarget = "swarm"\nstack = "{stack}"\nswarm_timeout = 120\n')
+    subprocess.run(["git", "commit", "-qam", "swarm"], cwd=app.repo, check=True)
+    app.fab_ok("setup")
+    app.vm("Caddyfile").write_text(CADDYFILE)  # what the stack's config reads on the manager
+    app.stack = stack
+    app.proxy_url = f"http://{worker.address}:{app.port}"
+    yield app
+    vm_docker(manager, "stack", "rm", stack)
+    for _ in range(60):  # its tasks and network go before the app's directory does
+        if not vm_docker(manager, "network", "ls", "-q", "--filter",
+                         f"label=com.docker.stack.namespace={stack}").stdout.strip():
+            break
+        time.sleep(1)
+
+
+def get_version(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(f"{url}/version", timeout=timeout) as response:
+        return str(json.load(response)["version"])
+
+
+def wait_version(url: str, want: str, timeout: float = 90) -> str:
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            last = get_version(url, timeout=2)
+            if last == want:
+                return last
+        except (OSError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    return last
+
+
+@dataclass
+class Probe:
+    """GET /version at `rate` per second through the proxy until stopped (at most `limit` s)."""
+
+    url: str
+    rate: float = 100.0
+    limit: float = 300.0
+    ok: int = 0
+    failed: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(4)]
+
+    def _run(self, offset: int) -> None:
+        start = time.monotonic()
+        n = offset
+        while not self._stop.is_set() and time.monotonic() - start < self.limit:
+            due = start + n / self.rate
+            n += len(self._threads)
+            time.sleep(max(0.0, due - time.monotonic()))
+            try:
+                version = get_version(self.url)
+                with self._lock:
+                    self.ok += 1
+                    if not self.versions or self.versions[-1] != version:
+                        self.versions.append(version)
+            except (OSError, ValueError) as exc:
+                with self._lock:
+                    self.failed.append(str(exc)[:100])
+
+    def __enter__(self) -> Probe:
+        self.started = time.monotonic()
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(2)  # what comes right after the switch counts too
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        self.seconds = time.monotonic() - self.started
+
+    def summary(self) -> str:
+        return (f"{self.ok + len(self.failed)} requests in {self.seconds:.1f}s "
+                f"({(self.ok + len(self.failed)) / self.seconds:.0f}/s), "
+                f"{len(self.failed)} failed {self.failed[:3]}")
+
+
+def served_tags(app, swarm) -> set[str]:
+    """The tags the app service's running tasks run, as the manager's engine says."""
+    manager, _ = swarm
+    ps = vm_docker(manager, "service", "ps", "--filter", "desired-state=running", "--format",
+                   "{{.Image}}", f"{app.stack}_app").stdout.split()
+    return {ref.split("@")[0].rsplit(":", 1)[-1] for ref in ps}
+
+
+def test_swarm_v1_v2_rollback_with_no_failed_request_and_swarms_own_rollback(
+        stack_app, swarm, images, record_property) -> None:
+    app = stack_app
+    v1, v2 = images.v1, images.v2
+
+    first = app.fab_ok("deploy", f"--tag={v1}")
+    assert f"1/1 task(s) running {images.ref(v1)}" in first
+    assert wait_version(app.proxy_url, "1") == "1", "Caddy on vm7 reaches the task on vm6"
+    assert app.history()[-1]["tag"] == v1
+
+    # An image that never turns healthy: Swarm rolls it back by itself; v1 never stops serving.
+    with Probe(app.proxy_url) as bad_probe:
+        bad = app.fab("deploy", f"--tag={images.unhealthy}")
+    text = output(bad)
+    assert bad.returncode == 1, text
+    assert f"error: {images.unhealthy} did not run healthy; Swarm rolled the service back to " \
+           f"{v1}" in text
+    assert "its last health check: urllib.error" in text, "the failed task's check is shown"
+    assert served_tags(app, swarm) == {v1}
+    assert [e["tag"] for e in app.history()] == [v1], "nothing recorded for the failed image"
+    assert app.release_env()["DEPLOY_TAG"] == v1
+    assert bad_probe.failed == [] and bad_probe.versions == ["1"], bad_probe.summary()
+
+    with Probe(app.proxy_url) as up_probe:
+        out = app.fab_ok("deploy", f"--tag={v2}")
+    assert "task " in out and f"running {images.ref(v2)}" in out
+    assert up_probe.failed == [], up_probe.summary()
+    assert up_probe.versions[0] == "1" and up_probe.versions[-1] == "2", up_probe.versions
+    assert served_tags(app, swarm) == {v2}
+    assert app.db_revision() == "0002", "migrated before the switch, on the manager"
+
+    with Probe(app.proxy_url) as back_probe:
+        app.fab_ok("rollback", f"--tag={v1}")
+    assert back_probe.failed == [], back_probe.summary()
+    assert back_probe.versions[-1] == "1"
+    assert served_tags(app, swarm) == {v1}
+    assert [(e["tag"], e["action"]) for e in app.history()] == [
+        (v1, "deploy"), (v2, "deploy"), (v1, "rollback")]
+
+    status = app.fab_ok("status")
+    assert f"swarm:     {app.stack}_app" in status and f" {v1}: Running" in status
+    for name, probe in (("unhealthy", bad_probe), ("v1->v2", up_probe),
+                        ("rollback", back_probe)):
+        record_property(name, probe.summary())
+        print(f"{name}: {probe.summary()}")
