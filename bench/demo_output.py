@@ -23,10 +23,11 @@ def sections(text: str) -> list[tuple[str, list[str]]]:
 
 def main(path: str) -> None:
     text = open(path, encoding="utf-8", errors="replace").read()
-    print(f"{'section':<48} {'lines':>5} {'longest':>7} {'$ lines':>7}")
+    print(f"{'section':<48} {'lines':>5} {'build':>5} {'longest':>7} {'$ lines':>7}")
     for name, lines in sections(text):
         commands = sum(1 for line in lines if "] $ " in line)  # not the demo's own `$ fab`
-        print(f"{name[:48]:<48} {len(lines):>5} {max(map(len, lines), default=0):>7} "
+        build = sum(1 for line in lines if line.startswith("#"))  # buildx's own progress
+        print(f"{name[:48]:<48} {len(lines):>5} {build:>5} {max(map(len, lines), default=0):>7} "
               f"{commands:>7}")
     print(f"ESC bytes: {text.count(chr(27))}")
 

@@ -189,6 +189,6 @@ def run_demo(work: Path | None = None, postgres: bool = False) -> None:
 
     banner("release history")
     step([*fab, "releases"], work)
-    print(f"\nThe demo app is in {work}; the VM's copy in {vm.name}'s app_dir (on this laptop: "
-          f"{vm.srv}). v1 is serving at {base} on {vm.name} (`python -m sandbox status` "
+    print(f"\nThe demo app is in {work};\nthe VM's copy in {vm.name}'s app_dir (on this laptop: "
+          f"{vm.srv}).\nv1 is serving at {base} on {vm.name} (`python -m sandbox status` "
           "shows how to ssh there).")
