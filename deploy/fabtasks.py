@@ -222,7 +222,7 @@ def setup(c, dry_run=False, verbose=False):
         vm.write_release_files(vm.current_tag(), values)
         vm.check_project()
         current = vm.current_tag()
-        if not dry_run:
+        if not dry_run and s.target != "swarm":
             vm.check_sqlite_on_disk(vm.config(current))
         if s.target == "swarm":  # issue 13: a one-node swarm unless the engine is in one
             from deploy import swarm

@@ -95,8 +95,6 @@ def point_at(work: Path, vm) -> None:
             line = f'host = "{vm.name}"'
         elif key == "port":
             line = "port = 22"
-        elif key == "health_url":  # fetched by `fab` on the laptop until the check moves
-            line = 'health_url = ""  # the container healthcheck, on the VM, decides'
         lines.append(line)
     path.write_text("\n".join(lines) + "\n")
 

@@ -76,10 +76,11 @@ def rows(app: App) -> list[list[str]]:
 
 
 def db_container(app: App) -> str:
-    ids = docker("ps", "-q", "--filter", f"label=com.docker.compose.project={app.project}",
-                 "--filter", "label=com.docker.compose.service=db").stdout.split()
+    ids = app.vm_docker("ps", "-q", "--filter", f"label=com.docker.compose.project={app.project}",
+                        "--filter", "label=com.docker.compose.service=db").stdout.split()
     assert len(ids) == 1, ids
-    return docker("inspect", "--format", "{{.Id}} {{.State.StartedAt}}", ids[0]).stdout.strip()
+    return app.vm_docker("inspect", "--format", "{{.Id}} {{.State.StartedAt}}",
+                         ids[0]).stdout.strip()
 
 
 def test_postgres_deploy_v2_rollback_and_restore_keep_every_row(pg_app, pg_images):
@@ -168,8 +169,9 @@ def test_rollback_with_downgrade_backs_up_first_and_a_broken_restore_leaves_the_
     assert_no_traceback(proc)
     assert f"restoring {broken} failed; app is left stopped" in out, out
     assert "pg_restore" in out
-    assert app.containers() and all(
-        "app" not in docker("inspect", "--format", "{{.Name}}", c).stdout for c in
-        app.containers())
+    services = [app.vm_docker("inspect", "--format",
+                              '{{index .Config.Labels "com.docker.compose.service"}}', c)
+                .stdout.strip() for c in app.containers()]
+    assert services == ["db"], services  # the app is stopped, the database runs
     assert [r[1] for r in rows(app)] == ["kept"]  # nothing half-restored: one transaction
     assert not app.vm(".deploy/lock").exists()

@@ -260,10 +260,14 @@ class FreezingProxy:
 
 def test_a_dead_network_fails_within_the_network_timeout_and_reports_the_lock(
         live, images, sandbox, tmp_path):
-    proxy = FreezingProxy((sandbox.ssh_host, sandbox.ssh_port))
-    known = tmp_path / "known_hosts"
-    known.write_text(sandbox.known_hosts.read_text().replace(
-        f"[{sandbox.ssh_host}]:{sandbox.ssh_port}", f"[127.0.0.1]:{proxy.port}"))
+    host, port = live.env["DEPLOY_HOST"], int(live.env["DEPLOY_PORT"])
+    proxy = FreezingProxy((host, port))
+    name = host if port == 22 else f"[{host}]:{port}"
+    known = tmp_path / "known_hosts"  # the VM's key, for the proxy's address
+    known.write_text("".join(
+        f"[127.0.0.1]:{proxy.port} {line.split(None, 1)[1]}\n"
+        for line in sandbox.known_hosts.read_text().splitlines()
+        if line.strip() and name in line.split()[0].split(",")))
     env = {"DEPLOY_PORT": str(proxy.port), "DEPLOY_KNOWN_HOSTS": str(known),
            "DEPLOY_NETWORK_TIMEOUT": "6", "DEPLOY_CONNECT_TIMEOUT": "5",
            "DEPLOY_LOCK_LEASE": "3"}

@@ -256,9 +256,8 @@ class App:
                image: str = "", vm: Vm | None = None) -> App:
         """Give `repo` its own app_dir and APP_PORT; point it at a sandbox VM (default vm1).
 
-        DEPLOY_HEALTH_URL is empty: the deploy waits for the container's own healthcheck,
-        which runs on the VM. (Today `fab` fetches a health_url from the laptop, where the
-        app's port is not; once the check runs on the VM, `app.vm_url("/health")` is the URL.)
+        DEPLOY_HEALTH_URL is the app's /health as the VM sees it (`vm_url`): the deploy asks it
+        on the VM, after the container's own healthcheck.
         """
         vm = vm or sandbox.vm(1)
         app_dir = f"/srv/{unique('t-')}"
@@ -275,7 +274,7 @@ class App:
             "DEPLOY_KEY_FILE": str(sandbox.key_file),
             "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts),
             "DEPLOY_APP_DIR": app_dir,
-            "DEPLOY_HEALTH_URL": "",
+            "DEPLOY_HEALTH_URL": f"http://127.0.0.1:{port}/health",
             "XDG_CACHE_HOME": str(cache),
         }
         return cls(repo=repo, images=images, app_dir=app_dir, port=port, cache=cache, machine=vm,
@@ -457,18 +456,14 @@ class App:
     def psql(self, sql: str, service: str = "db", user: str = "app",
              database: str = "app") -> list[list[str]]:
         """Rows of `sql` run by psql in the app's database container on the VM."""
-        ids = self._vm_docker("ps", "-q", "--filter",
+        ids = self.vm_docker("ps", "-q", "--filter",
                               f"label=com.docker.compose.project={self.project}", "--filter",
                               f"label=com.docker.compose.service={service}").stdout.split()
         assert len(ids) == 1, f"expected one {service} container of {self.project}: {ids}"
-        proc = self._vm_docker("exec", ids[0], "psql", "-X", "-At", "-F", "\t", "-v",
+        proc = self.vm_docker("exec", ids[0], "psql", "-X", "-At", "-F", "\t", "-v",
                                "ON_ERROR_STOP=1", "-U", user, "-d", database, "-c", sql)
         assert proc.returncode == 0, proc.stderr
         return [line.split("\t") for line in proc.stdout.splitlines()]
-
-    def _vm_docker(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """docker against the VM's engine (vm_docker once the sandbox VMs have their own)."""
-        return (getattr(self, "vm_docker", None) or docker)(*args)
 
     def item_names(self) -> list[str]:
         return [row["name"] for row in self.db("SELECT name FROM items ORDER BY id")]
@@ -509,7 +504,7 @@ class App:
         for kind in ("network", "volume"):
             names = self.vm_docker(kind, "ls", "-q", "--filter", label).stdout.split()
             if names:
-                self.vm_docker(kind, "rm", *(["--force"] if kind == "volume" else []), *names)
+                self.vm_docker(kind, "rm", *names)
         if self.app_dir.startswith("/srv/t-"):
             shutil.rmtree(self.vm(), ignore_errors=True)
         if self.tunnel is not None:

@@ -249,7 +249,7 @@ class Vm(VmQueries):
                 f"not the image pulled for {self.ref(tag)} ({expected[:19]})")
 
     def record(self, entry: dict) -> None:
-        if self.serving:  # issue 11, behind the proxy: which container serves this release
+        if self.serving:  # behind the proxy: which container serves this release
             entry["container"] = self.serving
         self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
         self.write_release_files(entry["tag"])

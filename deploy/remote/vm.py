@@ -38,7 +38,7 @@ class VmQueries:
         self._helper_ready = False
         self._current: str | None = None
         self.pulled: dict[str, str] = {}  # tag -> image id pulled for it
-        self.serving = ""  # issue 11: the container a proxy switch left serving (recorded)
+        self.serving = ""  # the container a proxy switch left serving (recorded)
 
     # -- basics -------------------------------------------------------------------------
     @property
