@@ -142,6 +142,7 @@ def host_settings(settings: Settings, role: Role, host: str) -> Settings:
         compose_file=role.compose_file or settings.compose_file,
         # A worker answers no HTTP: its container's health (or a steady run) is the check.
         health_url=role.health_url or (settings.health_url if role.kind == "web" else ""),
+        proxy=settings.proxy and role.kind == "web",  # a worker takes no requests
     )
 
 
