@@ -35,7 +35,6 @@ class AppPython:
     kind: str  # "setting", "venv", "uv", "poetry" or "image"
     argv: tuple[str, ...]
     where: str
-    cwd: Path | None = None
 
     @property
     def in_image(self) -> bool:
@@ -105,13 +104,13 @@ def app_python(settings: Settings) -> AppPython:
             raise DeployError("the app is a uv project (uv.lock) but uv is not installed",
                               "install uv (pip install uv), or set `app_python` in deploy.toml")
         return AppPython("uv", (uv, "run", "--locked", "--project", str(uv_lock.parent),
-                                "python"), "uv run", cwd=uv_lock.parent)
+                                "python"), "uv run")
     poetry_lock = find_upward(settings, "poetry.lock")
     if poetry_lock:
         from deploy.lockkinds import poetry
 
         return AppPython("poetry", (*poetry(), "--directory", str(poetry_lock.parent), "run",
-                                    "python"), "poetry run", cwd=poetry_lock.parent)
+                                    "python"), "poetry run")
     return AppPython(IMAGE, (), "the app's image (no venv, uv.lock or poetry.lock found)")
 
 

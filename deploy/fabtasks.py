@@ -7,98 +7,29 @@ these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
 
 from __future__ import annotations
 
-import json
-import sys
-
 from fabric import task
 from invoke import Collection, Exit
 
-from deploy.errors import DeployError, friendly
-
-
-def _verify_host_keys() -> None:
-    """Connections Fabric makes itself while this fabfile is loaded check host keys too.
-
-    (A bare `fab -H vm -- cmd` loads no fabfile, so Fabric alone handles it: `fab run` is the
-    verified way.)
-    """
-    from deploy.errors import DeployError
-    from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
-    from deploy.settings import load_settings
-
-    files = [DEFAULT_KNOWN_HOSTS]
-    try:
-        known_hosts = load_settings().known_hosts
-    except DeployError:
-        known_hosts = ""
-    verify_fabric_connections([known_hosts, *files] if known_hosts else files)
-
-
-_verify_host_keys()
-
-
-def each_vm(c, dry_run: bool = False):
-    """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
-    from deploy import roles  # issue 13: with [roles.*] and no -H, every role's hosts
-    from deploy.remote import session
-    from deploy.settings import load_settings
-
-    settings = load_settings()
-    hosts = [c.original_host] if hasattr(c, "original_host") else None
-    for role, each, target in roles.targets(settings, hosts):
-        if role:
-            print(f"== {target.host} (role {role})")
-        with session(each, target, dry_run=dry_run) as vm:
-            yield vm
-
-
-def with_roles(c) -> bool:
-    """Issue 13: whether this task acts on the roles of deploy.toml (there are some, no -H)."""
-    from deploy import roles
-    from deploy.settings import load_settings
-
-    return not hasattr(c, "original_host") and roles.configured(load_settings())
-
-
-# Hosts that took the new release in this `fab` run: Fabric calls a task once per -H host, so
-# the list outlives one call.
-CHANGED: list[str] = []
-
-
-def one_host_after_another(c, tag: str, step, dry_run: bool = False) -> None:
-    """Run `step(vm)` host after host; at the first failure, stop and say, before the error,
-    which hosts have TAG and which were not touched."""
-    from deploy.remote import session, targets
-    from deploy.settings import load_settings
-
-    settings = load_settings()
-    on_command_line = hasattr(c, "original_host")
-    todo = targets(settings, [c.original_host] if on_command_line else None)
-    for i, target in enumerate(todo):
-        try:
-            with session(settings, target, dry_run=dry_run) as vm:
-                step(vm)
-        except (DeployError, KeyboardInterrupt):
-            if CHANGED or len(todo) > 1:
-                rest = ", ".join(t.host for t in todo[i + 1:]) or (
-                    "any later -H host" if on_command_line else "none")
-                print(f"{tag} stopped at {target.host}: now on {tag}: "
-                      f"{', '.join(CHANGED) or 'no host'}; {target.host}: see the error below; "
-                      f"not attempted (kept their release): {rest}", file=sys.stderr)
-            raise
-        CHANGED.append(target.host)
+from deploy.errors import friendly
+from deploy.fabenv import env_, env_keys
+from deploy.fabhosts import each_vm, last_of, one_host_after_another, with_roles
 
 
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
-            "message": "a note kept in the lock and history", "dry-run": "print, run nothing"})
+            "message": "a note kept in the lock and history", "dry-run": "print, run nothing",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def deploy(c, tag, message="", dry_run=False):
+def deploy(c, tag, message="", dry_run=False, verbose=False):
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
     from deploy import refs, registry, remote
+    from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
     from deploy.settings import load_settings
 
+    set_verbose(verbose, c)
+
     settings = load_settings()
-    refs.validate_tag(tag)
+    refuse_moving_tag(refs.validate_tag(tag))
     if not dry_run:
         registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
@@ -118,16 +49,21 @@ def deploy(c, tag, message="", dry_run=False):
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
-            "downgrade": "run `alembic downgrade` to that release's revision first"})
+            "downgrade": "run `alembic downgrade` to that release's revision first",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def rollback(c, tag="", downgrade=False, dry_run=False):
+def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
     """Put an earlier release back (health-checked, under the deploy lock)."""
     from deploy import refs, registry, remote
     from deploy.errors import DeployError
+    from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
     from deploy.settings import load_settings
 
+    set_verbose(verbose, c)
+
     if tag:
-        refs.validate_tag(tag)
+        refuse_moving_tag(refs.validate_tag(tag))
         settings = load_settings()
         image = refs.validate_image(settings.require("image"))
         # Before any connection: a tag that is not in the registry cannot be pulled back.
@@ -172,10 +108,6 @@ def releases(c):
                   f"{(entry.get('digest') or '')[:19]}")
 
 
-def last_of(history: list[dict], tag: str) -> dict | None:
-    return next((e for e in reversed(history) if e["tag"] == tag), None)
-
-
 @task
 @friendly
 def status(c):
@@ -189,13 +121,18 @@ def status(c):
         release = vm.current_tag()
         print(f"release:   {release or '(none recorded)'}")
         running = vm.running_tag()
+        recorded = last_of(vm.history(), release) or {} if release else {}
+        mismatch = vm.runs_pulled_image(release, recorded.get("digest", "")) \
+            if release and running == release else ""
         if release and running and running != release:  # e.g. a deploy killed mid-switch
             print(f"warning: the app container runs {running}, not the recorded release")
             print(f"  fix: `fab deploy --tag={running}` records it, or `fab rollback "
                   f"--tag={release}` puts {release} back")
+        if mismatch:
+            print(f"warning: {mismatch}")
         print(f"health:    {vm.health()}")
         print(f"revision:  {vm.revision() or '-'}")
-        print(f"lock:      {describe_holder(json.dumps(holder)) if holder else 'free'}")
+        print(f"lock:      {describe_holder(holder) if holder else 'free'}")
         if vm.settings.target == "swarm":  # issue 13: the stack's tasks, not compose's
             from deploy import swarm
             print("\n".join(swarm.status_lines(vm)))
@@ -211,6 +148,7 @@ def status(c):
             print(f"warning: docker compose cannot read the app: {problem}")
             print(f"  fix: repair what it names; `fab setup` rewrites {vm.settings.app_dir}/"
                   f"{cmd.COMPOSE_ENV} from {cmd.APP_ENV} and the current release")
+        print(f"project:   {vm.project}")
 
 
 @task(help={"follow": "keep streaming", "tail": "how many lines to show"})
@@ -253,23 +191,25 @@ def run_(c, cmd):
             raise Exit(f"command exited {result.exited}", code=result.exited)
 
 
-@task
+@task(help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def setup(c, dry_run=False):
-    """Prepare the VM: app directory, compose file, app env file (0600), registry login;
-    with `proxy` on, the VM's Caddy too."""
+def setup(c, dry_run=False, verbose=False):
+    """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
+    login; refuses a compose file the deploys could not back up or switch; with `proxy` on,
+    the VM's Caddy too."""
+    from deploy.runner import set_verbose
+
+    set_verbose(verbose, c)
     from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
-    from deploy.commands import vm as cmd
-    from deploy.envcheck import app_env_upload, filtered_env_text
+    from deploy.envcheck import app_env_values
     from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
-    if settings.path(settings.env_file).is_file():
-        filtered_env_text(settings.path(settings.env_file))
+    values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
     if settings.proxy:
         from deploy import proxy
 
@@ -277,16 +217,18 @@ def setup(c, dry_run=False):
         proxy.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
-        vm.run(cmd.make_dirs(s.app_dir), cwd="")
+        vm.ensure_helper()
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
-        with app_env_upload(s.path(s.env_file)) as filtered:  # without DEPLOY_* keys
-            vm.upload(filtered, cmd.APP_ENV, 0o600)
-        vm.run(cmd.write_release_env(vm.image, vm.current_tag()))
+        vm.write_release_files(vm.current_tag(), values)
+        vm.check_project()
+        current = vm.current_tag()
+        if not dry_run and s.target != "swarm":
+            vm.check_sqlite_on_disk(vm.config(current))
         if s.target == "swarm":  # issue 13: a one-node swarm unless the engine is in one
             from deploy import swarm
             swarm.ensure_swarm(vm)
         if s.registry_user and s.registry_password:
-            vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
+            vm.run(docker.login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
                    fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
         if s.proxy:
@@ -295,38 +237,48 @@ def setup(c, dry_run=False):
                                                 if s.proxy else ""))
 
 
-@task
+@task(help={"force": "clear it even though its holder renewed it recently (may be alive)"})
 @friendly
-def unlock(c):
-    """Clear a stale deploy lock (left by a deploy that was killed)."""
+def unlock(c, force=False):
+    """Clear a stale deploy lock (left by a deploy that was killed); a lock whose lease a live
+    deploy renews is refused without --force."""
     from deploy.commands import vm as cmd
-    from deploy.remote import describe_holder
+    from deploy.errors import DeployError
+    from deploy.remote import describe_holder, lease_is_fresh
 
     for vm in each_vm(c):
         holder = vm.holder()
         if not holder:
             print(f"{vm.runner.where}: the lock is free")
             continue
+        if lease_is_fresh(holder, vm.settings.lock_lease) and not force:
+            raise DeployError(
+                f"the lock on {vm.runner.where} is held by a deploy that is alive: "
+                f"{describe_holder(holder)}",
+                "wait for it; if you are sure it is gone, `fab unlock --force`")
         vm.run(cmd.release_lock())
-        print(f"{vm.runner.where}: cleared the lock held by {describe_holder(json.dumps(holder))}")
+        print(f"{vm.runner.where}: cleared the lock held by {describe_holder(holder)}")
 
 
 @task
 @friendly
 def backups(c):
     """The database backups on the VM, newest first."""
-    from deploy.commands import vm as cmd
 
     for vm in each_vm(c):
-        names = vm.run(cmd.list_backups(), quiet=True).stdout.split()
+        names = vm.backups()
         print("\n".join(names) if names else f"{vm.runner.where}: no backups yet")
 
 
-@task(help={"backup": "a name from `fab backups`"})
+@task(help={"backup": "a name from `fab backups`",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def restore(c, backup):
+def restore(c, backup, verbose=False):
     """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
     from deploy.remote import restore as restore_backup
+    from deploy.runner import set_verbose
+
+    set_verbose(verbose, c)
 
     for vm in each_vm(c):
         restore_backup(vm, backup)
@@ -360,48 +312,6 @@ def proxy_(c, action, follow=False, tail=100):
         else:
             proxy.reload(vm)
             vm.runner.say("reloaded the proxy's config (no restart)")
-
-
-@task(name="env", positional=["action", "key"],
-      help={"action": "`set`: the value is read from stdin", "key": "the variable to set"})
-def env_(c, action, key):
-    """`fab env set KEY`: add or replace KEY in the VM's app.env (value from stdin, mode 0600)."""
-    env_set(c, action, key)  # (Invoke loses positional arguments through a wrapper)
-
-
-@friendly
-def env_set(c, action: str, key: str) -> None:
-    import getpass
-    import sys
-
-    from deploy import envcheck
-    from deploy.commands import vm as cmd
-    from deploy.errors import DeployError
-
-    if action != "set":
-        raise DeployError(f"unknown action {action!r}", "fab env set KEY (value on stdin); "
-                          "fab env-keys lists the keys")
-    envcheck.validate_key(key)
-    value = (getpass.getpass(f"{key}: ") if sys.stdin.isatty()
-             else sys.stdin.readline().rstrip("\n"))
-    envcheck.validate_value(value)
-    for vm in each_vm(c):
-        vm.runner.secrets.append(value)
-        vm.run(envcheck.set_key(key), stdin=value, hide=True,
-               what=f"setting {key} in the VM's app.env failed", fix="see the message above")
-        vm.run(cmd.sync_release_env(vm.image, vm.current_tag()), quiet=True)
-        vm.runner.say(f"{key} set in {vm.settings.app_dir}/{cmd.APP_ENV}; it takes effect "
-                      "at the next deploy (or `docker compose up -d` on the VM)")
-
-
-@task(name="env-keys")
-@friendly
-def env_keys(c):
-    """The keys (never the values) of the VM's app.env."""
-    from deploy import envcheck
-
-    for vm in each_vm(c):
-        print(vm.run(envcheck.app_env_keys(), quiet=True).stdout.strip())
 
 
 ns = Collection(

@@ -5,56 +5,76 @@ command (more when the login shell reads rc files); a deploy runs a dozen comman
 keeps one `sh` open on one channel, writes each command to it, and reads its output up to a
 marker line that carries the exit code. It has the `.run()` signature the Runner expects.
 
+The shell enters the app directory once when it opens (`cd app_dir`), so no command carries a
+`cd ... &&` prefix; a command that needs another directory names it (`cwd=`).
+
 A command that is interrupted (Ctrl-C, timeout) leaves the shell busy: the channel is closed and
-the next command opens a fresh one on the same connection.
+the next command opens a fresh one on the same connection. Terminal escape sequences in what
+remote tools print (compose's `ESC[2K` line clears, colours) are dropped.
 """
 
 from __future__ import annotations
 
 import secrets
+import shlex
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from invoke.exceptions import CommandTimedOut
 
 from deploy.errors import DeployError
+from deploy.runner import Result, strip_escapes
 
 
 class ConnectionLost(DeployError):
     """The SSH connection dropped under a command (which may go on running on the VM)."""
 
-    def __init__(self, message: str, fix: str, where: str) -> None:
+    def __init__(self, message: str, fix: str, where: str, reason: str = "") -> None:
         super().__init__(message, fix)
         self.where = where
-
-
-@dataclass
-class ShellResult:
-    command: str
-    exited: int
-    stdout: str
-    stderr: str
+        self.reason = reason
 
 
 class RemoteShell:
     """Runs commands through one persistent remote `sh` over a Fabric/paramiko connection."""
 
-    def __init__(self, connection: Any, where: str = "") -> None:
+    enters_dirs = True  # the Runner passes cwd= instead of a `cd ... &&` prefix
+
+    def __init__(self, connection: Any, where: str = "", network_timeout: float = 30.0,
+                 home: str = "") -> None:
         self.connection = connection
+        self.home = home  # entered once per shell; "" stays in the login directory
+        self.inside = False
         self.where = where or getattr(connection, "host", "the VM")
         self.channel = None
         self.reconnects = 0
+        # A VM that answers neither output nor an SSH keepalive for this long is lost.
+        self.network_timeout = network_timeout
+        self.probe_after = max(1.0, network_timeout / 6)
 
     def _open(self):
         transport = self.connection.client.get_transport()
         if transport is None or not transport.is_active():
             transport = self._reconnect()
-        channel = transport.open_session()
+        try:
+            channel = transport.open_session(timeout=self.network_timeout)
+        except Exception as exc:  # paramiko.SSHException: no answer to the channel request
+            raise self._lost("opening a shell", str(exc)) from None
         channel.exec_command("exec sh")
         self.channel = channel
+        self.inside = False
         return channel
+
+    def _enter(self, channel) -> None:
+        """`cd app_dir` in the shell itself (not a subshell), once; retried by later commands
+        while app_dir does not exist yet (`fab setup` makes it)."""
+        if not self.home or self.inside:
+            return
+        mark = f"__deploy_done_{secrets.token_hex(8)}__"
+        channel.sendall(f"cd -- {shlex.quote(self.home)} 2>/dev/null\n__rc=$?; printf "
+                        f"'\\n{mark} %s\\n' \"$__rc\"; printf '\\n{mark}\\n' >&2\n".encode())
+        self.inside = self._collect(channel, "cd", mark, True, None).exited == 0
 
     def _reconnect(self):
         """A dropped connection is opened once more (to release the lock, switch back...)."""
@@ -79,8 +99,19 @@ class RemoteShell:
             self.channel = None
 
     def run(self, command: str, warn: bool = True, hide: Any = None, in_stream: Any = False,
-            timeout: float | None = None) -> ShellResult:
+            timeout: float | None = None, cwd: str | None = None) -> Result:
+        """Run `command` in the app directory (or in `cwd`: "" is the login directory)."""
         channel = self.channel or self._open()
+        if cwd is not None:
+            command = f"cd -- {shlex.quote(cwd)} && {command}" if cwd else f"cd && {command}"
+        else:
+            try:
+                self._enter(channel)
+            except BaseException:
+                self.close()
+                raise
+            if self.home and not self.inside:
+                command = f"cd -- {shlex.quote(self.home)} && {command}"
         mark = f"__deploy_done_{secrets.token_hex(8)}__"
         stdin = ""
         if in_stream:
@@ -100,11 +131,12 @@ class RemoteShell:
             raise
 
     def _collect(self, channel, command: str, mark: str, hide: Any,
-                 timeout: float | None) -> ShellResult:
+                 timeout: float | None) -> Result:
         show = hide is None or hide is False
         out, err = _Stream(mark, sys.stdout if show else None), _Stream(mark, sys.stderr if show
                                                                       else None)
         deadline = time.monotonic() + timeout if timeout else None
+        alive = _Liveness(self.connection, self.probe_after, self.network_timeout)
         while not (out.done and err.done):
             got = False
             if channel.recv_ready():
@@ -114,7 +146,12 @@ class RemoteShell:
                 err.feed(channel.recv_stderr(65536))
                 got = True
             if got:
+                alive.heard()
                 continue
+            if not alive.check():
+                self.close()
+                raise self._lost(command[:120], f"no answer for {self.network_timeout:.0f}s, "
+                                 "not even to SSH keepalives; network_timeout sets it")
             if channel.exit_status_ready() or channel.closed:
                 out.feed(channel.recv(65536) if channel.recv_ready() else b"")
                 if not (out.done and err.done):
@@ -127,9 +164,67 @@ class RemoteShell:
                         self.where,
                     )
             if deadline and time.monotonic() > deadline:
-                raise CommandTimedOut(ShellResult(command, -1, out.text, err.text), timeout)
+                raise CommandTimedOut(Result(command, -1, out.text, err.text), timeout)
             time.sleep(0.002)
-        return ShellResult(command, out.exit_code, out.text, err.text)
+        return Result(command, out.exit_code, out.text, err.text)
+
+
+    def _lost(self, during: str, reason: str) -> ConnectionLost:
+        return ConnectionLost(
+            f"the SSH connection to {self.where} was lost while running: {during} ({reason})",
+            "check the VM and the network, then run the same command again (a deploy re-run "
+            "is safe; `fab status` shows what is serving)",
+            self.where, reason,
+        )
+
+
+class _Liveness:
+    """SSH keepalives while a command is silent: after `probe_after` seconds without output a
+    keepalive@openssh.com request (which the server must answer) goes out; no answer within
+    `limit` seconds means the network or the VM is gone."""
+
+    def __init__(self, connection: Any, probe_after: float, limit: float) -> None:
+        self.transport = connection.client.get_transport()
+        self.probe_after = probe_after
+        self.limit = limit
+        self.last = time.monotonic()
+        self.sent = 0.0
+
+    def heard(self) -> None:
+        self.last = time.monotonic()
+        self.sent = 0.0
+
+    def check(self) -> bool:
+        transport = self.transport
+        if transport is None or not self.limit:
+            return True
+        now = time.monotonic()
+        if self.sent:
+            if transport.completion_event is not None and transport.completion_event.is_set():
+                self.heard()
+            elif now - self.sent > self.limit:
+                return False
+        elif now - self.last > self.probe_after:
+            self._probe(transport)
+            self.sent = now
+        return True
+
+
+    @staticmethod
+    def _probe(transport) -> None:
+        """Send keepalive@openssh.com asking for a reply, without waiting for it (paramiko's
+        own global_request asks for none unless it also blocks until it comes)."""
+        import threading
+
+        from paramiko.common import cMSG_GLOBAL_REQUEST
+        from paramiko.message import Message
+
+        transport.completion_event = threading.Event()
+        message = Message()
+        message.add_byte(cMSG_GLOBAL_REQUEST)
+        message.add_string("keepalive@openssh.com")
+        message.add_boolean(True)
+        transport._send_user_message(message)
 
 
 class _Stream:
@@ -148,7 +243,7 @@ class _Stream:
             return
         self.buffer += data.decode(errors="replace")
         *complete, self.buffer = self.buffer.split("\n")
-        for line in complete:
+        for line in map(strip_escapes, complete):
             if line.startswith(self.mark):
                 code = line[len(self.mark):].strip()
                 self.exit_code = int(code) if code.lstrip("-").isdigit() else 0

@@ -197,6 +197,12 @@ def poetry_app(tmp_path, docker_engine):
                       capture_output=True, check=False).returncode != 0:
         pytest.skip("pgvector/pgvector:pg17 is not in the local engine")
     repo, out = adopt("poetry", tmp_path)
+    poetry_install(repo)
+    return repo, out
+
+
+def poetry_install(repo: Path) -> None:
+    """`poetry install` on Python 3.11, as the app's developer would have done (in .venv)."""
     from deploy.lockkinds import poetry
 
     env = {**os.environ, **user_env()}
@@ -207,7 +213,6 @@ def poetry_app(tmp_path, docker_engine):
                           capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         pytest.skip(f"poetry install failed (PyPI?): {proc.stderr[-400:]}")
-    return repo, out
 
 
 def test_d_poetry_app_passes_on_a_scratch_pgvector(poetry_app, inv):

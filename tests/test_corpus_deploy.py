@@ -6,7 +6,6 @@ VM with `inv deploy`, upgraded, and rolled back with `fab rollback` (issue 10, D
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import commit_all, output
 from test_checks import edit
-from test_corpus import adopt, user_env
+from test_corpus import adopt, poetry_install, user_env
 from vmkit import App, unique
 
 import deploy
@@ -22,17 +21,8 @@ import deploy
 
 @pytest.fixture
 def poetry_live(tmp_path, sandbox):
-    from deploy.lockkinds import poetry
-
     repo, _ = adopt("poetry", tmp_path)
-    env = {**os.environ, **user_env()}
-    py311 = os.path.expanduser("~/.pyenv/versions/3.11.7/bin/python3.11")
-    subprocess.run([*poetry(), "env", "use", py311], cwd=repo, env=env, capture_output=True,
-                   check=False)
-    proc = subprocess.run([*poetry(), "install", "--no-root"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"poetry install failed (PyPI?): {proc.stderr[-400:]}")
+    poetry_install(repo)
     image = f"127.0.0.1:5000/{unique('corpus-d-')}"
     app = App.create(repo, None, tmp_path / "xdg-cache", sandbox, image=image)
     app.env.update(user_env())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REGISTRY, assert_no_traceback, child_env, git
+from dotenv import dotenv_values
 from vmkit import (
     delete_from_registry,
     docker,
@@ -63,7 +64,7 @@ def test_v2_migrates_and_keeps_rows_written_under_v1_over_one_ssh_connection(
 
     out, logins, lines = sshd.measure(lambda: live.deploy(images.v2), "logins", 1)
     assert logins == 1, "one fab deploy should log in to the VM once:\n" + "\n".join(lines)
-    assert f"deployed {images.v2}" in out
+    assert f"done: {images.ref(images.v2)} on " in out
 
     assert live.version() == {"version": "2", "revision": "0002"}
     items = live.get_json("/items")
@@ -257,7 +258,7 @@ def test_ctrl_c_during_a_deploy_releases_the_lock(live, images, moment):
 
 
 def test_an_unexpected_exception_mid_deploy_releases_the_lock(live, images, monkeypatch):
-    def boom(self, tag):
+    def boom(self, tag, previous=""):
         assert live.vm(".deploy/lock/holder.json").exists()
         raise RuntimeError("a bug in the middle of the deploy")
 
@@ -345,12 +346,12 @@ def test_a_tag_missing_from_the_registry_is_refused_before_the_vm_changes(live, 
 # --------------------------------------------------------------------------- 9: dry runs
 
 REMOTE_STEPS = [
-    ("lock", "mkdir .deploy/lock"),
+    ("lock", "lock-acquire"),
     ("pull", "docker pull"),
-    ("backup", "backups/"),
+    ("backup", "backup-sqlite"),
     ("migrate", "alembic upgrade head"),
     ("up", " up -d"),
-    ("health", "docker inspect"),
+    ("health", "health-state"),
 ]
 
 
@@ -372,7 +373,9 @@ def test_fab_deploy_dry_run_prints_the_remote_steps_and_touches_nothing(live, im
     out = output(proc)
     assert proc.returncode == 0, out
     assert step_order(out, REMOTE_STEPS) == [name for name, _ in REMOTE_STEPS]
-    assert f"DEPLOY_TAG={images.v2}" in out and f"cd {live.app_dir} &&" in out
+    assert f"DEPLOY_TAG={images.v2}" in out
+    # the shell enters app_dir once; no command carries a `cd ... &&` prefix
+    assert out.count(f"$ cd {live.app_dir}") == 1 and f"cd {live.app_dir} &&" not in out
     assert connections == 0, "\n".join(lines)
     assert live.snapshot() == before
     assert live.serving_image() == images.ref(images.v1)
@@ -434,7 +437,7 @@ def test_setup_uploads_a_private_env_and_a_plain_compose_up_brings_the_release_b
     assert f"ready: {app.app_dir}" in out
     app_env = app.vm("app.env")
     assert stat.S_IMODE(app_env.stat().st_mode) == 0o600
-    assert app_env.read_text() == (app.repo / ".env").read_text()
+    assert app.release_env("app.env") == dotenv_values(app.repo / ".env", interpolate=False)
     assert app.vm("compose.yaml").read_text() == (app.repo / "compose.yaml").read_text()
     assert "DEPLOY_TAG" not in app.release_env()
 
@@ -463,7 +466,7 @@ def test_setup_uploads_a_private_env_and_a_plain_compose_up_brings_the_release_b
 def test_the_same_deploy_works_with_compose_v1(app, images):
     env = {"DEPLOY_COMPOSE_COMMAND": "v1"}
     app.fab_ok("setup", env=env)
-    out = app.deploy(images.v1, env=env)
+    out = app.fab_ok("deploy", f"--tag={images.v1}", "--verbose", env=env)  # the commands
     assert "docker-compose --file compose.yaml" in out
     assert "docker compose " not in out
     app.post_item("under compose v1")
@@ -495,8 +498,10 @@ def test_inv_deploy_end_to_end(make_app, sshd):
         tag = git(app.repo, "rev-parse", "--short=7", "HEAD")
         host = app.settings().host
         for step in ("check", "test", "build", "smoke", "push", f"remote deploy on {host}"):
-            assert f"== {step} done in" in out, f"step {step} missing:\n{out}"
-        assert f"done: {image}:{tag}" in out
+            assert re.search(rf"^\[local\] {step} \d+\.\ds$", out, re.M), \
+                f"step {step} missing:\n{out}"
+        assert f"done: {image}:{tag} on {host} in " in out
+        assert not re.search(r"^\[[^]]+\] \$ ", out, re.M), out  # no command lines by default
         assert sorted(registry_tags(image.split("/", 1)[1])) == sorted([tag, "latest"])
         assert app.version() == {"version": "1", "revision": "0001"}
         entry = app.history()[-1]
@@ -533,11 +538,12 @@ def test_backups_are_taken_listed_pruned_and_restored(live, images):
         new = sorted(set(names) - set(taken))
         assert len(new) == 1 and new[0].endswith(f"-{images.v2}.sqlite3"), names
         taken += new
-        assert len(names) == min(len(taken), 2)
+        # The newest two, and the one taken before the migration to 0002 (the first).
+        assert names == sorted({taken[0], *taken[-2:]}), names
     # The newest two are kept, however old the database file they copied.
-    assert live.backups() == taken[-2:]
+    assert live.backups() == [taken[0], *taken[-2:]]
     listed = live.fab_ok("backups").split()
-    assert listed == [taken[-1], taken[-2]]  # newest first
+    assert listed == [taken[-1], taken[-2], taken[0]]  # newest first
 
     live.post_item("after the last backup")
     assert live.item_names() == ["before the backups", "after the last backup"]
