@@ -52,8 +52,7 @@ def prepare(work: Path, vm, example: Path = EXAMPLE) -> None:
     point_at(work, vm)
     # The example's development environment (where its tests and the migrations check run):
     # this venv holds its requirements.
-    if example == EXAMPLE:  # the Postgres example's checks run in its image (app_python)
-        (work / ".venv").symlink_to(sys.prefix)
+    (work / ".venv").symlink_to(sys.prefix)
     (work / "fabfile").mkdir(exist_ok=True)
     (work / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
     git(work, "init", "-q")
