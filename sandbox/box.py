@@ -368,6 +368,7 @@ def _up(sb: Sandbox, vms: int) -> None:
     _timed("engine", lambda: ensure_engine(sb))
     _timed("registry", lambda: ensure_registry(sb))
     _timed("images", lambda: images.ensure_images(sb.cache_dir))
+    _timed("python3.10 image", lambda: images.ensure_python310(sb.cache_dir))
     _timed("sshd", lambda: ensure_sshd(sb))
     for index in range(1, vms + 1):
         _timed(sb.vm(index).name, lambda index=index: up_vm(sb, index))
