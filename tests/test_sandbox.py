@@ -335,7 +335,7 @@ def test_postgres_entrypoint_is_posix_sh():
 @pytest.mark.skipif(images.pyenv_python310() is None, reason="no pyenv Python 3.10 here")
 def test_python310_image_runs_310_and_pip_installs_from_pypi(sb):
     assert images.ensure_python310(sb.cache_dir) == "present"  # `up` made it, and caches it
-    script = ("python --version && python3 --version && command -v python pip && "
+    script = ("python --version && python3 --version && command -v python && command -v pip && "
               "pip install --quiet --no-cache-dir --root-user-action=ignore "
               "--disable-pip-version-check six==1.16.0 && "
               "python -c 'import six, ssl, sqlite3, ctypes; print(six.__version__, six.__file__)'")
