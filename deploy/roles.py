@@ -155,6 +155,7 @@ def host_settings(settings: Settings, role: Role, host: str) -> Settings:
         compose_file=role.compose_file or settings.compose_file,
         # A worker answers no HTTP: its container's health (or a steady run) is the check.
         health_url=role.health_url or (settings.health_url if role.kind == "web" else ""),
+        proxy=settings.proxy and role.kind == "web",  # a worker takes no requests
     )
 
 
@@ -202,24 +203,27 @@ def sessions(settings: Settings, plan: Plan, roles: list[Role], dry_run: bool
         yield vms
 
 
-def report(vms: dict[Slot, object], tag: str) -> list[tuple[Slot, str, str]]:
-    """(slot, recorded release, what the container runs) per host, asked of each VM now."""
+Row = tuple[Slot, str, str, str]  # slot, recorded release, what the container runs, health
+
+
+def report(vms: dict[Slot, object], tag: str) -> list[Row]:
+    """What each host serves, asked of each VM now."""
     rows = []
     for slot, vm in vms.items():
         try:
-            rows.append((slot, vm.current_tag(), vm.running_tag()))
+            rows.append((slot, vm.current_tag(), vm.running_tag(), vm.health()))
         except DeployError as exc:  # a lost connection: say so, keep reporting the others
-            rows.append((slot, "?", f"unknown ({exc.message})"))
+            rows.append((slot, "?", "", f"unknown ({exc.message})"))
     return rows
 
 
-def print_report(rows: list[tuple[Slot, str, str]], tag: str, say) -> None:
+def print_report(rows: list[Row], tag: str, say) -> None:
     say("per host:")
-    width = max(len(str(slot)) for slot, _, _ in rows)
-    for slot, recorded, running in rows:
-        note = "" if running in (recorded, "") else f"  (container runs {running})"
+    width = max(len(str(row[0])) for row in rows)
+    for slot, recorded, running, health in rows:
+        note = "" if running in (recorded, "") else f"  (its container runs {running})"
         mark = "new" if recorded == tag else "old"
-        say(f"  {str(slot):<{width}}  serves {recorded or '(none)'}  [{mark}]{note}")
+        say(f"  {str(slot):<{width}}  serves {recorded or '(none)'}  [{mark}]  {health}{note}")
 
 
 def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Settings,
@@ -227,7 +231,7 @@ def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Se
     """Switch the plan's batches to `tag` (health-checked, recorded by `record(slot, vm)`);
     on the first failure put back what `to_switch_back` says and stop. Returns the switched
     hosts still on `tag` and the failure, if any."""
-    from deploy.remote import switch_back, switch_checked
+    from deploy.remote import switch_checked
 
     switched: list[Slot] = []
     for number, batch in enumerate(plan.batches):
@@ -242,7 +246,7 @@ def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Se
             except DeployError as exc:
                 rollback_all = settings.rollback_all_on_failure
                 for back in to_switch_back(plan, number, switched, rollback_all):
-                    put_back(vms[back], tag, previous[back], f"{slot} failed", switch_back)
+                    put_back(vms[back], tag, previous[back], f"{slot} failed")
                     switched.remove(back)
                 return switched, (slot, exc)
             record(slot, vm)
@@ -250,16 +254,23 @@ def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Se
     return switched, None
 
 
-def put_back(vm, tag: str, previous: str, why: str, switch_back) -> None:
-    """Switch a host that already serves `tag` back to `previous` and record that."""
-    from deploy.remote import release_entry
+def put_back(vm, tag: str, previous: str, why: str) -> None:
+    """Switch a host that already serves `tag` back to `previous` (through the same checked
+    switch, behind the proxy or not) and record that; a failure is said, not raised."""
+    from deploy.remote import release_entry, switch_checked
 
     if not previous:
         vm.runner.say(f"{vm.runner.where}: no previous release to switch back to; {tag} stays")
         return
-    sentence = switch_back(vm, tag, previous, why)
-    if sentence.startswith("switched back") and not vm.runner.dry_run:
-        vm.record(release_entry(previous, "", "", "rollback", tag))
+    vm.runner.say(f"{why}; switching {vm.runner.where} back to {previous}")
+    try:
+        switch_checked(vm, previous, tag)
+    except DeployError as exc:
+        vm.runner.say(f"warning: {vm.runner.where} could not go back to {previous}: "
+                      f"{exc.message}")
+        return
+    if not vm.runner.dry_run:
+        vm.record(release_entry(previous, "", vm.revision(), "rollback", tag))
 
 
 def plan_of(settings: Settings) -> Plan:
@@ -267,7 +278,7 @@ def plan_of(settings: Settings) -> Plan:
 
 
 def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = "",
-           dry_run: bool = False, vms: dict | None = None) -> list[tuple[Slot, str, str]]:
+           dry_run: bool = False, vms: dict | None = None) -> list[Row]:
     """Deploy `tag` to every role's hosts (see the module's docstring). Returns the report.
 
     With `vms` (a session per slot, `inv deploy`) the caller already holds the lock."""
@@ -324,7 +335,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
 
 
 def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_run: bool = False,
-             known_in_registry=None) -> list[tuple[Slot, str, str]]:
+             known_in_registry=None) -> list[Row]:
     """Put every role's hosts back on `tag` (default: the release before the primary host's
     current one), batch by batch, under the one lock; `downgrade` runs on the primary host."""
     from deploy.remote import pick_rollback_tag, release_entry

@@ -147,3 +147,186 @@ def test_bad_roles_in_deploy_toml_stop_fab_with_error_and_fix(tmp_path) -> None:
     assert output(proc).splitlines()[:2] == [
         "error: host 10.0.0.1 is in roles web and job",
         "  fix: give a host one role (its compose file can run several services)"]
+
+
+# -- live: three sandbox VMs ---------------------------------------------------------------
+WORKER_VM = 5  # web on the shared vm1 and vm2 (own app_dir and port), the worker on vm5
+
+WORKER_COMPOSE = """\
+services:
+  worker:
+    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"
+    env_file: app.env
+    environment:
+      DATABASE_URL: "sqlite:////data/app.db"
+    volumes: ["./data:/data"]
+    command:
+      - python
+      - -c
+      - "import pathlib, time\\nwhile True:\\n pathlib.Path('/tmp/beat').touch()\\n time.sleep(1)"
+    healthcheck:  # a heartbeat file, not HTTP
+      test:
+        - CMD
+        - python
+        - -c
+        - "import os, sys, time; sys.exit(time.time() - os.path.getmtime('/tmp/beat') > 5)"
+      interval: 1s
+      retries: 3
+    restart: unless-stopped
+"""
+
+
+@pytest.fixture
+def three_vms(sandbox, two_vms):
+    import sandbox as sandbox_mod
+
+    sandbox_mod.up(vms=WORKER_VM)
+    return (*two_vms, sandbox.vm(WORKER_VM))
+
+
+@pytest.fixture
+def roles_app(make_app, three_vms):
+    """One app repo with web = vm1, vm2 (each behind its VM's Caddy) and worker = vm5
+    (batches of one), and a view of its app directory on each VM (the same path, a separate
+    machine)."""
+    import dataclasses
+
+    from vmkit import Proxy
+
+    web1, web2, worker = three_vms
+    proxies = [Proxy("caddy:2", web1)]
+    proxies.append(dataclasses.replace(proxies[0], machine=web2))  # same settings, its own VM
+    app = make_app(vm=web1).use_proxy(proxies[0])
+    (app.repo / "compose.worker.yaml").write_text(WORKER_COMPOSE)
+    with (app.repo / "deploy.toml").open("a") as toml:
+        toml.write(
+            '\nprimary_role = "web"\nbatch_limit = 1\n'
+            f'[roles.web]\nhosts = ["{web1.address}", "{web2.address}"]\n'
+            f'[roles.worker]\nhosts = ["{worker.address}"]\nkind = "worker"\n'
+            'service = "worker"\ncompose_file = "compose.worker.yaml"\n')
+    subprocess.run(["git", "add", "-A"], cwd=app.repo, check=True)
+    subprocess.run(["git", "commit", "-qm", "roles"], cwd=app.repo, check=True)
+    views = [app, dataclasses.replace(app, machine=web2, tunnel=None, proxy=proxies[1]),
+             dataclasses.replace(app, machine=worker, tunnel=None, proxy=None)]
+    yield views
+    for view in views[1:]:
+        view.tear_down()
+    for proxy in proxies:
+        proxy.tear_down()
+
+
+def served(view, service: str = "app") -> str:
+    """The tag the VM's container of `service` runs, as the VM's engine says."""
+    ids = view.vm_docker("ps", "-q", "--filter", f"label=com.docker.compose.project="
+                         f"{view.project}", "--filter",
+                         f"label=com.docker.compose.service={service}").stdout.split()
+    assert len(ids) == 1, ids
+    image = view.vm_docker("inspect", "--format", "{{.Config.Image}}", ids[0]).stdout.strip()
+    return image.rsplit(":", 1)[-1]
+
+
+def report_lines(text: str) -> dict[str, str]:
+    """HOST -> 'TAG  [new|old]  HEALTH' from the deploy's per-host report."""
+    out = {}
+    for line in text.splitlines():
+        if " serves " in line:
+            where, rest = line.split("] ", 1)[1].strip().split(" serves ", 1)
+            out[where.split()[0]] = rest.strip()
+    return out
+
+
+def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
+        roles_app, images) -> None:
+    web1, web2, worker = roles_app
+    v1, v2 = images.v1, images.v2
+    hosts = [v.machine.address for v in roles_app]
+
+    setup = web1.fab_ok("setup")
+    assert all(f"== {h} (role " in setup for h in hosts)
+    assert worker.vm("compose.worker.yaml").is_file() and not web1.vm("compose.worker.yaml") \
+        .exists(), "each role's host gets its role's compose file"
+
+    out = web1.fab_ok("deploy", f"--tag={v1}")
+    assert report_lines(out) == {h: f"{v1}  [new]  healthy" for h in hosts}, out
+    assert [served(web1), served(web2), served(worker, "worker")] == [v1, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["1", "1"]
+
+    # A failure injected on the second web host only, and only for v2: its healthcheck fails
+    # when compose starts v2 there.
+    compose = web2.vm("compose.proxy.yaml")
+    lines = compose.read_text().splitlines()
+    check = ("import urllib.request; urllib.request.urlopen("
+             "'http://127.0.0.1:8000/health', timeout=2)")
+    lines = [f'      test: ["CMD-SHELL", "test ${{DEPLOY_TAG}} != {v2} && python -c \\"{check}\\""]'
+             if line.strip().startswith("test: [") else line for line in lines]
+    assert any(f"!= {v2}" in line for line in lines)
+    compose.write_text("\n".join(lines) + "\n")
+    failed = web1.fab("deploy", f"--tag={v2}")
+    text = output(failed)
+    assert failed.returncode == 1, text
+    assert_no_traceback(failed)
+    assert text.count("alembic upgrade head") == 1, "one migration run, on the primary host"
+    assert [line.split("] ", 1)[1] for line in text.splitlines() if "] batch " in line] == [
+        f"batch 1/3: {hosts[0]} (web)", f"batch 2/3: {hosts[1]} (web)"], \
+        "the failing batch stops the deploy: the worker's batch never starts"
+    report = report_lines(text)
+    assert report == {hosts[0]: f"{v2}  [new]  healthy", hosts[1]: f"{v1}  [old]  healthy",
+                      hosts[2]: f"{v1}  [old]  healthy"}, text
+    # the report matches what each VM serves and records
+    assert [served(web1), served(web2), served(worker, "worker")] == [v2, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["2", "1"], \
+        "each web VM's Caddy serves what the report says"
+    assert [v.release_env()["DEPLOY_TAG"] for v in roles_app] == [v2, v1, v1]
+    assert f"error: {hosts[1]} (web): {v2} did not turn healthy" in text
+    assert f"hosts serving {v2}: {hosts[0]} (web)" in text
+    # Migrated once, on the primary role's first host. (Roles share one database in real life;
+    # here each VM has its own SQLite file, so the other hosts' files show no migration ran.)
+    assert web1.db_revision() == "0002"
+    for view in (web2, worker):
+        assert not view.vm("data/app.db").exists() or not view.db(
+            "SELECT name FROM sqlite_master WHERE name = 'alembic_version'")
+    assert not web1.vm(".deploy/lock").exists(), "the one lock, on the primary host, released"
+    assert not web2.vm(".deploy/lock").exists()
+
+    status = web1.fab_ok("status")
+    assert [line for line in status.splitlines() if line.startswith("== ")] == [
+        f"== {hosts[0]} (role web)", f"== {hosts[1]} (role web)", f"== {hosts[2]} (role worker)"]
+    assert status.count("release:   ") == 3
+
+    back = web1.fab_ok("rollback", f"--tag={v1}")
+    assert report_lines(back) == {h: f"{v1}  [new]  healthy" for h in hosts}, back
+    assert [served(web1), served(web2), served(worker, "worker")] == [v1, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["1", "1"]
+    assert web1.history()[-1]["action"] == "rollback"
+    releases = web1.fab_ok("releases")
+    assert releases.count("== ") == 3 and "* " in releases
+
+    # rollback_all_on_failure: the failing batch sends the earlier batches back too
+    again = web1.fab("deploy", f"--tag={v2}", env={"DEPLOY_ROLLBACK_ALL_ON_FAILURE": "true"})
+    text = output(again)
+    assert again.returncode == 1, text
+    assert f"switching {hosts[0]} back to {v1}" in text
+    assert report_lines(text) == {h: f"{v1}  [old]  healthy" for h in hosts}, text
+    assert [served(web1), served(web2), served(worker, "worker")] == [v1, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["1", "1"]
+    assert [(e["tag"], e["action"]) for e in web1.history()[-2:]] == [
+        (v2, "deploy"), (v1, "rollback")], "vm1's history says it went to v2 and back"
+
+
+def test_inv_deploy_dry_run_locks_the_primary_host_once_and_migrates_once(
+        example_repo, inv) -> None:
+    from conftest import commit_all
+
+    with (example_repo / "deploy.toml").open("a") as toml:
+        toml.write('\nprimary_role = "web"\nbatch_limit = 1\n[roles.web]\nhosts = '
+                   '["10.0.0.1", "10.0.0.2"]\n[roles.worker]\nhosts = ["10.0.0.3"]\n'
+                   'kind = "worker"\n')
+    commit_all(example_repo, "roles")
+    proc = inv(example_repo, "deploy", "--dry-run", "--skip-tests")
+    text = output(proc)
+    assert proc.returncode == 0, text
+    locks = [line for line in text.splitlines() if "mkdir .deploy/lock" in line]
+    assert len(locks) == 1 and locks[0].startswith("[10.0.0.1]"), text
+    assert text.count("alembic upgrade head") == 1
+    assert [line.split("] ", 1)[1] for line in text.splitlines() if "] batch " in line] == [
+        "batch 1/3: 10.0.0.1 (web)", "batch 2/3: 10.0.0.2 (web)", "batch 3/3: 10.0.0.3 (worker)"]

@@ -130,3 +130,32 @@ def test_docker_output_is_parsed() -> None:
                     "TaskTemplate": {"ContainerSpec": {"Image": f"{REF}@sha256:bb"}}},
            "UpdateStatus": {"State": "completed", "Message": "update completed"}}
     assert parse_service(json.dumps(svc)) == ServiceState(REF, "completed", "update completed", 2)
+
+
+def test_dry_run_migrates_before_the_stack_deploy_and_connects_nowhere(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import child_env, output
+
+    repo = tmp_path / "app"
+    repo.mkdir()
+    (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (repo / "compose.yaml").write_text(
+        "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
+    (repo / "deploy.toml").write_text('image = "127.0.0.1:5000/shop"\nhost = "vm.invalid"\n'
+                                      'user = "root"\ntarget = "swarm"\nstack = "shop"\n')
+    proc = subprocess.run([sys.executable, "-m", "fabric", "deploy", "--tag=v2", "--dry-run"],
+                          cwd=repo, env=child_env(), capture_output=True, text=True, timeout=60)
+    text = output(proc)
+    assert proc.returncode == 0, text
+    lines = text.splitlines()
+
+    def first(word: str) -> int:
+        return next(i for i, line in enumerate(lines) if word in line)
+
+    assert first("docker pull") < first("alembic upgrade head") < first(
+        "config --format json") < first("docker stack deploy"), text
+    assert "DEPLOY_TAG=v2" in lines[first("config --format json")]
+    assert lines[first("docker stack deploy")].endswith(
+        "docker stack deploy --with-registry-auth --prune --compose-file - shop < (stdin)")
