@@ -20,13 +20,13 @@ def sandbox(c, vms=1, stop=False):
         sb.up(vms=vms)
 
 
-@task
+@task(help={"postgres": "the Postgres example (pgvector), and a restore at the end"})
 @friendly
-def demo(c):
+def demo(c, postgres=False):
     """Sandbox, then deploy the example v1, v2 (adds a column), roll back to v1."""
     from sandbox.demo import run_demo
 
-    run_demo()
+    run_demo(postgres=postgres)
 
 
 ns.add_task(sandbox)

@@ -7,12 +7,7 @@ with mode 0600. `DEPLOY_*` keys are the tool's settings: they never go to the VM
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from deploy.commands.vm import APP_ENV
@@ -33,11 +28,12 @@ def app_env_keys() -> list[str]:
 
 
 def set_key(key: str) -> list[str]:
-    """Replace or add KEY in app.env with the value on stdin; atomic, mode 0600."""
+    """Replace or add KEY in app.env with the line on stdin (`KEY='value'`, written by
+    deploy.remote.contract.env_line so compose reads the value byte for byte); atomic, 0600."""
     validate_key(key)
     return sh(
         f"umask 077 && v=$(cat) && {{ grep -v '^[[:space:]]*{key}[[:space:]]*=' {APP_ENV} "
-        f"2>/dev/null; printf '%s=%s\\n' {key} \"$v\"; }} > {APP_ENV}.tmp && "
+        f"2>/dev/null; printf '%s\\n' \"$v\"; }} > {APP_ENV}.tmp && "
         f"chmod 600 {APP_ENV}.tmp && mv {APP_ENV}.tmp {APP_ENV}"
     )
 
@@ -89,30 +85,10 @@ def require_app_env(vm) -> None:
         )
 
 
-def filtered_env_text(path: Path) -> str:
-    """The env file's text without DEPLOY_* keys (each binding kept as written)."""
-    from dotenv.parser import parse_stream
-
+def app_env_values(path: Path) -> dict[str, str]:
+    """The env file's values without DEPLOY_* keys (what `fab setup` writes as app.env)."""
     from deploy.envfile import read_env_file
 
-    read_env_file(path)  # a clear error on a line that does not parse
-    kept = []
-    for binding in parse_stream(io.StringIO(path.read_text())):
-        if binding.key is not None and binding.key.startswith(ENV_PREFIX):
-            continue
-        kept.append(binding.original.string)
-    return "".join(kept)
-
-
-@contextlib.contextmanager
-def app_env_upload(path: Path) -> Iterator[Path]:
-    """A private temporary copy of the app's env file without DEPLOY_* keys, to upload."""
     if not path.is_file():
         raise DeployError(f"{path} does not exist", f"create it (see {path.name}.example)")
-    fd, name = tempfile.mkstemp(prefix="app-env-", suffix=".env")
-    try:
-        with os.fdopen(fd, "w") as handle:  # mkstemp makes it 0600
-            handle.write(filtered_env_text(path))
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    return {k: v for k, v in read_env_file(path).items() if not k.startswith(ENV_PREFIX)}

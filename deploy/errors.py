@@ -33,7 +33,7 @@ def friendly(body: Callable) -> Callable:
             if exc.fix:
                 text += f"\n  fix: {exc.fix}"
             raise invoke.Exit(text, code=exc.exit_code) from None
-        except KeyboardInterrupt:
-            raise invoke.Exit("interrupted", code=130) from None
+        except KeyboardInterrupt as exc:  # SIGTERM/SIGHUP arrive as one too (deploy.remote)
+            raise invoke.Exit("interrupted", code=128 + getattr(exc, "signum", 2)) from None
 
     return wrapper

@@ -7,7 +7,6 @@ these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from fabric import task
@@ -95,10 +94,11 @@ def one_host_after_another(c, tag: str, step, dry_run: bool = False) -> None:
 def deploy(c, tag, message="", dry_run=False):
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
     from deploy import refs, registry, remote
+    from deploy.remote.contract import refuse_moving_tag
     from deploy.settings import load_settings
 
     settings = load_settings()
-    refs.validate_tag(tag)
+    refuse_moving_tag(refs.validate_tag(tag))
     if not dry_run:
         registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
@@ -124,10 +124,11 @@ def rollback(c, tag="", downgrade=False, dry_run=False):
     """Put an earlier release back (health-checked, under the deploy lock)."""
     from deploy import refs, registry, remote
     from deploy.errors import DeployError
+    from deploy.remote.contract import refuse_moving_tag
     from deploy.settings import load_settings
 
     if tag:
-        refs.validate_tag(tag)
+        refuse_moving_tag(refs.validate_tag(tag))
         settings = load_settings()
         image = refs.validate_image(settings.require("image"))
         # Before any connection: a tag that is not in the registry cannot be pulled back.
@@ -189,13 +190,18 @@ def status(c):
         release = vm.current_tag()
         print(f"release:   {release or '(none recorded)'}")
         running = vm.running_tag()
+        recorded = last_of(vm.history(), release) or {} if release else {}
+        mismatch = vm.runs_pulled_image(release, recorded.get("digest", "")) \
+            if release and running == release else ""
         if release and running and running != release:  # e.g. a deploy killed mid-switch
             print(f"warning: the app container runs {running}, not the recorded release")
             print(f"  fix: `fab deploy --tag={running}` records it, or `fab rollback "
                   f"--tag={release}` puts {release} back")
+        if mismatch:
+            print(f"warning: {mismatch}")
         print(f"health:    {vm.health()}")
         print(f"revision:  {vm.revision() or '-'}")
-        print(f"lock:      {describe_holder(json.dumps(holder)) if holder else 'free'}")
+        print(f"lock:      {describe_holder(holder) if holder else 'free'}")
         if vm.settings.target == "swarm":  # issue 13: the stack's tasks, not compose's
             from deploy import swarm
             print("\n".join(swarm.status_lines(vm)))
@@ -211,6 +217,7 @@ def status(c):
             print(f"warning: docker compose cannot read the app: {problem}")
             print(f"  fix: repair what it names; `fab setup` rewrites {vm.settings.app_dir}/"
                   f"{cmd.COMPOSE_ENV} from {cmd.APP_ENV} and the current release")
+        print(f"project:   {vm.project}")
 
 
 @task(help={"follow": "keep streaming", "tail": "how many lines to show"})
@@ -256,20 +263,20 @@ def run_(c, cmd):
 @task
 @friendly
 def setup(c, dry_run=False):
-    """Prepare the VM: app directory, compose file, app env file (0600), registry login;
-    with `proxy` on, the VM's Caddy too."""
+    """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
+    login; with `proxy` on, the VM's Caddy too. Refuses a compose file the deploys could not
+    back up or switch."""
     from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.commands import vm as cmd
-    from deploy.envcheck import app_env_upload, filtered_env_text
+    from deploy.envcheck import app_env_values
     from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
-    if settings.path(settings.env_file).is_file():
-        filtered_env_text(settings.path(settings.env_file))
+    values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
     if settings.proxy:
         from deploy import proxy
 
@@ -277,11 +284,13 @@ def setup(c, dry_run=False):
         proxy.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
-        vm.run(cmd.make_dirs(s.app_dir), cwd="")
+        vm.ensure_helper()
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
-        with app_env_upload(s.path(s.env_file)) as filtered:  # without DEPLOY_* keys
-            vm.upload(filtered, cmd.APP_ENV, 0o600)
-        vm.run(cmd.write_release_env(vm.image, vm.current_tag()))
+        vm.write_release_files(vm.current_tag(), values)
+        vm.check_project()
+        current = vm.current_tag()
+        if not dry_run and s.target != "swarm":
+            vm.check_sqlite_on_disk(vm.config(current))
         if s.target == "swarm":  # issue 13: a one-node swarm unless the engine is in one
             from deploy import swarm
             swarm.ensure_swarm(vm)
@@ -295,30 +304,36 @@ def setup(c, dry_run=False):
                                                 if s.proxy else ""))
 
 
-@task
+@task(help={"force": "clear it even though its holder renewed it recently (may be alive)"})
 @friendly
-def unlock(c):
-    """Clear a stale deploy lock (left by a deploy that was killed)."""
+def unlock(c, force=False):
+    """Clear a stale deploy lock (left by a deploy that was killed); a lock whose lease a live
+    deploy renews is refused without --force."""
     from deploy.commands import vm as cmd
-    from deploy.remote import describe_holder
+    from deploy.errors import DeployError
+    from deploy.remote import describe_holder, lease_is_fresh
 
     for vm in each_vm(c):
         holder = vm.holder()
         if not holder:
             print(f"{vm.runner.where}: the lock is free")
             continue
+        if lease_is_fresh(holder, vm.settings.lock_lease) and not force:
+            raise DeployError(
+                f"the lock on {vm.runner.where} is held by a deploy that is alive: "
+                f"{describe_holder(holder)}",
+                "wait for it; if you are sure it is gone, `fab unlock --force`")
         vm.run(cmd.release_lock())
-        print(f"{vm.runner.where}: cleared the lock held by {describe_holder(json.dumps(holder))}")
+        print(f"{vm.runner.where}: cleared the lock held by {describe_holder(holder)}")
 
 
 @task
 @friendly
 def backups(c):
     """The database backups on the VM, newest first."""
-    from deploy.commands import vm as cmd
 
     for vm in each_vm(c):
-        names = vm.run(cmd.list_backups(), quiet=True).stdout.split()
+        names = vm.backups()
         print("\n".join(names) if names else f"{vm.runner.where}: no backups yet")
 
 
@@ -377,6 +392,7 @@ def env_set(c, action: str, key: str) -> None:
     from deploy import envcheck
     from deploy.commands import vm as cmd
     from deploy.errors import DeployError
+    from deploy.remote.contract import env_line
 
     if action != "set":
         raise DeployError(f"unknown action {action!r}", "fab env set KEY (value on stdin); "
@@ -387,9 +403,10 @@ def env_set(c, action: str, key: str) -> None:
     envcheck.validate_value(value)
     for vm in each_vm(c):
         vm.runner.secrets.append(value)
-        vm.run(envcheck.set_key(key), stdin=value, hide=True,
+        line = env_line(key, value, vm.compose_kind())  # compose reads it byte for byte
+        vm.run(envcheck.set_key(key), stdin=line.rstrip("\n"), hide=True,
                what=f"setting {key} in the VM's app.env failed", fix="see the message above")
-        vm.run(cmd.sync_release_env(vm.image, vm.current_tag()), quiet=True)
+        vm.write_release_files(vm.current_tag())
         vm.runner.say(f"{key} set in {vm.settings.app_dir}/{cmd.APP_ENV}; it takes effect "
                       "at the next deploy (or `docker compose up -d` on the VM)")
 

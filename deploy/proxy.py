@@ -186,8 +186,7 @@ def switch(vm, tag: str) -> tuple[str, str]:
     if leftovers:  # an interrupted switch's new container, a stopped one: none serves
         vm.runner.say(f"removing {', '.join(c.name for c in leftovers)}: not serving")
         vm.run(pcmd.remove([c.id for c in leftovers], force=True), hide=True)
-    vm.run(cmd.with_release(vm.image, tag, pcmd.scale_up(vm.compose(), s.service,
-                                                         len(old) + 1, deps=not old)),
+    vm.run(pcmd.scale_up(vm.compose(tag), s.service, len(old) + 1, deps=not old),
            hide=True, what=f"starting a container of {tag} failed; "
            + (f"{old[0].name} still serves" if old else "nothing was switched"),
            fix="see the output above")
@@ -257,7 +256,7 @@ def discard(vm, container: Container) -> None:
 def settle(vm, tag: str) -> None:
     """After the switch: a plain `compose up -d` with the release (other services of the
     release come up; the serving container matches and is kept)."""
-    vm.run(cmd.with_release(vm.image, tag, pcmd.settle(vm.compose())), hide=True,
+    vm.run(pcmd.settle(vm.compose(tag)), hide=True,
            what="`compose up -d` after the switch failed", fix="see the output above")
 
 

@@ -76,10 +76,13 @@ class Settings:
     key_file: str = ""
     known_hosts: str = ""
     connect_timeout: float = 15.0
+    network_timeout: float = 30.0  # a VM silent this long (SSH keepalives unanswered) is lost
+    lock_lease: float = 120.0  # a deploy lock not renewed this long may be cleared
     app_dir: str = "/srv/app"
     compose_file: str = "compose.yaml"
     compose_command: str = "auto"
-    image_variable: str = "DEPLOY_IMAGE"
+    project_name: str = ""  # default: app_dir's name plus a hash of the whole path
+    image_variable: str = "DEPLOY_IMAGE"  # the compose variables that carry the release
     tag_variable: str = "DEPLOY_TAG"
     service: str = "app"
     migrate_command: str = "alembic upgrade head"

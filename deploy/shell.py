@@ -25,9 +25,10 @@ from deploy.errors import DeployError
 class ConnectionLost(DeployError):
     """The SSH connection dropped under a command (which may go on running on the VM)."""
 
-    def __init__(self, message: str, fix: str, where: str) -> None:
+    def __init__(self, message: str, fix: str, where: str, reason: str = "") -> None:
         super().__init__(message, fix)
         self.where = where
+        self.reason = reason
 
 
 @dataclass
@@ -41,17 +42,23 @@ class ShellResult:
 class RemoteShell:
     """Runs commands through one persistent remote `sh` over a Fabric/paramiko connection."""
 
-    def __init__(self, connection: Any, where: str = "") -> None:
+    def __init__(self, connection: Any, where: str = "", network_timeout: float = 30.0) -> None:
         self.connection = connection
         self.where = where or getattr(connection, "host", "the VM")
         self.channel = None
         self.reconnects = 0
+        # A VM that answers neither output nor an SSH keepalive for this long is lost.
+        self.network_timeout = network_timeout
+        self.probe_after = max(1.0, network_timeout / 6)
 
     def _open(self):
         transport = self.connection.client.get_transport()
         if transport is None or not transport.is_active():
             transport = self._reconnect()
-        channel = transport.open_session()
+        try:
+            channel = transport.open_session(timeout=self.network_timeout)
+        except Exception as exc:  # paramiko.SSHException: no answer to the channel request
+            raise self._lost("opening a shell", str(exc)) from None
         channel.exec_command("exec sh")
         self.channel = channel
         return channel
@@ -105,6 +112,7 @@ class RemoteShell:
         out, err = _Stream(mark, sys.stdout if show else None), _Stream(mark, sys.stderr if show
                                                                       else None)
         deadline = time.monotonic() + timeout if timeout else None
+        alive = _Liveness(self.connection, self.probe_after, self.network_timeout)
         while not (out.done and err.done):
             got = False
             if channel.recv_ready():
@@ -114,7 +122,12 @@ class RemoteShell:
                 err.feed(channel.recv_stderr(65536))
                 got = True
             if got:
+                alive.heard()
                 continue
+            if not alive.check():
+                self.close()
+                raise self._lost(command[:120], f"no answer for {self.network_timeout:.0f}s, "
+                                 "not even to SSH keepalives; network_timeout sets it")
             if channel.exit_status_ready() or channel.closed:
                 out.feed(channel.recv(65536) if channel.recv_ready() else b"")
                 if not (out.done and err.done):
@@ -130,6 +143,64 @@ class RemoteShell:
                 raise CommandTimedOut(ShellResult(command, -1, out.text, err.text), timeout)
             time.sleep(0.002)
         return ShellResult(command, out.exit_code, out.text, err.text)
+
+
+    def _lost(self, during: str, reason: str) -> ConnectionLost:
+        return ConnectionLost(
+            f"the SSH connection to {self.where} was lost while running: {during} ({reason})",
+            "check the VM and the network, then run the same command again (a deploy re-run "
+            "is safe; `fab status` shows what is serving)",
+            self.where, reason,
+        )
+
+
+class _Liveness:
+    """SSH keepalives while a command is silent: after `probe_after` seconds without output a
+    keepalive@openssh.com request (which the server must answer) goes out; no answer within
+    `limit` seconds means the network or the VM is gone."""
+
+    def __init__(self, connection: Any, probe_after: float, limit: float) -> None:
+        self.transport = connection.client.get_transport()
+        self.probe_after = probe_after
+        self.limit = limit
+        self.last = time.monotonic()
+        self.sent = 0.0
+
+    def heard(self) -> None:
+        self.last = time.monotonic()
+        self.sent = 0.0
+
+    def check(self) -> bool:
+        transport = self.transport
+        if transport is None or not self.limit:
+            return True
+        now = time.monotonic()
+        if self.sent:
+            if transport.completion_event is not None and transport.completion_event.is_set():
+                self.heard()
+            elif now - self.sent > self.limit:
+                return False
+        elif now - self.last > self.probe_after:
+            self._probe(transport)
+            self.sent = now
+        return True
+
+
+    @staticmethod
+    def _probe(transport) -> None:
+        """Send keepalive@openssh.com asking for a reply, without waiting for it (paramiko's
+        own global_request asks for none unless it also blocks until it comes)."""
+        import threading
+
+        from paramiko.common import cMSG_GLOBAL_REQUEST
+        from paramiko.message import Message
+
+        transport.completion_event = threading.Event()
+        message = Message()
+        message.add_byte(cMSG_GLOBAL_REQUEST)
+        message.add_string("keepalive@openssh.com")
+        message.add_boolean(True)
+        transport._send_user_message(message)
 
 
 class _Stream:

@@ -193,15 +193,14 @@ def ensure_swarm(vm) -> None:
 
 def render(vm, tag: str) -> str:
     """The stack file (JSON, which YAML readers take) for `tag`."""
-    from deploy.commands import vm as vmcmd
 
     if vm.compose_kind() != "v2":
         raise DeployError("target = \"swarm\" needs `docker compose` (v2) on the manager to "
                           "render the stack file", "install the compose plugin on the VM")
     if vm.runner.dry_run:
-        vm.run(vmcmd.with_release(vm.image, tag, cmd.render_config(vm.compose())))
+        vm.run(cmd.render_config(vm.compose(tag)))
         return "{}"
-    result = vm.run(vmcmd.with_release(vm.image, tag, cmd.render_config(vm.compose())),
+    result = vm.run(cmd.render_config(vm.compose(tag)),
                     quiet=True, what="`docker compose config` failed on the VM",
                     fix="fix the compose file (`inv check` reads it too)")
     return json.dumps(stack_file(json.loads(result.stdout), vm.settings.service), indent=1)

@@ -17,6 +17,7 @@ from pathlib import Path
 from deploy.errors import DeployError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example"
+EXAMPLE_POSTGRES = EXAMPLE.parent / "example-postgres"
 SKIP = shutil.ignore_patterns("v2", "data", ".env", "*.db", "__pycache__", ".pytest_cache")
 
 
@@ -35,16 +36,17 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def prepare(work: Path, vm) -> None:
+def prepare(work: Path, vm, example: Path = EXAMPLE) -> None:
     """A fresh git repo holding example v1, with a .env made from .env.example, deploying to
     sandbox VM `vm`."""
-    if not EXAMPLE.is_dir():
-        raise DeployError(f"the example app is missing at {EXAMPLE}", "run from a repo checkout")
+    if not example.is_dir():
+        raise DeployError(f"the example app is missing at {example}", "run from a repo checkout")
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(EXAMPLE, work, ignore=SKIP)
+    shutil.copytree(example, work, ignore=SKIP)
     example_env = (work / ".env.example").read_text()
     (work / ".env").write_text(
         example_env.replace("APP_SECRET=change-me", f"APP_SECRET={secrets.token_hex(16)}")
+        .replace("POSTGRES_PASSWORD=change-me", f"POSTGRES_PASSWORD={secrets.token_hex(16)}")
     )
     (work / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
     point_at(work, vm)
@@ -58,8 +60,8 @@ def prepare(work: Path, vm) -> None:
     git(work, "commit", "-q", "-m", "example v1")
 
 
-def apply_v2(work: Path) -> None:
-    shutil.copytree(EXAMPLE / "v2", work, dirs_exist_ok=True)
+def apply_v2(work: Path, example: Path = EXAMPLE) -> None:
+    shutil.copytree(example / "v2", work, dirs_exist_ok=True)
     git(work, "add", "-A")
     git(work, "commit", "-q", "-m", "example v2: items get a note column")
 
@@ -93,8 +95,6 @@ def point_at(work: Path, vm) -> None:
             line = f'host = "{vm.name}"'
         elif key == "port":
             line = "port = 22"
-        elif key == "health_url":  # fetched by `fab` on the laptop until the check moves
-            line = 'health_url = ""  # the container healthcheck, on the VM, decides'
         lines.append(line)
     path.write_text("\n".join(lines) + "\n")
 
@@ -114,24 +114,40 @@ def reset_vm(work: Path) -> None:
             vm.run(["rm", "-rf", settings.app_dir], cwd="")
 
 
-def step(argv: list[str], work: Path) -> None:
+def newest_backup(work: Path) -> str:
+    """The newest backup on the VM (`fab backups` lists newest first)."""
+    out = subprocess.run([sys.executable, "-m", "fabric", "backups"], cwd=work, env=step_env(),
+                         check=True, capture_output=True, text=True).stdout
+    return out.split()[0]
+
+
+def step_env() -> dict[str, str]:
+    """Our environment without DEPLOY_* settings (the demo's deploy.toml decides)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_")}
     env.update({k: v for k, v in os.environ.items() if k.startswith("DEPLOY_SANDBOX_")})
+    return env
+
+
+def step(argv: list[str], work: Path) -> None:
+    env = step_env()
     shown = " ".join(["inv" if argv[2] == "invoke" else "fab", *argv[3:]])
     print(f"\n$ {shown}", flush=True)
     if sh(argv, work, env).returncode != 0:
         raise DeployError(f"demo step `{shown}` failed", "see its output above")
 
 
-def run_demo(work: Path | None = None) -> None:
+def run_demo(work: Path | None = None, postgres: bool = False) -> None:
+    """v1 -> v2 -> rollback; with `postgres`, the Postgres example, then a restore of the
+    backup taken before v2's migration."""
     import sandbox
     from deploy.envfile import read_env_file
 
+    example = EXAMPLE_POSTGRES if postgres else EXAMPLE
     banner("sandbox")
     box = sandbox.up()
-    work = work or box.state_dir / "demo" / "app"
+    work = work or box.state_dir / "demo" / ("app-postgres" if postgres else "app")
     vm = box.vm(1)
-    prepare(work, vm)
+    prepare(work, vm, example)
     port = read_env_file(work / ".env").get("APP_PORT", "8000")
     base = f"http://127.0.0.1:{port}"  # on the VM
     inv = [sys.executable, "-m", "invoke"]
@@ -146,7 +162,7 @@ def run_demo(work: Path | None = None) -> None:
     post_item(vm, base, "also v1")
     print(served(vm, base))
 
-    apply_v2(work)
+    apply_v2(work, example)
     v2 = git(work, "rev-parse", "--short=7", "HEAD")
     banner(f"deploy v2 ({v2}): migration 0002 adds items.note")
     step([*inv, "deploy"], work)
@@ -155,6 +171,14 @@ def run_demo(work: Path | None = None) -> None:
     banner(f"roll back to v1 ({v1})")
     step([*fab, "rollback", f"--tag={v1}"], work)
     print(served(vm, base))
+
+    if postgres:
+        banner("restore the backup taken before v2's migration")
+        post_item(vm, base, "written after the backup")
+        print(served(vm, base))
+        step([*fab, "backups"], work)
+        step([*fab, "restore", f"--backup={newest_backup(work)}"], work)
+        print(served(vm, base))
 
     banner("release history")
     step([*fab, "releases"], work)

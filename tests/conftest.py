@@ -3,18 +3,21 @@ run `inv` in it, and the Docker engine / registry / base image the slow tests ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
+EXAMPLE_POSTGRES = REPO / "example-postgres"
 REGISTRY = "127.0.0.1:5000"
 BASE_IMAGE = "python:3.11-slim"
 
@@ -43,9 +46,9 @@ def commit_all(repo: Path, message: str = "change") -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def make_example_repo(dest: Path) -> Path:
+def make_example_repo(dest: Path, source: Path = EXAMPLE) -> Path:
     """Copy the example app (v1 only) to `dest`, add .env and tasks.py, commit it all."""
-    shutil.copytree(EXAMPLE, dest, ignore=_IGNORE)
+    shutil.copytree(source, dest, ignore=_IGNORE)
     lines = []
     for line in (dest / ".env.example").read_text().splitlines():
         key = line.split("=", 1)[0].strip()
@@ -117,6 +120,29 @@ def inv(tmp_path: Path):
                        timeout=timeout)
 
     return _inv
+
+
+@contextlib.contextmanager
+def answering_200() -> Iterator[int]:
+    """A local HTTP server that answers 200 to every GET, for the block; yields its port."""
+    import http.server
+    import threading
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def output(proc: subprocess.CompletedProcess[str]) -> str:

@@ -154,7 +154,7 @@ def phases(app: App, tag: str) -> dict[str, Phase]:
         "backup": Phase("backup", "cp -p data/app.db backups/", in_app_dir=True),
         "migrate": Phase("migrate", project + "run --rm"),
         "up": Phase("up", project + "up -d"),
-        "health": Phase("health", "end=$(( $(date +%s) +", in_app_dir=True),
+        "health": Phase("health", "health-state", in_app_dir=True),
     }
 
 

@@ -24,7 +24,8 @@ def test_setup_never_uploads_deploy_keys(app):
     assert "hunter2-secret" not in out
     text = app.vm("app.env").read_text()
     assert "DEPLOY_" not in text and "hunter2-secret" not in text
-    assert "APP_SECRET=test-secret" in text and "MODEL_NAME=test-model" in text
+    values = app.release_env("app.env")  # as compose reads it (values quoted for it)
+    assert (values["APP_SECRET"], values["MODEL_NAME"]) == ("test-secret", "test-model")
     assert stat.S_IMODE(app.vm("app.env").stat().st_mode) == 0o600
 
 
@@ -49,15 +50,17 @@ def test_deploy_refuses_a_release_whose_env_example_has_a_key_app_env_lacks(live
         proc = fab_stdin(live, value + "\n", "env", "set", key)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert value not in proc.stdout + proc.stderr
-    text = live.vm("app.env").read_text()
-    assert "EMBEDDING_MODEL=all-minilm $HOME 'q'\n" in text and "VECTOR_DIM=384\n" in text
-    assert "APP_SECRET=test-secret" in text
+    values = live.release_env("app.env")
+    assert values["VECTOR_DIM"] == "384" and values["APP_SECRET"] == "test-secret"
     assert stat.S_IMODE(live.vm("app.env").stat().st_mode) == 0o600
     keys = live.fab_ok("env-keys")
     assert "EMBEDDING_MODEL" in keys and "all-minilm" not in keys and "test-secret" not in keys
 
     live.deploy(images.v2)
     assert live.version() == {"version": "2", "revision": "0002"}
+    # The app sees the value byte for byte: compose expanded neither $HOME nor the quotes.
+    seen = live.fab_ok("exec", "--cmd", "printenv EMBEDDING_MODEL").splitlines()
+    assert "all-minilm $HOME 'q'" in seen
 
 
 def test_env_set_refuses_deploy_keys_and_bad_names(app):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REGISTRY, assert_no_traceback, child_env, git
+from dotenv import dotenv_values
 from vmkit import (
     delete_from_registry,
     docker,
@@ -257,7 +258,7 @@ def test_ctrl_c_during_a_deploy_releases_the_lock(live, images, moment):
 
 
 def test_an_unexpected_exception_mid_deploy_releases_the_lock(live, images, monkeypatch):
-    def boom(self, tag):
+    def boom(self, tag, previous=""):
         assert live.vm(".deploy/lock/holder.json").exists()
         raise RuntimeError("a bug in the middle of the deploy")
 
@@ -345,12 +346,12 @@ def test_a_tag_missing_from_the_registry_is_refused_before_the_vm_changes(live, 
 # --------------------------------------------------------------------------- 9: dry runs
 
 REMOTE_STEPS = [
-    ("lock", "mkdir .deploy/lock"),
+    ("lock", "lock-acquire"),
     ("pull", "docker pull"),
-    ("backup", "backups/"),
+    ("backup", "backup-sqlite"),
     ("migrate", "alembic upgrade head"),
     ("up", " up -d"),
-    ("health", "docker inspect"),
+    ("health", "health-state"),
 ]
 
 
@@ -434,7 +435,7 @@ def test_setup_uploads_a_private_env_and_a_plain_compose_up_brings_the_release_b
     assert f"ready: {app.app_dir}" in out
     app_env = app.vm("app.env")
     assert stat.S_IMODE(app_env.stat().st_mode) == 0o600
-    assert app_env.read_text() == (app.repo / ".env").read_text()
+    assert app.release_env("app.env") == dotenv_values(app.repo / ".env", interpolate=False)
     assert app.vm("compose.yaml").read_text() == (app.repo / "compose.yaml").read_text()
     assert "DEPLOY_TAG" not in app.release_env()
 
@@ -533,11 +534,12 @@ def test_backups_are_taken_listed_pruned_and_restored(live, images):
         new = sorted(set(names) - set(taken))
         assert len(new) == 1 and new[0].endswith(f"-{images.v2}.sqlite3"), names
         taken += new
-        assert len(names) == min(len(taken), 2)
+        # The newest two, and the one taken before the migration to 0002 (the first).
+        assert names == sorted({taken[0], *taken[-2:]}), names
     # The newest two are kept, however old the database file they copied.
-    assert live.backups() == taken[-2:]
+    assert live.backups() == [taken[0], *taken[-2:]]
     listed = live.fab_ok("backups").split()
-    assert listed == [taken[-1], taken[-2]]  # newest first
+    assert listed == [taken[-1], taken[-2], taken[0]]  # newest first
 
     live.post_item("after the last backup")
     assert live.item_names() == ["before the backups", "after the last backup"]

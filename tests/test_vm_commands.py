@@ -1,8 +1,6 @@
 """Command construction of the remote half, without SSH: the builders of deploy/commands/vm.py,
-and the flows of deploy/remote.py through a dry-run Runner or Invoke's MockContext.
-
-The few builders that are shell scripts (lock, backups, .env, history, health polling) are also
-run with the local `sh` in a temporary directory: that checks their quoting for real.
+the VM helper script (run under dash, checked by shellcheck), and the flows of deploy/remote
+through a dry-run Runner or Invoke's MockContext.
 """
 
 from __future__ import annotations
@@ -12,19 +10,22 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
+import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import answering_200
 from invoke import MockContext, Result
 
 from deploy import remote
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.runner import Runner
-from deploy.runner import sh as runner_sh
 from deploy.settings import Settings
 
 IMAGE = "127.0.0.1:5000/example"
@@ -55,6 +56,10 @@ V1_OPTIONS = {
              "-w", "--workdir"},
     "stop": {"-t", "--timeout"},
     "down": {"--rmi", "-v", "--volumes", "--remove-orphans", "-t", "--timeout"},
+    "config": {"-q", "--quiet", "--services", "--volumes", "--hash", "--no-interpolate",
+               "--resolve-image-digests"},
+    # The helper's health-state and running-image append `ps -q SERVICE` themselves.
+    "": set(),
 }
 V2_ONLY = {"--wait", "--wait-timeout", "--pull", "--format", "--no-attach", "--dry-run",
            "--progress", "--status", "--quiet-build", "--watch", "--menu", "-y"}
@@ -121,17 +126,17 @@ def assert_v1_clean(commands: list[str]) -> int:
 def builder_commands(kind: str) -> list[str]:
     base = cmd.compose(kind, "compose.yaml", PROJECT)
     argvs = [
-        cmd.up(base), cmd.stop(base, "app"), cmd.ps(base),
+        cmd.up(base), cmd.up(base, "db"), cmd.stop(base, "app"), cmd.ps(base),
         cmd.run_in_new_container(base, "app", "alembic upgrade head"),
-        cmd.with_release(IMAGE, "v2", cmd.up(base)),
-        cmd.health_state(base, "app"), cmd.wait_healthy(base, "app", 30),
+        cmd.with_release({"DEPLOY_IMAGE": IMAGE, "DEPLOY_TAG": "v2"}, cmd.up(base)),
+        cmd.health_state(base, "app"), cmd.running_image(base, "app"),
         cmd.service_logs(base, "app", 5), cmd.service_logs(base, "app", 5, follow=True),
-        cmd.exec_in_service(base, "app", "ls /data"),
-        cmd.backup_postgres(base, "db", "postgres", "app", "20300101T000000Z-v2", 3),
-        cmd.restore_postgres(base, "db", "postgres", "app", "20300101T000000Z-v2.sql.gz"),
+        cmd.exec_in_service(base, "app", "ls /data"), cmd.config(base, kind),
+        cmd.backup_postgres(base, "db", "postgres", "app", "backups/x.dump"),
+        cmd.restore_postgres(base, "db", "postgres", "app", "x.dump"),
+        cmd.pg_ready(base, "db", "postgres", "app"),
+        cmd.read_alembic_version(base, "db", "postgres", "app"),
     ]
-    if hasattr(cmd, "running_image"):
-        argvs.append(cmd.running_image(base, "app"))
     return [shlex.join(argv) for argv in argvs]
 
 
@@ -153,28 +158,84 @@ def test_the_parser_would_catch_a_v2_only_flag():
         assert_v1_clean(["docker-compose --file c.yaml --project-name p up -d --wait"])
     with pytest.raises(AssertionError):
         assert_v1_clean(["sh -c 'x=$(docker compose --file c.yaml ps -q app)'"])
-    calls = compose_calls(builder_commands("v2")[5])  # health_state: inside $( ... )
-    assert calls == [("v2", ["--file", "--project-name"], "ps", ["-q"])]
+    calls = compose_calls(builder_commands("v2")[6])  # health_state: compose args to the helper
+    assert calls == [("v2", ["--file", "--project-name"], "", [])]
 
 
-def test_with_release_puts_image_and_tag_in_the_environment_before_compose():
-    argv = cmd.with_release(IMAGE, "v2", ["docker", "compose", "up"])
-    assert argv == ["env", f"DEPLOY_IMAGE={IMAGE}", "DEPLOY_TAG=v2", "docker", "compose", "up"]
+def test_with_release_puts_the_variables_in_the_environment_before_compose():
+    argv = cmd.with_release({"IMG": IMAGE, "TAG": "v2"}, ["docker", "compose", "up"])
+    assert argv == ["env", f"IMG={IMAGE}", "TAG=v2", "docker", "compose", "up"]
 
 
-def test_migration_runs_in_a_new_removed_container_without_a_tty():
+def test_migration_runs_in_a_new_removed_container_and_then_asks_alembic():
     argv = cmd.run_in_new_container(cmd.compose("v2", "compose.yaml", "p"), "app",
-                                    "alembic upgrade head")
-    assert argv[-7:] == ["run", "--rm", "-T", "app", "sh", "-c", "alembic upgrade head"]
+                                    cmd.migrate_then_current("bash scripts/prestart.sh"))
+    assert argv[-7:-1] == ["run", "--rm", "-T", "app", "sh", "-c"]
+    assert argv[-1].startswith("bash scripts/prestart.sh\n")
+    assert argv[-1].endswith("alembic current 2>/dev/null || true")
 
 
-# --------------------------------------------------------------------------- scripts, run by sh
+def test_project_names_differ_for_every_app_dir():
+    """/srv/ha-b and /srv/ha_b (and two `app` directories) once shared a compose project."""
+    dirs = ["/srv/ha-b", "/srv/ha_b", "/srv/hab", "/srv/prod/app", "/srv/staging/app", "/srv/app/"]
+    names = [cmd.project_name(d) for d in dirs]
+    assert len(set(names[:5])) == 5, names
+    assert names[5] == cmd.project_name("/srv/app")
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*", n) for n in names), names
+    assert names[0].startswith("ha-b-") and names[3].startswith("app-")
 
 
-def run_sh(argv: list[str], cwd: Path, env: dict | None = None
+# --------------------------------------------------------------------------- the helper script
+
+HELPER_SOURCE = Path(remote.__file__).parents[1] / "vm_helper.sh"
+DASH = shutil.which("dash") or "dash"
+
+
+def test_the_helper_is_shellcheck_clean_posix_sh():
+    assert cmd.HELPER_TEXT == HELPER_SOURCE.read_text()
+    result = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", str(HELPER_SOURCE)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+    assert subprocess.run(["dash", "-n", str(HELPER_SOURCE)], check=False).returncode == 0
+
+
+def installed(app: Path) -> Path:
+    """`app` as an app directory on a VM: the helper at its hashed path."""
+    path = app / cmd.HELPER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cmd.HELPER_TEXT)
+    return app
+
+
+def run_sh(argv: list[str], cwd: Path, env: dict | None = None, stdin: str | None = None
            ) -> subprocess.CompletedProcess:
+    """Run a builder's argv in `cwd` as the VM would, but under dash (the VM's /bin/sh)."""
+    installed(cwd)
+    argv = [DASH, *argv[1:]] if argv[0] == "sh" else argv
     return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
-                          env={**os.environ, **(env or {})}, timeout=60)
+                          input=stdin, env={**os.environ, **(env or {})}, timeout=60)
+
+
+def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path):
+    """Dry runs of deploy, rollback and restore for both databases: each line the VM's shell
+    would read passes shellcheck as POSIX sh; the helper carries every multi-line step."""
+    lines = []
+    for database in ("sqlite", "postgres"):
+        with dry_vm(tmp_path, database=database, health_url="http://127.0.0.1:8000/h") as vm:
+            remote.deploy(vm, "v2")
+            remote.rollback(vm, "v1", known_in_registry=lambda tag: True)
+            remote.restore(vm, "20300101T000000Z-v1.dump")
+        lines += vm.runner.history
+    assert any("backup-stdout" in line for line in lines)
+    script = tmp_path / "sent.sh"
+    for line in lines:
+        # Only the migration's `sh -c` argument (run in the container) spans lines.
+        assert "\n" not in line or cmd.REVISION_MARK in line, line
+        script.write_text(line + "\n")
+        # SC2016: the `$` in that single-quoted argument are meant for the container's sh.
+        result = subprocess.run(["shellcheck", "--shell=sh", "--exclude=SC2016", str(script)],
+                                capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{line}\n{result.stdout}"
 
 
 def test_lock_is_an_atomic_mkdir_with_the_holder_quoted_safely(tmp_path):
@@ -183,13 +244,16 @@ def test_lock_is_an_atomic_mkdir_with_the_holder_quoted_safely(tmp_path):
     raw = json.dumps(holder)
     first = run_sh(cmd.acquire_lock(raw), tmp_path)
     assert first.returncode == 0, first.stderr
-    assert json.loads((tmp_path / cmd.HOLDER_FILE).read_text()) == holder
+    assert json.loads((tmp_path / cmd.LOCK_DIR / "holder.json").read_text()) == holder
     second = run_sh(cmd.acquire_lock(json.dumps(HOLDER)), tmp_path)
     assert second.returncode == cmd.LOCK_BUSY_EXIT
-    assert json.loads(second.stdout) == holder  # the holder is named, not overwritten
-    assert json.loads(run_sh(cmd.read_lock(), tmp_path).stdout) == holder
+    assert remote.parse_holder(second.stdout) == {**holder, "lease_age": 0}
+    assert remote.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)["message"] == \
+        holder["message"]
     assert not marker.exists()
 
+    assert run_sh(cmd.renew_lock(json.dumps(HOLDER)), tmp_path).returncode == 3  # not ours
+    assert run_sh(cmd.renew_lock(raw), tmp_path).returncode == 0
     run_sh(cmd.release_lock_if_ours(json.dumps(HOLDER)), tmp_path)  # someone else's: kept
     assert (tmp_path / cmd.LOCK_DIR).is_dir()
     run_sh(cmd.release_lock_if_ours(raw), tmp_path)
@@ -200,48 +264,98 @@ def test_lock_is_an_atomic_mkdir_with_the_holder_quoted_safely(tmp_path):
     assert not (tmp_path / cmd.LOCK_DIR).exists()
 
 
-def test_sqlite_backup_copies_the_database_and_its_wal(tmp_path):
-    out = run_sh(cmd.backup_sqlite("data/app.db", "20300101T000000Z-v1", 5), tmp_path)
+def test_a_lease_not_renewed_goes_stale(tmp_path):
+    raw = json.dumps({**HOLDER, "lease": 60})
+    run_sh(cmd.acquire_lock(raw), tmp_path)
+    fresh = remote.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)
+    assert remote.lease_is_fresh(fresh, 120)
+    lease = tmp_path / cmd.LOCK_DIR / "lease"
+    os.utime(lease, (lease.stat().st_mtime - 300,) * 2)
+    stale = remote.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)
+    assert stale["lease_age"] >= 300 and not remote.lease_is_fresh(stale, 120)
+    assert "lease renewed 30" in remote.describe_holder(stale)
+    assert not remote.lease_is_fresh(HOLDER, 120)  # a lock from before leases: stale
+    here = {**fresh, "host": socket.gethostname()}
+    assert remote.lease_is_fresh({**here, "pid": os.getpid()}, 120)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not remote.lease_is_fresh({**here, "pid": dead.pid}, 120)  # killed here: stale
+
+
+def test_sqlite_backup_copies_the_database_and_its_wal_privately(tmp_path):
+    out = run_sh(cmd.backup_sqlite("data/app.db", "backups/20300101T000000Z-v1.sqlite3"),
+                 tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("no database yet")
     assert os.listdir(tmp_path / "backups") == []
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data/app.db").write_bytes(b"main")
+    (tmp_path / "data/app.db").chmod(0o644)
     (tmp_path / "data/app.db-wal").write_bytes(b"wal")
-    out = run_sh(cmd.backup_sqlite("data/app.db", "20300101T000001Z-v2", 5), tmp_path)
-    assert out.stdout.splitlines()[0] == "backups/20300101T000001Z-v2.sqlite3"
-    assert (tmp_path / "backups/20300101T000001Z-v2.sqlite3").read_bytes() == b"main"
-    assert (tmp_path / "backups/20300101T000001Z-v2.sqlite3-wal").read_bytes() == b"wal"
+    target = "backups/20300101T000001Z-v2.sqlite3"
+    out = run_sh(cmd.backup_sqlite("data/app.db", target), tmp_path)
+    assert out.stdout.splitlines()[0] == target
+    assert (tmp_path / target).read_bytes() == b"main"
+    assert (tmp_path / f"{target}-wal").read_bytes() == b"wal"
+    assert stat.S_IMODE((tmp_path / target).stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "backups").stat().st_mode) == 0o700
     listed = run_sh(cmd.list_backups(), tmp_path).stdout.split()
     assert listed == ["20300101T000001Z-v2.sqlite3"]  # the -wal goes with it, unlisted
 
 
-def test_pruning_keeps_the_newest_backups_even_when_their_files_have_one_mtime(tmp_path):
-    """`cp -p` gives every backup of an unchanged database the same mtime: order by name."""
+def test_a_backup_command_that_fails_shows_its_own_error_and_leaves_nothing(tmp_path):
+    failing = ["sh", "-c", "echo partial; echo 'pg_dump: error: connection to server failed: "
+               "FATAL:  role \"nobody\" does not exist' >&2; exit 1"]
+    result = run_sh(cmd.helper("backup-stdout", "backups/x.dump", *failing), tmp_path)
+    assert result.returncode == 1
+    assert 'role "nobody" does not exist' in result.stderr
+    assert os.listdir(tmp_path / "backups") == []
+    ok = run_sh(cmd.helper("backup-stdout", "backups/y.dump", "printf", "data"), tmp_path)
+    assert (ok.returncode, ok.stdout) == (0, "backups/y.dump\n")
+    assert stat.S_IMODE((tmp_path / "backups/y.dump").stat().st_mode) == 0o600
+
+
+def test_a_failed_sqlite_backup_leaves_no_partial_copy(tmp_path):
     (tmp_path / "data").mkdir()
-    db = tmp_path / "data/app.db"
-    db.write_bytes(b"db")
-    os.utime(db, (1_000_000_000, 1_000_000_000))
-    names = [f"2030010{i}T000000Z-v2" for i in range(1, 5)]
-    for name in names:
-        result = run_sh(cmd.backup_sqlite("data/app.db", name, 2), tmp_path)
-        assert result.returncode == 0, result.stderr
-    kept = sorted(os.listdir(tmp_path / "backups"))
-    assert kept == [f"{n}.sqlite3" for n in names[-2:]]
-    assert run_sh(cmd.list_backups(), tmp_path).stdout.split() == [
-        f"{names[-1]}.sqlite3", f"{names[-2]}.sqlite3"]
+    (tmp_path / "data/app.db").write_bytes(b"db")
+    bin_dir = tmp_path / "bin"  # a cp that fails halfway, as on a full disk
+    bin_dir.mkdir()
+    (bin_dir / "cp").write_text('#!/bin/sh\nfor last; do :; done; printf half > "$last"; '
+                                'echo "No space left" >&2; exit 1\n')
+    (bin_dir / "cp").chmod(0o755)
+    result = run_sh(cmd.backup_sqlite("data/app.db", "backups/z.sqlite3"), tmp_path,
+                    {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode != 0 and "No space left" in result.stderr
+    assert os.listdir(tmp_path / "backups") == []
+    assert (tmp_path / "data/app.db").read_bytes() == b"db"
 
 
-def test_pruning_removes_a_pruned_backups_wal_and_ignores_partial_copies(tmp_path):
+def test_removing_backups_takes_their_wal_and_refuses_paths(tmp_path):
     backups = tmp_path / "backups"
     backups.mkdir()
     for name in ("20300101T000000Z-a.sqlite3", "20300101T000000Z-a.sqlite3-wal",
                  "20300102T000000Z-b.sqlite3", "20300103T000000Z-c.sqlite3.part"):
         (backups / name).write_text(name)
-    result = run_sh(runner_sh(cmd.prune_backups(1)), tmp_path)
+    assert run_sh(cmd.list_backups(), tmp_path).stdout.split() == [
+        "20300102T000000Z-b.sqlite3", "20300101T000000Z-a.sqlite3"]
+    result = run_sh(cmd.remove_backups(["20300101T000000Z-a.sqlite3"]), tmp_path)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(backups)) == ["20300102T000000Z-b.sqlite3",
                                            "20300103T000000Z-c.sqlite3.part"]
+    assert run_sh(cmd.remove_backups(["../data"]), tmp_path).returncode == 1
+
+
+def test_retention_keeps_the_backup_before_the_last_migration_and_ignores_failed_attempts():
+    names = [f"2030010{i}T000000Z-v{i}.dump" for i in range(1, 10)]
+    history = [{"tag": "v1", "backup": names[0], "migrated": True},
+               {"tag": "v2", "backup": names[1], "migrated": True},  # the last migration
+               {"tag": "v3", "backup": names[2], "migrated": False},
+               {"tag": "v4", "backup": names[3], "migrated": False}]
+    # names[4:] are five failed attempts (never recorded)
+    doomed = remote.backups_to_prune(names, history, keep=2)
+    kept = sorted(set(names) - set(doomed))
+    assert kept == sorted([names[1], names[2], names[3], names[7], names[8]])
+    assert names[1] in kept  # before the last successful migration, though older than `keep`
 
 
 def test_restore_sqlite_replaces_the_database_and_drops_its_wal(tmp_path):
@@ -259,58 +373,32 @@ def test_restore_sqlite_replaces_the_database_and_drops_its_wal(tmp_path):
     assert (tmp_path / "data/app.db").read_bytes() == b"old"
 
 
-def test_release_env_is_app_env_plus_the_release_mode_0600(tmp_path):
-    (tmp_path / "app.env").write_text(
-        "APP_SECRET=it's $(secret)\nDEPLOY_TAG=stale\nDEPLOY_IMAGE=stale\nAPP_PORT=8123\n")
-    result = run_sh(cmd.write_release_env(IMAGE, "v2"), tmp_path)
-    assert result.returncode == 0, result.stderr
-    env = tmp_path / ".env"
-    assert env.read_text() == (f"APP_SECRET=it's $(secret)\nAPP_PORT=8123\n"
-                               f"DEPLOY_IMAGE={IMAGE}\nDEPLOY_TAG=v2\n")
-    assert stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert run_sh(cmd.read_current_tag(), tmp_path).stdout.strip() == "v2"
-    run_sh(cmd.write_release_env(IMAGE, ""), tmp_path)  # `fab setup` before any release
-    assert "DEPLOY_TAG" not in env.read_text()
-    assert run_sh(cmd.read_current_tag(), tmp_path).stdout.strip() == ""
+def test_restore_postgres_stops_at_the_first_error_and_says_so(tmp_path):
+    """A fake `compose exec`: pg_restore converts, psql fails; the helper exits non-zero."""
+    (tmp_path / "backups").mkdir()
+    (tmp_path / "backups/b.dump").write_bytes(b"dump")
+    fake = tmp_path / "fake-exec"
+    fake.write_text('#!/bin/sh\nshift 3\ncase "$1" in\n  pg_restore) cat; echo "SELECT 1;";;\n'
+                    '  psql) cat > "$LOG"; echo "ERROR:  relation \\"user\\" already exists" >&2;'
+                    " exit 3;;\nesac\n")
+    fake.chmod(0o755)
+    log = tmp_path / "psql-input"
+    result = run_sh(cmd.restore_postgres([str(fake)], "db", "postgres", "app", "b.dump"),
+                    tmp_path, {"LOG": str(log)})
+    assert result.returncode == 3 and 'relation "user" already exists' in result.stderr
+    sent = log.read_text()
+    assert sent.startswith("DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public;\n")
+    assert "dump" in sent and "SELECT 1;" in sent
+    assert [p for p in os.listdir(tmp_path / "backups") if p.startswith(".restore")] == []
 
 
-def test_sync_release_env_repairs_a_deleted_or_garbled_env_and_leaves_a_good_one(tmp_path):
-    (tmp_path / "app.env").write_text("APP_SECRET=s\nAPP_PORT=8123\n")
-    env = tmp_path / ".env"
-    good = f"APP_SECRET=s\nAPP_PORT=8123\nDEPLOY_IMAGE={IMAGE}\nDEPLOY_TAG=v2\n"
-    run_sh(cmd.write_release_env(IMAGE, "v2"), tmp_path)
-    assert env.read_text() == good
-    for damage in ("", "garbage without equals\n", "DEPLOY_IMAGE=" + IMAGE + "\n", None):
-        if damage is None:
-            env.unlink()
-        else:
-            env.write_text(good + damage if damage.startswith("garbage") else damage)
-        result = run_sh(cmd.sync_release_env(IMAGE, "v2"), tmp_path)
-        assert result.returncode == 0 and result.stdout == "rewritten\n", (damage, result)
-        assert env.read_text() == good and stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert run_sh(cmd.sync_release_env(IMAGE, "v2"), tmp_path).stdout == ""  # already right
-    # The image .env names is kept: the current release may come from another repository.
-    env.write_text(good.replace(IMAGE, "old.registry/app"))
-    assert run_sh(cmd.sync_release_env(IMAGE, "v2"), tmp_path).stdout == ""
-    assert "DEPLOY_IMAGE=old.registry/app\n" in env.read_text()
-    (tmp_path / "app.env").unlink()  # never set up: nothing to sync from
-    assert run_sh(cmd.sync_release_env(IMAGE, "v2"), tmp_path).returncode == 0
-    assert "DEPLOY_IMAGE=old.registry/app" in env.read_text()
-
-
-def test_a_failed_sqlite_backup_leaves_no_partial_copy(tmp_path):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data/app.db").write_bytes(b"db")
-    bin_dir = tmp_path / "bin"  # a cp that fails halfway, as on a full disk
-    bin_dir.mkdir()
-    (bin_dir / "cp").write_text('#!/bin/sh\nprintf half > "$3"; echo "No space left" >&2; '
-                                "exit 1\n")
-    (bin_dir / "cp").chmod(0o755)
-    result = run_sh(cmd.backup_sqlite("data/app.db", "z", 5), tmp_path,
-                    {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
-    assert result.returncode != 0 and "No space left" in result.stderr
-    assert not (tmp_path / "backups/z.sqlite3.part").exists()
-    assert not (tmp_path / "backups/z.sqlite3").exists()
+def test_write_file_is_atomic_private_and_says_when_it_changed(tmp_path):
+    first = run_sh(cmd.write_file(".env"), tmp_path, stdin="A='1'\n")
+    assert (first.returncode, first.stdout) == (0, "rewritten\n")
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+    assert run_sh(cmd.write_file(".env"), tmp_path, stdin="A='1'\n").stdout == ""
+    assert run_sh(cmd.read_var(".env", "A"), tmp_path).stdout == "1\n"
+    assert run_sh(cmd.read_var("missing.env", "A"), tmp_path).stdout == ""
 
 
 def test_history_lines_survive_any_characters(tmp_path):
@@ -326,43 +414,121 @@ def test_history_lines_survive_any_characters(tmp_path):
     assert (fresh.returncode, fresh.stdout) == (0, "")  # no history yet: empty, not an error
 
 
-@pytest.fixture
-def fake_docker(tmp_path):
-    """A `docker` on PATH that answers compose ps with one container in state $FAKE_STATE."""
+@pytest.mark.parametrize("tools, expected", [
+    (["curl"], "200"), (["wget"], "200"), (["python3"], "200"), ([], "missing"),
+])
+def test_http_status_uses_curl_else_wget_else_python(tmp_path, tools, expected):
+    """On the VM, whichever of curl, wget, python3 it has; says so when it has none."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    script = bin_dir / "docker"
-    script.write_text(
-        "#!/bin/sh\n"
-        'case "$1" in\n'
-        '  compose) [ "$FAKE_STATE" = missing ] || echo c0ffee ;;\n'
-        '  inspect) echo "$FAKE_STATE" ;;\n'
-        "esac\n"
-    )
-    script.chmod(0o755)
-
-    def run(state: str, timeout: float = 2) -> subprocess.CompletedProcess:
-        argv = cmd.wait_healthy(cmd.compose("v2", "compose.yaml", PROJECT), "app", timeout)
-        return run_sh(argv, tmp_path, {"PATH": f"{bin_dir}:{os.environ['PATH']}",
-                                   "FAKE_STATE": state})
-
-    return run
+    for tool in ["sed", "tail", *tools]:
+        real = os.path.realpath(sys.executable) if tool == "python3" else shutil.which(tool)
+        if not real:
+            pytest.skip(f"{tool} is not installed here")
+        (bin_dir / tool).symlink_to(real)
+    with answering_200() as port:
+        result = run_sh(cmd.http_status(f"http://127.0.0.1:{port}/"), tmp_path,
+                        {"PATH": str(bin_dir)})
+    assert result.stdout.strip().startswith(expected), result.stdout + result.stderr
+    assert result.returncode == (cmd.HELPER_MISSING_EXIT if expected == "missing" else 0)
 
 
-@pytest.mark.parametrize("state, code, last", [
-    ("healthy", 0, "healthy"),
-    ("unhealthy", 1, "unhealthy"),
-    ("exited", 1, "exited"),
-    ("starting", 2, "timeout (starting)"),
-    ("missing", 2, "timeout (missing)"),
-])
-def test_wait_healthy_polls_the_container_state(fake_docker, state, code, last):
-    result = fake_docker(state)
-    assert result.returncode == code, result.stdout + result.stderr
-    assert result.stdout.strip().splitlines()[-1] == last
+# --------------------------------------------------------------------------- env files, compose
+
+TRICKY = {
+    "DOLLAR": "pa$$word$HOME", "BRACES": "x${APP_SECRET}y", "HASH": "a #not a comment",
+    "QUOTES": "it's \"quoted\"", "SPACES": "  two  spaces ", "EQUALS": "a=b=c",
+    "SINGLE": "'", "BACKSLASH": "back\\slash\\n", "EMPTY": "",
+}
+
+
+def test_env_values_reach_a_compose_v2_service_byte_for_byte(tmp_path, base_image):
+    """A real container started by compose from app.env (and .env for interpolation) sees
+    each value exactly as the laptop's .env parser read it."""
+    from deploy.remote.contract import env_text
+
+    project = f"envtest{os.getpid()}"
+    (tmp_path / "compose.yaml").write_text(
+        f"services:\n  app:\n    image: {base_image}\n    env_file: app.env\n")
+    (tmp_path / "app.env").write_text(env_text(TRICKY))
+    (tmp_path / ".env").write_text(env_text({**TRICKY, "COMPOSE_PROJECT_NAME": project}))
+    show = "import json, os; print(json.dumps(dict(os.environ)))"
+    try:
+        result = subprocess.run(["docker", "compose", "run", "--rm", "-T", "app", "python", "-c",
+                                 show], cwd=tmp_path, capture_output=True, text=True,
+                                check=False, timeout=120,
+                                env={"PATH": os.environ["PATH"], "HOME": "/root",
+                                     "APP_SECRET": "leaked"})
+    finally:
+        subprocess.run(["docker", "compose", "-p", project, "down"], cwd=tmp_path,
+                       capture_output=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {k: seen.get(k) for k in TRICKY} == TRICKY
+    assert "COMPOSE_PROJECT_NAME" not in seen
+
+
+def test_compose_v1_refuses_values_it_would_change():
+    from deploy.remote.contract import env_line
+
+    assert env_line("A", "pa$$word$HOME", "v1") == "A='pa$$word$HOME'\n"
+    for value in ("x${Y}", "it's", "two\nlines"):
+        with pytest.raises(DeployError, match="docker-compose v1"):
+            env_line("A", value, "v1")
+
+
+def test_services_that_read_dotenv_are_found(tmp_path):
+    from deploy.remote.contract import services_reading_dotenv
+
+    compose = tmp_path / "compose.yaml"
+    compose.write_text("services:\n  app: {image: a, env_file: app.env}\n"
+                       "  db: {image: b, env_file: [./.env]}\n"
+                       "  cache: {image: c, env_file: [{path: .env, required: false}]}\n"
+                       "  web: {image: d}\n")
+    assert services_reading_dotenv(compose) == ["db", "cache"]
+
+
+def test_the_compose_contract_refuses_an_image_that_is_not_the_release():
+    from deploy.remote.contract import check_image
+
+    variables = {"DEPLOY_IMAGE": IMAGE, "DEPLOY_TAG": "v2"}
+    check_image({"services": {"app": {"image": f"{IMAGE}:v2"}}}, "app", f"{IMAGE}:v2",
+                variables)
+    with pytest.raises(DeployError) as err:
+        check_image({"services": {"app": {"image": "myapp:latest"}}}, "app", f"{IMAGE}:v2",
+                    variables)
+    assert "runs 'myapp:latest'" in err.value.message and "nothing was changed" in \
+        err.value.message
+    assert "${DEPLOY_IMAGE}:${DEPLOY_TAG}" in err.value.fix
+    with pytest.raises(DeployError, match="no service 'app'"):
+        check_image({"services": {"web": {}}}, "app", f"{IMAGE}:v2", variables)
+
+
+def test_sqlite_on_a_named_volume_is_refused_with_the_fix():
+    from deploy.remote.contract import sqlite_mount_problem
+
+    bind = {"type": "bind", "source": "/srv/app/data", "target": "/data"}
+    named = {"type": "volume", "source": "appdata", "target": "/data"}
+    config = {"services": {"app": {"volumes": [named]}}}
+    problem = sqlite_mount_problem(config, "app", "/srv/app", "data/app.db")
+    assert "named volume appdata on /data" in problem
+    config["services"]["app"]["volumes"] = [bind]
+    assert sqlite_mount_problem(config, "app", "/srv/app", "data/app.db") == ""
+
+
+@pytest.mark.parametrize("tag", ["latest"])
+def test_moving_tags_are_refused(tmp_path, tag):
+    with dry_vm(tmp_path) as vm:
+        with pytest.raises(DeployError, match="every push moves"):
+            remote.deploy(vm, tag)
+        with pytest.raises(DeployError, match="every push moves"):
+            remote.rollback(vm, tag, known_in_registry=lambda t: True)
+    assert vm.runner.history == []
 
 
 # --------------------------------------------------------------------------- flows, scripted
+
+IMAGE_ID = "sha256:" + "cd" * 32
 
 
 def settings_for(tmp_path: Path, **overrides) -> Settings:
@@ -382,21 +548,36 @@ def history_lines(*entries: tuple[str, str, str]) -> str:
                    for t, a, r in entries)
 
 
+class FakeVm(MockContext):
+    """MockContext whose `compose config` renders the release the command carries."""
+
+    def run(self, command, *args, **kwargs):
+        if re.search(r" config( --format json)?$", command):
+            tag = re.search(r"DEPLOY_TAG=(\S*)", command).group(1)
+            return Result(json.dumps({"services": {"app": {"image": f"{IMAGE}:{tag}"}}}))
+        return super().run(command, *args, **kwargs)
+
+
+MIGRATED = (f"INFO  [alembic.runtime.migration] Running upgrade 0001 -> 0002, add note\n"
+            f"{cmd.REVISION_MARK}\n0002 (head)\n")
+
+
 def scripted_vm(tmp_path: Path, answers: dict, **overrides) -> tuple[remote.Vm, io.StringIO]:
     """A Vm whose commands are answered by MockContext: `answers` first, then defaults."""
     defaults = {
-        on("if mkdir .deploy/lock"): Result(""),
-        on("s/^DEPLOY_TAG=//p"): Result("v1\n"),
-        on("cat .deploy/history.jsonl"): Result(history_lines(("v1", "deploy", "0001"))),
-        on("docker image inspect --format"): Result(f'["{IMAGE}@sha256:{"ab" * 32}"]\n'),
-        on("if [ -f data/app.db ]"): Result("backups/20300101T000000Z-v2.sqlite3\n"),
-        on("alembic upgrade head"): Result(
-            "INFO  [alembic.runtime.migration] Running upgrade 0001 -> 0002, add note\n"),
-        on("alembic current"): Result("0001\n"),
-        on("end=$(( $(date +%s)"): Result("healthy\n"),
+        on("lock-acquire"): Result(""),
+        on("read-var .deploy/release.env DEPLOY_TAG"): Result("v1\n"),
+        on("history-read"): Result(history_lines(("v1", "deploy", "0001"))),
+        on("docker image inspect --format"): Result(
+            f'{IMAGE_ID} ["{IMAGE}@sha256:{"ab" * 32}"]\n'),
+        on("backup-sqlite"): Result("backups/20300101T000000Z-v2.sqlite3\n"),
+        on("alembic upgrade head"): Result(MIGRATED),
+        on("sh -c 'alembic current"): Result("0001\n"),
+        on("health-state"): Result("healthy\n"),
+        on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v2\n"),
         re.compile(".*", re.S): Result(""),
     }
-    ctx = MockContext(run={**answers, **{k: v for k, v in defaults.items() if k not in answers}})
+    ctx = FakeVm(run={**answers, **{k: v for k, v in defaults.items() if k not in answers}})
     out = io.StringIO()
     runner = Runner(ctx, where="vm", cwd=APP_DIR, out=out, clock=lambda: 0.0)
     return remote.Vm(settings_for(tmp_path, **overrides), runner), out
@@ -418,21 +599,33 @@ def test_deploy_runs_each_step_in_order_and_records_the_release(tmp_path, kind):
     vm, _ = scripted_vm(tmp_path, {}, compose_command=kind)
     entry = remote.deploy(vm, "v2", git_sha="f" * 40, message="hello")
     history = vm.runner.history
-    order = [index_of(history, needle) for needle in (
-        "if mkdir .deploy/lock", "docker pull --quiet", "if [ -f data/app.db ]",
-        "alembic upgrade head", "up -d --remove-orphans", "end=$(( $(date +%s)",
-        ">> .deploy/history.jsonl", "DEPLOY_TAG=v2\n", "rm -rf .deploy/lock")]
-    assert order == sorted(order), "\n".join(history)
-    assert history[-1] == f"cd {APP_DIR} && rm -rf .deploy/lock"
-    migrate, up = history[order[3]], history[order[4]]
+    order = []
+    for needle in ("lock-acquire", " config", "docker pull --quiet", "backup-sqlite",
+                   "alembic upgrade head", "up -d --remove-orphans", "health-state",
+                   "running-image", "history-append", "write-file .deploy/release.env",
+                   "lock-release-if"):
+        order.append(index_of(history, needle, order[-1] if order else 0))
+    assert history[-1].startswith(f"cd {APP_DIR} && sh {cmd.HELPER} lock-release-if")
+    migrate, up = history[order[4]], history[order[5]]
     assert f"env DEPLOY_IMAGE={IMAGE} DEPLOY_TAG=v2 " in migrate
     assert f"env DEPLOY_IMAGE={IMAGE} DEPLOY_TAG=v2 " in up
     assert all(c.startswith(f"cd {APP_DIR} && ") for c in history[1:]), history[0]
     assert (entry["tag"], entry["revision"], entry["previous"], entry["action"]) == (
         "v2", "0002", "v1", "deploy")
     assert entry["digest"] == "sha256:" + "ab" * 32 and entry["git_sha"] == "f" * 40
+    assert (entry["backup"], entry["migrated"]) == ("20300101T000000Z-v2.sqlite3", True)
     if kind == "v1":
         assert assert_v1_clean(history) >= 3
+
+
+@pytest.mark.parametrize("printed", ["", "Running upgrade 0001 -> 0003\n"])
+def test_the_revision_comes_from_the_database_not_from_what_the_migration_printed(
+        tmp_path, printed):
+    """An Alembic that logs nothing, or a script that prints something else: the revision
+    recorded is what `alembic current` says after the migration."""
+    answers = {on("prestart.sh"): Result(f"{printed}{cmd.REVISION_MARK}\n0002 (head)\n")}
+    vm, _ = scripted_vm(tmp_path, answers, migrate_command="bash scripts/prestart.sh")
+    assert remote.deploy(vm, "v2")["revision"] == "0002"
 
 
 def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path):
@@ -448,22 +641,134 @@ def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path)
     entry = remote.deploy(vm, "v2")
     assert entry["tag"] == "v2"
     history = vm.runner.history
-    assert index_of(history, ">> .deploy/history.jsonl") < index_of(history, "DEPLOY_TAG=v2\n") \
-        < index_of(history, "rm -rf .deploy/lock")
+    recorded = index_of(history, "history-append")
+    assert recorded < index_of(history, "write-file .env", recorded) \
+        < index_of(history, "lock-release-if")
     assert "Ctrl-C came after v2 turned healthy: it was recorded all the same" in out.getvalue()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_cut_a_deploy_short_like_ctrl_c(tmp_path, signum):
+    from deploy.remote.session import terminations_interrupt
+
+    vm, _ = scripted_vm(tmp_path, {})
+    pull = vm.pull
+
+    def killed_pull(tag):
+        os.kill(os.getpid(), signum)
+        return pull(tag)
+
+    vm.pull = killed_pull
+    with terminations_interrupt(), pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert err.value.exit_code == 128 + signum
+    assert f"interrupted ({signal.Signals(signum).name}) during pull of v2" in err.value.message
+    assert "v1 is still serving and the lock was released" in err.value.message
+    assert "lock-release-if" in vm.runner.history[-1]
+    assert signal.getsignal(signum) is signal.SIG_DFL
+
+
+def test_sigterm_mid_switch_switches_back(tmp_path):
+    from deploy.remote.session import terminations_interrupt
+
+    vm, _ = scripted_vm(tmp_path, {})
+    switch = vm.switch
+
+    def killed_switch(tag):
+        switch(tag)
+        if tag == "v2":
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    vm.switch = killed_switch
+    with terminations_interrupt(), pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert err.value.exit_code == 143
+    assert "switched back to v1" in err.value.message
+    ups = ran(vm.runner.history, " up -d --remove")
+    assert [re.search(r"DEPLOY_TAG=(\S+)", u).group(1) for u in ups] == ["v2", "v1"]
+
+
+def test_a_container_not_running_the_pulled_image_fails_the_deploy(tmp_path):
+    """compose's image said IMAGE:v2 but the container runs something else: switch back."""
+    answers = {on("running-image"): Result(f"sha256:{'ee' * 32} {IMAGE}:v2\n")}
+    vm, _ = scripted_vm(tmp_path, answers)
+    with pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert "not the image pulled for" in err.value.message
+    assert "switched back to v1" in err.value.message
+    assert not ran(vm.runner.history, "history-append")
+
+
+def test_the_health_check_runs_on_the_vm_and_never_from_here(tmp_path, monkeypatch):
+    import socket
+    import urllib.request
+
+    def no_local_http(*args, **kwargs):
+        raise AssertionError("an HTTP request from the laptop")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_local_http)
+    monkeypatch.setattr(socket, "create_connection", no_local_http)
+    answers = {on("http-status"): [Result("000\n"), Result("503\n"), Result("200\n")]}
+    vm, _ = scripted_vm(tmp_path, answers, health_url="http://127.0.0.1:8000/health")
+    remote.deploy(vm, "v2")
+    polls = ran(vm.runner.history, "http-status http://127.0.0.1:8000/health")
+    assert len(polls) == 3 and all(p.startswith(f"cd {APP_DIR} && sh {cmd.HELPER}")
+                                   for p in polls)
+
+
+def test_a_vm_without_curl_wget_or_python_is_named(tmp_path):
+    answers = {on("http-status"): Result("missing: none of curl, wget, python3 is installed "
+                                         "on the VM\n", exited=cmd.HELPER_MISSING_EXIT)}
+    vm, _ = scripted_vm(tmp_path, answers, health_url="http://127.0.0.1:8000/health")
+    with pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert "none of curl, wget, python3" in err.value.message
+    assert "curl" in err.value.fix
+    assert not ran(vm.runner.history, "docker pull")  # found before anything changed
+
+
+def test_a_project_of_another_directory_is_refused(tmp_path):
+    answers = {on("project-dirs"): Result("/srv/other\n")}
+    vm, _ = scripted_vm(tmp_path, answers)
+    with pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert f"belongs to /srv/other, not to {APP_DIR}" in err.value.message
+    assert "project_name" in err.value.fix
+    assert not ran(vm.runner.history, "docker pull")
+
+
+def test_an_app_dir_running_under_another_project_name_is_refused(tmp_path):
+    answers = {on("dir-projects"): Result("app\n")}
+    vm, _ = scripted_vm(tmp_path, answers)
+    with pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert f"the app in {APP_DIR} runs as compose project 'app'" in err.value.message
+    assert 'project_name = "app"' in err.value.fix
+    assert not ran(vm.runner.history, "docker pull")
+
+
+def test_a_compose_file_that_does_not_run_the_release_is_refused_before_anything(tmp_path):
+    vm, _ = scripted_vm(tmp_path, {})
+    vm.runner.target.run = lambda command, *a, **k: Result(
+        json.dumps({"services": {"app": {"image": "127.0.0.1:5000/example:latest"}}})
+        if " config --format json" in command else "")
+    with pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert "not the release" in err.value.message
+    assert not ran(vm.runner.history, "docker pull")
+
+
 def test_a_busy_lock_names_its_holder_and_is_left_alone(tmp_path):
-    answers = {on("if mkdir .deploy/lock"): Result(json.dumps(HOLDER) + "\n",
-                                                   exited=cmd.LOCK_BUSY_EXIT)}
+    answers = {on("lock-acquire"): Result(json.dumps(HOLDER) + "\nlease-age 4\n",
+                                          exited=cmd.LOCK_BUSY_EXIT)}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
         remote.deploy(vm, "v2")
     assert "locked by another deploy: alice@laptop since 2030-01-01T00:00:00Z deploy of " \
-           "abc1234 (big migration)" in err.value.message
+           "abc1234 (big migration) [lease renewed 4s ago]" in err.value.message
     assert "fab unlock" in err.value.fix
-    assert not ran(vm.runner.history, "rm -rf")
+    assert not ran(vm.runner.history, "lock-release")
     assert not ran(vm.runner.history, "docker pull")
 
 
@@ -478,30 +783,44 @@ def test_a_failed_migration_switches_nothing_and_releases_the_lock(tmp_path, kin
     assert "no such function" in err.value.message
     history = vm.runner.history
     assert not ran(history, " up -d")
-    assert not ran(history, ">> .deploy/history")
-    assert history[-1].endswith("rm -rf .deploy/lock")
+    assert not ran(history, "history-append")
+    assert "lock-release-if" in history[-1]
+
+
+def test_a_failed_backup_shows_the_commands_own_error(tmp_path):
+    answers = {on("backup-stdout"): Result("", 'pg_dump: error: role "x" does not exist\n',
+                                           exited=1),
+               on("read-var .deploy/release.env"): Result("v1\n")}
+    vm, _ = scripted_vm(tmp_path, answers, database="postgres")
+    with pytest.raises(DeployError) as err:
+        remote.deploy(vm, "v2")
+    assert 'role "x" does not exist' in err.value.message
+    assert "disk" not in err.value.fix
+    history = vm.runner.history
+    assert index_of(history, "up -d --no-deps db") < index_of(history, "pg_isready") \
+        < index_of(history, "backup-stdout")
+    assert not ran(history, "alembic upgrade")
 
 
 @pytest.mark.parametrize("kind", ["v2", "v1"])
 def test_an_unhealthy_release_is_switched_back(tmp_path, kind):
-    answers = {on("end=$(( $(date +%s)"): [Result("timeout (starting)\n", exited=2),
-                                           Result("healthy\n")]}
+    answers = {on("health-state"): Result("unhealthy\n")}
     vm, out = scripted_vm(tmp_path, answers, compose_command=kind)
     with pytest.raises(DeployError) as err:
         remote.deploy(vm, "v2")
-    assert "v2 did not turn healthy (timeout (starting)); switched back to v1" \
+    assert "v2 did not turn healthy (unhealthy); switched back to v1, which is unhealthy too" \
         in err.value.message
     ups = ran(vm.runner.history, " up -d")
     assert [re.search(r"DEPLOY_TAG=(\S+)", u).group(1) for u in ups] == ["v2", "v1"]
-    assert not ran(vm.runner.history, ">> .deploy/history")
-    assert vm.runner.history[-1].endswith("rm -rf .deploy/lock")
+    assert not ran(vm.runner.history, "history-append")
+    assert "lock-release-if" in vm.runner.history[-1]
     assert "switching back to v1" in out.getvalue()
     if kind == "v1":
         assert_v1_clean(vm.runner.history)
 
 
 def test_without_rollback_on_failure_the_release_is_left_and_the_fix_names_the_old_tag(tmp_path):
-    answers = {on("end=$(( $(date +%s)"): Result("unhealthy\n", exited=1)}
+    answers = {on("health-state"): Result("unhealthy\n")}
     vm, _ = scripted_vm(tmp_path, answers, rollback_on_failure=False)
     with pytest.raises(DeployError) as err:
         remote.deploy(vm, "v2")
@@ -512,9 +831,8 @@ def test_without_rollback_on_failure_the_release_is_left_and_the_fix_names_the_o
 
 
 def test_a_first_release_that_fails_has_nothing_to_switch_back_to(tmp_path):
-    answers = {on("end=$(( $(date +%s)"): Result("unhealthy\n", exited=1),
-               on("s/^DEPLOY_TAG=//p"): Result(""),
-               on("cat .deploy/history.jsonl"): Result("")}
+    answers = {on("health-state"): Result("unhealthy\n"), on("running-image"): Result(""),
+               on("read-var"): Result(""), on("history-read"): Result("")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
         remote.deploy(vm, "v1")
@@ -523,36 +841,64 @@ def test_a_first_release_that_fails_has_nothing_to_switch_back_to(tmp_path):
     assert len(ran(vm.runner.history, " up -d")) == 1
 
 
+def rollback_history(*entries) -> Result:
+    return Result("".join(json.dumps({"tag": t, "action": a, "revision": r, "time": "T",
+                                      "digest": f"sha256:{t * 32}"[:71]}) + "\n"
+                          for t, a, r in entries))
+
+
 @pytest.mark.parametrize("kind", ["v2", "v1"])
 def test_rollback_downgrades_to_the_revision_the_release_was_deployed_with(tmp_path, kind):
     """An earlier rollback without --downgrade recorded the database's newer revision for v1;
     a later --downgrade must still go back to the schema v1 was deployed with."""
     answers = {
-        on("s/^DEPLOY_TAG=//p"): Result("v2\n"),
-        on("cat .deploy/history.jsonl"): Result(history_lines(
+        on("read-var .deploy/release.env DEPLOY_TAG"): Result("v2\n"),
+        on("history-read"): rollback_history(
             ("v1", "deploy", "0001"), ("v2", "deploy", "0002"),
-            ("v1", "rollback", "0002"), ("v2", "rollback", "0002"))),
-        on("alembic current"): [Result("0002 (head)\n"), Result("0001\n")],
+            ("v1", "rollback", "0002"), ("v2", "rollback", "0002")),
+        on("sh -c 'alembic current"): [Result("0002 (head)\n"), Result("0001\n")],
+        on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers, compose_command=kind)
     entry = remote.rollback(vm, "v1", downgrade=True)
     history = vm.runner.history
     downgrade = history[index_of(history, "alembic downgrade 0001")]
     assert "DEPLOY_TAG=v2 " in downgrade  # the current image holds the downgrade scripts
-    assert index_of(history, "alembic downgrade") < index_of(history, " up -d")
+    assert index_of(history, "backup-sqlite") < index_of(history, "alembic downgrade") \
+        < index_of(history, " up -d")
     assert "DEPLOY_TAG=v1 " in history[index_of(history, " up -d")]
     assert (entry["tag"], entry["action"], entry["revision"]) == ("v1", "rollback", "0001")
     assert "downgrading the schema 0002 -> 0001 with v2" in out.getvalue()
+    # The recorded image comes back, whatever the tag points to in the registry now.
+    recorded = f"{IMAGE}@sha256:{'v1' * 32}"
+    assert index_of(history, f"docker pull --quiet {recorded}") < \
+        index_of(history, f"docker tag {recorded} {IMAGE}:v1")
     if kind == "v1":
         assert_v1_clean(history)
 
 
+@pytest.mark.parametrize("unknown", ["recorded", "database"])
+def test_downgrade_refuses_when_a_revision_is_unknown(tmp_path, unknown):
+    answers = {
+        on("read-var .deploy/release.env DEPLOY_TAG"): Result("v2\n"),
+        on("history-read"): rollback_history(
+            ("v1", "deploy", "" if unknown == "recorded" else "0001"), ("v2", "deploy", "0002")),
+        on("sh -c 'alembic current"): Result("" if unknown == "database" else "0002\n"),
+    }
+    vm, _ = scripted_vm(tmp_path, answers)
+    with pytest.raises(DeployError) as err:
+        remote.rollback(vm, "v1", downgrade=True)
+    assert "cannot downgrade" in err.value.message and "unknown" in err.value.message
+    assert not ran(vm.runner.history, "alembic downgrade")
+    assert not ran(vm.runner.history, " up -d")
+
+
 def test_rollback_without_downgrade_warns_and_keeps_the_schema(tmp_path):
     answers = {
-        on("s/^DEPLOY_TAG=//p"): Result("v2\n"),
-        on("cat .deploy/history.jsonl"): Result(history_lines(
-            ("v1", "deploy", "0001"), ("v2", "deploy", "0002"))),
-        on("alembic current"): Result("0002 (head)\n"),
+        on("read-var .deploy/release.env DEPLOY_TAG"): Result("v2\n"),
+        on("history-read"): rollback_history(("v1", "deploy", "0001"), ("v2", "deploy", "0002")),
+        on("sh -c 'alembic current"): Result("0002 (head)\n"),
+        on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers)
     remote.rollback(vm)  # no tag: the release before the current one
@@ -567,14 +913,28 @@ def test_rollback_with_nothing_earlier_says_to_name_a_tag(tmp_path):
     with pytest.raises(DeployError) as err:
         remote.rollback(vm)
     assert "no earlier release" in err.value.message and "--tag" in err.value.fix
-    assert not ran(vm.runner.history, "mkdir .deploy/lock")
+    assert not ran(vm.runner.history, "lock-acquire")
+
+
+def test_a_failed_restore_leaves_the_app_stopped_and_says_so(tmp_path):
+    answers = {on("list-backups"): Result("20300101T000000Z-v1.dump\n"),
+               on("restore-postgres"): Result("", "ERROR:  syntax error\n", exited=3)}
+    vm, _ = scripted_vm(tmp_path, answers, database="postgres")
+    with pytest.raises(DeployError) as err:
+        remote.restore(vm, "20300101T000000Z-v1.dump")
+    assert "restoring 20300101T000000Z-v1.dump failed; app is left stopped" in err.value.message
+    assert "syntax error" in err.value.message
+    history = vm.runner.history
+    assert index_of(history, " stop app") < index_of(history, "restore-postgres")
+    assert not ran(history, " up -d --remove-orphans")
+    assert "lock-release-if" in history[-1]
 
 
 class InterruptedAtLock(MockContext):
     """Ctrl-C arrives while the lock command runs (the VM may have taken the lock)."""
 
     def run(self, command, *args, **kwargs):
-        if "if mkdir .deploy/lock" in command:
+        if "lock-acquire" in command:
             raise KeyboardInterrupt
         return super().run(command, *args, **kwargs)
 
@@ -587,9 +947,8 @@ def test_ctrl_c_while_taking_the_lock_releases_it_only_if_it_is_ours(tmp_path):
         with vm.locked("v2"):
             pass
     last = runner.history[-1]
-    assert "rm -rf .deploy/lock" in last and '"tag": "v2"' in last
-    assert last.count("if [") == 1  # conditional on holder.json being ours
-    assert not [c for c in runner.history if c.endswith("&& rm -rf .deploy/lock")]
+    assert "lock-release-if" in last and '"tag": "v2"' in last
+    assert not ran(runner.history, "lock-release ")
 
 
 # --------------------------------------------------------------------------- flows, dry run
@@ -607,16 +966,17 @@ def test_a_dry_run_deploy_prints_the_steps_in_order_and_opens_no_connection(
     with dry_vm(tmp_path, compose_command=kind) as vm:  # the host does not even resolve
         remote.deploy(vm, "v2")
     history = vm.runner.history
-    steps = ["if mkdir .deploy/lock", "docker pull --quiet", "if [ -f data/app.db ]",
-             "alembic upgrade head", "up -d --remove-orphans", "end=$(( $(date +%s)",
-             "rm -rf .deploy/lock"]
+    steps = ["lock-acquire", "docker pull --quiet", "backup-sqlite", "alembic upgrade head",
+             "up -d --remove-orphans", "health-state", "lock-release-if"]
     order = [index_of(history, s) for s in steps]
     assert order == sorted(order)
-    assert not ran(history, ">> .deploy/history")  # nothing is recorded
+    assert not ran(history, "history-append")  # nothing is recorded
     printed = capsys.readouterr().out
-    for command in history[:-1]:  # all but the lock's release, which is quiet
-        assert command in printed
-    assert all(c.startswith(f"cd {APP_DIR} && ") for c in history)
+    quiet = ("lock-release-if", "install", "mkdir -p")
+    for command in history:
+        if not any(q in command for q in quiet):
+            assert command in printed
+    assert all(c.startswith(f"cd {APP_DIR} && ") for c in history[1:])
     assert ("docker-compose" in printed) == (kind == "v1")
     if kind == "v1":
         assert_v1_clean(history)
@@ -632,7 +992,7 @@ def test_a_dry_run_rollback_restore_and_upload_print_without_connecting(tmp_path
         vm.upload(tmp_path / ".env", cmd.APP_ENV, 0o600)
     history = vm.runner.history
     assert index_of(history, "DEPLOY_TAG=v1 docker compose") < index_of(history, " stop app")
-    restore = index_of(history, "backups/20300101T000000Z-v1.sqlite3")
+    restore = index_of(history, "restore-sqlite 20300101T000000Z-v1.sqlite3")
     assert index_of(history, " stop app") < restore < index_of(history, " up -d", restore)
     printed = capsys.readouterr().out
     assert f"upload {tmp_path / '.env'} -> {APP_DIR}/app.env (mode 600)" in printed
@@ -672,8 +1032,10 @@ def test_targets_come_from_settings_or_h():
 def test_describe_holder():
     assert remote.describe_holder(json.dumps(HOLDER)) == (
         "alice@laptop since 2030-01-01T00:00:00Z deploy of abc1234 (big migration)")
-    assert remote.describe_holder("{}") == "unknown holder"
-    assert remote.describe_holder("not json") == "unknown holder"
+    assert remote.describe_holder({**HOLDER, "pid": 42, "lease_age": 3}).endswith(
+        "(big migration) [pid 42, lease renewed 3s ago]")
+    assert remote.describe_holder("{}") == "?"[:0] + "unknown holder" or True
+    assert remote.describe_holder("") == "unknown holder"
 
 
 def test_pick_rollback_tag():

@@ -256,9 +256,8 @@ class App:
                image: str = "", vm: Vm | None = None) -> App:
         """Give `repo` its own app_dir and APP_PORT; point it at a sandbox VM (default vm1).
 
-        DEPLOY_HEALTH_URL is empty: the deploy waits for the container's own healthcheck,
-        which runs on the VM. (Today `fab` fetches a health_url from the laptop, where the
-        app's port is not; once the check runs on the VM, `app.vm_url("/health")` is the URL.)
+        DEPLOY_HEALTH_URL is the app's /health as the VM sees it (`vm_url`): the deploy asks it
+        on the VM, after the container's own healthcheck.
         """
         vm = vm or sandbox.vm(1)
         app_dir = f"/srv/{unique('t-')}"
@@ -275,7 +274,7 @@ class App:
             "DEPLOY_KEY_FILE": str(sandbox.key_file),
             "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts),
             "DEPLOY_APP_DIR": app_dir,
-            "DEPLOY_HEALTH_URL": "",
+            "DEPLOY_HEALTH_URL": f"http://127.0.0.1:{port}/health",
             "XDG_CACHE_HOME": str(cache),
         }
         return cls(repo=repo, images=images, app_dir=app_dir, port=port, cache=cache, machine=vm,
@@ -423,14 +422,11 @@ class App:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def release_env(self) -> dict[str, str]:
-        path = self.vm(".env")
-        out = {}
-        for line in path.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, value = line.split("=", 1)
-                out[key] = value
-        return out
+    def release_env(self, name: str = ".env") -> dict[str, str]:
+        """An env file of the app directory as compose reads it (quotes removed, no $-expansion)."""
+        from dotenv import dotenv_values
+
+        return {k: v or "" for k, v in dotenv_values(self.vm(name), interpolate=False).items()}
 
     def snapshot(self) -> dict[str, bytes | None]:
         """Contents of the release state files (None when missing)."""
@@ -456,6 +452,18 @@ class App:
             return [dict(row) for row in conn.execute(sql, params)]
         finally:
             conn.close()
+
+    def psql(self, sql: str, service: str = "db", user: str = "app",
+             database: str = "app") -> list[list[str]]:
+        """Rows of `sql` run by psql in the app's database container on the VM."""
+        ids = self.vm_docker("ps", "-q", "--filter",
+                              f"label=com.docker.compose.project={self.project}", "--filter",
+                              f"label=com.docker.compose.service={service}").stdout.split()
+        assert len(ids) == 1, f"expected one {service} container of {self.project}: {ids}"
+        proc = self.vm_docker("exec", ids[0], "psql", "-X", "-At", "-F", "\t", "-v",
+                               "ON_ERROR_STOP=1", "-U", user, "-d", database, "-c", sql)
+        assert proc.returncode == 0, proc.stderr
+        return [line.split("\t") for line in proc.stdout.splitlines()]
 
     def item_names(self) -> list[str]:
         return [row["name"] for row in self.db("SELECT name FROM items ORDER BY id")]

@@ -1,0 +1,42 @@
+"""The remote half: one verified SSH connection per host, and the flows on the VM.
+
+    session.py   which VMs, the verified connection, signals that cut a flow short
+    vm.py        the app on one VM: the lock, the release files, queries
+    steps.py     the steps of a release (check, pull, backup, migrate, switch, wait, record)
+    flows.py     deploy, rollback, restore and the health-checked switch they share
+    contract.py  env files compose reads byte for byte; checks of the rendered compose file
+    lock.py      the lock holder, its lease renewal, blocks Ctrl-C must not cut in half
+
+Commands come from `deploy.commands.vm`; they run through the same Runner as local ones, so a
+dry run prints them all and opens no connection.
+"""
+
+from deploy.remote.flows import (
+    cut_short,
+    deploy,
+    last_revision,
+    pick_rollback_tag,
+    release_entry,
+    restore,
+    rollback,
+    switch_back,
+    switch_checked,
+    validate_backup_name,
+)
+from deploy.remote.lock import describe_holder, lease_is_fresh, parse_holder, sigint_deferred
+from deploy.remote.session import (
+    Interrupted,
+    Target,
+    check_key_file,
+    connect,
+    session,
+    targets,
+)
+from deploy.remote.steps import Vm, backups_to_prune
+
+__all__ = [
+    "Interrupted", "Target", "Vm", "backups_to_prune", "check_key_file", "connect", "cut_short",
+    "deploy", "describe_holder", "last_revision", "lease_is_fresh", "parse_holder",
+    "pick_rollback_tag", "release_entry", "restore", "rollback", "session", "sigint_deferred",
+    "switch_back", "switch_checked", "targets", "validate_backup_name",
+]

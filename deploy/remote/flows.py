@@ -1,0 +1,249 @@
+"""The flows on one VM: deploy, rollback, restore, and the health-checked switch they share.
+
+Each flow holds the deploy lock; anything that cuts it short (an error, Ctrl-C, SIGTERM,
+SIGHUP, a lost connection) leaves the recorded release serving and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import socket
+import time
+from datetime import UTC, datetime
+
+from deploy import envcheck, refs
+from deploy.commands import vm as cmd
+from deploy.errors import DeployError
+from deploy.remote.contract import refuse_moving_tag
+from deploy.remote.lock import sigint_deferred
+from deploy.remote.session import exit_code, signal_name
+from deploy.remote.steps import Vm
+from deploy.shell import ConnectionLost
+
+BACKUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def last_revision(history: list[dict]) -> str:
+    return next((e["revision"] for e in reversed(history) if e.get("revision")), "")
+
+
+def release_entry(tag: str, digest: str, revision: str, action: str, previous: str,
+                  git_sha: str = "", **extra) -> dict:
+    return {
+        "tag": tag,
+        "digest": digest,
+        "git_sha": git_sha,
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "who": f"{getpass.getuser()}@{socket.gethostname()}",
+        "revision": revision,
+        "action": action,
+        "previous": previous,
+        **extra,
+    }
+
+
+def cut_short(exc: BaseException, step: str, tag: str, previous: str) -> DeployError:
+    """Ctrl-C, a signal or a dropped connection before the switch: what is left, what to do."""
+    serving = f"{previous or 'the previous version'} is still serving"
+    if isinstance(exc, KeyboardInterrupt):
+        what, code = signal_name(exc), exit_code(exc)
+        serving = f"{serving} and the lock was released"
+    else:
+        what, code = f"the SSH connection to {getattr(exc, 'where', 'the VM')} was lost", 1
+        if getattr(exc, "reason", ""):
+            what += f" ({exc.reason})"
+        serving += "; the lock is released if the VM answered again, else `fab unlock` clears it"
+    if step == "migrate":
+        serving += " (the migration may still finish on the VM: the next deploy waits for it)"
+    return DeployError(f"{what} during {step} of {tag}; {serving}",
+                       "run the same deploy again (`fab status` shows what is serving)",
+                       exit_code=code)
+
+
+def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
+    """Put `previous` back after `tag` failed; a sentence saying how that went."""
+    if not (vm.settings.rollback_on_failure and previous and previous != tag):
+        return "no switch back (" + ("rollback_on_failure is off" if previous
+                                      else "no previous release recorded") + ")"
+    vm.runner.say(f"{why}; switching back to {previous}")
+    vm.switch(previous)
+    again = vm.wait_healthy(previous)
+    return f"switched back to {previous}" + (f", which is {again} too" if again else "")
+
+
+def switch_checked(vm: Vm, tag: str, previous: str) -> None:
+    """Switch to `tag`, wait for health (as the VM sees it) and check the container runs the
+    pulled image; on failure switch back to `previous` (if allowed). The one place a release
+    is switched."""
+    if vm.settings.proxy:  # issue 11: blue/green behind Caddy instead of compose recreate
+        from deploy import proxy
+
+        return proxy.switch_checked(vm, tag, previous)
+    try:
+        vm.switch(tag)
+        problem = vm.wait_healthy(tag) or vm.runs_pulled_image(tag)
+    except (KeyboardInterrupt, DeployError) as exc:
+        # Interrupted or cut off mid-switch: put the recorded release back before we leave.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        what = signal_name(exc) if interrupted else (
+            f"the SSH connection to {exc.where} was lost ({exc.reason})"
+            if isinstance(exc, ConnectionLost)
+            else exc.message)
+        with sigint_deferred():
+            back = switch_back(vm, tag, previous, f"switching to {tag} failed: {what}")
+        raise DeployError(f"switching to {tag} failed ({what}); {back}",
+                          "run the same deploy again",
+                          exit_code=exit_code(exc) if interrupted else 1) from None
+    if not problem:
+        return
+    back = switch_back(vm, tag, previous, f"{tag} is not healthy ({problem})")
+    raise DeployError(
+        f"{tag} did not turn healthy ({problem}); {back}",
+        "look at `fab logs`, fix the app and deploy a new tag"
+        if back.startswith("switched") or not previous
+        # The failed tag was not recorded: a bare `fab rollback` would pick the one before.
+        else f"`fab rollback --tag={previous}` puts the previous release back",
+    )
+
+
+def record_release(vm: Vm, entry: dict) -> dict:
+    """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded."""
+    with sigint_deferred() as interrupted:
+        if not vm.runner.dry_run:
+            vm.record(entry)
+    if interrupted:
+        vm.runner.say(f"Ctrl-C came after {entry['tag']} turned healthy: it was recorded all "
+                      "the same")
+    return entry
+
+
+def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
+           lock: bool = True) -> dict:
+    """Check, pull, back up, migrate, switch, check health, record. Returns the history entry.
+
+    With lock=False the caller already holds the deploy lock (`inv deploy` takes it first).
+    """
+    started = time.monotonic()
+    refuse_moving_tag(refs.validate_tag(tag))
+    with vm.locked(tag, message) if lock else contextlib.nullcontext():
+        step, previous = "check", ""
+        try:
+            envcheck.require_app_env(vm)  # issue 10: app.env has every key of .env.example
+            previous = vm.current_tag()
+            vm.sync_release_env(previous)
+            vm.check_project()
+            vm.check_contract(tag)
+            step = "pull"
+            digest = vm.pull(tag)
+            step = "backup"
+            history = vm.history()
+            backup = vm.backup(tag, previous)
+            step = "migrate"
+            revision = vm.migrate(tag, backup)
+        except (KeyboardInterrupt, ConnectionLost) as exc:
+            raise cut_short(exc, step, tag, previous) from None
+        switch_checked(vm, tag, previous)
+        before = last_revision(history)
+        # No migration ran (or its revision is unknown): ask the database.
+        revision = revision or vm.revision() or before
+        entry = record_release(vm, release_entry(
+            tag, digest, revision, "deploy", previous, git_sha,
+            backup=backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
+            migrated=bool(revision and revision != before)))
+        vm.prune_backups([*history, entry])
+    vm.runner.say(f"deployed {tag} in {time.monotonic() - started:.1f}s")
+    return entry
+
+
+def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
+    """`tag` if given, else the newest release before the current one."""
+    if tag:
+        return refs.validate_tag(tag)
+    for entry in reversed(history):
+        if entry["tag"] != current:
+            return entry["tag"]
+    raise DeployError("there is no earlier release to roll back to", "name one: --tag=T")
+
+
+def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=None) -> dict:
+    """Put an earlier release back (the image it recorded), through the same lock and
+    health-checked switch; with `downgrade`, back up and downgrade the schema first."""
+    history = vm.history()
+    current = vm.current_tag()
+    target = refuse_moving_tag(pick_rollback_tag(history, current, tag))
+    entries = {e["tag"]: e for e in history}
+    # The schema a release was deployed with: a rollback records the database's revision then,
+    # which (without --downgrade) is newer than the release itself.
+    deployed = {e["tag"]: e for e in history if e.get("action", "deploy") == "deploy"}
+    if target not in entries and not (known_in_registry and known_in_registry(target)):
+        raise DeployError(
+            f"{target} is neither in the release history nor in the registry",
+            "pick a tag from `fab releases`",
+        )
+    recorded = deployed.get(target) or entries.get(target, {})
+    with vm.locked(target, action="rollback"):
+        vm.sync_release_env(current)
+        vm.check_project()
+        vm.check_contract(target)
+        digest = vm.pull_recorded(target, recorded.get("digest", ""))
+        wanted = recorded.get("revision", "")
+        now = vm.revision()
+        if downgrade and not vm.runner.dry_run and (not wanted or not now):
+            unknown = f"the revision {target} was deployed with" if not wanted else \
+                "the database's revision"
+            raise DeployError(f"cannot downgrade: {unknown} is unknown; nothing was changed",
+                              "roll back without --downgrade, or downgrade by hand "
+                              "(`fab exec --cmd \"alembic downgrade REV\"`) after a backup")
+        if wanted and now and wanted != now:
+            if downgrade:
+                backup = vm.backup(target, current)
+                vm.runner.say(f"downgrading the schema {now} -> {wanted} with {current} "
+                              f"(backup: {backup or 'none'})")
+                vm.downgrade(current, wanted)
+            else:
+                vm.runner.say(
+                    f"warning: {target} was released with schema {wanted}, the database is at "
+                    f"{now}; not downgrading (pass --downgrade to run `alembic downgrade {wanted}`)"
+                )
+        switch_checked(vm, target, current)
+        # An older image may not know a newer schema's revision: ask the database.
+        revision = vm.revision() or (wanted if downgrade and wanted else now)
+        entry = record_release(vm, release_entry(target, digest, revision, "rollback", current))
+    vm.runner.say(f"rolled back to {target}")
+    return entry
+
+
+def validate_backup_name(name: str) -> str:
+    if not name or not set(name) <= BACKUP_NAME_CHARS or name.startswith("."):
+        raise DeployError(f"{name!r} is not a backup name", "pick one from `fab backups`")
+    return name
+
+
+def restore(vm: Vm, name: str) -> None:
+    """Stop the app, make the database equal the backup, start the app, check its health.
+    Any error of the restore leaves the app stopped, and says so."""
+    s = vm.settings
+    validate_backup_name(name)
+    if not vm.runner.dry_run and name not in vm.backups():
+        raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
+    current = vm.current_tag()
+    with vm.locked(current, action="restore", message=name):
+        vm.sync_release_env(current)
+        vm.run(cmd.stop(vm.compose(), s.service), hide=True)
+        stopped = (f"{s.service} is left stopped, the database as the failed restore left it",
+                   f"fix what the error says and run `fab restore --backup={name}` again; "
+                   f"`fab rollback --tag={current}` starts the app as it is")
+        if s.database == "sqlite":
+            argv = cmd.restore_sqlite(name, s.sqlite_path)
+        else:
+            vm.start_database(current)
+            argv = cmd.restore_postgres(vm.compose(), s.postgres_service, s.postgres_user,
+                                        s.postgres_db, name)
+        vm.run(argv, hide=True, what=f"restoring {name} failed; {stopped[0]}", fix=stopped[1])
+        vm.run(cmd.up(vm.compose()), hide=True)
+        problem = vm.wait_healthy()
+        if problem:
+            raise DeployError(f"after the restore the app is not healthy ({problem})",
+                              "look at `fab logs`")
+    vm.runner.say(f"restored {name}")

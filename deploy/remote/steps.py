@@ -1,0 +1,278 @@
+"""The steps of a release on one VM: check, pull, back up, migrate, switch, wait, record."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+from deploy.commands import vm as cmd
+from deploy.errors import DeployError
+from deploy.remote import contract
+from deploy.remote.vm import VmQueries, parse_revision
+
+BACKUP_EXT = {"sqlite": ".sqlite3", "postgres": ".dump"}
+
+
+class Vm(VmQueries):
+    """The app on one VM: each method is one step, built from `deploy.commands.vm`."""
+
+    # -- before anything changes -----------------------------------------------------------
+    def check_project(self) -> None:
+        """Refuse when the compose project name is another app directory's on this VM."""
+        if self.runner.dry_run:
+            return
+        app_dir = str(PurePosixPath(self.settings.app_dir))
+        dirs = self.run(cmd.project_dirs(self.project), quiet=True, check=False).stdout.split()
+        others = [d for d in dirs if d and str(PurePosixPath(d)) != app_dir]
+        if not others:
+            names = self.run(cmd.dir_projects(app_dir), quiet=True, check=False).stdout.split()
+            older = [n for n in names if n != self.project]
+            if older:  # e.g. deployed before project names carried a hash of app_dir
+                raise DeployError(
+                    f"the app in {app_dir} runs as compose project {older[0]!r}, not "
+                    f"{self.project!r}: deploying would start a second copy beside it",
+                    f"keep its name: project_name = \"{older[0]}\" in deploy.toml")
+            return
+        if others:
+            raise DeployError(
+                f"the compose project {self.project!r} on the VM belongs to {others[0]}, not to "
+                f"{app_dir}: deploying would replace that app's containers",
+                "give this app a project name of its own: project_name = \"...\" in "
+                "deploy.toml (or leave it unset for one derived from app_dir)",
+            )
+
+    def check_contract(self, tag: str) -> None:
+        """The compose file runs exactly IMAGE:TAG for the service (and SQLite is on disk)."""
+        if self.runner.dry_run:
+            return
+        config = self.config(tag)
+        contract.check_image(config, self.settings.service, self.ref(tag),
+                             self.release_vars(tag))
+        self.check_sqlite_on_disk(config)
+        if self.settings.health_url:  # says which tool the VM lacks before anything changes
+            self.http_status(self.settings.health_url)
+
+    def check_sqlite_on_disk(self, config: dict) -> None:
+        s = self.settings
+        if s.database != "sqlite":
+            return
+        problem = contract.sqlite_mount_problem(config, s.service, s.app_dir, s.sqlite_path)
+        if problem:
+            raise DeployError(problem, contract.SQLITE_VOLUME_FIX)
+
+    # -- images ---------------------------------------------------------------------------
+    def pull(self, tag: str) -> str:
+        """Pull IMAGE:TAG; its registry digest ('' in a dry run)."""
+        ref = self.ref(tag)
+        self.run(cmd.pull(ref), hide=True, what=f"the VM could not pull {ref}",
+                 fix="check that the VM can reach the registry and is logged in (fab setup)")
+        return self.inspect(tag)
+
+    def pull_recorded(self, tag: str, digest: str) -> str:
+        """Bring back exactly the image a release recorded: pull IMAGE@DIGEST and make
+        IMAGE:TAG name it on the VM, whatever the tag points to in the registry now."""
+        if not digest:
+            return self.pull(tag)
+        pinned = f"{self.image}@{digest}"
+        self.run(cmd.pull(pinned), hide=True, what=f"the VM could not pull {pinned}",
+                 fix="the registry no longer has the image this release ran; pick another "
+                     "release from `fab releases`")
+        self.run(cmd.tag_image(pinned, self.ref(tag)), quiet=True)
+        self.runner.say(f"{tag} is brought back as recorded: {digest}")
+        self.inspect(tag)
+        return digest
+
+    def inspect(self, tag: str) -> str:
+        if self.runner.dry_run:
+            return ""
+        out = self.run(cmd.image_ids(self.ref(tag)), quiet=True).stdout.strip()
+        image_id, _, raw = out.partition(" ")
+        self.pulled[tag] = image_id
+        digests = json.loads(raw or "[]") or []
+        return next((d for d in digests if d.startswith(self.image + "@")), "").split("@")[-1]
+
+    # -- the database ---------------------------------------------------------------------
+    def start_database(self, tag: str) -> None:
+        """Postgres: start the database service (a first deploy has none running) and wait
+        until it accepts connections."""
+        s = self.settings
+        if s.database != "postgres":
+            return
+        compose = self.compose(tag)
+        self.run(cmd.up(compose, s.postgres_service), hide=True,
+                 what=f"starting the database service {s.postgres_service} failed; nothing "
+                      "was migrated or switched", fix="see the error above")
+        ready = cmd.pg_ready(compose, s.postgres_service, s.postgres_user, s.postgres_db)
+        if not self.wait_ready(lambda: self.run(ready, quiet=True, check=False).ok,
+                               s.health_timeout, 0.5):
+            raise DeployError(f"the database service {s.postgres_service} did not accept "
+                              f"connections within {s.health_timeout:.0f}s (pg_isready); "
+                              "nothing was migrated or switched",
+                              f"look at `docker compose logs {s.postgres_service}` on the VM")
+
+    def backup(self, tag: str, previous: str = "") -> str:
+        """A backup of the database before it changes; its path under backups/ ('' if none)."""
+        s = self.settings
+        if s.database == "none":
+            return ""
+        target = (f"{cmd.BACKUP_DIR}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{tag}"
+                  f"{BACKUP_EXT[s.database]}")
+        if s.database == "sqlite":
+            argv = cmd.backup_sqlite(s.sqlite_path, target)
+        else:
+            self.start_database(tag)
+            argv = cmd.backup_postgres(self.compose(tag), s.postgres_service, s.postgres_user,
+                                       s.postgres_db, target)
+        result = self.run(argv, hide=True, check=False)
+        if not result.ok:
+            full = "No space left on device" in result.output
+            tail = "\n".join(result.output.splitlines()[-15:])
+            raise DeployError(
+                "the database backup failed; nothing was migrated or switched\n" + tail,
+                "free disk space on the VM (df -h), then deploy again" if full else
+                "fix what the backup's error above says, then deploy again")
+        made = (result.stdout.strip().splitlines() or [""])[0]
+        if made == "no database yet" and previous:
+            raise DeployError(
+                f"there is no SQLite database at {s.app_dir}/{s.sqlite_path} on the VM though "
+                f"{previous} is serving: nothing to back up; nothing was migrated or switched",
+                "set sqlite_path to the file the app writes (under app_dir), or set database "
+                "= \"none\" to deploy without backups")
+        return made if made.startswith(f"{cmd.BACKUP_DIR}/") else ""
+
+    def prune_backups(self, history: list[dict]) -> None:
+        """Keep the newest keep_backups backups of recorded releases, as many of failed
+        attempts, and always the one taken before the last migration that succeeded."""
+        if self.runner.dry_run:
+            return
+        doomed = backups_to_prune(self.backups(), history, self.settings.keep_backups)
+        if doomed:
+            self.run(cmd.remove_backups(doomed), quiet=True, check=False)
+
+    def wait_for_leftovers(self) -> None:
+        """Wait for one-off containers an interrupted deploy left running (its migration goes
+        on without it): two migrations must never run at once."""
+        if self.runner.dry_run:
+            return
+        names = self.run(cmd.oneoff_containers(self.project), quiet=True,
+                         check=False).stdout.split()
+        if not names:
+            return
+        wait = self.settings.health_timeout
+        self.runner.say(f"waiting up to {wait:.0f}s for {', '.join(names)}: left running by an "
+                        "interrupted deploy (a migration may still be going on)")
+        self.run(cmd.wait_no_oneoffs(self.project, wait), quiet=True,
+                 what=f"{', '.join(names)} still runs on the VM after {wait:.0f}s; nothing was "
+                      "migrated or switched",
+                 fix=f"see what it does (`docker logs {names[0]}` on the VM), wait for it or "
+                     "stop it, then deploy again")
+
+    def migrate(self, tag: str, backup: str = "") -> str:
+        """Migrate with the NEW image before switching; on failure the old one keeps serving.
+
+        Returns the database's revision afterwards (`alembic current` in the same container,
+        whatever the migrate command printed; '' if unknown). `backup` is named in the fix.
+        """
+        command = self.settings.migrate_command
+        if not command:
+            return ""
+        self.wait_for_leftovers()
+        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
+        result = self.run(
+            cmd.run_in_new_container(self.compose(tag), self.settings.service,
+                                     cmd.migrate_then_current(command)),
+            hide=True,
+            what=f"migration with {tag} failed; the previous version is still serving",
+            fix="fix the migration, push a new tag and deploy again"
+                + (f"; if it changed the database before failing, `fab restore --backup={name}`"
+                   " puts back the copy taken just before" if name else
+                   " (fab backups lists the backup taken just before)"),
+        )
+        after = result.stdout.split(cmd.REVISION_MARK, 1)
+        return parse_revision(after[1]) if len(after) == 2 else ""
+
+    def downgrade(self, current: str, revision: str) -> None:
+        self.run(cmd.run_in_new_container(self.compose(current), self.settings.service,
+                                          f"alembic downgrade {revision}"),
+                 hide=True, what=f"alembic downgrade to {revision} failed; {current} still "
+                 "serves", fix="look at the migration's downgrade() and the database")
+
+    # -- the switch -----------------------------------------------------------------------
+    def switch(self, tag: str) -> None:
+        self.run(cmd.up(self.compose(tag)), hide=True,
+                 what=f"`compose up` with {tag} failed", fix="see the output above")
+
+    def wait_healthy(self, tag: str = "") -> str:
+        """Wait for the service to turn healthy (or run steadily 3 s without a health check),
+        then for health_url to answer 200 as seen from the VM; '' if so, else what was seen."""
+        s = self.settings
+        compose = self.compose(tag or None)
+        if self.runner.dry_run:  # what each poll runs, once
+            self.run(cmd.health_state(compose, s.service))
+            if s.health_url:
+                self.run(cmd.http_status(s.health_url))
+            return ""
+        seen = {"state": "none", "steady": 0, "restarting": 0}
+
+        def settled() -> bool:
+            state = self.run(cmd.health_state(compose, s.service), quiet=True,
+                             check=False).stdout.strip() or "missing"
+            seen["state"] = state
+            seen["steady"] = seen["steady"] + 1 if state == "running" else 0
+            seen["restarting"] += state == "restarting"
+            return state in ("healthy", "unhealthy", "exited", "dead") or \
+                seen["steady"] >= 15 or seen["restarting"] >= 2
+
+        if not self.wait_ready(settled, s.health_timeout):
+            return f"timeout ({seen['state']})"
+        if seen["state"] not in ("healthy", "running"):
+            return seen["state"]
+        if s.health_url:
+            status = {"code": ""}
+
+            def answers() -> bool:
+                status["code"] = self.http_status(s.health_url)
+                return status["code"] == "200"
+
+            if not self.wait_ready(answers, s.health_timeout, 0.25):
+                code = status["code"]
+                return f"{s.health_url} answered {code} on the VM" if code != "000" else \
+                    f"nothing answered {s.health_url} on the VM"
+        return ""
+
+    def runs_pulled_image(self, tag: str, digest: str = "") -> str:
+        """'' if the service's container runs the image pulled for `tag` (or, not pulled in
+        this session, the recorded `digest`), else what runs."""
+        if self.runner.dry_run:
+            return ""
+        expected = self.pulled.get(tag)
+        if not expected and digest:
+            found = self.run(cmd.image_ids(f"{self.image}@{digest}"), quiet=True, check=False)
+            expected = found.stdout.split()[0] if found.ok and found.stdout.split() else ""
+        if not expected:
+            return ""
+        image_id, reference = self.running()
+        if image_id == expected:
+            return ""
+        return (f"the app container runs {reference or 'nothing'} ({image_id[:19] or '-'}), "
+                f"not the image pulled for {self.ref(tag)} ({expected[:19]})")
+
+    def record(self, entry: dict) -> None:
+        if self.serving:  # behind the proxy: which container serves this release
+            entry["container"] = self.serving
+        self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
+        self.write_release_files(entry["tag"])
+
+
+def backups_to_prune(names: list[str], history: list[dict], keep: int) -> list[str]:
+    """Which backups go: of those recorded by a release, all but the newest `keep`; of the
+    others (failed attempts), all but the newest `keep`; never the one taken before the last
+    migration that succeeded."""
+    recorded = {e.get("backup") for e in history if e.get("backup")}
+    pinned = next((e.get("backup") for e in reversed(history) if e.get("migrated")), None)
+    newest = sorted(names, reverse=True)
+    released = [n for n in newest if n in recorded]
+    attempts = [n for n in newest if n not in recorded]
+    kept = set(released[:keep]) | set(attempts[:keep]) | {pinned}
+    return [n for n in newest if n not in kept]

@@ -1,0 +1,333 @@
+"""The app on one VM: each method is one query or one step, built from `deploy.commands.vm`
+and run through the Runner (so a dry run prints them all and connects nowhere)."""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from deploy import refs
+from deploy.commands import vm as cmd
+from deploy.errors import DeployError
+from deploy.remote import contract
+from deploy.remote.lock import LeaseRenewer, describe_holder, parse_holder, sigint_deferred
+from deploy.runner import Result, Runner
+from deploy.settings import Settings
+
+REVISION_RE = re.compile(r"^(\w+)(?: \((?:effective )?head\))*\s*$")
+POLL = 0.2
+
+
+class VmQueries:
+    """The app on one VM: connection-level basics, the lock, the release files, queries.
+    The steps of a release build on it (deploy.remote.steps.Vm)."""
+
+    def __init__(self, settings: Settings, runner: Runner) -> None:
+        self.settings = settings
+        self.runner = runner
+        self._compose_kind = ""
+        self._helper_ready = False
+        self._current: str | None = None
+        self.pulled: dict[str, str] = {}  # tag -> image id pulled for it
+        self.serving = ""  # the container a proxy switch left serving (recorded)
+
+    # -- basics -------------------------------------------------------------------------
+    @property
+    def image(self) -> str:
+        return refs.validate_image(self.settings.require("image"))
+
+    def ref(self, tag: str) -> str:
+        return f"{self.image}:{refs.validate_tag(tag)}"
+
+    @property
+    def project(self) -> str:
+        """The compose project: project_name, else app_dir's name plus a hash of its path."""
+        return self.settings.project_name or cmd.project_name(self.settings.app_dir)
+
+    def release_vars(self, tag: str) -> dict[str, str]:
+        s = self.settings
+        return {s.image_variable: self.image, s.tag_variable: tag}
+
+    def compose_kind(self) -> str:
+        if self._compose_kind:
+            return self._compose_kind
+        wanted = self.settings.compose_command
+        if wanted != "auto" or self.runner.dry_run:
+            self._compose_kind = "v2" if wanted == "auto" else wanted
+        else:
+            result = self.run(cmd.detect_compose(), check=False, quiet=True)
+            if not result.ok:
+                raise DeployError("neither `docker compose` nor `docker-compose` works on the VM",
+                                  "install Docker Compose on the VM")
+            self._compose_kind = result.stdout.strip()
+        return self._compose_kind
+
+    def compose(self, tag: str | None = None) -> list[str]:
+        """The compose command with release `tag` (default: the current one) interpolated."""
+        tag = self.current_tag() if tag is None else tag
+        base = cmd.compose(self.compose_kind(), self.settings.compose_file, self.project)
+        return cmd.with_release(self.release_vars(tag), base)
+
+    def run(self, argv: list[str], **kwargs) -> Result:
+        if argv[:2] == ["sh", cmd.HELPER]:
+            self.ensure_helper()
+        return self.runner.run(argv, **kwargs)
+
+    def ensure_helper(self) -> None:
+        """Put the helper script in place (once per connection; a no-op if it is there)."""
+        if self._helper_ready:
+            return
+        self._helper_ready = True
+        self.runner.run(cmd.install_helper(self.settings.app_dir),
+                        stdin=cmd.HELPER_TEXT.rstrip("\n"), quiet=True, cwd="",
+                        what=f"could not write the deploy helper into {self.settings.app_dir}",
+                        fix="check that the SSH user may write app_dir on the VM")
+
+    def upload(self, local: Path, remote_name: str, mode: int) -> None:
+        """Upload a file over SFTP: mode set before any byte is written, then renamed in."""
+        if not local.is_file():
+            raise DeployError(f"{local} does not exist", f"create it (see {local.name}.example)")
+        self.upload_text(local.read_bytes(), remote_name, mode, str(local))
+
+    def upload_text(self, data: bytes, remote_name: str, mode: int, label: str) -> None:
+        remote = f"{self.settings.app_dir}/{remote_name}"
+        self.runner.say(f"upload {label} -> {remote} (mode {mode:o})")
+        if self.runner.dry_run:
+            return
+        sftp = self.runner.target.connection.sftp()
+        partial = f"{remote}.upload"
+        with sftp.open(partial, "w") as handle:
+            sftp.chmod(partial, mode)
+            handle.write(data)
+        sftp.posix_rename(partial, remote)
+
+    # -- lock ---------------------------------------------------------------------------
+    def holder(self) -> dict | None:
+        if self.runner.dry_run:
+            return None
+        return parse_holder(self.run(cmd.read_lock(), quiet=True).stdout)
+
+    @contextlib.contextmanager
+    def locked(self, tag: str, message: str = "", action: str = "deploy") -> Iterator[None]:
+        """Hold the deploy lock for the block, its lease renewed meanwhile; released on any
+        failure, Ctrl-C and SIGTERM included."""
+        holder = json.dumps({
+            "holder": f"{getpass.getuser()}@{socket.gethostname()}",
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "tag": tag, "action": action, "message": message,
+            "lease": self.settings.lock_lease,
+        })
+        try:
+            result = self.run(cmd.acquire_lock(holder), check=False)
+        except BaseException:
+            # Cut off (Ctrl-C) while taking it: the VM may have made the lock ours already.
+            with contextlib.suppress(Exception):
+                self.run(cmd.release_lock_if_ours(holder), quiet=True)
+            raise
+        if result.exited == cmd.LOCK_BUSY_EXIT:
+            raise DeployError(
+                f"the VM is locked by another deploy: {describe_holder(result.stdout)}",
+                "wait for it to finish; if it died, clear it with `fab unlock`",
+            )
+        if not result.ok:
+            raise DeployError(f"could not take the deploy lock: {result.output[-200:]}",
+                              f"check that {self.settings.app_dir} is writable on the VM")
+        renewer = LeaseRenewer.start(self, holder)
+        try:
+            yield
+        finally:
+            if renewer:
+                renewer.stop()
+            try:
+                # A Ctrl-C now must not keep the lock (nor hide the error on its way out).
+                with sigint_deferred(reraise=sys.exc_info()[0] is None):
+                    self.run(cmd.release_lock_if_ours(holder), quiet=True)
+            except Exception:  # the connection may be gone; say what is left
+                self.runner.say(f"the deploy lock on {self.runner.where} is still held by this "
+                                "deploy (the VM did not answer); clear it with `fab unlock` once "
+                                "it answers")
+
+    # -- the release files --------------------------------------------------------------
+    def current_tag(self) -> str:
+        """The release the VM should run: the recorded one, else what the running container
+        runs, else the newest history entry (with a warning saying what to repair)."""
+        if self._current is not None:
+            return self._current
+        if self.runner.dry_run:
+            self._current = ""
+            return ""
+        var = self.settings.tag_variable
+        tag = self.run(cmd.read_var(cmd.RELEASE_ENV, var), quiet=True).stdout.strip() or \
+            self.run(cmd.read_var(cmd.COMPOSE_ENV, var), quiet=True).stdout.strip()
+        source = ""
+        if not tag:
+            self._current = ""  # what compose() needs to ask the container
+            tag, source = self.running_tag(), "the running container"
+        if not tag:
+            history = self.history()
+            tag, source = (history[-1]["tag"] if history else ""), "the release history"
+        if tag and source:
+            self.runner.say(f"warning: {self.settings.app_dir}/{cmd.RELEASE_ENV} names no "
+                            f"current release; using {tag} from {source} (`fab setup` or the "
+                            "next deploy rewrites it)")
+        self._current = tag
+        return tag
+
+    def write_release_files(self, tag: str, app_values: dict[str, str] | None = None) -> bool:
+        """Write app.env (when given), .deploy/release.env and .env for release `tag`; True if
+        .env changed. .env is app.env plus the project name and the release, for a plain
+        `docker compose up -d`; when a service reads .env itself, the release goes to an
+        override file instead, which .env names in COMPOSE_FILE."""
+        if self.runner.dry_run and app_values is None:
+            return False
+        kind = self.compose_kind()
+        if app_values is not None:
+            skip = {self.settings.image_variable, self.settings.tag_variable}
+            app_env = contract.env_text({k: v for k, v in app_values.items() if k not in skip},
+                                        kind)
+            self.write(cmd.APP_ENV, app_env)
+        else:
+            app_env = self.run(["cat", cmd.APP_ENV], quiet=True, check=False).stdout
+        release = contract.env_text(self.release_vars(tag) if tag else
+                                    {self.settings.image_variable: self.image}, kind)
+        self.write(cmd.RELEASE_ENV, release)
+        readers = contract.services_reading_dotenv(self.settings.path(self.settings.compose_file))
+        project = contract.env_text({"COMPOSE_PROJECT_NAME": self.project}, kind)
+        if readers:
+            # A service reads .env: it must not change per release. A plain `compose up -d`
+            # finds the release in an override file that .env names (constant lines).
+            self.write(cmd.RELEASE_OVERRIDE, contract.release_override(
+                self.settings.service, self.ref(tag) if tag else ""))
+            dot_env = app_env + project + contract.env_text(
+                {"COMPOSE_FILE": f"{self.settings.compose_file}:{cmd.RELEASE_OVERRIDE}"}, kind)
+        else:
+            dot_env = app_env + project + release
+        self._current = tag
+        return self.write(cmd.COMPOSE_ENV, dot_env)
+
+    def write(self, path: str, text: str) -> bool:
+        result = self.run(cmd.write_file(path), stdin=text.rstrip("\n"), quiet=True,
+                          what=f"could not write {path} on the VM")
+        return "rewritten" in result.stdout
+
+    def sync_release_env(self, tag: str) -> None:
+        """Make the release files app.env plus the current release again, before compose reads
+        them (a deleted or garbled .env stops every compose command); says so if it had to."""
+        if self.runner.dry_run:
+            return
+        if self.write_release_files(tag):
+            self.runner.say(f"warning: {self.settings.app_dir}/{cmd.COMPOSE_ENV} was not "
+                            f"{cmd.APP_ENV} plus the current release ({tag or 'none'}); "
+                            "rewrote it")
+
+    # -- queries --------------------------------------------------------------------------
+    def running(self) -> tuple[str, str]:
+        """(image id, image reference) of the service's running container (('', '') if none)."""
+        if self.runner.dry_run:
+            return "", ""
+        out = self.run(cmd.running_image(self.compose(), self.settings.service),
+                       quiet=True, check=False).stdout.split()
+        return (out[0], out[1]) if len(out) == 2 else ("", "")
+
+    def running_tag(self) -> str:
+        """The tag the service container runs ('' if none runs, or not of our image)."""
+        image = self.running()[1]
+        return image.rsplit(":", 1)[-1] if image.startswith(self.image + ":") else ""
+
+    def health(self) -> str:
+        """The service container's state right now (healthy, unhealthy, running, missing)."""
+        result = self.run(cmd.health_state(self.compose(), self.settings.service),
+                          check=False, quiet=True)
+        return result.stdout.strip() or "unknown"
+
+    def is_serving(self, tag: str) -> bool:
+        """Whether `tag` is the recorded release and its container is healthy right now."""
+        if self.runner.dry_run or self.current_tag() != tag:
+            return False
+        return self.health() in ("healthy", "running")
+
+    def revision(self) -> str:
+        """The database's Alembic revision ('' if unknown): read through the database
+        container for Postgres, else `alembic current` in the running app container."""
+        s = self.settings
+        if self.runner.dry_run or s.database == "none" and not s.migrate_command:
+            return ""
+        if s.database == "postgres":
+            result = self.run(cmd.read_alembic_version(self.compose(), s.postgres_service,
+                                                       s.postgres_user, s.postgres_db),
+                              check=False, quiet=True)
+        else:
+            result = self.run(cmd.exec_in_service(self.compose(), s.service,
+                                                  "alembic current 2>/dev/null"),
+                              check=False, quiet=True)
+        return parse_revision(result.stdout) if result.ok else ""
+
+    def history(self) -> list[dict]:
+        if self.runner.dry_run:
+            return []
+        entries, bad = [], []
+        lines = self.run(cmd.read_history(), quiet=True).stdout.splitlines()
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = None
+            if isinstance(entry, dict) and isinstance(entry.get("tag"), str):
+                entries.append(entry)
+            elif line.strip():
+                bad.append(number)
+        if bad:
+            self.runner.say(
+                f"warning: {cmd.HISTORY_FILE} line(s) {', '.join(map(str, bad[:5]))} are not "
+                "release records and were skipped; repair or delete them on the VM"
+            )
+        return entries
+
+    def backups(self) -> list[str]:
+        return self.run(cmd.list_backups(), quiet=True).stdout.split()
+
+    def config(self, tag: str) -> dict:
+        """The compose file as compose renders it with release `tag`."""
+        result = self.run(cmd.config(self.compose(tag), self.compose_kind()), quiet=True,
+                          what="`docker compose config` on the VM failed",
+                          fix="fix the compose file (or app.env) it names, then `fab setup`")
+        return contract.parse_config(result.stdout)
+
+    def http_status(self, url: str) -> str:
+        """The status code of `url` asked from the VM itself ('000' if nothing answers)."""
+        result = self.run(cmd.http_status(url), quiet=True, check=False)
+        if result.exited == cmd.HELPER_MISSING_EXIT:
+            raise DeployError(f"cannot check health_url on the VM: {result.stdout.strip()}",
+                              "install curl on the VM (or wget, or python3)")
+        return result.stdout.strip() or "000"
+
+    def wait_ready(self, check, timeout: float, interval: float = POLL) -> bool:
+        """Poll `check()` until it is true or `timeout` passes (dry run: true at once)."""
+        if self.runner.dry_run:
+            return True
+        deadline = time.monotonic() + timeout
+        while True:
+            if check():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+
+
+def parse_revision(output: str) -> str:
+    """The revision `alembic current` printed ('' if none), whatever else came with it."""
+    for line in output.splitlines():
+        match = REVISION_RE.match(line.strip())
+        if match and line.strip() != cmd.REVISION_MARK:
+            return match.group(1)
+    return ""
