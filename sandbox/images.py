@@ -304,13 +304,15 @@ def ensure_images(cache_dir: Path, wanted: Iterable[str] = IMAGES) -> str:
 # machine, so against bookworm's libraries) is copied into /usr/local of the bookworm rootfs of
 # `python:3.11-slim`, as the official image installs it: `python`, `python3`, `pip` in
 # /usr/local/bin come first on PATH. Only the laptop engine builds, so the VMs never get it.
+# SSL_CERT_FILE: the rootfs carries this machine's CA bundle (trim_rootfs), which tools with
+# their own roots (uv) read only when pointed at it.
 
 PYTHON310 = "python:3.10-slim"
 PYENV_VERSIONS = Path.home() / ".pyenv" / "versions"
 PYTHON310_DOCKERFILE = f"""FROM {PYTHON}
 ADD python3.10.tar /usr/local/
 RUN ldconfig && python --version && pip --version
-ENV PATH={PATH} LANG=C.UTF-8
+ENV PATH={PATH} LANG=C.UTF-8 SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 CMD ["python3"]
 """
 
