@@ -7,95 +7,26 @@ these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
 
 from __future__ import annotations
 
-import sys
-
 from fabric import task
 from invoke import Collection, Exit
 
-from deploy.errors import DeployError, friendly
-
-
-def _verify_host_keys() -> None:
-    """Connections Fabric makes itself while this fabfile is loaded check host keys too.
-
-    (A bare `fab -H vm -- cmd` loads no fabfile, so Fabric alone handles it: `fab run` is the
-    verified way.)
-    """
-    from deploy.errors import DeployError
-    from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
-    from deploy.settings import load_settings
-
-    files = [DEFAULT_KNOWN_HOSTS]
-    try:
-        known_hosts = load_settings().known_hosts
-    except DeployError:
-        known_hosts = ""
-    verify_fabric_connections([known_hosts, *files] if known_hosts else files)
-
-
-_verify_host_keys()
-
-
-def each_vm(c, dry_run: bool = False):
-    """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
-    from deploy import roles  # issue 13: with [roles.*] and no -H, every role's hosts
-    from deploy.remote import session
-    from deploy.settings import load_settings
-
-    settings = load_settings()
-    hosts = [c.original_host] if hasattr(c, "original_host") else None
-    for role, each, target in roles.targets(settings, hosts):
-        if role:
-            print(f"== {target.host} (role {role})")
-        with session(each, target, dry_run=dry_run) as vm:
-            yield vm
-
-
-def with_roles(c) -> bool:
-    """Issue 13: whether this task acts on the roles of deploy.toml (there are some, no -H)."""
-    from deploy import roles
-    from deploy.settings import load_settings
-
-    return not hasattr(c, "original_host") and roles.configured(load_settings())
-
-
-# Hosts that took the new release in this `fab` run: Fabric calls a task once per -H host, so
-# the list outlives one call.
-CHANGED: list[str] = []
-
-
-def one_host_after_another(c, tag: str, step, dry_run: bool = False) -> None:
-    """Run `step(vm)` host after host; at the first failure, stop and say, before the error,
-    which hosts have TAG and which were not touched."""
-    from deploy.remote import session, targets
-    from deploy.settings import load_settings
-
-    settings = load_settings()
-    on_command_line = hasattr(c, "original_host")
-    todo = targets(settings, [c.original_host] if on_command_line else None)
-    for i, target in enumerate(todo):
-        try:
-            with session(settings, target, dry_run=dry_run) as vm:
-                step(vm)
-        except (DeployError, KeyboardInterrupt):
-            if CHANGED or len(todo) > 1:
-                rest = ", ".join(t.host for t in todo[i + 1:]) or (
-                    "any later -H host" if on_command_line else "none")
-                print(f"{tag} stopped at {target.host}: now on {tag}: "
-                      f"{', '.join(CHANGED) or 'no host'}; {target.host}: see the error below; "
-                      f"not attempted (kept their release): {rest}", file=sys.stderr)
-            raise
-        CHANGED.append(target.host)
+from deploy.errors import friendly
+from deploy.fabenv import env_, env_keys
+from deploy.fabhosts import each_vm, last_of, one_host_after_another, with_roles
 
 
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
-            "message": "a note kept in the lock and history", "dry-run": "print, run nothing"})
+            "message": "a note kept in the lock and history", "dry-run": "print, run nothing",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def deploy(c, tag, message="", dry_run=False):
+def deploy(c, tag, message="", dry_run=False, verbose=False):
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
     from deploy import refs, registry, remote
     from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
     from deploy.settings import load_settings
+
+    set_verbose(verbose, c)
 
     settings = load_settings()
     refuse_moving_tag(refs.validate_tag(tag))
@@ -118,14 +49,18 @@ def deploy(c, tag, message="", dry_run=False):
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
-            "downgrade": "run `alembic downgrade` to that release's revision first"})
+            "downgrade": "run `alembic downgrade` to that release's revision first",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def rollback(c, tag="", downgrade=False, dry_run=False):
+def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
     """Put an earlier release back (health-checked, under the deploy lock)."""
     from deploy import refs, registry, remote
     from deploy.errors import DeployError
     from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
     from deploy.settings import load_settings
+
+    set_verbose(verbose, c)
 
     if tag:
         refuse_moving_tag(refs.validate_tag(tag))
@@ -172,10 +107,6 @@ def releases(c):
                   f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "
                   f"{(entry.get('digest') or '')[:19]}"
                   + (f"  ({entry['message']})" if entry.get("message") else ""))
-
-
-def last_of(history: list[dict], tag: str) -> dict | None:
-    return next((e for e in reversed(history) if e["tag"] == tag), None)
 
 
 @task
@@ -261,16 +192,18 @@ def run_(c, cmd):
             raise Exit(f"command exited {result.exited}", code=result.exited)
 
 
-@task
+@task(help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def setup(c, dry_run=False):
+def setup(c, dry_run=False, verbose=False):
     """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
-    login; with `proxy` on, the VM's Caddy too. Refuses a compose file the deploys could not
-    back up or switch."""
+    login; refuses a compose file the deploys could not back up or switch; with `proxy` on,
+    the VM's Caddy too."""
+    from deploy.runner import set_verbose
+
+    set_verbose(verbose, c)
     from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
-    from deploy.commands import vm as cmd
     from deploy.envcheck import app_env_values
     from deploy.settings import load_settings
 
@@ -296,7 +229,7 @@ def setup(c, dry_run=False):
             from deploy import swarm
             swarm.ensure_swarm(vm)
         if s.registry_user and s.registry_password:
-            vm.run(cmd.registry_login(docker.registry_of(s.image), s.registry_user),
+            vm.run(docker.login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
                    fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
         if s.proxy:
@@ -338,11 +271,15 @@ def backups(c):
         print("\n".join(names) if names else f"{vm.runner.where}: no backups yet")
 
 
-@task(help={"backup": "a name from `fab backups`"})
+@task(help={"backup": "a name from `fab backups`",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def restore(c, backup):
+def restore(c, backup, verbose=False):
     """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
     from deploy.remote import restore as restore_backup
+    from deploy.runner import set_verbose
+
+    set_verbose(verbose, c)
 
     for vm in each_vm(c):
         restore_backup(vm, backup)
@@ -376,50 +313,6 @@ def proxy_(c, action, follow=False, tail=100):
         else:
             proxy.reload(vm)
             vm.runner.say("reloaded the proxy's config (no restart)")
-
-
-@task(name="env", positional=["action", "key"],
-      help={"action": "`set`: the value is read from stdin", "key": "the variable to set"})
-def env_(c, action, key):
-    """`fab env set KEY`: add or replace KEY in the VM's app.env (value from stdin, mode 0600)."""
-    env_set(c, action, key)  # (Invoke loses positional arguments through a wrapper)
-
-
-@friendly
-def env_set(c, action: str, key: str) -> None:
-    import getpass
-    import sys
-
-    from deploy import envcheck
-    from deploy.commands import vm as cmd
-    from deploy.errors import DeployError
-    from deploy.remote.contract import env_line
-
-    if action != "set":
-        raise DeployError(f"unknown action {action!r}", "fab env set KEY (value on stdin); "
-                          "fab env-keys lists the keys")
-    envcheck.validate_key(key)
-    value = (getpass.getpass(f"{key}: ") if sys.stdin.isatty()
-             else sys.stdin.readline().rstrip("\n"))
-    envcheck.validate_value(value)
-    for vm in each_vm(c):
-        vm.runner.secrets.append(value)
-        line = env_line(key, value, vm.compose_kind())  # compose reads it byte for byte
-        vm.run(envcheck.set_key(key), stdin=line.rstrip("\n"), hide=True,
-               what=f"setting {key} in the VM's app.env failed", fix="see the message above")
-        vm.write_release_files(vm.current_tag())
-        vm.runner.say(f"{key} set in {vm.settings.app_dir}/{cmd.APP_ENV}; it takes effect "
-                      "at the next deploy (or `docker compose up -d` on the VM)")
-
-
-@task(name="env-keys")
-@friendly
-def env_keys(c):
-    """The keys (never the values) of the VM's app.env."""
-    from deploy import envcheck
-
-    for vm in each_vm(c):
-        print(vm.run(envcheck.app_env_keys(), quiet=True).stdout.strip())
 
 
 ns = Collection(

@@ -262,7 +262,7 @@ def push(settings: Settings, runner: Runner, version: str) -> str:
     runner.run(docker.push(latest), hide=True, what=f"pushing {latest} failed", fix=fix)
     if runner.dry_run:
         return ""
-    digests = json.loads(runner.run(docker.repo_digest(ref), quiet=True).stdout or "[]")
-    digest = next((d for d in digests if d.startswith(settings.image + "@")), "")
-    runner.say(f"pushed {ref} {digest.split('@')[-1]}")
-    return digest
+    out = runner.run(docker.image_digests(ref), quiet=True).stdout
+    digest = docker.parse_image_digests(out, settings.image)[1]
+    runner.say(f"pushed {ref} {digest}")
+    return f"{settings.image}@{digest}" if digest else ""

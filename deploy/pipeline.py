@@ -16,10 +16,12 @@ NO_TESTS_COLLECTED = 5
 
 
 def timed(runner: Runner, name: str, step: Callable[[], object]) -> object:
-    runner.say(f"== {name}")
+    """One local phase: a line when it is done (and a heading first with -v)."""
+    if runner.echo or runner.dry_run:
+        runner.say(f"== {name}")
     started = time.monotonic()
     result = step()
-    runner.say(f"== {name} done in {time.monotonic() - started:.1f}s")
+    runner.say(f"{name} {time.monotonic() - started:.1f}s")
     return result
 
 
@@ -67,7 +69,7 @@ def full_deploy(
     What has not changed is skipped: a tag already in the registry is not built or pushed again,
     and a VM already serving it healthy is left alone.
     """
-    runner = Runner(ctx, dry_run=dry_run, secrets=settings.secrets)
+    runner = Runner(ctx, dry_run=dry_run, secrets=settings.secrets, echo=settings.verbose)
     started = time.monotonic()
     tag = git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
     image = refs.validate_image(settings.require("image"))
@@ -124,12 +126,13 @@ def full_deploy(
                                        dry_run=dry_run, vms=slots))
             stale = []
         for vm in stale:
-            flow = remote.deploy
+            flow, quiet = remote.deploy, {"announce": False}
             if settings.target == "swarm":  # issue 13: a stack deployed from the manager
                 from deploy import swarm
-                flow = swarm.deploy
+                flow, quiet = swarm.deploy, {}
             timed(runner, f"remote deploy on {vm.runner.where}",
-                  lambda vm=vm, flow=flow: flow(vm, tag, git_sha=git_sha, message=message,
-                                                lock=False))
-    runner.say(f"done: {image}:{tag} in {time.monotonic() - started:.1f}s")
+                  lambda vm=vm, flow=flow, quiet=quiet: flow(
+                      vm, tag, git_sha=git_sha, message=message, lock=False, **quiet))
+    where = ", ".join(t.host for t in vm_targets)
+    print(f"done: {image}:{tag} on {where} in {time.monotonic() - started:.1f}s", flush=True)
     return tag

@@ -1,18 +1,23 @@
 """One thin runner for local and remote commands.
 
-Command builders return argument lists; the runner quotes them with `shlex.join`, prints them
-(secrets redacted) with how long they took, and runs them through an Invoke `Context` (local) or a
-Fabric `Connection` (remote), which share the same `.run()` interface. With `dry_run` it only
-prints, so a dry run is every command in order and nothing else.
+Command builders return argument lists; the runner quotes them with `shlex.join` and runs them
+through an Invoke `Context` (local) or the persistent remote shell (deploy/shell.py), which share
+the same `.run()` interface. By default it prints no command (the flows print one line per
+phase); with `echo` (`-v`, `--echo`, DEPLOY_VERBOSE=1) it prints each command, secrets redacted,
+and how long it took. With `dry_run` it prints every command and runs none: the result is empty
+(exit 0, no output) and the queries take that as "nothing there".
 """
 
 from __future__ import annotations
 
 import io
+import os
+import re
 import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from invoke.exceptions import CommandTimedOut
@@ -22,14 +27,35 @@ from deploy.errors import DeployError
 Argv = Sequence[str]
 
 
-class Result:
-    """What a command left behind: exit code and captured output."""
+ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
 
-    def __init__(self, command: str, exited: int, stdout: str = "", stderr: str = "") -> None:
-        self.command = command
-        self.exited = exited
-        self.stdout = stdout
-        self.stderr = stderr
+
+def strip_escapes(text: str) -> str:
+    """Text without terminal escape sequences (colours, `ESC[2K` line clears) and bare CRs."""
+    return ANSI_ESCAPE.sub("", text).replace("\r\n", "\n").replace("\r", "")
+
+
+def verbose_from_env(environ=None) -> bool:
+    """DEPLOY_VERBOSE=1 (set by `-v`/`--echo`): print every command."""
+    value = (os.environ if environ is None else environ).get("DEPLOY_VERBOSE", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def set_verbose(flag: bool, context=None) -> None:
+    """A task's `-v` flag, or Invoke's/Fabric's own `--echo`: DEPLOY_VERBOSE=1 for the run."""
+    run = getattr(getattr(context, "config", None), "run", None)
+    if flag or getattr(run, "echo", False):
+        os.environ["DEPLOY_VERBOSE"] = "1"
+
+
+@dataclass
+class Result:
+    """What a command left behind: exit code and captured output (local and remote alike)."""
+
+    command: str
+    exited: int
+    stdout: str = ""
+    stderr: str = ""
 
     @property
     def ok(self) -> bool:
@@ -65,9 +91,11 @@ class Runner:
         out: TextIO | None = None,
         clock: Callable[[], float] = time.monotonic,
         cwd: str = "",
+        echo: bool | None = None,
     ) -> None:
         self.target = target
         self.cwd = cwd
+        self.echo = verbose_from_env() if echo is None else echo
         self.where = where
         self.dry_run = dry_run
         self.secrets = [s for s in secrets if s]
@@ -92,17 +120,24 @@ class Runner:
         cwd: str | None = None,
         env: dict[str, str] | None = None,
     ) -> Result:
-        """Run `argv` (in `cwd`, default the runner's; local runs may replace the environment
-        with `env`). With `check`, a non-zero exit raises DeployError(what, fix)."""
+        """Run `argv` (in `cwd`, default the runner's; the remote shell is in app_dir already;
+        local runs may replace the environment with `env`). With `check`, a non-zero exit
+        raises DeployError(what, fix)."""
         command = shlex.join(argv)
+        enters = getattr(self.target, "enters_dirs", False)  # the remote shell does the cd
+        extra: dict[str, Any] = {"cwd": cwd} if enters and cwd is not None else {}
         cwd = self.cwd if cwd is None else cwd
-        if cwd:
+        if cwd and not enters:
             command = f"cd {shlex.quote(cwd)} && {command}"
         self.history.append(command)
-        if not quiet:
+        if self.dry_run or self.echo:
             self.say(f"$ {command}" + (" < (stdin)" if stdin is not None else ""))
         if self.dry_run:
             return Result(command, 0)
+        if env is not None:
+            extra.update(env=env, replace_env=True)
+        if not enters:
+            extra["echo"] = False  # Invoke's own echo (`inv --echo`): this runner prints it
         started = self.clock()
         try:
             raw = self.target.run(
@@ -111,7 +146,7 @@ class Runner:
                 hide=True if hide or quiet else None,
                 in_stream=io.StringIO(stdin) if stdin is not None else False,
                 timeout=timeout,
-                **({"env": env, "replace_env": True} if env is not None else {}),
+                **extra,
             )
         except CommandTimedOut:
             raise DeployError(
@@ -120,7 +155,7 @@ class Runner:
             ) from None
         result = Result(command, raw.exited, raw.stdout, raw.stderr)
         took = self.clock() - started
-        if not quiet:
+        if self.echo and not quiet:
             status = "ok" if result.ok else f"exit {result.exited}"
             self.say(f"  {status} in {took:.1f}s")
         if check and not result.ok:

@@ -39,6 +39,8 @@ class Settings:
     """Everything a user may change per project. Paths are relative to `root`."""
 
     root: Path = field(default_factory=Path.cwd, metadata={"internal": True})
+    # Output: every command as it runs (`-v`/`--echo` set DEPLOY_VERBOSE=1)
+    verbose: bool = False
     # Image and build
     image: str = ""
     tag: str = ""

@@ -5,21 +5,26 @@ command (more when the login shell reads rc files); a deploy runs a dozen comman
 keeps one `sh` open on one channel, writes each command to it, and reads its output up to a
 marker line that carries the exit code. It has the `.run()` signature the Runner expects.
 
+The shell enters the app directory once when it opens (`cd app_dir`), so no command carries a
+`cd ... &&` prefix; a command that needs another directory names it (`cwd=`).
+
 A command that is interrupted (Ctrl-C, timeout) leaves the shell busy: the channel is closed and
-the next command opens a fresh one on the same connection.
+the next command opens a fresh one on the same connection. Terminal escape sequences in what
+remote tools print (compose's `ESC[2K` line clears, colours) are dropped.
 """
 
 from __future__ import annotations
 
 import secrets
+import shlex
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from invoke.exceptions import CommandTimedOut
 
 from deploy.errors import DeployError
+from deploy.runner import Result, strip_escapes
 
 
 class ConnectionLost(DeployError):
@@ -31,19 +36,16 @@ class ConnectionLost(DeployError):
         self.reason = reason
 
 
-@dataclass
-class ShellResult:
-    command: str
-    exited: int
-    stdout: str
-    stderr: str
-
-
 class RemoteShell:
     """Runs commands through one persistent remote `sh` over a Fabric/paramiko connection."""
 
-    def __init__(self, connection: Any, where: str = "", network_timeout: float = 30.0) -> None:
+    enters_dirs = True  # the Runner passes cwd= instead of a `cd ... &&` prefix
+
+    def __init__(self, connection: Any, where: str = "", network_timeout: float = 30.0,
+                 home: str = "") -> None:
         self.connection = connection
+        self.home = home  # entered once per shell; "" stays in the login directory
+        self.inside = False
         self.where = where or getattr(connection, "host", "the VM")
         self.channel = None
         self.reconnects = 0
@@ -61,7 +63,18 @@ class RemoteShell:
             raise self._lost("opening a shell", str(exc)) from None
         channel.exec_command("exec sh")
         self.channel = channel
+        self.inside = False
         return channel
+
+    def _enter(self, channel) -> None:
+        """`cd app_dir` in the shell itself (not a subshell), once; retried by later commands
+        while app_dir does not exist yet (`fab setup` makes it)."""
+        if not self.home or self.inside:
+            return
+        mark = f"__deploy_done_{secrets.token_hex(8)}__"
+        channel.sendall(f"cd -- {shlex.quote(self.home)} 2>/dev/null\n__rc=$?; printf "
+                        f"'\\n{mark} %s\\n' \"$__rc\"; printf '\\n{mark}\\n' >&2\n".encode())
+        self.inside = self._collect(channel, "cd", mark, True, None).exited == 0
 
     def _reconnect(self):
         """A dropped connection is opened once more (to release the lock, switch back...)."""
@@ -86,8 +99,19 @@ class RemoteShell:
             self.channel = None
 
     def run(self, command: str, warn: bool = True, hide: Any = None, in_stream: Any = False,
-            timeout: float | None = None) -> ShellResult:
+            timeout: float | None = None, cwd: str | None = None) -> Result:
+        """Run `command` in the app directory (or in `cwd`: "" is the login directory)."""
         channel = self.channel or self._open()
+        if cwd is not None:
+            command = f"cd -- {shlex.quote(cwd)} && {command}" if cwd else f"cd && {command}"
+        else:
+            try:
+                self._enter(channel)
+            except BaseException:
+                self.close()
+                raise
+            if self.home and not self.inside:
+                command = f"cd -- {shlex.quote(self.home)} && {command}"
         mark = f"__deploy_done_{secrets.token_hex(8)}__"
         stdin = ""
         if in_stream:
@@ -107,7 +131,7 @@ class RemoteShell:
             raise
 
     def _collect(self, channel, command: str, mark: str, hide: Any,
-                 timeout: float | None) -> ShellResult:
+                 timeout: float | None) -> Result:
         show = hide is None or hide is False
         out, err = _Stream(mark, sys.stdout if show else None), _Stream(mark, sys.stderr if show
                                                                       else None)
@@ -140,9 +164,9 @@ class RemoteShell:
                         self.where,
                     )
             if deadline and time.monotonic() > deadline:
-                raise CommandTimedOut(ShellResult(command, -1, out.text, err.text), timeout)
+                raise CommandTimedOut(Result(command, -1, out.text, err.text), timeout)
             time.sleep(0.002)
-        return ShellResult(command, out.exit_code, out.text, err.text)
+        return Result(command, out.exit_code, out.text, err.text)
 
 
     def _lost(self, during: str, reason: str) -> ConnectionLost:
@@ -219,7 +243,7 @@ class _Stream:
             return
         self.buffer += data.decode(errors="replace")
         *complete, self.buffer = self.buffer.split("\n")
-        for line in complete:
+        for line in map(strip_escapes, complete):
             if line.startswith(self.mark):
                 code = line[len(self.mark):].strip()
                 self.exit_code = int(code) if code.lstrip("-").isdigit() else 0

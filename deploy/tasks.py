@@ -14,13 +14,15 @@ from invoke import Collection, Exit, task
 from deploy.errors import DeployError, friendly
 
 
-def setup(c, dry_run: bool = False):
+def setup(c, dry_run: bool = False, verbose: bool = False):
     """Settings for the app repo in the working directory, and a local runner."""
-    from deploy.runner import Runner
+    from deploy.runner import Runner, set_verbose
     from deploy.settings import load_settings
 
+    set_verbose(verbose, c)  # a task's --verbose, or `inv --echo`
+
     settings = load_settings()
-    return settings, Runner(c, dry_run=dry_run, secrets=settings.secrets)
+    return settings, Runner(c, dry_run=dry_run, secrets=settings.secrets, echo=settings.verbose)
 
 
 def version_for(settings, version: str, allow_dirty: bool) -> str:
@@ -92,37 +94,40 @@ def test(c, args="", db=False):
         raise Exit(f"tests failed (exit {result.exited})", code=result.exited)
 
 
-@task(help={"version": "image tag (default: the commit's short SHA)"})
+@task(help={"version": "image tag (default: the commit's short SHA)",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def build(c, version=""):
+def build(c, version="", verbose=False):
     """Build IMAGE:VERSION with docker buildx --load (OCI labels: revision, created, source)."""
     from deploy import local
 
-    settings, runner = setup(c)
+    settings, runner = setup(c, verbose=verbose)
     local.build(settings, runner, version_for(settings, version, allow_dirty=True))
 
 
-@task(help={"version": "image tag", "boot": "also start it and wait for the health URL"})
+@task(help={"version": "image tag", "boot": "also start it and wait for the health URL",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def smoke(c, version="", boot=False):
+def smoke(c, version="", boot=False, verbose=False):
     """Run the smoke command inside the built image (and with --boot, its health check)."""
     from deploy import local
 
-    settings, runner = setup(c)
+    settings, runner = setup(c, verbose=verbose)
     local.smoke(settings, runner, version_for(settings, version, allow_dirty=True), boot=boot)
 
 
 @task(help={"version": "image tag", "allow-dirty": "push an image built from a dirty tree",
             "password-stdin": "read the registry password from stdin (else "
-                              "DEPLOY_REGISTRY_PASSWORD)"})
+                              "DEPLOY_REGISTRY_PASSWORD)",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def push(c, version="", allow_dirty=False, password_stdin=False):
+def push(c, version="", allow_dirty=False, password_stdin=False, verbose=False):
     """Push IMAGE:VERSION and IMAGE:latest; only an image that passed `inv smoke`."""
     import dataclasses
 
     from deploy import local
 
-    settings, runner = setup(c)
+    settings, runner = setup(c, verbose=verbose)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
         settings = dataclasses.replace(settings, registry_password=password)
@@ -151,16 +156,19 @@ def config(c):
         "message": "a note kept in the deploy lock and the release history",
         "skip-check": "waive this preflight check knowingly (repeatable); printed and kept in "
                       "the release record",
+        "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)",
     },
     iterable=["skip_check"],
 )
 @friendly
 def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, message="",
-           skip_check=None):
+           skip_check=None, verbose=False):
     """The whole deploy: check, test, build, smoke, push, then the VM's pull-migrate-switch."""
     from deploy.pipeline import full_deploy
+    from deploy.runner import set_verbose
     from deploy.settings import load_settings, require_root
 
+    set_verbose(verbose, c)
     full_deploy(load_settings(require_root()), c, version=version, allow_dirty=allow_dirty,
                 skip_tests=skip_tests, dry_run=dry_run, message=message,
                 skip_checks=list(skip_check or []))

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.commands import docker
 from deploy.errors import DeployError
 from sandbox import images
 from sandbox import vms as vmlib
@@ -98,11 +99,6 @@ def sandbox() -> Sandbox:
 # --------------------------------------------------------------------------- engine
 
 
-def docker_info_cmd() -> list[str]:
-    """Ask the engine whether it is up."""
-    return ["docker", "info", "--format", "{{.ServerVersion}}"]
-
-
 def dockerd_cmd() -> list[str]:
     """Start the Docker engine in the foreground (we detach it ourselves)."""
     return [exe("dockerd")]
@@ -111,7 +107,7 @@ def dockerd_cmd() -> list[str]:
 def engine_running() -> bool:
     """True if `docker info` reaches an engine."""
     try:
-        return run(docker_info_cmd(), timeout=30).returncode == 0
+        return run(docker.engine_info(), timeout=30).returncode == 0
     except DeployError:
         return False
 

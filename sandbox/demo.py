@@ -111,6 +111,11 @@ def reset_vm(work: Path) -> None:
             vm.run(cmd.make_dirs(settings.app_dir), cwd="", quiet=True)
             if vm.run(["test", "-f", settings.compose_file], check=False, quiet=True).ok:
                 vm.run([*vm.compose(), "down", "--remove-orphans"], check=False, hide=True)
+            # a demo of an older toolkit may have run it under another project name
+            for name in vm.run(cmd.dir_projects(settings.app_dir), check=False,
+                               quiet=True).stdout.split():
+                vm.run(["docker", "compose", "--project-name", name, "down", "--remove-orphans"],
+                       check=False, hide=True)
             vm.run(["rm", "-rf", settings.app_dir], cwd="")
 
 
@@ -182,6 +187,6 @@ def run_demo(work: Path | None = None, postgres: bool = False) -> None:
 
     banner("release history")
     step([*fab, "releases"], work)
-    print(f"\nThe demo app is in {work}; the VM's copy in {vm.name}'s app_dir (on this laptop: "
-          f"{vm.srv}). v1 is serving at {base} on {vm.name} (`python -m sandbox status` "
+    print(f"\nThe demo app is in {work};\nthe VM's copy in {vm.name}'s app_dir (on this laptop: "
+          f"{vm.srv}).\nv1 is serving at {base} on {vm.name} (`python -m sandbox status` "
           "shows how to ssh there).")

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.commands import docker
 from deploy.errors import DeployError
 from sandbox import images
 from sandbox.proc import (
@@ -274,7 +275,7 @@ def dockerd_argv(v: Vm) -> list[str]:
 
 def engine_up(v: Vm) -> bool:
     """True if the VM's engine answers `docker info`."""
-    return run(v.docker("info", "--format", "{{.ServerVersion}}"), timeout=20).returncode == 0
+    return run(v.docker(*docker.engine_info()[1:]), timeout=20).returncode == 0
 
 
 def ensure_dockerd(v: Vm) -> str:

@@ -43,9 +43,8 @@ def engine(overrides: dict | None = None) -> dict:
         re.compile(r"^docker info\b"): Result("20.10.24"),
         re.compile(r"^docker buildx version$"): Result("github.com/docker/buildx 0.13.1"),
         re.compile(r"^docker image inspect --format '\{\{\.Id\}\}' "): Result(IMAGE_ID + "\n"),
-        re.compile(r"^docker image inspect --format '\{\{json \.RepoDigests\}\}' "): Result(
-            f'["{IMAGE}@sha256:{"cd" * 32}"]'
-        ),
+        re.compile(r"^docker image inspect --format '\{\{\.Id\}\} \{\{json \.RepoDigests\}\}' "):
+            Result(f'{IMAGE_ID} ["{IMAGE}@sha256:{"cd" * 32}"]'),
         re.compile(r"^docker (build|buildx build|push|tag|login|run|rm|port)\b"): Result(""),
     }
     overrides = overrides or {}
@@ -74,7 +73,7 @@ def argv_of(history: list[str], prefix: str) -> list[str]:
 
 
 def test_build_uses_buildx_load_with_platform_tag_and_oci_labels(settings, example_repo):
-    runner, _, out = runner_for(engine())
+    runner, _, out = runner_for(engine(), echo=True)  # -v
     ref = local.build(settings, runner, "abc1234")
     assert ref == f"{IMAGE}:abc1234"
     argv = argv_of(runner.history, "docker buildx build")
@@ -285,7 +284,7 @@ def test_registry_login_passes_the_password_on_stdin_only(example_repo, smoked_f
         "DEPLOY_REGISTRY_USER": "bob", "DEPLOY_REGISTRY_PASSWORD": PASSWORD,
     })
     local.record_smoked(IMAGE_ID, f"{IMAGE}:abc1234")
-    runner, ctx, out = runner_for(engine(), secrets=settings.secrets)
+    runner, ctx, out = runner_for(engine(), secrets=settings.secrets, echo=True)
     local.push(settings, runner, "abc1234")
     login = argv_of(runner.history, "docker login")
     assert login == ["docker", "login", "--username", "bob", "--password-stdin", "127.0.0.1:5000"]
@@ -323,7 +322,8 @@ def test_failed_login_does_not_leak_the_password(example_repo, smoked_file):
 
 
 def test_runner_quotes_argv_and_reports_failures():
-    runner, ctx, out = runner_for({re.compile("."): Result("", stderr="nope\n", exited=3)})
+    runner, ctx, out = runner_for({re.compile("."): Result("", stderr="nope\n", exited=3)},
+                                 echo=True)
     with pytest.raises(DeployError) as err:
         runner.run(["echo", "a b", "$HOME"], hide=True)
     assert runner.history == ["echo 'a b' '$HOME'"]

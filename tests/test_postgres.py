@@ -7,6 +7,7 @@ The database image is the sandbox's `pgvector/pgvector:pg17` (built from Debian 
 
 from __future__ import annotations
 
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_postgres_deploy_v2_rollback_and_restore_keep_every_row(pg_app, pg_image
 
     # First deploy: the database service is started and waited for before the backup.
     out = app.deploy(v1)
-    assert f"deployed {v1}" in out, out
+    assert re.search(rf"^done: \S+:{v1} on ", out, re.M), out
     assert app.version() == {"version": "1", "revision": "0001"}
     assert app.psql("SELECT extname FROM pg_extension WHERE extname = 'vector'") == [["vector"]]
     app.post_item("first", embedding=[1, 2, 3])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 
 
@@ -83,8 +84,20 @@ def push(image_ref: str) -> list[str]:
     return ["docker", "push", image_ref]
 
 
-def repo_digest(image_ref: str) -> list[str]:
-    return ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", image_ref]
+def image_digests(image_ref: str) -> list[str]:
+    """`ID ["repo@digest", ...]` of a local image (on the laptop or on the VM)."""
+    return ["docker", "image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", image_ref]
+
+
+def parse_image_digests(output: str, image: str) -> tuple[str, str]:
+    """(image id, registry digest of `image`) from `image_digests` output ('' for unknown)."""
+    image_id, _, raw = output.strip().partition(" ")
+    try:
+        digests = json.loads(raw or "[]") or []
+    except json.JSONDecodeError:
+        digests = []
+    found = next((d for d in digests if isinstance(d, str) and d.startswith(image + "@")), "")
+    return image_id, found.split("@")[-1]
 
 
 def login(registry: str, user: str) -> list[str]:

@@ -110,15 +110,6 @@ def pull(image_ref: str) -> list[str]:
     return ["docker", "pull", "--quiet", image_ref]
 
 
-def image_ids(image_ref: str) -> list[str]:
-    """`ID ["repo@digest", ...]` of a local image."""
-    return ["docker", "image", "inspect", "--format", "{{.Id}} {{json .RepoDigests}}", image_ref]
-
-
-def tag_image(source: str, target: str) -> list[str]:
-    return ["docker", "tag", source, target]
-
-
 # -- backups ------------------------------------------------------------------------------
 def backup_sqlite(db_path: str, target: str) -> list[str]:
     return helper("backup-sqlite", db_path, target)
@@ -174,7 +165,7 @@ REVISION_MARK = "__deploy_alembic_current__"
 def migrate_then_current(command: str) -> str:
     """The migrate command, then (if it succeeded) `alembic current` after a marker line: the
     revision comes from the database, whatever the command printed."""
-    return (f"{command}\nrc=$?; [ \"$rc\" -eq 0 ] || exit \"$rc\"; echo {REVISION_MARK}; "
+    return (f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
             "alembic current 2>/dev/null || true")
 
 
@@ -251,10 +242,6 @@ def write_file(path: str) -> list[str]:
 
 def read_var(path: str, name: str) -> list[str]:
     return helper("read-var", path, name)
-
-
-def registry_login(registry: str, user: str) -> list[str]:
-    return ["docker", "login", "--username", user, "--password-stdin", registry]
 
 
 def make_dirs(app_dir: str) -> list[str]:

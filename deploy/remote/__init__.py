@@ -4,6 +4,8 @@
     vm.py        the app on one VM: the lock, the release files, queries
     steps.py     the steps of a release (check, pull, backup, migrate, switch, wait, record)
     flows.py     deploy, rollback, restore and the health-checked switch they share
+    phases.py    one release as named, timed phases printed as one line; what cutting one
+                 short means
     contract.py  env files compose reads byte for byte; checks of the rendered compose file
     lock.py      the lock holder, its lease renewal, blocks Ctrl-C must not cut in half
 
@@ -12,7 +14,6 @@ dry run prints them all and opens no connection.
 """
 
 from deploy.remote.flows import (
-    cut_short,
     deploy,
     last_revision,
     pick_rollback_tag,
@@ -24,6 +25,7 @@ from deploy.remote.flows import (
     validate_backup_name,
 )
 from deploy.remote.lock import describe_holder, lease_is_fresh, parse_holder, sigint_deferred
+from deploy.remote.phases import Release, cut_short
 from deploy.remote.session import (
     Interrupted,
     Target,
@@ -35,7 +37,8 @@ from deploy.remote.session import (
 from deploy.remote.steps import Vm, backups_to_prune
 
 __all__ = [
-    "Interrupted", "Target", "Vm", "backups_to_prune", "check_key_file", "connect", "cut_short",
+    "Interrupted", "Release", "Target", "Vm", "backups_to_prune", "check_key_file", "connect",
+    "cut_short",
     "deploy", "describe_holder", "last_revision", "lease_is_fresh", "parse_holder",
     "pick_rollback_tag", "release_entry", "restore", "rollback", "session", "sigint_deferred",
     "switch_back", "switch_checked", "targets", "validate_backup_name",

@@ -17,6 +17,7 @@ from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote.contract import refuse_moving_tag
 from deploy.remote.lock import sigint_deferred
+from deploy.remote.phases import Release, optional_phase
 from deploy.remote.session import exit_code, signal_name
 from deploy.remote.steps import Vm
 from deploy.shell import ConnectionLost
@@ -44,24 +45,6 @@ def release_entry(tag: str, digest: str, revision: str, action: str, previous: s
     }
 
 
-def cut_short(exc: BaseException, step: str, tag: str, previous: str) -> DeployError:
-    """Ctrl-C, a signal or a dropped connection before the switch: what is left, what to do."""
-    serving = f"{previous or 'the previous version'} is still serving"
-    if isinstance(exc, KeyboardInterrupt):
-        what, code = signal_name(exc), exit_code(exc)
-        serving = f"{serving} and the lock was released"
-    else:
-        what, code = f"the SSH connection to {getattr(exc, 'where', 'the VM')} was lost", 1
-        if getattr(exc, "reason", ""):
-            what += f" ({exc.reason})"
-        serving += "; the lock is released if the VM answered again, else `fab unlock` clears it"
-    if step == "migrate":
-        serving += " (the migration may still finish on the VM: the next deploy waits for it)"
-    return DeployError(f"{what} during {step} of {tag}; {serving}",
-                       "run the same deploy again (`fab status` shows what is serving)",
-                       exit_code=code)
-
-
 def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
     """Put `previous` back after `tag` failed; a sentence saying how that went."""
     if not (vm.settings.rollback_on_failure and previous and previous != tag):
@@ -73,17 +56,21 @@ def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
     return f"switched back to {previous}" + (f", which is {again} too" if again else "")
 
 
-def switch_checked(vm: Vm, tag: str, previous: str) -> None:
+def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = None) -> None:
     """Switch to `tag`, wait for health (as the VM sees it) and check the container runs the
     pulled image; on failure switch back to `previous` (if allowed). The one place a release
-    is switched."""
+    is switched (`release`, if given, gets the `switch` and `healthy` phases)."""
     if vm.settings.proxy:  # issue 11: blue/green behind Caddy instead of compose recreate
         from deploy import proxy
 
-        return proxy.switch_checked(vm, tag, previous)
+        with optional_phase(release, "switch behind the proxy", cuts_short=False):
+            return proxy.switch_checked(vm, tag, previous)
     try:
-        vm.switch(tag)
-        problem = vm.wait_healthy(tag) or vm.runs_pulled_image(tag)
+        with optional_phase(release, "switch", cuts_short=False):
+            vm.switch(tag)
+        with optional_phase(release, "healthy", cuts_short=False) as seen:
+            problem = vm.wait_healthy(tag) or vm.runs_pulled_image(tag)
+            seen.result = "no" if problem else ""
     except (KeyboardInterrupt, DeployError) as exc:
         # Interrupted or cut off mid-switch: put the recorded release back before we leave.
         interrupted = isinstance(exc, KeyboardInterrupt)
@@ -108,11 +95,13 @@ def switch_checked(vm: Vm, tag: str, previous: str) -> None:
     )
 
 
-def record_release(vm: Vm, entry: dict) -> dict:
+def record_release(vm: Vm, entry: dict, release: Release | None = None) -> dict:
     """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded."""
     with sigint_deferred() as interrupted:
-        if not vm.runner.dry_run:
+        if not vm.runner.dry_run:  # a dry run records nothing, not even in what it prints
             vm.record(entry)
+    if release:
+        release.note("recorded")
     if interrupted:
         vm.runner.say(f"Ctrl-C came after {entry['tag']} turned healthy: it was recorded all "
                       "the same")
@@ -120,40 +109,47 @@ def record_release(vm: Vm, entry: dict) -> dict:
 
 
 def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
-           lock: bool = True) -> dict:
+           lock: bool = True, announce: bool = True) -> dict:
     """Check, pull, back up, migrate, switch, check health, record. Returns the history entry.
 
-    With lock=False the caller already holds the deploy lock (`inv deploy` takes it first).
+    With lock=False the caller already holds the deploy lock (`inv deploy` takes it first);
+    with announce=False the caller prints the closing `done:` line.
     """
     started = time.monotonic()
     refuse_moving_tag(refs.validate_tag(tag))
-    with vm.locked(tag, message) if lock else contextlib.nullcontext():
-        step, previous = "check", ""
-        try:
+    with Release(vm, tag) as rel, (vm.locked(tag, message) if lock
+                                   else contextlib.nullcontext()):
+        if lock:
+            rel.note("lock")
+        with rel.phase("check"):
             envcheck.require_app_env(vm)  # issue 10: app.env has every key of .env.example
-            previous = vm.current_tag()
-            vm.sync_release_env(previous)
+            rel.previous = vm.current_tag()
+            vm.sync_release_env(rel.previous)
             vm.check_project()
             vm.check_contract(tag)
-            step = "pull"
+        previous = rel.previous
+        with rel.phase("pull"):
             digest = vm.pull(tag)
-            step = "backup"
+        with rel.phase("backup", timed=False) as found:
             history = vm.history()
             backup = vm.backup(tag, previous)
-            step = "migrate"
-            revision = vm.migrate(tag, backup)
-        except (KeyboardInterrupt, ConnectionLost) as exc:
-            raise cut_short(exc, step, tag, previous) from None
-        switch_checked(vm, tag, previous)
+            found.result = backup or "none"
         before = last_revision(history)
+        with rel.phase("migrate") as found:
+            revision = vm.migrate(tag, backup)
+            if revision and revision != before:
+                found.result = f"{before or 'empty'}→{revision}"
+        switch_checked(vm, tag, previous, rel)
         # No migration ran (or its revision is unknown): ask the database.
         revision = revision or vm.revision() or before
         entry = record_release(vm, release_entry(
             tag, digest, revision, "deploy", previous, git_sha, message,
             backup=backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
-            migrated=bool(revision and revision != before)))
+            migrated=bool(revision and revision != before)), rel)
         vm.prune_backups([*history, entry])
-    vm.runner.say(f"deployed {tag} in {time.monotonic() - started:.1f}s")
+    if announce:
+        print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
+              file=vm.runner.out, flush=True)
     return entry
 
 
@@ -170,6 +166,8 @@ def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
 def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=None) -> dict:
     """Put an earlier release back (the image it recorded), through the same lock and
     health-checked switch; with `downgrade`, back up and downgrade the schema first."""
+    if tag:  # before anything runs on the VM
+        refuse_moving_tag(refs.validate_tag(tag))
     history = vm.history()
     current = vm.current_tag()
     target = refuse_moving_tag(pick_rollback_tag(history, current, tag))
@@ -183,11 +181,14 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
             "pick a tag from `fab releases`",
         )
     recorded = deployed.get(target) or entries.get(target, {})
-    with vm.locked(target, action="rollback"):
-        vm.sync_release_env(current)
-        vm.check_project()
-        vm.check_contract(target)
-        digest = vm.pull_recorded(target, recorded.get("digest", ""))
+    with Release(vm, target, current) as rel, vm.locked(target, action="rollback"):
+        rel.note("lock")
+        with rel.phase("check", cuts_short=False):
+            vm.sync_release_env(current)
+            vm.check_project()
+            vm.check_contract(target)
+        with rel.phase("pull", cuts_short=False):
+            digest = vm.pull_recorded(target, recorded.get("digest", ""))
         wanted = recorded.get("revision", "")
         now = vm.revision()
         if downgrade and not vm.runner.dry_run and (not wanted or not now):
@@ -198,19 +199,24 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
                               "(`fab exec --cmd \"alembic downgrade REV\"`) after a backup")
         if wanted and now and wanted != now:
             if downgrade:
-                backup = vm.backup(target, current)
+                with rel.phase("backup", cuts_short=False, timed=False) as found:
+                    backup = vm.backup(target, current)
+                    found.result = backup or "none"
                 vm.runner.say(f"downgrading the schema {now} -> {wanted} with {current} "
                               f"(backup: {backup or 'none'})")
-                vm.downgrade(current, wanted)
+                with rel.phase("downgrade", cuts_short=False) as found:
+                    found.result = f"{now}→{wanted}"
+                    vm.downgrade(current, wanted)
             else:
                 vm.runner.say(
                     f"warning: {target} was released with schema {wanted}, the database is at "
                     f"{now}; not downgrading (pass --downgrade to run `alembic downgrade {wanted}`)"
                 )
-        switch_checked(vm, target, current)
+        switch_checked(vm, target, current, rel)
         # An older image may not know a newer schema's revision: ask the database.
         revision = vm.revision() or (wanted if downgrade and wanted else now)
-        entry = record_release(vm, release_entry(target, digest, revision, "rollback", current))
+        entry = record_release(vm, release_entry(target, digest, revision, "rollback", current),
+                               rel)
     vm.runner.say(f"rolled back to {target}")
     return entry
 
@@ -229,22 +235,29 @@ def restore(vm: Vm, name: str) -> None:
     if not vm.runner.dry_run and name not in vm.backups():
         raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
     current = vm.current_tag()
-    with vm.locked(current, action="restore", message=name):
+    with Release(vm, current) as rel, vm.locked(current, action="restore", message=name):
+        rel.note("lock")
         vm.sync_release_env(current)
-        vm.run(cmd.stop(vm.compose(), s.service), hide=True)
+        with rel.phase("stop", cuts_short=False):
+            vm.run(cmd.stop(vm.compose(), s.service), hide=True)
         stopped = (f"{s.service} is left stopped, the database as the failed restore left it",
                    f"fix what the error says and run `fab restore --backup={name}` again; "
                    f"`fab rollback --tag={current}` starts the app as it is")
-        if s.database == "sqlite":
-            argv = cmd.restore_sqlite(name, s.sqlite_path)
-        else:
-            vm.start_database(current)
-            argv = cmd.restore_postgres(vm.compose(), s.postgres_service, s.postgres_user,
-                                        s.postgres_db, name)
-        vm.run(argv, hide=True, what=f"restoring {name} failed; {stopped[0]}", fix=stopped[1])
-        vm.run(cmd.up(vm.compose()), hide=True)
-        problem = vm.wait_healthy()
-        if problem:
-            raise DeployError(f"after the restore the app is not healthy ({problem})",
-                              "look at `fab logs`")
+        with rel.phase("restore", cuts_short=False) as found:
+            found.result = name
+            if s.database == "sqlite":
+                argv = cmd.restore_sqlite(name, s.sqlite_path)
+            else:
+                vm.start_database(current)
+                argv = cmd.restore_postgres(vm.compose(), s.postgres_service, s.postgres_user,
+                                            s.postgres_db, name)
+            vm.run(argv, hide=True, what=f"restoring {name} failed; {stopped[0]}",
+                   fix=stopped[1])
+        with rel.phase("start", cuts_short=False):
+            vm.run(cmd.up(vm.compose()), hide=True)
+        with rel.phase("healthy", cuts_short=False):
+            problem = vm.wait_healthy()
+            if problem:
+                raise DeployError(f"after the restore the app is not healthy ({problem})",
+                                  "look at `fab logs`")
     vm.runner.say(f"restored {name}")

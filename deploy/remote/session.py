@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import shlex
 import signal
 import socket
 import threading
@@ -161,16 +162,19 @@ def terminations_interrupt() -> Iterator[None]:
 def session(settings: Settings, target: Target, dry_run: bool = False) -> Iterator[Vm]:
     """A Vm on one connection for a whole task (none at all in a dry run)."""
     if dry_run:
-        yield Vm(settings, Runner(None, where=target.host, dry_run=True, cwd=settings.app_dir))
+        runner = Runner(None, where=target.host, dry_run=True, echo=settings.verbose)
+        runner.say(f"$ cd {shlex.quote(settings.app_dir)}  (once, when the shell opens)")
+        yield Vm(settings, runner)
         return
     from deploy.shell import RemoteShell
 
     with terminations_interrupt():
         conn = connect(settings, target)
-        shell = RemoteShell(conn, where=target.host, network_timeout=settings.network_timeout)
+        shell = RemoteShell(conn, where=target.host, network_timeout=settings.network_timeout,
+                            home=settings.app_dir)
         try:
             yield Vm(settings, Runner(shell, where=target.host, secrets=settings.secrets,
-                                      cwd=settings.app_dir))
+                                      echo=settings.verbose))
         finally:
             shell.close()
             conn.close()

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
+from deploy.commands import docker
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import contract
@@ -20,8 +21,6 @@ class Vm(VmQueries):
     # -- before anything changes -----------------------------------------------------------
     def check_project(self) -> None:
         """Refuse when the compose project name is another app directory's on this VM."""
-        if self.runner.dry_run:
-            return
         app_dir = str(PurePosixPath(self.settings.app_dir))
         dirs = self.run(cmd.project_dirs(self.project), quiet=True, check=False).stdout.split()
         others = [d for d in dirs if d and str(PurePosixPath(d)) != app_dir]
@@ -78,19 +77,15 @@ class Vm(VmQueries):
         self.run(cmd.pull(pinned), hide=True, what=f"the VM could not pull {pinned}",
                  fix="the registry no longer has the image this release ran; pick another "
                      "release from `fab releases`")
-        self.run(cmd.tag_image(pinned, self.ref(tag)), quiet=True)
+        self.run(docker.tag(pinned, self.ref(tag)), quiet=True)
         self.runner.say(f"{tag} is brought back as recorded: {digest}")
         self.inspect(tag)
         return digest
 
     def inspect(self, tag: str) -> str:
-        if self.runner.dry_run:
-            return ""
-        out = self.run(cmd.image_ids(self.ref(tag)), quiet=True).stdout.strip()
-        image_id, _, raw = out.partition(" ")
-        self.pulled[tag] = image_id
-        digests = json.loads(raw or "[]") or []
-        return next((d for d in digests if d.startswith(self.image + "@")), "").split("@")[-1]
+        out = self.run(docker.image_digests(self.ref(tag)), quiet=True).stdout
+        self.pulled[tag], digest = docker.parse_image_digests(out, self.image)
+        return digest
 
     # -- the database ---------------------------------------------------------------------
     def start_database(self, tag: str) -> None:
@@ -144,8 +139,6 @@ class Vm(VmQueries):
     def prune_backups(self, history: list[dict]) -> None:
         """Keep the newest keep_backups backups of recorded releases, as many of failed
         attempts, and always the one taken before the last migration that succeeded."""
-        if self.runner.dry_run:
-            return
         doomed = backups_to_prune(self.backups(), history, self.settings.keep_backups)
         if doomed:
             self.run(cmd.remove_backups(doomed), quiet=True, check=False)
@@ -153,8 +146,6 @@ class Vm(VmQueries):
     def wait_for_leftovers(self) -> None:
         """Wait for one-off containers an interrupted deploy left running (its migration goes
         on without it): two migrations must never run at once."""
-        if self.runner.dry_run:
-            return
         names = self.run(cmd.oneoff_containers(self.project), quiet=True,
                          check=False).stdout.split()
         if not names:
@@ -244,11 +235,10 @@ class Vm(VmQueries):
     def runs_pulled_image(self, tag: str, digest: str = "") -> str:
         """'' if the service's container runs the image pulled for `tag` (or, not pulled in
         this session, the recorded `digest`), else what runs."""
-        if self.runner.dry_run:
-            return ""
         expected = self.pulled.get(tag)
         if not expected and digest:
-            found = self.run(cmd.image_ids(f"{self.image}@{digest}"), quiet=True, check=False)
+            found = self.run(docker.image_digests(f"{self.image}@{digest}"), quiet=True,
+                             check=False)
             expected = found.stdout.split()[0] if found.ok and found.stdout.split() else ""
         if not expected:
             return ""

@@ -112,8 +112,6 @@ class VmQueries:
 
     # -- lock ---------------------------------------------------------------------------
     def holder(self) -> dict | None:
-        if self.runner.dry_run:
-            return None
         return parse_holder(self.run(cmd.read_lock(), quiet=True).stdout)
 
     @contextlib.contextmanager
@@ -163,9 +161,6 @@ class VmQueries:
         runs, else the newest history entry (with a warning saying what to repair)."""
         if self._current is not None:
             return self._current
-        if self.runner.dry_run:
-            self._current = ""
-            return ""
         var = self.settings.tag_variable
         tag = self.run(cmd.read_var(cmd.RELEASE_ENV, var), quiet=True).stdout.strip() or \
             self.run(cmd.read_var(cmd.COMPOSE_ENV, var), quiet=True).stdout.strip()
@@ -188,8 +183,6 @@ class VmQueries:
         .env changed. .env is app.env plus the project name and the release, for a plain
         `docker compose up -d`; when a service reads .env itself, the release goes to an
         override file instead, which .env names in COMPOSE_FILE."""
-        if self.runner.dry_run and app_values is None:
-            return False
         kind = self.compose_kind()
         if app_values is not None:
             skip = {self.settings.image_variable, self.settings.tag_variable}
@@ -223,8 +216,6 @@ class VmQueries:
     def sync_release_env(self, tag: str) -> None:
         """Make the release files app.env plus the current release again, before compose reads
         them (a deleted or garbled .env stops every compose command); says so if it had to."""
-        if self.runner.dry_run:
-            return
         if self.write_release_files(tag):
             self.runner.say(f"warning: {self.settings.app_dir}/{cmd.COMPOSE_ENV} was not "
                             f"{cmd.APP_ENV} plus the current release ({tag or 'none'}); "
@@ -233,8 +224,6 @@ class VmQueries:
     # -- queries --------------------------------------------------------------------------
     def running(self) -> tuple[str, str]:
         """(image id, image reference) of the service's running container (('', '') if none)."""
-        if self.runner.dry_run:
-            return "", ""
         out = self.run(cmd.running_image(self.compose(), self.settings.service),
                        quiet=True, check=False).stdout.split()
         return (out[0], out[1]) if len(out) == 2 else ("", "")
@@ -252,7 +241,7 @@ class VmQueries:
 
     def is_serving(self, tag: str) -> bool:
         """Whether `tag` is the recorded release and its container is healthy right now."""
-        if self.runner.dry_run or self.current_tag() != tag:
+        if self.current_tag() != tag:
             return False
         return self.health() in ("healthy", "running")
 
@@ -260,7 +249,7 @@ class VmQueries:
         """The database's Alembic revision ('' if unknown): read through the database
         container for Postgres, else `alembic current` in the running app container."""
         s = self.settings
-        if self.runner.dry_run or s.database == "none" and not s.migrate_command:
+        if s.database == "none" and not s.migrate_command:
             return ""
         if s.database == "postgres":
             result = self.run(cmd.read_alembic_version(self.compose(), s.postgres_service,
@@ -273,8 +262,6 @@ class VmQueries:
         return parse_revision(result.stdout) if result.ok else ""
 
     def history(self) -> list[dict]:
-        if self.runner.dry_run:
-            return []
         entries, bad = [], []
         lines = self.run(cmd.read_history(), quiet=True).stdout.splitlines()
         for number, line in enumerate(lines, 1):

@@ -1,0 +1,88 @@
+"""Which VMs a `fab` task acts on: Fabric's own connections verify host keys too, one verified
+session per host (every role's hosts when deploy.toml has roles and no -H is given), and a
+release taken host after host, saying where it stopped."""
+
+from __future__ import annotations
+
+import sys
+
+from deploy.errors import DeployError
+
+
+def _verify_host_keys() -> None:
+    """Connections Fabric makes itself while this fabfile is loaded check host keys too.
+
+    (A bare `fab -H vm -- cmd` loads no fabfile, so Fabric alone handles it: `fab run` is the
+    verified way.)
+    """
+    from deploy.errors import DeployError
+    from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
+    from deploy.settings import load_settings
+
+    files = [DEFAULT_KNOWN_HOSTS]
+    try:
+        known_hosts = load_settings().known_hosts
+    except DeployError:
+        known_hosts = ""
+    verify_fabric_connections([known_hosts, *files] if known_hosts else files)
+
+
+_verify_host_keys()
+
+
+def each_vm(c, dry_run: bool = False):
+    """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
+    from deploy import roles  # issue 13: with [roles.*] and no -H, every role's hosts
+    from deploy.remote import session
+    from deploy.runner import set_verbose
+    from deploy.settings import load_settings
+
+    set_verbose(False, c)  # `fab --echo`
+    settings = load_settings()
+    hosts = [c.original_host] if hasattr(c, "original_host") else None
+    for role, each, target in roles.targets(settings, hosts):
+        if role:
+            print(f"== {target.host} (role {role})")
+        with session(each, target, dry_run=dry_run) as vm:
+            yield vm
+
+
+def with_roles(c) -> bool:
+    """Issue 13: whether this task acts on the roles of deploy.toml (there are some, no -H)."""
+    from deploy import roles
+    from deploy.settings import load_settings
+
+    return not hasattr(c, "original_host") and roles.configured(load_settings())
+
+
+# Hosts that took the new release in this `fab` run: Fabric calls a task once per -H host, so
+# the list outlives one call.
+CHANGED: list[str] = []
+
+
+def one_host_after_another(c, tag: str, step, dry_run: bool = False) -> None:
+    """Run `step(vm)` host after host; at the first failure, stop and say, before the error,
+    which hosts have TAG and which were not touched."""
+    from deploy.remote import session, targets
+    from deploy.settings import load_settings
+
+    settings = load_settings()
+    on_command_line = hasattr(c, "original_host")
+    todo = targets(settings, [c.original_host] if on_command_line else None)
+    for i, target in enumerate(todo):
+        try:
+            with session(settings, target, dry_run=dry_run) as vm:
+                step(vm)
+        except (DeployError, KeyboardInterrupt):
+            if CHANGED or len(todo) > 1:
+                rest = ", ".join(t.host for t in todo[i + 1:]) or (
+                    "any later -H host" if on_command_line else "none")
+                print(f"{tag} stopped at {target.host}: now on {tag}: "
+                      f"{', '.join(CHANGED) or 'no host'}; {target.host}: see the error below; "
+                      f"not attempted (kept their release): {rest}", file=sys.stderr)
+            raise
+        CHANGED.append(target.host)
+
+
+def last_of(history: list[dict], tag: str) -> dict | None:
+    return next((e for e in reversed(history) if e["tag"] == tag), None)

@@ -1,0 +1,95 @@
+"""One release on one VM as named phases: each is timed, and the release prints them as one
+line, e.g. `[vm1] lock · check 0.3s · pull 0.4s · backup backups/….dump · migrate 0001→0002
+1.6s · switch 1.1s · healthy 2.4s · recorded`.
+
+A phase also says what cutting it short means: Ctrl-C, SIGTERM, SIGHUP or a lost connection in
+a phase before the switch leave the previous release serving (`cut_short`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from deploy.errors import DeployError
+from deploy.remote.session import exit_code, signal_name
+from deploy.shell import ConnectionLost
+
+
+def cut_short(exc: BaseException, step: str, tag: str, previous: str) -> DeployError:
+    """Ctrl-C, a signal or a dropped connection before the switch: what is left, what to do."""
+    serving = f"{previous or 'the previous version'} is still serving"
+    if isinstance(exc, KeyboardInterrupt):
+        what, code = signal_name(exc), exit_code(exc)
+        serving = f"{serving} and the lock was released"
+    else:
+        what, code = f"the SSH connection to {getattr(exc, 'where', 'the VM')} was lost", 1
+        if getattr(exc, "reason", ""):
+            what += f" ({exc.reason})"
+        serving += "; the lock is released if the VM answered again, else `fab unlock` clears it"
+    if step == "migrate":
+        serving += " (the migration may still finish on the VM: the next deploy waits for it)"
+    return DeployError(f"{what} during {step} of {tag}; {serving}",
+                       "run the same deploy again (`fab status` shows what is serving)",
+                       exit_code=code)
+
+
+class Phase:
+    """What a phase found, for its part of the line (`backup backups/x.dump`)."""
+
+    def __init__(self) -> None:
+        self.result = ""
+
+
+class Release:
+    """A release of `tag` on one VM (`previous` serving), printed as one line when it ends."""
+
+    def __init__(self, vm: Any, tag: str, previous: str = "") -> None:
+        self.vm = vm
+        self.tag = tag
+        self.previous = previous
+        self.parts: list[str] = []
+        self.printed = False
+
+    def note(self, text: str) -> None:
+        """A part of the line that is no timed phase (`lock`, `recorded`)."""
+        self.parts.append(text)
+
+    @contextlib.contextmanager
+    def phase(self, name: str, *, cuts_short: bool = True, timed: bool = True
+              ) -> Iterator[Phase]:
+        """Name and time a step; a Ctrl-C, SIGTERM/SIGHUP or lost connection in it (when
+        `cuts_short`) becomes the message saying the previous release still serves."""
+        found = Phase()
+        started = time.monotonic()
+        try:
+            yield found
+        except (KeyboardInterrupt, ConnectionLost) as exc:
+            self.parts.append(f"{name} cut short")
+            if cuts_short:
+                raise cut_short(exc, name, self.tag, self.previous) from None
+            raise
+        except BaseException:
+            self.parts.append(f"{name} failed")
+            raise
+        took = time.monotonic() - started
+        self.parts.append(" ".join(p for p in (name, found.result,
+                                               f"{took:.1f}s" if timed else "") if p))
+
+    def line(self) -> str:
+        return " · ".join(self.parts)
+
+    def __enter__(self) -> Release:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.parts and not self.printed:
+            self.printed = True
+            self.vm.runner.say(self.line())
+
+
+def optional_phase(release: Release | None, name: str, **kwargs) -> Any:
+    """`release.phase(name)`, or nothing when the caller keeps no release (e.g. roles)."""
+    return release.phase(name, **kwargs) if release else contextlib.nullcontext(Phase())
