@@ -206,13 +206,13 @@ def main() -> int:
     image = f"{box.registry}/bench-{suffix}"
     app_dir = f"/srv/bench-{suffix}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_")}
-    # DEPLOY_HEALTH_URL empty: the app listens on the VM's loopback, which `fab` (on the
-    # laptop) cannot fetch; the container's healthcheck, on the VM, decides.
+    port = free_port()  # the app's port on the VM; its health URL is asked on the VM
     env.update(DEPLOY_IMAGE=image, DEPLOY_APP_DIR=app_dir, DEPLOY_HOST=vm.address,
-               DEPLOY_PORT="22", DEPLOY_USER=box.ssh_user, DEPLOY_HEALTH_URL="",
+               DEPLOY_PORT="22", DEPLOY_USER=box.ssh_user,
+               DEPLOY_HEALTH_URL=f"http://127.0.0.1:{port}/health",
                DEPLOY_KEY_FILE=str(box.key_file), DEPLOY_KNOWN_HOSTS=str(box.known_hosts))
     with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp:
-        app = prepare_app(Path(tmp), free_port())
+        app = prepare_app(Path(tmp), port)
         try:
             for tag in ("b1", "b2"):
                 for step in ("build", "smoke", "push"):

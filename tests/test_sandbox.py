@@ -97,7 +97,7 @@ def test_sshd_config_is_private_and_key_only(tmp_path):
 
 
 def test_main_reports_deploy_errors_without_traceback(monkeypatch, capsys):
-    def broken() -> None:
+    def broken(vms: int = 1) -> None:
         raise DeployError("it broke", "do the fix")
 
     monkeypatch.setattr(sbx, "up", broken)
