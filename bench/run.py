@@ -75,6 +75,7 @@ def prepare_app(work: Path, port: int) -> Path:
     env = (app / ".env.example").read_text().replace("APP_SECRET=change-me", "APP_SECRET=bench")
     (app / ".env").write_text(env.replace("APP_PORT=8000", f"APP_PORT={port}"))
     (app / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (app / ".venv").symlink_to(sys.prefix)  # the app's development env: this venv has its deps
     (app / "fabfile").mkdir()
     (app / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
     git(app, "init", "-q")

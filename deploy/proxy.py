@@ -254,10 +254,10 @@ def discard(vm, container: Container) -> None:
 
 
 def settle(vm, tag: str) -> None:
-    """After the switch: a plain `compose up -d` with the release (other services of the
-    release come up; the serving container matches and is kept)."""
-    vm.run(pcmd.settle(vm.compose(tag)), hide=True,
-           what="`compose up -d` after the switch failed", fix="see the output above")
+    """After the switch: the release's other services (workers) brought up to date."""
+    vm.run(pcmd.settle(vm.compose(tag), vm.settings.service), hide=True,
+           what="`compose up -d` of the other services after the switch failed",
+           fix="see the output above")
 
 
 def switch_checked(vm, tag: str, previous: str) -> None:

@@ -19,7 +19,12 @@ import urllib.request
 
 import pytest
 from conftest import child_env
-from vmkit import InFlight, Probe, Proxy, output
+from vmkit import App, InFlight, Probe, Proxy, output
+
+try:  # issue 9's Postgres example and its session-built images
+    from test_postgres import pg_images, pg_repo  # noqa: F401
+except ImportError:
+    pg_images = pg_repo = None
 
 from deploy.commands import proxy as pcmd
 from deploy.commands.vm import project_name
@@ -371,3 +376,26 @@ def test_compose_check_names_what_to_change(tmp_path):
     with pytest.raises(DeployError) as caught:
         proxy.hosts(load_settings(tmp_path, environ={"DEPLOY_PROXY_HOST": " "}))
     assert "proxy_host" in caught.value.message
+
+
+@pytest.mark.skipif(pg_repo is None, reason="issue 9's example-postgres tests are not here")
+def test_the_postgres_example_behind_the_proxy_fails_no_request(pg_images, caddy, sandbox,
+                                                               tmp_path):
+    image, v1, v2 = pg_images
+    app = App.create(pg_repo(tmp_path / "pg"), None, tmp_path / "xdg-cache", sandbox,
+                     image=image).use_proxy(caddy)
+    app.env["DEPLOY_HEALTH_TIMEOUT"] = "60"
+    try:
+        app.fab_ok("setup")
+        app.deploy(v1)
+        assert app.version()["version"] == "1"
+        with Probe(app) as probe:
+            app.deploy(v2)
+        print(f"postgres deploy: {probe.summary()}")
+        assert probe.failed == [] and probe.versions() == ["1", "2"], probe.summary()
+        with Probe(app) as probe:
+            app.fab_ok("rollback")
+        print(f"postgres rollback: {probe.summary()}")
+        assert probe.failed == [] and probe.versions() == ["2", "1"], probe.summary()
+    finally:
+        app.tear_down()

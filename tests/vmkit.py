@@ -564,7 +564,11 @@ class Proxy:
         ids = self.docker("ps", "-aq", "--filter", label).stdout.split()
         if ids:
             self.docker("rm", "--force", *ids)
-        self.docker("network", "rm", self.network)
+        for _ in range(20):  # the engine may still hold a removed container's endpoint
+            gone = self.docker("network", "rm", self.network)
+            if gone.returncode == 0 or "not found" in gone.stderr:
+                break
+            time.sleep(0.5)
         if Path(self.proxy_dir).name.startswith(".dp-"):
             shutil.rmtree(self.path(""), ignore_errors=True)
 

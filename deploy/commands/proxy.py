@@ -273,10 +273,15 @@ def scale_up(compose_argv: list[str], service: str, count: int, deps: bool) -> l
     return [*argv, service] if deps else [*argv, "--no-deps", service]
 
 
-def settle(compose_argv: list[str]) -> list[str]:
-    """The plain `compose up -d` after a switch: the serving container already matches the
-    compose file and .env, so it is kept; other services of the release are brought up."""
-    return [*compose_argv, "up", "-d", "--remove-orphans"]
+def settle(compose_argv: list[str], service: str) -> list[str]:
+    """After a switch: `compose up -d` for every service but the one just switched (a worker
+    on the release's image is recreated with it, as without the proxy); the web service is
+    never touched, as compose may decide to recreate a container (it did, for a service with
+    `depends_on`), which would cut it off for seconds."""
+    services = shlex.join([*compose_argv, "config", "--services"])
+    up = shlex.join([*compose_argv, "up", "-d", "--no-deps", "--remove-orphans"])
+    return sh(f"others=$({services} | grep -vx {q(service)}) || exit 0; "
+              f"[ -z \"$others\" ] || {up} $others")
 
 
 def stop(container_ids: list[str]) -> list[str]:
