@@ -192,13 +192,15 @@ def test_sigterm_and_sighup_release_the_lock_like_ctrl_c(live, images, signum):
 
 def test_a_live_deploy_renews_its_lease_and_unlock_refuses_it_without_force(live, images):
     """`fab unlock` during a live deploy once let a second deploy run."""
-    env = {"DEPLOY_LOCK_LEASE": "2", "DEPLOY_MIGRATE_COMMAND": "sleep 4; alembic upgrade head"}
+    # A lease of 6 s renewed every 1.5 s; a migration long enough for `fab unlock` to start
+    # and ask while the deploy runs, even on a loaded machine.
+    env = {"DEPLOY_LOCK_LEASE": "6", "DEPLOY_MIGRATE_COMMAND": "sleep 20; alembic upgrade head"}
     proc = background(live, "deploy", f"--tag={images.v2}", env=env)
     lease = live.vm(".deploy/lock/lease")
     try:
         wait_for(lease.exists, proc=proc)
         first = lease.stat().st_mtime
-        wait_for(lambda: not lease.exists() or lease.stat().st_mtime > first, 10, proc)
+        wait_for(lambda: not lease.exists() or lease.stat().st_mtime > first, 15, proc)
         refused = live.fab("unlock", env=env)
         out = failed(refused)
         assert "held by a deploy that is alive" in out and "--force" in out
@@ -268,7 +270,8 @@ def test_a_dead_network_fails_within_the_network_timeout_and_reports_the_lock(
         f"[127.0.0.1]:{proxy.port} {line.split(None, 1)[1]}\n"
         for line in sandbox.known_hosts.read_text().splitlines()
         if line.strip() and name in line.split()[0].split(",")))
-    env = {"DEPLOY_PORT": str(proxy.port), "DEPLOY_KNOWN_HOSTS": str(known),
+    env = {"DEPLOY_HOST": "127.0.0.1", "DEPLOY_PORT": str(proxy.port),
+           "DEPLOY_KNOWN_HOSTS": str(known),
            "DEPLOY_NETWORK_TIMEOUT": "6", "DEPLOY_CONNECT_TIMEOUT": "5",
            "DEPLOY_LOCK_LEASE": "3"}
     proc = background(live, "deploy", f"--tag={images.v2}", env=env)
