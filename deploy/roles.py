@@ -257,5 +257,5 @@ def first_downgrade(vm, current: str, revision: str) -> list[str]:
     """`alembic downgrade REV` with the current image (it holds the downgrade scripts)."""
     from deploy.commands import vm as cmd
 
-    return cmd.with_release(vm.image, current, cmd.run_in_new_container(
-        vm.compose(), vm.settings.service, f"alembic downgrade {revision}"))
+    return cmd.run_in_new_container(vm.compose(current), vm.settings.service,
+                                    f"alembic downgrade {revision}")
