@@ -1,7 +1,11 @@
 """The Postgres example's own tests that need no database: the pgvector column type."""
 
+import os
 import sys
 from pathlib import Path
+
+# No Postgres driver needed to import the app: these tests never connect.
+os.environ.setdefault("DATABASE_URL", "sqlite://")
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1]
 if str(EXAMPLE_DIR) not in sys.path:
