@@ -42,6 +42,7 @@ from sandbox.proc import (
     port_open,
     read_pid,
     run,
+    sshd_common_options,
     start_detached,
     stop,
     tail,
@@ -225,18 +226,7 @@ def sshd_config(sb: Sandbox, host: str, port: int, pid_file: Path) -> str:
             f"HostKey {sb.state_dir / 'ssh_host_ed25519_key'}",
             f"PidFile {pid_file}",
             f"AuthorizedKeysFile {sb.state_dir / 'authorized_keys'}",
-            "PermitRootLogin prohibit-password",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "StrictModes no",
-            "LogLevel VERBOSE",
-            "MaxSessions 50",
-            "MaxStartups 50:30:100",
-            "AcceptEnv LANG LC_*",
-            "Subsystem sftp /usr/lib/openssh/sftp-server",
-            "",
+            *sshd_common_options(),
         ]
     )
 
