@@ -105,7 +105,8 @@ def releases(c):
             mark = "*" if entry is last_of(history, current) else " "
             print(f"{mark} {entry['time']}  {entry['tag']:<24} {entry.get('action', ''):<8} "
                   f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "
-                  f"{(entry.get('digest') or '')[:19]}")
+                  f"{(entry.get('digest') or '')[:19]}"
+                  + (f"  ({entry['message']})" if entry.get("message") else ""))
 
 
 @task

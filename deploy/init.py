@@ -13,11 +13,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.settings import SETTINGS_FILE, Settings
 
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 APP_SERVICE_NAMES = ("app", "web", "backend", "api", "server")
+POSTGRES_IMAGES = ("pgvector", "postgis", "timescaledb", "timescaledb-ha")
 VAR_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}$")
 TASKS_PY = "from deploy.tasks import ns  # noqa: F401\n"
 FABFILE_PY = "from deploy.fabtasks import ns  # noqa: F401\n"
@@ -59,6 +61,13 @@ def split_image(image: str) -> tuple[str, str]:
     return image, ""
 
 
+def is_postgres_image(image: str) -> bool:
+    """A literal Postgres image (`postgres:17`, `pgvector/pgvector:pg17`, `postgis/postgis`),
+    not an app image that merely has "postgres" in its name or a variable."""
+    name = split_image(image)[0].rpartition("/")[2]
+    return "$" not in image and (name.startswith("postgres") or name in POSTGRES_IMAGES)
+
+
 def detect_compose(root: Path, found: Found) -> None:
     import yaml
 
@@ -75,8 +84,8 @@ def detect_compose(root: Path, found: Found) -> None:
         return
     services = data.get("services") or {}
     found.notes.append(f"compose file {rel(root, path)}: services {', '.join(services)}")
-    db = next((name for name, svc in services.items() if isinstance(svc, dict) and any(
-        word in str(svc.get("image", "")) for word in ("postgres", "pgvector"))), None)
+    db = next((name for name, svc in services.items() if isinstance(svc, dict)
+               and is_postgres_image(str(svc.get("image", "")))), None)
     if db:
         found.values["database"] = "postgres"
         found.values["postgres_service"] = db
@@ -84,6 +93,10 @@ def detect_compose(root: Path, found: Found) -> None:
         env = services[db].get("environment") or {}
         if isinstance(env, list):
             env = dict(str(item).partition("=")[::2] for item in env)
+        env_files = services[db].get("env_file") or []
+        if ".env" in ([env_files] if isinstance(env_files, str) else env_files) and \
+                (path.parent / ".env.example").is_file():  # what .env holds, as documented
+            env = {**read_env_file(path.parent / ".env.example"), **env}
         for key, setting in (("POSTGRES_USER", "postgres_user"), ("POSTGRES_DB", "postgres_db")):
             value = str(env.get(key, ""))
             if value and "$" not in value:

@@ -184,7 +184,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
             def record(slot: Slot, vm) -> None:
                 if not vm.runner.dry_run:
                     vm.record(release_entry(tag, digests[slot], revision, "deploy",
-                                            previous[slot], git_sha))
+                                            previous[slot], git_sha, message))
 
             switched, failure = switch_batches(vms, plan, tag, previous, settings, record, say)
         rows = report(vms, tag) if not dry_run else []

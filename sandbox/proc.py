@@ -127,3 +127,21 @@ def tail(path: Path, lines: int = 5) -> str:
     except OSError:
         return ""
 
+
+def sshd_common_options() -> list[str]:
+    """sshd settings every sandbox sshd shares: root by key only, a verbose log (one
+    "Connection from" line per connection, which tests count), room for many sessions."""
+    return [
+        "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        "LogLevel VERBOSE",
+        "MaxSessions 50",
+        "MaxStartups 50:30:100",
+        "AcceptEnv LANG LC_*",
+        "Subsystem sftp /usr/lib/openssh/sftp-server",
+        "",
+    ]

@@ -40,6 +40,7 @@ from sandbox.proc import (
     port_open,
     read_pid,
     run,
+    sshd_common_options,
     start_detached,
     stop,
     tail,
@@ -347,18 +348,7 @@ def sshd_config(v: Vm, authorized_keys: Path) -> str:
         f"HostKey {v.dir / 'ssh_host_ed25519_key'}",
         f"PidFile {v.pid_file('sshd')}",
         f"AuthorizedKeysFile {authorized_keys}",
-        "PermitRootLogin prohibit-password",
-        "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "UsePAM no",
-        "StrictModes no",
-        "LogLevel VERBOSE",
-        "MaxSessions 50",
-        "MaxStartups 50:30:100",
-        "AcceptEnv LANG LC_*",
-        "Subsystem sftp /usr/lib/openssh/sftp-server",
-        "",
+        *sshd_common_options(),
     ])
 
 

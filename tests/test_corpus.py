@@ -3,8 +3,8 @@ user would (`deploy-init`, i.e. `inv init` before a tasks.py exists, then `inv c
 
 (a) the SQLite example; (c) a uv workspace with the app in backend/, a Python 3.10 image, a
 migrate script that is not `alembic`, its own compose image variables and `env_file: .env`;
-(d) a Poetry app on Postgres + pgvector; (e) an app with two Alembic heads and no lock.
-((b), the Postgres example, is issue 9's example-postgres/.)
+(d) a Poetry app on Postgres + pgvector; (e) an app with two Alembic heads and no lock;
+(b) issue 9's Postgres example, example-postgres/ (app and pgvector database both on `.env`).
 """
 
 from __future__ import annotations
@@ -94,6 +94,45 @@ def test_a_the_example_adopted_from_scratch(tmp_path, inv):
     commit_all(repo, "adopted")
     results = verdicts(inv, repo)
     assert failing(results) == [], results
+
+
+# --- (b) the Postgres example ------------------------------------------------------------
+
+EXAMPLE_PG = REPO / "example-postgres"
+
+
+@pytest.mark.skipif(not EXAMPLE_PG.is_dir(), reason="issue 9's example-postgres/ is not here yet")
+def test_b_the_postgres_example_adopted_from_scratch(tmp_path, inv):
+    """Its app image's name contains "postgres": the database is still the pgvector service."""
+    repo = tmp_path / "b"
+    shutil.copytree(EXAMPLE_PG, repo, ignore=IGNORE)
+    (repo / "deploy.toml").unlink()
+    init_repo(repo)
+    proc = deploy_init(repo)
+    assert proc.returncode == 0, output(proc)
+    assert "database service 'db' (pgvector/pgvector:pg17): Postgres" in proc.stdout
+    assert "cannot tell which compose service" not in proc.stdout
+    settings = (repo / "deploy.toml").read_text()
+    for line in ('service = "app"', 'postgres_service = "db"', 'postgres_user = "app"',
+                 'postgres_db = "app"', 'database_url_env = "DATABASE_URL"',
+                 'image = "127.0.0.1:5000/example-postgres"', 'lock_kind = "requirements"'):
+        assert line in settings
+    commit_all(repo, "adopted")
+    results = verdicts(inv, repo)
+    assert failing(results) == [], results
+    assert "on a scratch Postgres database" in results["migrations"]["detail"]
+
+    # v2's model without its migration: drift; with it: one head again, no drift.
+    shutil.copy(repo / "v2/app/models.py", repo / "app/models.py")
+    commit_all(repo, "a column without a migration")
+    results = verdicts(inv, repo)
+    assert failing(results) == ["migrations"], results
+    assert "note" in results["migrations"]["reason"], results["migrations"]
+    shutil.copytree(repo / "v2/migrations", repo / "migrations", dirs_exist_ok=True)
+    commit_all(repo, "and its migration")
+    results = verdicts(inv, repo)
+    assert failing(results) == [], results
+    assert "one head (0002)" in results["migrations"]["detail"]
 
 
 # --- (c) a uv workspace, the app in backend/ -----------------------------------------------

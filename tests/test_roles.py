@@ -325,7 +325,7 @@ def test_inv_deploy_dry_run_locks_the_primary_host_once_and_migrates_once(
     proc = inv(example_repo, "deploy", "--dry-run", "--skip-tests")
     text = output(proc)
     assert proc.returncode == 0, text
-    locks = [line for line in text.splitlines() if "lock-acquire" in line]
+    locks = [line for line in text.splitlines() if " lock-acquire " in line]
     assert len(locks) == 1 and locks[0].startswith("[10.0.0.1]"), text
     assert text.count("alembic upgrade head") == 1
     assert [line.split("] ", 1)[1] for line in text.splitlines() if "] batch " in line] == [

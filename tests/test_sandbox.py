@@ -327,3 +327,26 @@ def test_postgres_entrypoint_is_posix_sh():
     proc = subprocess.run(["shellcheck", "--shell=sh", str(script)], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0, proc.stdout
+
+
+# --------------------------------------------------------------------------- python:3.10-slim
+
+
+@pytest.mark.skipif(images.pyenv_python310() is None, reason="no pyenv Python 3.10 here")
+def test_python310_image_runs_310_and_pip_installs_from_pypi(sb):
+    assert images.ensure_python310(sb.cache_dir) == "present"  # `up` made it, and caches it
+    script = ("python --version && python3 --version && command -v python && command -v pip && "
+              "pip install --quiet --no-cache-dir --root-user-action=ignore "
+              "--disable-pip-version-check six==1.16.0 && "
+              "python -c 'import six, ssl, sqlite3, ctypes; print(six.__version__, six.__file__)'")
+    out = _ok(_docker("run", "--rm", images.PYTHON310, "sh", "-c", script, timeout=300))
+    lines = out.splitlines()
+    assert lines[0] == lines[1] == f"Python {images.pyenv_python310().name}"  # 3.10.N
+    assert lines[2:] == ["/usr/local/bin/python", "/usr/local/bin/pip",
+                         "1.16.0 /usr/local/lib/python3.10/site-packages/six.py"]
+
+
+def test_python310_image_says_what_is_missing_without_pyenv(tmp_path):
+    said = images.ensure_python310(tmp_path / "cache", versions=tmp_path / "versions")
+    assert said.startswith("python:3.10-slim not made: no pyenv Python 3.10 in ")
+    assert "pyenv install 3.10" in said and not (tmp_path / "cache").exists()

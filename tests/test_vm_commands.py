@@ -614,6 +614,7 @@ def test_deploy_runs_each_step_in_order_and_records_the_release(tmp_path, kind):
         "v2", "0002", "v1", "deploy")
     assert entry["digest"] == "sha256:" + "ab" * 32 and entry["git_sha"] == "f" * 40
     assert (entry["backup"], entry["migrated"]) == ("20300101T000000Z-v2.sqlite3", True)
+    assert entry["message"] == "hello"  # `--message`, with the checks `inv deploy` waived
     if kind == "v1":
         assert assert_v1_clean(history) >= 3
 

@@ -30,7 +30,7 @@ def last_revision(history: list[dict]) -> str:
 
 
 def release_entry(tag: str, digest: str, revision: str, action: str, previous: str,
-                  git_sha: str = "", **extra) -> dict:
+                  git_sha: str = "", message: str = "", **extra) -> dict:
     return {
         "tag": tag,
         "digest": digest,
@@ -40,6 +40,7 @@ def release_entry(tag: str, digest: str, revision: str, action: str, previous: s
         "revision": revision,
         "action": action,
         "previous": previous,
+        **({"message": message} if message else {}),  # `--message`, checks waived
         **extra,
     }
 
@@ -142,7 +143,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
         # No migration ran (or its revision is unknown): ask the database.
         revision = revision or vm.revision() or before
         entry = record_release(vm, release_entry(
-            tag, digest, revision, "deploy", previous, git_sha,
+            tag, digest, revision, "deploy", previous, git_sha, message,
             backup=backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
             migrated=bool(revision and revision != before)), rel)
         vm.prune_backups([*history, entry])
