@@ -170,11 +170,13 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                     envcheck.require_app_env(vm)
                     previous[slot] = vm.current_tag()
                     vm.sync_release_env(previous[slot])
+                    vm.check_project()  # the same checks as a one-host deploy (issue 9)
+                    vm.check_contract(tag)
                     step = f"pull on {slot}"
                     digests[slot] = vm.pull(tag)
                 step = f"backup on {plan.primary}"
                 history = first.history()
-                backup = first.backup(tag)
+                backup = first.backup(tag, previous[plan.primary])
                 step = f"migrate on {plan.primary}"
                 revision = first.migrate(tag, backup) or last_revision(history)
             except (KeyboardInterrupt, ConnectionLost) as exc:
