@@ -56,7 +56,7 @@ def built(tmp_path_factory, docker_engine, base_image):
     image = f"{REGISTRY}/{name}"
     env = {"DEPLOY_IMAGE": image,
            "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("build-cache"))}
-    proc = run_inv(repo, "build", env=env)
+    proc = run_inv(repo, "build", env={**env, "DEPLOY_VERBOSE": "1"})  # -v: the command shown
     assert proc.returncode == 0, f"inv build failed:\n{output(proc)}"
     sha = git(repo, "rev-parse", "HEAD")
     yield Built(repo=repo, image=image, name=name, sha=sha,
