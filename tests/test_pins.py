@@ -139,7 +139,8 @@ def test_missing_requirements_file_is_a_clear_error(tmp_path, inv):
 
 
 def test_upgrade_package_is_accepted(locked, inv):
-    proc = inv(locked, "lock", "--upgrade-package", "six", "--upgrade-package", "idna")
+    proc = inv(locked, "lock", "--upgrade-package", "six", "--upgrade-package", "idna",
+               env={"DEPLOY_VERBOSE": "1"})  # -v: the resolver's command shown
     assert proc.returncode == 0, output(proc)
     assert "--upgrade-package six" in proc.stdout
     assert "--upgrade-package idna" in proc.stdout
