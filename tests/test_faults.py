@@ -608,7 +608,9 @@ def test_secrets_never_show_in_output_history_or_command_lines(make_app, images)
     env_file.write_text("".join(f"APP_SECRET={app_secret}\n" if line.startswith("APP_SECRET=")
                                 else line for line in
                                 env_file.read_text().splitlines(keepends=True)))
-    creds = {"DEPLOY_REGISTRY_USER": "ci", "DEPLOY_REGISTRY_PASSWORD": password}
+    # verbose: every command is printed, so secrets must be redacted from all of them
+    creds = {"DEPLOY_REGISTRY_USER": "ci", "DEPLOY_REGISTRY_PASSWORD": password,
+             "DEPLOY_VERBOSE": "1"}
     docker_config = Path.home() / ".docker" / "config.json"
     saved = docker_config.read_bytes() if docker_config.exists() else None
     row = Row("secrets during inv deploy")
