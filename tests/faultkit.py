@@ -92,8 +92,10 @@ def build_fault_images(root: Path, images: Images) -> FaultImages:
 
 
 def forget_locally(ref: str, vm: Vm) -> None:
-    """Remove an image from the VM's engine, so that its next pull downloads the layers."""
-    run(vm.docker("image", "rm", "--force", ref))
+    """Remove an image from the VM's engine under every name it has there (its tag, and the
+    digest reference a deploy or rollback leaves), so that its next pull downloads the layers."""
+    image_id = run(vm.docker("image", "inspect", "--format", "{{.Id}}", ref)).stdout.strip()
+    run(vm.docker("image", "rm", "--force", image_id or ref))
 
 
 # --------------------------------------------------------------------------- waiting
