@@ -140,8 +140,9 @@ class VmQueries:
         if not result.ok:
             raise DeployError(f"could not take the deploy lock: {result.output[-200:]}",
                               f"check that {self.settings.app_dir} is writable on the VM")
-        renewer = LeaseRenewer.start(self, holder)
-        try:
+        renewer = None
+        try:  # a signal while the renewer starts (it opens a channel) must not keep the lock
+            renewer = LeaseRenewer.start(self, holder)
             yield
         finally:
             if renewer:
