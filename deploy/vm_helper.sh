@@ -1,3 +1,4 @@
+#!/bin/sh
 # deploy-toolkit's helper on the VM: the multi-line steps of a deploy, as subcommands.
 #
 # Uploaded by content hash to <app_dir>/.deploy/bin/helper-<hash> and run from <app_dir> as
