@@ -50,6 +50,7 @@ depends_on = None
 
 def upgrade() -> None:
     # SQLite runs DDL outside the transaction: both changes stay when the migration fails.
+    # Postgres runs it inside Alembic's transaction: the failure rolls both back.
     op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))
     op.add_column("items", sa.Column("half", sa.String(20), nullable=True))
     raise RuntimeError("migration 0002 failed halfway")
@@ -69,8 +70,9 @@ class FaultImages:
     big: str  # v2 plus a 48 MB layer of random bytes: a pull that takes a while
 
 
-def build_fault_images(root: Path, images: Images) -> FaultImages:
-    repo = make_app_repo(root / "fault-app")
+def build_fault_images(root: Path, images: Images, source: Path = EXAMPLE) -> FaultImages:
+    """The fault variants of an example's images (example/ unless `source` names another)."""
+    repo = make_app_repo(root / "fault-app", source)
     ignore = shutil.ignore_patterns(".git")
     crash_dir, half_dir, big_dir = root / "crash", root / "half", root / "big"
     for d in (crash_dir, half_dir, big_dir):
@@ -79,7 +81,7 @@ def build_fault_images(root: Path, images: Images) -> FaultImages:
     dockerfile.write_text(dockerfile.read_text() + '\nCMD ["python", "-c", '
                           '"import sys; sys.exit(\'crashing at start\')"]\n')
     (half_dir / "migrations" / "versions" / "0002_half.py").write_text(HALF_MIGRATION)
-    shutil.copytree(EXAMPLE / "v2", big_dir, dirs_exist_ok=True)
+    shutil.copytree(source / "v2", big_dir, dirs_exist_ok=True)
     dockerfile = big_dir / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "\nRUN head -c 48000000 /dev/urandom > "
                           "/opt/ballast.bin\n")
@@ -151,11 +153,14 @@ class Phase:
 
 def phases(app: App, tag: str) -> dict[str, Phase]:
     project = f"--project-name {app.project} "
+    # SQLite: the helper's cp of the file; Postgres: its backup-stdout running pg_dump
+    backup = "backup-stdout backups/" if app.postgres else "cp -p data/app.db backups/"
     return {
         "pull": Phase("pull", f"docker pull --quiet {app.images.ref(tag)}"),
-        "backup": Phase("backup", "cp -p data/app.db backups/", in_app_dir=True),
+        "backup": Phase("backup", backup, in_app_dir=True),
         "migrate": Phase("migrate", project + "run --rm"),
-        "up": Phase("up", project + "up -d"),
+        # the switch (a Postgres deploy also runs `up -d --no-deps db` before its backup)
+        "up": Phase("up", project + "up -d --remove-orphans"),
         "health": Phase("health", "health-state", in_app_dir=True),
     }
 
@@ -454,6 +459,7 @@ class PsSampler:
 @dataclass
 class Row:
     fault: str
+    app: str = "sqlite"  # the example it ran on: sqlite (example/) or postgres
     before: str = ""
     during: str = ""
     after: str = ""
@@ -470,7 +476,8 @@ class Row:
 
 RESULTS: list[Row] = []
 COLUMNS = [
-    ("fault", "fault"), ("before", "served before"), ("during", "during (probe)"),
+    ("fault", "fault"), ("app", "example"), ("before", "served before"),
+    ("during", "during (probe)"),
     ("after", "after"), ("rows_before", "rows before"), ("rows_after", "rows after"),
     ("lock", "lock after"), ("exit", "exit"), ("message", "message shown"),
     ("then", "then"), ("result", "test"),
@@ -492,13 +499,18 @@ def first_message(out: str) -> str:
 
 
 def probe_summary() -> str:
-    probed = [r for r in RESULTS if r.requests]
-    requests, failed = sum(r.requests for r in probed), sum(r.failed for r in probed)
-    clean = sum(1 for r in probed if not r.failed)
-    passed = sum(1 for r in RESULTS if r.result == "ok")
-    return (f"{len(RESULTS)} rows, {passed} ok. Probe (GET /version every 50 ms): {requests} "
-            f"requests during {len(probed)} faulted commands, {failed} without a 200 answer; "
-            f"{clean} of {len(probed)} saw no failed request.")
+    """One line for all rows, then one per example."""
+    lines = []
+    for name in ["all", *sorted({r.app for r in RESULTS})]:
+        rows = [r for r in RESULTS if name in ("all", r.app)]
+        probed = [r for r in rows if r.requests]
+        requests, failed = sum(r.requests for r in probed), sum(r.failed for r in probed)
+        clean = sum(1 for r in probed if not r.failed)
+        passed = sum(1 for r in rows if r.result == "ok")
+        lines.append(f"{name}: {len(rows)} rows, {passed} ok. Probe (GET /version every 50 "
+                     f"ms): {requests} requests during {len(probed)} faulted commands, {failed} "
+                     f"without a 200 answer; {clean} of {len(probed)} saw no failed request.")
+    return "\n".join(lines)
 
 
 def table_text() -> str:
@@ -519,7 +531,8 @@ def table_markdown() -> str:
     head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
     rule = "|" + "|".join(" --- " for _ in COLUMNS) + "|"
     body = ["| " + " | ".join(cell(getattr(r, k)) for k, _ in COLUMNS) + " |" for r in RESULTS]
-    return "\n".join([head, rule, *body, "", probe_summary()]) + "\n"
+    summary = probe_summary().replace("\n", "\n\n")  # a paragraph each
+    return "\n".join([head, rule, *body, "", summary]) + "\n"
 
 
 # --------------------------------------------------------------------------- one fault
@@ -547,7 +560,11 @@ def lock_state(app: App) -> str:
 
 
 def row_count(app: App) -> int:
-    return app.db("SELECT count(*) AS n FROM items")[0]["n"]
+    return len(app.item_names())
+
+
+def example_of(app: App) -> str:
+    return "postgres" if app.postgres else "sqlite"
 
 
 @dataclass
@@ -561,7 +578,7 @@ class Fault:
     names_before: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.row = Row(self.name)
+        self.row = Row(self.name, example_of(self.app))
         self.probe = Probe(self.app.url("/version"))
 
     def __enter__(self) -> Fault:

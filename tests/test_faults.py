@@ -7,8 +7,14 @@ holder after a SIGKILL), the exit code is non-zero and the message says what hap
 to do. `pytest tests/test_faults.py -q` ends with the campaign's table (conftest.py prints it;
 FAULTS_REPORT=path also writes it as Markdown).
 
-The faults hit a sandbox VM of their own (conftest.FAULT_VMS): its Docker engine restart and
-crash disturb nothing else on this machine. The registry is the laptop's, shared.
+Every fault whose outcome depends on the database or its data path runs on both examples:
+`example/` (SQLite, a file on the VM's disk; a new app per fault, on vm3) and
+`example-postgres/` (pgvector, the database a compose service; one app for the module, on vm4,
+put back to v1 with the campaign's rows before each fault). Faults that never touch the app's
+data (the registry, bad input, secrets, two deploys at once) run once, on the SQLite example.
+
+The faults hit sandbox VMs of their own (conftest.FAULT_VMS): their Docker engine restarts and
+crashes disturb nothing else on this machine. The registry is the laptop's, shared.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import REGISTRY, commit_all, git
+from conftest import EXAMPLE_POSTGRES, REGISTRY, commit_all, git
 from faultkit import (
     RESULTS,
     Fault,
@@ -47,8 +53,12 @@ from faultkit import (
     wait_until,
 )
 from vmkit import (
+    App,
     apply_v2,
+    build_images,
     delete_from_registry,
+    docker,
+    make_app_repo,
     output,
     remove_local_images,
     unique,
@@ -58,18 +68,52 @@ SLOW_MIGRATION = {"DEPLOY_MIGRATE_COMMAND": "sleep 2 && alembic upgrade head"}
 HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "10"}
 ROWS = ("first row", "second row", "third row")
 BALLAST_MB = 320  # makes the SQLite backup (a cp) last long enough to be caught
+PG_IMAGE = "pgvector/pgvector:pg17"
+BOTH = pytest.mark.parametrize("example", ["sqlite", "postgres"])
 
 
 # --------------------------------------------------------------------------- fixtures
 
 
+@pytest.fixture
+def example() -> str:
+    """The example a fault runs on; the faults marked BOTH run on each."""
+    return "sqlite"
+
+
 @pytest.fixture(scope="session")
-def fault_images(images, tmp_path_factory):
+def sqlite_fault_images(images, tmp_path_factory):
     return build_fault_images(tmp_path_factory.mktemp("fault-images"), images)
 
 
+@pytest.fixture(scope="session")
+def pg_images(sandbox, fault_vms, tmp_path_factory):
+    """example-postgres v1, v2, broken and unhealthy, built once and pushed."""
+    if docker("image", "inspect", PG_IMAGE).returncode != 0:
+        pytest.skip(f"{PG_IMAGE} is not in the engine: `python -m sandbox up` builds it")
+    built = build_images(tmp_path_factory.mktemp("pg-images"), EXAMPLE_POSTGRES, "rt-pgf-")
+    yield built
+    remove_local_images(built.image)
+    for vm in fault_vms:
+        remove_local_images(built.image, vm)
+    delete_from_registry(built.name)
+
+
+@pytest.fixture(scope="session")
+def pg_fault_images(pg_images, tmp_path_factory):
+    return build_fault_images(tmp_path_factory.mktemp("pg-fault-images"), pg_images,
+                              EXAMPLE_POSTGRES)
+
+
+@pytest.fixture
+def fault_images(example, request):
+    """The fault variants (crash, half migration, big) of the example's images."""
+    return request.getfixturevalue("pg_fault_images" if example == "postgres"
+                                   else "sqlite_fault_images")
+
+
 def fast_healthcheck(app) -> None:
-    """The example's compose healthcheck twice a second instead of every 2 s: each switch
+    """The example's compose healthchecks twice a second instead of every 2 s: each switch
     turns healthy sooner (the campaign has a time budget)."""
     compose = app.repo / "compose.yaml"
     compose.write_text(compose.read_text().replace("interval: 2s", "interval: 500ms"))
@@ -84,9 +128,51 @@ def sshd(fault_vms):
     return SshdLog(fault_vms[0].log("sshd"))
 
 
+@pytest.fixture(scope="module")
+def pg_app(pg_images, sandbox, fault_vms, tmp_path_factory):
+    """The Postgres example on the second fault VM, serving v1 with the campaign's rows: one
+    for the module (a new database per fault would cost its start every time)."""
+    root = tmp_path_factory.mktemp("pg-fault-app")
+    repo = make_app_repo(root / "app", EXAMPLE_POSTGRES)
+    app = App.create(repo, pg_images, root / "xdg-cache", sandbox, vm=fault_vms[1])
+    fast_healthcheck(app)
+    try:
+        app.fab_ok("setup")
+        app.deploy(pg_images.v1)
+        for name in ROWS:
+            app.post_item(name)
+        yield app
+    finally:
+        app.tear_down()
+
+
+def reset_postgres(app) -> None:
+    """Put the module's Postgres app back where every fault starts: v1 serving on schema
+    0001, the lock free, no migration left running, the campaign's rows (and any a fault
+    kept) in place. v2's migration is undone in SQL (the rows stay): quicker than a
+    `rollback --downgrade`, which its own tests cover."""
+    if app.vm(".deploy/lock").exists():
+        app.fab_ok("unlock", "--force")
+    wait_until(lambda: not leftover_migrations(app), 120, 0.5, "a migration left running")
+    app.wait_http("/health", timeout=60)
+    app.psql("DROP TABLE IF EXISTS ballast, half_done; "
+             "ALTER TABLE items DROP COLUMN IF EXISTS note, DROP COLUMN IF EXISTS half; "
+             "UPDATE alembic_version SET version_num = '0001'")
+    if served(app) != "1" or app.release_env(".deploy/release.env").get("DEPLOY_TAG") != \
+            app.images.v1:
+        app.fab_ok("rollback", f"--tag={app.images.v1}")
+    assert app.wait_http("/health", timeout=60) == 200 and served(app) == "1"
+    assert app.item_names()[: len(ROWS)] == list(ROWS)
+
+
 @pytest.fixture
-def rows(make_app, images, fault_vms):
-    """An app serving v1 on the fault VM, with rows written before any fault."""
+def rows(example, make_app, images, fault_vms, request):
+    """An app serving v1 on a fault VM, with rows written before any fault: a new SQLite app,
+    or the module's Postgres app put back to that state."""
+    if example == "postgres":
+        app = request.getfixturevalue("pg_app")
+        reset_postgres(app)
+        return app
     app = make_app(vm=fault_vms[0])
     fast_healthcheck(app)
     app.fab_ok("setup")
@@ -133,7 +219,12 @@ def rerun(app, fault: Fault, tag: str, env: dict | None = None, what: str = "re-
 
 
 def add_ballast(app, megabytes: int = BALLAST_MB) -> None:
-    """A big table in the app's SQLite file (no rows in `items`): the backup's cp takes a while."""
+    """A big table in the app's database (no rows in `items`): the backup takes a while. SQLite:
+    random bytes for its cp; Postgres: ~40 MB of text for pg_dump to read and compress."""
+    if app.postgres:
+        app.psql("CREATE TABLE ballast AS SELECT g, md5(g::text) || md5((g * 7)::text) AS b "
+                 "FROM generate_series(1, 500000) AS g")
+        return
     conn = sqlite3.connect(app.vm("data/app.db"), timeout=30)
     try:
         conn.execute("CREATE TABLE ballast (b BLOB)")
@@ -143,8 +234,9 @@ def add_ballast(app, megabytes: int = BALLAST_MB) -> None:
         conn.close()
 
 
-def setup_for(phase: str, app, images, fault_images) -> tuple[str, dict]:
+def setup_for(phase: str, app, fault_images) -> tuple[str, dict]:
     """The tag and settings that make `phase` last long enough to be caught in the act."""
+    images = app.images
     if phase == "pull":  # layers the VM does not have yet
         forget_locally(images.ref(fault_images.big), app.machine)
         return fault_images.big, {}
@@ -158,11 +250,12 @@ def setup_for(phase: str, app, images, fault_images) -> tuple[str, dict]:
 # --------------------------------------------------------------------------- 1: SSH cut
 
 
-@pytest.mark.parametrize("phase", ["pull", "migrate", "up"])
-def test_ssh_connection_cut(rows, images, fault_images, phase):
+@BOTH
+@pytest.mark.parametrize("phase", ["pull", "backup", "migrate", "up"])
+def test_ssh_connection_cut(rows, fault_images, phase):
     """The VM-side sshd process of our connection is killed in the middle of a phase."""
     app = rows
-    tag, env = setup_for(phase, app, images, fault_images)
+    tag, env = setup_for(phase, app, fault_images)
     watch = phases(app, tag)[phase]
     with Fault(app, f"SSH cut during {phase}") as fault:
         run = start_fab(app, "deploy", f"--tag={tag}", env=env)
@@ -186,12 +279,14 @@ def test_ssh_connection_cut(rows, images, fault_images, phase):
 # --------------------------------------------------------------------------- 2: local kill
 
 
+@BOTH
 @pytest.mark.parametrize("phase", ["pull", "backup", "migrate", "up", "health"])
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
-def test_local_process_killed(rows, images, fault_images, phase, sig):
-    """`fab deploy` gets Ctrl-C (SIGINT) or SIGKILL while the VM runs a phase."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_local_process_killed(rows, fault_images, phase, sig):
+    """`fab deploy` gets Ctrl-C (SIGINT), SIGTERM or SIGKILL while the VM runs a phase."""
     app = rows
-    tag, env = setup_for(phase, app, images, fault_images)
+    tag, env = setup_for(phase, app, fault_images)
     watch = phases(app, tag)[phase]
     with Fault(app, f"{sig.name} to fab during {phase}") as fault:
         run = start_fab(app, "deploy", f"--tag={tag}", env=env)
@@ -199,8 +294,8 @@ def test_local_process_killed(rows, images, fault_images, phase, sig):
         code, out = run.wait()
         fault.done(code, out)
         assert "Traceback" not in out, out
-        if sig == signal.SIGINT:
-            clean_failure(out, code, expected=130)
+        if sig != signal.SIGKILL:  # Ctrl-C, or SIGTERM (a `kill`, a service stop)
+            clean_failure(out, code, expected=128 + sig)
             assert "interrupted" in out and "run the same deploy again" in out
             assert lock_state(app) == "free"
             serving_good(app)
@@ -298,14 +393,28 @@ def test_registry_down_at_pull(rows, images, sshd):
 
 
 def schema(app) -> list[tuple]:
+    """The app's tables and columns, as its database describes them."""
+    if app.postgres:
+        return [tuple(r) for r in app.psql(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = 'public' ORDER BY table_name, ordinal_position")]
     return [tuple(r.values()) for r in app.db(
         "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")]
 
 
-def test_a_migration_that_fails_halfway_is_undone_by_restoring_the_backup(
-        rows, images, fault_images):
+def items(app) -> list:
+    """Every row of `items`, every column."""
+    if app.postgres:
+        return app.psql("SELECT * FROM items ORDER BY id")
+    return app.db("SELECT * FROM items ORDER BY id")
+
+
+@BOTH
+def test_a_migration_that_fails_halfway(rows, fault_images):
+    """SQLite keeps the DDL that ran before the failure: `fab restore` undoes it. Postgres
+    runs the migration in one transaction: nothing is left, no restore is needed."""
     app = rows
-    schema_before, items_before = schema(app), app.db("SELECT * FROM items ORDER BY id")
+    schema_before, items_before = schema(app), items(app)
     with Fault(app, "migration fails halfway") as fault:
         proc = app.fab("deploy", f"--tag={fault_images.half}")
         out = output(proc)
@@ -315,17 +424,26 @@ def test_a_migration_that_fails_halfway_is_undone_by_restoring_the_backup(
         assert "migration 0002 failed halfway" in out  # the migration's own error
         serving_good(app)
         assert lock_state(app) == "free"
+        assert app.db_revision() == "0001"
+        ext = ".dump" if app.postgres else ".sqlite3"
+        backups = [n for n in app.backups() if n.endswith(f"-{fault_images.half}{ext}")]
+        assert len(backups) == 1, app.backups()
+        # the fix names the backup, for a migration that changed the database before failing
+        assert f"fab restore --backup={backups[0]}" in out
+        if app.postgres:
+            # Alembic ran it in one transaction: the failure rolled the table and column back
+            assert schema(app) == schema_before
+            assert items(app) == items_before
+            fault.then(f"nothing to undo (one transaction): schema as before, "
+                       f"{row_count(app)} rows; no restore needed")
+            return
         # SQLite ran the DDL outside the transaction: the half-done change is there.
         half = schema(app)
         assert any(name == "half_done" for _, name, _ in half), half
-        assert app.db_revision() == "0001"
-        backups = [n for n in app.backups() if n.endswith(f"-{fault_images.half}.sqlite3")]
-        assert len(backups) == 1
-        assert f"fab restore --backup={backups[0]}" in out  # the fix names the backup
         restored = app.fab_ok("restore", f"--backup={backups[0]}")
         assert f"restored {backups[0]}" in restored
         assert schema(app) == schema_before
-        assert app.db("SELECT * FROM items ORDER BY id") == items_before
+        assert items(app) == items_before
         assert app.wait_http("/health") == 200 and served(app) == "1"
         status = app.fab_ok("status")
         assert re.search(r"^health:\s+healthy$", status, re.M), status
@@ -335,9 +453,12 @@ def test_a_migration_that_fails_halfway_is_undone_by_restoring_the_backup(
 # --------------------------------------------------------------------------- 6: bad images
 
 
+@BOTH
 @pytest.mark.parametrize("kind", ["crash", "unhealthy"])
-def test_a_release_that_never_turns_healthy_is_switched_back(rows, images, fault_images, kind):
+def test_a_release_that_never_turns_healthy_is_switched_back(rows, fault_images, kind):
     app = rows
+    images = app.images
+    history = app.history()
     tag = fault_images.crash if kind == "crash" else images.unhealthy
     name = "crashes at start" if kind == "crash" else "never turns healthy"
     with Fault(app, f"image {name}") as fault:
@@ -349,8 +470,8 @@ def test_a_release_that_never_turns_healthy_is_switched_back(rows, images, fault
         assert f"switched back to {images.v1}" in out
         serving_good(app)
         assert app.serving_image() == images.ref(images.v1)
-        assert app.release_env()["DEPLOY_TAG"] == images.v1
-        assert [e["tag"] for e in app.history()] == [images.v1]
+        assert app.release_env(".deploy/release.env")["DEPLOY_TAG"] == images.v1
+        assert app.history() == history
         assert lock_state(app) == "free"
         fault.rows_intact()
         fault.then("history unchanged")
@@ -369,19 +490,26 @@ def corrupt(app, what: str) -> None:
         history.unlink()
     elif what == ".env: garbage lines":
         env.write_text(env.read_text() + "garbage without equals\n===\n")
-    elif what == ".env: DEPLOY_TAG line removed":
-        env.write_text("".join(line for line in env.read_text().splitlines(keepends=True)
-                               if not line.startswith("DEPLOY_TAG=")))
+    elif what == ".env: release line removed":
+        # the line that names the release: DEPLOY_TAG, or (Postgres: its database service
+        # reads .env, which then never changes) COMPOSE_FILE naming .deploy/release.yaml
+        line = "COMPOSE_FILE=" if app.postgres else "DEPLOY_TAG="
+        text = env.read_text()
+        assert line in text, text
+        env.write_text("".join(x for x in text.splitlines(keepends=True)
+                               if not x.startswith(line)))
     elif what == ".env: deleted":
         env.unlink()
 
 
+@BOTH
 @pytest.mark.parametrize("what", ["history: garbage lines", "history: deleted",
-                                  ".env: garbage lines", ".env: DEPLOY_TAG line removed",
+                                  ".env: garbage lines", ".env: release line removed",
                                   ".env: deleted"])
-def test_a_corrupted_or_deleted_state_file(rows, images, what):
+def test_a_corrupted_or_deleted_state_file(rows, what):
     """`fab status` and `fab rollback` still work, or say exactly what to repair."""
     app = rows
+    images = app.images
     app.deploy(images.v2)
     corrupt(app, what)
     with Fault(app, f"VM {what}") as fault:
@@ -415,7 +543,7 @@ def test_a_corrupted_or_deleted_state_file(rows, images, what):
             assert warned, out + rolled
             fault.row.message = shorten_warning(warned[0])
         assert served(app) == "1"
-        assert app.release_env()["DEPLOY_TAG"] == images.v1
+        assert app.release_env(".deploy/release.env")["DEPLOY_TAG"] == images.v1
         assert "garbage" not in app.vm(".env").read_text()
         fault.rows_intact()
         assert lock_state(app) == "free"
@@ -430,8 +558,12 @@ def shorten_warning(line: str) -> str:
 # --------------------------------------------------------------------------- 8: disk full
 
 
-def test_the_backup_disk_full_stops_the_deploy_before_migrating(rows, images):
+@BOTH
+def test_the_backup_disk_full_stops_the_deploy_before_migrating(rows):
+    """SQLite: the helper's cp fails; Postgres: pg_dump's output, which the helper's
+    backup-stdout writes to backups/, finds no space."""
     app = rows
+    images = app.images
     schema_before = schema(app)
     with Fault(app, "backup disk full") as fault, full_tmpfs(app, "backups"):
         proc = app.fab("deploy", f"--tag={images.v2}")
@@ -648,11 +780,13 @@ def test_secrets_never_show_in_output_history_or_command_lines(make_app, images)
 # Last: it restarts every container on this machine.
 
 
+@BOTH
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["restart", "crash"])
-def test_the_docker_engine_goes_down_during_the_health_wait(rows, images, sig):
+def test_the_docker_engine_goes_down_during_the_health_wait(rows, sig):
     """dockerd stopped (SIGTERM, as `systemctl restart docker` does) or crashed (SIGKILL)
     while the deploy waits for health, then started again."""
     app = rows
+    images = app.images
     watch = phases(app, images.v2)["health"]
     env = {"DEPLOY_HEALTH_TIMEOUT": "40" if sig == signal.SIGTERM else "12"}
     others = running_containers(app.machine)

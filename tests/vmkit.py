@@ -91,17 +91,18 @@ def add_fabfile(repo: Path) -> None:
     (repo / "fabfile" / "__init__.py").write_text(FABFILE)
 
 
-def make_app_repo(dest: Path) -> Path:
-    """A committed git copy of example v1 with tasks.py and fabfile/, as an app repo has."""
-    make_example_repo(dest)
+def make_app_repo(dest: Path, source: Path = EXAMPLE) -> Path:
+    """A committed git copy of an example's v1 (example/ unless `source` names another) with
+    tasks.py and fabfile/, as an app repo has."""
+    make_example_repo(dest, source=source)
     add_fabfile(dest)
     commit_all(dest, "fabfile")
     return dest
 
 
-def apply_v2(repo: Path) -> str:
-    """Overlay example/v2 on the repo and commit it; the new short SHA."""
-    shutil.copytree(EXAMPLE / "v2", repo, dirs_exist_ok=True)
+def apply_v2(repo: Path, source: Path = EXAMPLE) -> str:
+    """Overlay the example's v2/ on the repo and commit it; the new short SHA."""
+    shutil.copytree(source / "v2", repo, dirs_exist_ok=True)
     commit_all(repo, "v2: items get a note column")
     return git(repo, "rev-parse", "--short=7", "HEAD")
 
@@ -133,11 +134,12 @@ def buildx(ref: str, context: Path) -> None:
                    "-t", ref, str(context), timeout=1200))
 
 
-def build_images(root: Path) -> Images:
-    """Build v1, v2, broken-migration and unhealthy images once; push them all."""
-    name = unique("rt-")
+def build_images(root: Path, source: Path = EXAMPLE, prefix: str = "rt-") -> Images:
+    """Build v1, v2, broken-migration and unhealthy images of an example (example/ unless
+    `source` names another) once; push them all."""
+    name = unique(prefix)
     image = f"{REGISTRY}/{name}"
-    repo = make_app_repo(root / "app")
+    repo = make_app_repo(root / "app", source)
     v1 = git(repo, "rev-parse", "--short=7", "HEAD")
     broken_dir = root / "broken"
     unhealthy_dir = root / "unhealthy"
@@ -151,7 +153,7 @@ def build_images(root: Path) -> Images:
     images = Images(image=image, name=name, v1=v1, v2="", broken=f"{v1}-broken",
                     unhealthy=f"{v1}-unhealthy")
     buildx(images.ref(v1), repo)
-    images.v2 = apply_v2(repo)
+    images.v2 = apply_v2(repo, source)
     buildx(images.ref(images.v2), repo)
     buildx(images.ref(images.broken), broken_dir)
     buildx(images.ref(images.unhealthy), unhealthy_dir)
@@ -465,11 +467,22 @@ class App:
         assert proc.returncode == 0, proc.stderr
         return [line.split("\t") for line in proc.stdout.splitlines()]
 
+    @property
+    def postgres(self) -> bool:
+        """Whether the app keeps its data in Postgres (a compose service), not SQLite."""
+        return self.settings().database == "postgres"
+
     def item_names(self) -> list[str]:
-        return [row["name"] for row in self.db("SELECT name FROM items ORDER BY id")]
+        sql = "SELECT name FROM items ORDER BY id"
+        if self.postgres:
+            return [row[0] for row in self.psql(sql)]
+        return [row["name"] for row in self.db(sql)]
 
     def db_revision(self) -> str:
-        return self.db("SELECT version_num FROM alembic_version")[0]["version_num"]
+        sql = "SELECT version_num FROM alembic_version"
+        if self.postgres:
+            return self.psql(sql)[0][0]
+        return self.db(sql)[0]["version_num"]
 
     def containers(self, *, running: bool = True) -> list[str]:
         args = ["ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"]
