@@ -121,7 +121,9 @@ class Vm(VmQueries):
                                        s.postgres_db, target)
         result = self.run(argv, hide=True, check=False)
         if not result.ok:
-            full = "No space left on device" in result.output
+            # the C library says "No space left on device"; Go programs (docker compose
+            # writing pg_dump's output: `write /dev/stdout: no space left on device`) in lower case
+            full = "no space left on device" in result.output.lower()
             tail = "\n".join(result.output.splitlines()[-15:])
             raise DeployError(
                 "the database backup failed; nothing was migrated or switched\n" + tail,
