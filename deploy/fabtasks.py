@@ -96,13 +96,24 @@ def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
 @task
 @friendly
 def releases(c):
-    """The release history on the VM, the current release marked with *."""
+    """The release history on the VM, the current release marked with *, and the restores
+    between releases (`restore`: the backup put back, the tag serving, the revision after)."""
+    from deploy.remote.vm import is_release
+
     for vm in each_vm(c):
         current = vm.current_tag()
-        history = vm.history()
-        print(f"{vm.runner.where}:" if history else f"{vm.runner.where}: no releases recorded yet")
-        for entry in history:
+        records = vm.records()
+        history = [e for e in records if is_release(e)]
+        print(f"{vm.runner.where}:" if records else f"{vm.runner.where}: no releases recorded yet")
+        for entry in records:
             mark = "*" if entry is last_of(history, current) else " "
+            if not is_release(entry):
+                print(f"  {entry.get('time', '?')}  {entry['tag']:<24} {'restore':<8} "
+                      f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "
+                      f"backup {entry.get('backup', '?')}"
+                      + ("" if entry.get("healthy", True) else "  (the app did not turn "
+                         "healthy after it)"))
+                continue
             print(f"{mark} {entry['time']}  {entry['tag']:<24} {entry.get('action', ''):<8} "
                   f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "
                   f"{(entry.get('digest') or '')[:19]}"

@@ -140,6 +140,29 @@ def test_postgres_deploy_v2_rollback_and_restore_keep_every_row(pg_app, pg_image
     assert app.version() == {"version": "1", "revision": "0001"}
     assert not app.vm(".deploy/lock").exists()
 
+    # The restore is in the history file on the VM, and `fab releases` shows it as one.
+    record = app.history()[-1]
+    assert {k: record[k] for k in ("kind", "backup", "tag", "revision", "healthy")} == {
+        "kind": "restore", "backup": pre_v2, "tag": v1, "revision": "0001", "healthy": True}
+    assert record["time"] and "@" in record["who"]
+    listed = app.fab_ok("releases").splitlines()
+    restore_lines = [line for line in listed if f"backup {pre_v2}" in line]
+    assert len(restore_lines) == 1, listed
+    assert re.search(rf"^  \S+Z  {v1}\s+restore\s+rev=0001\s+by \S+@\S+ backup ",
+                     restore_lines[0]), restore_lines
+    assert [line for line in listed if line.startswith("*")] == \
+        [line for line in listed if "rollback" in line], listed  # still the current release
+
+    # It is not a release: the next deploy migrates from the restored revision (and says so
+    # in its record), and a rollback goes back to v1 as it was released, by digest.
+    app.deploy(v2)
+    releases = [e for e in app.history() if e.get("kind") != "restore"]
+    assert (releases[-1]["tag"], releases[-1]["revision"], releases[-1]["migrated"]) == \
+        (v2, "0002", True)
+    out = app.fab_ok("rollback")
+    assert f"{v1} is brought back as recorded: {history[0]['digest']}" in out, out
+    assert f"rolled back to {v1}" in out
+
 
 def test_rollback_with_downgrade_backs_up_first_and_a_broken_restore_leaves_the_app_stopped(
         pg_app, pg_images):
@@ -175,3 +198,5 @@ def test_rollback_with_downgrade_backs_up_first_and_a_broken_restore_leaves_the_
     assert services == ["db"], services  # the app is stopped, the database runs
     assert [r[1] for r in rows(app)] == ["kept"]  # nothing half-restored: one transaction
     assert not app.vm(".deploy/lock").exists()
+    # the database did not change: no restore is recorded
+    assert [e for e in app.history() if e.get("kind") == "restore"] == []

@@ -20,6 +20,7 @@ from deploy.remote.lock import sigint_deferred
 from deploy.remote.phases import Release, optional_phase
 from deploy.remote.session import exit_code, signal_name
 from deploy.remote.steps import Vm
+from deploy.remote.vm import is_release
 from deploy.shell import ConnectionLost
 
 BACKUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -29,14 +30,19 @@ def last_revision(history: list[dict]) -> str:
     return next((e["revision"] for e in reversed(history) if e.get("revision")), "")
 
 
+def stamp() -> dict:
+    """When and by whom, for a history record."""
+    return {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "who": f"{getpass.getuser()}@{socket.gethostname()}"}
+
+
 def release_entry(tag: str, digest: str, revision: str, action: str, previous: str,
                   git_sha: str = "", message: str = "", **extra) -> dict:
     return {
         "tag": tag,
         "digest": digest,
         "git_sha": git_sha,
-        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "who": f"{getpass.getuser()}@{socket.gethostname()}",
+        **stamp(),
         "revision": revision,
         "action": action,
         "previous": previous,
@@ -131,10 +137,11 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
         with rel.phase("pull"):
             digest = vm.pull(tag)
         with rel.phase("backup", timed=False) as found:
-            history = vm.history()
+            records = vm.records()
+            history = [e for e in records if is_release(e)]
             backup = vm.backup(tag, previous)
             found.result = backup or "none"
-        before = last_revision(history)
+        before = last_revision(records)  # a restore since the last release counts
         with rel.phase("migrate") as found:
             revision = vm.migrate(tag, backup)
             if revision and revision != before:
@@ -227,9 +234,23 @@ def validate_backup_name(name: str) -> str:
     return name
 
 
+def restore_entry(name: str, tag: str, revision: str, healthy: bool) -> dict:
+    """The history record of a restore: not a release (rollback and retention skip it)."""
+    return {"kind": "restore", "backup": name, "tag": tag, "revision": revision,
+            "healthy": healthy, **stamp()}
+
+
+def record_restore(vm: Vm, entry: dict) -> None:
+    with sigint_deferred():  # a Ctrl-C meanwhile waits until it is recorded
+        if not vm.runner.dry_run:
+            vm.record_restore(entry)
+
+
 def restore(vm: Vm, name: str) -> None:
     """Stop the app, make the database equal the backup, start the app, check its health.
-    Any error of the restore leaves the app stopped, and says so."""
+    Any error of the restore leaves the app stopped, and says so. Once the database equals
+    the backup, the history records it (kind "restore"), healthy or not: a failed restore
+    command changed nothing (one transaction; SQLite: a rename) and records nothing."""
     s = vm.settings
     validate_backup_name(name)
     if not vm.runner.dry_run and name not in vm.backups():
@@ -253,11 +274,18 @@ def restore(vm: Vm, name: str) -> None:
                                             s.postgres_db, name)
             vm.run(argv, hide=True, what=f"restoring {name} failed; {stopped[0]}",
                    fix=stopped[1])
-        with rel.phase("start", cuts_short=False):
-            vm.run(cmd.up(vm.compose()), hide=True)
-        with rel.phase("healthy", cuts_short=False):
-            problem = vm.wait_healthy()
-            if problem:
-                raise DeployError(f"after the restore the app is not healthy ({problem})",
-                                  "look at `fab logs`")
+        # From here the database equals the backup: the history says so, whatever comes next.
+        try:
+            with rel.phase("start", cuts_short=False):
+                vm.run(cmd.up(vm.compose()), hide=True)
+            with rel.phase("healthy", cuts_short=False):
+                problem = vm.wait_healthy()
+        except BaseException:  # the first error is the one to show; the record is a bonus
+            with contextlib.suppress(Exception):
+                record_restore(vm, restore_entry(name, current, vm.revision(), healthy=False))
+            raise
+        record_restore(vm, restore_entry(name, current, vm.revision(), not problem))
+        if problem:
+            raise DeployError(f"after the restore the app is not healthy ({problem})",
+                              "look at `fab logs`")
     vm.runner.say(f"restored {name}")

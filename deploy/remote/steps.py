@@ -256,6 +256,10 @@ class Vm(VmQueries):
         self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
         self.write_release_files(entry["tag"])
 
+    def record_restore(self, entry: dict) -> None:
+        """Append a restore's record to the history (the release files stay as they are)."""
+        self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
+
 
 def backups_to_prune(names: list[str], history: list[dict], keep: int) -> list[str]:
     """Which backups go: of those recorded by a release, all but the newest `keep`; of the

@@ -263,6 +263,12 @@ class VmQueries:
         return parse_revision(result.stdout) if result.ok else ""
 
     def history(self) -> list[dict]:
+        """The release records (deploys and rollbacks), oldest first: what a rollback picks
+        from and retention keeps. Restore records are left out: they are not releases."""
+        return [e for e in self.records() if is_release(e)]
+
+    def records(self) -> list[dict]:
+        """Every record of the history file: the releases and the restores (`fab releases`)."""
         entries, bad = [], []
         lines = self.run(cmd.read_history(), quiet=True).stdout.splitlines()
         for number, line in enumerate(lines, 1):
@@ -310,6 +316,11 @@ class VmQueries:
             if time.monotonic() > deadline:
                 return False
             time.sleep(interval)
+
+
+def is_release(entry: dict) -> bool:
+    """A deploy or rollback record; not a restore's (kind "restore")."""
+    return entry.get("kind", "release") != "restore"
 
 
 def parse_revision(output: str) -> str:
