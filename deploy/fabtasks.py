@@ -156,7 +156,11 @@ def status(c):
 
             print("\n".join(proxy.status_lines(vm)))
         if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
-            problem = (ps.stderr.strip().splitlines() or [f"exit {ps.exited}"])[0]
+            # compose's error, not a warning before it (`level=warning msg="The X variable
+            # is not set"`, when the deleted .env held X)
+            lines = ps.stderr.strip().splitlines()
+            errors = [line for line in lines if "level=warning" not in line]
+            problem = (errors or lines or [f"exit {ps.exited}"])[0]
             print(f"warning: docker compose cannot read the app: {problem}")
             print(f"  fix: repair what it names; `fab setup` rewrites {vm.settings.app_dir}/"
                   f"{cmd.COMPOSE_ENV} from {cmd.APP_ENV} and the current release")

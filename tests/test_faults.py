@@ -522,6 +522,12 @@ def test_a_corrupted_or_deleted_state_file(rows, what):
         if what == ".env: garbage lines":  # compose refuses the file: status says what to do
             assert "warning: docker compose cannot read the app" in out, out
             assert ".env: line" in out and "`fab setup` rewrites" in out, out
+        elif what == ".env: deleted" and app.postgres:
+            # its services read .env (env_file): compose refuses to run without it, and status
+            # shows compose's error, not the warning before it (POSTGRES_PASSWORD is not set)
+            assert re.search(r"^warning: docker compose cannot read the app: env file "
+                             r"\S+/\.env not found", out, re.M), out
+            assert "`fab setup` rewrites" in out, out
         else:
             assert re.search(r"^health:\s+healthy$", out, re.M), out
         proc = app.fab("rollback")

@@ -491,8 +491,13 @@ class App:
         return self.vm_docker(*args).stdout.split()
 
     def serving_image(self) -> str:
-        ids = self.containers()
-        assert len(ids) == 1, f"expected one running container of {self.project}: {ids}"
+        """The image the app service's one running container runs (a database service, as
+        in the Postgres example, is not counted)."""
+        service = self.settings().service
+        ids = [c for c in self.containers() if self.vm_docker(
+            "inspect", "--format", '{{index .Config.Labels "com.docker.compose.service"}}',
+            c).stdout.strip() == service]
+        assert len(ids) == 1, f"expected one running {service} container of {self.project}: {ids}"
         return self.vm_docker("inspect", "--format", "{{.Config.Image}}", ids[0]).stdout.strip()
 
     def container_names(self, *, running: bool = True) -> list[str]:
