@@ -469,8 +469,13 @@ class App:
 
     @property
     def postgres(self) -> bool:
-        """Whether the app keeps its data in Postgres (a compose service), not SQLite."""
-        return self.settings().database == "postgres"
+        """Whether the app keeps its data in Postgres (a compose service), not SQLite: its
+        deploy.toml's `database` (read as TOML only: a test may have put a bad setting in)."""
+        import tomllib
+
+        database = self.env.get("DEPLOY_DATABASE") or tomllib.loads(
+            (self.repo / "deploy.toml").read_text()).get("database", "sqlite")
+        return database == "postgres"
 
     def item_names(self) -> list[str]:
         sql = "SELECT name FROM items ORDER BY id"
