@@ -334,10 +334,10 @@ proxy_assemble() {  # conf/caddy.json: head, the app routes, the fallback route 
     {
         cat base/head.json
         sep=
-        for f in apps/*.json base/fallback.json; do
-            [ -f "$f" ] || continue
+        for part in apps/*.json base/fallback.json; do
+            [ -f "$part" ] || continue
             printf '%s' "$sep"
-            cat "$f"
+            cat "$part"
             sep=,
         done
         cat base/tail.json
@@ -367,13 +367,14 @@ project_file() {  # PROJECT: refuses a name that is not one file name
 
 proxy_set_route() {  # PROJECT ROUTE_JSON: write, rebuild, load; if refused, put the old back
     project_file "$1"
-    f=apps/$1.json
-    [ "$(cat "$f" 2>/dev/null)" = "$2" ] && return 0
-    if [ -f "$f" ]; then cp "$f" "$f.prev"; else rm -f "$f.prev"; fi
-    if printf '%s\n' "$2" > "$f.tmp" && mv "$f.tmp" "$f" && proxy_assemble && proxy_load; then
+    route=apps/$1.json
+    [ "$(cat "$route" 2>/dev/null)" = "$2" ] && return 0
+    if [ -f "$route" ]; then cp "$route" "$route.prev"; else rm -f "$route.prev"; fi
+    if printf '%s\n' "$2" > "$route.tmp" && mv "$route.tmp" "$route" && proxy_assemble \
+        && proxy_load; then
         return 0
     fi
-    if [ -f "$f.prev" ]; then mv "$f.prev" "$f"; else rm -f "$f"; fi
+    if [ -f "$route.prev" ]; then mv "$route.prev" "$route"; else rm -f "$route"; fi
     proxy_assemble
     exit 1
 }
