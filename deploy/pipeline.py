@@ -16,12 +16,22 @@ NO_TESTS_COLLECTED = 5
 
 
 def timed(runner: Runner, name: str, step: Callable[[], object]) -> object:
-    """One local phase: a line when it is done (and a heading first with -v)."""
+    """One local phase: its name as it starts, its time when it ends (the name again if the
+    step printed something in between; a heading first with -v)."""
     if runner.echo or runner.dry_run:
         runner.say(f"== {name}")
+    runner.write_part(name, new=True)
     started = time.monotonic()
-    result = step()
-    runner.say(f"{name} {time.monotonic() - started:.1f}s")
+    outcome = "failed"
+    try:
+        result = step()
+        outcome = f"{time.monotonic() - started:.1f}s"
+    finally:
+        if runner.line_open:
+            runner.write_part(outcome, new=False)
+        else:
+            runner.write_part(f"{name} {outcome}", new=True)
+        runner.end_line()
     return result
 
 
@@ -34,6 +44,7 @@ def preflight(settings: Settings, runner: Runner, allow_dirty: bool,
         runner.say("would run the preflight checks" + (" (not git-clean)" if skip else ""))
         return
     results = run_checks(settings, skip=skip)
+    runner.end_line()
     print(format_results(results), flush=True)
     failures = [r.name for r in results if not r.ok]
     if failures:

@@ -78,6 +78,11 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+# The runner whose phase line is open (written without its newline yet): one per process,
+# as the laptop's and the VMs' runners share the terminal.
+_open_line: dict[str, Runner] = {}
+
+
 class Runner:
     """Runs argv lists on one target: an Invoke Context or a Fabric Connection."""
 
@@ -102,9 +107,40 @@ class Runner:
         self.out = out or sys.stdout
         self.clock = clock
         self.history: list[str] = []
+        if hasattr(target, "before_output"):
+            target.before_output = self.end_line
 
     def say(self, message: str) -> None:
+        self.end_line()
         print(f"[{self.where}] {redact(message, self.secrets)}", file=self.out, flush=True)
+
+    @property
+    def line_open(self) -> bool:
+        """This runner's phase line is being written (no newline yet)."""
+        return _open_line.get("runner") is self
+
+    def write_part(self, text: str, *, new: bool) -> None:
+        """Add to the phase line as it happens: `new` starts a part (` · ` before it, or
+        `[where] ` on a fresh line), else the text ends the part under way."""
+        text = redact(text, self.secrets)
+        if not self.line_open:
+            self.end_line()  # another runner's line (the laptop's, around a VM's)
+            text = f"[{self.where}] {text}"
+        elif new:
+            text = f" · {text}"
+        else:
+            text = f" {text}"
+        self.out.write(text)
+        self.out.flush()
+        _open_line["runner"] = self
+
+    @staticmethod
+    def end_line() -> None:
+        """End the phase line under way (any runner's), before anything else is printed."""
+        runner = _open_line.pop("runner", None)
+        if runner is not None:
+            runner.out.write("\n")
+            runner.out.flush()
 
     def run(
         self,
@@ -130,6 +166,8 @@ class Runner:
         if cwd and not enters:
             command = f"cd {shlex.quote(cwd)} && {command}"
         self.history.append(command)
+        if not (hide or quiet or enters):
+            self.end_line()  # the command's own output streams (the remote shell says when)
         if self.dry_run or self.echo:
             self.say(f"$ {command}" + (" < (stdin)" if stdin is not None else ""))
         if self.dry_run:

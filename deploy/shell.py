@@ -52,6 +52,7 @@ class RemoteShell:
         # A VM that answers neither output nor an SSH keepalive for this long is lost.
         self.network_timeout = network_timeout
         self.probe_after = max(1.0, network_timeout / 6)
+        self.before_output: Any = None  # called before a command's first line is shown
 
     def _open(self):
         transport = self.connection.client.get_transport()
@@ -133,8 +134,8 @@ class RemoteShell:
     def _collect(self, channel, command: str, mark: str, hide: Any,
                  timeout: float | None) -> Result:
         show = hide is None or hide is False
-        out, err = _Stream(mark, sys.stdout if show else None), _Stream(mark, sys.stderr if show
-                                                                      else None)
+        out = _Stream(mark, sys.stdout if show else None, self.before_output)
+        err = _Stream(mark, sys.stderr if show else None, self.before_output)
         deadline = time.monotonic() + timeout if timeout else None
         alive = _Liveness(self.connection, self.probe_after, self.network_timeout)
         while not (out.done and err.done):
@@ -230,9 +231,10 @@ class _Liveness:
 class _Stream:
     """Accumulates one stream up to the marker line, echoing complete lines when asked."""
 
-    def __init__(self, mark: str, echo) -> None:
+    def __init__(self, mark: str, echo, before_echo=None) -> None:
         self.mark = mark
         self.echo = echo
+        self.before_echo = before_echo
         self.buffer = ""
         self.lines: list[str] = []
         self.done = False
@@ -259,6 +261,8 @@ class _Stream:
 
     def _echo(self, line: str) -> None:
         if self.echo is not None:
+            if self.before_echo is not None:
+                self.before_echo()
             print(line, file=self.echo, flush=True)
 
     @property

@@ -125,6 +125,22 @@ def test_a_release_prints_its_phases_as_one_line():
                         r"migrate 0001→0002 0\.\ds · recorded", lines[0]), lines
 
 
+def test_a_phase_is_named_while_it_runs_and_other_output_breaks_the_line():
+    vm = FakeVm()
+    with Release(vm, "v2", "v1") as rel:
+        rel.note("lock")
+        with rel.phase("migrate") as found:
+            assert vm.out.getvalue() == "[vm1] lock · migrate"  # the step under way, live
+            vm.runner.say("warning: something to read")
+            found.result = "0001→0002"
+        with rel.phase("switch"):
+            pass
+    lines = vm.out.getvalue().splitlines()
+    assert lines[:2] == ["[vm1] lock · migrate", "[vm1] warning: something to read"], lines
+    assert re.fullmatch(r"\[vm1\] migrate 0001→0002 0\.\ds · switch 0\.\ds", lines[2]), lines
+    assert len(lines) == 3 and vm.out.getvalue().endswith("\n")
+
+
 def test_ctrl_c_or_a_lost_connection_in_a_phase_says_what_still_serves():
     from deploy.shell import ConnectionLost
 

@@ -187,8 +187,10 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
             vm.sync_release_env(current)
             vm.check_project()
             vm.check_contract(target)
-        with rel.phase("pull", cuts_short=False):
+        with rel.phase("pull", cuts_short=False) as found:
             digest = vm.pull_recorded(target, recorded.get("digest", ""))
+            if recorded.get("digest"):
+                found.result = f"{digest[:19]} (as recorded)"
         wanted = recorded.get("revision", "")
         now = vm.revision()
         if downgrade and not vm.runner.dry_run and (not wanted or not now):

@@ -1,6 +1,6 @@
-"""One release on one VM as named phases: each is timed, and the release prints them as one
-line, e.g. `[vm1] lock · check 0.3s · pull 0.4s · backup backups/….dump · migrate 0001→0002
-1.6s · switch 1.1s · healthy 2.4s · recorded`.
+"""One release on one VM as named phases: each is timed, and the release prints them on one
+line as they happen, e.g. `[vm1] lock · check 0.3s · pull 0.4s · backup backups/….dump ·
+migrate 0001→0002 1.6s · switch 1.1s · healthy 2.4s · recorded`.
 
 A phase also says what cutting it short means: Ctrl-C, SIGTERM, SIGHUP or a lost connection in
 a phase before the switch leave the previous release serving (`cut_short`).
@@ -44,18 +44,24 @@ class Phase:
 
 
 class Release:
-    """A release of `tag` on one VM (`previous` serving), printed as one line when it ends."""
+    """A release of `tag` on one VM (`previous` serving), printed as one line as it goes: a
+    phase's name when it starts (so a slow step is named while it runs), its result and time
+    when it ends. Output of another kind in between (a warning, `-v`'s commands, a command's
+    own output) ends the line; the phase's name is then written again on its result's line."""
 
     def __init__(self, vm: Any, tag: str, previous: str = "") -> None:
         self.vm = vm
         self.tag = tag
         self.previous = previous
         self.parts: list[str] = []
-        self.printed = False
+
+    def _write(self, text: str, *, new: bool = True) -> None:
+        self.vm.runner.write_part(text, new=new)
 
     def note(self, text: str) -> None:
         """A part of the line that is no timed phase (`lock`, `recorded`)."""
         self.parts.append(text)
+        self._write(text)
 
     @contextlib.contextmanager
     def phase(self, name: str, *, cuts_short: bool = True, timed: bool = True
@@ -63,20 +69,30 @@ class Release:
         """Name and time a step; a Ctrl-C, SIGTERM/SIGHUP or lost connection in it (when
         `cuts_short`) becomes the message saying the previous release still serves."""
         found = Phase()
+        runner = self.vm.runner
+        self._write(name)
         started = time.monotonic()
+
+        def finish(outcome: str) -> None:
+            self.parts.append(f"{name} {outcome}" if outcome else name)
+            if outcome:
+                if runner.line_open:
+                    self._write(outcome, new=False)
+                else:
+                    self._write(f"{name} {outcome}")
+
         try:
             yield found
         except (KeyboardInterrupt, ConnectionLost) as exc:
-            self.parts.append(f"{name} cut short")
+            finish("cut short")
             if cuts_short:
                 raise cut_short(exc, name, self.tag, self.previous) from None
             raise
         except BaseException:
-            self.parts.append(f"{name} failed")
+            finish("failed")
             raise
         took = time.monotonic() - started
-        self.parts.append(" ".join(p for p in (name, found.result,
-                                               f"{took:.1f}s" if timed else "") if p))
+        finish(" ".join(p for p in (found.result, f"{took:.1f}s" if timed else "") if p))
 
     def line(self) -> str:
         return " · ".join(self.parts)
@@ -85,9 +101,7 @@ class Release:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.parts and not self.printed:
-            self.printed = True
-            self.vm.runner.say(self.line())
+        self.vm.runner.end_line()
 
 
 def optional_phase(release: Release | None, name: str, **kwargs) -> Any:

@@ -78,7 +78,6 @@ class Vm(VmQueries):
                  fix="the registry no longer has the image this release ran; pick another "
                      "release from `fab releases`")
         self.run(docker.tag(pinned, self.ref(tag)), quiet=True)
-        self.runner.say(f"{tag} is brought back as recorded: {digest}")
         self.inspect(tag)
         return digest
 
