@@ -6,6 +6,7 @@ the proxy's health-wait decisions fed sequences of polls (no VM).
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import re
@@ -18,12 +19,16 @@ from pathlib import Path
 import pytest
 
 import deploy
+from deploy import proxy
 from deploy.commands import proxy as pcmd
 from deploy.commands import swarm as scmd
 from deploy.commands import vm as cmd
 from deploy.envcheck import app_env_keys, set_key
 from deploy.errors import DeployError
 from deploy.proxy import UpstreamWatch
+from deploy.remote import Vm
+from deploy.runner import Result, Runner
+from deploy.settings import Settings
 
 PACKAGE = Path(deploy.__file__).parent
 DASH = shutil.which("dash") or "dash"
@@ -305,3 +310,42 @@ def test_a_timeout_says_the_last_state_and_code():
     assert verdict is None
     assert watch.timed_out() == "timeout (healthy, 503 through the proxy)"
     assert UpstreamWatch().timed_out() == "timeout (none, - through the proxy)"
+
+
+class Polls:
+    """A remote target that answers each command with the next scripted (exit, stdout)."""
+
+    enters_dirs = True
+
+    def __init__(self, answers: list[tuple[int, str]]) -> None:
+        self.answers = iter(answers)
+        self.commands: list[str] = []
+
+    def run(self, command: str, **kwargs) -> Result:
+        self.commands.append(command)
+        exited, stdout = next(self.answers)
+        return Result(command, exited, stdout, "curl: (7) failed" if exited else "")
+
+
+def polled(tmp_path: Path, answers: list[tuple[int, str]], timeout: float = 5.0):
+    """proxy.wait_upstream over `answers` (the helper's upload first), and what it sent."""
+    settings = Settings(root=tmp_path, image="127.0.0.1:5000/example", host="vm.invalid",
+                        app_dir="/srv/app", proxy=True, proxy_host="app.test",
+                        health_timeout=timeout)
+    target = Polls([(0, ""), *answers])
+    vm = Vm(settings, Runner(target, where="vm1", out=io.StringIO()))
+    return proxy.wait_upstream(vm, "abc123", "p-app-2:8000"), target.commands
+
+
+def test_the_wait_polls_through_the_shell_until_the_watch_decides(tmp_path):
+    problem, sent = polled(tmp_path, [(0, "starting 502\n"), (0, "healthy 200\n")] +
+                           [(0, "healthy 200\n")] * 2)
+    assert problem == ""
+    assert "mkdir -p /srv/.deploy-proxy/.deploy/bin" in sent[0]  # the proxy's copy, once
+    assert all(" proxy-poll /srv/.deploy-proxy abc123 p-app-2:8000 http://app.test/health"
+               in c for c in sent[1:]) and len(sent) == 5
+    assert polled(tmp_path, [(0, "starting 502\n"), (0, "exited -\n")])[0] == "exited"
+    failed = polled(tmp_path, [(0, "starting 502\n"), (2, "")])[0]
+    assert failed == "the health poll failed (exit 2): curl: (7) failed"
+    late = polled(tmp_path, [(0, "starting 000\n")] * 100, timeout=0.3)[0]
+    assert late == "timeout (starting, 000 through the proxy)"
