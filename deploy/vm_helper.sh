@@ -302,7 +302,7 @@ task_last_health() {  # TASK_ID: the last line of the last health check its cont
 }
 
 # -- the proxy (Caddy) in proxy_dir; see deploy/commands/proxy.py for its layout
-PROXY_LOCK_WAIT=${DEPLOY_PROXY_LOCK_WAIT:-60}
+PROXY_LOCK_WAIT=${DEPLOY_PROXY_LOCK_WAIT:-60}  # seconds; the variable is for the tests
 UPSTREAM_HEADER=X-Deploy-Upstream
 
 proxy_requirements() {  # exit 1 naming what the VM lacks for the proxy

@@ -66,7 +66,7 @@ def helper_dir(argv: list[str]) -> str | None:
 
 def install_helper(directory: str, *dirs: str) -> list[str]:
     """Make `directory`, its .deploy/bin and `dirs` in it; put the helper (on stdin) in place
-    if missing. The helper's own bootstrap: the one `sh -c` script the toolkit writes."""
+    if missing. The helper's own bootstrap (it cannot install itself), so an `sh -c` script."""
     path = shlex.quote(f"{directory}/{HELPER}")
     made = shlex.join(["mkdir", "-p", f"{directory}/{STATE_DIR}/bin",
                        *(f"{directory}/{d}" for d in dirs)])
