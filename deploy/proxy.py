@@ -17,6 +17,7 @@ from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
 from deploy.envfile import read_env_file
 from deploy.errors import DeployError
+from deploy.remote.health import UpstreamWatch
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
 
@@ -218,37 +219,6 @@ def switch(vm, tag: str) -> tuple[str, str]:
             vm.run(pcmd.stop([c.id for c in old]), hide=True, check=False)
             vm.run(pcmd.remove([c.id for c in old], force=True), hide=True, check=False)
     return "", fresh.name
-
-
-@dataclass
-class UpstreamWatch:
-    """The health wait's decisions, fed one poll at a time (no VM needed): the new container
-    must be healthy for Docker (or running, with no healthcheck) AND answer 200 through Caddy
-    `passes` times in a row. unhealthy/exited/dead/missing fail at once, restarting twice
-    fails; `timed_out()` says the last state and code."""
-
-    passes: int = 3
-    state: str = "none"
-    code: str = "-"
-    ok: int = 0
-    restarts: int = 0
-
-    def poll(self, state: str, code: str) -> str | None:
-        """Take one poll: '' when healthy, a problem when it failed, None to poll again."""
-        self.state, self.code = state or "missing", code or "-"
-        if self.state in ("unhealthy", "exited", "dead", "missing"):
-            return self.state
-        if self.state == "restarting":
-            self.restarts += 1
-            if self.restarts >= 2:
-                return "restarting"
-        self.ok = self.ok + 1 if self.code == "200" else 0
-        if self.state in ("healthy", "running") and self.ok >= self.passes:
-            return ""
-        return None
-
-    def timed_out(self) -> str:
-        return f"timeout ({self.state}, {self.code} through the proxy)"
 
 
 def wait_upstream(vm, container_id: str, upstream: str) -> str:

@@ -25,8 +25,8 @@ from deploy.commands import swarm as scmd
 from deploy.commands import vm as cmd
 from deploy.envcheck import app_env_keys, set_key
 from deploy.errors import DeployError
-from deploy.proxy import UpstreamWatch
 from deploy.remote import Vm
+from deploy.remote.health import ContainerWatch, UpstreamWatch
 from deploy.runner import Result, Runner
 from deploy.settings import Settings
 
@@ -310,6 +310,27 @@ def test_a_timeout_says_the_last_state_and_code():
     assert verdict is None
     assert watch.timed_out() == "timeout (healthy, 503 through the proxy)"
     assert UpstreamWatch().timed_out() == "timeout (none, - through the proxy)"
+
+
+def settle(*states: str, steady_polls: int = 15) -> ContainerWatch | None:
+    """The watch once it says the wait is over, None if it never did."""
+    watch = ContainerWatch(steady_polls=steady_polls)
+    return next((watch for state in states if watch.poll(state)), None)
+
+
+def test_without_the_proxy_the_container_wait_ends_on_dockers_verdict_or_a_steady_run():
+    assert settle("starting", "starting", "healthy").failed() == ""
+    for state in ("unhealthy", "exited", "dead"):
+        assert settle("starting", state).failed() == state
+    # no health check: running for `steady_polls` polls in a row, a restart starts it again
+    assert settle("running", "running", "running", steady_polls=3).failed() == ""
+    assert settle("running", "running", "starting", "running", "running",
+                  steady_polls=3) is None
+    assert settle("restarting", "running", "restarting").failed() == "restarting"
+    # nothing printed: no container (yet); the wait goes on and its timeout says so
+    watch = ContainerWatch()
+    assert not watch.poll("") and not watch.poll("missing")
+    assert watch.timed_out() == "timeout (missing)"
 
 
 class Polls:
