@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from deploy.commands.vm import APP_ENV
+from deploy.commands.vm import APP_ENV, env_keys, env_set
 from deploy.errors import DeployError
-from deploy.runner import sh
 from deploy.settings import ENV_PREFIX
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -20,22 +19,13 @@ KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def app_env_keys() -> list[str]:
     """Print the keys (only) of the VM's app.env, one a line; nothing if it does not exist."""
-    return sh(
-        "sed -n 's/^[[:space:]]*\\(export[[:space:]][[:space:]]*\\)\\{0,1\\}"
-        "\\([A-Za-z_][A-Za-z0-9_]*\\)[[:space:]]*=.*/\\2/p' "
-        f"{APP_ENV} 2>/dev/null || true"
-    )
+    return env_keys(APP_ENV)
 
 
 def set_key(key: str) -> list[str]:
     """Replace or add KEY in app.env with the line on stdin (`KEY='value'`, written by
     deploy.remote.contract.env_line so compose reads the value byte for byte); atomic, 0600."""
-    validate_key(key)
-    return sh(
-        f"umask 077 && v=$(cat) && {{ grep -v '^[[:space:]]*{key}[[:space:]]*=' {APP_ENV} "
-        f"2>/dev/null; printf '%s\\n' \"$v\"; }} > {APP_ENV}.tmp && "
-        f"chmod 600 {APP_ENV}.tmp && mv {APP_ENV}.tmp {APP_ENV}"
-    )
+    return env_set(validate_key(key), APP_ENV)
 
 
 def validate_key(key: str) -> str:

@@ -17,6 +17,7 @@ from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
 from deploy.envfile import read_env_file
 from deploy.errors import DeployError
+from deploy.remote.health import UpstreamWatch
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
 
@@ -94,14 +95,15 @@ def setup(vm) -> None:
     compose file changed (image, ports): otherwise the running Caddy just reloads."""
     s: Settings = vm.settings
     d = s.proxy_dir
-    vm.run(pcmd.requirements(), cwd="", what="the VM cannot run the proxy",
+    vm.run(pcmd.requirements(d), cwd="", what="the VM cannot run the proxy",
            fix="install them on the VM (apt-get install -y curl util-linux)")
     head, tail = pcmd.config_parts(s.proxy_tls, s.proxy_email)
     compose_text = pcmd.compose_project(s.proxy_image, s.proxy_network, s.proxy_http_port,
                                         s.proxy_https_port)
-    vm.run(pcmd.write_base(d, compose_text, head, tail), cwd="")
+    # The remote shell ends stdin with a newline of its own.
+    vm.run(pcmd.write_base(d, head, tail), stdin=compose_text.rstrip("\n"), cwd="")
     vm.run(pcmd.assemble(d), cwd="")
-    vm.run(pcmd.ensure_network(s.proxy_network), cwd="", hide=True)
+    vm.run(pcmd.ensure_network(d, s.proxy_network), cwd="", hide=True)
     vm.run([*caddy_compose(vm), "up", "-d"], cwd="", hide=True,
            what=f"starting the proxy ({s.proxy_image}) failed",
            fix=f"check that the VM has the image {s.proxy_image} and the ports "
@@ -168,7 +170,7 @@ def serving_upstream(vm) -> str:
     if vm.runner.dry_run:
         return ""
     return vm.run(pcmd.read_upstream(vm.settings.proxy_dir, vm.project), quiet=True,
-                  cwd="").stdout.strip()
+                  check=False, cwd="").stdout.strip()
 
 
 def switch(vm, tag: str) -> tuple[str, str]:
@@ -177,7 +179,7 @@ def switch(vm, tag: str) -> tuple[str, str]:
     from deploy.remote import sigint_deferred
 
     s: Settings = vm.settings
-    names = hosts(s)
+    hosts(s)  # proxy_host is set: refused before anything changes on the VM
     upstream = serving_upstream(vm)
     before = containers(vm)
     old = [c for c in before if c.state == "running" and upstream.startswith(c.name + ":")]
@@ -200,11 +202,7 @@ def switch(vm, tag: str) -> tuple[str, str]:
     fresh = new[0]
     target = f"{fresh.name}:{s.app_port}"
     try:
-        result = vm.run(pcmd.wait_upstream(s.proxy_dir, fresh.id, target, names[0],
-                                           s.health_path, s.health_timeout),
-                        check=False, cwd="")
-        problem = "" if result.ok else (result.stdout.strip().splitlines() or
-                                        [f"exit {result.exited}"])[-1]
+        problem = wait_upstream(vm, fresh.id, target)
     except (KeyboardInterrupt, ConnectionLost):
         discard(vm, fresh)
         raise
@@ -221,6 +219,32 @@ def switch(vm, tag: str) -> tuple[str, str]:
             vm.run(pcmd.stop([c.id for c in old]), hide=True, check=False)
             vm.run(pcmd.remove([c.id for c in old], force=True), hide=True, check=False)
     return "", fresh.name
+
+
+def wait_upstream(vm, container_id: str, upstream: str) -> str:
+    """Poll the new container through Caddy (one cheap command per poll over the persistent
+    shell) until UpstreamWatch decides or health_timeout passes: '' healthy, else what failed."""
+    s = vm.settings
+    argv = pcmd.poll(s.proxy_dir, container_id, upstream, hosts(s)[0], s.health_path)
+    if vm.runner.dry_run:  # what each poll runs, once
+        vm.run(argv, cwd="")
+        return ""
+    watch = UpstreamWatch()
+    verdict: dict[str, str | None] = {"problem": None}
+
+    def decided() -> bool:
+        result = vm.run(argv, cwd="", quiet=True, check=False)
+        if not result.ok:
+            verdict["problem"] = (f"the health poll failed (exit {result.exited}): "
+                                  f"{(result.output.splitlines() or [''])[-1]}")
+            return True
+        state, _, code = result.stdout.strip().partition(" ")
+        verdict["problem"] = watch.poll(state, code.strip())
+        return verdict["problem"] is not None
+
+    if not vm.wait_ready(decided, s.health_timeout):
+        return watch.timed_out()
+    return verdict["problem"] or ""
 
 
 def why_unhealthy(vm, container: Container, upstream: str, problem: str) -> str:

@@ -1,8 +1,11 @@
 #!/bin/sh
-# deploy-toolkit's helper on the VM: the multi-line steps of a deploy, as subcommands.
+# deploy-toolkit's helper on the VM: every step longer than one command, as subcommands.
 #
-# Uploaded by content hash to <app_dir>/.deploy/bin/helper-<hash> and run from <app_dir> as
+# Uploaded by content hash to <dir>/.deploy/bin/helper-<hash> of each directory the toolkit
+# owns on the VM. The app's copy runs from <app_dir> as
 #   sh .deploy/bin/helper-<hash> SUBCOMMAND ARGS...
+# the proxy's (proxy-* subcommands, which take proxy_dir first) by its absolute path, as
+#   sh <proxy_dir>/.deploy/bin/helper-<hash> proxy-reload <proxy_dir>
 # POSIX sh (the VM's /bin/sh is dash): no pipefail, no arrays, no bashisms. Every argument
 # arrives as its own word (the toolkit quotes them), so nothing here is re-parsed by a shell.
 # Where a subcommand takes a compose command, it is the rest of the arguments ("$@").
@@ -259,6 +262,157 @@ EOF
     fi
 }
 
+# -- the app's env file: keys only ever leave the VM, never values
+env_keys() {  # FILE: the keys of FILE, one a line (nothing if it does not exist)
+    [ -f "$1" ] || return 0
+    sed -n 's/^[[:space:]]*\(export[[:space:]][[:space:]]*\)\{0,1\}\([A-Za-z_][A-Za-z0-9_]*\)[[:space:]]*=.*/\2/p' "$1"
+}
+
+env_set() {  # FILE KEY: the line on stdin replaces KEY's line(s) in FILE (or is added); 0600
+    file=$1 key=$2
+    case $key in
+        '' | [0-9]* | *[!A-Za-z0-9_]*) die "not a variable name: $key" ;;
+    esac
+    umask 077
+    line=$(cat) || exit 1
+    {
+        grep -v "^[[:space:]]*${key}[[:space:]]*=" "$file" 2>/dev/null
+        printf '%s\n' "$line"
+    } > "$file.tmp" && chmod 600 "$file.tmp" && mv "$file.tmp" "$file"
+}
+
+# -- after a switch behind the proxy: compose up of every service but the web one
+settle() {  # SERVICE COMPOSE...
+    service=$1
+    shift
+    others=$("$@" config --services | grep -vx -- "$service") || return 0
+    [ -n "$others" ] || return 0
+    # shellcheck disable=SC2086 # one service name per word
+    "$@" up -d --no-deps --remove-orphans $others
+}
+
+# -- swarm
+task_last_health() {  # TASK_ID: the last line of the last health check its container ran
+    c=$(docker inspect --format '{{.Status.ContainerStatus.ContainerID}}' "$1" 2>/dev/null) \
+        || return 0
+    [ -n "$c" ] || return 0
+    docker inspect --format '{{with .State.Health}}{{range .Log}}{{.Output}}{{end}}{{end}}' \
+        "$c" 2>/dev/null | grep . | tail -n 1
+    return 0
+}
+
+# -- the proxy (Caddy) in proxy_dir; see deploy/commands/proxy.py for its layout
+PROXY_LOCK_WAIT=${DEPLOY_PROXY_LOCK_WAIT:-60}  # seconds; the variable is for the tests
+UPSTREAM_HEADER=X-Deploy-Upstream
+
+proxy_requirements() {  # exit 1 naming what the VM lacks for the proxy
+    missing=
+    for tool in curl flock; do
+        command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+    done
+    [ -z "$missing" ] || { echo "missing on the VM:$missing"; exit 1; }
+}
+
+proxy_write_base() {  # DIR HEAD TAIL FALLBACK < COMPOSE: Caddy's project and base config
+    dir=$1
+    mkdir -p "$dir/base" "$dir/apps" "$dir/conf/upstreams" "$dir/run" "$dir/data" \
+        "$dir/config" && cd "$dir" || exit 1
+    cat > compose.json.tmp && mv compose.json.tmp compose.json || exit 1
+    printf '%s' "$2" > base/head.json && printf '%s' "$3" > base/tail.json \
+        && printf '%s' "$4" > base/fallback.json
+}
+
+proxy_locked() {  # DIR FUNCTION ARGS...: FUNCTION in DIR, holding the config lock
+    cd "$1" || exit 1
+    shift
+    exec 9>>lock
+    flock -w "$PROXY_LOCK_WAIT" 9 || die "the proxy config stayed locked for ${PROXY_LOCK_WAIT}s"
+    "$@"
+}
+
+proxy_assemble() {  # conf/caddy.json: head, the app routes, the fallback route (404), tail
+    {
+        cat base/head.json
+        sep=
+        for part in apps/*.json base/fallback.json; do
+            [ -f "$part" ] || continue
+            printf '%s' "$sep"
+            cat "$part"
+            sep=,
+        done
+        cat base/tail.json
+    } > conf/caddy.json.tmp && mv conf/caddy.json.tmp conf/caddy.json
+}
+
+proxy_load() {  # hand conf/caddy.json to the running Caddy (it keeps the old one if it refuses)
+    code=$(curl -sS -o .load.out -w '%{http_code}' --max-time 30 \
+        --unix-socket run/admin.sock -H 'Content-Type: application/json' \
+        --data-binary @conf/caddy.json http://localhost/load) || code=000
+    if [ "$code" != 200 ]; then
+        echo "Caddy refused the config (HTTP $code):" >&2
+        cat .load.out >&2 2>/dev/null
+        return 1
+    fi
+}
+
+proxy_reload() {
+    proxy_assemble && proxy_load
+}
+
+project_file() {  # PROJECT: refuses a name that is not one file name
+    case $1 in
+        '' | */* | .*) die "not a project name: $1" ;;
+    esac
+}
+
+proxy_set_route() {  # PROJECT ROUTE_JSON: write, rebuild, load; if refused, put the old back
+    project_file "$1"
+    route=apps/$1.json
+    [ "$(cat "$route" 2>/dev/null)" = "$2" ] && return 0
+    if [ -f "$route" ]; then cp "$route" "$route.prev"; else rm -f "$route.prev"; fi
+    if printf '%s\n' "$2" > "$route.tmp" && mv "$route.tmp" "$route" && proxy_assemble \
+        && proxy_load; then
+        return 0
+    fi
+    if [ -f "$route.prev" ]; then mv "$route.prev" "$route"; else rm -f "$route"; fi
+    proxy_assemble
+    exit 1
+}
+
+proxy_wait_admin() {  # DIR TIMEOUT: until Caddy's admin API answers; exit 1 after TIMEOUT s
+    end=$(( $(now) + $2 ))
+    until curl -s -o /dev/null --max-time 2 --unix-socket "$1/run/admin.sock" \
+        http://localhost/config/; do
+        [ "$(now)" -ge "$end" ] && exit 1
+        sleep 0.2
+    done
+}
+
+proxy_set_upstream() {  # DIR PROJECT UPSTREAM: one atomic rename (Caddy reads it per request)
+    project_file "$2"
+    f=$1/conf/upstreams/$2
+    mkdir -p "$1/conf/upstreams" && printf '%s' "$3" > "$f.tmp" && mv "$f.tmp" "$f"
+}
+
+proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request through Caddy
+    state=$(docker inspect --format \
+        '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' \
+        "$2" 2>/dev/null) || state=missing
+    case ${state:-missing} in
+        unhealthy | exited | dead | missing)
+            echo "${state:-missing} -"
+            return
+            ;;
+    esac
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+        --unix-socket "$1/run/check.sock" -H "$UPSTREAM_HEADER: $3" "$4") || true
+    echo "$state ${code:-000}"
+}
+
+ensure_network() {  # NAME
+    docker network inspect "$1" >/dev/null 2>&1 || docker network create "$1"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case $cmd in
@@ -285,5 +439,18 @@ case $cmd in
     dir-projects) dir_projects "$1" ;;
     detect-compose) detect_compose ;;
     http-status) http_status "$1" ;;
+    env-keys) env_keys "$1" ;;
+    env-set) env_set "$@" ;;
+    settle) settle "$@" ;;
+    task-last-health) task_last_health "$1" ;;
+    proxy-requirements) proxy_requirements ;;
+    proxy-write-base) proxy_write_base "$@" ;;
+    proxy-assemble) proxy_locked "$1" proxy_assemble ;;
+    proxy-reload) proxy_locked "$1" proxy_reload ;;
+    proxy-set-route) proxy_locked "$1" proxy_set_route "$2" "$3" ;;
+    proxy-wait-admin) proxy_wait_admin "$@" ;;
+    proxy-set-upstream) proxy_set_upstream "$@" ;;
+    proxy-poll) proxy_poll "$@" ;;
+    ensure-network) ensure_network "$1" ;;
     *) die "usage: helper SUBCOMMAND ARGS... (unknown: '$cmd')" ;;
 esac

@@ -22,7 +22,7 @@ import pytest
 from conftest import answering_200
 from invoke import MockContext, Result
 
-from deploy import remote
+from deploy import proxy, remote
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.runner import Runner
@@ -218,8 +218,9 @@ def run_sh(argv: list[str], cwd: Path, env: dict | None = None, stdin: str | Non
 
 
 def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path):
-    """Dry runs of deploy, rollback and restore for both databases: each line the VM's shell
-    would read passes shellcheck as POSIX sh; the helper carries every multi-line step."""
+    """Dry runs of deploy, rollback and restore for both databases, and of set-up, deploy and
+    rollback behind the proxy: each line the VM's shell would read passes shellcheck as POSIX
+    sh; the helper carries every multi-line step."""
     lines = []
     for database in ("sqlite", "postgres"):
         with dry_vm(tmp_path, database=database, health_url="http://127.0.0.1:8000/h") as vm:
@@ -227,7 +228,13 @@ def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path)
             remote.rollback(vm, "v1", known_in_registry=lambda tag: True)
             remote.restore(vm, "20300101T000000Z-v1.dump")
         lines += vm.runner.history
+    with dry_vm(tmp_path, proxy=True, proxy_host="app.test") as vm:  # behind Caddy
+        proxy.setup(vm)
+        remote.deploy(vm, "v2")
+        remote.rollback(vm, "v1", known_in_registry=lambda tag: True)
+    lines += vm.runner.history
     assert any("backup-stdout" in line for line in lines)
+    assert any(" proxy-poll " in line for line in lines)
     script = tmp_path / "sent.sh"
     for line in lines:
         assert "\n" not in line, line  # every command is one line

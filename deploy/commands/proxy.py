@@ -15,26 +15,22 @@ One Caddy per VM, in its own compose project in `proxy_dir`, on a docker network
                           X-Deploy-Upstream header: health as seen from Caddy's network
     data/, config/        Caddy's certificates and state
     lock                  flock(1) file: one config change at a time across apps
+    .deploy/bin/          the VM helper script (deploy/vm_helper.sh): every step longer than
+                          one command is a `proxy-*` subcommand of it, run by its path
 Everything sent to the VM is POSIX sh; the VM needs curl and flock (util-linux).
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 
-from deploy.runner import sh
-
-q = shlex.quote
+from deploy.commands.vm import helper, helper_in
 
 IN_CONTAINER_RUN = "/run/deploy-proxy"
 IN_CONTAINER_CONF = "/etc/deploy-proxy"
 ROUTES_MARK = "__DEPLOY_ROUTES__"
 UPSTREAM_HEADER = "X-Deploy-Upstream"
 SERVICE = "caddy"
-CONFIG_LOCK_WAIT = 60
-# A container's state as the health wait reads it: its health, else its run state.
-HEALTH_FORMAT = "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}"
 
 
 def caddy_config(tls: str, email: str = "") -> dict:
@@ -112,103 +108,56 @@ def compose_project(image: str, network: str, http_port: str, https_port: str) -
     }, indent=2) + "\n"
 
 
-def _assemble() -> str:
-    """sh (in proxy_dir, under the config lock): conf/caddy.json from head, the app routes,
-    the fallback route (404 for a host no app serves), tail."""
-    return (
-        "{ cat base/head.json; sep=; for f in apps/*.json base/fallback.json; do "
-        "[ -f \"$f\" ] || continue; printf '%s' \"$sep\"; cat \"$f\"; sep=,; done; "
-        "cat base/tail.json; } "
-        "> conf/caddy.json.tmp && mv conf/caddy.json.tmp conf/caddy.json"
-    )
+def write_base(proxy_dir: str, head: str, tail: str) -> list[str]:
+    """Create proxy_dir and write Caddy's compose file (on stdin) and base config (not
+    loaded yet)."""
+    return helper_in(proxy_dir, "proxy-write-base", proxy_dir, head, tail,
+                     json.dumps(FALLBACK_ROUTE))
 
 
-def _load() -> str:
-    """sh (in proxy_dir): hand conf/caddy.json to the running Caddy. A reload: open
-    connections and requests in flight carry on; Caddy keeps the old config if it refuses."""
-    return (
-        "code=$(curl -sS -o .load.out -w '%{http_code}' --max-time 30 "
-        "--unix-socket run/admin.sock -H 'Content-Type: application/json' "
-        "--data-binary @conf/caddy.json http://localhost/load) || code=000; "
-        "if [ \"$code\" != 200 ]; then echo \"Caddy refused the config (HTTP $code):\" >&2; "
-        "cat .load.out >&2 2>/dev/null; exit 1; fi"
-    )
+def ensure_network(proxy_dir: str, network: str) -> list[str]:
+    return helper_in(proxy_dir, "ensure-network", network)
 
 
-def _locked(proxy_dir: str, script: str) -> list[str]:
-    """Run `script` in proxy_dir holding the config lock (one change at a time)."""
-    return sh(
-        f"cd {q(proxy_dir)} && ( flock -w {CONFIG_LOCK_WAIT} 9 || "
-        f"{{ echo 'the proxy config stayed locked for {CONFIG_LOCK_WAIT}s' >&2; exit 1; }}; "
-        f"{script} ) 9>>lock"
-    )
-
-
-def write_base(proxy_dir: str, compose_text: str, head: str, tail: str) -> list[str]:
-    """Create proxy_dir and write Caddy's compose file and base config (not loaded yet)."""
-    d = q(proxy_dir)
-    return sh(
-        f"mkdir -p {d}/base {d}/apps {d}/conf {d}/run {d}/data {d}/config && cd {d} && "
-        f"printf '%s' {q(compose_text)} > compose.json.tmp && mv compose.json.tmp compose.json"
-        f" && printf '%s' {q(head)} > base/head.json && printf '%s' {q(tail)} > base/tail.json"
-        f" && printf '%s' {q(json.dumps(FALLBACK_ROUTE))} > base/fallback.json"
-    )
-
-
-def ensure_network(network: str) -> list[str]:
-    n = q(network)
-    return sh(f"docker network inspect {n} >/dev/null 2>&1 || docker network create {n}")
-
-
-def requirements() -> list[str]:
+def requirements(proxy_dir: str) -> list[str]:
     """Exit 1 naming what the VM lacks for the proxy (curl, flock)."""
-    return sh("missing=; for t in curl flock; do command -v \"$t\" >/dev/null 2>&1 || "
-              "missing=\"$missing $t\"; done; [ -z \"$missing\" ] || "
-              "{ echo \"missing on the VM:$missing\"; exit 1; }")
+    return helper_in(proxy_dir, "proxy-requirements")
 
 
 def assemble(proxy_dir: str) -> list[str]:
-    return _locked(proxy_dir, _assemble())
+    """Under the config lock: conf/caddy.json from head, the app routes, the fallback route
+    (404 for a host no app serves), tail."""
+    return helper_in(proxy_dir, "proxy-assemble", proxy_dir)
 
 
 def reload(proxy_dir: str) -> list[str]:
-    """Rebuild conf/caddy.json from the app routes and load it (no restart)."""
-    return _locked(proxy_dir, f"{_assemble()} && {_load()}")
+    """Rebuild conf/caddy.json from the app routes and load it (no restart): open connections
+    and requests in flight carry on; Caddy keeps the old config if it refuses."""
+    return helper_in(proxy_dir, "proxy-reload", proxy_dir)
 
 
 def wait_admin(proxy_dir: str, timeout: float) -> list[str]:
     """Wait until Caddy's admin API answers (after a start); exit 1 after `timeout`."""
-    return sh(
-        f"cd {q(proxy_dir)} && end=$(( $(date +%s) + {int(timeout)} )); "
-        "until curl -s -o /dev/null --max-time 2 --unix-socket run/admin.sock "
-        "http://localhost/config/; do [ \"$(date +%s)\" -ge \"$end\" ] && exit 1; sleep 0.2; done"
-    )
+    return helper_in(proxy_dir, "proxy-wait-admin", proxy_dir, str(int(timeout)))
 
 
 def set_route(proxy_dir: str, project: str, route_json: str) -> list[str]:
     """Make an app's route `route_json` (nothing happens if it already is): write it,
     rebuild, load. If Caddy refuses, the previous route file is put back (Caddy still runs
-    the old config). Only set-up and a change of host names load a config."""
-    f = q(f"apps/{project}.json")
-    return _locked(proxy_dir, (
-        f"[ \"$(cat {f} 2>/dev/null)\" = {q(route_json)} ] && exit 0; "
-        f"if [ -f {f} ]; then cp {f} {f}.prev; else rm -f {f}.prev; fi; "
-        f"printf '%s\\n' {q(route_json)} > {f}.tmp && mv {f}.tmp {f} && "
-        f"{_assemble()} && {_load()} || {{ "
-        f"if [ -f {f}.prev ]; then mv {f}.prev {f}; else rm -f {f}; fi; {_assemble()}; exit 1; }}"
-    ))
+    the old config) and Caddy's error shown. Only set-up and a change of host names load a
+    config."""
+    return helper_in(proxy_dir, "proxy-set-route", proxy_dir, project, route_json)
 
 
 def set_upstream(proxy_dir: str, project: str, upstream: str) -> list[str]:
     """Point the app at `upstream` (container:port): one atomic rename, which the next
     request Caddy receives for the app already reads."""
-    f = q(upstream_path(project))
-    return sh(f"cd {q(proxy_dir)} && mkdir -p conf/upstreams && "
-              f"printf '%s' {q(upstream)} > {f}.tmp && mv {f}.tmp {f}")
+    return helper_in(proxy_dir, "proxy-set-upstream", proxy_dir, project, upstream)
 
 
 def read_upstream(proxy_dir: str, project: str) -> list[str]:
-    return sh(f"cat {q(f'{proxy_dir}/{upstream_path(project)}')} 2>/dev/null || true")
+    """The upstream file (exit 1 before the first switch: there is none)."""
+    return ["cat", f"{proxy_dir}/{upstream_path(project)}"]
 
 
 def admin_get(proxy_dir: str, path: str) -> list[str]:
@@ -233,28 +182,12 @@ def probe_body(proxy_dir: str, upstream: str, host: str, path: str) -> list[str]
             "-H", f"{UPSTREAM_HEADER}: {upstream}", check_url(host, path)]
 
 
-def wait_upstream(proxy_dir: str, container: str, upstream: str, host: str, path: str,
-                  timeout: float, interval: float = 0.2, passes: int = 3) -> list[str]:
-    """Wait until `container` is healthy for Docker (or running, with no healthcheck) AND
-    answers `path` with 200 through Caddy `passes` times in a row. Prints the final state;
-    exit 0 healthy, 1 unhealthy/crashed, 2 timed out."""
-    inspect = shlex.join(["docker", "inspect", "--format", HEALTH_FORMAT, container])
-    curl = shlex.join(probe(proxy_dir, upstream, host, path))
-    return sh(
-        f"end=$(( $(date +%s) + {int(timeout)} )); ok=0; bad=0; state=none; code=-; "
-        f"while [ \"$(date +%s)\" -lt \"$end\" ]; do "
-        f"state=$({inspect} 2>/dev/null || echo missing); "
-        "case \"$state\" in "
-        "unhealthy|exited|dead|missing) echo \"$state\"; exit 1;; "
-        "restarting) bad=$((bad+1)); [ \"$bad\" -ge 2 ] && { echo restarting; exit 1; };; "
-        "esac; "
-        f"code=$({curl}) || true; "
-        "if [ \"$code\" = 200 ]; then ok=$((ok+1)); else ok=0; fi; "
-        "case \"$state\" in healthy|running) "
-        f"[ \"$ok\" -ge {passes} ] && {{ echo \"$state\"; exit 0; }};; esac; "
-        f"sleep {interval}; done; "
-        "echo \"timeout ($state, $code through the proxy)\"; exit 2"
-    )
+def poll(proxy_dir: str, container: str, upstream: str, host: str, path: str) -> list[str]:
+    """One poll of the health wait: prints `STATE CODE`, the container's health (else its run
+    state, `missing` if gone) and the status of one request through Caddy to `upstream`
+    (`-` when the state already says it failed)."""
+    return helper_in(proxy_dir, "proxy-poll", proxy_dir, container, upstream,
+                     check_url(host, path))
 
 
 def service_containers(project: str, service: str) -> list[str]:
@@ -277,11 +210,8 @@ def settle(compose_argv: list[str], service: str) -> list[str]:
     """After a switch: `compose up -d` for every service but the one just switched (a worker
     on the release's image is recreated with it, as without the proxy); the web service is
     never touched, as compose may decide to recreate a container (it did, for a service with
-    `depends_on`), which would cut it off for seconds."""
-    services = shlex.join([*compose_argv, "config", "--services"])
-    up = shlex.join([*compose_argv, "up", "-d", "--no-deps", "--remove-orphans"])
-    return sh(f"others=$({services} | grep -vx {q(service)}) || exit 0; "
-              f"[ -z \"$others\" ] || {up} $others")
+    `depends_on`), which would cut it off for seconds. Runs in app_dir."""
+    return helper("settle", service, *compose_argv)
 
 
 def stop(container_ids: list[str]) -> list[str]:

@@ -3,7 +3,7 @@ opens a connection; deploy/swarm.py runs them."""
 
 from __future__ import annotations
 
-import shlex
+from deploy.commands.vm import helper
 
 SWARM_STATE = "{{.Swarm.LocalNodeState}}"
 
@@ -48,9 +48,4 @@ def stack_rm(stack: str) -> list[str]:
 
 def task_last_health(task_id: str) -> list[str]:
     """The last line of the last health check a task's container ran ('' if none)."""
-    from deploy.runner import sh
-
-    return sh(f"c=$(docker inspect --format '{{{{.Status.ContainerStatus.ContainerID}}}}' "
-              f"{shlex.quote(task_id)} 2>/dev/null) && [ -n \"$c\" ] && docker inspect --format "
-              "'{{with .State.Health}}{{range .Log}}{{.Output}}{{end}}{{end}}' \"$c\" "
-              "2>/dev/null | grep . | tail -n 1 || true")
+    return helper("task-last-health", task_id)

@@ -46,15 +46,31 @@ HELPER = f"{STATE_DIR}/bin/helper-{HELPER_HASH}"
 
 
 def helper(subcommand: str, *args: str) -> list[str]:
-    """One subcommand of the VM helper script."""
+    """One subcommand of the VM helper script, run from app_dir (the app's copy)."""
     return ["sh", HELPER, subcommand, *args]
 
 
-def install_helper(app_dir: str) -> list[str]:
-    """Make app_dir and its state directories; put the helper (on stdin) in place if missing."""
-    path = shlex.quote(f"{app_dir}/{HELPER}")
-    dirs = shlex.join(["mkdir", "-p", f"{app_dir}/{STATE_DIR}/bin", f"{app_dir}/{BACKUP_DIR}"])
-    return ["sh", "-c", f"{dirs} && if [ -f {path} ]; then cat >/dev/null; else "
+def helper_in(directory: str, subcommand: str, *args: str) -> list[str]:
+    """One subcommand of the helper's copy in `directory` (e.g. proxy_dir), by its path: for
+    commands that run outside app_dir."""
+    return ["sh", f"{directory}/{HELPER}", subcommand, *args]
+
+
+def helper_dir(argv: list[str]) -> str | None:
+    """The directory whose helper copy `argv` runs ('' for the app's), or None if it runs
+    no helper."""
+    if len(argv) < 2 or argv[0] != "sh" or not argv[1].endswith(HELPER):
+        return None
+    return argv[1].removesuffix(HELPER).removesuffix("/")
+
+
+def install_helper(directory: str, *dirs: str) -> list[str]:
+    """Make `directory`, its .deploy/bin and `dirs` in it; put the helper (on stdin) in place
+    if missing. The helper's own bootstrap (it cannot install itself), so an `sh -c` script."""
+    path = shlex.quote(f"{directory}/{HELPER}")
+    made = shlex.join(["mkdir", "-p", f"{directory}/{STATE_DIR}/bin",
+                       *(f"{directory}/{d}" for d in dirs)])
+    return ["sh", "-c", f"{made} && if [ -f {path} ]; then cat >/dev/null; else "
                         f"cat > {path}.tmp && mv {path}.tmp {path}; fi"]
 
 
@@ -242,6 +258,16 @@ def write_file(path: str) -> list[str]:
 
 def read_var(path: str, name: str) -> list[str]:
     return helper("read-var", path, name)
+
+
+def env_keys(path: str = APP_ENV) -> list[str]:
+    """The keys (only, never values) of an env file, one a line; nothing if it is missing."""
+    return helper("env-keys", path)
+
+
+def env_set(key: str, path: str = APP_ENV) -> list[str]:
+    """Replace or add KEY in the env file with the line on stdin; atomic, 0600."""
+    return helper("env-set", path, key)
 
 
 def make_dirs(app_dir: str) -> list[str]:

@@ -10,6 +10,7 @@ from deploy.commands import docker
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import contract
+from deploy.remote.health import ContainerWatch
 from deploy.remote.vm import VmQueries, parse_revision
 
 BACKUP_EXT = {"sqlite": ".sqlite3", "postgres": ".dump"}
@@ -205,21 +206,16 @@ class Vm(VmQueries):
             if s.health_url:
                 self.run(cmd.http_status(s.health_url))
             return ""
-        seen = {"state": "none", "steady": 0, "restarting": 0}
+        watch = ContainerWatch()
 
         def settled() -> bool:
-            state = self.run(cmd.health_state(compose, s.service), quiet=True,
-                             check=False).stdout.strip() or "missing"
-            seen["state"] = state
-            seen["steady"] = seen["steady"] + 1 if state == "running" else 0
-            seen["restarting"] += state == "restarting"
-            return state in ("healthy", "unhealthy", "exited", "dead") or \
-                seen["steady"] >= 15 or seen["restarting"] >= 2
+            return watch.poll(self.run(cmd.health_state(compose, s.service), quiet=True,
+                                       check=False).stdout.strip())
 
         if not self.wait_ready(settled, s.health_timeout):
-            return f"timeout ({seen['state']})"
-        if seen["state"] not in ("healthy", "running"):
-            return seen["state"]
+            return watch.timed_out()
+        if watch.failed():
+            return watch.failed()
         if s.health_url:
             status = {"code": ""}
 

@@ -35,7 +35,7 @@ class VmQueries:
         self.settings = settings
         self.runner = runner
         self._compose_kind = ""
-        self._helper_ready = False
+        self._helpers: set[str] = set()  # directories whose helper copy is in place
         self._current: str | None = None
         self.pulled: dict[str, str] = {}  # tag -> image id pulled for it
         self.serving = ""  # the container a proxy switch left serving (recorded)
@@ -78,19 +78,23 @@ class VmQueries:
         return cmd.with_release(self.release_vars(tag), base)
 
     def run(self, argv: list[str], **kwargs) -> Result:
-        if argv[:2] == ["sh", cmd.HELPER]:
-            self.ensure_helper()
+        directory = cmd.helper_dir(argv)
+        if directory is not None:
+            self.ensure_helper(directory)
         return self.runner.run(argv, **kwargs)
 
-    def ensure_helper(self) -> None:
-        """Put the helper script in place (once per connection; a no-op if it is there)."""
-        if self._helper_ready:
+    def ensure_helper(self, directory: str = "") -> None:
+        """Put the helper script in place in app_dir (or `directory`, e.g. proxy_dir): once
+        per connection, a no-op if it is there; makes the directory on a fresh VM."""
+        directory = directory or self.settings.app_dir
+        if directory in self._helpers:
             return
-        self._helper_ready = True
-        self.runner.run(cmd.install_helper(self.settings.app_dir),
+        self._helpers.add(directory)
+        extra = [cmd.BACKUP_DIR] if directory == self.settings.app_dir else []
+        self.runner.run(cmd.install_helper(directory, *extra),
                         stdin=cmd.HELPER_TEXT.rstrip("\n"), quiet=True, cwd="",
-                        what=f"could not write the deploy helper into {self.settings.app_dir}",
-                        fix="check that the SSH user may write app_dir on the VM")
+                        what=f"could not write the deploy helper into {directory}",
+                        fix=f"check that the SSH user may write {directory} on the VM")
 
     def upload(self, local: Path, remote_name: str, mode: int) -> None:
         """Upload a file over SFTP: mode set before any byte is written, then renamed in."""

@@ -1,0 +1,372 @@
+"""The rule "no `sh -c` script except through the VM helper", the helper's proxy, env-file,
+settle and swarm subcommands run under dash (the VM's /bin/sh) in a temporary directory, and
+the proxy's health-wait decisions fed sequences of polls (no VM).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import deploy
+from deploy import proxy
+from deploy.commands import proxy as pcmd
+from deploy.commands import swarm as scmd
+from deploy.commands import vm as cmd
+from deploy.envcheck import app_env_keys, set_key
+from deploy.errors import DeployError
+from deploy.remote import Vm
+from deploy.remote.health import ContainerWatch, UpstreamWatch
+from deploy.runner import Result, Runner
+from deploy.settings import Settings
+
+PACKAGE = Path(deploy.__file__).parent
+DASH = shutil.which("dash") or "dash"
+HELPER_SOURCE = PACKAGE / "vm_helper.sh"
+
+# --------------------------------------------------------------------------- the rule
+
+# What may build an `sh -c` argv: the helper's own bootstrap, and commands the user wrote
+# (`fab run CMD`, the app's migrate command in a one-off container, `fab exec`).
+ALLOWED = {
+    ("runner.py", "sh"),                      # the builder itself, used only by `fab run`
+    ("fabtasks.py", "run_"),                  # `fab run CMD`
+    ("commands/vm.py", "install_helper"),      # puts the helper in place
+    ("commands/vm.py", "run_in_new_container"),  # the migrate command, `alembic downgrade`
+    ("commands/vm.py", "migrate_then_current"),  # the migrate command, then alembic current
+    ("commands/vm.py", "exec_in_service"),    # `fab exec`
+}
+
+
+def _builds_sh_c(node: ast.AST) -> bool:
+    """`sh(...)`/`runner.sh(...)`, a list or tuple with "sh", "-c" in a row, or a string
+    that starts `sh -c `."""
+    if isinstance(node, ast.Call):
+        func = node.func
+        return (isinstance(func, ast.Name) and func.id == "sh") or \
+            (isinstance(func, ast.Attribute) and func.attr == "sh")
+    if isinstance(node, ast.List | ast.Tuple):
+        words = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+        return any(a == "sh" and b == "-c" for a, b in zip(words, words[1:], strict=False))
+    if isinstance(node, ast.JoinedStr) and node.values:
+        first = node.values[0]
+        return isinstance(first, ast.Constant) and str(first.value).startswith("sh -c ")
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+        node.value.startswith("sh -c ")
+
+
+def shell_script_builders() -> set[tuple[str, str]]:
+    """(module, innermost function) of every place in deploy/ that builds an `sh -c` argv."""
+    found = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        module = path.relative_to(PACKAGE).as_posix()
+
+        stack: list[tuple[ast.AST, str]] = [(tree, "<module>")]
+        while stack:
+            node, where = stack.pop()
+            for child in ast.iter_child_nodes(node):
+                name = child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) \
+                    else where
+                if _builds_sh_c(child):
+                    found.add((module, name))
+                stack.append((child, name))
+    return found
+
+
+def test_no_command_builder_writes_an_sh_c_script_except_the_allowed():
+    found = shell_script_builders()
+    assert found - ALLOWED == set(), (
+        "these build an `sh -c` script: make it a subcommand of deploy/vm_helper.sh instead: "
+        f"{sorted(found - ALLOWED)}")
+    assert ALLOWED - found == set(), f"stale allow-list entries: {sorted(ALLOWED - found)}"
+
+
+def test_the_scan_sees_each_way_of_writing_one(tmp_path):
+    for source in ('sh("a; b")', 'runner.sh("a; b")', '["sh", "-c", "a; b"]',
+                   '("env", "sh", "-c", x)', 'f"sh -c {x}"', '"sh -c a"'):
+        assert _builds_sh_c(ast.parse(source, mode="eval").body), source
+    for source in ('["sh", HELPER, "x"]', '["bash", "-c"]', '"sh"', 'f"{x} sh -c"'):
+        assert not _builds_sh_c(ast.parse(source, mode="eval").body), source
+
+
+def helper_subcommands() -> set[str]:
+    text = HELPER_SOURCE.read_text()
+    dispatch = text[text.rindex('case $cmd in'):]
+    return set(re.findall(r"^ {4}([a-z-]+)\)", dispatch, re.M))
+
+
+PROXY_DIR = "/srv/.deploy-proxy"
+BUILDERS = {
+    "requirements": pcmd.requirements(PROXY_DIR),
+    "write_base": pcmd.write_base(PROXY_DIR, "{", "}"),
+    "assemble": pcmd.assemble(PROXY_DIR),
+    "reload": pcmd.reload(PROXY_DIR),
+    "wait_admin": pcmd.wait_admin(PROXY_DIR, 5),
+    "set_route": pcmd.set_route(PROXY_DIR, "p", '{"a": "it\'s"}'),
+    "set_upstream": pcmd.set_upstream(PROXY_DIR, "p", "p-app-2:8000"),
+    "poll": pcmd.poll(PROXY_DIR, "abc", "p-app-1:8000", "h", "/health"),
+    "ensure_network": pcmd.ensure_network(PROXY_DIR, "deploy-proxy"),
+    "settle": pcmd.settle(["docker", "compose"], "app"),
+    "env_keys": app_env_keys(),
+    "set_key": set_key("APP_SECRET"),
+    "task_last_health": scmd.task_last_health("t1"),
+}
+
+
+APP_COPY = {"settle", "env_keys", "set_key", "task_last_health"}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_builders_run_a_helper_subcommand_it_has(name):
+    argv = BUILDERS[name]
+    assert argv[0] == "sh" and argv[1].endswith(cmd.HELPER), argv
+    assert argv[2] in helper_subcommands(), argv
+    # the proxy's run the proxy_dir copy by its path (they run outside app_dir), the rest
+    # the app's copy from app_dir
+    expected = "" if name in APP_COPY else PROXY_DIR
+    assert cmd.helper_dir(argv) == expected
+
+
+def test_helper_dir_names_the_copy_to_install():
+    assert cmd.helper_dir(cmd.helper("lock-read")) == ""
+    assert cmd.helper_dir(cmd.helper_in("/srv/p", "proxy-reload")) == "/srv/p"
+    assert cmd.helper_dir(["sh", "-c", "true"]) is None
+    assert cmd.helper_dir(["docker", "ps"]) is None
+
+
+# --------------------------------------------------------------------------- under dash
+
+
+def dash(argv: list[str], cwd: Path, stdin: str | None = None, env: dict | None = None,
+         timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a builder's argv as the VM would, under dash, with the helper installed in `cwd`
+    (app_dir) or at its absolute path (proxy_dir) by the toolkit's own bootstrap."""
+    directory = cmd.helper_dir(argv)
+    assert directory is not None, argv
+    install = subprocess.run([DASH, *cmd.install_helper(directory or ".")[1:]], cwd=cwd,
+                             input=cmd.HELPER_TEXT, text=True, capture_output=True)
+    assert install.returncode == 0, install.stderr
+    return subprocess.run([DASH, *argv[1:]], cwd=cwd, input=stdin, text=True,
+                          capture_output=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_env_keys_and_env_set_keep_values_on_the_vm_and_the_file_private(tmp_path):
+    env = tmp_path / "app.env"
+    env.write_text("export A=1\n  B = 2\n#C=3\nBB=4\nD='x'\n")
+    env.chmod(0o644)
+    assert dash(app_env_keys(), tmp_path).stdout.split() == ["A", "B", "BB", "D"]
+    result = dash(set_key("B"), tmp_path, stdin="B='it''s $(touch pwned)'")
+    assert result.returncode == 0, result.stderr
+    assert env.read_text() == "export A=1\n#C=3\nBB=4\nD='x'\nB='it''s $(touch pwned)'\n"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert not (tmp_path / "pwned").exists()
+    bad = dash(cmd.env_set("B.*"), tmp_path, stdin="x=1")
+    assert bad.returncode == 1 and "not a variable name: B.*" in bad.stderr
+    assert "BB=4" in env.read_text()
+    with pytest.raises(DeployError):
+        set_key("1X")
+    (tmp_path / "empty").mkdir()
+    assert dash(app_env_keys(), tmp_path / "empty").stdout == ""  # no app.env yet: no keys
+
+
+def test_proxy_base_routes_and_upstream_on_disk(tmp_path):
+    proxy = tmp_path / "proxy dir"  # a space: every argument is its own word
+    d = str(proxy)
+    head, tail = pcmd.config_parts("off")
+    compose = pcmd.compose_project("caddy:2", "net", "80", "443")
+    result = dash(pcmd.write_base(d, head, tail), tmp_path, stdin=compose)
+    assert result.returncode == 0, result.stderr
+    assert (proxy / "compose.json").read_text() == compose
+    assert dash(pcmd.assemble(d), tmp_path).returncode == 0
+    assert json.loads((proxy / "conf/caddy.json").read_text())["apps"]["http"]["servers"][
+        "web"]["routes"] == [pcmd.FALLBACK_ROUTE]
+
+    # A route Caddy cannot take (no Caddy listens here): its own error shown, the previous
+    # route file put back, the config rebuilt from what was there.
+    first = json.dumps(pcmd.route("a", ["a.test"]))
+    (proxy / "apps/a.json").write_text(first + "\n")
+    changed = json.dumps(pcmd.route("a", ["b.test"]))
+    refused = dash(pcmd.set_route(d, "a", changed), tmp_path)
+    assert refused.returncode == 1
+    assert "Caddy refused the config (HTTP 000):" in refused.stderr
+    assert "curl: (7)" in refused.stderr  # curl's own message: nothing listens
+    assert (proxy / "apps/a.json").read_text() == first + "\n"
+    routes = json.loads((proxy / "conf/caddy.json").read_text())["apps"]["http"]["servers"][
+        "web"]["routes"]
+    assert routes == [json.loads(first), pcmd.FALLBACK_ROUTE]
+    # The same route again: nothing to load, nothing to refuse.
+    assert dash(pcmd.set_route(d, "a", first), tmp_path).returncode == 0
+    # A new app's refused route is removed again.
+    assert dash(pcmd.set_route(d, "b", changed), tmp_path).returncode == 1
+    assert not (proxy / "apps/b.json").exists()
+
+    assert dash(pcmd.set_upstream(d, "a", "a-app-2:8000"), tmp_path).returncode == 0
+    upstream = proxy / pcmd.upstream_path("a")
+    assert upstream.read_text() == "a-app-2:8000"  # no newline: Caddy dials it as it is
+    assert not upstream.with_name("a.tmp").exists()
+    read = subprocess.run(pcmd.read_upstream(d, "b"), capture_output=True, text=True)
+    assert read.returncode != 0 and read.stdout == ""  # no switch yet: no upstream
+    escape = dash(pcmd.set_upstream(d, "../x", "y:1"), tmp_path)
+    assert escape.returncode == 1 and "not a project name" in escape.stderr
+
+
+def test_a_config_change_waits_for_the_lock_and_says_so(tmp_path):
+    proxy = tmp_path / "proxy"
+    proxy.mkdir()
+    holder = subprocess.Popen(["flock", str(proxy / "lock"), "sleep", "10"])
+    try:
+        time.sleep(0.3)
+        started = time.monotonic()
+        result = dash(pcmd.assemble(str(proxy)), tmp_path,
+                      env={"DEPLOY_PROXY_LOCK_WAIT": "1"})
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1 and "the proxy config stayed locked for 1s" in result.stderr
+    assert 0.9 < took < 5
+    assert not (proxy / "conf/caddy.json").exists()
+
+
+def test_requirements_wait_admin_poll_and_task_health_without_a_proxy(tmp_path):
+    empty = tmp_path / "nothing-on-path"
+    empty.mkdir()
+    result = dash(pcmd.requirements(str(tmp_path / "p")), tmp_path, env={"PATH": str(empty)})
+    assert (result.returncode, result.stdout) == (1, "missing on the VM: curl flock\n")
+    assert dash(pcmd.requirements(str(tmp_path / "p")), tmp_path).returncode == 0
+    started = time.monotonic()
+    assert dash(pcmd.wait_admin(str(tmp_path / "p"), 1), tmp_path).returncode == 1
+    assert time.monotonic() - started < 5
+    gone = dash(pcmd.poll(str(tmp_path / "p"), "no-such-container-deploy-test", "x:1", "h",
+                          "/health"), tmp_path)
+    assert (gone.returncode, gone.stdout) == (0, "missing -\n")
+    task = dash(scmd.task_last_health("no-such-task-deploy-test"), tmp_path)
+    assert (task.returncode, task.stdout) == (0, "")
+
+
+def test_settle_brings_up_every_service_but_the_web_one(tmp_path):
+    calls = tmp_path / "calls"
+    compose = tmp_path / "compose-standin"  # records how it is called (command construction)
+    compose.write_text('#!/bin/sh\nif [ "$3" = config ]; then printf "%s\\n" $SERVICES; '
+                       f'else echo "$*" >> {calls}; fi\n')
+    compose.chmod(0o755)
+    argv = pcmd.settle([str(compose), "--file", "c.yaml"], "app")
+    assert dash(argv, tmp_path, env={"SERVICES": "app worker beat"}).returncode == 0
+    assert calls.read_text() == "--file c.yaml up -d --no-deps --remove-orphans worker beat\n"
+    calls.unlink()
+    assert dash(argv, tmp_path, env={"SERVICES": "app"}).returncode == 0
+    assert not calls.exists()  # only the web service: nothing to bring up
+
+
+# --------------------------------------------------------------------------- the health wait
+
+
+def decide(*polls: tuple[str, str], passes: int = 3) -> tuple[str | None, UpstreamWatch]:
+    watch = UpstreamWatch(passes=passes)
+    verdict = None
+    for state, code in polls:
+        verdict = watch.poll(state, code)
+        if verdict is not None:
+            break
+    return verdict, watch
+
+
+def test_healthy_needs_the_state_and_passes_200s_in_a_row():
+    assert decide(("starting", "502"), ("starting", "200"), ("healthy", "200"),
+                  ("healthy", "200"))[0] == ""
+    assert decide(("running", "200"), ("running", "200"), ("running", "200"))[0] == ""
+    # a non-200 starts the count again
+    assert decide(("healthy", "200"), ("healthy", "200"), ("healthy", "503"),
+                  ("healthy", "200"), ("healthy", "200"))[0] is None
+    assert decide(("healthy", "200"), passes=1)[0] == ""
+    # 200s from a container Docker does not call healthy yet are not enough
+    assert decide(*[("starting", "200")] * 5)[0] is None
+
+
+def test_a_failed_state_fails_at_once_and_restarting_twice():
+    for state in ("unhealthy", "exited", "dead", "missing"):
+        verdict, watch = decide(("starting", "502"), (state, "-"), ("healthy", "200"))
+        assert verdict == state
+    assert decide(("", ""))[0] == "missing"  # nothing printed: no container
+    assert decide(("restarting", "000"), ("starting", "502"))[0] is None
+    assert decide(("restarting", "000"), ("starting", "502"), ("restarting", "000"))[0] == \
+        "restarting"
+
+
+def test_a_timeout_says_the_last_state_and_code():
+    verdict, watch = decide(("starting", "000"), ("healthy", "503"))
+    assert verdict is None
+    assert watch.timed_out() == "timeout (healthy, 503 through the proxy)"
+    assert UpstreamWatch().timed_out() == "timeout (none, - through the proxy)"
+
+
+def settle(*states: str, steady_polls: int = 15) -> ContainerWatch | None:
+    """The watch once it says the wait is over, None if it never did."""
+    watch = ContainerWatch(steady_polls=steady_polls)
+    return next((watch for state in states if watch.poll(state)), None)
+
+
+def test_without_the_proxy_the_container_wait_ends_on_dockers_verdict_or_a_steady_run():
+    assert settle("starting", "starting", "healthy").failed() == ""
+    for state in ("unhealthy", "exited", "dead"):
+        assert settle("starting", state).failed() == state
+    # no health check: running for `steady_polls` polls in a row, a restart starts it again
+    assert settle("running", "running", "running", steady_polls=3).failed() == ""
+    assert settle("running", "running", "starting", "running", "running",
+                  steady_polls=3) is None
+    assert settle("restarting", "running", "restarting").failed() == "restarting"
+    # nothing printed: no container (yet); the wait goes on and its timeout says so
+    watch = ContainerWatch()
+    assert not watch.poll("") and not watch.poll("missing")
+    assert watch.timed_out() == "timeout (missing)"
+
+
+class Polls:
+    """A remote target that answers each command with the next scripted (exit, stdout)."""
+
+    enters_dirs = True
+
+    def __init__(self, answers: list[tuple[int, str]]) -> None:
+        self.answers = iter(answers)
+        self.commands: list[str] = []
+
+    def run(self, command: str, **kwargs) -> Result:
+        self.commands.append(command)
+        exited, stdout = next(self.answers)
+        return Result(command, exited, stdout, "curl: (7) failed" if exited else "")
+
+
+def polled(tmp_path: Path, answers: list[tuple[int, str]], timeout: float = 5.0):
+    """proxy.wait_upstream over `answers` (the helper's upload first), and what it sent."""
+    settings = Settings(root=tmp_path, image="127.0.0.1:5000/example", host="vm.invalid",
+                        app_dir="/srv/app", proxy=True, proxy_host="app.test",
+                        health_timeout=timeout)
+    target = Polls([(0, ""), *answers])
+    vm = Vm(settings, Runner(target, where="vm1", out=io.StringIO()))
+    return proxy.wait_upstream(vm, "abc123", "p-app-2:8000"), target.commands
+
+
+def test_the_wait_polls_through_the_shell_until_the_watch_decides(tmp_path):
+    problem, sent = polled(tmp_path, [(0, "starting 502\n"), (0, "healthy 200\n")] +
+                           [(0, "healthy 200\n")] * 2)
+    assert problem == ""
+    assert "mkdir -p /srv/.deploy-proxy/.deploy/bin" in sent[0]  # the proxy's copy, once
+    assert all(" proxy-poll /srv/.deploy-proxy abc123 p-app-2:8000 http://app.test/health"
+               in c for c in sent[1:]) and len(sent) == 5
+    assert polled(tmp_path, [(0, "starting 502\n"), (0, "exited -\n")])[0] == "exited"
+    failed = polled(tmp_path, [(0, "starting 502\n"), (2, "")])[0]
+    assert failed == "the health poll failed (exit 2): curl: (7) failed"
+    late = polled(tmp_path, [(0, "starting 000\n")] * 100, timeout=0.3)[0]
+    assert late == "timeout (starting, 000 through the proxy)"
