@@ -2,10 +2,11 @@
 deploy runs, ways to catch a deploy in one phase on the VM and break something right then, the
 services to break (SSH session, registry, Docker engine, disk), and the campaign's table.
 
-The faults hit a sandbox VM of their own (conftest.FAULT_VMS): its engine, its sshd sessions, its
-disk. A VM shares this machine's kernel, so its processes are read straight from /proc and its
-disk. A VM shares this machine's kernel: its processes are read from /proc, its files from the
-thread is stopped and every service is restored in a `finally`.
+The faults hit sandbox VMs of their own (conftest.FAULT_VMS): their engines, their sshd
+sessions, their disks. A VM shares this machine's kernel: its processes are read from /proc, its
+files through its laptop-side directory. Whatever a fault stops, the probe thread is stopped and
+every service is restored in a `finally`. A fault's row names the example it ran on (sqlite:
+example/, postgres: example-postgres/); rows are counted in that example's database.
 """
 
 from __future__ import annotations
