@@ -175,10 +175,10 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                     step = f"pull on {slot}"
                     digests[slot] = vm.pull(tag)
                 step = f"backup on {plan.primary}"
-                history = first.history()
+                records = first.records()  # a restore since the last release counts
                 backup = first.backup(tag, previous[plan.primary])
                 step = f"migrate on {plan.primary}"
-                revision = first.migrate(tag, backup) or last_revision(history)
+                revision = first.migrate(tag, backup) or last_revision(records)
             except (KeyboardInterrupt, ConnectionLost) as exc:
                 raise cut_short(exc, step, tag, "the previous release") from None
             say(f"migrated once, on {plan.primary}: revision {revision or '-'}")

@@ -296,7 +296,7 @@ def deploy(vm, tag: str, *, git_sha: str = "", message: str = "", lock: bool = T
             raise cut_short(exc, step, tag, previous) from None
         stack_switch(vm, tag, previous)
         with sigint_deferred():
-            entry = release_entry(tag, digest, revision or last_revision(vm.history()),
+            entry = release_entry(tag, digest, revision or last_revision(vm.records()),
                                   "deploy", previous, git_sha, message)
             if not vm.runner.dry_run:
                 vm.record(entry)
