@@ -201,15 +201,20 @@ container_of() {  # SERVICE COMPOSE...: the id of the service's container ('' if
     "$@" ps -q "$service" 2>/dev/null | head -n 1
 }
 
-health_state() {  # SERVICE COMPOSE...: healthy, unhealthy, starting, running, exited... missing
+container_state() {  # ID: its health (healthy, unhealthy, starting), else its run state; missing
+    found=$(docker inspect --format \
+        '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' \
+        "$1" 2>/dev/null) || found=missing
+    echo "${found:-missing}"
+}
+
+health_state() {  # SERVICE COMPOSE...: the state of the service's container (missing if none)
     id=$(container_of "$@")
     if [ -z "$id" ]; then
         echo missing
         return
     fi
-    docker inspect --format \
-        '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' \
-        "$id" 2>/dev/null || echo missing
+    container_state "$id"
 }
 
 running_image() {  # SERVICE COMPOSE...: "IMAGE_ID REFERENCE" of the running container, or ''
@@ -395,12 +400,10 @@ proxy_set_upstream() {  # DIR PROJECT UPSTREAM: one atomic rename (Caddy reads i
 }
 
 proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request through Caddy
-    state=$(docker inspect --format \
-        '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' \
-        "$2" 2>/dev/null) || state=missing
-    case ${state:-missing} in
+    state=$(container_state "$2")
+    case $state in
         unhealthy | exited | dead | missing)
-            echo "${state:-missing} -"
+            echo "$state -"
             return
             ;;
     esac

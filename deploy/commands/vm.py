@@ -268,7 +268,3 @@ def env_keys(path: str = APP_ENV) -> list[str]:
 def env_set(key: str, path: str = APP_ENV) -> list[str]:
     """Replace or add KEY in the env file with the line on stdin; atomic, 0600."""
     return helper("env-set", path, key)
-
-
-def make_dirs(app_dir: str) -> list[str]:
-    return ["mkdir", "-p", app_dir, f"{app_dir}/{STATE_DIR}", f"{app_dir}/{BACKUP_DIR}"]
