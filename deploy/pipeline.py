@@ -20,17 +20,14 @@ def timed(runner: Runner, name: str, step: Callable[[], object]) -> object:
     step printed something in between; a heading first with -v)."""
     if runner.echo or runner.dry_run:
         runner.say(f"== {name}")
-    runner.write_part(name, new=True)
+    runner.start_part(name)
     started = time.monotonic()
     outcome = "failed"
     try:
         result = step()
         outcome = f"{time.monotonic() - started:.1f}s"
     finally:
-        if runner.line_open:
-            runner.write_part(outcome, new=False)
-        else:
-            runner.write_part(f"{name} {outcome}", new=True)
+        runner.end_part(name, outcome)
         runner.end_line()
     return result
 

@@ -119,17 +119,28 @@ class Runner:
         """This runner's phase line is being written (no newline yet)."""
         return _open_line.get("runner") is self
 
-    def write_part(self, text: str, *, new: bool) -> None:
-        """Add to the phase line as it happens: `new` starts a part (` · ` before it, or
-        `[where] ` on a fresh line), else the text ends the part under way."""
+    def start_part(self, name: str) -> None:
+        """Write a part's name on the phase line as it starts (` · ` before it, or `[where] `
+        on a fresh line)."""
+        self._write_on_line(name, " · ")
+
+    def end_part(self, name: str, outcome: str) -> None:
+        """Write how the part `name` ended: on its line if nothing was printed since it
+        started, else on a new line that names it again."""
+        if not outcome:
+            return
+        if self.line_open:
+            self._write_on_line(outcome, " ")
+        else:
+            self._write_on_line(f"{name} {outcome}", " · ")
+
+    def _write_on_line(self, text: str, separator: str) -> None:
         text = redact(text, self.secrets)
-        if not self.line_open:
+        if self.line_open:
+            text = separator + text
+        else:
             self.end_line()  # another runner's line (the laptop's, around a VM's)
             text = f"[{self.where}] {text}"
-        elif new:
-            text = f" · {text}"
-        else:
-            text = f" {text}"
         self.out.write(text)
         self.out.flush()
         _open_line["runner"] = self

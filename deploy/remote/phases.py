@@ -53,15 +53,10 @@ class Release:
         self.vm = vm
         self.tag = tag
         self.previous = previous
-        self.parts: list[str] = []
-
-    def _write(self, text: str, *, new: bool = True) -> None:
-        self.vm.runner.write_part(text, new=new)
 
     def note(self, text: str) -> None:
         """A part of the line that is no timed phase (`lock`, `recorded`)."""
-        self.parts.append(text)
-        self._write(text)
+        self.vm.runner.start_part(text)
 
     @contextlib.contextmanager
     def phase(self, name: str, *, cuts_short: bool = True, timed: bool = True
@@ -70,32 +65,21 @@ class Release:
         `cuts_short`) becomes the message saying the previous release still serves."""
         found = Phase()
         runner = self.vm.runner
-        self._write(name)
+        runner.start_part(name)
         started = time.monotonic()
-
-        def finish(outcome: str) -> None:
-            self.parts.append(f"{name} {outcome}" if outcome else name)
-            if outcome:
-                if runner.line_open:
-                    self._write(outcome, new=False)
-                else:
-                    self._write(f"{name} {outcome}")
-
         try:
             yield found
         except (KeyboardInterrupt, ConnectionLost) as exc:
-            finish("cut short")
+            runner.end_part(name, "cut short")
             if cuts_short:
                 raise cut_short(exc, name, self.tag, self.previous) from None
             raise
         except BaseException:
-            finish("failed")
+            runner.end_part(name, "failed")
             raise
         took = time.monotonic() - started
-        finish(" ".join(p for p in (found.result, f"{took:.1f}s" if timed else "") if p))
-
-    def line(self) -> str:
-        return " · ".join(self.parts)
+        runner.end_part(name, " ".join(
+            p for p in (found.result, f"{took:.1f}s" if timed else "") if p))
 
     def __enter__(self) -> Release:
         return self
