@@ -477,20 +477,24 @@ class App:
             (self.repo / "deploy.toml").read_text()).get("database", "sqlite")
         return database == "postgres"
 
-    def item_names(self) -> list[str]:
-        sql = "SELECT name FROM items ORDER BY id"
+    def first_column(self, sql: str) -> list[str]:
+        """The first column of each row `sql` selects in the app's database (Postgres or
+        SQLite)."""
         if self.postgres:
             return [row[0] for row in self.psql(sql)]
-        return [row["name"] for row in self.db(sql)]
+        return [next(iter(row.values())) for row in self.db(sql)]
+
+    def item_names(self) -> list[str]:
+        return self.first_column("SELECT name FROM items ORDER BY id")
 
     def db_revision(self) -> str:
-        sql = "SELECT version_num FROM alembic_version"
-        if self.postgres:
-            return self.psql(sql)[0][0]
-        return self.db(sql)[0]["version_num"]
+        return self.first_column("SELECT version_num FROM alembic_version")[0]
 
-    def containers(self, *, running: bool = True) -> list[str]:
+    def containers(self, *, running: bool = True, service: str = "") -> list[str]:
+        """The app's containers (of one compose service, if named)."""
         args = ["ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"]
+        if service:
+            args += ["--filter", f"label=com.docker.compose.service={service}"]
         if not running:
             args.insert(1, "-a")
         return self.vm_docker(*args).stdout.split()
@@ -499,9 +503,7 @@ class App:
         """The image the app service's one running container runs (a database service, as
         in the Postgres example, is not counted)."""
         service = self.settings().service
-        ids = [c for c in self.containers() if self.vm_docker(
-            "inspect", "--format", '{{index .Config.Labels "com.docker.compose.service"}}',
-            c).stdout.strip() == service]
+        ids = self.containers(service=service)
         assert len(ids) == 1, f"expected one running {service} container of {self.project}: {ids}"
         return self.vm_docker("inspect", "--format", "{{.Config.Image}}", ids[0]).stdout.strip()
 
