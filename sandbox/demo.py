@@ -108,14 +108,17 @@ def reset_vm(work: Path) -> None:
     settings = load_settings(work, environ={})
     for target in remote.targets(settings):
         with remote.session(settings, target) as vm:
-            vm.run(cmd.make_dirs(settings.app_dir), cwd="", quiet=True)
+            vm.run(["mkdir", "-p", settings.app_dir], cwd="", quiet=True)
+            # --volumes: the demo writes a new database password at each run, which a kept
+            # Postgres volume would refuse
             if vm.run(["test", "-f", settings.compose_file], check=False, quiet=True).ok:
-                vm.run([*vm.compose(), "down", "--remove-orphans"], check=False, hide=True)
+                vm.run([*vm.compose(), "down", "--volumes", "--remove-orphans"], check=False,
+                       hide=True)
             # a demo of an older toolkit may have run it under another project name
             for name in vm.run(cmd.dir_projects(settings.app_dir), check=False,
                                quiet=True).stdout.split():
-                vm.run(["docker", "compose", "--project-name", name, "down", "--remove-orphans"],
-                       check=False, hide=True)
+                vm.run(["docker", "compose", "--project-name", name, "down", "--volumes",
+                        "--remove-orphans"], check=False, hide=True)
             vm.run(["rm", "-rf", settings.app_dir], cwd="")
 
 
