@@ -20,13 +20,17 @@ def sandbox(c, vms=1, stop=False):
         sb.up(vms=vms)
 
 
-@task(help={"postgres": "the Postgres example (pgvector), and a restore at the end"})
+@task(help={"postgres": "the Postgres example (pgvector), and a restore at the end",
+            "dry-run": "no sandbox: print each step's commands (the steps that have a dry run)",
+            "work": "the demo app's directory (default: in the sandbox's state directory)"})
 @friendly
-def demo(c, postgres=False):
+def demo(c, postgres=False, dry_run=False, work=""):
     """Sandbox, then deploy the example v1, v2 (adds a column), roll back to v1."""
+    from pathlib import Path
+
     from sandbox.demo import run_demo
 
-    run_demo(postgres=postgres)
+    run_demo(Path(work) if work else None, postgres=postgres, dry_run=dry_run)
 
 
 ns.add_task(sandbox)

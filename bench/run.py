@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 import sandbox  # noqa: E402
 from deploy.commands.vm import project_name  # noqa: E402
 from deploy.pins import find_uv, locked_names  # noqa: E402
+from sandbox.apprepo import EXAMPLE, commit_all, make_app_repo  # noqa: E402
 
 INV = [sys.executable, "-m", "invoke"]
 FAB = [sys.executable, "-m", "fabric"]
@@ -62,26 +63,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost",
-                           *args], cwd=cwd, check=True, capture_output=True, text=True
-                          ).stdout.strip()
-
-
 def prepare_app(work: Path, port: int) -> Path:
-    app = work / "app"
-    shutil.copytree(REPO / "example", app, ignore=shutil.ignore_patterns(
-        "v2", "data", ".env", "*.db", "__pycache__", ".pytest_cache"))
-    env = (app / ".env.example").read_text().replace("APP_SECRET=change-me", "APP_SECRET=bench")
-    (app / ".env").write_text(env.replace("APP_PORT=8000", f"APP_PORT={port}"))
-    (app / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
-    (app / ".venv").symlink_to(sys.prefix)  # the app's development env: this venv has its deps
-    (app / "fabfile").mkdir()
-    (app / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
-    git(app, "init", "-q")
-    git(app, "add", "-A")
-    git(app, "commit", "-q", "-m", "bench app")
-    return app
+    return make_app_repo(work / "app", EXAMPLE, {"APP_SECRET": "bench", "APP_PORT": str(port)},
+                         message="bench app")
 
 
 BENCH_VM = 2  # the tests deploy to vm1 by default
@@ -134,8 +118,7 @@ def bench_connections(app: Path, env: dict, box: sandbox.Sandbox) -> None:
 def bench_redeploy(app: Path, env: dict) -> None:
     print("3. redeploy of an unchanged commit", flush=True)
     (app / "CHANGELOG").write_text(f"bench {uuid.uuid4().hex}\n")
-    git(app, "add", "-A")
-    git(app, "commit", "-q", "-m", "a new commit to deploy")
+    commit_all(app, "a new commit to deploy")
     first = run([*INV, "deploy"], app, env)
     again = run([*INV, "deploy"], app, env)
     print(f"  first deploy {first:.2f}s, redeploy {again:.2f}s")

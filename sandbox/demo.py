@@ -15,77 +15,51 @@ import sys
 from pathlib import Path
 
 from deploy.errors import DeployError
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "example"
-EXAMPLE_POSTGRES = EXAMPLE.parent / "example-postgres"
-SKIP = shutil.ignore_patterns("v2", "data", ".env", "*.db", "__pycache__", ".pytest_cache")
+from sandbox.apprepo import EXAMPLE, EXAMPLE_POSTGRES, apply_v2, commit_all, git, make_app_repo
+from sandbox.vms import Vm
 
 
 def banner(text: str) -> None:
     print(f"\n{'=' * 8} {text} {'=' * max(0, 60 - len(text))}", flush=True)
 
 
-def sh(argv: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def sh(argv: list[str], cwd: Path, env: dict[str, str] | None = None
+       ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=cwd, env=env, check=False, text=True)
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=demo", "-c", "user.email=demo@localhost", *args],
-        cwd=cwd, check=True, capture_output=True, text=True,
-    ).stdout.strip()
-
-
-def prepare(work: Path, vm, example: Path = EXAMPLE) -> None:
+def prepare(work: Path, vm: Vm, example: Path = EXAMPLE) -> None:
     """A fresh git repo holding example v1, with a .env made from .env.example, deploying to
     sandbox VM `vm`."""
     if not example.is_dir():
         raise DeployError(f"the example app is missing at {example}", "run from a repo checkout")
     shutil.rmtree(work, ignore_errors=True)
-    shutil.copytree(example, work, ignore=SKIP)
-    example_env = (work / ".env.example").read_text()
-    (work / ".env").write_text(
-        example_env.replace("APP_SECRET=change-me", f"APP_SECRET={secrets.token_hex(16)}")
-        .replace("POSTGRES_PASSWORD=change-me", f"POSTGRES_PASSWORD={secrets.token_hex(16)}")
-    )
-    (work / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    make_app_repo(work, example, {"APP_SECRET": secrets.token_hex(16),
+                                  "POSTGRES_PASSWORD": secrets.token_hex(16)})
     point_at(work, vm)
-    # The example's development environment (where its tests and the migrations check run):
-    # this venv holds its requirements.
-    (work / ".venv").symlink_to(sys.prefix)
-    (work / "fabfile").mkdir(exist_ok=True)
-    (work / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
-    git(work, "init", "-q")
-    git(work, "add", "-A")
-    git(work, "commit", "-q", "-m", "example v1")
+    commit_all(work, f"deploy to {vm.name}")
 
 
-def apply_v2(work: Path, example: Path = EXAMPLE) -> None:
-    shutil.copytree(example / "v2", work, dirs_exist_ok=True)
-    git(work, "add", "-A")
-    git(work, "commit", "-q", "-m", "example v2: items get a note column")
-
-
-def on_vm(vm, *curl_args: str) -> str:
+def on_vm(vm: Vm, *curl_args: str) -> str:
     """An HTTP request made on the VM (the app listens on the VM's loopback only)."""
     proc = subprocess.run(vm.in_vm("curl", "-sS", "--max-time", "5", *curl_args),
                           capture_output=True, text=True, check=False)
     return proc.stdout.strip() if proc.returncode == 0 else f"(no answer: {proc.stderr.strip()})"
 
 
-def served(vm, base: str) -> str:
+def served(vm: Vm, base: str) -> str:
     return (f"GET /version -> {on_vm(vm, base + '/version')}\n"
             f"GET /items   -> {on_vm(vm, base + '/items')}")
 
 
-def post_item(vm, base: str, name: str) -> None:
+def post_item(vm: Vm, base: str, name: str) -> None:
     status = on_vm(vm, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H",
                    "Content-Type: application/json", "-d", json.dumps({"name": name}),
                    base + "/items")
     print(f"POST /items {name!r} -> {status}")
 
 
-def point_at(work: Path, vm) -> None:
+def point_at(work: Path, vm: Vm) -> None:
     """The demo's deploy.toml names the sandbox VM as a user names theirs: host and port."""
     path = work / "deploy.toml"
     lines = []
@@ -136,23 +110,30 @@ def step_env() -> dict[str, str]:
     return env
 
 
-def step(argv: list[str], work: Path) -> None:
+def step(argv: list[str], work: Path, dry_run: bool = False) -> None:
+    """Run one `inv`/`fab` step as the user types it (with `--dry-run` in a dry run)."""
     env = step_env()
+    argv = [*argv, "--dry-run"] if dry_run else argv
     shown = " ".join(["inv" if argv[2] == "invoke" else "fab", *argv[3:]])
     print(f"\n$ {shown}", flush=True)
     if sh(argv, work, env).returncode != 0:
         raise DeployError(f"demo step `{shown}` failed", "see its output above")
 
 
-def run_demo(work: Path | None = None, postgres: bool = False) -> None:
+def run_demo(work: Path | None = None, postgres: bool = False, dry_run: bool = False) -> None:
     """v1 -> v2 -> rollback; with `postgres`, the Postgres example, then a restore of the
-    backup taken before v2's migration."""
+    backup taken before v2's migration. `dry_run`: no sandbox, no VM; each step that has a
+    dry run prints its commands, and what asks the VM is left out."""
     import sandbox
     from deploy.envfile import read_env_file
 
     example = EXAMPLE_POSTGRES if postgres else EXAMPLE
     banner("sandbox")
-    box = sandbox.up()
+    if dry_run:
+        box = sandbox.sandbox()
+        print("dry run: the sandbox is not started; nothing reaches a VM")
+    else:
+        box = sandbox.up()
     work = work or box.state_dir / "demo" / ("app-postgres" if postgres else "app")
     vm = box.vm(1)
     prepare(work, vm, example)
@@ -160,26 +141,37 @@ def run_demo(work: Path | None = None, postgres: bool = False) -> None:
     base = f"http://127.0.0.1:{port}"  # on the VM
     inv = [sys.executable, "-m", "invoke"]
     fab = [sys.executable, "-m", "fabric"]
-    reset_vm(work)
+    if not dry_run:
+        reset_vm(work)
     v1 = git(work, "rev-parse", "--short=7", "HEAD")
 
-    banner(f"deploy v1 ({v1})")
-    step([*fab, "setup"], work)
-    step([*inv, "deploy"], work)
-    post_item(vm, base, "written under v1")
-    post_item(vm, base, "also v1")
-    print(served(vm, base))
+    def show() -> None:
+        if not dry_run:
+            print(served(vm, base))
 
-    apply_v2(work, example)
-    v2 = git(work, "rev-parse", "--short=7", "HEAD")
+    def post(name: str) -> None:
+        if not dry_run:
+            post_item(vm, base, name)
+
+    banner(f"deploy v1 ({v1})")
+    step([*fab, "setup"], work, dry_run)
+    step([*inv, "deploy"], work, dry_run)
+    post("written under v1")
+    post("also v1")
+    show()
+
+    v2 = apply_v2(work, example)
     banner(f"deploy v2 ({v2}): migration 0002 adds items.note")
-    step([*inv, "deploy"], work)
-    print(served(vm, base))
+    step([*inv, "deploy"], work, dry_run)
+    show()
 
     banner(f"roll back to v1 ({v1})")
-    step([*fab, "rollback", f"--tag={v1}"], work)
-    print(served(vm, base))
+    step([*fab, "rollback", f"--tag={v1}"], work, dry_run)
+    show()
 
+    if dry_run:
+        print("\ndry run: `fab backups`, `fab restore` and `fab releases` read the VM; left out")
+        return
     if postgres:
         banner("restore the backup taken before v2's migration")
         post_item(vm, base, "written after the backup")

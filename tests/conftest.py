@@ -4,6 +4,7 @@ run `inv` in it, and the Docker engine / registry / base image the slow tests ne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -12,8 +13,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tiers
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
@@ -46,30 +49,15 @@ def commit_all(repo: Path, message: str = "change") -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def make_example_repo(dest: Path, source: Path = EXAMPLE) -> Path:
-    """Copy the example app (v1 only) to `dest`, add .env and tasks.py, commit it all."""
-    shutil.copytree(source, dest, ignore=_IGNORE)
-    lines = []
-    for line in (dest / ".env.example").read_text().splitlines():
-        key = line.split("=", 1)[0].strip()
-        if line and not line.startswith("#") and "=" in line:
-            lines.append(f"{key}={ENV_VALUES.get(key, 'test-value')}")
-    (dest / ".env").write_text("\n".join(lines) + "\n")
-    (dest / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
-    # The example's development environment: its requirements are in the toolkit's own venv,
-    # so that venv stands in as the app's .venv (where the migrations check runs Alembic).
-    (dest / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    gitignore = dest / ".gitignore"
-    ignored = gitignore.read_text().splitlines() if gitignore.exists() else []
-    for name in (".env", ".venv"):
-        if name not in ignored:
-            ignored.append(name)
-    gitignore.write_text("\n".join(ignored) + "\n")
-    git(dest, "init", "-q")
-    git(dest, "config", "user.email", "tests@example.invalid")
-    git(dest, "config", "user.name", "Deploy Tests")
-    git(dest, "config", "commit.gpgsign", "false")
-    commit_all(dest, "example app")
+def make_example_repo(dest: Path, source: Path = EXAMPLE, fabfile: bool = False) -> Path:
+    """Copy the example app (v1 only) to `dest`, add .env and tasks.py (and fabfile/), commit
+    it all."""
+    from sandbox.apprepo import make_app_repo
+
+    keys = [line.split("=", 1)[0].strip() for line in (source / ".env.example").read_text()
+            .splitlines() if line and not line.startswith("#") and "=" in line]
+    make_app_repo(dest, source, {key: ENV_VALUES.get(key, "test-value") for key in keys},
+                  fabfile=fabfile)
     assert git(dest, "status", "--porcelain", "--untracked-files=all") == "", "copy is not clean"
     return dest
 
@@ -207,15 +195,105 @@ def base_image(docker_engine: None) -> str:
     return BASE_IMAGE
 
 
+# --------------------------------------------------------------------------- tiers
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tier", default=os.environ.get("DEPLOY_TEST_TIER", "fast"),
+        help="which tiers run: a comma-separated list of " + ", ".join(tiers.TIERS)
+        + ", or all (default: fast, or $DEPLOY_TEST_TIER). A test's tier comes from the "
+        "fixtures it uses (tests/tiers.py).")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        tiers.parse_tiers(config.getoption("--tier"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    for name in tiers.TIERS[1:]:
+        config.addinivalue_line("markers", f"{name}: the {name} tier (tests/tiers.py)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its tier and xdist group; keep only the tiers asked for."""
+    wanted = config.getoption("--tier")
+    keep, drop = [], []
+    for item in items:
+        tier = tiers.tier_of(item.fixturenames, item.get_closest_marker("slow") is not None)
+        if tier not in ("fast", "slow"):
+            item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("xdist_group") is None:
+            group = tiers.group_of(item.fixturenames, item.nodeid.split("::")[0])
+            item.add_marker(pytest.mark.xdist_group(group))
+        item.user_properties.append(("tier", tier))
+        (keep if tiers.selected(tier, wanted) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+# per tier: first start, last stop, summed duration, tests run (this process's reports: with
+# xdist, the controller's are every worker's)
+_TIMES: dict[str, list[float]] = {}
+# the fault campaign's rows, carried from the worker that made them in the test's report
+_FAULT_ROWS: list[dict[str, Any]] = []
+_ROWS_SENT = [0]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    kit = sys.modules.get("faultkit")
+    if kit is not None:
+        for row in kit.RESULTS[_ROWS_SENT[0]:]:
+            item.user_properties.append(("fault_row", dataclasses.asdict(row)))
+        _ROWS_SENT[0] = len(kit.RESULTS)
+    yield
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    properties = dict(report.user_properties)
+    tier = properties.get("tier")
+    if tier is not None:
+        start, stop, total, count = _TIMES.setdefault(str(tier),
+                                                      [report.start, report.stop, 0.0, 0])
+        _TIMES[str(tier)] = [min(start, report.start), max(stop, report.stop),
+                             total + report.duration, count + (report.when == "call")]
+    if report.when == "call" or report.when == "teardown":
+        for key, value in report.user_properties:
+            if key == "fault_row" and value not in _FAULT_ROWS:
+                _FAULT_ROWS.append(value)
+
+
+def tier_times(times: dict[str, list[float]]) -> list[str]:
+    """One line per tier: tests run, the wall time from its first start to its last stop, and
+    the sum of its tests' own times (more than the wall time when workers ran it side by
+    side)."""
+    lines = []
+    for tier in sorted(times, key=tiers.TIERS.index):
+        start, stop, total, count = times[tier]
+        lines.append(f"{tier:<8} {int(count):>4} tests  {stop - start:7.1f}s wall  "
+                     f"{total:7.1f}s summed")
+    return lines
+
+
 # --------------------------------------------------------------------------- fault campaign
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """The fault campaign's table (tests/test_faults.py), when it recorded rows; also written
-    as Markdown to $FAULTS_REPORT if that is set."""
-    kit = sys.modules.get("faultkit")
-    if kit is None or not kit.RESULTS:
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    """The time per tier; the fault campaign's table (tests/test_faults.py), when it recorded
+    rows, also written as Markdown to $FAULTS_REPORT if that is set."""
+    if _TIMES and not hasattr(config, "workerinput"):
+        terminalreporter.section("time per tier")
+        for line in tier_times(_TIMES):
+            terminalreporter.write_line(line)
+    if not _FAULT_ROWS:
         return
+    import faultkit as kit
+
+    kit.RESULTS[:] = [kit.Row(**row) for row in _FAULT_ROWS]
     terminalreporter.section("fault campaign")
     for line in kit.table_text().splitlines():
         terminalreporter.write_line(line)

@@ -25,13 +25,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import EXAMPLE, REGISTRY, child_env, commit_all, git, make_example_repo
+from conftest import EXAMPLE, REGISTRY, child_env, git, make_example_repo
 
 from deploy.commands.vm import project_name
 from sandbox import Sandbox
+from sandbox.apprepo import FABFILE, apply_v2
 from sandbox.vms import Vm
 
-FABFILE = "from deploy.fabtasks import ns  # noqa: F401\n"
 FORWARD = Path(__file__).resolve().parents[1] / "sandbox" / "forward.py"
 
 BROKEN_MIGRATION = '''"""a migration that fails
@@ -94,17 +94,7 @@ def add_fabfile(repo: Path) -> None:
 def make_app_repo(dest: Path, source: Path = EXAMPLE) -> Path:
     """A committed git copy of an example's v1 (example/ unless `source` names another) with
     tasks.py and fabfile/, as an app repo has."""
-    make_example_repo(dest, source=source)
-    add_fabfile(dest)
-    commit_all(dest, "fabfile")
-    return dest
-
-
-def apply_v2(repo: Path, source: Path = EXAMPLE) -> str:
-    """Overlay the example's v2/ on the repo and commit it; the new short SHA."""
-    shutil.copytree(source / "v2", repo, dirs_exist_ok=True)
-    commit_all(repo, "v2: items get a note column")
-    return git(repo, "rev-parse", "--short=7", "HEAD")
+    return make_example_repo(dest, source=source, fabfile=True)
 
 
 # --------------------------------------------------------------------------- images

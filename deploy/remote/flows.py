@@ -182,7 +182,9 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=N
     # The schema a release was deployed with: a rollback records the database's revision then,
     # which (without --downgrade) is newer than the release itself.
     deployed = {e["tag"]: e for e in history if e.get("action", "deploy") == "deploy"}
-    if target not in entries and not (known_in_registry and known_in_registry(target)):
+    # a dry run reads no history and asks no registry: it shows the commands for `tag`
+    if target not in entries and not vm.runner.dry_run \
+            and not (known_in_registry and known_in_registry(target)):
         raise DeployError(
             f"{target} is neither in the release history nor in the registry",
             "pick a tag from `fab releases`",
