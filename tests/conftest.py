@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
+import json
 import os
 import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ EXAMPLE = REPO / "example"
 EXAMPLE_POSTGRES = REPO / "example-postgres"
 REGISTRY = "127.0.0.1:5000"
 BASE_IMAGE = "python:3.11-slim"
+PG_BASE_IMAGE = "pgvector/pgvector:pg17"
 
 _IGNORE = shutil.ignore_patterns(
     "v2", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", "data", "*.db",
@@ -312,6 +315,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
 # and 4 are for the tests that kill a VM's engine or sshd (the fault campaign, multi-host).
 SHARED_VMS = (1, 2)
 FAULT_VMS = (3, 4)
+PG_FAULT_VM = 8
 
 
 @pytest.fixture(scope="session")
@@ -319,7 +323,8 @@ def sandbox(registry, base_image):
     """The sandbox up (idempotent): engine, registry, images, sshd, VMs 1 and 2."""
     import sandbox as sandbox_mod
 
-    return sandbox_mod.up(vms=max(SHARED_VMS))
+    with registry_in_use():  # `up` starts the registry if a registry fault stopped it
+        return sandbox_mod.up(vms=max(SHARED_VMS))
 
 
 @pytest.fixture(scope="session")
@@ -339,22 +344,129 @@ def fault_vms(sandbox):
     """Two VMs of their own for tests that kill a VM's engine or sshd."""
     import sandbox as sandbox_mod
 
-    sandbox_mod.up(vms=max(FAULT_VMS))
+    with registry_in_use():
+        sandbox_mod.up(vms=max(FAULT_VMS))
     return tuple(sandbox.vm(i) for i in FAULT_VMS)
 
 
 @pytest.fixture(scope="session")
-def images(sandbox, tmp_path_factory):
-    from vmkit import build_images, delete_from_registry, remove_local_images
+def pg_fault_vm(sandbox: Any) -> Any:
+    """A VM of its own for the fault campaign on the Postgres example, which runs beside the
+    one on SQLite (vm3, and vm4 for the multi-VM faults)."""
+    import sandbox as sandbox_mod
 
+    with registry_in_use():
+        sandbox_mod.up(vms=PG_FAULT_VM)
+    return sandbox.vm(PG_FAULT_VM)
+
+
+@pytest.fixture(scope="session")
+def images(sandbox: Any, request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The example's v1, v2, broken-migration and unhealthy images, pushed: built once per
+    run, by the first worker that needs them."""
+    from vmkit import build_images
+
+    return shared_build(request, tmp_path_factory, "images",
+                        lambda root: build_images(root, EXAMPLE, "rt-"))
+
+
+@pytest.fixture(scope="session")
+def pg_images(sandbox: Any, request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The same images of example-postgres/, built once per run."""
+    from vmkit import build_images
+
+    if _docker("image", "inspect", PG_BASE_IMAGE).returncode != 0:
+        pytest.skip(f"{PG_BASE_IMAGE} is not in the engine: `python -m sandbox up` builds it")
+    return shared_build(request, tmp_path_factory, "pg-images",
+                        lambda root: build_images(root, EXAMPLE_POSTGRES, "rt-pg-"))
+
+
+def run_root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory every xdist worker of this run shares (the controller's basetemp)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(request.config, "workerinput") else base
+
+
+def shared_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 key: str, build: Callable[[Path], Any]) -> Any:
+    """Images built once per test run: the first worker builds and records them (under a
+    lock), the others read the record. The run's end removes them (pytest_sessionfinish)."""
+    from vmkit import Images
+
+    root = run_root(request, tmp_path_factory)
+    record = root / f"shared-{key}.json"
+    with open(root / f"shared-{key}.lock", "a") as lock, registry_in_use():
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if record.exists():
+            return Images(**json.loads(record.read_text()))
+        built = build(root / f"shared-{key}")
+        record.write_text(json.dumps(dataclasses.asdict(built)))
+        return built
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run's shared images removed from the registry, the laptop and the VMs (by the
+    controller, once every worker is done)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    records = sorted(factory.getbasetemp().glob("shared-*.json")) if factory else []
+    if not records:
+        return
+    from vmkit import Images, delete_from_registry, remove_local_images
+
+    import sandbox as sandbox_mod
     from sandbox.vms import running
 
-    built = build_images(tmp_path_factory.mktemp("images"))
-    yield built
-    remove_local_images(built.image)
-    for vm in running(sandbox.state_dir):  # what the VMs pulled
-        remove_local_images(built.image, vm)
-    delete_from_registry(built.name)
+    box = sandbox_mod.sandbox()
+    for record in records:
+        built = Images(**json.loads(record.read_text()))
+        remove_local_images(built.image)
+        for vm in running(box.state_dir):  # what the VMs pulled
+            remove_local_images(built.image, vm)
+        delete_from_registry(built.name)
+
+
+# The laptop's registry is shared by every test of the docker tiers and above, on every xdist
+# worker; the fault campaign stops it for a moment. Tests hold this lock shared, the registry
+# faults exclusive. A writer first closes the gate, so that new readers wait behind it instead
+# of keeping the lock shared until the run ends.
+REGISTRY_LOCK = Path("/tmp/deploy-tests-registry.lock")
+REGISTRY_GATE = Path("/tmp/deploy-tests-registry.gate")
+
+
+@contextlib.contextmanager
+def registry_in_use(exclusive: bool = False) -> Iterator[None]:
+    with open(REGISTRY_GATE, "a") as gate, open(REGISTRY_LOCK, "a") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def registry_alone(sandbox: Any, images: Any) -> Iterator[None]:
+    """For a test that stops the laptop's registry: it waits until no other test uses the
+    registry, and keeps it to itself until the end."""
+    with registry_in_use(exclusive=True):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _registry_shared(request: pytest.FixtureRequest) -> Iterator[None]:
+    tier = dict(request.node.user_properties).get("tier", "fast")
+    if tier in ("fast", "slow") or "registry_alone" in request.fixturenames:
+        yield
+        return
+    with registry_in_use():
+        yield
 
 
 @pytest.fixture(scope="session")

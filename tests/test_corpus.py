@@ -26,6 +26,10 @@ VENV_BIN = Path(sys.executable).parent
 IGNORE = shutil.ignore_patterns(".venv", "__pycache__", ".env", "data")
 
 
+# each test runs the app's tools (Alembic, uv, pytest) in subprocesses: seconds each
+pytestmark = pytest.mark.slow
+
+
 def user_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """PATH as a user with pyenv's 3.10 would have it; Poetry keeps its venv in the project."""
     path = os.pathsep.join([str(VENV_BIN), str(PY310), os.environ.get("PATH", "")])

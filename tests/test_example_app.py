@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
 
 
+# each test runs the app's tools (Alembic, uv, pytest) in subprocesses: seconds each
+pytestmark = pytest.mark.slow
+
+
 def _missing(*modules: str) -> list[str]:
     return [m for m in modules if importlib.util.find_spec(m) is None]
 

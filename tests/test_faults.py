@@ -55,9 +55,7 @@ from faultkit import (
 from vmkit import (
     App,
     apply_v2,
-    build_images,
     delete_from_registry,
-    docker,
     make_app_repo,
     output,
     remove_local_images,
@@ -68,8 +66,9 @@ SLOW_MIGRATION = {"DEPLOY_MIGRATE_COMMAND": "sleep 2 && alembic upgrade head"}
 HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "10"}
 ROWS = ("first row", "second row", "third row")
 BALLAST_MB = 320  # makes the SQLite backup (a cp) last long enough to be caught
-PG_IMAGE = "pgvector/pgvector:pg17"
-BOTH = pytest.mark.parametrize("example", ["sqlite", "postgres"])
+# The Postgres faults run on a VM of their own, beside the SQLite ones (another xdist worker).
+BOTH = pytest.mark.parametrize("example", [
+    "sqlite", pytest.param("postgres", marks=pytest.mark.xdist_group("faults-postgres"))])
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -84,19 +83,6 @@ def example() -> str:
 @pytest.fixture(scope="session")
 def sqlite_fault_images(images, tmp_path_factory):
     return build_fault_images(tmp_path_factory.mktemp("fault-images"), images)
-
-
-@pytest.fixture(scope="session")
-def pg_images(sandbox, fault_vms, tmp_path_factory):
-    """example-postgres v1, v2, broken and unhealthy, built once and pushed."""
-    if docker("image", "inspect", PG_IMAGE).returncode != 0:
-        pytest.skip(f"{PG_IMAGE} is not in the engine: `python -m sandbox up` builds it")
-    built = build_images(tmp_path_factory.mktemp("pg-images"), EXAMPLE_POSTGRES, "rt-pgf-")
-    yield built
-    remove_local_images(built.image)
-    for vm in fault_vms:
-        remove_local_images(built.image, vm)
-    delete_from_registry(built.name)
 
 
 @pytest.fixture(scope="session")
@@ -129,12 +115,12 @@ def sshd(fault_vms):
 
 
 @pytest.fixture(scope="module")
-def pg_app(pg_images, sandbox, fault_vms, tmp_path_factory):
-    """The Postgres example on the second fault VM, serving v1 with the campaign's rows: one
-    for the module (a new database per fault would cost its start every time)."""
+def pg_app(pg_images, sandbox, pg_fault_vm, tmp_path_factory):
+    """The Postgres example on its fault VM, serving v1 with the campaign's rows: one for the
+    module (a new database per fault would cost its start every time)."""
     root = tmp_path_factory.mktemp("pg-fault-app")
     repo = make_app_repo(root / "app", EXAMPLE_POSTGRES)
-    app = App.create(repo, pg_images, root / "xdg-cache", sandbox, vm=fault_vms[1])
+    app = App.create(repo, pg_images, root / "xdg-cache", sandbox, vm=pg_fault_vm)
     fast_healthcheck(app)
     try:
         app.fab_ok("setup")
@@ -333,7 +319,7 @@ def test_local_process_killed(rows, fault_images, phase, sig):
 # --------------------------------------------------------------------------- 3: registry down
 
 
-def test_registry_down_at_push(rows, images, sshd):
+def test_registry_down_at_push(registry_alone, rows, images, sshd):
     app = rows
     for step in ("build", "smoke"):
         proc = app.inv(step)
@@ -361,7 +347,7 @@ def test_registry_down_at_push(rows, images, sshd):
     fault.rows_intact()
 
 
-def test_registry_down_at_pull(rows, images, sshd):
+def test_registry_down_at_pull(registry_alone, rows, images, sshd):
     """The registry answers the tool's check, then dies before the VM pulls."""
     app = rows
     mark = sshd.mark()

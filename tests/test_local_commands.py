@@ -401,6 +401,7 @@ def test_dirty_version_of_an_app_in_a_subdirectory_hashes_untracked_files(tmp_pa
     assert deploy_git.resolve_version(app) != first
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("xdg", ["", None])
 def test_smoke_record_defaults_to_the_home_cache(tmp_path, xdg):
     env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}

@@ -8,48 +8,20 @@ The database image is the sandbox's `pgvector/pgvector:pg17` (built from Debian 
 from __future__ import annotations
 
 import re
-import shutil
 import stat
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLE_POSTGRES, REGISTRY, assert_no_traceback, commit_all, git
+from conftest import EXAMPLE_POSTGRES, assert_no_traceback, commit_all
 from vmkit import (
     App,
     add_fabfile,
-    buildx,
-    checked,
-    delete_from_registry,
-    docker,
     make_example_repo,
     output,
-    remove_local_images,
-    unique,
 )
 
 PG_IMAGE = "pgvector/pgvector:pg17"
 TRICKY = "pa$$word$HOME x${APP_SECRET}y #hash 'single' \"double\" a=b"
-
-
-@pytest.fixture(scope="session")
-def pg_images(sandbox, tmp_path_factory):
-    """example-postgres v1 and v2, built once and pushed; (image, v1, v2)."""
-    if docker("image", "inspect", PG_IMAGE).returncode != 0:
-        pytest.skip(f"{PG_IMAGE} is not in the engine: `python -m sandbox up` builds it")
-    root = tmp_path_factory.mktemp("pg-images")
-    repo = pg_repo(root / "app")
-    image = f"{REGISTRY}/{unique('rt-pg-')}"
-    v1 = git(repo, "rev-parse", "--short=7", "HEAD")
-    buildx(f"{image}:{v1}", repo)
-    shutil.copytree(EXAMPLE_POSTGRES / "v2", repo, dirs_exist_ok=True)
-    commit_all(repo, "v2")
-    v2 = git(repo, "rev-parse", "--short=7", "HEAD")
-    buildx(f"{image}:{v2}", repo)
-    for tag in (v1, v2):
-        checked(docker("push", "--quiet", f"{image}:{tag}"))
-    yield image, v1, v2
-    remove_local_images(image)
-    delete_from_registry(image.split("/", 1)[1])
 
 
 def pg_repo(dest: Path) -> Path:
@@ -63,7 +35,7 @@ def pg_repo(dest: Path) -> Path:
 
 @pytest.fixture
 def pg_app(tmp_path, pg_images, sandbox):
-    image, _, _ = pg_images
+    image = pg_images.image
     app = App.create(pg_repo(tmp_path / "app"), None, tmp_path / "xdg-cache", sandbox,
                      image=image)
     app.env["DEPLOY_HEALTH_TIMEOUT"] = "60"
@@ -85,7 +57,7 @@ def db_container(app: App) -> str:
 
 def test_postgres_deploy_v2_rollback_and_restore_keep_every_row(pg_app, pg_images):
     app = pg_app
-    _, v1, v2 = pg_images
+    v1, v2 = pg_images.v1, pg_images.v2
     app.fab_ok("setup")
     dot_env = app.vm(".env").read_bytes()
 
@@ -167,7 +139,7 @@ def test_postgres_deploy_v2_rollback_and_restore_keep_every_row(pg_app, pg_image
 def test_rollback_with_downgrade_backs_up_first_and_a_broken_restore_leaves_the_app_stopped(
         pg_app, pg_images):
     app = pg_app
-    _, v1, v2 = pg_images
+    v1, v2 = pg_images.v1, pg_images.v2
     app.fab_ok("setup")
     app.deploy(v1)
     app.post_item("kept", embedding=[1, 1, 1])

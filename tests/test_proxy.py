@@ -18,12 +18,8 @@ import urllib.request
 
 import pytest
 from conftest import child_env
+from test_postgres import pg_repo
 from vmkit import App, InFlight, Probe, Proxy, output
-
-try:  # issue 9's Postgres example and its session-built images
-    from test_postgres import pg_images, pg_repo  # noqa: F401
-except ImportError:
-    pg_images = pg_repo = None
 
 from deploy.commands import proxy as pcmd
 from deploy.commands.vm import project_name
@@ -357,10 +353,9 @@ def test_compose_check_names_what_to_change(tmp_path):
     assert "proxy_host" in caught.value.message
 
 
-@pytest.mark.skipif(pg_repo is None, reason="issue 9's example-postgres tests are not here")
 def test_the_postgres_example_behind_the_proxy_fails_no_request(pg_images, caddy, sandbox,
                                                                tmp_path):
-    image, v1, v2 = pg_images
+    image, v1, v2 = pg_images.image, pg_images.v1, pg_images.v2
     app = App.create(pg_repo(tmp_path / "pg"), None, tmp_path / "xdg-cache", sandbox,
                      image=image).use_proxy(caddy)
     app.env["DEPLOY_HEALTH_TIMEOUT"] = "60"

@@ -123,6 +123,7 @@ def roles_repo(tmp_path: Path, extra: str = "") -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_dry_run_pulls_everywhere_migrates_once_then_switches_host_by_host(tmp_path) -> None:
     proc = fab(roles_repo(tmp_path), "deploy", "--tag=v2", "--dry-run")
     text = output(proc)
@@ -313,6 +314,7 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
         (v2, "deploy"), (v1, "rollback")], "vm1's history says it went to v2 and back"
 
 
+@pytest.mark.slow
 def test_inv_deploy_dry_run_locks_the_primary_host_once_and_migrates_once(
         example_repo, inv) -> None:
     from conftest import commit_all

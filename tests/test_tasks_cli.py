@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, child_env, output
 
 TASKS = ("init", "lock", "check", "test", "build", "smoke", "push", "deploy", "config")
@@ -30,6 +31,7 @@ def test_this_repos_tasks_add_sandbox_and_demo(inv) -> None:
         assert f"\n  {name} " in proc.stdout, name
 
 
+@pytest.mark.slow
 def test_installed_package_has_no_sandbox(tmp_path: Path) -> None:
     """A non-editable `pip install` of the package plus a one-line tasks.py: only deploy tasks,
     and no root-filesystem builder in what was installed."""

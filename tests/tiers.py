@@ -14,6 +14,8 @@ from collections.abc import Iterable
 # Most demanding last: a test's tier is the last one any of its fixtures needs.
 TIERS = ("fast", "slow", "docker", "sandbox", "multivm", "faults")
 FIXTURE_TIERS: dict[str, str] = {
+    # an `inv` process or an app repo of its own per test: a second or more each
+    "inv": "slow", "example_repo": "slow",
     # the laptop's engine and registry
     "docker_cli": "docker", "docker_engine": "docker", "registry": "docker",
     "base_image": "docker", "built": "docker", "pg_image": "docker", "poetry_app": "docker",
