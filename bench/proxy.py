@@ -1,6 +1,6 @@
 """Failed requests per release switch: compose recreate (proxy off) vs blue/green behind Caddy.
 
-usage: .venv/bin/python bench/proxy.py [--rounds N] [--image caddy:2]
+usage: .venv/bin/python bench/proxy.py [--rounds N] [--image caddy:2] [--quick]
 
 The same run, on the sandbox VM, for each mode: the example app set up, v1 deployed, then
 N rounds of `fab deploy` v2 and `fab rollback` to v1, one more of each with a 5 s request
@@ -8,7 +8,8 @@ N rounds of `fab deploy` v2 and `fab rollback` to v1, one more of each with a 5 
 (switched back / never switched). Each command runs under a probe at 100 requests/s on new
 connections (`/version`).
 Then, behind Caddy: 30 forced config loads and one restart of the Caddy container.
-Prints a Markdown table; exit 1 if any request failed behind the proxy.
+Prints a Markdown table; exit 1 if any request failed behind the proxy. `--quick` (CI's mode):
+one deploy of v2 and one rollback per mode, nothing else.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ def measure(mode: str, what: str, app: App, action, slow_requests: bool = False)
     return len(probe.failed) + slow_failed
 
 
-def run_mode(mode: str, app: App, images, rounds: int) -> int:
+def run_mode(mode: str, app: App, images, rounds: int, quick: bool = False) -> int:
     app.fab_ok("setup")
     app.deploy(images.v1)
+    if quick:
+        return (measure(mode, "deploy v2", app, lambda: app.deploy(images.v2))
+                + measure(mode, "rollback to v1", app, lambda: app.fab_ok("rollback")))
     # First, while the schema is v1's (the unhealthy image is v1 with a failing /health).
     failed = measure(mode, "unhealthy image", app, lambda: app.fab(
         "deploy", f"--tag={images.unhealthy}", env={"DEPLOY_HEALTH_TIMEOUT": "15"}))
@@ -82,7 +86,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--image", default="caddy:2", help="the Caddy image on the VM")
+    parser.add_argument("--quick", action="store_true",
+                        help="one deploy and one rollback per mode, nothing else")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds = 1
     box = sandbox.up()
     with tempfile.TemporaryDirectory(prefix="deploy-bench-proxy-") as tmp:
         root = Path(tmp)
@@ -95,7 +103,9 @@ def main() -> int:
                 apps.append(app)
                 if mode == "proxy":
                     app.use_proxy(proxy)
-                failed = run_mode(mode, app, images, args.rounds)
+                failed = run_mode(mode, app, images, args.rounds, args.quick)
+            if args.quick:
+                return report(failed)
             measure("proxy", f"{LOADS} forced config loads", app,
                     lambda: app.fab_ok("run", "--cmd", forced_loads(proxy.proxy_dir)))
             measure("proxy", "Caddy container restart", app,
@@ -106,6 +116,11 @@ def main() -> int:
             proxy.tear_down()
             vmkit.remove_local_images(images.image)
             vmkit.delete_from_registry(images.name)
+    return report(failed)
+
+
+def report(failed: int) -> int:
+    """The table; exit 1 if any request failed behind the proxy (`failed`)."""
     print("\n| mode | switch | requests | failed | 5 s requests | failed | took |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for mode, what, n, bad, slow, slow_bad, took in ROWS:

@@ -143,7 +143,7 @@ def bench_lock(app: Path, env: dict, runs: int) -> None:
             (work / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
             benv = {**env, "DEPLOY_LOCK_BACKEND": backend}
             samples = []
-            for _ in range(3):
+            for _ in range(min(runs, 3)):
                 (work / "requirements.lock").unlink(missing_ok=True)
                 samples.append(run([*INV, "lock"], work, benv))
             times[backend] = statistics.median(samples)
@@ -181,7 +181,12 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--quick", action="store_true",
+                        help="one run of each figure (CI's mode): the figures are printed, a "
+                        "missed target does not fail it")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 1
     print(f"machine: {machine()}", flush=True)
     box = sandbox.up(vms=BENCH_VM)
     vm = box.vm(BENCH_VM)
@@ -216,7 +221,7 @@ def main() -> int:
     for name, measured, target, met in ROWS:
         print(f"| {name} | {measured} | {target} | {'met' if met else 'MISSED'} |")
     print(f"\n{machine()}")
-    return 0 if all(met for *_, met in ROWS) else 1
+    return 0 if args.quick or all(met for *_, met in ROWS) else 1
 
 
 if __name__ == "__main__":

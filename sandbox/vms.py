@@ -170,6 +170,23 @@ def ensure_bridge() -> None:
         check([exe("ip"), "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE], "addressing dsb0",
               "see `ip addr show dsb0`")
     check([exe("ip"), "link", "set", BRIDGE, "up"], "bringing dsb0 up", "see `ip link`")
+    allow_vm_to_vm()
+
+
+# The laptop's dockerd sets FORWARD's policy to DROP, which drops traffic between two VMs on
+# the bridge too (a swarm's control port, gossip and VXLAN; an app host reaching the database
+# host). DOCKER-USER is the chain Docker leaves to the user; FORWARD where there is none.
+VM_TO_VM = ["-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
+
+
+def allow_vm_to_vm() -> None:
+    """Let VMs reach each other across dsb0 (that bridge only), once."""
+    iptables = exe("iptables")
+    chain = "DOCKER-USER" if run([iptables, "-n", "-L", "DOCKER-USER"]).returncode == 0 \
+        else "FORWARD"
+    if run([iptables, "-C", chain, *VM_TO_VM]).returncode != 0:
+        check([iptables, "-I", chain, *VM_TO_VM], f"letting VMs reach each other ({chain})",
+              "run as root, with iptables installed")
 
 
 def remove_bridge() -> None:

@@ -90,15 +90,13 @@ def vm_docker(vm, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def swarm(sandbox):
     """vm6 a manager and vm7 a worker of one swarm (made once; left in place)."""
+    from conftest import registry_in_use
+
     import sandbox as sandbox_mod
 
-    sandbox_mod.up(vms=max(SWARM_VMS))
+    with registry_in_use():  # `up` starts the registry if a registry fault stopped it
+        sandbox_mod.up(vms=max(SWARM_VMS))  # VMs reach each other: swarm's ports, VXLAN
     manager, worker = (sandbox.vm(i) for i in SWARM_VMS)
-    # The VMs' bridge forwards between them only if the laptop's firewall lets it (the laptop's
-    # dockerd sets FORWARD to DROP): swarm's control port, gossip and VXLAN go VM to VM.
-    rule = ["DOCKER-USER", "-i", "dsb0", "-o", "dsb0", "-j", "ACCEPT"]
-    if subprocess.run(["iptables", "-C", *rule], capture_output=True).returncode != 0:
-        subprocess.run(["iptables", "-I", *rule], check=True)
     state = vm_docker(manager, "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
     if state != "active":
         init = vm_docker(manager, "swarm", "init", "--advertise-addr", manager.address)

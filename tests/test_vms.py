@@ -68,6 +68,20 @@ def test_a_port_on_a_vms_loopback_is_not_reachable_from_the_laptop(sandbox, two_
         run(vm1.docker("rm", "-f", name))
 
 
+def test_a_port_on_a_vms_address_is_reachable_from_the_other_vm(sandbox, two_vms):
+    """VM to VM across the bridge (an app host reaching its database host; a swarm's nodes):
+    the sandbox lets it through the laptop's firewall by itself."""
+    vm1, vm2 = two_vms
+    port, name = free_port(), unique("reach-")
+    ok(run(vm1.docker("run", "-d", "--name", name, "-p", f"{vm1.address}:{port}:8000",
+                      "python:3.11-slim", "python3", "-m", "http.server", "8000")))
+    try:
+        assert wait(lambda: in_vm_get(vm1, f"http://{vm1.address}:{port}/") == "200", 30)
+        assert in_vm_get(vm2, f"http://{vm1.address}:{port}/") == "200"
+    finally:
+        run(vm1.docker("rm", "-f", name))
+
+
 def test_a_file_under_srv_on_one_vm_is_not_on_the_other_nor_on_the_laptop(sandbox, two_vms):
     vm1, vm2 = two_vms
     rel = f"{unique('sep-')}/written-on-vm1"
