@@ -32,7 +32,7 @@ _verify_host_keys()
 
 def each_vm(c, dry_run: bool = False):
     """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
-    from deploy import roles  # issue 13: with [roles.*] and no -H, every role's hosts
+    from deploy import roles  # with [roles.*] and no -H, every role's hosts
     from deploy.remote import session
     from deploy.runner import set_verbose
     from deploy.settings import load_settings
@@ -48,7 +48,7 @@ def each_vm(c, dry_run: bool = False):
 
 
 def with_roles(c) -> bool:
-    """Issue 13: whether this task acts on the roles of deploy.toml (there are some, no -H)."""
+    """Whether this task acts on the roles of deploy.toml (there are some, no -H)."""
     from deploy import roles
     from deploy.settings import load_settings
 

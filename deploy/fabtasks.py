@@ -33,13 +33,13 @@ def deploy(c, tag, message="", dry_run=False, verbose=False):
     if not dry_run:
         registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
-    if with_roles(c):  # issue 13: one tag for all roles, in batches
+    if with_roles(c):  # one tag for all roles, in batches
         from deploy import roles
         roles.deploy(settings, tag, message=message, dry_run=dry_run)
         return
 
     def step(vm) -> None:
-        if settings.target == "swarm":  # issue 13: a stack deployed from the manager
+        if settings.target == "swarm":  # a stack deployed from the manager
             from deploy import swarm
             swarm.deploy(vm, tag, message=message)
         else:
@@ -71,7 +71,7 @@ def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
                                                settings.registry_password) is None:
             raise DeployError(f"{image}:{tag} is not in the registry: there is no such release "
                               "to roll back to", "pick a tag from `fab releases`")
-    if with_roles(c):  # issue 13: every role's hosts, in batches, under one lock
+    if with_roles(c):  # every role's hosts, in batches, under one lock
         from deploy import roles
         settings = load_settings()
 
@@ -86,7 +86,7 @@ def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
             s = vm.settings
             return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
                 is not None
-        if vm.settings.target == "swarm":  # issue 13: redeploy the stack at that tag
+        if vm.settings.target == "swarm":  # redeploy the stack at that tag
             from deploy import swarm
             swarm.rollback(vm, tag, known_in_registry=in_registry)
             continue
@@ -145,7 +145,7 @@ def status(c):
         print(f"health:    {vm.health()}")
         print(f"revision:  {vm.revision() or '-'}")
         print(f"lock:      {describe_holder(holder) if holder else 'free'}")
-        if vm.settings.target == "swarm":  # issue 13: the stack's tasks, not compose's
+        if vm.settings.target == "swarm":  # the stack's tasks, not compose's
             from deploy import swarm
             print("\n".join(swarm.status_lines(vm)))
             continue
@@ -240,7 +240,7 @@ def setup(c, dry_run=False, verbose=False):
         current = vm.current_tag()
         if not dry_run and s.target != "swarm":
             vm.check_sqlite_on_disk(vm.config(current))
-        if s.target == "swarm":  # issue 13: a one-node swarm unless the engine is in one
+        if s.target == "swarm":  # a one-node swarm unless the engine is in one
             from deploy import swarm
             swarm.ensure_swarm(vm)
         if s.registry_user and s.registry_password:

@@ -81,7 +81,7 @@ def full_deploy(
     started = time.monotonic()
     tag = git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
     image = refs.validate_image(settings.require("image"))
-    # Issue 13: with [roles.*] (and no -H), every role's hosts, each with its role's settings.
+    # with [roles.*] (and no -H), every role's hosts, each with its role's settings.
     from deploy import roles
 
     per_host = roles.targets(settings, hosts)
@@ -127,7 +127,7 @@ def full_deploy(
             if not dry_run:
                 registry.require_tag(image, tag, settings.registry_user,
                                      settings.registry_password)
-        if per_host[0][0]:  # issue 13: roles switch in batches after one migration
+        if per_host[0][0]:  # roles switch in batches after one migration
             slots = dict(zip(roles.plan_of(settings).slots, vms, strict=True))
             timed(runner, "remote deploy over roles",
                   lambda: roles.deploy(settings, tag, git_sha=git_sha, message=message,
@@ -135,7 +135,7 @@ def full_deploy(
             stale = []
         for vm in stale:
             flow, quiet = remote.deploy, {"announce": False}
-            if settings.target == "swarm":  # issue 13: a stack deployed from the manager
+            if settings.target == "swarm":  # a stack deployed from the manager
                 from deploy import swarm
                 flow, quiet = swarm.deploy, {}
             timed(runner, f"remote deploy on {vm.runner.where}",

@@ -170,7 +170,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                     envcheck.require_app_env(vm)
                     previous[slot] = vm.current_tag()
                     vm.sync_release_env(previous[slot])
-                    vm.check_project()  # the same checks as a one-host deploy (issue 9)
+                    vm.check_project()  # the same checks as a one-host deploy
                     vm.check_contract(tag)
                     step = f"pull on {slot}"
                     digests[slot] = vm.pull(tag)

@@ -30,7 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "target": ("compose", "swarm"),
     "proxy_tls": ("auto", "internal", "off"),
 }
-# Tables read by their own module, not typed settings (issue 13: `[roles.NAME]`, deploy/roles.py).
+# Tables read by their own module, not typed settings (`[roles.NAME]`, deploy/roles.py).
 TABLES = ("roles",)
 
 
@@ -97,7 +97,6 @@ class Settings:
     postgres_user: str = "postgres"
     postgres_db: str = "app"
     keep_backups: int = 5
-    keep_releases: int = 10
     # The proxy (Caddy) in front of the app: zero-downtime blue/green switches
     proxy: bool = False
     proxy_host: str = ""

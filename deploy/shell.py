@@ -48,7 +48,6 @@ class RemoteShell:
         self.inside = False
         self.where = where or getattr(connection, "host", "the VM")
         self.channel = None
-        self.reconnects = 0
         # A VM that answers neither output nor an SSH keepalive for this long is lost.
         self.network_timeout = network_timeout
         self.probe_after = max(1.0, network_timeout / 6)
@@ -91,7 +90,6 @@ class RemoteShell:
                 "check the VM and the network, then run the same command again",
                 self.where,
             )
-        self.reconnects += 1
         return transport
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""`target = "swarm"`: the release goes out as a Docker Swarm stack from a manager VM (issue 13).
+"""`target = "swarm"`: the release goes out as a Docker Swarm stack from a manager VM.
 
 The same lock, pull, backup and migrate-before-switch as on compose, then the switch is
 `docker stack deploy` of the compose file as `docker compose config` renders it (a stack reads

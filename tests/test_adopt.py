@@ -1,4 +1,4 @@
-"""Adopting a real app (issue 10), the local half: checks that run where the app runs, the app's
+"""Adopting a real app, the local half: checks that run where the app runs, the app's
 own env reads, the build context, the project root found from a subdirectory."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The adoption corpus (issue 10): app shapes this project writes itself, each adopted as a new
+"""The adoption corpus: app shapes this project writes itself, each adopted as a new
 user would (`deploy-init`, i.e. `inv init` before a tasks.py exists, then `inv check`).
 
 (a) the SQLite example; (c) a uv workspace with the app in backend/, a Python 3.10 image, a
 migrate script that is not `alembic`, its own compose image variables and `env_file: .env`;
 (d) a Poetry app on Postgres + pgvector; (e) an app with two Alembic heads and no lock;
-(b) issue 9's Postgres example, example-postgres/ (app and pgvector database both on `.env`).
+(b) the Postgres example, example-postgres/ (app and pgvector database both on `.env`).
 """
 
 from __future__ import annotations
@@ -105,7 +105,6 @@ def test_a_the_example_adopted_from_scratch(tmp_path, inv):
 EXAMPLE_PG = REPO / "example-postgres"
 
 
-@pytest.mark.skipif(not EXAMPLE_PG.is_dir(), reason="issue 9's example-postgres/ is not here yet")
 def test_b_the_postgres_example_adopted_from_scratch(tmp_path, inv):
     """Its app image's name contains "postgres": the database is still the pgvector service."""
     repo = tmp_path / "b"

@@ -1,5 +1,5 @@
 """Corpus apps adopted with `deploy-init` and deployed to a sandbox VM, upgraded and rolled
-back (issue 10, Done-when): (c) the uv workspace on its Python 3.10 image, step by step as a
+back: (c) the uv workspace on its Python 3.10 image, step by step as a
 user adopting it would (`inv check`, `inv build`, `inv smoke`, `inv push`, `fab deploy`);
 (d) the Poetry + Postgres/pgvector app with `inv deploy`.
 """
@@ -17,14 +17,6 @@ from test_checks import edit
 from test_corpus import PY310, adopt, poetry_install, user_env
 from test_envcheck import fab_stdin
 from vmkit import App, unique
-
-import deploy
-
-# Runs (strict) once issue 9's deploy/remote/ is there: the database service started before
-# the backup, image_variable/tag_variable on the VM, .env kept constant for services reading it.
-NEEDS_REMOTE = pytest.mark.xfail(
-    not (Path(deploy.__file__).parent / "remote").is_dir(), strict=True,
-    reason="needs issue 9's deploy/remote/")
 
 
 def live_app(name: str, tmp_path: Path, sandbox):
@@ -67,7 +59,6 @@ def vector_column(app) -> str:
     return app.fab_ok("exec", "--cmd", f"python -c {shlex.quote(script)}")
 
 
-@NEEDS_REMOTE
 def test_d_poetry_pgvector_app_deploys_upgrades_and_rolls_back(poetry_live):
     app = poetry_live
     settings = (app.repo / "deploy.toml").read_text()
@@ -127,7 +118,6 @@ def add_title_column(repo: Path) -> None:
     commit_all(repo, "v2: notes get a title")
 
 
-@NEEDS_REMOTE
 def test_c_uv_workspace_on_python_310_deploys_upgrades_and_rolls_back(uv_live):
     app = uv_live
     settings = (app.repo / "deploy.toml").read_text()

@@ -1,4 +1,4 @@
-"""Env parity to the VM (issue 10): app.env never gets DEPLOY_* keys; `fab deploy` refuses a
+"""Env parity to the VM: app.env never gets DEPLOY_* keys; `fab deploy` refuses a
 release whose .env.example names a key the VM's app.env lacks, before anything changes;
 `fab env set KEY` adds it (value from stdin, never argv), `fab env-keys` lists keys only."""
 

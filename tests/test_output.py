@@ -1,4 +1,4 @@
-"""What a user sees (issue 12): by default one line per phase and no command lines; with -v
+"""What a user sees: by default one line per phase and no command lines; with -v
 (`--verbose`, `--echo`, DEPLOY_VERBOSE=1) every command, secrets redacted; a dry run always
 prints every command; nothing a remote tool prints reaches the terminal as escape sequences.
 

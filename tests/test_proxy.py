@@ -1,4 +1,4 @@
-"""The proxy (issue 11): Caddy in front of the app, blue/green switches with no failed request.
+"""The proxy: Caddy in front of the app, blue/green switches with no failed request.
 
 The builders are checked as text; the rest runs against the sandbox VM with a Caddy of this
 session's own (its own directory, network and ports). Each switch runs under a probe asking

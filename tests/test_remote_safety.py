@@ -1,4 +1,4 @@
-"""The remote half's safety against the sandbox VM (issue 9): the compose contract and moving
+"""The remote half's safety against the sandbox VM: the compose contract and moving
 tags, recorded digests, one compose project per app directory, the health check asked from the
 VM, revisions from the database, signals, a dead network, and the lock's lease.
 
@@ -157,7 +157,7 @@ def test_the_revision_is_read_from_the_database_when_the_migration_prints_nothin
 
 def test_the_health_url_is_asked_on_the_vm_not_on_the_laptop(live, images):
     """Something on the laptop answers 200 at health_url; the VM's app is broken there. The
-    deploy must switch back. Meaningful once the sandbox VM has its own network (issue 8):
+    deploy must switch back. Meaningful once the sandbox VM has its own network:
     while the laptop is the VM, the test says so and skips."""
     with answering_200() as port:
         url = f"http://127.0.0.1:{port}/health"

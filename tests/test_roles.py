@@ -1,4 +1,4 @@
-"""Roles (issue 13 item 1): the settings, the plan (migration host, batches), what a failure
+"""Roles: the settings, the plan (migration host, batches), what a failure
 puts back, and `fab deploy`/`fab rollback` over roles as a user runs them (dry runs and bad input
 open no connection). The live three-VM tests are at the end of this file."""
 

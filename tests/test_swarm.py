@@ -1,4 +1,4 @@
-"""`target = "swarm"` (issue 13 item 2): the stack file rendered from the compose file as
+"""`target = "swarm"`: the stack file rendered from the compose file as
 `docker compose config` sees it, the command builders, and how Swarm's answers are read. The
 live stack tests (sandbox VMs' own engines; never the shared engine) are at the end."""
 

@@ -1,4 +1,4 @@
-"""`target = "swarm"` against a real swarm of two sandbox VMs (issue 13 items 2-4): vm6 the
+"""`target = "swarm"` against a real swarm of two sandbox VMs: vm6 the
 manager, vm7 a worker, each VM's own engine joined over its own address; the app's tasks on the
 manager (SQLite), Caddy on the worker reaching them across the overlay network by DNS
 (`endpoint_mode: dnsrr`, `dynamic a tasks.app`) on a host-mode port. v1 -> v2 -> rollback to v1
@@ -19,9 +19,6 @@ import urllib.request
 from dataclasses import dataclass
 
 import pytest
-
-pytest.importorskip("sandbox.vms", reason="needs the sandbox VMs (issue 8)")
-
 from conftest import output  # noqa: E402
 from vmkit import REGISTRY, Probe, delete_from_registry, docker, unique  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Sandbox VMs are separate machines as far as the tool can tell (issue 8), and what the tool
+"""Sandbox VMs are separate machines as far as the tool can tell, and what the tool
 says when one of them is broken: its engine down, its sshd refusing, its address silent. Then
 multi-host: `host = "a,b"` deploys one host after the other and stops at the first failure.
 

@@ -248,7 +248,7 @@ class App:
                image: str = "", vm: Vm | None = None) -> App:
         """Give `repo` its own app_dir and APP_PORT; point it at a sandbox VM (default vm1).
 
-        DEPLOY_HEALTH_URL is the app's /health as the VM sees it (`vm_url`): the deploy asks it
+        DEPLOY_HEALTH_URL is the app's /health as the VM sees it (its loopback): the deploy asks it
         on the VM, after the container's own healthcheck.
         """
         vm = vm or sandbox.vm(1)
@@ -342,10 +342,6 @@ class App:
             line = self.tunnel.stdout.readline()
             assert "listening" in line, f"the tunnel to {self.machine.name} failed: {line}"
         return f"http://127.0.0.1:{self.tunnel_port}{path}"
-
-    def vm_url(self, path: str) -> str:
-        """The app's URL as the VM itself sees it."""
-        return f"http://127.0.0.1:{self.port}{path}"
 
     def request(self, path: str, **kwargs) -> urllib.request.Request:
         """A request for `path` as users send it (through the proxy: with the app's Host)."""

@@ -1,4 +1,4 @@
-"""Docker Swarm commands that run on a manager VM, as argument lists (issue 13). Nothing here
+"""Docker Swarm commands that run on a manager VM, as argument lists. Nothing here
 opens a connection; deploy/swarm.py runs them."""
 
 from __future__ import annotations
@@ -40,10 +40,6 @@ def service_inspect(name: str) -> list[str]:
 def service_tasks(name: str) -> list[str]:
     """One JSON line per task of the service (its current and recent tasks)."""
     return ["docker", "service", "ps", "--no-trunc", "--format", "{{json .}}", name]
-
-
-def stack_rm(stack: str) -> list[str]:
-    return ["docker", "stack", "rm", stack]
 
 
 def task_last_health(task_id: str) -> list[str]:

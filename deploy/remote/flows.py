@@ -66,7 +66,7 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     """Switch to `tag`, wait for health (as the VM sees it) and check the container runs the
     pulled image; on failure switch back to `previous` (if allowed). The one place a release
     is switched (`release`, if given, gets the `switch` and `healthy` phases)."""
-    if vm.settings.proxy:  # issue 11: blue/green behind Caddy instead of compose recreate
+    if vm.settings.proxy:  # blue/green behind Caddy instead of compose recreate
         from deploy import proxy
 
         with optional_phase(release, "switch behind the proxy", cuts_short=False):
@@ -128,7 +128,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
         if lock:
             rel.note("lock")
         with rel.phase("check"):
-            envcheck.require_app_env(vm)  # issue 10: app.env has every key of .env.example
+            envcheck.require_app_env(vm)  # app.env has every key of .env.example
             rel.previous = vm.current_tag()
             vm.sync_release_env(rel.previous)
             vm.check_project()
