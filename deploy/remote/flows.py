@@ -16,9 +16,8 @@ from deploy import envcheck, refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote.contract import refuse_moving_tag
-from deploy.remote.lock import sigint_deferred
 from deploy.remote.phases import Release, optional_phase
-from deploy.remote.session import exit_code, signal_name
+from deploy.remote.signals import exit_code, sigint_deferred, signal_name
 from deploy.remote.steps import Vm
 from deploy.remote.vm import is_release
 from deploy.shell import ConnectionLost

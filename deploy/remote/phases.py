@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from deploy.errors import DeployError
-from deploy.remote.session import exit_code, signal_name
+from deploy.remote.signals import exit_code, signal_name
 from deploy.shell import ConnectionLost
 
 

@@ -1,20 +1,19 @@
-"""The SSH side of the remote half: which VMs, one verified connection each, and the signals
-that must cut a deploy short the way Ctrl-C does."""
+"""The SSH side of the remote half: which VMs, and one verified connection each, on which a
+SIGTERM or SIGHUP cuts a task short the way Ctrl-C does."""
 
 from __future__ import annotations
 
 import contextlib
 import getpass
 import shlex
-import signal
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.errors import DeployError
 from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, KnownHostsPolicy
+from deploy.remote.signals import terminations_interrupt
 from deploy.remote.steps import Vm
 from deploy.runner import Runner
 from deploy.settings import Settings
@@ -118,44 +117,6 @@ def connect(settings: Settings, target: Target):
             "check that the VM is up and its sshd listens there",
         ) from None
     return conn
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a closed terminal), handled exactly like Ctrl-C; exit 128+signum."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def exit_code(exc: BaseException) -> int:
-    """128 + the signal that cut a command short (130 for Ctrl-C)."""
-    return 128 + getattr(exc, "signum", signal.SIGINT)
-
-
-def signal_name(exc: BaseException) -> str:
-    signum = getattr(exc, "signum", signal.SIGINT)
-    return "interrupted" if signum == signal.SIGINT else \
-        f"interrupted ({signal.Signals(signum).name})"
-
-
-@contextlib.contextmanager
-def terminations_interrupt() -> Iterator[None]:
-    """While the block runs, SIGTERM and SIGHUP raise Interrupted like Ctrl-C raises
-    KeyboardInterrupt: the lock is released or the release switched back, and the exit says so."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextlib.contextmanager

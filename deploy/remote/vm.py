@@ -19,7 +19,8 @@ from deploy import refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import contract
-from deploy.remote.lock import LeaseRenewer, describe_holder, parse_holder, sigint_deferred
+from deploy.remote.lock import LeaseRenewer, describe_holder, parse_holder
+from deploy.remote.signals import sigint_deferred
 from deploy.runner import Result, Runner
 from deploy.settings import Settings
 
@@ -146,7 +147,7 @@ class VmQueries:
                               f"check that {self.settings.app_dir} is writable on the VM")
         renewer = None
         try:  # a signal while the renewer starts (it opens a channel) must not keep the lock
-            renewer = LeaseRenewer.start(self, holder)
+            renewer = LeaseRenewer.started(self.runner, self.settings, holder)
             yield
         finally:
             if renewer:
