@@ -108,7 +108,7 @@ def reset_vm(work: Path) -> None:
     settings = load_settings(work, environ={})
     for target in remote.targets(settings):
         with remote.session(settings, target) as vm:
-            vm.run(cmd.make_dirs(settings.app_dir), cwd="", quiet=True)
+            vm.ensure_helper()  # makes app_dir (and .deploy/, backups/) on a fresh VM
             if vm.run(["test", "-f", settings.compose_file], check=False, quiet=True).ok:
                 vm.run([*vm.compose(), "down", "--remove-orphans"], check=False, hide=True)
             # a demo of an older toolkit may have run it under another project name
