@@ -15,6 +15,7 @@ remote tools print (compose's `ESC[2K` line clears, colours) are dropped.
 
 from __future__ import annotations
 
+import math
 import secrets
 import shlex
 import sys
@@ -22,6 +23,7 @@ import time
 from typing import Any
 
 from invoke.exceptions import CommandTimedOut
+from invoke.runners import Result as InvokeResult
 
 from deploy.errors import DeployError
 from deploy.runner import Result, strip_escapes
@@ -164,8 +166,11 @@ class RemoteShell:
                         "is safe; `fab status` shows what is serving)",
                         self.where,
                     )
-            if deadline and time.monotonic() > deadline:
-                raise CommandTimedOut(Result(command, -1, out.text, err.text), timeout)
+            if deadline and timeout and time.monotonic() > deadline:
+                # Invoke's own Result (its str() shows the hidden output's tail); whole seconds
+                raise CommandTimedOut(InvokeResult(stdout=out.text, stderr=err.text,
+                                                   command=command, exited=-1,
+                                                   hide=("stdout", "stderr")), math.ceil(timeout))
             time.sleep(0.002)
         return Result(command, out.exit_code, out.text, err.text)
 
