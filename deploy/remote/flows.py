@@ -10,6 +10,7 @@ import contextlib
 import getpass
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from deploy import envcheck, refs
@@ -36,7 +37,7 @@ def stamp() -> dict:
 
 
 def release_entry(tag: str, digest: str, revision: str, action: str, previous: str,
-                  git_sha: str = "", message: str = "", **extra) -> dict:
+                  git_sha: str = "", message: str = "", **extra: object) -> dict:
     return {
         "tag": tag,
         "digest": digest,
@@ -79,7 +80,7 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     except (KeyboardInterrupt, DeployError) as exc:
         # Interrupted or cut off mid-switch: put the recorded release back before we leave.
         interrupted = isinstance(exc, KeyboardInterrupt)
-        what = signal_name(exc) if interrupted else (
+        what = signal_name(exc) if isinstance(exc, KeyboardInterrupt) else (
             f"the SSH connection to {exc.where} was lost ({exc.reason})"
             if isinstance(exc, ConnectionLost)
             else exc.message)
@@ -169,7 +170,8 @@ def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
     raise DeployError("there is no earlier release to roll back to", "name one: --tag=T")
 
 
-def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=None) -> dict:
+def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
+             known_in_registry: Callable[[str], bool] | None = None) -> dict:
     """Put an earlier release back (the image it recorded), through the same lock and
     health-checked switch; with `downgrade`, back up and downgrade the schema first."""
     if tag:  # before anything runs on the VM
