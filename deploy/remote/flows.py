@@ -67,7 +67,7 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     pulled image; on failure switch back to `previous` (if allowed). The one place a release
     is switched (`release`, if given, gets the `switch` and `healthy` phases)."""
     if vm.settings.proxy:  # issue 11: blue/green behind Caddy instead of compose recreate
-        from deploy import proxy
+        from deploy import proxy  # built on this package's Vm: imported here, not in a cycle
 
         with optional_phase(release, "switch behind the proxy", cuts_short=False):
             return proxy.switch_checked(vm, tag, previous)
