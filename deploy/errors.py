@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import invoke
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class DeployError(Exception):
@@ -20,12 +26,10 @@ class DeployError(Exception):
         return f"{self.message}\n  fix: {self.fix}" if self.fix else self.message
 
 
-def friendly(body: Callable) -> Callable:
+def friendly(body: Callable[P, R]) -> Callable[P, R]:
     """Show a DeployError as two lines (what, fix) and exit 1: no traceback for users."""
-    import invoke
-
     @functools.wraps(body)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return body(*args, **kwargs)
         except DeployError as exc:

@@ -3,28 +3,28 @@ on argv, never printed)."""
 
 from __future__ import annotations
 
-from fabric import task
+import getpass
+import sys
 
-from deploy.errors import friendly
+from fabric import task
+from invoke import Context
+
+from deploy import envcheck
+from deploy.commands import vm as cmd
+from deploy.errors import DeployError, friendly
 from deploy.fabhosts import each_vm
 
 
 @task(name="env", positional=["action", "key"],
       help={"action": "`set`: the value is read from stdin", "key": "the variable to set"})
-def env_(c, action, key):
+def env_(c: Context, action: str, key: str) -> None:
     """`fab env set KEY`: add or replace KEY in the VM's app.env (value from stdin, mode 0600)."""
     env_set(c, action, key)  # (Invoke loses positional arguments through a wrapper)
 
 
 @friendly
-def env_set(c, action: str, key: str) -> None:
-    import getpass
-    import sys
-
-    from deploy import envcheck
-    from deploy.commands import vm as cmd
-    from deploy.errors import DeployError
-    from deploy.remote.contract import env_line
+def env_set(c: Context, action: str, key: str) -> None:
+    from deploy.remote.contract import env_line  # the remote half: not at `fab --list`
 
     if action != "set":
         raise DeployError(f"unknown action {action!r}", "fab env set KEY (value on stdin); "
@@ -45,9 +45,7 @@ def env_set(c, action: str, key: str) -> None:
 
 @task(name="env-keys")
 @friendly
-def env_keys(c):
+def env_keys(c: Context) -> None:
     """The keys (never the values) of the VM's app.env."""
-    from deploy import envcheck
-
     for vm in each_vm(c):
         print(vm.run(envcheck.app_env_keys(), quiet=True).stdout.strip())

@@ -1,12 +1,26 @@
 """Which VMs a `fab` task acts on: Fabric's own connections verify host keys too, one verified
 session per host (every role's hosts when deploy.toml has roles and no -H is given), and a
-release taken host after host, saying where it stopped."""
+release taken host after host, saying where it stopped.
+
+The remote half (deploy.remote, deploy.roles) is imported when a task runs, not when the
+fabfile loads: `fab --list` stays fast.
+"""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from invoke import Context
 
 from deploy.errors import DeployError
+from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
+from deploy.runner import set_verbose
+from deploy.settings import load_settings
+
+if TYPE_CHECKING:  # annotations only (see above)
+    from deploy.remote import Vm
 
 
 def _verify_host_keys() -> None:
@@ -15,10 +29,6 @@ def _verify_host_keys() -> None:
     (A bare `fab -H vm -- cmd` loads no fabfile, so Fabric alone handles it: `fab run` is the
     verified way.)
     """
-    from deploy.errors import DeployError
-    from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
-    from deploy.settings import load_settings
-
     files = [DEFAULT_KNOWN_HOSTS]
     try:
         known_hosts = load_settings().known_hosts
@@ -30,12 +40,10 @@ def _verify_host_keys() -> None:
 _verify_host_keys()
 
 
-def each_vm(c, dry_run: bool = False):
+def each_vm(c: Context, dry_run: bool = False) -> Iterator[Vm]:
     """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
     from deploy import roles  # with [roles.*] and no -H, every role's hosts
     from deploy.remote import session
-    from deploy.runner import set_verbose
-    from deploy.settings import load_settings
 
     set_verbose(False, c)  # `fab --echo`
     settings = load_settings()
@@ -47,10 +55,9 @@ def each_vm(c, dry_run: bool = False):
             yield vm
 
 
-def with_roles(c) -> bool:
-    """Whether this task acts on the roles of deploy.toml (there are some, no -H)."""
+def with_roles(c: Context) -> bool:
+    """whether this task acts on the roles of deploy.toml (there are some, no -H)."""
     from deploy import roles
-    from deploy.settings import load_settings
 
     return not hasattr(c, "original_host") and roles.configured(load_settings())
 
@@ -60,11 +67,11 @@ def with_roles(c) -> bool:
 CHANGED: list[str] = []
 
 
-def one_host_after_another(c, tag: str, step, dry_run: bool = False) -> None:
+def one_host_after_another(c: Context, tag: str, step: Callable[[Vm], object],
+                           dry_run: bool = False) -> None:
     """Run `step(vm)` host after host; at the first failure, stop and say, before the error,
     which hosts have TAG and which were not touched."""
     from deploy.remote import session, targets
-    from deploy.settings import load_settings
 
     settings = load_settings()
     on_command_line = hasattr(c, "original_host")

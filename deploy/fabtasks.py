@@ -7,24 +7,32 @@ these with a one-line fabfile/__init__.py: `from deploy.fabtasks import ns`.
 
 from __future__ import annotations
 
-from fabric import task
-from invoke import Collection, Exit
+from typing import TYPE_CHECKING
 
-from deploy.errors import friendly
+from fabric import task
+from invoke import Collection, Context, Exit
+
+from deploy import refs
+from deploy.commands import vm as cmd
+from deploy.errors import DeployError, friendly
 from deploy.fabenv import env_, env_keys
 from deploy.fabhosts import each_vm, last_of, one_host_after_another, with_roles
+from deploy.runner import set_verbose, sh
+from deploy.settings import load_settings
+
+if TYPE_CHECKING:  # the remote half is imported when a task runs: `fab --list` stays fast
+    from deploy.remote import Vm
 
 
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
             "message": "a note kept in the lock and history", "dry-run": "print, run nothing",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def deploy(c, tag, message="", dry_run=False, verbose=False):
+def deploy(c: Context, tag: str, message: str = "", dry_run: bool = False,
+           verbose: bool = False) -> None:
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
-    from deploy import refs, registry, remote
+    from deploy import registry, remote
     from deploy.remote.contract import refuse_moving_tag
-    from deploy.runner import set_verbose
-    from deploy.settings import load_settings
 
     set_verbose(verbose, c)
 
@@ -38,7 +46,7 @@ def deploy(c, tag, message="", dry_run=False, verbose=False):
         roles.deploy(settings, tag, message=message, dry_run=dry_run)
         return
 
-    def step(vm) -> None:
+    def step(vm: Vm) -> None:
         if settings.target == "swarm":  # a stack deployed from the manager
             from deploy import swarm
             swarm.deploy(vm, tag, message=message)
@@ -52,13 +60,11 @@ def deploy(c, tag, message="", dry_run=False, verbose=False):
             "downgrade": "run `alembic downgrade` to that release's revision first",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
+def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool = False,
+             verbose: bool = False) -> None:
     """Put an earlier release back (health-checked, under the deploy lock)."""
-    from deploy import refs, registry, remote
-    from deploy.errors import DeployError
+    from deploy import registry, remote
     from deploy.remote.contract import refuse_moving_tag
-    from deploy.runner import set_verbose
-    from deploy.settings import load_settings
 
     set_verbose(verbose, c)
 
@@ -82,20 +88,20 @@ def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
                        known_in_registry=in_registry)
         return
     for vm in each_vm(c, dry_run):
-        def in_registry(t: str, vm=vm) -> bool:
+        def in_vm_registry(t: str, vm: Vm = vm) -> bool:
             s = vm.settings
             return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
                 is not None
         if vm.settings.target == "swarm":  # redeploy the stack at that tag
             from deploy import swarm
-            swarm.rollback(vm, tag, known_in_registry=in_registry)
+            swarm.rollback(vm, tag, known_in_registry=in_vm_registry)
             continue
-        remote.rollback(vm, tag, downgrade=downgrade, known_in_registry=in_registry)
+        remote.rollback(vm, tag, downgrade=downgrade, known_in_registry=in_vm_registry)
 
 
 @task
 @friendly
-def releases(c):
+def releases(c: Context) -> None:
     """The release history on the VM, the current release marked with *, and the restores
     between releases (`restore`: the backup put back, the tag serving, the revision after)."""
     from deploy.remote.vm import is_release
@@ -122,9 +128,8 @@ def releases(c):
 
 @task
 @friendly
-def status(c):
+def status(c: Context) -> None:
     """What runs on the VM: current tag, containers, health, Alembic revision, lock holder."""
-    from deploy.commands import vm as cmd
     from deploy.remote import describe_holder
 
     for vm in each_vm(c):
@@ -169,10 +174,8 @@ def status(c):
 
 @task(help={"follow": "keep streaming", "tail": "how many lines to show"})
 @friendly
-def logs(c, follow=False, tail=100):
+def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
     """The app service's logs."""
-    from deploy.commands import vm as cmd
-
     for vm in each_vm(c):
         # Not quiet: quiet also hides the output, and the logs are the output.
         vm.run(cmd.service_logs(vm.compose(), vm.settings.service, int(tail), follow),
@@ -181,9 +184,9 @@ def logs(c, follow=False, tail=100):
 
 @task(name="exec", help={"cmd": "the command to run inside the app container"})
 @friendly
-def exec_(c, cmd):
+def exec_(c: Context, cmd: str) -> None:
     """Run a command inside the running app container; its exit code is ours."""
-    from deploy.commands import vm as commands
+    from deploy.commands import vm as commands  # `cmd` is the argument here
 
     for vm in each_vm(c):
         result = vm.run(commands.exec_in_service(vm.compose(), vm.settings.service, cmd),
@@ -194,13 +197,11 @@ def exec_(c, cmd):
 
 @task(name="run", help={"cmd": "the shell command to run on the VM, in app_dir"})
 @friendly
-def run_(c, cmd):
+def run_(c: Context, cmd: str) -> None:
     """Run an ad-hoc shell command on the VM (host key verified); its exit code is ours.
 
     Fabric's own `fab -H vm -- cmd` works too, but Fabric alone does not verify host keys.
     """
-    from deploy.runner import sh
-
     for vm in each_vm(c):
         result = vm.run(sh(cmd), check=False)
         if not result.ok:
@@ -209,18 +210,14 @@ def run_(c, cmd):
 
 @task(help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def setup(c, dry_run=False, verbose=False):
+def setup(c: Context, dry_run: bool = False, verbose: bool = False) -> None:
     """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
     login; refuses a compose file the deploys could not back up or switch; with `proxy` on,
     the VM's Caddy too."""
-    from deploy.runner import set_verbose
-
     set_verbose(verbose, c)
-    from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.envcheck import app_env_values
-    from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     refs.validate_image(settings.require("image"))
@@ -255,11 +252,9 @@ def setup(c, dry_run=False, verbose=False):
 
 @task(help={"force": "clear it even though its holder renewed it recently (may be alive)"})
 @friendly
-def unlock(c, force=False):
+def unlock(c: Context, force: bool = False) -> None:
     """Clear a stale deploy lock (left by a deploy that was killed); a lock whose lease a live
     deploy renews is refused without --force."""
-    from deploy.commands import vm as cmd
-    from deploy.errors import DeployError
     from deploy.remote import describe_holder, lease_is_fresh
 
     for vm in each_vm(c):
@@ -278,7 +273,7 @@ def unlock(c, force=False):
 
 @task
 @friendly
-def backups(c):
+def backups(c: Context) -> None:
     """The database backups on the VM, newest first."""
 
     for vm in each_vm(c):
@@ -289,10 +284,9 @@ def backups(c):
 @task(help={"backup": "a name from `fab backups`",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def restore(c, backup, verbose=False):
+def restore(c: Context, backup: str, verbose: bool = False) -> None:
     """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
     from deploy.remote import restore as restore_backup
-    from deploy.runner import set_verbose
 
     set_verbose(verbose, c)
 
@@ -306,12 +300,11 @@ PROXY_ACTIONS = ("status", "logs", "reload")
 @task(name="proxy", help={"action": "status, logs or reload", "follow": "logs: keep streaming",
                           "tail": "logs: how many lines"})
 @friendly
-def proxy_(c, action, follow=False, tail=100):
+def proxy_(c: Context, action: str, follow: bool = False, tail: int = 100) -> None:
     """The VM's proxy (Caddy): `status` (routes, upstream health), `logs`, or `reload` (load
     its config again: no restart, open connections carry on)."""
     from deploy import proxy
     from deploy.commands import proxy as pcmd
-    from deploy.errors import DeployError
 
     if action not in PROXY_ACTIONS:
         raise DeployError(f"unknown proxy action {action!r}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import fabric.connection
 import paramiko
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
@@ -28,7 +29,8 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
                 keys.load(str(path))
         return keys
 
-    def missing_host_key(self, client, hostname: str, key: paramiko.PKey) -> None:
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
         entry = self.known().lookup(hostname)
         if entry is None:
             raise paramiko.SSHException(
@@ -42,7 +44,10 @@ class KnownHostsPolicy(paramiko.MissingHostKeyPolicy):
 
 def verify_fabric_connections(files: Iterable[str | Path]) -> None:
     """Make Fabric's own Connections (`fab -H host -- cmd`) verify host keys too."""
-    import fabric.connection
-
     policy_files = list(files)
-    fabric.connection.AutoAddPolicy = lambda: KnownHostsPolicy(policy_files)
+
+    def policy() -> KnownHostsPolicy:
+        return KnownHostsPolicy(policy_files)
+
+    # Fabric has no setting for the policy: the class it instantiates is replaced on purpose.
+    fabric.connection.AutoAddPolicy = policy  # type: ignore[misc,assignment]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 
-from deploy import envcheck, git, local, refs, registry, remote
+from invoke import Context
+
+from deploy import apptests, envcheck, git, local, refs, registry, remote, roles, swarm
 from deploy.checks import format_results, run_checks
+from deploy.checks import registry as check_registry
 from deploy.errors import DeployError
 from deploy.runner import Runner
 from deploy.settings import Settings
@@ -49,8 +53,6 @@ def preflight(settings: Settings, runner: Runner, allow_dirty: bool,
 
 
 def run_tests(settings: Settings, runner: Runner) -> None:
-    from deploy import apptests
-
     extra = [] if settings.test_command else ["-q"]
     result = apptests.run(settings, runner, extra)
     if result.exited == NO_TESTS_COLLECTED:
@@ -62,7 +64,7 @@ def run_tests(settings: Settings, runner: Runner) -> None:
 
 def full_deploy(
     settings: Settings,
-    ctx,
+    ctx: Context,
     *,
     version: str = "",
     allow_dirty: bool = False,
@@ -82,15 +84,11 @@ def full_deploy(
     tag = git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
     image = refs.validate_image(settings.require("image"))
     # with [roles.*] (and no -H), every role's hosts, each with its role's settings.
-    from deploy import roles
-
     per_host = roles.targets(settings, hosts)
     vm_targets = [t for _, _, t in per_host]
     git_sha = git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
     runner.say(f"deploying {image}:{tag} to {', '.join(t.host for t in vm_targets)}")
     if skip_checks:
-        from deploy.checks import registry as check_registry
-
         unknown = [n for n in skip_checks if n not in check_registry()]
         if unknown:
             raise DeployError(f"no check named '{unknown[0]}'",
@@ -133,14 +131,16 @@ def full_deploy(
                   lambda: roles.deploy(settings, tag, git_sha=git_sha, message=message,
                                        dry_run=dry_run, vms=slots))
             stale = []
-        for vm in stale:
-            flow, quiet = remote.deploy, {"announce": False}
+
+        def deploy_on(vm: remote.Vm) -> None:
             if settings.target == "swarm":  # a stack deployed from the manager
-                from deploy import swarm
-                flow, quiet = swarm.deploy, {}
-            timed(runner, f"remote deploy on {vm.runner.where}",
-                  lambda vm=vm, flow=flow, quiet=quiet: flow(
-                      vm, tag, git_sha=git_sha, message=message, lock=False, **quiet))
+                swarm.deploy(vm, tag, git_sha=git_sha, message=message, lock=False)
+            else:
+                remote.deploy(vm, tag, git_sha=git_sha, message=message, lock=False,
+                              announce=False)
+
+        for vm in stale:
+            timed(runner, f"remote deploy on {vm.runner.where}", functools.partial(deploy_on, vm))
     where = ", ".join(t.host for t in vm_targets)
     print(f"done: {image}:{tag} on {where} in {time.monotonic() - started:.1f}s", flush=True)
     return tag

@@ -18,6 +18,8 @@ from deploy.commands import vm as cmd
 from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.remote.health import UpstreamWatch
+from deploy.remote.signals import sigint_deferred
+from deploy.remote.steps import Vm
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
 
@@ -90,7 +92,7 @@ def _interpolate(value: str, values: dict[str, str]) -> str:
 
 
 # -- set-up and the proxy tasks ----------------------------------------------------------
-def setup(vm) -> None:
+def setup(vm: Vm) -> None:
     """Create or update the VM's Caddy (`fab setup`). Starting it is a restart only if its
     compose file changed (image, ports): otherwise the running Caddy just reloads."""
     s: Settings = vm.settings
@@ -115,7 +117,7 @@ def setup(vm) -> None:
     ensure_route(vm)
 
 
-def ensure_route(vm) -> None:
+def ensure_route(vm: Vm) -> None:
     """The app's route in Caddy's config, loaded if it was missing or its hosts changed."""
     s = vm.settings
     route = json.dumps(pcmd.route(vm.project, hosts(s)), separators=(",", ":"))
@@ -124,12 +126,12 @@ def ensure_route(vm) -> None:
            fix="look at the error above and at `fab proxy logs`")
 
 
-def caddy_compose(vm) -> list[str]:
+def caddy_compose(vm: Vm) -> list[str]:
     s = vm.settings
     return cmd.compose(vm.compose_kind(), f"{s.proxy_dir}/compose.json", project(s))
 
 
-def reload(vm) -> None:
+def reload(vm: Vm) -> None:
     """Rebuild Caddy's config from the app routes and load it: no restart, no dropped
     connection."""
     vm.run(pcmd.reload(vm.settings.proxy_dir), cwd="", hide=True,
@@ -137,7 +139,7 @@ def reload(vm) -> None:
            fix="look at the error above and at `fab proxy logs`")
 
 
-def status_lines(vm) -> list[str]:
+def status_lines(vm: Vm) -> list[str]:
     """What `fab status` and `fab proxy status` show about the proxy."""
     s = vm.settings
     upstream = serving_upstream(vm)
@@ -157,7 +159,7 @@ def status_lines(vm) -> list[str]:
 
 
 # -- the switch --------------------------------------------------------------------------
-def containers(vm) -> list[Container]:
+def containers(vm: Vm) -> list[Container]:
     if vm.runner.dry_run:
         return []
     out = vm.run(pcmd.service_containers(vm.project, vm.settings.service), quiet=True,
@@ -165,7 +167,7 @@ def containers(vm) -> list[Container]:
     return [Container(*line.split()[:3]) for line in out.splitlines() if len(line.split()) >= 3]
 
 
-def serving_upstream(vm) -> str:
+def serving_upstream(vm: Vm) -> str:
     """The container:port the app's route sends traffic to ('' before the first switch)."""
     if vm.runner.dry_run:
         return ""
@@ -173,11 +175,9 @@ def serving_upstream(vm) -> str:
                   check=False, cwd="").stdout.strip()
 
 
-def switch(vm, tag: str) -> tuple[str, str]:
+def switch(vm: Vm, tag: str) -> tuple[str, str]:
     """Blue/green switch to `tag`: (problem, container). `problem` is '' when `tag` serves;
     otherwise the new container was removed and the old one serves on, untouched."""
-    from deploy.remote import sigint_deferred
-
     s: Settings = vm.settings
     hosts(s)  # proxy_host is set: refused before anything changes on the VM
     upstream = serving_upstream(vm)
@@ -221,7 +221,7 @@ def switch(vm, tag: str) -> tuple[str, str]:
     return "", fresh.name
 
 
-def wait_upstream(vm, container_id: str, upstream: str) -> str:
+def wait_upstream(vm: Vm, container_id: str, upstream: str) -> str:
     """Poll the new container through Caddy (one cheap command per poll over the persistent
     shell) until UpstreamWatch decides or health_timeout passes: '' healthy, else what failed."""
     s = vm.settings
@@ -247,7 +247,7 @@ def wait_upstream(vm, container_id: str, upstream: str) -> str:
     return verdict["problem"] or ""
 
 
-def why_unhealthy(vm, container: Container, upstream: str, problem: str) -> str:
+def why_unhealthy(vm: Vm, container: Container, upstream: str, problem: str) -> str:
     """What the failed container said: its health answer through Caddy if it answers,
     else the end of its logs (a crash)."""
     s = vm.settings
@@ -261,7 +261,7 @@ def why_unhealthy(vm, container: Container, upstream: str, problem: str) -> str:
     return f"its last log lines:\n{tail}" if tail else ""
 
 
-def runs_other_image(vm, container: Container, tag: str) -> str:
+def runs_other_image(vm: Vm, container: Container, tag: str) -> str:
     """'' if the new container runs the image pulled for `tag` (or none was pulled in this
     session), else what it runs."""
     expected = getattr(vm, "pulled", {}).get(tag)
@@ -273,18 +273,18 @@ def runs_other_image(vm, container: Container, tag: str) -> str:
         f"{vm.ref(tag)} ({expected[:19]})")
 
 
-def discard(vm, container: Container) -> None:
+def discard(vm: Vm, container: Container) -> None:
     vm.run(pcmd.remove([container.id], force=True), hide=True, check=False)
 
 
-def settle(vm, tag: str) -> None:
+def settle(vm: Vm, tag: str) -> None:
     """After the switch: the release's other services (workers) brought up to date."""
     vm.run(pcmd.settle(vm.compose(tag), vm.settings.service), hide=True,
            what="`compose up -d` of the other services after the switch failed",
            fix="see the output above")
 
 
-def switch_checked(vm, tag: str, previous: str) -> None:
+def switch_checked(vm: Vm, tag: str, previous: str) -> None:
     """The proxy's switch_checked: `tag` serves on return, else DeployError with the old
     release still serving (it never stopped)."""
     kept = f"{previous or 'the previous version'} kept serving"

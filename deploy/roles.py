@@ -17,9 +17,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+from deploy import envcheck
+from deploy.commands import vm as cmd
 from deploy.errors import DeployError
+from deploy.remote import (
+    Target,
+    Vm,
+    cut_short,
+    last_revision,
+    pick_rollback_tag,
+    release_entry,
+    session,
+    switch_checked,
+)
+from deploy.remote import targets as remote_targets
 from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     KINDS,
     ROLE_KEYS,
@@ -37,14 +50,15 @@ from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     to_switch_back,
 )
 from deploy.settings import Settings
+from deploy.shell import ConnectionLost
+
+Say = Callable[[str], None]
 
 
 def targets(settings: Settings, hosts: list[str] | None = None
-            ) -> list[tuple[str, Settings, object]]:
+            ) -> list[tuple[str, Settings, Target]]:
     """(role name or '', the host's settings, its remote Target) for each host to act on:
     `-H` hosts (no roles) or else every role's hosts, else the settings' host(s)."""
-    from deploy.remote import targets as remote_targets
-
     roles = [] if hosts else read_roles(settings)
     if not roles:
         return [("", settings, t) for t in remote_targets(settings, hosts)]
@@ -60,12 +74,9 @@ def targets(settings: Settings, hosts: list[str] | None = None
 # -- the orchestration ---------------------------------------------------------------------
 @contextlib.contextmanager
 def sessions(settings: Settings, plan: Plan, roles: list[Role], dry_run: bool
-             ) -> Iterator[dict[Slot, object]]:
+             ) -> Iterator[dict[Slot, Vm]]:
     """One connection per host, all opened before anything changes (an unreachable host
     stops the deploy there)."""
-    from deploy.remote import session
-    from deploy.remote import targets as remote_targets
-
     with contextlib.ExitStack() as stack:
         vms = {}
         for slot in plan.slots:
@@ -78,9 +89,9 @@ def sessions(settings: Settings, plan: Plan, roles: list[Role], dry_run: bool
 Row = tuple[Slot, str, str, str]  # slot, recorded release, what the container runs, health
 
 
-def report(vms: dict[Slot, object], tag: str) -> list[Row]:
+def report(vms: dict[Slot, Vm], tag: str) -> list[Row]:
     """What each host serves, asked of each VM now."""
-    rows = []
+    rows: list[Row] = []
     for slot, vm in vms.items():
         try:
             rows.append((slot, vm.current_tag(), vm.running_tag(), vm.health()))
@@ -89,7 +100,7 @@ def report(vms: dict[Slot, object], tag: str) -> list[Row]:
     return rows
 
 
-def print_report(rows: list[Row], tag: str, say) -> None:
+def print_report(rows: list[Row], tag: str, say: Say) -> None:
     say("per host:")
     width = max(len(str(row[0])) for row in rows)
     for slot, recorded, running, health in rows:
@@ -98,13 +109,12 @@ def print_report(rows: list[Row], tag: str, say) -> None:
         say(f"  {str(slot):<{width}}  serves {recorded or '(none)'}  [{mark}]  {health}{note}")
 
 
-def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Settings,
-                   record, say) -> tuple[list[Slot], tuple[Slot, DeployError] | None]:
+def switch_batches(vms: dict[Slot, Vm], plan: Plan, tag: str, previous: dict[Slot, str],
+                   settings: Settings, record: Callable[[Slot, Vm], None], say: Say
+                   ) -> tuple[list[Slot], tuple[Slot, DeployError] | None]:
     """Switch the plan's batches to `tag` (health-checked, recorded by `record(slot, vm)`);
     on the first failure put back what `to_switch_back` says and stop. Returns the switched
     hosts still on `tag` and the failure, if any."""
-    from deploy.remote import switch_checked
-
     switched: list[Slot] = []
     for number, batch in enumerate(plan.batches):
         if number and settings.batch_wait > 0:
@@ -126,11 +136,9 @@ def switch_batches(vms: dict, plan: Plan, tag: str, previous: dict, settings: Se
     return switched, None
 
 
-def put_back(vm, tag: str, previous: str, why: str) -> None:
+def put_back(vm: Vm, tag: str, previous: str, why: str) -> None:
     """Switch a host that already serves `tag` back to `previous` (through the same checked
     switch, behind the proxy or not) and record that; a failure is said, not raised."""
-    from deploy.remote import release_entry, switch_checked
-
     if not previous:
         vm.runner.say(f"{vm.runner.where}: no previous release to switch back to; {tag} stays")
         return
@@ -146,24 +154,22 @@ def put_back(vm, tag: str, previous: str, why: str) -> None:
 
 
 def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = "",
-           dry_run: bool = False, vms: dict | None = None) -> list[Row]:
+           dry_run: bool = False, vms: dict[Slot, Vm] | None = None) -> list[Row]:
     """Deploy `tag` to every role's hosts (see the module's docstring). Returns the report.
 
     With `vms` (a session per slot, `inv deploy`) the caller already holds the lock."""
-    from deploy import envcheck
-    from deploy.remote import cut_short, last_revision, release_entry
-    from deploy.shell import ConnectionLost
-
     roles = read_roles(settings)
     plan = make_plan(roles, settings.primary_role, settings.batch_limit)
     started = time.monotonic()
     given = vms is not None
-    with contextlib.nullcontext(vms) if given else sessions(settings, plan, roles,
-                                                              dry_run) as vms:
+    with contextlib.nullcontext(vms) if vms is not None else sessions(settings, plan, roles,
+                                                                      dry_run) as vms:
         first = vms[plan.primary]
         say = first.runner.say
         with contextlib.nullcontext() if given else first.locked(tag, message):
-            previous, digests, step = {}, {}, "check"
+            previous: dict[Slot, str] = {}
+            digests: dict[Slot, str] = {}
+            step = "check"
             try:
                 for slot, vm in vms.items():  # nothing switches before every host has the image
                     step = f"check on {slot}"
@@ -183,7 +189,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                 raise cut_short(exc, step, tag, "the previous release") from None
             say(f"migrated once, on {plan.primary}: revision {revision or '-'}")
 
-            def record(slot: Slot, vm) -> None:
+            def record(slot: Slot, vm: Vm) -> None:
                 if not vm.runner.dry_run:
                     vm.record(release_entry(tag, digests[slot], revision, "deploy",
                                             previous[slot], git_sha, message))
@@ -193,10 +199,10 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
         if rows:
             print_report(rows, tag, say)
     if failure:
-        slot, exc = failure
+        slot, error = failure
         on_new = ", ".join(map(str, switched)) or "none"
         previous_any = previous.get(plan.primary) or "T"
-        raise DeployError(f"{slot}: {exc.message}; hosts serving {tag}: {on_new}",
+        raise DeployError(f"{slot}: {error.message}; hosts serving {tag}: {on_new}",
                           "fix what the message says and deploy again (hosts already on the "
                           f"new release are left alone); `fab rollback --tag={previous_any}` puts "
                           "every host back")
@@ -205,11 +211,9 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
 
 
 def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_run: bool = False,
-             known_in_registry=None) -> list[Row]:
+             known_in_registry: Callable[[str], bool] | None = None) -> list[Row]:
     """Put every role's hosts back on `tag` (default: the release before the primary host's
     current one), batch by batch, under the one lock; `downgrade` runs on the primary host."""
-    from deploy.remote import pick_rollback_tag, release_entry
-
     roles = read_roles(settings)
     plan = plan_of(settings)
     with sessions(settings, plan, roles, dry_run) as vms:
@@ -223,7 +227,8 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
             raise DeployError(f"{target} is neither in the release history nor in the registry",
                               "pick a tag from `fab releases`")
         with first.locked(target, action="rollback"):
-            previous, digests = {}, {}
+            previous: dict[Slot, str] = {}
+            digests: dict[Slot, str] = {}
             for slot, vm in vms.items():
                 previous[slot] = vm.current_tag()
                 vm.sync_release_env(previous[slot])
@@ -237,7 +242,7 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
                           what="the downgrade failed; nothing was switched",
                           fix="see the output above")
 
-            def record(slot: Slot, vm) -> None:
+            def record(slot: Slot, vm: Vm) -> None:
                 if not vm.runner.dry_run:
                     vm.record(release_entry(target, digests[slot], first.revision(),
                                             "rollback", previous[slot]))
@@ -248,16 +253,14 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
         if rows:
             print_report(rows, target, say)
     if failure:
-        slot, exc = failure
-        raise DeployError(f"rolling back to {target} stopped at {slot}: {exc.message}",
+        slot, error = failure
+        raise DeployError(f"rolling back to {target} stopped at {slot}: {error.message}",
                           "fix what the message says and run the rollback again")
     say(f"rolled back {len(plan.slots)} host(s) to {target}")
     return rows
 
 
-def first_downgrade(vm, current: str, revision: str) -> list[str]:
+def first_downgrade(vm: Vm, current: str, revision: str) -> list[str]:
     """`alembic downgrade REV` with the current image (it holds the downgrade scripts)."""
-    from deploy.commands import vm as cmd
-
     return cmd.run_in_new_container(vm.compose(current), vm.settings.service,
                                     f"alembic downgrade {revision}")

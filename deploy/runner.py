@@ -16,9 +16,9 @@ import re
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, TextIO, TypedDict
 
 from invoke.exceptions import CommandTimedOut
 
@@ -35,13 +35,13 @@ def strip_escapes(text: str) -> str:
     return ANSI_ESCAPE.sub("", text).replace("\r\n", "\n").replace("\r", "")
 
 
-def verbose_from_env(environ=None) -> bool:
+def verbose_from_env(environ: Mapping[str, str] | None = None) -> bool:
     """DEPLOY_VERBOSE=1 (set by `-v`/`--echo`): print every command."""
     value = (os.environ if environ is None else environ).get("DEPLOY_VERBOSE", "")
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def set_verbose(flag: bool, context=None) -> None:
+def set_verbose(flag: bool, context: object = None) -> None:
     """A task's `-v` flag, or Invoke's/Fabric's own `--echo`: DEPLOY_VERBOSE=1 for the run."""
     run = getattr(getattr(context, "config", None), "run", None)
     if flag or getattr(run, "echo", False):
@@ -81,6 +81,20 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 # The runner whose phase line is open (written without its newline yet): one per process,
 # as the laptop's and the VMs' runners share the terminal.
 _open_line: dict[str, Runner] = {}
+
+
+class RunOptions(TypedDict, total=False):
+    """Runner.run's keyword arguments, for the wrappers that pass them on (the remote Vm)."""
+
+    stdin: str | None
+    check: bool
+    hide: bool
+    quiet: bool
+    timeout: float | None
+    what: str
+    fix: str
+    cwd: str | None
+    env: dict[str, str] | None
 
 
 class Runner:

@@ -149,7 +149,7 @@ def user_fields() -> list[dataclasses.Field]:
     return [f for f in fields(Settings) if not f.metadata.get("internal")]
 
 
-FIELD_TYPES = {f.name: f.type for f in user_fields()}
+FIELD_TYPES = {f.name: str(f.type) for f in user_fields()}  # the annotations' text: "int"
 
 
 def _unknown_key(key: str, source: str) -> DeployError:

@@ -15,13 +15,21 @@ remote tools print (compose's `ESC[2K` line clears, colours) are dropped.
 
 from __future__ import annotations
 
+import math
 import secrets
 import shlex
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import IO, Any, Literal, TextIO
 
+from fabric import Connection
 from invoke.exceptions import CommandTimedOut
+from invoke.runners import Result as InvokeResult
+from paramiko import Channel, Transport
+from paramiko.common import cMSG_GLOBAL_REQUEST
+from paramiko.message import Message
 
 from deploy.errors import DeployError
 from deploy.runner import Result, strip_escapes
@@ -36,25 +44,32 @@ class ConnectionLost(DeployError):
         self.reason = reason
 
 
+def transport_of(connection: Connection) -> Transport | None:
+    """The connection's SSH transport (None when it is not open)."""
+    client = connection.client
+    return client.get_transport() if client is not None else None
+
+
 class RemoteShell:
     """Runs commands through one persistent remote `sh` over a Fabric/paramiko connection."""
 
     enters_dirs = True  # the Runner passes cwd= instead of a `cd ... &&` prefix
 
-    def __init__(self, connection: Any, where: str = "", network_timeout: float = 30.0,
+    def __init__(self, connection: Connection, where: str = "", network_timeout: float = 30.0,
                  home: str = "") -> None:
         self.connection = connection
         self.home = home  # entered once per shell; "" stays in the login directory
         self.inside = False
         self.where = where or getattr(connection, "host", "the VM")
-        self.channel = None
+        self.channel: Channel | None = None
         # A VM that answers neither output nor an SSH keepalive for this long is lost.
         self.network_timeout = network_timeout
         self.probe_after = max(1.0, network_timeout / 6)
-        self.before_output: Any = None  # called before a command's first line is shown
+        # called before a command's first line is shown
+        self.before_output: Callable[[], None] | None = None
 
-    def _open(self):
-        transport = self.connection.client.get_transport()
+    def _open(self) -> Channel:
+        transport = transport_of(self.connection)
         if transport is None or not transport.is_active():
             transport = self._reconnect()
         try:
@@ -66,7 +81,7 @@ class RemoteShell:
         self.inside = False
         return channel
 
-    def _enter(self, channel) -> None:
+    def _enter(self, channel: Channel) -> None:
         """`cd app_dir` in the shell itself (not a subshell), once; retried by later commands
         while app_dir does not exist yet (`fab setup` makes it)."""
         if not self.home or self.inside:
@@ -76,12 +91,12 @@ class RemoteShell:
                         f"'\\n{mark} %s\\n' \"$__rc\"; printf '\\n{mark}\\n' >&2\n".encode())
         self.inside = self._collect(channel, "cd", mark, True, None).exited == 0
 
-    def _reconnect(self):
+    def _reconnect(self) -> Transport:
         """A dropped connection is opened once more (to release the lock, switch back...)."""
         try:
             self.connection.close()
             self.connection.open()
-            transport = self.connection.client.get_transport()
+            transport = transport_of(self.connection)
         except Exception:
             transport = None
         if transport is None or not transport.is_active():
@@ -97,7 +112,8 @@ class RemoteShell:
             self.channel.close()
             self.channel = None
 
-    def run(self, command: str, warn: bool = True, hide: Any = None, in_stream: Any = False,
+    def run(self, command: str, warn: bool = True, hide: Any = None,
+            in_stream: IO[str] | Literal[False] = False,
             timeout: float | None = None, cwd: str | None = None) -> Result:
         """Run `command` in the app directory (or in `cwd`: "" is the login directory)."""
         channel = self.channel or self._open()
@@ -129,7 +145,7 @@ class RemoteShell:
             self.close()  # the shell may still be busy: never reuse it
             raise
 
-    def _collect(self, channel, command: str, mark: str, hide: Any,
+    def _collect(self, channel: Channel, command: str, mark: str, hide: Any,
                  timeout: float | None) -> Result:
         show = hide is None or hide is False
         out = _Stream(mark, sys.stdout if show else None, self.before_output)
@@ -162,8 +178,11 @@ class RemoteShell:
                         "is safe; `fab status` shows what is serving)",
                         self.where,
                     )
-            if deadline and time.monotonic() > deadline:
-                raise CommandTimedOut(Result(command, -1, out.text, err.text), timeout)
+            if deadline and timeout and time.monotonic() > deadline:
+                # Invoke's own Result (its str() shows the hidden output's tail); whole seconds
+                raise CommandTimedOut(InvokeResult(stdout=out.text, stderr=err.text,
+                                                   command=command, exited=-1,
+                                                   hide=("stdout", "stderr")), math.ceil(timeout))
             time.sleep(0.002)
         return Result(command, out.exit_code, out.text, err.text)
 
@@ -182,8 +201,8 @@ class _Liveness:
     keepalive@openssh.com request (which the server must answer) goes out; no answer within
     `limit` seconds means the network or the VM is gone."""
 
-    def __init__(self, connection: Any, probe_after: float, limit: float) -> None:
-        self.transport = connection.client.get_transport()
+    def __init__(self, connection: Connection, probe_after: float, limit: float) -> None:
+        self.transport = transport_of(connection)
         self.probe_after = probe_after
         self.limit = limit
         self.last = time.monotonic()
@@ -210,26 +229,23 @@ class _Liveness:
 
 
     @staticmethod
-    def _probe(transport) -> None:
+    def _probe(transport: Transport) -> None:
         """Send keepalive@openssh.com asking for a reply, without waiting for it (paramiko's
         own global_request asks for none unless it also blocks until it comes)."""
-        import threading
-
-        from paramiko.common import cMSG_GLOBAL_REQUEST
-        from paramiko.message import Message
-
         transport.completion_event = threading.Event()
         message = Message()
         message.add_byte(cMSG_GLOBAL_REQUEST)
         message.add_string("keepalive@openssh.com")
         message.add_boolean(True)
-        transport._send_user_message(message)
+        # paramiko's own (private) sender, which its stubs leave out
+        transport._send_user_message(message)  # type: ignore[attr-defined]
 
 
 class _Stream:
     """Accumulates one stream up to the marker line, echoing complete lines when asked."""
 
-    def __init__(self, mark: str, echo, before_echo=None) -> None:
+    def __init__(self, mark: str, echo: TextIO | None,
+                 before_echo: Callable[[], None] | None = None) -> None:
         self.mark = mark
         self.echo = echo
         self.before_echo = before_echo

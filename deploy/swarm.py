@@ -13,12 +13,24 @@ on the manager are kept as on compose.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from deploy import envcheck, refs
 from deploy.commands import swarm as cmd
 from deploy.errors import DeployError
+from deploy.remote import (
+    Vm,
+    cut_short,
+    last_revision,
+    pick_rollback_tag,
+    release_entry,
+    sigint_deferred,
+)
+from deploy.shell import ConnectionLost
 
 UPDATE = {"parallelism": 1, "order": "start-first", "failure_action": "rollback",
           "monitor": "10s"}
@@ -165,11 +177,11 @@ def verdict(service: ServiceState, tasks: list[Task], ref: str) -> tuple[str, st
 
 
 # -- the flow on the manager --------------------------------------------------------------
-def stack_name(vm) -> str:
+def stack_name(vm: Vm) -> str:
     return vm.settings.stack or vm.project
 
 
-def require_manager(vm) -> None:
+def require_manager(vm: Vm) -> None:
     if vm.runner.dry_run:
         return
     state = vm.run(cmd.swarm_state(), quiet=True, check=False).stdout.strip()
@@ -180,7 +192,7 @@ def require_manager(vm) -> None:
                           "or point `host` at a manager")
 
 
-def ensure_swarm(vm) -> None:
+def ensure_swarm(vm: Vm) -> None:
     """`fab setup`: make this engine a swarm manager unless it is in a swarm already."""
     state = "" if vm.runner.dry_run else vm.run(cmd.swarm_state(), quiet=True).stdout.strip()
     if state == "active":
@@ -191,7 +203,7 @@ def ensure_swarm(vm) -> None:
     vm.run(cmd.swarm_init(advertise), what="`docker swarm init` failed", fix="see its message")
 
 
-def render(vm, tag: str) -> str:
+def render(vm: Vm, tag: str) -> str:
     """The stack file (JSON, which YAML readers take) for `tag`."""
 
     if vm.compose_kind() != "v2":
@@ -206,7 +218,7 @@ def render(vm, tag: str) -> str:
     return json.dumps(stack_file(json.loads(result.stdout), vm.settings.service), indent=1)
 
 
-def converge(vm, tag: str, timeout: float) -> tuple[str, str]:
+def converge(vm: Vm, tag: str, timeout: float) -> tuple[str, str]:
     """Poll the app service until Swarm is done with `tag`; print each task's state changes.
     Returns (verdict, why): done, rolled_back, paused, or timeout."""
     name = cmd.service_name(stack_name(vm), vm.settings.service)
@@ -235,7 +247,7 @@ def converge(vm, tag: str, timeout: float) -> tuple[str, str]:
     return "timeout", why
 
 
-def failed_task(vm, tasks: list[Task], tag: str) -> str:
+def failed_task(vm: Vm, tasks: list[Task], tag: str) -> str:
     """What the newest task of `tag` that did not make it said, and its last health check."""
     failed = sorted((t for t in tasks if t.tag == tag and t.desired != "Running"),
                     key=lambda t: not (t.error or t.state in ("Failed", "Rejected", "Complete")))
@@ -247,7 +259,7 @@ def failed_task(vm, tasks: list[Task], tag: str) -> str:
             + (f"; its last health check: {health[-200:]}" if health else ""))
 
 
-def stack_switch(vm, tag: str, previous: str) -> None:
+def stack_switch(vm: Vm, tag: str, previous: str) -> None:
     """Deploy the stack at `tag` and wait for Swarm; a rollback by Swarm is an error that says
     what the failed task said."""
     stack = stack_name(vm)
@@ -270,14 +282,8 @@ def stack_switch(vm, tag: str, previous: str) -> None:
                       "the previous release")
 
 
-def deploy(vm, tag: str, *, git_sha: str = "", message: str = "", lock: bool = True) -> dict:
+def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "", lock: bool = True) -> dict:
     """Lock, pull, back up, migrate, then `docker stack deploy` and wait; record the release."""
-    import contextlib
-
-    from deploy import envcheck, refs
-    from deploy.remote import cut_short, last_revision, release_entry, sigint_deferred
-    from deploy.shell import ConnectionLost
-
     refs.validate_tag(tag)
     started = time.monotonic()
     require_manager(vm)
@@ -305,10 +311,9 @@ def deploy(vm, tag: str, *, git_sha: str = "", message: str = "", lock: bool = T
     return entry
 
 
-def rollback(vm, tag: str = "", known_in_registry=None) -> dict:
+def rollback(vm: Vm, tag: str = "",
+             known_in_registry: Callable[[str], bool] | None = None) -> dict:
     """Deploy the stack again at `tag` (default: the release before the current one)."""
-    from deploy.remote import pick_rollback_tag, release_entry, sigint_deferred
-
     require_manager(vm)
     history = vm.history()
     current = vm.current_tag()
@@ -329,7 +334,7 @@ def rollback(vm, tag: str = "", known_in_registry=None) -> dict:
     return entry
 
 
-def status_lines(vm) -> list[str]:
+def status_lines(vm: Vm) -> list[str]:
     """The app service's tasks, for `fab status`."""
     name = cmd.service_name(stack_name(vm), vm.settings.service)
     tasks = parse_tasks(vm.run(cmd.service_tasks(name), quiet=True, check=False).stdout)

@@ -1,6 +1,7 @@
 """Invoke tasks (`inv ...`): thin wiring of the library's steps.
 
-An app repo adopts them with a one-line tasks.py: `from deploy.tasks import ns`.
+An app repo adopts them with a one-line tasks.py: `from deploy.tasks import ns`. Each task
+imports what it runs when it runs, so `inv --list` (and shell completion) loads this module only.
 """
 
 from __future__ import annotations
@@ -8,13 +9,18 @@ from __future__ import annotations
 import json as jsonlib
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Context, Exit, task
 
 from deploy.errors import DeployError, friendly
 
+if TYPE_CHECKING:  # for annotations only: importing them at start-up would slow `inv --list`
+    from deploy.runner import Runner
+    from deploy.settings import Settings
 
-def setup(c, dry_run: bool = False, verbose: bool = False):
+
+def setup(c: Context, dry_run: bool = False, verbose: bool = False) -> tuple[Settings, Runner]:
     """Settings for the app repo in the working directory, and a local runner."""
     from deploy.runner import Runner, set_verbose
     from deploy.settings import load_settings
@@ -25,7 +31,7 @@ def setup(c, dry_run: bool = False, verbose: bool = False):
     return settings, Runner(c, dry_run=dry_run, secrets=settings.secrets, echo=settings.verbose)
 
 
-def version_for(settings, version: str, allow_dirty: bool) -> str:
+def version_for(settings: Settings, version: str, allow_dirty: bool) -> str:
     from deploy import git
 
     return git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
@@ -40,7 +46,8 @@ def version_for(settings, version: str, allow_dirty: bool) -> str:
     },
 )
 @friendly
-def lock(c, check=False, upgrade=False, upgrade_package=None):
+def lock(c: Context, check: bool = False, upgrade: bool = False,
+         upgrade_package: list[str] | None = None) -> None:
     """Lock the app's dependencies by its lock kind: requirements.txt into requirements.lock
     (hashed pins, no machine index options), `uv lock`, or `poetry lock`."""
     from deploy import lockkinds, pins
@@ -62,7 +69,8 @@ def lock(c, check=False, upgrade=False, upgrade_package=None):
     help={"json": "print results as JSON", "only": "run only this check", "skip": "skip it"},
 )
 @friendly
-def check(c, json=False, only=None, skip=None):
+def check(c: Context, json: bool = False, only: list[str] | None = None,
+          skip: list[str] | None = None) -> None:
     """Preflight: python-parity, lock-fresh, env-complete, migrations, git-clean."""
     from deploy.checks import format_results, run_checks
     from deploy.settings import load_settings, require_root
@@ -81,7 +89,7 @@ def check(c, json=False, only=None, skip=None):
             "db": "start a throwaway database of the production kind for the tests (its URL "
                   "in the database_url_env variable); removed afterwards"})
 @friendly
-def test(c, args="", db=False):
+def test(c: Context, args: str = "", db: bool = False) -> None:
     """Run the app's tests (test_command in test_dir, default: pytest with the app's Python)."""
     from deploy import apptests
 
@@ -97,7 +105,7 @@ def test(c, args="", db=False):
 @task(help={"version": "image tag (default: the commit's short SHA)",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def build(c, version="", verbose=False):
+def build(c: Context, version: str = "", verbose: bool = False) -> None:
     """Build IMAGE:VERSION with docker buildx --load (OCI labels: revision, created, source)."""
     from deploy import local
 
@@ -108,7 +116,7 @@ def build(c, version="", verbose=False):
 @task(help={"version": "image tag", "boot": "also start it and wait for the health URL",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def smoke(c, version="", boot=False, verbose=False):
+def smoke(c: Context, version: str = "", boot: bool = False, verbose: bool = False) -> None:
     """Run the smoke command inside the built image (and with --boot, its health check)."""
     from deploy import local
 
@@ -121,7 +129,8 @@ def smoke(c, version="", boot=False, verbose=False):
                               "DEPLOY_REGISTRY_PASSWORD)",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def push(c, version="", allow_dirty=False, password_stdin=False, verbose=False):
+def push(c: Context, version: str = "", allow_dirty: bool = False, password_stdin: bool = False,
+         verbose: bool = False) -> None:
     """Push IMAGE:VERSION and IMAGE:latest; only an image that passed `inv smoke`."""
     import dataclasses
 
@@ -137,7 +146,7 @@ def push(c, version="", allow_dirty=False, password_stdin=False, verbose=False):
 
 @task
 @friendly
-def config(c):
+def config(c: Context) -> None:
     """Print the effective settings (secrets redacted)."""
     from deploy.settings import SETTINGS_FILE, load_settings, require_root
 
@@ -161,8 +170,9 @@ def config(c):
     iterable=["skip_check"],
 )
 @friendly
-def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, message="",
-           skip_check=None, verbose=False):
+def deploy(c: Context, version: str = "", allow_dirty: bool = False, skip_tests: bool = False,
+           dry_run: bool = False, message: str = "", skip_check: list[str] | None = None,
+           verbose: bool = False) -> None:
     """The whole deploy: check, test, build, smoke, push, then the VM's pull-migrate-switch."""
     from deploy.pipeline import full_deploy
     from deploy.runner import set_verbose
@@ -176,7 +186,7 @@ def deploy(c, version="", allow_dirty=False, skip_tests=False, dry_run=False, me
 
 @task(help={"force": "overwrite deploy.toml, tasks.py and fabfile/__init__.py if they exist"})
 @friendly
-def init(c, force=False):
+def init(c: Context, force: bool = False) -> None:
     """Adopt the app in this directory: detect it, write deploy.toml, tasks.py, fabfile."""
     from deploy import init as adopt
 

@@ -82,7 +82,7 @@ def reset_vm(work: Path) -> None:
     settings = load_settings(work, environ={})
     for target in remote.targets(settings):
         with remote.session(settings, target) as vm:
-            vm.run(["mkdir", "-p", settings.app_dir], cwd="", quiet=True)
+            vm.ensure_helper()  # makes app_dir (and .deploy/, backups/) on a fresh VM
             # --volumes: the demo writes a new database password at each run, which a kept
             # Postgres volume would refuse
             if vm.run(["test", "-f", settings.compose_file], check=False, quiet=True).ok:

@@ -7,7 +7,8 @@
     phases.py    one release as named, timed phases printed as one line; what cutting one
                  short means
     contract.py  env files compose reads byte for byte; checks of the rendered compose file
-    lock.py      the lock holder, its lease renewal, blocks Ctrl-C must not cut in half
+    lock.py      the lock holder, its lease renewal
+    signals.py   SIGTERM/SIGHUP handled like Ctrl-C, blocks Ctrl-C must not cut in half
 
 Commands come from `deploy.commands.vm`; they run through the same Runner as local ones, so a
 dry run prints them all and opens no connection.
@@ -24,16 +25,10 @@ from deploy.remote.flows import (
     switch_checked,
     validate_backup_name,
 )
-from deploy.remote.lock import describe_holder, lease_is_fresh, parse_holder, sigint_deferred
+from deploy.remote.lock import describe_holder, lease_is_fresh, parse_holder
 from deploy.remote.phases import Release, cut_short
-from deploy.remote.session import (
-    Interrupted,
-    Target,
-    check_key_file,
-    connect,
-    session,
-    targets,
-)
+from deploy.remote.session import Target, check_key_file, connect, session, targets
+from deploy.remote.signals import Interrupted, sigint_deferred
 from deploy.remote.steps import Vm, backups_to_prune
 
 __all__ = [

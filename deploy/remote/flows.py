@@ -10,15 +10,15 @@ import contextlib
 import getpass
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from deploy import envcheck, refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote.contract import refuse_moving_tag
-from deploy.remote.lock import sigint_deferred
 from deploy.remote.phases import Release, optional_phase
-from deploy.remote.session import exit_code, signal_name
+from deploy.remote.signals import exit_code, sigint_deferred, signal_name
 from deploy.remote.steps import Vm
 from deploy.remote.vm import is_release
 from deploy.shell import ConnectionLost
@@ -37,7 +37,7 @@ def stamp() -> dict:
 
 
 def release_entry(tag: str, digest: str, revision: str, action: str, previous: str,
-                  git_sha: str = "", message: str = "", **extra) -> dict:
+                  git_sha: str = "", message: str = "", **extra: object) -> dict:
     return {
         "tag": tag,
         "digest": digest,
@@ -67,7 +67,7 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     pulled image; on failure switch back to `previous` (if allowed). The one place a release
     is switched (`release`, if given, gets the `switch` and `healthy` phases)."""
     if vm.settings.proxy:  # blue/green behind Caddy instead of compose recreate
-        from deploy import proxy
+        from deploy import proxy  # built on this package's Vm: imported here, not in a cycle
 
         with optional_phase(release, "switch behind the proxy", cuts_short=False):
             return proxy.switch_checked(vm, tag, previous)
@@ -80,7 +80,7 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     except (KeyboardInterrupt, DeployError) as exc:
         # Interrupted or cut off mid-switch: put the recorded release back before we leave.
         interrupted = isinstance(exc, KeyboardInterrupt)
-        what = signal_name(exc) if interrupted else (
+        what = signal_name(exc) if isinstance(exc, KeyboardInterrupt) else (
             f"the SSH connection to {exc.where} was lost ({exc.reason})"
             if isinstance(exc, ConnectionLost)
             else exc.message)
@@ -170,7 +170,8 @@ def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
     raise DeployError("there is no earlier release to roll back to", "name one: --tag=T")
 
 
-def rollback(vm: Vm, tag: str = "", downgrade: bool = False, known_in_registry=None) -> dict:
+def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
+             known_in_registry: Callable[[str], bool] | None = None) -> dict:
     """Put an earlier release back (the image it recorded), through the same lock and
     health-checked switch; with `downgrade`, back up and downgrade the schema first."""
     if tag:  # before anything runs on the VM

@@ -1,5 +1,4 @@
-"""The deploy lock's parts that need no VM: its holder record, the lease renewal thread, and
-blocks that Ctrl-C must not cut in half."""
+"""The deploy lock's parts that need no VM: its holder record and the lease renewal thread."""
 
 from __future__ import annotations
 
@@ -7,13 +6,14 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Any
+
+from paramiko import Transport
 
 from deploy.commands import vm as cmd
+from deploy.runner import Runner
+from deploy.settings import Settings
 
 
 def parse_holder(raw: str) -> dict | None:
@@ -70,7 +70,7 @@ class LeaseRenewer(threading.Thread):
     """Touches the lock's lease every lease/4 seconds over its own SSH channel (the shell may
     be busy for minutes with a migration), only while holder.json is still ours."""
 
-    def __init__(self, transport: Any, command: str, every: float) -> None:
+    def __init__(self, transport: Transport, command: str, every: float) -> None:
         super().__init__(daemon=True, name="deploy-lease")
         self.transport = transport
         self.command = command
@@ -78,16 +78,18 @@ class LeaseRenewer(threading.Thread):
         self.done = threading.Event()
 
     @classmethod
-    def start(cls, vm: Any, holder_json: str) -> LeaseRenewer | None:  # type: ignore[override]
-        target = vm.runner.target
-        connection = getattr(target, "connection", None)
-        if vm.runner.dry_run or connection is None:
+    def started(cls, runner: Runner, settings: Settings, holder_json: str
+                ) -> LeaseRenewer | None:
+        """A running renewer for the lock `holder_json` on the runner's VM (None in a dry run
+        or without an SSH connection)."""
+        connection = getattr(runner.target, "connection", None)
+        if runner.dry_run or connection is None:
             return None
         transport = connection.client.get_transport()
-        command = f"cd {shlex.quote(vm.settings.app_dir)} && " + shlex.join(
+        command = f"cd {shlex.quote(settings.app_dir)} && " + shlex.join(
             cmd.renew_lock(holder_json))
-        renewer = cls(transport, command, max(1.0, vm.settings.lock_lease / 4))
-        threading.Thread.start(renewer)
+        renewer = cls(transport, command, max(1.0, settings.lock_lease / 4))
+        renewer.start()
         return renewer
 
     def run(self) -> None:
@@ -101,25 +103,3 @@ class LeaseRenewer(threading.Thread):
 
     def stop(self) -> None:
         self.done.set()
-
-
-@contextlib.contextmanager
-def sigint_deferred(reraise: bool = False) -> Iterator[list[int]]:
-    """Run a short block to its end even if Ctrl-C (or SIGTERM, SIGHUP) comes; the list it
-    yields is non-empty if one came (then re-raised after the block when `reraise`)."""
-    caught: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum))
-                for sig in signals}
-    try:
-        yield caught
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    if caught and reraise:
-        from deploy.remote.session import Interrupted
-
-        raise KeyboardInterrupt if caught[0] == signal.SIGINT else Interrupted(caught[0])

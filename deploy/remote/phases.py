@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from deploy.errors import DeployError
-from deploy.remote.session import exit_code, signal_name
+from deploy.remote.signals import exit_code, signal_name
+from deploy.remote.steps import Vm
 from deploy.shell import ConnectionLost
 
 
@@ -26,8 +26,9 @@ def cut_short(exc: BaseException, step: str, tag: str, previous: str) -> DeployE
         serving = f"{serving} and the lock was released"
     else:
         what, code = f"the SSH connection to {getattr(exc, 'where', 'the VM')} was lost", 1
-        if getattr(exc, "reason", ""):
-            what += f" ({exc.reason})"
+        reason = getattr(exc, "reason", "")
+        if reason:
+            what += f" ({reason})"
         serving += "; the lock is released if the VM answered again, else `fab unlock` clears it"
     if step == "migrate":
         serving += " (the migration may still finish on the VM: the next deploy waits for it)"
@@ -49,7 +50,7 @@ class Release:
     when it ends. Output of another kind in between (a warning, `-v`'s commands, a command's
     own output) ends the line; the phase's name is then written again on its result's line."""
 
-    def __init__(self, vm: Any, tag: str, previous: str = "") -> None:
+    def __init__(self, vm: Vm, tag: str, previous: str = "") -> None:
         self.vm = vm
         self.tag = tag
         self.previous = previous
@@ -88,6 +89,8 @@ class Release:
         self.vm.runner.end_line()
 
 
-def optional_phase(release: Release | None, name: str, **kwargs) -> Any:
+def optional_phase(release: Release | None, name: str, *, cuts_short: bool = True,
+                   timed: bool = True) -> contextlib.AbstractContextManager[Phase]:
     """`release.phase(name)`, or nothing when the caller keeps no release (e.g. roles)."""
-    return release.phase(name, **kwargs) if release else contextlib.nullcontext(Phase())
+    return release.phase(name, cuts_short=cuts_short, timed=timed) if release else \
+        contextlib.nullcontext(Phase())

@@ -1,23 +1,27 @@
-"""The SSH side of the remote half: which VMs, one verified connection each, and the signals
-that must cut a deploy short the way Ctrl-C does."""
+"""The SSH side of the remote half: which VMs, and one verified connection each, on which a
+SIGTERM or SIGHUP cuts a task short the way Ctrl-C does."""
 
 from __future__ import annotations
 
 import contextlib
 import getpass
 import shlex
-import signal
 import socket
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import paramiko
+from fabric import Connection
+from paramiko.pkey import UnknownKeyType
+
 from deploy.errors import DeployError
 from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, KnownHostsPolicy
+from deploy.remote.signals import terminations_interrupt
 from deploy.remote.steps import Vm
 from deploy.runner import Runner
 from deploy.settings import Settings
+from deploy.shell import RemoteShell
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,6 @@ def targets(settings: Settings, hosts: list[str] | None = None) -> list[Target]:
 
 def check_key_file(key_file: Path) -> None:
     """Refuse, before any connection, a key_file that is missing or not a private key."""
-    import paramiko
-
     fix = "set key_file in deploy.toml (or DEPLOY_KEY_FILE) to your private key, not the .pub"
     if not key_file.exists():
         raise DeployError(f"SSH key {key_file} does not exist", fix)
@@ -65,15 +67,12 @@ def check_key_file(key_file: Path) -> None:
     except OSError as exc:
         raise DeployError(f"cannot read SSH key {key_file}: {exc.strerror}",
                           "fix its permissions") from None
-    except (paramiko.SSHException, paramiko.UnknownKeyType, ValueError):
+    except (paramiko.SSHException, UnknownKeyType, ValueError):
         raise DeployError(f"{key_file} is not an SSH private key", fix) from None
 
 
-def connect(settings: Settings, target: Target):
+def connect(settings: Settings, target: Target) -> Connection:
     """An open Fabric Connection whose host key was checked against known_hosts."""
-    import paramiko
-    from fabric import Connection
-
     key_file = settings.key_file and Path(settings.key_file).expanduser()
     if key_file:
         check_key_file(key_file)
@@ -88,7 +87,9 @@ def connect(settings: Settings, target: Target):
         connect_timeout=settings.connect_timeout,
         connect_kwargs=connect_kwargs,
     )
-    conn.client.set_missing_host_key_policy(KnownHostsPolicy([known_hosts]))
+    client = conn.client
+    assert client is not None  # a Connection makes its SSHClient when it is made
+    client.set_missing_host_key_policy(KnownHostsPolicy([known_hosts]))
     where = f"{target.host}:{target.port}"
     trust = (
         f"if it is really your VM, add its key: ssh-keyscan -p {target.port} {target.host} "
@@ -120,44 +121,6 @@ def connect(settings: Settings, target: Target):
     return conn
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (a closed terminal), handled exactly like Ctrl-C; exit 128+signum."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def exit_code(exc: BaseException) -> int:
-    """128 + the signal that cut a command short (130 for Ctrl-C)."""
-    return 128 + getattr(exc, "signum", signal.SIGINT)
-
-
-def signal_name(exc: BaseException) -> str:
-    signum = getattr(exc, "signum", signal.SIGINT)
-    return "interrupted" if signum == signal.SIGINT else \
-        f"interrupted ({signal.Signals(signum).name})"
-
-
-@contextlib.contextmanager
-def terminations_interrupt() -> Iterator[None]:
-    """While the block runs, SIGTERM and SIGHUP raise Interrupted like Ctrl-C raises
-    KeyboardInterrupt: the lock is released or the release switched back, and the exit says so."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise Interrupted(signum)
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
 @contextlib.contextmanager
 def session(settings: Settings, target: Target, dry_run: bool = False) -> Iterator[Vm]:
     """A Vm on one connection for a whole task (none at all in a dry run)."""
@@ -166,8 +129,6 @@ def session(settings: Settings, target: Target, dry_run: bool = False) -> Iterat
         runner.say(f"$ cd {shlex.quote(settings.app_dir)}  (once, when the shell opens)")
         yield Vm(settings, runner)
         return
-    from deploy.shell import RemoteShell
-
     with terminations_interrupt():
         conn = connect(settings, target)
         shell = RemoteShell(conn, where=target.host, network_timeout=settings.network_timeout,

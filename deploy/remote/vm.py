@@ -11,16 +11,18 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Unpack
 
 from deploy import refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import contract
-from deploy.remote.lock import LeaseRenewer, describe_holder, parse_holder, sigint_deferred
-from deploy.runner import Result, Runner
+from deploy.remote.lock import LeaseRenewer, describe_holder, parse_holder
+from deploy.remote.signals import sigint_deferred
+from deploy.runner import Result, Runner, RunOptions
 from deploy.settings import Settings
 
 REVISION_RE = re.compile(r"^(\w+)(?: \((?:effective )?head\))*\s*$")
@@ -77,7 +79,7 @@ class VmQueries:
         base = cmd.compose(self.compose_kind(), self.settings.compose_file, self.project)
         return cmd.with_release(self.release_vars(tag), base)
 
-    def run(self, argv: list[str], **kwargs) -> Result:
+    def run(self, argv: list[str], **kwargs: Unpack[RunOptions]) -> Result:
         directory = cmd.helper_dir(argv)
         if directory is not None:
             self.ensure_helper(directory)
@@ -146,7 +148,7 @@ class VmQueries:
                               f"check that {self.settings.app_dir} is writable on the VM")
         renewer = None
         try:  # a signal while the renewer starts (it opens a channel) must not keep the lock
-            renewer = LeaseRenewer.start(self, holder)
+            renewer = LeaseRenewer.started(self.runner, self.settings, holder)
             yield
         finally:
             if renewer:
@@ -309,7 +311,8 @@ class VmQueries:
                               "install curl on the VM (or wget, or python3)")
         return result.stdout.strip() or "000"
 
-    def wait_ready(self, check, timeout: float, interval: float = POLL) -> bool:
+    def wait_ready(self, check: Callable[[], bool], timeout: float,
+                   interval: float = POLL) -> bool:
         """Poll `check()` until it is true or `timeout` passes (dry run: true at once)."""
         if self.runner.dry_run:
             return True
