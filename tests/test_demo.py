@@ -32,7 +32,6 @@ def served(out: str) -> list[tuple[dict[str, str], list[str]]]:
     return shown
 
 
-@pytest.mark.slow
 def test_the_demo_dry_run_needs_no_engine_and_shows_every_step(tmp_path: Path) -> None:
     proc = demo("--dry-run", "--work", str(tmp_path / "app"),
                 env={"DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
