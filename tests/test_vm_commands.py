@@ -642,6 +642,7 @@ def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path)
     """Healthy and switched: a Ctrl-C then must not leave the new version running unrecorded."""
     vm, out = scripted_vm(tmp_path, {})
     record = vm.record
+    before = signal.getsignal(signal.SIGINT)  # an xdist worker ignores SIGINT
 
     def interrupted_record(entry):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands while the release is recorded
@@ -655,7 +656,7 @@ def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path)
     assert recorded < index_of(history, "write-file .env", recorded) \
         < index_of(history, "lock-release-if")
     assert "Ctrl-C came after v2 turned healthy: it was recorded all the same" in out.getvalue()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
@@ -664,6 +665,7 @@ def test_sigterm_and_sighup_cut_a_deploy_short_like_ctrl_c(tmp_path, signum):
 
     vm, _ = scripted_vm(tmp_path, {})
     pull = vm.pull
+    before = signal.getsignal(signum)
 
     def killed_pull(tag):
         os.kill(os.getpid(), signum)
@@ -676,7 +678,7 @@ def test_sigterm_and_sighup_cut_a_deploy_short_like_ctrl_c(tmp_path, signum):
     assert f"interrupted ({signal.Signals(signum).name}) during pull of v2" in err.value.message
     assert "v1 is still serving and the lock was released" in err.value.message
     assert "lock-release-if" in vm.runner.history[-1]
-    assert signal.getsignal(signum) is signal.SIG_DFL
+    assert signal.getsignal(signum) is before
 
 
 def test_sigterm_mid_switch_switches_back(tmp_path):
