@@ -170,7 +170,6 @@ def ensure_bridge() -> None:
         check([exe("ip"), "addr", "add", f"{GATEWAY}/24", "dev", BRIDGE], "addressing dsb0",
               "see `ip addr show dsb0`")
     check([exe("ip"), "link", "set", BRIDGE, "up"], "bringing dsb0 up", "see `ip link`")
-    allow_vm_to_vm()
 
 
 # The laptop's dockerd sets FORWARD's policy to DROP, which drops traffic between two VMs on
@@ -437,6 +436,7 @@ def up_vm(v: Vm, registry: str, authorized_keys: Path, keygen: list[str]) -> str
         ensure_network(v)
         start_holder(v)
         done.append("started")
+    allow_vm_to_vm()  # also for VMs an older sandbox started
     done.append(ensure_dockerd(v))
     done.append(ensure_images(v))
     done.append(ensure_forwarder(v, registry))

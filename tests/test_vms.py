@@ -8,12 +8,14 @@ and the fault campaign's (their engines and sshds get killed, and are always bro
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,36 +52,39 @@ def laptop_get(url: str) -> str:
 # --------------------------------------------------------------------------- separation
 
 
+@contextlib.contextmanager
+def http_server(vm, bind: str) -> Iterator[tuple[str, str]]:
+    """A container on `vm` answering HTTP on `bind`:PORT, until the block ends; (url, name)."""
+    port, name = free_port(), unique("http-")
+    ok(run(vm.docker("run", "-d", "--name", name, "-p", f"{bind}:{port}:8000",
+                     "python:3.11-slim", "python3", "-m", "http.server", "8000")))
+    try:
+        url = f"http://{bind}:{port}/"
+        assert wait(lambda: in_vm_get(vm, url) == "200", 30)
+        yield url, name
+    finally:
+        run(vm.docker("rm", "-f", name))
+
+
 def test_a_port_on_a_vms_loopback_is_not_reachable_from_the_laptop(sandbox, two_vms):
     vm1, vm2 = two_vms
-    port, name = free_port(), unique("sep-")
-    ok(run(vm1.docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8000",
-                      "python:3.11-slim", "python3", "-m", "http.server", "8000")))
-    try:
-        assert wait(lambda: in_vm_get(vm1, f"http://127.0.0.1:{port}/") == "200", 30)
-        assert laptop_get(f"http://127.0.0.1:{port}/") == "000"  # the laptop's loopback
+    with http_server(vm1, "127.0.0.1") as (url, name):
+        port = url.rsplit(":", 1)[1].strip("/")
+        assert laptop_get(url) == "000"  # the laptop's loopback
         assert laptop_get(f"http://{vm1.address}:{port}/") == "000"  # the VM's address
-        assert in_vm_get(vm2, f"http://127.0.0.1:{port}/") == "000"  # the other VM
+        assert in_vm_get(vm2, url) == "000"  # the other VM
         # the container is vm1's alone: not in the laptop's engine, nor in vm2's
         assert name in ok(ssh(sandbox, vm1, "docker", "ps", "--format", "{{.Names}}"))
         assert name not in ok(run(["docker", "ps", "-a", "--format", "{{.Names}}"]))
         assert name not in ok(run(vm2.docker("ps", "-a", "--format", "{{.Names}}")))
-    finally:
-        run(vm1.docker("rm", "-f", name))
 
 
 def test_a_port_on_a_vms_address_is_reachable_from_the_other_vm(sandbox, two_vms):
     """VM to VM across the bridge (an app host reaching its database host; a swarm's nodes):
     the sandbox lets it through the laptop's firewall by itself."""
     vm1, vm2 = two_vms
-    port, name = free_port(), unique("reach-")
-    ok(run(vm1.docker("run", "-d", "--name", name, "-p", f"{vm1.address}:{port}:8000",
-                      "python:3.11-slim", "python3", "-m", "http.server", "8000")))
-    try:
-        assert wait(lambda: in_vm_get(vm1, f"http://{vm1.address}:{port}/") == "200", 30)
-        assert in_vm_get(vm2, f"http://{vm1.address}:{port}/") == "200"
-    finally:
-        run(vm1.docker("rm", "-f", name))
+    with http_server(vm1, vm1.address) as (url, _):
+        assert in_vm_get(vm2, url) == "200"
 
 
 def test_a_file_under_srv_on_one_vm_is_not_on_the_other_nor_on_the_laptop(sandbox, two_vms):
