@@ -200,7 +200,11 @@ def ensure_swarm(vm: Vm) -> None:
         return
     host = vm.settings.host
     advertise = host if host.replace(".", "").isdigit() else ""
-    vm.run(cmd.swarm_init(advertise), what="`docker swarm init` failed", fix="see its message")
+    # hidden: what `swarm init` prints is the join command, with the worker token in it
+    vm.run(cmd.swarm_init(advertise), hide=True, what="`docker swarm init` failed",
+           fix="see its message")
+    vm.runner.say(f"{vm.runner.where}: a one-node swarm manager now (join tokens: "
+                  "`docker swarm join-token worker` on it)")
 
 
 def render(vm: Vm, tag: str) -> str:
