@@ -115,3 +115,23 @@ def mentions(dockerfile: Dockerfile, filename: str) -> bool:
     return any(
         filename in rest for stage in dockerfile.stages for _, rest in stage.instructions
     )
+
+
+def stage_chain(dockerfile: Dockerfile) -> list[Stage]:
+    """The final stage and the stages it is built FROM (by alias), base first."""
+    by_name = {s.name.lower(): s for s in dockerfile.stages if s.name}
+    chain, stage = [dockerfile.final], dockerfile.final
+    while stage.image.lower() in by_name and by_name[stage.image.lower()] not in chain:
+        stage = by_name[stage.image.lower()]
+        chain.insert(0, stage)
+    return chain
+
+
+def final_instruction(dockerfile: Dockerfile, word: str) -> str | None:
+    """The last `word` (CMD, ENTRYPOINT, WORKDIR...) that applies to the final image."""
+    found = None
+    for stage in stage_chain(dockerfile):
+        for instr, rest in stage.instructions:
+            if instr == word:
+                found = rest
+    return found

@@ -9,10 +9,10 @@ variable the app reads its database URL from, and where the tests live. What it 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.checks.env import parse_image_line
 from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.settings import SETTINGS_FILE, Settings
@@ -20,7 +20,6 @@ from deploy.settings import SETTINGS_FILE, Settings
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 APP_SERVICE_NAMES = ("app", "web", "backend", "api", "server")
 POSTGRES_IMAGES = ("pgvector", "postgis", "timescaledb", "timescaledb-ha")
-VAR_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}$")
 TASKS_PY = "from deploy.tasks import ns  # noqa: F401\n"
 FABFILE_PY = "from deploy.fabtasks import ns  # noqa: F401\n"
 
@@ -32,6 +31,7 @@ class Found:
     values: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     todo: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def first_existing(root: Path, names: tuple[str, ...], depth: int = 1) -> Path | None:
@@ -109,16 +109,15 @@ def detect_compose(root: Path, found: Found) -> None:
         return
     found.values["service"] = app
     image = str((services[app] or {}).get("image", ""))
-    repo, tag = split_image(image)
-    repo_var, tag_var = VAR_RE.match(repo), VAR_RE.match(tag)
-    if repo_var and tag_var:
-        if (repo_var.group(1), tag_var.group(1)) != ("DEPLOY_IMAGE", "DEPLOY_TAG"):
-            found.values["image_variable"] = repo_var.group(1)
-            found.values["tag_variable"] = tag_var.group(1)
-        if repo_var.group(2):
-            found.values["image"] = repo_var.group(2)
+    line = parse_image_line(image)
+    if line:
+        if (line.repo_variable, line.tag_variable) != ("DEPLOY_IMAGE", "DEPLOY_TAG"):
+            found.values["image_variable"] = line.repo_variable
+            found.values["tag_variable"] = line.tag_variable
+        if line.repo_default:
+            found.values["image"] = line.repo_default
         found.notes.append(f"service '{app}' names its image {image}: the deploy sets "
-                           f"{repo_var.group(1)} and {tag_var.group(1)} on the VM")
+                           f"{line.repo_variable} and {line.tag_variable} on the VM")
     else:
         found.todo.append(
             f"service '{app}' has image {image or '(none)'}: write it as "
@@ -206,11 +205,28 @@ def detect_app(root: Path, found: Found) -> None:
             found.notes.append(f"migrations run by {rel(root, script)}")
 
 
+def detect_start_migrations(root: Path, found: Found) -> None:
+    """Warn when the container's start runs migrations (the migrate-at-start check)."""
+    from deploy.checks.startup import fix_text, start_migrations
+
+    keys = ("dockerfile", "context", "compose_file", "service", "migrate_command")
+    settings = Settings(root=root, **{k: v for k, v in found.values.items() if k in keys})
+    hits = start_migrations(settings)
+    for hit in hits:
+        found.warnings.append(
+            f"the {hit.where} runs migrations at every start"
+            + (f" ({hit.script})" if hit.script else "")
+            + ": a rollback would start the older release against the newer schema")
+    if hits:
+        found.warnings.append(f"fix: {fix_text(settings, hits)}")
+
+
 def detect(root: Path) -> Found:
     found = Found()
     detect_dockerfile(root, found)
     detect_compose(root, found)
     detect_app(root, found)
+    detect_start_migrations(root, found)
     if (root / ".env.example").exists():
         found.values["env_example"] = ".env.example"
     else:
@@ -294,6 +310,8 @@ def run(root: Path | None = None, force: bool = False) -> None:
     for note in found.notes:
         print(f"  {note}")
     print("wrote: " + ", ".join(rel(root, p) for p in written))
+    for warning in found.warnings:
+        print(("  " if warning.startswith("fix:") else "warning: ") + warning)
     if found.todo:
         print("fill in (deploy.toml), then run `inv check`:")
         for item in found.todo:

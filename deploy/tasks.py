@@ -63,7 +63,8 @@ def lock(c, check=False, upgrade=False, upgrade_package=None):
 )
 @friendly
 def check(c, json=False, only=None, skip=None):
-    """Preflight: python-parity, lock-fresh, env-complete, migrations, git-clean."""
+    """Preflight: python-parity, lock-fresh, env-complete, build-context, migrations,
+    migrate-at-start, git-clean."""
     from deploy.checks import format_results, run_checks
     from deploy.settings import load_settings, require_root
 
