@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.checks.env import parse_image_line
+from deploy.dockerfile import ImageEnv
 from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.settings import SETTINGS_FILE, Settings
@@ -32,6 +33,7 @@ class Found:
     notes: list[str] = field(default_factory=list)
     todo: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    image_env: ImageEnv = field(default_factory=ImageEnv)
 
 
 def first_existing(root: Path, names: tuple[str, ...], depth: int = 1) -> Path | None:
@@ -140,6 +142,13 @@ def detect_dockerfile(root: Path, found: Found) -> None:
         found.notes.append(f"{rel(root, path)}: the image runs Python {python}")
     except DeployError as exc:
         found.todo.append(exc.message)
+    found.image_env = dockerfile.image_env(dockerfile.parse(path))
+    python_cmd = found.image_env.command("python")
+    if python_cmd != "python":  # the app's packages are not on the image's bare `python`
+        where = found.image_env.venv or "Poetry's environment"
+        found.values["smoke_command"] = python_cmd + Settings.smoke_command.removeprefix("python")
+        found.notes.append(f"the image installs the app's packages into {where}, not on its "
+                           f"PATH: smoke and migrate run `{python_cmd}`")
     if path.parent != root:  # the context: the Dockerfile's directory, unless it copies
         from deploy.checks.context import copy_sources  # files from the repo root (uv.lock)
 
@@ -203,6 +212,10 @@ def detect_app(root: Path, found: Found) -> None:
         if script:
             found.values["migrate_command"] = f"sh {rel(ini.parent, script)}"
             found.notes.append(f"migrations run by {rel(root, script)}")
+    prefix = found.image_env.shell_prefix()
+    if ini and prefix:
+        found.values["migrate_command"] = prefix + str(
+            found.values.get("migrate_command", Settings.migrate_command))
 
 
 def detect_start_migrations(root: Path, found: Found) -> None:
@@ -253,6 +266,7 @@ EXPLAIN = {
     "lock_kind": "requirements (pip-compile), uv (uv.lock) or poetry (poetry.lock)",
     "test_dir": "where `inv test` runs the tests",
     "migrate_command": "what the VM runs (in the new image) to migrate before switching",
+    "smoke_command": "what `inv smoke` runs in the built image (its own environment's Python)",
     "env_example": "every variable the app reads, with placeholder values",
 }
 

@@ -140,3 +140,89 @@ def test_init_reads_a_template_image_line_without_asking_for_a_rewrite(tmp_path,
     assert 'tag_variable = "TAG"' in settings
     # The deploy sets both variables: .env.example need not declare them.
     assert only(inv, repo, "env-complete")["ok"]
+
+
+# --- the image's own environment -----------------------------------------------------------
+
+POETRY_IN_PROJECT = """FROM python:3.9-slim
+WORKDIR /app
+RUN pip install --no-cache-dir "poetry>=2,<3" && poetry config virtualenvs.in-project true
+COPY pyproject.toml poetry.lock ./
+RUN poetry install --only main --no-root
+COPY alembic.ini ./
+COPY migrations/ ./migrations/
+COPY app/ ./app/
+CMD ["/app/.venv/bin/uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+"""
+
+
+@pytest.mark.parametrize("text, python, prefix", [
+    (POETRY_IN_PROJECT, "/app/.venv/bin/python", "PATH=/app/.venv/bin:$PATH "),
+    ("FROM python:3.9-slim\nENV POETRY_VIRTUALENVS_IN_PROJECT=true\nWORKDIR /srv\n"
+     "RUN poetry install\n", "/srv/.venv/bin/python", "PATH=/srv/.venv/bin:$PATH "),
+    ("FROM python:3.9-slim\nWORKDIR /app\nRUN poetry install\n", "poetry run python",
+     "poetry run "),
+    ("FROM python:3.9-slim\nRUN poetry config virtualenvs.create false && poetry install\n",
+     "python", ""),
+    ("FROM python:3.12-slim\nWORKDIR /app\nRUN uv sync --locked\n", "/app/.venv/bin/python",
+     "PATH=/app/.venv/bin:$PATH "),
+    ("FROM python:3.12-slim\nWORKDIR /app\nRUN uv sync --locked\n"
+     "ENV PATH=\"/app/.venv/bin:$PATH\"\n", "python", ""),
+    ("FROM python:3.12-slim\nRUN python -m venv /opt/venv\nENV VIRTUAL_ENV=/opt/venv\n",
+     "/opt/venv/bin/python", "PATH=/opt/venv/bin:$PATH "),
+    ("FROM python:3.12 AS build\nRUN python3 -m venv /venv\nFROM python:3.12-slim\n"
+     "COPY --from=build /venv /venv\nENV PATH=/venv/bin:$PATH\n", "python", ""),
+    ("FROM python:3.12-slim\nRUN pip install -r requirements.lock\n", "python", ""),
+])
+def test_the_images_own_environment(tmp_path, text, python, prefix):
+    from deploy import dockerfile
+
+    (tmp_path / "Dockerfile").write_text(text)
+    found = dockerfile.image_env(dockerfile.parse(tmp_path / "Dockerfile"))
+    assert found.command("python") == python
+    assert found.shell_prefix() == prefix
+
+
+def test_init_writes_smoke_and_migrate_for_a_poetry_in_project_venv(tmp_path):
+    repo = shape("poetry", tmp_path)
+    (repo / "Dockerfile").write_text(POETRY_IN_PROJECT)
+    out = adopted(repo)
+    assert ("the image installs the app's packages into /app/.venv, not on its PATH: smoke "
+            "and migrate run `/app/.venv/bin/python`") in out
+    settings = (repo / "deploy.toml").read_text()
+    assert ('smoke_command = "/app/.venv/bin/python -c \\"from app.main import app; '
+            "print('OK')\\\"\"") in settings
+    assert 'migrate_command = "PATH=/app/.venv/bin:$PATH alembic upgrade head"' in settings
+
+
+def test_smoke_runs_the_venv_python_init_wrote(tmp_path, inv, base_image):
+    """An image whose packages live in a venv off PATH: bare `python` lacks them (the old
+    default's false alarm); the smoke command deploy-init writes finds them."""
+    repo = tmp_path / "venvapp"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "__init__.py").write_text("")
+    (repo / "app" / "main.py").write_text("from fastapi import FastAPI\n\napp = FastAPI()\n")
+    (repo / "fastapi").mkdir()  # stands in for the installed package (no PyPI in a build)
+    (repo / "fastapi" / "__init__.py").write_text("class FastAPI:\n    pass\n")
+    (repo / "Dockerfile").write_text(
+        "FROM python:3.11-slim\nWORKDIR /app\nRUN python -m venv /app/.venv\n"
+        "COPY fastapi/ /app/.venv/lib/python3.11/site-packages/fastapi/\nCOPY app/ ./app/\n"
+        'CMD ["/app/.venv/bin/python", "-c", "import app.main"]\n')
+    (repo / "compose.yaml").write_text(
+        'services:\n  app:\n    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"\n')
+    (repo / ".env.example").write_text("X=1\n")
+    (repo / ".dockerignore").write_text(".git\n.env\n")
+    out = adopted(repo)
+    assert "smoke and migrate run `/app/.venv/bin/python`" in out
+    proc = inv(repo, "build", "--version", "venv1")
+    assert proc.returncode == 0, output(proc)
+    proc = inv(repo, "smoke", "--version", "venv1")
+    assert proc.returncode == 0, output(proc)
+    assert "smoke: OK" in proc.stdout
+    # The default smoke command (bare python) is what reported a missing module.
+    settings = repo / "deploy.toml"
+    settings.write_text("\n".join(line for line in settings.read_text().splitlines()
+                                  if not line.startswith("smoke_command")) + "\n")
+    proc = inv(repo, "smoke", "--version", "venv1")
+    assert proc.returncode == 1
+    assert "the image lacks the module 'fastapi'" in proc.stderr

@@ -97,7 +97,11 @@ def run_probe(settings: Settings, app: appenv.AppPython, runner, scratch_dir: Pa
     if app.in_image:
         ref = built_image(settings, runner)
         ini_rel = os.path.relpath(ini, settings.path(settings.context))
-        argv = docker_probe(ref, scratch_dir, ini_rel, db, url_env, app_env)
+        from deploy import dockerfile
+
+        python = dockerfile.image_env(dockerfile.parse(settings.path(settings.dockerfile)))
+        argv = docker_probe(ref, scratch_dir, ini_rel, db, url_env, app_env,
+                            python=python.command("python"))
         how = f"docker run --rm {ref} alembic -c {ini_rel} heads"
         cwd = None
         env = None
@@ -126,7 +130,7 @@ def example_env(settings: Settings) -> dict[str, str]:
 
 
 def docker_probe(ref: str, scratch_dir: Path, ini_rel: str, db: scratchdb.ScratchDb,
-                 url_env: str, app_env: dict[str, str]) -> list[str]:
+                 url_env: str, app_env: dict[str, str], python: str = "python") -> list[str]:
     from deploy.commands import docker
 
     probe = f"{IN_IMAGE_DIR}/{PROBE.name}"
@@ -135,7 +139,7 @@ def docker_probe(ref: str, scratch_dir: Path, ini_rel: str, db: scratchdb.Scratc
         mounts={str(scratch_dir / PROBE.name): probe, str(scratch_dir): "/deploy-scratch:rw"},
         env={**app_env, url_env: db.container_url},
         network=f"container:{db.container}" if db.container else "none",
-        command=["python", probe, ini_rel, db.container_url, url_env],
+        command=[*shlex.split(python), probe, ini_rel, db.container_url, url_env],
     )
 
 
