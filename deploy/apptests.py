@@ -31,6 +31,7 @@ def test_argv(settings: Settings, extra: list[str]) -> list[str]:
             "poetry.lock)",
             "set `app_python` (the app's interpreter) or `test_command` in deploy.toml",
         )
+    appenv.prepare(settings, app)
     return [*app.argv, "-m", "pytest", *extra]
 
 

@@ -226,3 +226,79 @@ def test_smoke_runs_the_venv_python_init_wrote(tmp_path, inv, base_image):
     proc = inv(repo, "smoke", "--version", "venv1")
     assert proc.returncode == 1
     assert "the image lacks the module 'fastapi'" in proc.stderr
+
+
+# --- parity against what the app declares --------------------------------------------------
+
+
+def fake_venv(repo: Path, version: str) -> None:
+    """A .venv as `uv run`/`poetry run` leave it (pyvenv.cfg names its Python)."""
+    import sys
+
+    (repo / ".venv" / "bin").mkdir(parents=True)
+    (repo / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    (repo / ".venv" / "pyvenv.cfg").write_text(f"home = /usr/bin\nversion_info = {version}.7\n")
+
+
+def test_parity_ignores_a_venv_of_another_python(tmp_path, inv):
+    """The image and .python-version say 3.10; a .venv made with 3.11 (by a tool) is no
+    declaration of the app."""
+    repo = shape("uvws", tmp_path)
+    adopted(repo)
+    fake_venv(repo, "3.11")
+    result = only(inv, repo, "python-parity")
+    assert result["ok"], result
+    assert result["detail"].startswith("Python 3.10: image and app agree (.python-version")
+
+
+def test_parity_against_poetrys_python_range(tmp_path, inv):
+    """`python = "^3.9"` and no other declaration: an image moved to 3.11 fails, even with a
+    3.11 venv next to the app; on 3.9 it passes."""
+    repo = shape("poetry", tmp_path)
+    edit(repo / "pyproject.toml", 'python = "^3.11"', 'python = "^3.9"')
+    adopted(repo)
+    fake_venv(repo, "3.11")
+    result = only(inv, repo, "python-parity")
+    assert not result["ok"]
+    assert result["reason"] == (
+        "the image runs Python 3.11 but the app declares only Poetry's python = '^3.9', whose "
+        "lowest Python is 3.9: nothing says the app runs on 3.11")
+    assert result["fix"].startswith("use python:3.9 in the Dockerfile's FROM, or declare")
+    edit(repo / "Dockerfile", "FROM python:3.11-slim", "FROM python:3.9-slim")
+    commit_all(repo, "back on 3.9")
+    result = only(inv, repo, "python-parity")
+    assert result["ok"], result
+    (repo / ".python-version").write_text("3.11\n")
+    edit(repo / "Dockerfile", "FROM python:3.9-slim", "FROM python:3.11-slim")
+    commit_all(repo, "developed on 3.11, said so")
+    assert only(inv, repo, "python-parity")["ok"]
+
+
+def test_the_tools_uv_run_creates_the_env_for_the_images_python(tmp_path):
+    from deploy import appenv
+    from deploy.settings import load_settings
+
+    repo = shape("uvws", tmp_path)
+    adopted(repo)
+    app = appenv.app_python(load_settings(repo, environ={}))
+    assert app.kind == "uv"
+    assert app.argv[1:5] == ("run", "--locked", "--python", "3.10")
+
+
+def test_poetry_env_for_an_image_python_that_is_not_here_says_which_to_install(tmp_path, inv):
+    from test_corpus import VENV_BIN
+
+    repo = shape("poetry", tmp_path)
+    edit(repo / "pyproject.toml", 'python = "^3.11"', 'python = "^3.8"')
+    edit(repo / "Dockerfile", "FROM python:3.11-slim", "FROM python:3.8-slim")
+    adopted(repo)
+    env = {**user_env(), "PATH": f"{VENV_BIN}:/usr/bin:/bin",
+           "POETRY_VIRTUALENVS_PATH": str(tmp_path / "poetry-envs")}
+    proc = inv(repo, "test", env=env)
+    assert proc.returncode == 1, output(proc)
+    assert ("error: the app's Poetry project has no environment yet, and Python 3.8 (the "
+            "image's) is not on PATH to create it with") in proc.stderr
+    assert "fix: install Python 3.8 (e.g. `pyenv install 3.8`" in proc.stderr
+    assert not (repo / ".venv").exists()
+    assert not (tmp_path / "poetry-envs").exists() or not any(
+        (tmp_path / "poetry-envs").iterdir())

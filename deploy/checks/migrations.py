@@ -65,6 +65,7 @@ def migrations(settings: Settings) -> CheckResult:
             "check with `app_python = \"image\"` (no .env in the image)",
         )
     app = appenv.app_python(settings)
+    appenv.prepare(settings, app)
     with tempfile.TemporaryDirectory(prefix="deploy-check-") as tmp:
         scratch_dir = Path(tmp)
         os.chmod(scratch_dir, 0o777)  # the image may run as a non-root user
