@@ -302,3 +302,80 @@ def test_poetry_env_for_an_image_python_that_is_not_here_says_which_to_install(t
     assert not (repo / ".venv").exists()
     assert not (tmp_path / "poetry-envs").exists() or not any(
         (tmp_path / "poetry-envs").iterdir())
+
+
+# --- settings classes across modules -------------------------------------------------------
+
+
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+
+
+@pytest.mark.parametrize("prefix_line", [
+    '    model_config = SettingsConfigDict(env_prefix="APP_")\n',
+    '    class Config:\n        env_prefix = "APP_"\n',
+])
+def test_env_reads_follow_a_settings_base_class_into_another_module(tmp_path, prefix_line):
+    from deploy.envreads import app_env_reads
+
+    write_tree(tmp_path, {
+        "app/__init__.py": "",
+        "app/core/__init__.py": "",
+        "app/core/base.py": (
+            "from pydantic_settings import BaseSettings\n\n\n"
+            "class CommonSettings(BaseSettings):\n    database_url: str\n"
+            "    debug: bool = False\n"),
+        "app/core/config.py": (
+            "from pydantic_settings import SettingsConfigDict\n\n"
+            "from .base import CommonSettings\n\n\n"
+            f"class ProductionSettings(CommonSettings):\n{prefix_line}"
+            "    sentry_dsn: str\n    debug: bool = True\n\n\n"
+            "settings = ProductionSettings()\n"),
+    })
+    reads = {r.name: (r.required, r.where) for r in app_env_reads(tmp_path)}
+    assert reads == {
+        "APP_DATABASE_URL": (True, "app/core/base.py:5"),
+        "APP_DEBUG": (False, "app/core/config.py:" + ("9" if "model_config" in prefix_line
+                                                       else "10")),
+        "APP_SENTRY_DSN": (True, "app/core/config.py:" + ("8" if "model_config" in prefix_line
+                                                           else "9")),
+    }
+
+
+def test_env_reads_follow_an_absolute_import_and_a_module_alias(tmp_path):
+    from deploy.envreads import app_env_reads
+
+    write_tree(tmp_path, {
+        "backend/app/__init__.py": "",
+        "backend/app/base.py": (
+            "from pydantic_settings import BaseSettings, SettingsConfigDict\n\n\n"
+            "class Base(BaseSettings):\n"
+            "    model_config = SettingsConfigDict(env_prefix='SVC_')\n    token: str\n"),
+        "backend/app/config.py": (
+            "from app import base as b\n\n\nclass Settings(b.Base):\n    region: str = 'x'\n"),
+        "backend/app/other.py": (
+            "from app.base import Base as Parent\n\n\nclass Worker(Parent):\n"
+            "    queue: str\n"),
+    })
+    reads = {r.name: r.required for r in app_env_reads(tmp_path)}
+    assert reads == {"SVC_TOKEN": True, "SVC_REGION": False, "SVC_QUEUE": True}
+
+
+def test_a_required_field_of_a_subclass_in_another_module_fails_env_complete(tmp_path, inv):
+    repo = shape("uvws", tmp_path)
+    (repo / "backend/app/settings_base.py").write_text(
+        "from pydantic_settings import BaseSettings\n\n\nclass AppBase(BaseSettings):\n"
+        "    database_url: str\n    secret_key: str\n    debug: bool = False\n")
+    (repo / "backend/app/config.py").write_text(
+        "from pydantic_settings import SettingsConfigDict\n\n"
+        "from app.settings_base import AppBase\n\n\nclass Settings(AppBase):\n"
+        '    model_config = SettingsConfigDict(env_prefix="APP_", env_file=".env")\n\n'
+        "    sentry_dsn: str\n\n\nsettings = Settings()\n")
+    out = adopted(repo)
+    assert "the app reads its database URL from APP_DATABASE_URL" in out
+    result = only(inv, repo, "env-complete")
+    assert not result["ok"]
+    assert result["reason"] == ("the app's code reads APP_SENTRY_DSN (backend/app/config.py:9) "
+                                "without a default, missing from .env.example")
