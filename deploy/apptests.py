@@ -44,7 +44,7 @@ def run(settings: Settings, runner: Runner, extra: list[str], db: bool = False) 
         if db:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-test-")))
             database = stack.enter_context(scratchdb.scratch(settings, runner, scratch))
-            env[settings.database_url_env] = database.url
-            runner.say(f"tests get {settings.database_url_env} = a throwaway "
+            env.update(scratchdb.app_env(settings, database))
+            runner.say(f"tests get {scratchdb.described(settings, database)} = a throwaway "
                        f"{'Postgres container' if database.container else 'SQLite file'}")
         return runner.run(argv, check=False, cwd=cwd, env=env)

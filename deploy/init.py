@@ -99,10 +99,7 @@ def detect_compose(root: Path, found: Found) -> None:
         if ".env" in ([env_files] if isinstance(env_files, str) else env_files) and \
                 (path.parent / ".env.example").is_file():  # what .env holds, as documented
             env = {**read_env_file(path.parent / ".env.example"), **env}
-        for key, setting in (("POSTGRES_USER", "postgres_user"), ("POSTGRES_DB", "postgres_db")):
-            value = str(env.get(key, ""))
-            if value and "$" not in value:
-                found.values[setting] = value
+        postgres_names(path.parent, env, found)
     app = next((n for n in services if n in APP_SERVICE_NAMES and n != db), None) or next(
         (n for n, s in services.items() if n != db and isinstance(s, dict)
          and ("build" in s or "$" in str(s.get("image", "")))), None)
@@ -127,6 +124,48 @@ def detect_compose(root: Path, found: Found) -> None:
     env_files = (services[app] or {}).get("env_file")
     if env_files:
         found.notes.append(f"service '{app}' reads env_file {env_files}")
+
+
+PART_SUFFIXES = {"host": ("_SERVER", "_HOST", "_HOSTNAME"), "port": ("_PORT",),
+                 "user": ("_USER", "_USERNAME"), "password": ("_PASSWORD", "_PASS"),
+                 "name": ("_DB", "_NAME", "_DATABASE", "_DBNAME")}
+
+
+def database_parts(reads: set[str]) -> dict[str, str]:
+    """The variables an app builds its database URL from (POSTGRES_SERVER, POSTGRES_PORT,
+    POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB): the prefix with most parts, host and name
+    included ({} if none)."""
+    by_prefix: dict[str, dict[str, str]] = {}
+    for var in sorted(reads):
+        for part, suffixes in PART_SUFFIXES.items():
+            suffix = next((s for s in suffixes if var.upper().endswith(s)), None)
+            if suffix and len(var) > len(suffix):
+                by_prefix.setdefault(var[: -len(suffix)], {}).setdefault(part, var)
+    candidates = [p for p in by_prefix.values() if {"host", "name", "user"} <= set(p)]
+    if not candidates:
+        return {}
+    best = max(candidates, key=len)
+    return {part: best[part] for part in PART_SUFFIXES if part in best}
+
+
+def postgres_names(compose_dir: Path, env: dict, found: Found) -> None:
+    """postgres_user and postgres_db: from the database service's environment (its ${VARS}
+    from .env.example, which documents the .env compose reads), else from a database URL in
+    .env.example, else the image's defaults (user postgres; the database named as the user)."""
+    from urllib.parse import unquote, urlsplit
+
+    from deploy.dockerfile import substitute
+
+    example_path = compose_dir / ".env.example"
+    example = read_env_file(example_path) if example_path.is_file() else {}
+    given = {key: substitute(str(env.get(key) or ""), example)
+             for key in ("POSTGRES_USER", "POSTGRES_DB")}
+    url = next((urlsplit(v) for k, v in sorted(example.items()) if "DATABASE_URL" in k.upper()
+                and v.startswith("postgres")), None)
+    user = given["POSTGRES_USER"] or (unquote(url.username) if url and url.username else "")
+    name = given["POSTGRES_DB"] or (unquote(url.path.lstrip("/")) if url else "")
+    found.values["postgres_user"] = user or "postgres"
+    found.values["postgres_db"] = name or user or "postgres"
 
 
 def detect_dockerfile(root: Path, found: Found) -> None:
@@ -176,6 +215,10 @@ def detect_app(root: Path, found: Found) -> None:
     if url_vars:
         found.values["database_url_env"] = url_vars[0]
         found.notes.append(f"the app reads its database URL from {url_vars[0]}")
+    elif found.values.get("database") == "postgres" and database_parts(reads):
+        parts = database_parts(reads)
+        found.values["database_env"] = parts
+        found.notes.append("the app builds its database URL from " + ", ".join(parts.values()))
     elif ini:
         found.todo.append("the app's code reads no *DATABASE_URL variable: set "
                           "`database_url_env` to the one it builds its URL from (the migrations "
@@ -263,6 +306,8 @@ EXPLAIN = {
     "postgres_db": "the database the VM backs up before migrating",
     "alembic_ini": "Alembic's config (the migrations check)",
     "database_url_env": "the variable the app reads its database URL from",
+    "database_env": "the variables the app builds its database URL from (the checks' scratch "
+                    "database is passed in them)",
     "lock_kind": "requirements (pip-compile), uv (uv.lock) or poetry (poetry.lock)",
     "test_dir": "where `inv test` runs the tests",
     "migrate_command": "what the VM runs (in the new image) to migrate before switching",
@@ -291,6 +336,8 @@ def render(found: Found) -> str:
 
 
 def toml_value(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

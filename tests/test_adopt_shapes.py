@@ -379,3 +379,99 @@ def test_a_required_field_of_a_subclass_in_another_module_fails_env_complete(tmp
     assert not result["ok"]
     assert result["reason"] == ("the app's code reads APP_SENTRY_DSN (backend/app/config.py:9) "
                                 "without a default, missing from .env.example")
+
+
+# --- a database URL built from parts --------------------------------------------------------
+
+TEMPLATE_CONFIG = '''from pydantic import computed_field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    SECRET_KEY: str
+    POSTGRES_SERVER: str
+    POSTGRES_PORT: int = 5432
+    POSTGRES_USER: str
+    POSTGRES_PASSWORD: str = ""
+    POSTGRES_DB: str = ""
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def SQLALCHEMY_DATABASE_URI(self) -> str:
+        return (f"postgresql+psycopg://{self.POSTGRES_USER}:{self.POSTGRES_PASSWORD}@"
+                f"{self.POSTGRES_SERVER}:{self.POSTGRES_PORT}/{self.POSTGRES_DB}")
+
+
+settings = Settings()
+'''
+
+
+def template_shape(dest: Path) -> Path:
+    """The uv workspace as the full-stack template writes it: the URL built from parts."""
+    repo = shape("uvws", dest)
+    (repo / "backend/app/config.py").write_text(TEMPLATE_CONFIG)
+    edit(repo / "backend/app/main.py", "settings.secret_key", "settings.SECRET_KEY")
+    edit(repo / "backend/migrations/env.py", "settings.database_url",
+         "settings.SQLALCHEMY_DATABASE_URI")
+    (repo / ".env.example").write_text(
+        "SECRET_KEY=change-me\nPOSTGRES_SERVER=db\nPOSTGRES_PORT=5432\nPOSTGRES_USER=app\n"
+        "POSTGRES_PASSWORD=change-me\nPOSTGRES_DB=app\nAPP_PORT=8000\n")
+    return repo
+
+
+def test_init_finds_the_database_url_parts(tmp_path):
+    repo = template_shape(tmp_path)
+    out = adopted(repo)
+    assert ("the app builds its database URL from POSTGRES_SERVER, POSTGRES_PORT, POSTGRES_USER, "
+            "POSTGRES_PASSWORD, POSTGRES_DB") in out
+    assert "reads no *DATABASE_URL" not in out
+    settings = (repo / "deploy.toml").read_text()
+    assert ('database_env = {host = "POSTGRES_SERVER", port = "POSTGRES_PORT", user = '
+            '"POSTGRES_USER", password = "POSTGRES_PASSWORD", name = "POSTGRES_DB"}') in settings
+    assert 'postgres_user = "app"' in settings and 'postgres_db = "app"' in settings
+    from deploy.settings import load_settings
+
+    loaded = load_settings(repo, environ={})
+    assert loaded.database_env == {"host": "POSTGRES_SERVER", "port": "POSTGRES_PORT",
+                                   "user": "POSTGRES_USER", "password": "POSTGRES_PASSWORD",
+                                   "name": "POSTGRES_DB"}
+
+
+@pytest.mark.parametrize("db_env, example, user, name", [
+    # the image's defaults: user postgres, the database named as the user (never "app")
+    ('      POSTGRES_PASSWORD: "${POSTGRES_PASSWORD}"\n', "POSTGRES_PASSWORD=x\n",
+     "postgres", "postgres"),
+    ('      POSTGRES_USER: "${PGUSER:-svc}"\n', "", "svc", "svc"),
+    ('      POSTGRES_PASSWORD: x\n',
+     "DATABASE_URL=postgresql+psycopg://notes_user:pw@db:5432/notes\n", "notes_user", "notes"),
+    ('      POSTGRES_DB: "${DB_NAME}"\n', "DB_NAME=main\n", "postgres", "main"),
+])
+def test_init_reads_postgres_user_and_db(tmp_path, db_env, example, user, name):
+    repo = tmp_path / "pg"
+    write_tree(repo, {
+        "compose.yaml": ("services:\n  db:\n    image: postgres:17\n    environment:\n"
+                         f"{db_env}  app:\n    image: \"${{DEPLOY_IMAGE}}:${{DEPLOY_TAG}}\"\n"),
+        ".env.example": example or "X=1\n",
+    })
+    proc = deploy_init(repo)
+    assert proc.returncode == 0, output(proc)
+    settings = (repo / "deploy.toml").read_text()
+    assert f'postgres_user = "{user}"' in settings
+    assert f'postgres_db = "{name}"' in settings
+
+
+@pytest.mark.parametrize("value", [{"hots": "A", "name": "B"}, {"host": "A"},
+                                   {"host": "A B", "name": "C"}])
+def test_a_bad_database_env_is_refused(tmp_path, inv, value):
+    from deploy.init import toml_value
+
+    repo = tmp_path / "bad"
+    repo.mkdir()
+    (repo / "deploy.toml").write_text(f"database_env = {toml_value(value)}\n")
+    (repo / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    proc = inv(repo, "config")
+    assert proc.returncode == 1
+    assert "error: setting 'database_env' in deploy.toml must map host, port, user, " in proc.stderr
+    assert 'fix: fix it, e.g. database_env = {host = "POSTGRES_SERVER"' in proc.stderr
