@@ -475,3 +475,32 @@ def test_a_bad_database_env_is_refused(tmp_path, inv, value):
     assert proc.returncode == 1
     assert "error: setting 'database_env' in deploy.toml must map host, port, user, " in proc.stderr
     assert 'fix: fix it, e.g. database_env = {host = "POSTGRES_SERVER"' in proc.stderr
+
+
+def test_migrations_and_inv_test_db_pass_the_scratch_database_in_parts(tmp_path, inv,
+                                                                     docker_engine):
+    """The template's app (URL from POSTGRES_*) on a scratch postgres:17: the migrations check
+    reaches it through the parts; `inv test --db` passes them to the tests too."""
+    from test_corpus import PY310
+
+    if not (PY310 / "python3.10").exists():
+        pytest.skip("no Python 3.10 here (pyenv)")
+    repo = template_shape(tmp_path)
+    (repo / "backend/tests/test_health.py").write_text(
+        "import os\n\nfrom sqlalchemy import create_engine, text\n\n"
+        "from app.config import settings\n\n\n"
+        "def test_the_scratch_database():\n"
+        "    assert os.environ['POSTGRES_DB'] == 'scratch'\n"
+        "    with create_engine(settings.SQLALCHEMY_DATABASE_URI).connect() as conn:\n"
+        "        assert conn.execute(text('select current_database()')).scalar() == 'scratch'\n")
+    (repo / ".env").write_text((repo / ".env.example").read_text().replace(
+        "POSTGRES_SERVER=db", "POSTGRES_SERVER=db.invalid"))
+    adopted(repo)
+    result = only(inv, repo, "migrations")
+    assert result["ok"], result
+    assert "on a scratch Postgres database" in result["detail"]
+    proc = inv(repo, "test", "--db", env=user_env({"SECRET_KEY": "test"}))
+    assert proc.returncode == 0, output(proc)
+    assert ("tests get POSTGRES_SERVER, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, "
+            "POSTGRES_DB = a throwaway Postgres container") in proc.stdout
+    assert "1 passed" in proc.stdout
