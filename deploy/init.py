@@ -346,20 +346,24 @@ def toml_value(value: object) -> str:
 
 
 def write(root: Path, force: bool = False) -> tuple[Found, list[Path]]:
-    """Detect and write the three files; refuses to overwrite any without `force`."""
-    targets = {root / SETTINGS_FILE: None, root / "tasks.py": TASKS_PY,
-               root / "fabfile" / "__init__.py": FABFILE_PY}
-    existing = [p for p in targets if p.exists()]
-    if existing and not force:
-        raise DeployError(
-            f"{', '.join(rel(root, p) for p in existing)} already exist(s); nothing was written",
-            "inv init --force overwrites them",
-        )
-    found = detect(root)
-    targets[root / SETTINGS_FILE] = render(found)
+    """Detect and write the three files; without `force`, only those that do not exist yet
+    (refuses when all three do)."""
+    targets: dict[Path, str | None] = {root / SETTINGS_FILE: None, root / "tasks.py": TASKS_PY,
+                                       root / "fabfile" / "__init__.py": FABFILE_PY}
+    if not force:
+        existing = [p for p in targets if p.exists()]
+        if len(existing) == len(targets):
+            raise DeployError(
+                f"{', '.join(rel(root, p) for p in existing)} already exist; nothing was "
+                "written", "inv init --force overwrites them")
+        targets = {p: text for p, text in targets.items() if p not in existing}
+    found = Found()
+    if root / SETTINGS_FILE in targets:
+        found = detect(root)
+        targets[root / SETTINGS_FILE] = render(found)
     for path, text in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_text(text or "")
     return found, list(targets)
 
 
@@ -367,10 +371,13 @@ def run(root: Path | None = None, force: bool = False) -> None:
     """Detect, write, and say what was found and what is left to fill in."""
     root = (root or Path.cwd()).resolve()
     found, written = write(root, force=force)
-    print("found:")
+    if found.notes:
+        print("found:")
     for note in found.notes:
         print(f"  {note}")
     print("wrote: " + ", ".join(rel(root, p) for p in written))
+    if root / SETTINGS_FILE not in written:
+        print(f"kept: {SETTINGS_FILE} (`inv init --force` rewrites it from what it detects)")
     for warning in found.warnings:
         print(("  " if warning.startswith("fix:") else "warning: ") + warning)
     if found.todo:

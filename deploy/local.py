@@ -23,6 +23,7 @@ from deploy.settings import Settings
 SMOKED_FILE = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / (
     "deploy-toolkit/smoked.json"
 )
+BUILT_FILE = SMOKED_FILE.with_name("built.json")
 
 
 def image_ref(settings: Settings, version: str) -> str:
@@ -79,7 +80,44 @@ def build(settings: Settings, runner: Runner, version: str, quiet: bool = False)
         what=f"building {ref} failed",
         fix="read the build output above; fix the Dockerfile or the code it copies",
     )
+    if not runner.dry_run:
+        record_built(settings, version)
     return ref
+
+
+def _built_key(settings: Settings) -> str:
+    return f"{settings.root}|{settings.image}"
+
+
+def _head(settings: Settings) -> str:
+    try:
+        return git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
+    except DeployError:  # a repository without a commit yet
+        return ""
+
+
+def record_built(settings: Settings, version: str) -> None:
+    """Remember the version last built for this app (and the commit it was built from)."""
+    try:
+        data = json.loads(BUILT_FILE.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        data = {}
+    data[_built_key(settings)] = {"version": version, "revision": _head(settings)}
+    BUILT_FILE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = BUILT_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, BUILT_FILE)
+
+
+def last_built(settings: Settings) -> str:
+    """The version `inv build` last built for this app from the current commit ('' if none):
+    what `inv smoke` and `inv push` take when no version is given (`inv build --version v1`
+    then `inv smoke`)."""
+    try:
+        entry = json.loads(BUILT_FILE.read_text()).get(_built_key(settings)) or {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return ""
+    return str(entry.get("version", "")) if entry.get("revision") == _head(settings) else ""
 
 
 def local_image_id(runner: Runner, ref: str) -> str:

@@ -106,7 +106,9 @@ def build(c, version="", verbose=False):
     local.build(settings, runner, version_for(settings, version, allow_dirty=True))
 
 
-@task(help={"version": "image tag", "boot": "also start it and wait for the health URL",
+@task(help={"version": "image tag (default: the one `inv build` last built from this commit, "
+                       "else the commit's short SHA)",
+            "boot": "also start it and wait for the health URL",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
 def smoke(c, version="", boot=False, verbose=False):
@@ -114,10 +116,12 @@ def smoke(c, version="", boot=False, verbose=False):
     from deploy import local
 
     settings, runner = setup(c, verbose=verbose)
+    version = version or settings.tag or local.last_built(settings)
     local.smoke(settings, runner, version_for(settings, version, allow_dirty=True), boot=boot)
 
 
-@task(help={"version": "image tag", "allow-dirty": "push an image built from a dirty tree",
+@task(help={"version": "image tag (default: as for `inv smoke`)",
+            "allow-dirty": "push an image built from a dirty tree",
             "password-stdin": "read the registry password from stdin (else "
                               "DEPLOY_REGISTRY_PASSWORD)",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
@@ -133,6 +137,8 @@ def push(c, version="", allow_dirty=False, password_stdin=False, verbose=False):
         password = sys.stdin.readline().rstrip("\n")
         settings = dataclasses.replace(settings, registry_password=password)
         runner.secrets.append(password)
+    built = local.last_built(settings)
+    version = version or settings.tag or ("" if "-dirty-" in built and not allow_dirty else built)
     local.push(settings, runner, version_for(settings, version, allow_dirty=allow_dirty))
 
 

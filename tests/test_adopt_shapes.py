@@ -504,3 +504,43 @@ def test_migrations_and_inv_test_db_pass_the_scratch_database_in_parts(tmp_path,
     assert ("tests get POSTGRES_SERVER, POSTGRES_PORT, POSTGRES_USER, POSTGRES_PASSWORD, "
             "POSTGRES_DB = a throwaway Postgres container") in proc.stdout
     assert "1 passed" in proc.stdout
+
+
+# --- smaller ones ----------------------------------------------------------------------------
+
+
+def test_init_with_only_a_deploy_toml_writes_tasks_and_fabfile(tmp_path):
+    repo = shape("poetry", tmp_path)
+    (repo / "deploy.toml").write_text('image = "127.0.0.1:5000/mine"\n')
+    proc = deploy_init(repo)
+    assert proc.returncode == 0, output(proc)
+    assert "wrote: tasks.py, fabfile/__init__.py" in proc.stdout
+    assert (repo / "deploy.toml").read_text() == 'image = "127.0.0.1:5000/mine"\n'
+    assert (repo / "tasks.py").read_text() == "from deploy.tasks import ns  # noqa: F401\n"
+    assert "deploy.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()
+
+
+def test_smoke_after_build_with_a_version_smokes_that_version(example_repo, inv, base_image):
+    proc = inv(example_repo, "build", "--version", "v1")
+    assert proc.returncode == 0, output(proc)
+    proc = inv(example_repo, "smoke", "--verbose")
+    assert proc.returncode == 0, output(proc)
+    assert "example:v1 " in proc.stdout + proc.stderr
+    assert "there is no local image" not in proc.stderr
+    commit_all(example_repo, "a new commit: the v1 build is not of it")
+    proc = inv(example_repo, "smoke")
+    assert proc.returncode == 1
+    assert "there is no local image" in proc.stderr
+
+
+def test_a_stale_poetry_lock_shows_poetrys_error_without_its_deprecation_noise(tmp_path, inv):
+    repo = shape("poetry", tmp_path)
+    adopted(repo)
+    edit(repo / "pyproject.toml", 'pgvector = ">=0.3"', 'pgvector = ">=0.3"\nitsdangerous = ">=2"')
+    commit_all(repo, "a new dependency, not locked")
+    result = only(inv, repo, "lock-fresh")
+    assert not result["ok"]
+    assert result["reason"] == (
+        "poetry.lock is not up to date with pyproject.toml; poetry said:\n"
+        "  Error: pyproject.toml changed significantly since poetry.lock was last generated. "
+        "Run `poetry lock` to fix the lock file.")
