@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deploy.checks.env import parse_image_line
 from deploy.dockerfile import ImageEnv
@@ -266,7 +267,8 @@ def detect_start_migrations(root: Path, found: Found) -> None:
     from deploy.checks.startup import fix_text, start_migrations
 
     keys = ("dockerfile", "context", "compose_file", "service", "migrate_command")
-    settings = Settings(root=root, **{k: v for k, v in found.values.items() if k in keys})
+    values: dict[str, Any] = {k: v for k, v in found.values.items() if k in keys}
+    settings = Settings(root=root, **values)
     hits = start_migrations(settings)
     for hit in hits:
         found.warnings.append(
