@@ -155,11 +155,11 @@ def postgres_names(compose_dir: Path, env: dict, found: Found) -> None:
     .env.example, else the image's defaults (user postgres; the database named as the user)."""
     from urllib.parse import unquote, urlsplit
 
-    from deploy.dockerfile import substitute
+    from deploy.checks.env import interpolate
 
     example_path = compose_dir / ".env.example"
     example = read_env_file(example_path) if example_path.is_file() else {}
-    given = {key: substitute(str(env.get(key) or ""), example)
+    given = {key: interpolate(str(env.get(key) or ""), example)
              for key in ("POSTGRES_USER", "POSTGRES_DB")}
     url = next((urlsplit(v) for k, v in sorted(example.items()) if "DATABASE_URL" in k.upper()
                 and v.startswith("postgres")), None)

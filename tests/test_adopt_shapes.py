@@ -447,6 +447,13 @@ def test_init_finds_the_database_url_parts(tmp_path):
     ('      POSTGRES_PASSWORD: x\n',
      "DATABASE_URL=postgresql+psycopg://notes_user:pw@db:5432/notes\n", "notes_user", "notes"),
     ('      POSTGRES_DB: "${DB_NAME}"\n', "DB_NAME=main\n", "postgres", "main"),
+    # the full-stack template's list form, every value required with ${V?msg}
+    ("      - POSTGRES_PASSWORD=${POSTGRES_PASSWORD?Variable not set}\n"
+     "      - POSTGRES_USER=${POSTGRES_USER?Variable not set}\n"
+     "      - POSTGRES_DB=${POSTGRES_DB?Variable not set}\n",
+     "POSTGRES_USER=tmpl\nPOSTGRES_PASSWORD=x\nPOSTGRES_DB=tmpl_db\n", "tmpl", "tmpl_db"),
+    ('      POSTGRES_DB: "${DB_NAME:-}"\n      POSTGRES_USER: "$$literal"\n', "",
+     "$literal", "$literal"),
 ])
 def test_init_reads_postgres_user_and_db(tmp_path, db_env, example, user, name):
     repo = tmp_path / "pg"
@@ -544,3 +551,21 @@ def test_a_stale_poetry_lock_shows_poetrys_error_without_its_deprecation_noise(t
         "poetry.lock is not up to date with pyproject.toml; poetry said:\n"
         "  Error: pyproject.toml changed significantly since poetry.lock was last generated. "
         "Run `poetry lock` to fix the lock file.")
+
+
+def test_a_prestart_service_on_the_apps_image_fails_migrate_at_start(tmp_path, inv):
+    """The full-stack template's shape: a `prestart` service on the backend's image runs the
+    migrating script before the backend starts, at every `compose up`."""
+    repo = shape("uvws", tmp_path)
+    image = "'${DOCKER_IMAGE_BACKEND?Variable not set}:${TAG-latest}'"
+    edit(repo / "compose.yaml", '  app:\n    image: "${IMAGE}:${TAG}"\n',
+         f"  prestart:\n    image: {image}\n    env_file: .env\n"
+         "    command: bash scripts/prestart.sh\n"
+         f"  app:\n    image: {image}\n")
+    out = adopted(repo)
+    assert "warning: the compose.yaml service 'prestart' command runs migrations" in out
+    result = only(inv, repo, "migrate-at-start")
+    assert not result["ok"]
+    assert result["reason"].startswith("the compose.yaml service 'prestart' command runs "
+                                       "backend/scripts/prestart.sh, which migrates, at every "
+                                       "start")

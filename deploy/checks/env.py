@@ -30,6 +30,26 @@ class ImageLine:
     tag_default: str = ""
 
 
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """A compose value with its variables replaced as compose would from `env` (`${V:-d}` and
+    `${V-d}` defaults; `${V?msg}` unset gives ''; `$$` is a literal $)."""
+    one = re.compile(r"\$\$|" + _ONE.format("v"))
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("v") or match.group("v_bare")
+        op, arg = match.group("v_op") or "", match.group("v_arg") or ""
+        value = env.get(name)
+        if op in (":-", "-"):
+            return arg if (value is None or (op == ":-" and value == "")) else value
+        if op in (":+", "+"):
+            return arg if (value is not None and (op == "+" or value != "")) else ""
+        return value or ""
+
+    return one.sub(sub, value)
+
+
 def parse_image_line(image: str) -> ImageLine | None:
     """The two variables of an image line in any compose interpolation form, else None."""
     match = _IMAGE_LINE.match(image.strip())
