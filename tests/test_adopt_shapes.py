@@ -78,7 +78,7 @@ def test_dockerfile_cmd_running_alembic_fails_and_removing_it_passes(tmp_path, i
     commit_all(repo, "migrations only through migrate_command")
     result = only(inv, repo, "migrate-at-start")
     assert result["ok"], result
-    assert result["detail"] == "the container's start runs no migrations"
+    assert result["detail"] == "no `alembic upgrade` when the container starts"
 
 
 def test_an_entrypoint_script_in_the_image_that_migrates(tmp_path, inv):

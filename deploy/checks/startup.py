@@ -136,7 +136,7 @@ def migrate_at_start(settings: Settings) -> CheckResult:
     name = "migrate-at-start"
     hits = start_migrations(settings)
     if not hits:
-        return passed(name, "the container's start runs no migrations")
+        return passed(name, "no `alembic upgrade` when the container starts")
     first = hits[0]
     how = f"runs {first.script}, which migrates," if first.script else "runs `alembic upgrade`"
     return failed(
