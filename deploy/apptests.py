@@ -31,13 +31,14 @@ def test_argv(settings: Settings, extra: list[str]) -> list[str]:
             "poetry.lock)",
             "set `app_python` (the app's interpreter) or `test_command` in deploy.toml",
         )
-    appenv.prepare(settings, app)
     return [*app.argv, "-m", "pytest", *extra]
 
 
 def run(settings: Settings, runner: Runner, extra: list[str], db: bool = False) -> Result:
     """Run the tests (with a scratch database when `db`); the test command's result."""
     argv = test_argv(settings, extra)
+    if not settings.test_command and not runner.dry_run:  # a first `poetry run` makes its env
+        appenv.prepare(settings, appenv.app_python(settings))
     cwd = str(settings.path(settings.test_dir or "."))
     env = appenv.app_environ()
     with contextlib.ExitStack() as stack:

@@ -182,7 +182,10 @@ def detect_dockerfile(root: Path, found: Found) -> None:
         found.notes.append(f"{rel(root, path)}: the image runs Python {python}")
     except DeployError as exc:
         found.todo.append(exc.message)
-    found.image_env = dockerfile.image_env(dockerfile.parse(path))
+    try:
+        found.image_env = dockerfile.image_env(dockerfile.parse(path))
+    except DeployError:  # said above (a Dockerfile without FROM)
+        pass
     python_cmd = found.image_env.command("python")
     if python_cmd != "python":  # the app's packages are not on the image's bare `python`
         where = found.image_env.venv or "Poetry's environment"
