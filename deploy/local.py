@@ -159,7 +159,7 @@ def smoke(settings: Settings, runner: Runner, version: str, boot: bool = False) 
         result = runner.run(docker.run_once(ref, settings.smoke_command, env_file),
                             check=False, hide=True)
     if not result.ok:
-        what, fix = smoke_diagnosis(result.output, source)
+        what, fix = off_path_venv(settings, *smoke_diagnosis(result.output, source))
         raise DeployError(
             f"smoke test failed in {ref} (exit {result.exited}): {what}; the container said:\n"
             + "\n".join("  " + line for line in result.output.splitlines()[-20:]),
@@ -215,6 +215,29 @@ def smoke_diagnosis(output: str, source: str) -> tuple[str, str]:
                 "a file with the values the app needs to start")
     return ("see the container's output below",
             "fix what the output says, rebuild (inv build) and re-run inv smoke")
+
+
+def off_path_venv(settings: Settings, what: str, fix: str) -> tuple[str, str]:
+    """A missing module, when the smoke runs bare `python` in an image whose packages are in a
+    venv off its PATH (Poetry in-project, `uv sync`): said as that, not as a missing package."""
+    from deploy import dockerfile
+
+    if not what.startswith("the image lacks the module") or not \
+            settings.smoke_command.startswith("python "):
+        return what, fix
+    try:
+        env = dockerfile.image_env(dockerfile.parse(settings.path(settings.dockerfile)))
+    except DeployError:
+        return what, fix
+    python = env.command("python")
+    if python == "python":
+        return what, fix
+    where = env.venv or "Poetry's environment"
+    also = f" (or add `ENV PATH={env.venv}/bin:$PATH` to the Dockerfile)" if env.venv else ""
+    return (f"{what} for bare `python`; the image installs the app's packages into {where}, "
+            "which `python` does not see",
+            f"set smoke_command = {json.dumps(python + settings.smoke_command[6:])} in "
+            f"deploy.toml{also}")
 
 
 def boot_check(settings: Settings, runner: Runner, ref: str) -> None:

@@ -226,7 +226,9 @@ def test_smoke_runs_the_venv_python_init_wrote(tmp_path, inv, base_image):
                                   if not line.startswith("smoke_command")) + "\n")
     proc = inv(repo, "smoke", "--version", "venv1")
     assert proc.returncode == 1
-    assert "the image lacks the module 'fastapi'" in proc.stderr
+    assert ("the image lacks the module 'fastapi' for bare `python`; the image installs the "
+            "app's packages into /app/.venv, which `python` does not see") in proc.stderr
+    assert 'fix: set smoke_command = "/app/.venv/bin/python -c' in proc.stderr
 
 
 # --- parity against what the app declares --------------------------------------------------
