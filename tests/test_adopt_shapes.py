@@ -572,3 +572,22 @@ def test_a_prestart_service_on_the_apps_image_fails_migrate_at_start(tmp_path, i
     assert result["reason"].startswith("the compose.yaml service 'prestart' command runs "
                                        "backend/scripts/prestart.sh, which migrates, at every "
                                        "start")
+
+
+def test_a_first_poetry_run_creates_the_env_for_the_images_python(tmp_path, inv):
+    """Python 3.11 first on PATH, the image on 3.10: the env the tool's `poetry run` needs is
+    made with 3.10 (Poetry alone would take 3.11)."""
+    from test_corpus import PY310, VENV_BIN
+
+    if not (PY310 / "python3.10").exists():
+        pytest.skip("no Python 3.10 here (pyenv)")
+    repo = shape("poetry", tmp_path)
+    edit(repo / "pyproject.toml", 'python = "^3.11"', 'python = "^3.10"')
+    edit(repo / "Dockerfile", "FROM python:3.11-slim", "FROM python:3.10-slim")
+    adopted(repo)
+    py311 = Path.home() / ".pyenv/versions/3.11.7/bin"
+    env = {**user_env(), "PATH": f"{VENV_BIN}:{py311}:{PY310}:/usr/bin:/bin"}
+    inv(repo, "test", env=env)  # the empty env has no pytest: what matters is its Python
+    cfg = (repo / ".venv" / "pyvenv.cfg").read_text()
+    assert "version_info = 3.10." in cfg or "version = 3.10." in cfg, cfg
+    assert only(inv, repo, "python-parity")["ok"]
