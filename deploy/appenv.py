@@ -103,7 +103,11 @@ def app_python(settings: Settings) -> AppPython:
         if not uv:
             raise DeployError("the app is a uv project (uv.lock) but uv is not installed",
                               "install uv (pip install uv), or set `app_python` in deploy.toml")
-        return AppPython("uv", (uv, "run", "--locked", "--project", str(uv_lock.parent),
+        # uv creates the project's .venv on first use: for the image's Python, not whichever
+        # Python uv would pick on this machine.
+        image_py = image_python(settings)
+        pin = ("--python", image_py) if image_py else ()
+        return AppPython("uv", (uv, "run", "--locked", *pin, "--project", str(uv_lock.parent),
                                 "python"), "uv run")
     poetry_lock = find_upward(settings, "poetry.lock")
     if poetry_lock:
@@ -112,6 +116,47 @@ def app_python(settings: Settings) -> AppPython:
         return AppPython("poetry", (*poetry(), "--directory", str(poetry_lock.parent), "run",
                                     "python"), "poetry run")
     return AppPython(IMAGE, (), "the app's image (no venv, uv.lock or poetry.lock found)")
+
+
+def image_python(settings: Settings) -> str | None:
+    """The major.minor Python of the app's image (None if the Dockerfile does not say)."""
+    from deploy import dockerfile
+
+    try:
+        return dockerfile.final_python(dockerfile.parse(settings.path(settings.dockerfile)))
+    except DeployError:
+        return None
+
+
+def prepare(settings: Settings, app: AppPython) -> None:
+    """Before the tool first runs the app's code through Poetry: when the project has no
+    environment yet, create it for the image's Python (`poetry env use`), never for whichever
+    Python Poetry would pick; without that Python here, say which one to install."""
+    import subprocess
+
+    if app.kind != "poetry":
+        return
+    project = app.argv[app.argv.index("--directory") + 1]
+    base = list(app.argv[: app.argv.index("--directory")])
+    info = subprocess.run([*base, "env", "info", "--path", "--directory", project],
+                          capture_output=True, text=True, env=app_environ(), check=False)
+    if info.returncode == 0 and info.stdout.strip():
+        return
+    version = image_python(settings)
+    if not version:
+        return
+    python = shutil.which(f"python{version}")
+    if not python:
+        raise DeployError(
+            f"the app's Poetry project has no environment yet, and Python {version} (the "
+            "image's) is not on PATH to create it with",
+            f"install Python {version} (e.g. `pyenv install {version}`, or your system's "
+            f"python{version} package), then `poetry env use {version}` in {project}")
+    use = subprocess.run([*base, "env", "use", python, "--directory", project],
+                         capture_output=True, text=True, env=app_environ(), check=False)
+    if use.returncode != 0:
+        raise DeployError(f"`poetry env use {python}` failed:\n{use.stdout}{use.stderr}",
+                          f"create the environment by hand: poetry env use {version}")
 
 
 def app_environ(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -153,15 +198,24 @@ def pyproject(settings: Settings) -> tuple[Path, dict] | None:
 
 
 def requires_python(settings: Settings) -> str | None:
+    declared = python_declaration(settings)
+    return declared[1] if declared else None
+
+
+def python_declaration(settings: Settings) -> tuple[str, str] | None:
+    """Where pyproject.toml declares the app's Python range, and the range (PEP 440):
+    `requires-python`, else Poetry's `python =` dependency."""
     found = pyproject(settings)
     if not found:
         return None
     data = found[1]
     spec = data.get("project", {}).get("requires-python")
-    if not spec:
-        poetry_py = data.get("tool", {}).get("poetry", {}).get("dependencies", {}).get("python")
-        spec = poetry_to_pep440(poetry_py) if isinstance(poetry_py, str) else None
-    return spec
+    if spec:
+        return "requires-python", spec
+    poetry_py = data.get("tool", {}).get("poetry", {}).get("dependencies", {}).get("python")
+    if isinstance(poetry_py, str):
+        return f"Poetry's python = {poetry_py!r}", poetry_to_pep440(poetry_py)
+    return None
 
 
 def poetry_to_pep440(spec: str) -> str:
@@ -179,8 +233,9 @@ def poetry_to_pep440(spec: str) -> str:
     return ",".join(parts)
 
 
-def dev_pythons(settings: Settings) -> dict[str, str]:
-    """Every place that names the app's development Python -> its major.minor."""
+def dev_pythons(settings: Settings, venv: bool = True) -> dict[str, str]:
+    """Every place that names the app's development Python -> its major.minor (without the
+    venv's when `venv` is false: the tool may have created it)."""
     found: dict[str, str] = {}
     for d in app_dirs(settings):
         pin = d / ".python-version"
@@ -189,11 +244,12 @@ def dev_pythons(settings: Settings) -> dict[str, str]:
             if version:
                 found[str(pin.relative_to(settings.root))] = version
             break
-    venv = venv_python(settings)
-    if venv:
-        version = venv_version(venv)
+    venv_path = venv_python(settings) if venv else None
+    if venv_path:
+        version = venv_version(venv_path)
         if version:
-            found[f"the app's venv ({venv.parent.parent.relative_to(settings.root)})"] = version
+            found[f"the app's venv ({venv_path.parent.parent.relative_to(settings.root)})"] = \
+                version
     return found
 
 

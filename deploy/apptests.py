@@ -37,13 +37,15 @@ def test_argv(settings: Settings, extra: list[str]) -> list[str]:
 def run(settings: Settings, runner: Runner, extra: list[str], db: bool = False) -> Result:
     """Run the tests (with a scratch database when `db`); the test command's result."""
     argv = test_argv(settings, extra)
+    if not settings.test_command and not runner.dry_run:  # a first `poetry run` makes its env
+        appenv.prepare(settings, appenv.app_python(settings))
     cwd = str(settings.path(settings.test_dir or "."))
     env = appenv.app_environ()
     with contextlib.ExitStack() as stack:
         if db:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-test-")))
             database = stack.enter_context(scratchdb.scratch(settings, runner, scratch))
-            env[settings.database_url_env] = database.url
-            runner.say(f"tests get {settings.database_url_env} = a throwaway "
+            env.update(scratchdb.app_env(settings, database))
+            runner.say(f"tests get {scratchdb.described(settings, database)} = a throwaway "
                        f"{'Postgres container' if database.container else 'SQLite file'}")
         return runner.run(argv, check=False, cwd=cwd, env=env)

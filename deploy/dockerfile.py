@@ -115,3 +115,116 @@ def mentions(dockerfile: Dockerfile, filename: str) -> bool:
     return any(
         filename in rest for stage in dockerfile.stages for _, rest in stage.instructions
     )
+
+
+def stage_chain(dockerfile: Dockerfile) -> list[Stage]:
+    """The final stage and the stages it is built FROM (by alias), base first."""
+    by_name = {s.name.lower(): s for s in dockerfile.stages if s.name}
+    chain, stage = [dockerfile.final], dockerfile.final
+    while stage.image.lower() in by_name and by_name[stage.image.lower()] not in chain:
+        stage = by_name[stage.image.lower()]
+        chain.insert(0, stage)
+    return chain
+
+
+def final_instruction(dockerfile: Dockerfile, word: str) -> str | None:
+    """The last `word` (CMD, ENTRYPOINT, WORKDIR...) that applies to the final image."""
+    found = None
+    for stage in stage_chain(dockerfile):
+        for instr, rest in stage.instructions:
+            if instr == word:
+                found = rest
+    return found
+
+
+@dataclass(frozen=True)
+class ImageEnv:
+    """Where the image's own environment puts the app's packages: a venv (its path, and
+    whether its bin/ is on the image's PATH), or Poetry's own env (`poetry run`)."""
+
+    venv: str = ""
+    on_path: bool = True
+    poetry_run: bool = False
+
+    def command(self, program: str) -> str:
+        """`program` (python, alembic) as the image must start it to see the app's packages."""
+        if self.poetry_run:
+            return f"poetry run {program}"
+        if self.venv and not self.on_path:
+            return f"{self.venv.rstrip('/')}/bin/{program}"
+        return program
+
+    def shell_prefix(self) -> str:
+        """A prefix for a shell command line (migrate_command runs under `sh -c`)."""
+        if self.poetry_run:
+            return "poetry run "
+        if self.venv and not self.on_path:
+            return f"PATH={self.venv.rstrip('/')}/bin:$PATH "
+        return ""
+
+
+VENV_RUN_RE = re.compile(r"(?:\bpython[\d.]*\s+-m\s+venv|\bvirtualenv\b(?![.-])|\buv\s+venv)"
+                         r"(?:\s+-{1,2}[\w-]+(?:=\S+)?)*(?:\s+(?P<path>[^\s;&|-][^\s;&|]*))?")
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def env_pairs(rest: str) -> dict[str, str]:
+    """The variables of an ENV instruction (`K=V K2="v w"`, or the old `K value` form)."""
+    import shlex
+
+    try:
+        words = shlex.split(rest)
+    except ValueError:
+        return {}
+    if words and "=" not in words[0]:
+        return {words[0]: " ".join(words[1:])}
+    return dict(w.split("=", 1) for w in words if "=" in w)
+
+
+def _join(workdir: str, path: str) -> str:
+    import posixpath
+
+    return posixpath.normpath(posixpath.join(workdir, path))
+
+
+def image_env(dockerfile: Dockerfile) -> ImageEnv:
+    """The final image's own environment, from its stages' ENV, WORKDIR, RUN and COPY lines:
+    Poetry in-project (`virtualenvs.in-project true`), `uv sync` (.venv or
+    UV_PROJECT_ENVIRONMENT), `python -m venv`/`uv venv`, a venv copied from a build stage, and
+    VIRTUAL_ENV; then whether PATH holds its bin/."""
+    env: dict[str, str] = {}
+    workdir, venv, poetry_run = "/", "", False
+    poetry_config: dict[str, bool] = {}  # `poetry config virtualenvs.X true|false` so far
+    for stage in stage_chain(dockerfile):
+        for word, rest in stage.instructions:
+            if word == "ENV":
+                for key, value in env_pairs(rest).items():
+                    env[key] = substitute(value, env)
+            elif word == "WORKDIR":
+                workdir = _join(workdir, substitute(rest.strip().strip("\"'"), env))
+            elif word == "COPY" and "--from" in rest:
+                words = [w for w in rest.split() if not w.startswith("--")]
+                if len(words) >= 2 and words[0].rstrip("/").endswith(("/.venv", "/venv")):
+                    venv = _join(workdir, substitute(words[-1], env))
+            elif word == "RUN":
+                run = substitute(rest, env)
+                for key, value in re.findall(r"virtualenvs\.(in-project|create)\s+(\w+)", run):
+                    poetry_config[key] = value.lower() in TRUE_WORDS
+                if re.search(r"\bpoetry\b[^;&|]*\binstall\b", run):
+                    in_project = poetry_config.get("in-project", env.get(
+                        "POETRY_VIRTUALENVS_IN_PROJECT", "").lower() in TRUE_WORDS)
+                    no_venv = not poetry_config.get("create", env.get(
+                        "POETRY_VIRTUALENVS_CREATE", "true").lower() in TRUE_WORDS)
+                    if in_project and not no_venv:
+                        venv, poetry_run = _join(workdir, ".venv"), False
+                    elif not no_venv:
+                        venv, poetry_run = "", True
+                if re.search(r"\buv\s+sync\b", run):
+                    venv = _join(workdir, env.get("UV_PROJECT_ENVIRONMENT") or ".venv")
+                match = VENV_RUN_RE.search(run)
+                if match:
+                    venv = _join(workdir, match.group("path") or ".venv")
+    venv = venv or env.get("VIRTUAL_ENV", "")
+    path = env.get("PATH", "").split(":")
+    on_path = not venv or any(p.rstrip("/") == f"{venv.rstrip('/')}/bin" for p in path)
+    return ImageEnv(venv=venv, on_path=on_path, poetry_run=poetry_run)

@@ -85,13 +85,16 @@ def _keyword(call: ast.Call, name: str) -> ast.AST | None:
     return next((k.value for k in call.keywords if k.arg == name), None)
 
 
-def _env_prefix(cls: ast.ClassDef) -> str:
-    """The `env_prefix` of a settings class: model_config = SettingsConfigDict(...) or Config."""
+def _env_prefix(cls: ast.ClassDef) -> str | None:
+    """The `env_prefix` a settings class sets itself (model_config = SettingsConfigDict(...),
+    a dict, or `class Config`), None when it sets none (it inherits its bases')."""
     for stmt in cls.body:
-        if isinstance(stmt, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "model_config" for t in stmt.targets
+        target = stmt.target if isinstance(stmt, ast.AnnAssign) else None
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [target] if target else []
+        value = stmt.value if isinstance(stmt, ast.Assign | ast.AnnAssign) else None
+        if value is not None and any(
+            isinstance(t, ast.Name) and t.id == "model_config" for t in targets
         ):
-            value = stmt.value
             if isinstance(value, ast.Call):
                 prefix = _literal(_keyword(value, "env_prefix"))
                 if prefix is not None:
@@ -106,19 +109,134 @@ def _env_prefix(cls: ast.ClassDef) -> str:
                     isinstance(t, ast.Name) and t.id == "env_prefix" for t in inner.targets
                 ):
                     return _literal(inner.value) or ""
-    return ""
+    return None
 
 
-def _is_settings_class(cls: ast.ClassDef, settings_classes: set[str]) -> bool:
-    for base in cls.bases:
-        name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
-        if name in SETTINGS_BASES or name in settings_classes:
-            return True
-    return False
+@dataclass
+class _Module:
+    """One parsed source file: its classes, what its names import, the calls it makes."""
+
+    rel: str
+    tree: ast.Module
+    package: str  # dotted, from the scan root ('' at the top)
+    classes: dict[str, ast.ClassDef]
+    imports: dict[str, tuple[str, str]]  # local name -> (module, name in it; '' = the module)
 
 
-def _field_reads(cls: ast.ClassDef, where: str) -> list[EnvRead]:
-    prefix = _env_prefix(cls)
+def _module(path: Path, root: Path) -> _Module | None:
+    try:
+        tree = ast.parse(path.read_text(), filename=str(path))
+    except (SyntaxError, UnicodeDecodeError, OSError):
+        return None
+    rel = path.relative_to(root).as_posix()
+    parts = rel.removesuffix(".py").split("/")
+    package = ".".join(parts[:-1])
+    imports: dict[str, tuple[str, str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the file's package up
+                up = package.split(".") if package else []
+                up = up[: len(up) - (node.level - 1)] if node.level > 1 else up
+                base = ".".join([*up, *([base] if base else [])])
+            for alias in node.names:
+                imports[alias.asname or alias.name] = (base, alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                imports[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0], "")
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    return _Module(rel, tree, package, classes, imports)
+
+
+class _Index:
+    """The app's modules, found by any tail of their dotted name (`backend.app.core.config`
+    is also `app.core.config`: the app imports itself from its own directory)."""
+
+    def __init__(self, modules: list[_Module]) -> None:
+        self.modules = modules
+        self.by_name: dict[str, list[_Module]] = {}
+        for mod in modules:
+            parts = mod.rel.removesuffix(".py").removesuffix("/__init__").split("/")
+            for i in range(len(parts)):
+                self.by_name.setdefault(".".join(parts[i:]), []).append(mod)
+        self.by_class: dict[str, list[tuple[_Module, ast.ClassDef]]] = {}
+        for mod in modules:
+            for name, cls in mod.classes.items():
+                self.by_class.setdefault(name, []).append((mod, cls))
+
+    def module(self, name: str) -> _Module | None:
+        hits = self.by_name.get(name, [])
+        return hits[0] if len(hits) == 1 else None
+
+    def resolve(self, mod: _Module, base: ast.expr,
+                depth: int = 0) -> tuple[_Module, ast.ClassDef] | None:
+        """The class a base-class expression names: in the module, through its imports, else
+        the one class of that name in the app."""
+        if depth > 10:
+            return None
+        if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
+            target = mod.imports.get(base.value.id)
+            other = self.module(target[0] if target and not target[1] else
+                                ".".join(target) if target else "")
+            if other and base.attr in other.classes:
+                return other, other.classes[base.attr]
+            name = base.attr
+        elif isinstance(base, ast.Name):
+            name = base.id
+            if name in mod.classes:
+                return mod, mod.classes[name]
+            target = mod.imports.get(name)
+            if target:
+                other = self.module(target[0])
+                if other and other is not mod:
+                    return self.resolve(other, ast.Name(target[1]), depth + 1)
+        else:
+            return None
+        hits = self.by_class.get(name, [])
+        return hits[0] if len(hits) == 1 else None
+
+    def is_settings(self, mod: _Module, cls: ast.ClassDef, seen: frozenset[str] = frozenset()
+                    ) -> bool:
+        key = f"{mod.rel}:{cls.name}"
+        if key in seen:
+            return False
+        for base in cls.bases:
+            name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+            if name in SETTINGS_BASES:
+                return True
+            found = self.resolve(mod, base)
+            if found and self.is_settings(*found, seen=seen | {key}):
+                return True
+        return False
+
+    def lineage(self, mod: _Module, cls: ast.ClassDef) -> list[tuple[_Module, ast.ClassDef]]:
+        """The class and its settings bases, nearest first (a simple MRO: depth first)."""
+        out: list[tuple[_Module, ast.ClassDef]] = []
+        stack = [(mod, cls)]
+        while stack:
+            item = stack.pop(0)
+            if any(item[1] is c for _, c in out):
+                continue
+            out.append(item)
+            for base in item[1].bases:
+                found = self.resolve(item[0], base)
+                if found and self.is_settings(*found):
+                    stack.append(found)
+        return out
+
+
+def _field_reads(lineage: list[tuple[_Module, ast.ClassDef]]) -> list[EnvRead]:
+    """The fields of a settings class, its bases' included, with the prefix it inherits."""
+    prefix = next((p for p in (_env_prefix(c) for _, c in lineage) if p is not None), "")
+    reads: dict[str, EnvRead] = {}
+    for mod, cls in reversed(lineage):  # a subclass's field replaces its base's
+        for read in _own_fields(cls, prefix, mod.rel):
+            reads[read.name] = read
+    return list(reads.values())
+
+
+def _own_fields(cls: ast.ClassDef, prefix: str, where: str) -> list[EnvRead]:
     reads = []
     for stmt in cls.body:
         if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
@@ -149,36 +267,55 @@ def _field_reads(cls: ast.ClassDef, where: str) -> list[EnvRead]:
     return reads
 
 
-def file_reads(path: Path, root: Path) -> list[EnvRead]:
-    """Every environment read in one source file ([] if it does not parse)."""
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except (SyntaxError, UnicodeDecodeError, OSError):
-        return []
-    rel = path.relative_to(root).as_posix()
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+def _settings_reads(index: _Index) -> dict[str, list[EnvRead]]:
+    """module rel -> the reads of its settings classes: those no other settings class derives
+    from (what the app instantiates), and any class the app's code calls by name."""
+    classes = [(m, c) for m in index.modules for c in m.classes.values()
+               if index.is_settings(m, c)]
+    bases = {id(b) for m, c in classes for _, b in index.lineage(m, c)[1:]}
+    called = {node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+              for m in index.modules for node in ast.walk(m.tree)
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)}
+    out: dict[str, list[EnvRead]] = {}
+    for mod, cls in classes:
+        if id(cls) not in bases or cls.name in called:
+            out.setdefault(mod.rel, []).extend(_field_reads(index.lineage(mod, cls)))
+    return out
+
+
+def _plain_reads(mod: _Module) -> list[EnvRead]:
+    """`os.environ[...]`, `os.environ.get(...)`, `os.getenv(...)` in one module."""
+    parents = {child: node for node in ast.walk(mod.tree) for child in ast.iter_child_nodes(node)}
     reads: list[EnvRead] = []
-    settings_classes: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and _is_settings_class(node, settings_classes):
-            settings_classes.add(node.name)
-            reads.extend(_field_reads(node, rel))
-        elif isinstance(node, ast.Subscript) and _is_environ(node.value):
+    for node in ast.walk(mod.tree):
+        if isinstance(node, ast.Subscript) and _is_environ(node.value):
             name = _literal(node.slice)
             if name and isinstance(node.ctx, ast.Load):
-                reads.append(EnvRead(name, True, f"{rel}:{node.lineno}"))
+                reads.append(EnvRead(name, True, f"{mod.rel}:{node.lineno}"))
         elif isinstance(node, ast.Call) and _is_getenv(node.func) and node.args:
             name = _literal(node.args[0])
             if name:
                 has_default = len(node.args) > 1 or bool(node.keywords)
                 required = not has_default and not _tested(node, parents)
-                reads.append(EnvRead(name, required, f"{rel}:{node.lineno}"))
+                reads.append(EnvRead(name, required, f"{mod.rel}:{node.lineno}"))
     return reads
 
 
+def _reads(paths: list[Path], root: Path) -> list[EnvRead]:
+    modules = [m for m in (_module(p, root) for p in paths) if m]
+    settings = _settings_reads(_Index(modules))
+    return [read for m in modules for read in settings.get(m.rel, []) + _plain_reads(m)]
+
+
+def file_reads(path: Path, root: Path) -> list[EnvRead]:
+    """Every environment read in one source file ([] if it does not parse)."""
+    return _reads([path], root)
+
+
 def app_env_reads(root: Path) -> list[EnvRead]:
-    """Every environment read in the app's source under `root`."""
-    return [read for path in python_files(root) for read in file_reads(path, root)]
+    """Every environment read in the app's source under `root`, settings classes followed
+    across its modules (a base class in another module, its fields and env_prefix)."""
+    return _reads(python_files(root), root)
 
 
 def required_reads(root: Path) -> dict[str, str]:

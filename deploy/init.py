@@ -9,10 +9,12 @@ variable the app reads its database URL from, and where the tests live. What it 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from deploy.checks.env import parse_image_line
+from deploy.dockerfile import ImageEnv
 from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.settings import SETTINGS_FILE, Settings
@@ -20,7 +22,6 @@ from deploy.settings import SETTINGS_FILE, Settings
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 APP_SERVICE_NAMES = ("app", "web", "backend", "api", "server")
 POSTGRES_IMAGES = ("pgvector", "postgis", "timescaledb", "timescaledb-ha")
-VAR_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}$")
 TASKS_PY = "from deploy.tasks import ns  # noqa: F401\n"
 FABFILE_PY = "from deploy.fabtasks import ns  # noqa: F401\n"
 
@@ -32,6 +33,8 @@ class Found:
     values: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     todo: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    image_env: ImageEnv = field(default_factory=ImageEnv)
 
 
 def first_existing(root: Path, names: tuple[str, ...], depth: int = 1) -> Path | None:
@@ -97,10 +100,7 @@ def detect_compose(root: Path, found: Found) -> None:
         if ".env" in ([env_files] if isinstance(env_files, str) else env_files) and \
                 (path.parent / ".env.example").is_file():  # what .env holds, as documented
             env = {**read_env_file(path.parent / ".env.example"), **env}
-        for key, setting in (("POSTGRES_USER", "postgres_user"), ("POSTGRES_DB", "postgres_db")):
-            value = str(env.get(key, ""))
-            if value and "$" not in value:
-                found.values[setting] = value
+        postgres_names(path.parent, env, found)
     app = next((n for n in services if n in APP_SERVICE_NAMES and n != db), None) or next(
         (n for n, s in services.items() if n != db and isinstance(s, dict)
          and ("build" in s or "$" in str(s.get("image", "")))), None)
@@ -109,16 +109,15 @@ def detect_compose(root: Path, found: Found) -> None:
         return
     found.values["service"] = app
     image = str((services[app] or {}).get("image", ""))
-    repo, tag = split_image(image)
-    repo_var, tag_var = VAR_RE.match(repo), VAR_RE.match(tag)
-    if repo_var and tag_var:
-        if (repo_var.group(1), tag_var.group(1)) != ("DEPLOY_IMAGE", "DEPLOY_TAG"):
-            found.values["image_variable"] = repo_var.group(1)
-            found.values["tag_variable"] = tag_var.group(1)
-        if repo_var.group(2):
-            found.values["image"] = repo_var.group(2)
+    line = parse_image_line(image)
+    if line:
+        if (line.repo_variable, line.tag_variable) != ("DEPLOY_IMAGE", "DEPLOY_TAG"):
+            found.values["image_variable"] = line.repo_variable
+            found.values["tag_variable"] = line.tag_variable
+        if line.repo_default:
+            found.values["image"] = line.repo_default
         found.notes.append(f"service '{app}' names its image {image}: the deploy sets "
-                           f"{repo_var.group(1)} and {tag_var.group(1)} on the VM")
+                           f"{line.repo_variable} and {line.tag_variable} on the VM")
     else:
         found.todo.append(
             f"service '{app}' has image {image or '(none)'}: write it as "
@@ -126,6 +125,48 @@ def detect_compose(root: Path, found: Found) -> None:
     env_files = (services[app] or {}).get("env_file")
     if env_files:
         found.notes.append(f"service '{app}' reads env_file {env_files}")
+
+
+PART_SUFFIXES = {"host": ("_SERVER", "_HOST", "_HOSTNAME"), "port": ("_PORT",),
+                 "user": ("_USER", "_USERNAME"), "password": ("_PASSWORD", "_PASS"),
+                 "name": ("_DB", "_NAME", "_DATABASE", "_DBNAME")}
+
+
+def database_parts(reads: set[str]) -> dict[str, str]:
+    """The variables an app builds its database URL from (POSTGRES_SERVER, POSTGRES_PORT,
+    POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB): the prefix with most parts, host and name
+    included ({} if none)."""
+    by_prefix: dict[str, dict[str, str]] = {}
+    for var in sorted(reads):
+        for part, suffixes in PART_SUFFIXES.items():
+            suffix = next((s for s in suffixes if var.upper().endswith(s)), None)
+            if suffix and len(var) > len(suffix):
+                by_prefix.setdefault(var[: -len(suffix)], {}).setdefault(part, var)
+    candidates = [p for p in by_prefix.values() if {"host", "name", "user"} <= set(p)]
+    if not candidates:
+        return {}
+    best = max(candidates, key=len)
+    return {part: best[part] for part in PART_SUFFIXES if part in best}
+
+
+def postgres_names(compose_dir: Path, env: dict, found: Found) -> None:
+    """postgres_user and postgres_db: from the database service's environment (its ${VARS}
+    from .env.example, which documents the .env compose reads), else from a database URL in
+    .env.example, else the image's defaults (user postgres; the database named as the user)."""
+    from urllib.parse import unquote, urlsplit
+
+    from deploy.checks.env import interpolate
+
+    example_path = compose_dir / ".env.example"
+    example = read_env_file(example_path) if example_path.is_file() else {}
+    given = {key: interpolate(str(env.get(key) or ""), example)
+             for key in ("POSTGRES_USER", "POSTGRES_DB")}
+    url = next((urlsplit(v) for k, v in sorted(example.items()) if "DATABASE_URL" in k.upper()
+                and v.startswith("postgres")), None)
+    user = given["POSTGRES_USER"] or (unquote(url.username) if url and url.username else "")
+    name = given["POSTGRES_DB"] or (unquote(url.path.lstrip("/")) if url else "")
+    found.values["postgres_user"] = user or "postgres"
+    found.values["postgres_db"] = name or user or "postgres"
 
 
 def detect_dockerfile(root: Path, found: Found) -> None:
@@ -141,6 +182,20 @@ def detect_dockerfile(root: Path, found: Found) -> None:
         found.notes.append(f"{rel(root, path)}: the image runs Python {python}")
     except DeployError as exc:
         found.todo.append(exc.message)
+    try:
+        found.image_env = dockerfile.image_env(dockerfile.parse(path))
+    except DeployError:  # said above (a Dockerfile without FROM)
+        pass
+    python_cmd = found.image_env.command("python")
+    if python_cmd != "python":  # the app's packages are not on the image's bare `python`
+        where = found.image_env.venv or "Poetry's environment"
+        found.values["smoke_command"] = python_cmd + Settings.smoke_command.removeprefix("python")
+        found.notes.append(f"the image installs the app's packages into {where}, not on its "
+                           f"PATH: smoke and migrate run `{python_cmd}`")
+        if found.image_env.venv:  # the deploy's own `alembic current`/`downgrade` run bare
+            found.todo.append(f"add `ENV PATH={found.image_env.venv}/bin:$PATH` to the "
+                              "Dockerfile, so every command in the image (the deploy's "
+                              "`alembic current` after migrating, too) finds the app's packages")
     if path.parent != root:  # the context: the Dockerfile's directory, unless it copies
         from deploy.checks.context import copy_sources  # files from the repo root (uv.lock)
 
@@ -168,6 +223,10 @@ def detect_app(root: Path, found: Found) -> None:
     if url_vars:
         found.values["database_url_env"] = url_vars[0]
         found.notes.append(f"the app reads its database URL from {url_vars[0]}")
+    elif found.values.get("database") == "postgres" and database_parts(reads):
+        parts = database_parts(reads)
+        found.values["database_env"] = parts
+        found.notes.append("the app builds its database URL from " + ", ".join(parts.values()))
     elif ini:
         found.todo.append("the app's code reads no *DATABASE_URL variable: set "
                           "`database_url_env` to the one it builds its URL from (the migrations "
@@ -204,6 +263,27 @@ def detect_app(root: Path, found: Found) -> None:
         if script:
             found.values["migrate_command"] = f"sh {rel(ini.parent, script)}"
             found.notes.append(f"migrations run by {rel(root, script)}")
+    prefix = found.image_env.shell_prefix()
+    if ini and prefix:
+        found.values["migrate_command"] = prefix + str(
+            found.values.get("migrate_command", Settings.migrate_command))
+
+
+def detect_start_migrations(root: Path, found: Found) -> None:
+    """Warn when the container's start runs migrations (the migrate-at-start check)."""
+    from deploy.checks.startup import fix_text, start_migrations
+
+    keys = ("dockerfile", "context", "compose_file", "service", "migrate_command")
+    values: dict[str, Any] = {k: v for k, v in found.values.items() if k in keys}
+    settings = Settings(root=root, **values)
+    hits = start_migrations(settings)
+    for hit in hits:
+        found.warnings.append(
+            f"the {hit.where} runs migrations at every start"
+            + (f" ({hit.script})" if hit.script else "")
+            + ": a rollback would start the older release against the newer schema")
+    if hits:
+        found.warnings.append(f"fix: {fix_text(settings, hits)}")
 
 
 def detect(root: Path) -> Found:
@@ -211,6 +291,7 @@ def detect(root: Path) -> Found:
     detect_dockerfile(root, found)
     detect_compose(root, found)
     detect_app(root, found)
+    detect_start_migrations(root, found)
     if (root / ".env.example").exists():
         found.values["env_example"] = ".env.example"
     else:
@@ -234,9 +315,12 @@ EXPLAIN = {
     "postgres_db": "the database the VM backs up before migrating",
     "alembic_ini": "Alembic's config (the migrations check)",
     "database_url_env": "the variable the app reads its database URL from",
+    "database_env": "the variables the app builds its database URL from (the checks' scratch "
+                    "database is passed in them)",
     "lock_kind": "requirements (pip-compile), uv (uv.lock) or poetry (poetry.lock)",
     "test_dir": "where `inv test` runs the tests",
     "migrate_command": "what the VM runs (in the new image) to migrate before switching",
+    "smoke_command": "what `inv smoke` runs in the built image (its own environment's Python)",
     "env_example": "every variable the app reads, with placeholder values",
 }
 
@@ -261,6 +345,8 @@ def render(found: Found) -> str:
 
 
 def toml_value(value: object) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -269,20 +355,24 @@ def toml_value(value: object) -> str:
 
 
 def write(root: Path, force: bool = False) -> tuple[Found, list[Path]]:
-    """Detect and write the three files; refuses to overwrite any without `force`."""
-    targets = {root / SETTINGS_FILE: None, root / "tasks.py": TASKS_PY,
-               root / "fabfile" / "__init__.py": FABFILE_PY}
-    existing = [p for p in targets if p.exists()]
-    if existing and not force:
-        raise DeployError(
-            f"{', '.join(rel(root, p) for p in existing)} already exist(s); nothing was written",
-            "inv init --force overwrites them",
-        )
-    found = detect(root)
-    targets[root / SETTINGS_FILE] = render(found)
+    """Detect and write the three files; without `force`, only those that do not exist yet
+    (refuses when all three do)."""
+    targets: dict[Path, str | None] = {root / SETTINGS_FILE: None, root / "tasks.py": TASKS_PY,
+                                       root / "fabfile" / "__init__.py": FABFILE_PY}
+    if not force:
+        existing = [p for p in targets if p.exists()]
+        if len(existing) == len(targets):
+            raise DeployError(
+                f"{', '.join(rel(root, p) for p in existing)} already exist; nothing was "
+                "written", "inv init --force overwrites them")
+        targets = {p: text for p, text in targets.items() if p not in existing}
+    found = Found()
+    if root / SETTINGS_FILE in targets:
+        found = detect(root)
+        targets[root / SETTINGS_FILE] = render(found)
     for path, text in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        path.write_text(text or "")
     return found, list(targets)
 
 
@@ -290,10 +380,15 @@ def run(root: Path | None = None, force: bool = False) -> None:
     """Detect, write, and say what was found and what is left to fill in."""
     root = (root or Path.cwd()).resolve()
     found, written = write(root, force=force)
-    print("found:")
+    if found.notes:
+        print("found:")
     for note in found.notes:
         print(f"  {note}")
     print("wrote: " + ", ".join(rel(root, p) for p in written))
+    if root / SETTINGS_FILE not in written:
+        print(f"kept: {SETTINGS_FILE} (`inv init --force` rewrites it from what it detects)")
+    for warning in found.warnings:
+        print(("  " if warning.startswith("fix:") else "warning: ") + warning)
     if found.todo:
         print("fill in (deploy.toml), then run `inv check`:")
         for item in found.todo:

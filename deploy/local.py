@@ -23,6 +23,7 @@ from deploy.settings import Settings
 SMOKED_FILE = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / (
     "deploy-toolkit/smoked.json"
 )
+BUILT_FILE = SMOKED_FILE.with_name("built.json")
 
 
 def image_ref(settings: Settings, version: str) -> str:
@@ -79,7 +80,44 @@ def build(settings: Settings, runner: Runner, version: str, quiet: bool = False)
         what=f"building {ref} failed",
         fix="read the build output above; fix the Dockerfile or the code it copies",
     )
+    if not runner.dry_run:
+        record_built(settings, version)
     return ref
+
+
+def _built_key(settings: Settings) -> str:
+    return f"{settings.root}|{settings.image}"
+
+
+def _head(settings: Settings) -> str:
+    try:
+        return git.head_sha(settings.root, short=False) if git.is_repo(settings.root) else ""
+    except DeployError:  # a repository without a commit yet
+        return ""
+
+
+def record_built(settings: Settings, version: str) -> None:
+    """Remember the version last built for this app (and the commit it was built from)."""
+    try:
+        data = json.loads(BUILT_FILE.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        data = {}
+    data[_built_key(settings)] = {"version": version, "revision": _head(settings)}
+    BUILT_FILE.parent.mkdir(parents=True, exist_ok=True)
+    tmp = BUILT_FILE.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, BUILT_FILE)
+
+
+def last_built(settings: Settings) -> str:
+    """The version `inv build` last built for this app from the current commit ('' if none):
+    what `inv smoke` and `inv push` take when no version is given (`inv build --version v1`
+    then `inv smoke`)."""
+    try:
+        entry = json.loads(BUILT_FILE.read_text()).get(_built_key(settings)) or {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return ""
+    return str(entry.get("version", "")) if entry.get("revision") == _head(settings) else ""
 
 
 def local_image_id(runner: Runner, ref: str) -> str:
@@ -121,7 +159,7 @@ def smoke(settings: Settings, runner: Runner, version: str, boot: bool = False) 
         result = runner.run(docker.run_once(ref, settings.smoke_command, env_file),
                             check=False, hide=True)
     if not result.ok:
-        what, fix = smoke_diagnosis(result.output, source)
+        what, fix = off_path_venv(settings, *smoke_diagnosis(result.output, source))
         raise DeployError(
             f"smoke test failed in {ref} (exit {result.exited}): {what}; the container said:\n"
             + "\n".join("  " + line for line in result.output.splitlines()[-20:]),
@@ -177,6 +215,29 @@ def smoke_diagnosis(output: str, source: str) -> tuple[str, str]:
                 "a file with the values the app needs to start")
     return ("see the container's output below",
             "fix what the output says, rebuild (inv build) and re-run inv smoke")
+
+
+def off_path_venv(settings: Settings, what: str, fix: str) -> tuple[str, str]:
+    """A missing module, when the smoke runs bare `python` in an image whose packages are in a
+    venv off its PATH (Poetry in-project, `uv sync`): said as that, not as a missing package."""
+    from deploy import dockerfile
+
+    if not what.startswith("the image lacks the module") or not \
+            settings.smoke_command.startswith("python "):
+        return what, fix
+    try:
+        env = dockerfile.image_env(dockerfile.parse(settings.path(settings.dockerfile)))
+    except DeployError:
+        return what, fix
+    python = env.command("python")
+    if python == "python":
+        return what, fix
+    where = env.venv or "Poetry's environment"
+    also = f" (or add `ENV PATH={env.venv}/bin:$PATH` to the Dockerfile)" if env.venv else ""
+    return (f"{what} for bare `python`; the image installs the app's packages into {where}, "
+            "which `python` does not see",
+            f"set smoke_command = {json.dumps(python + settings.smoke_command[6:])} in "
+            f"deploy.toml{also}")
 
 
 def boot_check(settings: Settings, runner: Runner, ref: str) -> None:

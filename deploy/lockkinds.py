@@ -130,12 +130,35 @@ def lock_command(lk: LockKind, upgrade: bool = False, upgrade_packages=()) -> li
 
 
 _TRACE_FRAME = re.compile(r'^\s+File "|^Traceback \(most recent call last\)')
+# Poetry 2 warns about every [tool.poetry] field that has a [project] equivalent, around
+# (and on stdout, after) the error that matters; a warning may run on to further lines.
+_POETRY_NOISE = re.compile(r"^Warning: \[tool\.poetry[\].]")
+_MESSAGE_START = re.compile(r"^(?:Warning|Error|\w*Error|\w*Exception)\b|^\S+:\s")
+# uvx's own progress while it fetches Poetry (its first run with an empty cache).
+_UVX_PROGRESS = re.compile(r"^\s*(?:Downloading|Downloaded) \S+|^(?:Installed|Resolved|Prepared|"
+                           r"Audited) \d+ packages? in ")
+
+
+def without_poetry_noise(output: str) -> str:
+    """Poetry's output without its [tool.poetry] deprecation warnings."""
+    kept, in_noise = [], False
+    for line in output.splitlines():
+        if _POETRY_NOISE.match(line):
+            in_noise = True
+            continue
+        if _UVX_PROGRESS.match(line):
+            continue
+        if in_noise and line.strip() and not _MESSAGE_START.match(line):
+            continue
+        in_noise = False
+        kept.append(line)
+    return "\n".join(kept)
 
 
 def brief(output: str, lines: int = 12) -> str:
     """A tool's error without Python traceback frames: its last meaningful lines."""
     kept, in_frame = [], False
-    for line in output.splitlines():
+    for line in without_poetry_noise(output).splitlines():
         if _TRACE_FRAME.match(line):
             in_frame = True
             continue

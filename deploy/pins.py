@@ -128,7 +128,7 @@ def check_tool_lock(settings: Settings) -> Freshness:
         return Freshness(
             False,
             f"{name} is not up to date with pyproject.toml; {lk.kind} said:\n"
-            + lockkinds.brief(proc.stderr + proc.stdout, 6),
+            + lockkinds.brief(proc.stderr + proc.stdout, 6 if lk.kind == "uv" else 40),
             f"run `{REGENERATE}` (it runs `{lk.kind} lock`) and commit {name}",
         )
     return Freshness(True)

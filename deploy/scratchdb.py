@@ -34,6 +34,23 @@ class ScratchDb:
     url: str
     container_url: str
     container: str = ""  # the Postgres container's name ('' for SQLite)
+    port: int = 0  # the Postgres port published on the laptop's 127.0.0.1
+
+
+def app_env(settings: Settings, db: ScratchDb, in_container: bool = False) -> dict[str, str]:
+    """The variables that point the app at the scratch database: its URL in
+    `database_url_env`, or the parts in `database_env` (Postgres) for an app that builds its
+    URL from them. `in_container`: as a container sharing the database's network sees it."""
+    if not (settings.database_env and db.container):
+        return {settings.database_url_env: db.container_url if in_container else db.url}
+    values = {"host": "127.0.0.1", "port": str(PG_PORT if in_container else db.port),
+              "user": PG_USER, "password": PG_PASSWORD, "name": PG_DB}
+    return {var: values[part] for part, var in settings.database_env.items()}
+
+
+def described(settings: Settings, db: ScratchDb) -> str:
+    """Which variables the scratch database reaches the app through (for messages)."""
+    return ", ".join(app_env(settings, db))
 
 
 def database_image(settings: Settings) -> str:
@@ -87,6 +104,7 @@ def postgres(settings: Settings, runner: Runner, timeout: float = 90) -> Iterato
             url=f"{scheme}://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{host_port}/{PG_DB}",
             container_url=f"{scheme}://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{PG_PORT}/{PG_DB}",
             container=name,
+            port=int(host_port),
         )
     finally:
         runner.run(docker.remove(name), check=False, quiet=True)

@@ -30,6 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "target": ("compose", "swarm"),
     "proxy_tls": ("auto", "internal", "off"),
 }
+DATABASE_PARTS = ("host", "port", "user", "password", "name")
 # Tables read by their own module, not typed settings (`[roles.NAME]`, deploy/roles.py).
 TABLES = ("roles",)
 
@@ -68,6 +69,9 @@ class Settings:
     alembic_ini: str = "alembic.ini"
     check_database_url: str = ""
     database_url_env: str = "DATABASE_URL"
+    # Or the variables the app builds its URL from: {host = "POSTGRES_SERVER", port = ..., user
+    # = ..., password = ..., name = ...} (keys DATABASE_PARTS); then database_url_env is unused
+    database_env: dict[str, str] = field(default_factory=dict)
     # Registry
     registry_user: str = ""
     registry_password: str = ""
@@ -189,6 +193,8 @@ def coerce(key: str, value: Any, source: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise bad from None
+    if kind == "dict[str, str]":
+        return database_parts(key, value, source, bad)
     if not isinstance(value, str):
         raise bad
     if key in CHOICES and value not in CHOICES[key]:
@@ -199,8 +205,28 @@ def coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
+def database_parts(key: str, value: Any, source: str, bad: DeployError) -> dict[str, str]:
+    """A table of DATABASE_PARTS -> variable names (in the environment: `host=VAR,port=VAR`)."""
+    import re
+
+    if isinstance(value, str):
+        value = dict(item.strip().partition("=")[::2] for item in value.split(",") if item.strip())
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise bad
+    unknown = [k for k in value if k not in DATABASE_PARTS]
+    names = [v for v in value.values() if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v)]
+    if unknown or names or (value and not {"host", "name"} <= set(value)):
+        raise DeployError(
+            f"setting '{key}' in {source} must map {', '.join(DATABASE_PARTS)} to variable "
+            f"names (host and name at least), got {value!r}",
+            f'fix it, e.g. {key} = {{host = "POSTGRES_SERVER", port = "POSTGRES_PORT", '
+            'user = "POSTGRES_USER", password = "POSTGRES_PASSWORD", name = "POSTGRES_DB"}')
+    return dict(value)
+
+
 def _kind_name(kind: str) -> str:
-    return {"bool": "true or false", "int": "a whole number", "float": "a number"}.get(
+    return {"bool": "true or false", "int": "a whole number", "float": "a number",
+            "dict[str, str]": "a table of variable names"}.get(
         kind, "a string"
     )
 

@@ -71,7 +71,8 @@ def lock(c: Context, check: bool = False, upgrade: bool = False,
 @friendly
 def check(c: Context, json: bool = False, only: list[str] | None = None,
           skip: list[str] | None = None) -> None:
-    """Preflight: python-parity, lock-fresh, env-complete, migrations, git-clean."""
+    """Preflight: python-parity, lock-fresh, env-complete, build-context, migrations,
+    migrate-at-start, git-clean."""
     from deploy.checks import format_results, run_checks
     from deploy.settings import load_settings, require_root
 
@@ -113,7 +114,9 @@ def build(c: Context, version: str = "", verbose: bool = False) -> None:
     local.build(settings, runner, version_for(settings, version, allow_dirty=True))
 
 
-@task(help={"version": "image tag", "boot": "also start it and wait for the health URL",
+@task(help={"version": "image tag (default: the one `inv build` last built from this commit, "
+                       "else the commit's short SHA)",
+            "boot": "also start it and wait for the health URL",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
 def smoke(c: Context, version: str = "", boot: bool = False, verbose: bool = False) -> None:
@@ -121,10 +124,12 @@ def smoke(c: Context, version: str = "", boot: bool = False, verbose: bool = Fal
     from deploy import local
 
     settings, runner = setup(c, verbose=verbose)
+    version = version or settings.tag or local.last_built(settings)
     local.smoke(settings, runner, version_for(settings, version, allow_dirty=True), boot=boot)
 
 
-@task(help={"version": "image tag", "allow-dirty": "push an image built from a dirty tree",
+@task(help={"version": "image tag (default: as for `inv smoke`)",
+            "allow-dirty": "push an image built from a dirty tree",
             "password-stdin": "read the registry password from stdin (else "
                               "DEPLOY_REGISTRY_PASSWORD)",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
@@ -141,6 +146,8 @@ def push(c: Context, version: str = "", allow_dirty: bool = False, password_stdi
         password = sys.stdin.readline().rstrip("\n")
         settings = dataclasses.replace(settings, registry_password=password)
         runner.secrets.append(password)
+    built = local.last_built(settings)
+    version = version or settings.tag or ("" if "-dirty-" in built and not allow_dirty else built)
     local.push(settings, runner, version_for(settings, version, allow_dirty=allow_dirty))
 
 

@@ -15,7 +15,7 @@ from deploy.checks.env import compose_variables
 from deploy.errors import DeployError
 
 CHECKS = ["python-parity", "lock-fresh", "env-complete", "build-context", "migrations",
-          "git-clean"]
+          "migrate-at-start", "git-clean"]
 INSTALL_LOCK = "RUN pip install --no-cache-dir --require-hashes -r requirements.lock"
 
 

@@ -306,13 +306,19 @@ def test_e_two_heads_and_no_lock(tmp_path, inv):
 def test_init_never_overwrites_without_force(tmp_path, inv):
     repo = make_example_repo(tmp_path / "f")
     before = (repo / "deploy.toml").read_text()
+    proc = deploy_init(repo)  # deploy.toml and tasks.py kept; the missing fabfile written
+    assert proc.returncode == 0, output(proc)
+    assert proc.stdout.splitlines() == [
+        "wrote: fabfile/__init__.py",
+        "kept: deploy.toml (`inv init --force` rewrites it from what it detects)"]
+    assert (repo / "deploy.toml").read_text() == before
+    assert "deploy.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()
     proc = deploy_init(repo)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
-        "error: deploy.toml, tasks.py already exist(s); nothing was written",
+        "error: deploy.toml, tasks.py, fabfile/__init__.py already exist; nothing was written",
         "  fix: inv init --force overwrites them"]
     assert (repo / "deploy.toml").read_text() == before
-    assert not (repo / "fabfile").exists()
     proc = inv(repo, "init", "--force")
     assert proc.returncode == 0, output(proc)
     assert (repo / "deploy.toml").read_text() != before

@@ -38,7 +38,7 @@ def failed(name: str, reason: str, fix: str, detail: str = "") -> CheckResult:
 
 def registry() -> dict[str, Check]:
     """Check name -> function, in the order they run."""
-    from deploy.checks import context, env, git, migrations, parity
+    from deploy.checks import context, env, git, migrations, parity, startup
 
     return {
         "python-parity": parity.python_parity,
@@ -46,6 +46,7 @@ def registry() -> dict[str, Check]:
         "env-complete": env.env_complete,
         "build-context": context.build_context,
         "migrations": migrations.migrations,
+        "migrate-at-start": startup.migrate_at_start,
         "git-clean": git.git_clean,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.checks import CheckResult, failed, passed
@@ -13,6 +14,56 @@ from deploy.settings import Settings
 TOOL_VARIABLES = frozenset({"DEPLOY_IMAGE", "DEPLOY_TAG"})
 _BRACED = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+][^}]*)?\}")
 _BARE = re.compile(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)")
+# One compose interpolation: ${V}, ${V:-d}, ${V-d}, ${V:?msg}, ${V?msg}, ${V:+x}, ${V+x} or $V.
+_ONE = (r"\$(?:\{{(?P<{0}>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<{0}_op>:?[-?+])(?P<{0}_arg>[^}}]*))?\}}"
+        r"|(?P<{0}_bare>[A-Za-z_][A-Za-z0-9_]*))")
+_IMAGE_LINE = re.compile("^" + _ONE.format("repo") + ":" + _ONE.format("tag") + "$")
+
+
+@dataclass(frozen=True)
+class ImageLine:
+    """An image line made of two compose variables, `<repo variable>:<tag variable>`."""
+
+    repo_variable: str
+    tag_variable: str
+    repo_default: str = ""  # only from ${V:-d} / ${V-d}: what compose uses when V is unset
+    tag_default: str = ""
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """A compose value with its variables replaced as compose would from `env` (`${V:-d}` and
+    `${V-d}` defaults; `${V?msg}` unset gives ''; `$$` is a literal $)."""
+    one = re.compile(r"\$\$|" + _ONE.format("v"))
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group("v") or match.group("v_bare")
+        op, arg = match.group("v_op") or "", match.group("v_arg") or ""
+        value = env.get(name)
+        if op in (":-", "-"):
+            return arg if (value is None or (op == ":-" and value == "")) else value
+        if op in (":+", "+"):
+            return arg if (value is not None and (op == "+" or value != "")) else ""
+        return value or ""
+
+    return one.sub(sub, value)
+
+
+def parse_image_line(image: str) -> ImageLine | None:
+    """The two variables of an image line in any compose interpolation form, else None."""
+    match = _IMAGE_LINE.match(image.strip())
+    if not match:
+        return None
+
+    def part(name: str) -> tuple[str, str]:
+        if match.group(f"{name}_bare"):
+            return match.group(f"{name}_bare"), ""
+        op = match.group(f"{name}_op") or ""
+        return match.group(name), (match.group(f"{name}_arg") or "") if "-" in op else ""
+
+    (repo, repo_default), (tag, tag_default) = part("repo"), part("tag")
+    return ImageLine(repo, tag, repo_default, tag_default)
 
 
 def compose_variables(text: str) -> dict[str, bool]:

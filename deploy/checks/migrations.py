@@ -3,8 +3,8 @@
 Runs Alembic in the APP's environment (see deploy.appenv), never in the tool's, against a
 scratch database of the production kind (a SQLite file, or a throwaway Postgres container from
 the image the compose file names). The URL reaches the app through the variable named by
-`database_url_env`; when the app's code never reads that variable, the check refuses rather
-than risk the app connecting to the database its `.env` names.
+`database_url_env` (or its parts, `database_env`); when the app's code never reads them, the
+check refuses rather than risk the app connecting to the database its `.env` names.
 """
 
 from __future__ import annotations
@@ -29,14 +29,22 @@ IN_IMAGE_DIR = "/deploy-probe"
 
 
 def url_variable_read(settings: Settings, ini: Path) -> bool:
-    """Whether the app's code or its Alembic env.py reads `database_url_env` at all."""
+    """Whether the app's code or its Alembic env.py reads the scratch database's variables."""
     from deploy.envreads import app_env_reads, file_reads
 
     reads = list(app_env_reads(settings.path(settings.context)))
     script_dir = appenv.alembic_script_dir(ini)
     if script_dir and (script_dir / "env.py").exists():
         reads += file_reads(script_dir / "env.py", script_dir)
-    return settings.database_url_env.upper() in {r.name.upper() for r in reads}
+    names = {r.name.upper() for r in reads}
+    return all(v.upper() in names for v in url_variables(settings))
+
+
+def url_variables(settings: Settings) -> list[str]:
+    """The variables the scratch database reaches the app through."""
+    if settings.database_env and settings.database == "postgres":
+        return list(settings.database_env.values())
+    return [settings.database_url_env]
 
 
 def migrations(settings: Settings) -> CheckResult:
@@ -48,10 +56,12 @@ def migrations(settings: Settings) -> CheckResult:
         return failed(
             name,
             f"cannot tell how the app builds its database URL: its code never reads "
-            f"{settings.database_url_env}, so a scratch URL could not replace the one in "
-            f"{settings.env_file}",
+            f"{' or '.join(url_variables(settings))}, so a scratch database could not replace "
+            f"the one in {settings.env_file}",
             "set `database_url_env` in deploy.toml to the variable the app reads its whole "
-            "database URL from (the check sets it to a scratch database)",
+            "database URL from, or `database_env` to the variables it builds it from "
+            "({host = ..., port = ..., user = ..., password = ..., name = ...}); the check "
+            "sets them to a scratch database",
         )
     from deploy.envreads import dotenv_overrides
 
@@ -65,6 +75,7 @@ def migrations(settings: Settings) -> CheckResult:
             "check with `app_python = \"image\"` (no .env in the image)",
         )
     app = appenv.app_python(settings)
+    appenv.prepare(settings, app)
     with tempfile.TemporaryDirectory(prefix="deploy-check-") as tmp:
         scratch_dir = Path(tmp)
         os.chmod(scratch_dir, 0o777)  # the image may run as a non-root user
@@ -97,7 +108,12 @@ def run_probe(settings: Settings, app: appenv.AppPython, runner, scratch_dir: Pa
     if app.in_image:
         ref = built_image(settings, runner)
         ini_rel = os.path.relpath(ini, settings.path(settings.context))
-        argv = docker_probe(ref, scratch_dir, ini_rel, db, url_env, app_env)
+        from deploy import dockerfile
+
+        python = dockerfile.image_env(dockerfile.parse(settings.path(settings.dockerfile)))
+        app_env = {**app_env, **scratchdb.app_env(settings, db, in_container=True)}
+        argv = docker_probe(ref, scratch_dir, ini_rel, db, url_env, app_env,
+                            python=python.command("python"))
         how = f"docker run --rm {ref} alembic -c {ini_rel} heads"
         cwd = None
         env = None
@@ -105,7 +121,7 @@ def run_probe(settings: Settings, app: appenv.AppPython, runner, scratch_dir: Pa
         argv = [*app.argv, str(scratch_dir / PROBE.name), str(ini), db.url, url_env]
         how = f"cd {shlex.quote(str(ini.parent))} && {shlex.join(app.argv)} -m alembic heads"
         cwd = ini.parent
-        env = appenv.app_environ({**app_env, url_env: db.url})
+        env = appenv.app_environ({**app_env, url_env: db.url, **scratchdb.app_env(settings, db)})
     try:
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=TIMEOUT, check=False)
@@ -126,7 +142,7 @@ def example_env(settings: Settings) -> dict[str, str]:
 
 
 def docker_probe(ref: str, scratch_dir: Path, ini_rel: str, db: scratchdb.ScratchDb,
-                 url_env: str, app_env: dict[str, str]) -> list[str]:
+                 url_env: str, app_env: dict[str, str], python: str = "python") -> list[str]:
     from deploy.commands import docker
 
     probe = f"{IN_IMAGE_DIR}/{PROBE.name}"
@@ -135,7 +151,7 @@ def docker_probe(ref: str, scratch_dir: Path, ini_rel: str, db: scratchdb.Scratc
         mounts={str(scratch_dir / PROBE.name): probe, str(scratch_dir): "/deploy-scratch:rw"},
         env={**app_env, url_env: db.container_url},
         network=f"container:{db.container}" if db.container else "none",
-        command=["python", probe, ini_rel, db.container_url, url_env],
+        command=[*shlex.split(python), probe, ini_rel, db.container_url, url_env],
     )
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from deploy import dockerfile, pins
 from deploy.checks import CheckResult, failed, passed
 from deploy.settings import Settings
+
+if TYPE_CHECKING:
+    from packaging.specifiers import SpecifierSet
 
 
 def python_versions(settings: Settings) -> dict[str, str]:
@@ -15,7 +20,8 @@ def python_versions(settings: Settings) -> dict[str, str]:
     found: dict[str, str] = {}
     parsed = dockerfile.parse(settings.path(settings.dockerfile))
     found[f"{settings.dockerfile} (final stage)"] = dockerfile.final_python(parsed)
-    found.update(appenv.dev_pythons(settings))
+    # What the app declares, never a venv's Python: the tool may have created that venv.
+    found.update(appenv.dev_pythons(settings, venv=False))
     lock_path = settings.path(settings.lock_file)
     if pins.lock_kind(settings) == "requirements" and lock_path.exists():
         locked = pins.lock_python(lock_path.read_text())
@@ -53,6 +59,18 @@ def python_parity(settings: Settings) -> CheckResult:
                 name,
                 f"the image runs Python {image_py} but pyproject requires-python is {spec!r}",
                 "align requires-python with the Dockerfile's FROM",
+            )
+        lowest = lowest_python(SpecifierSet(spec))
+        if len(found) == 1 and lowest and lowest != image_py:
+            declared = appenv.python_declaration(settings)
+            label = declared[0] if declared else f"requires-python {spec!r}"
+            return failed(
+                name,
+                f"the image runs Python {image_py} but the app declares only {label}, whose "
+                f"lowest Python is {lowest}: nothing says the app runs on {image_py}",
+                f"use python:{lowest} in the Dockerfile's FROM, or declare the Python the app "
+                f"is developed and tested on: a .python-version file with {image_py} (and "
+                "develop on it)",
             )
         found[f"requires-python {spec}"] = image_py
     if len(found) == 1:
@@ -94,3 +112,11 @@ def lock_fresh(settings: Settings) -> CheckResult:
             f"COPY {lock_name} and `pip install --require-hashes -r {lock_name}`",
         )
     return passed(name, f"{lock_name} matches {req_name}; the image installs from it")
+
+
+def lowest_python(spec: SpecifierSet) -> str | None:
+    """The lowest 3.x minor a specifier admits (None if it admits none up to 3.29)."""
+    for minor in range(30):
+        if any(spec.contains(f"3.{minor}.{micro}") for micro in (0, 99)):
+            return f"3.{minor}"
+    return None
