@@ -211,6 +211,11 @@ def switch(vm, tag: str) -> tuple[str, str]:
         detail = why_unhealthy(vm, fresh, target, problem)
         discard(vm, fresh)
         return problem + (f"\n{detail}" if detail else ""), ""
+    try:  # the health wait may be long: the lock must still be this deploy's
+        vm.hold_lock(vm.current_tag() or "the previous version")
+    except DeployError:
+        discard(vm, fresh)
+        raise
     # From here on the switch runs to its end: a Ctrl-C waits (the old one must not be
     # stopped before Caddy points elsewhere, nor left serving a recorded new release).
     with sigint_deferred():

@@ -14,6 +14,7 @@ set -u
 
 STATE=.deploy
 LOCK=$STATE/lock
+LOCK_LOG=$STATE/lock.log  # who broke the lock (`fab unlock --force`), one JSON a line
 BACKUPS=backups
 LOCK_BUSY=75
 
@@ -59,6 +60,26 @@ lock_renew() {  # HOLDER_JSON
 
 lock_release_if() {  # HOLDER_JSON
     if lock_is "$1"; then rm -rf "$LOCK"; fi
+}
+
+lock_check() {  # HOLDER_JSON: exit 0 if still ours; else the holder (as lock-read), exit 3
+    lock_is "$1" && return 0
+    lock_read
+    if [ -f "$LOCK_LOG" ]; then printf 'broken %s\n' "$(tail -n 1 "$LOCK_LOG")"; fi
+    exit 3
+}
+
+lock_break() {  # RECORD_JSON: clear the lock whoever holds it; the record goes to the lock log
+    mkdir -p "$STATE" && printf '%s\n' "$1" >> "$LOCK_LOG" && rm -rf "$LOCK"
+}
+
+lock_log_unseen() {  # the lock log's lines no deploy has shown yet (from now on: shown)
+    [ -f "$LOCK_LOG" ] || return 0
+    shown=$(cat "$LOCK_LOG.shown" 2>/dev/null)
+    case $shown in '' | *[!0-9]*) shown=0 ;; esac
+    total=$(( $(wc -l < "$LOCK_LOG") ))
+    tail -n +"$(( shown + 1 ))" "$LOCK_LOG"
+    echo "$total" > "$LOCK_LOG.shown"
 }
 
 # -- backups: 0600 files in a 0700 directory, written as NAME.part and renamed in
@@ -424,6 +445,9 @@ case $cmd in
     lock-renew) lock_renew "$1" ;;
     lock-release) rm -rf "$LOCK" ;;
     lock-release-if) lock_release_if "$1" ;;
+    lock-check) lock_check "$1" ;;
+    lock-break) lock_break "$1" ;;
+    lock-log-unseen) lock_log_unseen ;;
     backup-sqlite) backup_sqlite "$@" ;;
     backup-stdout) backup_stdout "$@" ;;
     list-backups) list_backups ;;
