@@ -207,12 +207,14 @@ def run_(c, cmd):
             raise Exit(f"command exited {result.exited}", code=result.exited)
 
 
-@task(help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
+@task(help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)",
+            "take-host": "with proxy: move proxy_host names another app serves to this one"})
 @friendly
-def setup(c, dry_run=False, verbose=False):
+def setup(c, dry_run=False, verbose=False, take_host=False):
     """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
     login; refuses a compose file the deploys could not back up or switch; with `proxy` on,
-    the VM's Caddy too."""
+    the VM's Caddy too. A proxy_host another app on the VM serves is refused unless
+    --take-host (that app then no longer answers to it)."""
     from deploy.runner import set_verbose
 
     set_verbose(verbose, c)
@@ -233,6 +235,8 @@ def setup(c, dry_run=False, verbose=False):
         proxy.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
+        if s.proxy and not take_host:  # before anything changes on the VM
+            proxy.check_hosts(vm)
         vm.ensure_helper()
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
         vm.write_release_files(vm.current_tag(), values)
@@ -248,7 +252,7 @@ def setup(c, dry_run=False, verbose=False):
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
                    fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
         if s.proxy:
-            proxy.setup(vm)
+            proxy.setup(vm, take_host)
         vm.runner.say(f"ready: {s.app_dir}" + (f" behind the proxy in {s.proxy_dir}"
                                                 if s.proxy else ""))
 
