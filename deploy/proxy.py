@@ -452,6 +452,20 @@ def runs_other_image(vm, container: Container, tag: str) -> str:
         f"{vm.ref(tag)} ({expected[:19]})")
 
 
+def serving_fails_too(vm, problem: str) -> str:
+    """When the new container ran but never answered 200 on health_path: the status the
+    serving container answers on it, if not 200 either ('' otherwise)."""
+    if not problem.startswith("timeout (healthy") and not problem.startswith("timeout (running"):
+        return ""
+    s = vm.settings
+    upstream = serving_upstream(vm)
+    if not upstream:
+        return ""
+    code = vm.run(pcmd.probe(s.proxy_dir, upstream, hosts(s)[0], s.health_path), cwd="",
+                  quiet=True, check=False).stdout.strip()
+    return code if code and code != "200" and f", {code} through" in problem else ""
+
+
 def discard(vm, container: Container) -> None:
     vm.run(pcmd.remove([container.id], force=True), hide=True, check=False)
 
@@ -480,6 +494,14 @@ def switch_checked(vm, tag: str, previous: str) -> None:
                           "again (it removes a container that does not serve)") from None
     if problem:
         first, _, detail = problem.partition("\n")
+        same = serving_fails_too(vm, first)
+        if same:
+            raise DeployError(
+                f"{tag} did not turn healthy ({first}); {kept}: the proxy was not switched and "
+                f"the new container was removed; the serving container answers {same} on "
+                f"health_path {vm.settings.health_path} too, so the setting is what is wrong, "
+                "not the app", "set health_path (DEPLOY_HEALTH_PATH) to a path the app answers "
+                f"200 on, then deploy {tag} again")
         raise DeployError(f"{tag} did not turn healthy ({first}); {kept}: the proxy was not "
                           "switched and the new container was removed"
                           + (f"\n{detail}" if detail else ""),

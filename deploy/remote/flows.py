@@ -92,6 +92,14 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     if not problem:
         return
     back = switch_back(vm, tag, previous, f"{tag} is not healthy ({problem})")
+    url = vm.settings.health_url
+    if url and url in problem and url in back.partition(", which is ")[2]:
+        # Two releases fail the same URL though their containers run: the URL is wrong.
+        raise DeployError(
+            f"{tag} did not turn healthy ({problem}); {back}: both releases fail health_url "
+            f"{url}, so the setting is what is wrong, not the app",
+            f"set health_url (DEPLOY_HEALTH_URL) to a URL the app answers 200 on, as the VM "
+            f"sees it (try it: fab run --cmd \"curl -si {url}\"), then deploy {tag} again")
     raise DeployError(
         f"{tag} did not turn healthy ({problem}); {back}",
         "look at `fab logs`, fix the app and deploy a new tag"
