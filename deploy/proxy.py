@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 
 from deploy.commands import proxy as pcmd
@@ -455,7 +456,9 @@ def runs_other_image(vm, container: Container, tag: str) -> str:
 def serving_fails_too(vm, problem: str) -> str:
     """When the new container ran but never answered 200 on health_path: the status the
     serving container answers on it, if not 200 either ('' otherwise)."""
-    if not problem.startswith("timeout (healthy") and not problem.startswith("timeout (running"):
+    answered = re.match(r"timeout \(\w+, (\d{3}) through the proxy\)", problem)
+    # 502: Caddy could not reach the container (not started yet): no answer of the app's
+    if not answered or answered.group(1) in ("200", "502"):
         return ""
     s = vm.settings
     upstream = serving_upstream(vm)
@@ -463,7 +466,7 @@ def serving_fails_too(vm, problem: str) -> str:
         return ""
     code = vm.run(pcmd.probe(s.proxy_dir, upstream, hosts(s)[0], s.health_path), cwd="",
                   quiet=True, check=False).stdout.strip()
-    return code if code and code != "200" and f", {code} through" in problem else ""
+    return code if code == answered.group(1) else ""
 
 
 def discard(vm, container: Container) -> None:
