@@ -20,6 +20,7 @@ from test_proxy import PROXY_IMAGE, caddy, new_proxy  # noqa: F401 - the module'
 from vmkit import App, Proxy, docker, output
 
 from deploy.commands import proxy as pcmd
+from deploy.commands import vm as cmd
 
 
 def failed(proc: subprocess.CompletedProcess[str], code: int = 1) -> str:
@@ -41,6 +42,44 @@ def wait_for(condition, timeout: float = 120, proc: subprocess.Popen | None = No
         assert time.monotonic() < deadline, "timed out waiting"
         assert proc is None or proc.poll() is None, proc.communicate()[0]
         time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- under dash
+
+
+def test_a_route_with_another_apps_host_is_refused_on_disk(tmp_path):
+    from test_vm_helper import dash
+
+    proxy = tmp_path / "proxy dir"
+    d = str(proxy)
+    head, tail = pcmd.config_parts("off")
+    assert dash(pcmd.write_base(d, head, tail), tmp_path, stdin="{}").returncode == 0
+    (proxy / "apps/a.json").write_text(json.dumps(pcmd.route("a", ["a.test", "w.a.test"])))
+    (proxy / "apps/a.dir").write_text("/srv/a\n")
+    taken = dash(pcmd.set_route(d, "b", json.dumps(pcmd.route("b", ["w.a.test"])), "/srv/b",
+                                ["w.a.test"]), tmp_path)
+    assert taken.returncode == pcmd.HOST_TAKEN_EXIT, taken.stderr
+    assert taken.stdout == "a /srv/a w.a.test\n"
+    assert not (proxy / "apps/b.json").exists() and not (proxy / "apps/b.dir").exists()
+    owners = dash(pcmd.host_owners(d, "b", ["a.test", "b.test"]), tmp_path)
+    assert owners.stdout == "a /srv/a a.test\n"
+    assert dash(pcmd.host_owners(d, "a", ["a.test"]), tmp_path).stdout == ""  # its own
+
+
+def test_lock_check_and_the_lock_log_on_disk(tmp_path):
+    from test_vm_helper import dash
+
+    ours = json.dumps({"holder": "me@laptop", "time": "2026-01-01T00:00:00Z"})
+    assert dash(cmd.acquire_lock(ours), tmp_path).returncode == 0
+    assert dash(cmd.check_lock(ours), tmp_path).returncode == 0
+    record = json.dumps({"who": "bob@other", "time": "2026-01-01T00:00:05Z", "forced": True})
+    assert dash(cmd.break_lock(record), tmp_path).returncode == 0
+    assert not (tmp_path / ".deploy/lock").exists()
+    lost = dash(cmd.check_lock(ours), tmp_path)
+    assert lost.returncode == cmd.LOCK_LOST_EXIT
+    assert lost.stdout == f"broken {record}\n"
+    assert dash(cmd.unseen_lock_log(), tmp_path).stdout == record + "\n"
+    assert dash(cmd.unseen_lock_log(), tmp_path).stdout == ""  # shown once
 
 
 # --------------------------------------------------------------------------- host names

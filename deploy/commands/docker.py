@@ -59,7 +59,7 @@ def run_once(image_ref: str, command: str, env_file: str | None = None) -> list[
 
 def has_shell(image_ref: str) -> list[str]:
     """Exit 0 if the image has /bin/sh: it runs an empty script (no entrypoint of the image's)."""
-    return ["docker", "run", "--rm", "--entrypoint", "/bin/sh", image_ref, "/dev/null"]
+    return ["docker", "run", "--entrypoint", "/bin/sh", "--rm", image_ref, "/dev/null"]
 
 
 def run_detached(image_ref: str, *, name: str, port: int, env_file: str | None) -> list[str]:
