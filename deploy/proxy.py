@@ -13,6 +13,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
@@ -21,6 +22,9 @@ from deploy.errors import DeployError
 from deploy.remote.health import UpstreamWatch
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
+
+if TYPE_CHECKING:
+    from deploy.remote.steps import Vm
 
 ADMIN_WAIT = 30.0
 
@@ -91,7 +95,7 @@ def _interpolate(value: str, values: dict[str, str]) -> str:
 
 
 # -- set-up and the proxy tasks ----------------------------------------------------------
-def setup(vm, take_host: bool = False) -> None:
+def setup(vm: Vm, take_host: bool = False) -> None:
     """Create or update the VM's Caddy (`fab setup`). Starting it is a restart only if its
     compose file changed (image, ports): otherwise the running Caddy just reloads. With
     `take_host`, host names another app's route has are moved to this app."""
@@ -117,7 +121,7 @@ def setup(vm, take_host: bool = False) -> None:
     ensure_route(vm, take_host)
 
 
-def ensure_route(vm, take_host: bool = False) -> None:
+def ensure_route(vm: Vm, take_host: bool = False) -> None:
     """The app's route in Caddy's config, loaded if it was missing or its hosts changed. A
     host name another app's route has is refused (nothing changes) unless `take_host`."""
     s = vm.settings
@@ -147,7 +151,7 @@ def parse_claims(out: str) -> list[tuple[str, str, str]]:
     return claims
 
 
-def host_claims(vm) -> list[tuple[str, str, str]]:
+def host_claims(vm: Vm) -> list[tuple[str, str, str]]:
     """(project, app_dir, host) for each of this app's hosts that another app's route has."""
     if vm.runner.dry_run:
         return []
@@ -168,14 +172,14 @@ def host_taken(claims: list[tuple[str, str, str]]) -> DeployError:
         "`fab setup --take-host` (the other app then no longer answers to it)")
 
 
-def check_hosts(vm) -> None:
+def check_hosts(vm: Vm) -> None:
     """Refuse, before anything changes, when another app's route has one of our hosts."""
     claims = host_claims(vm)
     if claims:
         raise host_taken(claims)
 
 
-def take_hosts(vm, claims: list[tuple[str, str, str]]) -> None:
+def take_hosts(vm: Vm, claims: list[tuple[str, str, str]]) -> None:
     """Move the claimed host names to this app: each other app's route is rewritten without
     them (removed if none is left), saying so."""
     s = vm.settings
@@ -203,7 +207,7 @@ def take_hosts(vm, claims: list[tuple[str, str, str]]) -> None:
                          "it has no host name left behind the proxy"))
 
 
-def ensure_running(vm) -> None:
+def ensure_running(vm: Vm) -> None:
     """Before a switch: Caddy answers on its admin socket. A Caddy container that is not
     running is started (saying so); one that will not answer is reported as the proxy's
     failure, with its last log lines."""
@@ -269,7 +273,7 @@ def status_lines(vm) -> list[str]:
     return lines
 
 
-def route_warnings(vm, deployed: bool) -> list[str]:
+def route_warnings(vm: Vm, deployed: bool) -> list[str]:
     """A warning and its fix when the app's host names do not lead to its route: the route
     is gone, or names other hosts, or another app's route has one of them too."""
     if vm.runner.dry_run:
@@ -299,7 +303,7 @@ def route_warnings(vm, deployed: bool) -> list[str]:
     return lines
 
 
-def upstream_warnings(vm, upstream: str, own: list[Container]) -> list[str]:
+def upstream_warnings(vm: Vm, upstream: str, own: list[Container]) -> list[str]:
     """A warning and its fix when the route does not send the app's hosts to a running
     container of the app: no upstream file, or one naming another container."""
     if vm.runner.dry_run:
@@ -453,7 +457,7 @@ def runs_other_image(vm, container: Container, tag: str) -> str:
         f"{vm.ref(tag)} ({expected[:19]})")
 
 
-def serving_fails_too(vm, problem: str) -> str:
+def serving_fails_too(vm: Vm, problem: str) -> str:
     """When the new container ran but never answered 200 on health_path: the status the
     serving container answers on it, if not 200 either ('' otherwise)."""
     answered = re.match(r"timeout \(\w+, (\d{3}) through the proxy\)", problem)

@@ -183,8 +183,8 @@ def test_a_deploy_starts_a_stopped_caddy_and_names_a_failing_one(make_app, fault
         "starting it" in out, out
     assert app.version()["version"] == "2"
 
-    # killed in the middle of the deploy's health wait: started again, the deploy goes on
-    proc = background(app, "deploy", f"--tag={images.v1}")
+    # killed in the middle of a switch's health wait: started again, the switch goes on
+    proc = background(app, "rollback")
     try:
         new = ["ps", "-q", "--filter", f"label=com.docker.compose.project={app.project}",
                "--filter", f"ancestor={images.ref(images.v1)}"]
