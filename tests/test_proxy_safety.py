@@ -36,6 +36,13 @@ def background(app: App, *args: str, env: dict[str, str] | None = None) -> subpr
                             stderr=subprocess.STDOUT, text=True)
 
 
+def patient(app: App) -> App:
+    """Health waits long enough for this shared, loaded machine (containers took 60 s to turn
+    healthy in some runs)."""
+    app.env["DEPLOY_HEALTH_TIMEOUT"] = "180"
+    return app
+
+
 def wait_for(condition, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -86,10 +93,10 @@ def test_lock_check_and_the_lock_log_on_disk(tmp_path):
 
 
 def test_a_host_name_is_one_apps_until_moved_explicitly(make_app, caddy, images):  # noqa: F811
-    first = make_app().use_proxy(caddy)
+    first = patient(make_app().use_proxy(caddy))
     first.fab_ok("setup")
     first.deploy(images.v1)
-    second = make_app().use_proxy(caddy)
+    second = patient(make_app().use_proxy(caddy))
     own_host = second.host
 
     # setup with another app's host name: refused before anything reaches the VM
@@ -129,8 +136,8 @@ def test_a_host_name_is_one_apps_until_moved_explicitly(make_app, caddy, images)
 
 
 def test_status_warns_of_a_missing_or_foreign_upstream(make_app, caddy, images):  # noqa: F811
-    app = make_app().use_proxy(caddy)
-    other = make_app().use_proxy(caddy)
+    app = patient(make_app().use_proxy(caddy))
+    other = patient(make_app().use_proxy(caddy))
     for each, tag in ((app, images.v1), (other, images.v2)):
         each.fab_ok("setup")
         each.deploy(tag)
@@ -170,7 +177,7 @@ def fault_caddy(fault_vms):
 
 def test_a_deploy_starts_a_stopped_caddy_and_names_a_failing_one(make_app, fault_caddy,
                                                                   fault_vms, images):
-    app = make_app(vm=fault_vms[0]).use_proxy(fault_caddy)
+    app = patient(make_app(vm=fault_vms[0]).use_proxy(fault_caddy))
     app.fab_ok("setup")
     app.deploy(images.v1)
     compose = json.loads(fault_caddy.path("compose.json").read_text())
