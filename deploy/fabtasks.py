@@ -208,12 +208,15 @@ def run_(c: Context, cmd: str) -> None:
             raise Exit(f"command exited {result.exited}", code=result.exited)
 
 
-@task(help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
+@task(help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)",
+            "take-host": "with proxy: move proxy_host names another app serves to this one"})
 @friendly
-def setup(c: Context, dry_run: bool = False, verbose: bool = False) -> None:
+def setup(c: Context, dry_run: bool = False, verbose: bool = False,
+          take_host: bool = False) -> None:
     """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
     login; refuses a compose file the deploys could not back up or switch; with `proxy` on,
-    the VM's Caddy too."""
+    the VM's Caddy too. A proxy_host another app on the VM serves is refused unless
+    --take-host (that app then no longer answers to it)."""
     set_verbose(verbose, c)
     from deploy.checks.env import read_compose
     from deploy.commands import docker
@@ -230,6 +233,8 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False) -> None:
         proxy.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
+        if s.proxy and not take_host:  # before anything changes on the VM
+            proxy.check_hosts(vm)
         vm.ensure_helper()
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
         vm.write_release_files(vm.current_tag(), values)
@@ -245,30 +250,58 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False) -> None:
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",
                    fix="check registry_user and DEPLOY_REGISTRY_PASSWORD")
         if s.proxy:
-            proxy.setup(vm)
+            proxy.setup(vm, take_host)
         vm.runner.say(f"ready: {s.app_dir}" + (f" behind the proxy in {s.proxy_dir}"
                                                 if s.proxy else ""))
 
 
-@task(help={"force": "clear it even though its holder renewed it recently (may be alive)"})
+@task(help={"force": "clear it even though its holder renewed it recently (may be alive); "
+                     "asks first",
+            "yes": "with --force: do not ask (for scripts)"})
 @friendly
-def unlock(c: Context, force: bool = False) -> None:
+def unlock(c: Context, force: bool = False, yes: bool = False) -> None:
     """Clear a stale deploy lock (left by a deploy that was killed); a lock whose lease a live
-    deploy renews is refused without --force."""
+    deploy renews is refused without --force, which asks first (--yes: no question). Who
+    cleared it goes to the VM's lock log: the next deploy shows it, and the live deploy stops
+    at its next step instead of running on beside another."""
+    import json
+
     from deploy.remote import describe_holder, lease_is_fresh
+    from deploy.remote.flows import stamp
 
     for vm in each_vm(c):
         holder = vm.holder()
         if not holder:
             print(f"{vm.runner.where}: the lock is free")
             continue
-        if lease_is_fresh(holder, vm.settings.lock_lease) and not force:
+        fresh = lease_is_fresh(holder, vm.settings.lock_lease)
+        if fresh and not force:
             raise DeployError(
                 f"the lock on {vm.runner.where} is held by a deploy that is alive: "
                 f"{describe_holder(holder)}",
                 "wait for it; if you are sure it is gone, `fab unlock --force`")
-        vm.run(cmd.release_lock())
+        if fresh and not yes:
+            confirm_break(vm.runner.where, describe_holder(holder))
+        vm.run(cmd.break_lock(json.dumps({**stamp(), "forced": fresh, "broke": holder},
+                                         sort_keys=True)))
         print(f"{vm.runner.where}: cleared the lock held by {describe_holder(holder)}")
+
+
+def confirm_break(where: str, holder: str) -> None:
+    """Ask on the terminal before breaking a lock a live deploy may hold; refuse without one."""
+    import sys
+
+    from deploy.errors import DeployError
+
+    if not sys.stdin.isatty():
+        raise DeployError(f"`fab unlock --force` asks before it breaks the lock on {where} "
+                          f"(held by {holder}), and there is no terminal to ask on; the lock "
+                          "is left as it was", "run it in a terminal, or add --yes (scripts)")
+    answer = input(f"The lock on {where} is held by {holder}: a deploy that may be alive. "
+                   "Breaking it stops that deploy at its next step. Break it? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise DeployError(f"not confirmed; the lock on {where} is left as it was",
+                          "wait for the deploy to finish, or answer y")
 
 
 @task

@@ -166,10 +166,48 @@ def smoke(settings: Settings, runner: Runner, version: str, boot: bool = False) 
             fix,
         )
     runner.say(f"smoke: {result.stdout.strip()[-200:] or 'ok'}")
+    check_shell(settings, runner, ref)
     if boot:
         boot_check(settings, runner, ref)
     record_smoked(image_id, ref)
     return ref
+
+
+def shell_users(settings: Settings) -> list[str]:
+    """What runs with the image's /bin/sh on the VM: the migrate command (`sh -c` in a
+    one-off container) and a compose healthcheck written as a shell command."""
+    import yaml
+
+    users = [f"migrate_command ({settings.migrate_command!r})"] if settings.migrate_command \
+        else []
+    path = settings.path(settings.compose_file)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        check = ((data.get("services") or {}).get(settings.service) or {}).get("healthcheck")
+    except (OSError, yaml.YAMLError, AttributeError):
+        check = None  # the compose checks report an unreadable file
+    test = check.get("test") if isinstance(check, dict) else None
+    if isinstance(test, str) or (isinstance(test, list) and test[:1] == ["CMD-SHELL"]):
+        users.append(f"the healthcheck of service '{settings.service}' in {path.name} "
+                     "(a shell command)")
+    return users
+
+
+def check_shell(settings: Settings, runner: Runner, ref: str) -> None:
+    """Refuse an image without /bin/sh when the deploy runs something with it."""
+    users = shell_users(settings)
+    if not users or runner.dry_run:
+        return
+    result = runner.run(docker.has_shell(ref), check=False, quiet=True)
+    if result.ok:
+        return
+    said = "\n".join("  " + line for line in result.output.strip().splitlines()[-5:])
+    raise DeployError(
+        f"{ref} has no usable /bin/sh (exit {result.exited}), but on the VM "
+        f"{' and '.join(users)} run(s) with it: the deploy would fail there; docker said:\n"
+        + said,
+        "build the image on a base that has /bin/sh (not scratch or distroless), or make the "
+        "healthcheck an exec form ([\"CMD\", ...]); the migration always runs with sh")
 
 
 @contextlib.contextmanager

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
@@ -22,6 +24,9 @@ from deploy.remote.signals import sigint_deferred
 from deploy.remote.steps import Vm
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
+
+if TYPE_CHECKING:
+    from deploy.remote.steps import Vm
 
 ADMIN_WAIT = 30.0
 
@@ -92,9 +97,10 @@ def _interpolate(value: str, values: dict[str, str]) -> str:
 
 
 # -- set-up and the proxy tasks ----------------------------------------------------------
-def setup(vm: Vm) -> None:
+def setup(vm: Vm, take_host: bool = False) -> None:
     """Create or update the VM's Caddy (`fab setup`). Starting it is a restart only if its
-    compose file changed (image, ports): otherwise the running Caddy just reloads."""
+    compose file changed (image, ports): otherwise the running Caddy just reloads. With
+    `take_host`, host names another app's route has are moved to this app."""
     s: Settings = vm.settings
     d = s.proxy_dir
     vm.run(pcmd.requirements(d), cwd="", what="the VM cannot run the proxy",
@@ -114,16 +120,125 @@ def setup(vm: Vm) -> None:
            what=f"the proxy's admin API did not answer within {ADMIN_WAIT:.0f}s",
            fix="look at `fab proxy logs`")
     reload(vm)
-    ensure_route(vm)
+    ensure_route(vm, take_host)
 
 
-def ensure_route(vm: Vm) -> None:
-    """The app's route in Caddy's config, loaded if it was missing or its hosts changed."""
+def ensure_route(vm: Vm, take_host: bool = False) -> None:
+    """The app's route in Caddy's config, loaded if it was missing or its hosts changed. A
+    host name another app's route has is refused (nothing changes) unless `take_host`."""
     s = vm.settings
-    route = json.dumps(pcmd.route(vm.project, hosts(s)), separators=(",", ":"))
-    vm.run(pcmd.set_route(s.proxy_dir, vm.project, route), cwd="", hide=True,
-           what="Caddy refused the app's route; it keeps running the previous config",
-           fix="look at the error above and at `fab proxy logs`")
+    names = hosts(s)
+    if take_host:
+        take_hosts(vm, host_claims(vm))
+    route = json.dumps(pcmd.route(vm.project, names), separators=(",", ":"))
+    result = vm.run(pcmd.set_route(s.proxy_dir, vm.project, route, s.app_dir, names), cwd="",
+                    hide=True, check=False)
+    if result.exited == pcmd.HOST_TAKEN_EXIT:
+        raise host_taken(parse_claims(result.stdout))
+    if not result.ok:
+        tail = "\n".join(result.output.splitlines()[-15:])
+        raise DeployError("Caddy refused the app's route; it keeps running the previous config"
+                          + (f"\n{tail}" if tail else ""),
+                          "look at the error above and at `fab proxy logs`")
+
+
+# -- host names: each is one app's ------------------------------------------------------
+def parse_claims(out: str) -> list[tuple[str, str, str]]:
+    """`PROJECT DIR HOST` lines -> (project, app_dir, host) tuples."""
+    claims = []
+    for line in out.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            claims.append((parts[0], parts[1], parts[2]))
+    return claims
+
+
+def host_claims(vm: Vm) -> list[tuple[str, str, str]]:
+    """(project, app_dir, host) for each of this app's hosts that another app's route has."""
+    if vm.runner.dry_run:
+        return []
+    s = vm.settings
+    out = vm.run(pcmd.host_owners(s.proxy_dir, vm.project, hosts(s)), cwd="", quiet=True,
+                 check=False).stdout
+    return parse_claims(out)
+
+
+def host_taken(claims: list[tuple[str, str, str]]) -> DeployError:
+    names = ", ".join(dict.fromkeys(h for _, _, h in claims))
+    owners = "; ".join(dict.fromkeys(
+        f"project {p}" + (f" in {d}" if d != "-" else "") for p, d, _ in claims))
+    return DeployError(
+        f"the proxy already serves {names} for another app ({owners}); this app may not take "
+        "it over unasked: nothing was changed",
+        "give this app a proxy_host of its own, or move the host name to it with "
+        "`fab setup --take-host` (the other app then no longer answers to it)")
+
+
+def check_hosts(vm: Vm) -> None:
+    """Refuse, before anything changes, when another app's route has one of our hosts."""
+    claims = host_claims(vm)
+    if claims:
+        raise host_taken(claims)
+
+
+def take_hosts(vm: Vm, claims: list[tuple[str, str, str]]) -> None:
+    """Move the claimed host names to this app: each other app's route is rewritten without
+    them (removed if none is left), saying so."""
+    s = vm.settings
+    for other, directory in dict.fromkeys((p, d) for p, d, _ in claims):
+        taken = [h for p, _, h in claims if p == other]
+        text = vm.run(pcmd.read_route(s.proxy_dir, other), cwd="", quiet=True,
+                      check=False).stdout
+        try:
+            had = json.loads(text)["match"][0]["host"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            had = []
+        left = [h for h in had if h not in taken]
+        if left:
+            route = json.dumps(pcmd.route(other, left), separators=(",", ":"))
+            vm.run(pcmd.set_route(s.proxy_dir, other, route, directory, left), cwd="",
+                   hide=True, what=f"could not rewrite project {other}'s route without "
+                   f"{', '.join(taken)}; nothing was moved", fix="see the error above")
+        else:
+            vm.run(pcmd.drop_route(s.proxy_dir, other), cwd="", hide=True,
+                   what=f"could not remove project {other}'s route; nothing was moved",
+                   fix="see the error above")
+        where = f" ({directory})" if directory != "-" else ""
+        vm.runner.say(f"took {', '.join(taken)} from project {other}{where}: "
+                      + (f"it keeps {', '.join(left)}" if left else
+                         "it has no host name left behind the proxy"))
+
+
+def ensure_running(vm: Vm) -> None:
+    """Before a switch: Caddy answers on its admin socket. A Caddy container that is not
+    running is started (saying so); one that will not answer is reported as the proxy's
+    failure, with its last log lines."""
+    s = vm.settings
+    if vm.runner.dry_run:
+        return
+    if vm.run(pcmd.wait_admin(s.proxy_dir, 0), cwd="", quiet=True, check=False).ok:
+        return
+    out = vm.run(pcmd.service_containers(project(s), pcmd.SERVICE), quiet=True,
+                 check=False).stdout.split()
+    state = out[2] if len(out) >= 3 else "missing"
+    if state != "running":
+        vm.runner.say(f"the proxy (Caddy) on {vm.runner.where} was {state}: every app behind "
+                      "it was down; starting it")
+        vm.run([*caddy_compose(vm), "up", "-d"], cwd="", hide=True,
+               what=f"the proxy (Caddy) was {state} and starting it failed: every app behind "
+                    "it is down; nothing was switched",
+               fix="`fab setup` sets the proxy up again; `fab proxy logs` shows why it stopped")
+    if not vm.run(pcmd.wait_admin(s.proxy_dir, ADMIN_WAIT), cwd="", quiet=True,
+                  check=False).ok:
+        logs = vm.run([*caddy_compose(vm), "logs", "--no-color", "--tail", "8"], cwd="",
+                      quiet=True, check=False).output.strip()
+        raise DeployError(
+            f"the proxy (Caddy) is failing: its admin API did not answer within "
+            f"{ADMIN_WAIT:.0f}s ({'after a start' if state != 'running' else 'it runs'}); "
+            "every app behind it is down; nothing was switched"
+            + (f"\nits last log lines:\n{logs}" if logs else ""),
+            "fix the proxy, not the app: look at `fab proxy logs`; `fab setup` rewrites "
+            "its config and starts it")
 
 
 def caddy_compose(vm: Vm) -> list[str]:
@@ -148,14 +263,74 @@ def status_lines(vm: Vm) -> list[str]:
         code = vm.run(pcmd.probe(s.proxy_dir, upstream, hosts(s)[0], s.health_path),
                       cwd="", quiet=True, check=False).stdout.strip()
         lines.append(f"upstream:  {s.health_path} through Caddy answers {code or 'nothing'}")
-    for c in containers(vm):
+    own = containers(vm)
+    for c in own:
         mark = "*" if upstream.startswith(c.name + ":") else " "
         lines.append(f"  {mark} {c.name:<32} {c.state}")
+    lines += route_warnings(vm, bool(upstream or own)) + upstream_warnings(vm, upstream, own)
     caddy = vm.run([*caddy_compose(vm), "ps", "--format", "{{.Name}} {{.Status}}"]
                    if vm.compose_kind() == "v2" else [*caddy_compose(vm), "ps"],
                    cwd="", quiet=True, check=False)
     lines.append(f"caddy:     {caddy.stdout.strip() or 'not running (fab setup starts it)'}")
     return lines
+
+
+def route_warnings(vm: Vm, deployed: bool) -> list[str]:
+    """A warning and its fix when the app's host names do not lead to its route: the route
+    is gone, or names other hosts, or another app's route has one of them too."""
+    if vm.runner.dry_run:
+        return []
+    s = vm.settings
+    names = hosts(s)
+    text = vm.run(pcmd.read_route(s.proxy_dir, vm.project), cwd="", quiet=True,
+                  check=False).stdout
+    try:
+        routed = json.loads(text)["match"][0]["host"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        routed = None
+    lines = []
+    if routed is None and deployed:
+        lines += [f"warning: the proxy has no route for this app: requests for "
+                  f"{', '.join(names)} do not reach it",
+                  "  fix: `fab setup` makes it (`fab setup --take-host` if another app "
+                  "serves the name now)"]
+    elif routed is not None and sorted(routed) != sorted(names):
+        lines += [f"warning: the app's route has {', '.join(routed)}, not proxy_host "
+                  f"{', '.join(names)}", "  fix: `fab setup` loads the route of proxy_host"]
+    for other, directory, host in host_claims(vm):
+        where = f" in {directory}" if directory != "-" else ""
+        lines += [f"warning: project {other}{where} has {host} in its route too: the proxy "
+                  "may send its requests to either app",
+                  f"  fix: `fab setup --take-host` in the app that should serve {host}"]
+    return lines
+
+
+def upstream_warnings(vm: Vm, upstream: str, own: list[Container]) -> list[str]:
+    """A warning and its fix when the route does not send the app's hosts to a running
+    container of the app: no upstream file, or one naming another container."""
+    if vm.runner.dry_run:
+        return []
+    s = vm.settings
+    running = [c for c in own if c.state == "running"]
+    path = f"{s.proxy_dir}/{pcmd.upstream_path(vm.project)}"
+    if not upstream:
+        if not own:
+            return []  # nothing deployed yet: no route is what is expected
+        problem = (f"warning: {path} is missing: the proxy sends {', '.join(hosts(s))} to no "
+                   "container of this app")
+    else:
+        named = next((c for c in own if upstream.startswith(c.name + ":")), None)
+        if named and named.state == "running":
+            return []
+        problem = (f"warning: the proxy sends {', '.join(hosts(s))} to {upstream}, "
+                   + (f"a container of this app that is {named.state}" if named else
+                      f"which is not a container of this app (project {vm.project})"))
+    tag = vm.current_tag()
+    fix = (f"  fix: `fab deploy --tag={tag}` starts a fresh container of {tag} and points the "
+           "proxy at it" if tag else "  fix: deploy a release (`fab deploy --tag=T`)")
+    if running:
+        fix += f" ({', '.join(c.name for c in running)} runs but gets no request)"
+    return [problem, fix]
 
 
 # -- the switch --------------------------------------------------------------------------
@@ -180,6 +355,7 @@ def switch(vm: Vm, tag: str) -> tuple[str, str]:
     otherwise the new container was removed and the old one serves on, untouched."""
     s: Settings = vm.settings
     hosts(s)  # proxy_host is set: refused before anything changes on the VM
+    ensure_running(vm)
     upstream = serving_upstream(vm)
     before = containers(vm)
     old = [c for c in before if c.state == "running" and upstream.startswith(c.name + ":")]
@@ -203,7 +379,7 @@ def switch(vm: Vm, tag: str) -> tuple[str, str]:
     target = f"{fresh.name}:{s.app_port}"
     try:
         problem = wait_upstream(vm, fresh.id, target)
-    except (KeyboardInterrupt, ConnectionLost):
+    except (KeyboardInterrupt, ConnectionLost, DeployError):
         discard(vm, fresh)
         raise
     problem = problem or runs_other_image(vm, fresh, tag)
@@ -211,6 +387,11 @@ def switch(vm: Vm, tag: str) -> tuple[str, str]:
         detail = why_unhealthy(vm, fresh, target, problem)
         discard(vm, fresh)
         return problem + (f"\n{detail}" if detail else ""), ""
+    try:  # the health wait may be long: the lock must still be this deploy's
+        vm.hold_lock(vm.current_tag() or "the previous version")
+    except DeployError:
+        discard(vm, fresh)
+        raise
     # From here on the switch runs to its end: a Ctrl-C waits (the old one must not be
     # stopped before Caddy points elsewhere, nor left serving a recorded new release).
     with sigint_deferred():
@@ -239,6 +420,9 @@ def wait_upstream(vm: Vm, container_id: str, upstream: str) -> str:
                                   f"{(result.output.splitlines() or [''])[-1]}")
             return True
         state, _, code = result.stdout.strip().partition(" ")
+        if code.strip() == "proxy-down":  # Caddy stopped under the deploy: start it again
+            ensure_running(vm)
+            return False
         verdict["problem"] = watch.poll(state, code.strip())
         return verdict["problem"] is not None
 
@@ -273,6 +457,22 @@ def runs_other_image(vm: Vm, container: Container, tag: str) -> str:
         f"{vm.ref(tag)} ({expected[:19]})")
 
 
+def serving_fails_too(vm: Vm, problem: str) -> str:
+    """When the new container ran but never answered 200 on health_path: the status the
+    serving container answers on it, if not 200 either ('' otherwise)."""
+    answered = re.match(r"timeout \(\w+, (\d{3}) through the proxy\)", problem)
+    # 502: Caddy could not reach the container (not started yet): no answer of the app's
+    if not answered or answered.group(1) in ("200", "502"):
+        return ""
+    s = vm.settings
+    upstream = serving_upstream(vm)
+    if not upstream:
+        return ""
+    code = vm.run(pcmd.probe(s.proxy_dir, upstream, hosts(s)[0], s.health_path), cwd="",
+                  quiet=True, check=False).stdout.strip()
+    return code if code == answered.group(1) else ""
+
+
 def discard(vm: Vm, container: Container) -> None:
     vm.run(pcmd.remove([container.id], force=True), hide=True, check=False)
 
@@ -301,6 +501,14 @@ def switch_checked(vm: Vm, tag: str, previous: str) -> None:
                           "again (it removes a container that does not serve)") from None
     if problem:
         first, _, detail = problem.partition("\n")
+        same = serving_fails_too(vm, first)
+        if same:
+            raise DeployError(
+                f"{tag} did not turn healthy ({first}); {kept}: the proxy was not switched and "
+                f"the new container was removed; the serving container answers {same} on "
+                f"health_path {vm.settings.health_path} too, so the setting is what is wrong, "
+                "not the app", "set health_path (DEPLOY_HEALTH_PATH) to a path the app answers "
+                f"200 on, then deploy {tag} again")
         raise DeployError(f"{tag} did not turn healthy ({first}); {kept}: the proxy was not "
                           "switched and the new container was removed"
                           + (f"\n{detail}" if detail else ""),

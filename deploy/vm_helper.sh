@@ -14,6 +14,7 @@ set -u
 
 STATE=.deploy
 LOCK=$STATE/lock
+LOCK_LOG=$STATE/lock.log  # who broke the lock (`fab unlock --force`), one JSON a line
 BACKUPS=backups
 LOCK_BUSY=75
 
@@ -59,6 +60,26 @@ lock_renew() {  # HOLDER_JSON
 
 lock_release_if() {  # HOLDER_JSON
     if lock_is "$1"; then rm -rf "$LOCK"; fi
+}
+
+lock_check() {  # HOLDER_JSON: exit 0 if still ours; else the holder (as lock-read), exit 3
+    lock_is "$1" && return 0
+    lock_read
+    if [ -f "$LOCK_LOG" ]; then printf 'broken %s\n' "$(tail -n 1 "$LOCK_LOG")"; fi
+    exit 3
+}
+
+lock_break() {  # RECORD_JSON: clear the lock whoever holds it; the record goes to the lock log
+    mkdir -p "$STATE" && printf '%s\n' "$1" >> "$LOCK_LOG" && rm -rf "$LOCK"
+}
+
+lock_log_unseen() {  # the lock log's lines no deploy has shown yet (from now on: shown)
+    [ -f "$LOCK_LOG" ] || return 0
+    shown=$(cat "$LOCK_LOG.shown" 2>/dev/null)
+    case $shown in '' | *[!0-9]*) shown=0 ;; esac
+    total=$(( $(wc -l < "$LOCK_LOG") ))
+    tail -n +"$(( shown + 1 ))" "$LOCK_LOG"
+    echo "$total" > "$LOCK_LOG.shown"
 }
 
 # -- backups: 0600 files in a 0700 directory, written as NAME.part and renamed in
@@ -370,9 +391,40 @@ project_file() {  # PROJECT: refuses a name that is not one file name
     esac
 }
 
-proxy_set_route() {  # PROJECT ROUTE_JSON: write, rebuild, load; if refused, put the old back
+HOST_TAKEN=4
+
+proxy_host_owners() {  # PROJECT HOST...: "PROJECT DIR HOST" for each host another app's route has
+    own=$1
+    shift
+    for host in "$@"; do
+        for file in apps/*.json; do
+            [ -f "$file" ] || continue
+            other=${file#apps/}
+            other=${other%.json}
+            [ "$other" = "$own" ] && continue
+            # a route names its hosts as JSON strings; nothing else in it is one
+            if grep -qF "\"$host\"" "$file"; then
+                printf '%s %s %s\n' "$other" "$(cat "apps/$other.dir" 2>/dev/null || echo -)" \
+                    "$host"
+            fi
+        done
+    done
+}
+
+proxy_set_route() {  # PROJECT ROUTE_JSON APP_DIR HOST...: write, rebuild, load; if refused,
+    # put the old back. A host another app's route has is refused (exit HOST_TAKEN): it
+    # must be moved explicitly (its route rewritten first).
     project_file "$1"
-    route=apps/$1.json
+    project=$1 route=apps/$1.json json=$2 app_dir=$3
+    shift 3
+    owners=$(proxy_host_owners "$project" "$@")
+    if [ -n "$owners" ]; then
+        printf '%s\n' "$owners"
+        exit "$HOST_TAKEN"
+    fi
+    [ "$(cat "apps/$project.dir" 2>/dev/null)" = "$app_dir" ] \
+        || printf '%s\n' "$app_dir" > "apps/$project.dir"
+    set -- "$project" "$json"
     [ "$(cat "$route" 2>/dev/null)" = "$2" ] && return 0
     if [ -f "$route" ]; then cp "$route" "$route.prev"; else rm -f "$route.prev"; fi
     if printf '%s\n' "$2" > "$route.tmp" && mv "$route.tmp" "$route" && proxy_assemble \
@@ -382,6 +434,11 @@ proxy_set_route() {  # PROJECT ROUTE_JSON: write, rebuild, load; if refused, put
     if [ -f "$route.prev" ]; then mv "$route.prev" "$route"; else rm -f "$route"; fi
     proxy_assemble
     exit 1
+}
+
+proxy_drop_route() {  # PROJECT: the app's route removed (its hosts answer 404), loaded
+    project_file "$1"
+    rm -f "apps/$1.json" "apps/$1.dir" && proxy_reload
 }
 
 proxy_wait_admin() {  # DIR TIMEOUT: until Caddy's admin API answers; exit 1 after TIMEOUT s
@@ -400,6 +457,7 @@ proxy_set_upstream() {  # DIR PROJECT UPSTREAM: one atomic rename (Caddy reads i
 }
 
 proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request through Caddy
+    # (proxy-down if Caddy does not listen)
     state=$(container_state "$2")
     case $state in
         unhealthy | exited | dead | missing)
@@ -408,7 +466,9 @@ proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request 
             ;;
     esac
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
-        --unix-socket "$1/run/check.sock" -H "$UPSTREAM_HEADER: $3" "$4") || true
+        --unix-socket "$1/run/check.sock" -H "$UPSTREAM_HEADER: $3" "$4")
+    # curl's exit 7: nothing listens on Caddy's socket (Caddy is down), not the app's fault
+    [ $? -eq 7 ] && code=proxy-down
     echo "$state ${code:-000}"
 }
 
@@ -424,6 +484,9 @@ case $cmd in
     lock-renew) lock_renew "$1" ;;
     lock-release) rm -rf "$LOCK" ;;
     lock-release-if) lock_release_if "$1" ;;
+    lock-check) lock_check "$1" ;;
+    lock-break) lock_break "$1" ;;
+    lock-log-unseen) lock_log_unseen ;;
     backup-sqlite) backup_sqlite "$@" ;;
     backup-stdout) backup_stdout "$@" ;;
     list-backups) list_backups ;;
@@ -450,7 +513,9 @@ case $cmd in
     proxy-write-base) proxy_write_base "$@" ;;
     proxy-assemble) proxy_locked "$1" proxy_assemble ;;
     proxy-reload) proxy_locked "$1" proxy_reload ;;
-    proxy-set-route) proxy_locked "$1" proxy_set_route "$2" "$3" ;;
+    proxy-set-route) dir=$1 && shift && proxy_locked "$dir" proxy_set_route "$@" ;;
+    proxy-drop-route) proxy_locked "$1" proxy_drop_route "$2" ;;
+    proxy-host-owners) cd "$1" && shift && proxy_host_owners "$@" ;;
     proxy-wait-admin) proxy_wait_admin "$@" ;;
     proxy-set-upstream) proxy_set_upstream "$@" ;;
     proxy-poll) proxy_poll "$@" ;;

@@ -138,7 +138,7 @@ def reset_postgres(app) -> None:
     kept) in place. v2's migration is undone in SQL (the rows stay): quicker than a
     `rollback --downgrade`, which its own tests cover."""
     if app.vm(".deploy/lock").exists():
-        app.fab_ok("unlock", "--force")
+        app.fab_ok("unlock", "--force", "--yes")
     wait_until(lambda: not leftover_migrations(app), 120, 0.5, "a migration left running")
     app.wait_http("/health", timeout=60)
     app.psql("DROP TABLE IF EXISTS ballast, half_done; "

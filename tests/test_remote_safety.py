@@ -222,7 +222,7 @@ def test_unlock_clears_a_stale_lease_and_force_clears_a_fresh_one(live):
     (lock / "lease").write_text("")
     out = failed(live.fab("unlock"))
     assert "bob@laptop since T deploy of x [pid 4242, lease renewed" in out
-    assert "cleared the lock held by bob@laptop" in live.fab_ok("unlock", "--force")
+    assert "cleared the lock held by bob@laptop" in live.fab_ok("unlock", "--force", "--yes")
     assert not lock.exists()
 
 

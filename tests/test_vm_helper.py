@@ -113,7 +113,7 @@ BUILDERS = {
     "assemble": pcmd.assemble(PROXY_DIR),
     "reload": pcmd.reload(PROXY_DIR),
     "wait_admin": pcmd.wait_admin(PROXY_DIR, 5),
-    "set_route": pcmd.set_route(PROXY_DIR, "p", '{"a": "it\'s"}'),
+    "set_route": pcmd.set_route(PROXY_DIR, "p", '{"a": "it\'s"}', "/srv/p", ["p.test"]),
     "set_upstream": pcmd.set_upstream(PROXY_DIR, "p", "p-app-2:8000"),
     "poll": pcmd.poll(PROXY_DIR, "abc", "p-app-1:8000", "h", "/health"),
     "ensure_network": pcmd.ensure_network(PROXY_DIR, "deploy-proxy"),
@@ -198,7 +198,7 @@ def test_proxy_base_routes_and_upstream_on_disk(tmp_path):
     first = json.dumps(pcmd.route("a", ["a.test"]))
     (proxy / "apps/a.json").write_text(first + "\n")
     changed = json.dumps(pcmd.route("a", ["b.test"]))
-    refused = dash(pcmd.set_route(d, "a", changed), tmp_path)
+    refused = dash(pcmd.set_route(d, "a", changed, "/srv/a", ["b.test"]), tmp_path)
     assert refused.returncode == 1
     assert "Caddy refused the config (HTTP 000):" in refused.stderr
     assert "curl: (7)" in refused.stderr  # curl's own message: nothing listens
@@ -207,9 +207,9 @@ def test_proxy_base_routes_and_upstream_on_disk(tmp_path):
         "web"]["routes"]
     assert routes == [json.loads(first), pcmd.FALLBACK_ROUTE]
     # The same route again: nothing to load, nothing to refuse.
-    assert dash(pcmd.set_route(d, "a", first), tmp_path).returncode == 0
+    assert dash(pcmd.set_route(d, "a", first, "/srv/a", ["a.test"]), tmp_path).returncode == 0
     # A new app's refused route is removed again.
-    assert dash(pcmd.set_route(d, "b", changed), tmp_path).returncode == 1
+    assert dash(pcmd.set_route(d, "b", changed, "/srv/b", ["b.test"]), tmp_path).returncode == 1
     assert not (proxy / "apps/b.json").exists()
 
     assert dash(pcmd.set_upstream(d, "a", "a-app-2:8000"), tmp_path).returncode == 0

@@ -57,6 +57,11 @@ def run_once(image_ref: str, command: str, env_file: str | None = None) -> list[
     return [*argv, image_ref, *shlex.split(command)]
 
 
+def has_shell(image_ref: str) -> list[str]:
+    """Exit 0 if the image has /bin/sh: it runs an empty script (no entrypoint of the image's)."""
+    return ["docker", "run", "--entrypoint", "/bin/sh", "--rm", image_ref, "/dev/null"]
+
+
 def run_detached(image_ref: str, *, name: str, port: int, env_file: str | None) -> list[str]:
     argv = ["docker", "run", "--detach", "--name", name, "--publish", f"127.0.0.1::{port}"]
     if env_file:

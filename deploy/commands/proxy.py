@@ -5,7 +5,8 @@ One Caddy per VM, in its own compose project in `proxy_dir`, on a docker network
     compose.json          Caddy's compose project (JSON is YAML)
     base/head.json        Caddy's config up to the app routes, base/tail.json the rest,
                           base/fallback.json the last route (404: no app has that host)
-    apps/PROJECT.json     one route per app: its host names -> the file naming its upstream
+    apps/PROJECT.json     one route per app: its host names -> the file naming its upstream;
+                          a host name is one app's only (apps/PROJECT.dir: that app's app_dir)
     conf/caddy.json       head + routes + tail: what Caddy runs (loaded at start and when a
                           route changes, through the admin API, so a restart runs the same)
     conf/upstreams/PROJECT  the container:port that serves the app, read by Caddy for each
@@ -141,12 +142,34 @@ def wait_admin(proxy_dir: str, timeout: float) -> list[str]:
     return helper_in(proxy_dir, "proxy-wait-admin", proxy_dir, str(int(timeout)))
 
 
-def set_route(proxy_dir: str, project: str, route_json: str) -> list[str]:
+HOST_TAKEN_EXIT = 4  # proxy-set-route: another app's route has one of the hosts
+
+
+def set_route(proxy_dir: str, project: str, route_json: str, app_dir: str,
+              hosts: list[str]) -> list[str]:
     """Make an app's route `route_json` (nothing happens if it already is): write it,
     rebuild, load. If Caddy refuses, the previous route file is put back (Caddy still runs
     the old config) and Caddy's error shown. Only set-up and a change of host names load a
-    config."""
-    return helper_in(proxy_dir, "proxy-set-route", proxy_dir, project, route_json)
+    config. If another app's route has one of `hosts`, nothing is written: it prints
+    `PROJECT DIR HOST` lines (as host_owners) and exits HOST_TAKEN_EXIT. `app_dir` is
+    kept beside the route (apps/PROJECT.dir) so that such a refusal names the app."""
+    return helper_in(proxy_dir, "proxy-set-route", proxy_dir, project, route_json, app_dir,
+                     *hosts)
+
+
+def host_owners(proxy_dir: str, project: str, hosts: list[str]) -> list[str]:
+    """`PROJECT DIR HOST` for each of `hosts` that another app's route has (DIR `-` if
+    unknown)."""
+    return helper_in(proxy_dir, "proxy-host-owners", proxy_dir, project, *hosts)
+
+
+def read_route(proxy_dir: str, project: str) -> list[str]:
+    return ["cat", f"{proxy_dir}/apps/{project}.json"]
+
+
+def drop_route(proxy_dir: str, project: str) -> list[str]:
+    """Remove an app's route and load the config without it (its hosts then answer 404)."""
+    return helper_in(proxy_dir, "proxy-drop-route", proxy_dir, project)
 
 
 def set_upstream(proxy_dir: str, project: str, upstream: str) -> list[str]:

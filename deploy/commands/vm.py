@@ -16,6 +16,7 @@ Layout of an app directory on the VM:
     .deploy/release.env   the current release's image and tag variables (the tool's record)
     .deploy/release.yaml  (only when a service reads .env) the service's image IMAGE:TAG
     .deploy/lock/         the deploy lock (atomic mkdir): holder.json and the lease file
+    .deploy/lock.log      who broke the lock with `fab unlock --force` (JSON lines)
     .deploy/history.jsonl one JSON line per release
     .deploy/bin/          the helper script, one file per version
     backups/              database backups (0700; each backup 0600)
@@ -119,6 +120,26 @@ def renew_lock(holder_json: str) -> list[str]:
 
 def read_lock() -> list[str]:
     return helper("lock-read")
+
+
+LOCK_LOST_EXIT = 3  # lock-check, lock-renew: the lock is no longer this holder's
+
+
+def check_lock(holder_json: str) -> list[str]:
+    """Exit 0 if the lock is still this holder's; else print who holds it (as read_lock) and
+    the lock log's last record (`broken JSON`), exit LOCK_LOST_EXIT."""
+    return helper("lock-check", holder_json)
+
+
+def break_lock(record_json: str) -> list[str]:
+    """Clear the lock, whoever holds it, appending `record_json` (who broke it) to the lock
+    log."""
+    return helper("lock-break", record_json)
+
+
+def unseen_lock_log() -> list[str]:
+    """The lock log's records no deploy has shown yet; they count as shown from then on."""
+    return helper("lock-log-unseen")
 
 
 # -- images -------------------------------------------------------------------------------

@@ -92,6 +92,14 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     if not problem:
         return
     back = switch_back(vm, tag, previous, f"{tag} is not healthy ({problem})")
+    url = vm.settings.health_url
+    if url and url in problem and url in back.partition(", which is ")[2]:
+        # Two releases fail the same URL though their containers run: the URL is wrong.
+        raise DeployError(
+            f"{tag} did not turn healthy ({problem}); {back}: both releases fail health_url "
+            f"{url}, so the setting is what is wrong, not the app",
+            f"set health_url (DEPLOY_HEALTH_URL) to a URL the app answers 200 on, as the VM "
+            f"sees it (try it: fab run --cmd \"curl -si {url}\"), then deploy {tag} again")
     raise DeployError(
         f"{tag} did not turn healthy ({problem}); {back}",
         "look at `fab logs`, fix the app and deploy a new tag"
@@ -136,19 +144,23 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
         previous = rel.previous
         with rel.phase("pull"):
             digest = vm.pull(tag)
+        vm.hold_lock(previous)
         with rel.phase("backup", timed=False) as found:
             records = vm.records()
             history = [e for e in records if is_release(e)]
             backup = vm.backup(tag, previous)
             found.result = backup or "none"
         before = last_revision(records)  # a restore since the last release counts
+        vm.hold_lock(previous)
         with rel.phase("migrate") as found:
             revision = vm.migrate(tag, backup)
             if revision and revision != before:
                 found.result = f"{before or 'empty'}→{revision}"
+        vm.hold_lock(previous)
         switch_checked(vm, tag, previous, rel)
         # No migration ran (or its revision is unknown): ask the database.
         revision = revision or vm.revision() or before
+        vm.hold_lock(f"{tag} (switched, not recorded)")
         entry = record_release(vm, release_entry(
             tag, digest, revision, "deploy", previous, git_sha, message,
             backup=backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
@@ -224,9 +236,11 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
                     f"warning: {target} was released with schema {wanted}, the database is at "
                     f"{now}; not downgrading (pass --downgrade to run `alembic downgrade {wanted}`)"
                 )
+        vm.hold_lock(current)
         switch_checked(vm, target, current, rel)
         # An older image may not know a newer schema's revision: ask the database.
         revision = vm.revision() or (wanted if downgrade and wanted else now)
+        vm.hold_lock(f"{target} (switched, not recorded)")
         entry = record_release(vm, release_entry(target, digest, revision, "rollback", current),
                                rel)
     vm.runner.say(f"rolled back to {target}")

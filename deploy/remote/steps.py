@@ -50,6 +50,10 @@ class Vm(VmQueries):
         contract.check_image(config, self.settings.service, self.ref(tag),
                              self.release_vars(tag))
         self.check_sqlite_on_disk(config)
+        if self.settings.proxy:  # a host name of another app's is not taken over unasked
+            from deploy import proxy
+
+            proxy.check_hosts(self)
         if self.settings.health_url:  # says which tool the VM lacks before anything changes
             self.http_status(self.settings.health_url)
 

@@ -41,6 +41,7 @@ class VmQueries:
         self._current: str | None = None
         self.pulled: dict[str, str] = {}  # tag -> image id pulled for it
         self.serving = ""  # the container a proxy switch left serving (recorded)
+        self.holder_json = ""  # this deploy's lock record while it holds the lock
 
     # -- basics -------------------------------------------------------------------------
     @property
@@ -147,10 +148,13 @@ class VmQueries:
             raise DeployError(f"could not take the deploy lock: {result.output[-200:]}",
                               f"check that {self.settings.app_dir} is writable on the VM")
         renewer = None
+        self.holder_json = holder
         try:  # a signal while the renewer starts (it opens a channel) must not keep the lock
             renewer = LeaseRenewer.started(self.runner, self.settings, holder)
+            self.show_broken_locks()
             yield
         finally:
+            self.holder_json = ""
             if renewer:
                 renewer.stop()
             try:
@@ -161,6 +165,53 @@ class VmQueries:
                 self.runner.say(f"the deploy lock on {self.runner.where} is still held by this "
                                 "deploy (the VM did not answer); clear it with `fab unlock` once "
                                 "it answers")
+
+    def show_broken_locks(self) -> None:
+        """Say who broke a deploy's lock (`fab unlock --force`) since the last deploy."""
+        if self.runner.dry_run:
+            return
+        out = self.run(cmd.unseen_lock_log(), quiet=True, check=False).stdout
+        for line in out.splitlines():
+            record = parse_json(line)
+            if record:
+                self.runner.say(f"note: {record.get('who', '?')} cleared the deploy lock at "
+                                f"{record.get('time', '?')} with `fab unlock"
+                                f"{' --force' if record.get('forced') else ''}`; it was held "
+                                f"by {describe_holder(record.get('broke') or {})}")
+
+    def hold_lock(self, serving: str) -> None:
+        """Before a step that changes the VM: stop if this deploy no longer holds the lock
+        (`fab unlock --force` cleared it, another deploy took it). `serving`: what serves."""
+        if not self.holder_json or self.runner.dry_run:
+            return
+        result = self.run(cmd.check_lock(self.holder_json), quiet=True, check=False)
+        if result.ok:
+            return
+        if result.exited != cmd.LOCK_LOST_EXIT:
+            raise DeployError(f"could not check the deploy lock on {self.runner.where}: "
+                              f"{result.output.strip()[-200:]}; nothing more was changed",
+                              "`fab status` shows what serves; deploy again")
+        lines = result.stdout.strip().splitlines()
+        broken = next((parse_json(line[7:]) for line in lines if line.startswith("broken ")),
+                      None)
+        ours = parse_json(self.holder_json) or {}
+        if broken and str(broken.get("time", "")) < str(ours.get("time", "")):
+            broken = None  # an older break, not of this deploy's lock
+        holder = parse_holder("\n".join(line for line in lines
+                                         if not line.startswith("broken ")))
+        cleared = (f"{broken.get('who', '?')} (`fab unlock"
+                   f"{' --force' if broken.get('forced') else ''}` at "
+                   f"{broken.get('time', '?')})" if broken else "")
+        if holder:
+            who = "taken by " + describe_holder(holder) + (
+                f" after it was broken by {cleared}" if cleared else "")
+        else:
+            who = f"cleared by {cleared}" if cleared else "cleared (it is free)"
+        self.holder_json = ""  # not ours: the release at the end must not touch it
+        raise DeployError(f"the deploy lock on {self.runner.where} was {who}; nothing more "
+                          f"was changed; {serving or 'nothing'} is serving",
+                          "`fab status` shows what serves and who holds the lock; deploy "
+                          "again once the lock is free")
 
     # -- the release files --------------------------------------------------------------
     def current_tag(self) -> str:
@@ -323,6 +374,15 @@ class VmQueries:
             if time.monotonic() > deadline:
                 return False
             time.sleep(interval)
+
+
+def parse_json(text: str) -> dict | None:
+    """A JSON object from a line the VM printed (None if it is not one)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def is_release(entry: dict) -> bool:
