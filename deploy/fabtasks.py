@@ -12,7 +12,7 @@ from invoke import Collection, Exit
 
 from deploy.errors import friendly
 from deploy.fabenv import env_, env_keys
-from deploy.fabhosts import each_vm, last_of, one_host_after_another, with_roles
+from deploy.fabhosts import each_vm, last_of, with_roles
 
 
 @task(help={"tag": "the image tag to deploy (must be in the registry)",
@@ -21,7 +21,7 @@ from deploy.fabhosts import each_vm, last_of, one_host_after_another, with_roles
 @friendly
 def deploy(c, tag, message="", dry_run=False, verbose=False):
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
-    from deploy import refs, registry, remote
+    from deploy import refs, registry
     from deploy.remote.contract import refuse_moving_tag
     from deploy.runner import set_verbose
     from deploy.settings import load_settings
@@ -33,19 +33,9 @@ def deploy(c, tag, message="", dry_run=False, verbose=False):
     if not dry_run:
         registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
-    if with_roles(c):  # issue 13: one tag for all roles, in batches
-        from deploy import roles
-        roles.deploy(settings, tag, message=message, dry_run=dry_run)
-        return
+    from deploy.fabrelease import deploy_tag
 
-    def step(vm) -> None:
-        if settings.target == "swarm":  # issue 13: a stack deployed from the manager
-            from deploy import swarm
-            swarm.deploy(vm, tag, message=message)
-        else:
-            remote.deploy(vm, tag, message=message)
-
-    one_host_after_another(c, tag, step, dry_run)
+    deploy_tag(c, settings, tag, message=message, dry_run=dry_run)  # roles, swarm, hooks
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
@@ -56,6 +46,7 @@ def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
     """Put an earlier release back (health-checked, under the deploy lock)."""
     from deploy import refs, registry, remote
     from deploy.errors import DeployError
+    from deploy.fabrelease import after_rollback
     from deploy.remote.contract import refuse_moving_tag
     from deploy.runner import set_verbose
     from deploy.settings import load_settings
@@ -80,7 +71,9 @@ def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
                                        settings.registry_password) is not None
         roles.rollback(settings, tag, downgrade=downgrade, dry_run=dry_run,
                        known_in_registry=in_registry)
+        after_rollback(c, settings, [], dry_run)
         return
+    entries = []
     for vm in each_vm(c, dry_run):
         def in_registry(t: str, vm=vm) -> bool:
             s = vm.settings
@@ -90,7 +83,9 @@ def rollback(c, tag="", downgrade=False, dry_run=False, verbose=False):
             from deploy import swarm
             swarm.rollback(vm, tag, known_in_registry=in_registry)
             continue
-        remote.rollback(vm, tag, downgrade=downgrade, known_in_registry=in_registry)
+        entries.append(remote.rollback(vm, tag, downgrade=downgrade,
+                                       known_in_registry=in_registry))
+    after_rollback(c, load_settings(), entries, dry_run)
 
 
 @task
@@ -107,6 +102,10 @@ def releases(c):
         print(f"{vm.runner.where}:" if records else f"{vm.runner.where}: no releases recorded yet")
         for entry in records:
             mark = "*" if entry is last_of(history, current) else " "
+            if entry.get("kind") == "hook":  # a hook that failed after the release above
+                print(f"  {entry.get('time', '?')}  {entry['tag']:<24} {'hook':<8} "
+                      f"{entry.get('message', '')}")
+                continue
             if not is_release(entry):
                 print(f"  {entry.get('time', '?')}  {entry['tag']:<24} {'restore':<8} "
                       f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "

@@ -117,6 +117,10 @@ class Settings:
     target: str = "compose"
     stack: str = ""
     swarm_timeout: float = 180.0
+    # The app repo's hooks, run on the laptop around a release (deploy/hooks.py)
+    hooks_dir: str = ".deploy/hooks"
+    # Which [destinations.NAME] table is merged over the rest (deploy/destinations.py)
+    destination: str = ""
 
     def path(self, relative: str) -> Path:
         """A settings path resolved against the app repo (with `~` expanded)."""

@@ -102,7 +102,13 @@ def build(c, version="", verbose=False):
     from deploy import local
 
     settings, runner = setup(c, verbose=verbose)
-    local.build(settings, runner, version_for(settings, version, allow_dirty=True))
+    tag = version_for(settings, version, allow_dirty=True)
+    from deploy import hooks
+
+    hooks.pre(settings, runner, hooks.PRE_BUILD, hooks.Release(
+        "build", image=settings.image, tag=tag, destination=settings.destination),
+        "nothing was built")
+    local.build(settings, runner, tag)
 
 
 @task(help={"version": "image tag", "boot": "also start it and wait for the health URL",
