@@ -225,6 +225,11 @@ def setup(c, dry_run=False, verbose=False):
     refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
     values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
+    from deploy import secrets
+    from deploy.fabrelease import local_runner
+
+    found = secrets.resolve(settings, local_runner(settings, dry_run))  # [secrets] commands
+    values.update(found)
     if settings.proxy:
         from deploy import proxy
 
@@ -232,6 +237,7 @@ def setup(c, dry_run=False, verbose=False):
         proxy.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
+        vm.runner.secrets.extend(found.values())
         vm.ensure_helper()
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
         vm.write_release_files(vm.current_tag(), values)
@@ -250,6 +256,31 @@ def setup(c, dry_run=False, verbose=False):
             proxy.setup(vm)
         vm.runner.say(f"ready: {s.app_dir}" + (f" behind the proxy in {s.proxy_dir}"
                                                 if s.proxy else ""))
+
+
+@task(name="env-sync",
+      help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
+@friendly
+def env_sync(c, verbose=False):
+    """Run the [secrets] commands on the laptop and set each value in the VM's app.env (sent
+    on stdin, never printed); it takes effect at the next deploy."""
+    from deploy import secrets
+    from deploy.commands import vm as cmd
+    from deploy.errors import DeployError
+    from deploy.fabrelease import local_runner
+    from deploy.runner import set_verbose
+    from deploy.settings import load_settings
+
+    set_verbose(verbose, c)
+    settings = load_settings()
+    values = secrets.resolve(settings, local_runner(settings))
+    if not values:
+        raise DeployError("there are no [secrets] in deploy.toml to sync",
+                          'add a [secrets] table: APP_SECRET = "pass show app/secret"')
+    for vm in each_vm(c):
+        secrets.set_on_vm(vm, values)
+        vm.runner.say(f"{', '.join(values)} set in {vm.settings.app_dir}/{cmd.APP_ENV}; they "
+                      "take effect at the next deploy")
 
 
 @task(help={"force": "clear it even though its holder renewed it recently (may be alive)"})
@@ -331,5 +362,5 @@ def proxy_(c, action, follow=False, tail=100):
 
 ns = Collection(
     deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
-    env_keys, proxy_,
+    env_keys, proxy_, env_sync,
 )

@@ -4,8 +4,10 @@ RELEASE_* variables."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import stat
 from pathlib import Path
 
@@ -157,19 +159,41 @@ def test_fab_deploy_hooks_pre_deploy_fails_then_post_deploy_fails_then_post_roll
     assert live.version()["version"] == "1"
 
 
-def test_inv_deploy_failing_pre_build_opens_no_ssh_connection(live, tmp_path: Path, sshd) -> None:
+def test_inv_deploy_failing_pre_build_opens_no_ssh_connection(live, tmp_path: Path) -> None:
+    """The VM's address is a listener of this test's own (the sandbox sshd's log is shared
+    with other test runs): any connection attempt would be counted there."""
     add_hooks(live.repo, "pre-build")
     commit_all(live.repo, "hooks")  # the git-clean check comes first
-    env = {"HOOK_OUT": str(tmp_path), "HOOK_EXIT_PRE_BUILD": "2"}
     before = live.snapshot()
-    proc, connections, lines = sshd.measure(
-        lambda: live.inv("deploy", "--skip-tests", env=env), "connections", 0)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+        env = {"HOOK_OUT": str(tmp_path), "HOOK_EXIT_PRE_BUILD": "2",
+               "DEPLOY_HOST": "127.0.0.1", "DEPLOY_PORT": str(listener.getsockname()[1])}
+        proc = live.inv("deploy", "--skip-tests", env=env)
+        attempts = 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                listener.accept()[0].close()
+                attempts += 1
     assert proc.returncode == 1, output(proc)
     assert "the pre-build hook exited 2" in proc.stderr
     assert "no VM was contacted" in proc.stderr
-    assert connections == 0, lines
+    assert attempts == 0
     assert live.snapshot() == before
     pre = release_vars(seen(tmp_path, "pre-build") or {})
     assert pre["RELEASE_ACTION"] == "deploy"
-    assert pre["RELEASE_HOSTS"] == live.machine.address
+    assert pre["RELEASE_HOSTS"] == "127.0.0.1"
     assert len(pre["RELEASE_GIT_SHA"]) == 40
+
+    # the same deploy with the hook passing does connect there (the listener is no sshd)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        env.update({"HOOK_EXIT_PRE_BUILD": "0", "DEPLOY_PORT": str(listener.getsockname()[1]),
+                    "DEPLOY_CONNECT_TIMEOUT": "3"})
+        proc = live.inv("deploy", "--skip-tests", env=env)
+        listener.settimeout(1)
+        listener.accept()[0].close()
+    assert proc.returncode == 1, output(proc)
