@@ -38,6 +38,21 @@ def deploy(c, tag, message="", dry_run=False, verbose=False):
     deploy_tag(c, settings, tag, message=message, dry_run=dry_run)  # roles, swarm, hooks
 
 
+@task(help={"from": "the destination whose healthy release to deploy here (e.g. staging)",
+            "message": "a note kept in the lock and history", "dry-run": "print, run nothing",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
+@friendly
+def promote(c, from_="", message="", dry_run=False, verbose=False):
+    """Deploy to this destination (DEPLOY_DESTINATION, else the base settings) exactly the
+    image digest that --from serves healthy: no build, no push; refused if it does not."""
+    from deploy.promote import promote as promote_release
+    from deploy.runner import set_verbose
+    from deploy.settings import load_settings
+
+    set_verbose(verbose, c)
+    promote_release(c, load_settings(), from_, message=message, dry_run=dry_run)
+
+
 @task(help={"tag": "the release to put back (default: the previous one)",
             "downgrade": "run `alembic downgrade` to that release's revision first",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
@@ -362,5 +377,5 @@ def proxy_(c, action, follow=False, tail=100):
 
 ns = Collection(
     deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
-    env_keys, proxy_, env_sync,
+    env_keys, proxy_, env_sync, promote,
 )

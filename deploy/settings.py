@@ -31,7 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "proxy_tls": ("auto", "internal", "off"),
 }
 # Tables read by their own module, not typed settings (issue 13: `[roles.NAME]`, deploy/roles.py).
-TABLES = ("roles",)
+TABLES = ("roles", "destinations", "secrets")
 
 
 @dataclass(frozen=True)
@@ -274,6 +274,9 @@ def load_settings(
             raise _unknown_key(key, SETTINGS_FILE)
         values[key] = coerce(key, raw, SETTINGS_FILE)
     env_values = _env_overrides(environ, "the environment")
+    from deploy.destinations import merge  # [destinations.NAME] over the top level
+
+    values = merge(root, values, environ)
     env_file = env_values.get("env_file", values.get("env_file", Settings.env_file))
     dotenv_path = root / env_file
     if dotenv_path.exists():

@@ -148,8 +148,10 @@ def config(c):
     from deploy.settings import SETTINGS_FILE, load_settings, require_root
 
     root = require_root()
-    print(f"# {root / SETTINGS_FILE}")
-    for key, value in load_settings(root).redacted().items():
+    settings = load_settings(root)
+    print(f"# {root / SETTINGS_FILE}" + (f", [destinations.{settings.destination}] merged "
+                                         "over it" if settings.destination else ""))
+    for key, value in settings.redacted().items():
         print(f"{key} = {value!r}")
 
 
