@@ -22,7 +22,7 @@ from deploy import envcheck
 from deploy.destinations import subtable
 from deploy.errors import DeployError
 from deploy.remote.steps import Vm
-from deploy.runner import Runner, redact
+from deploy.runner import Runner, redact, sh
 from deploy.settings import SETTINGS_FILE, Settings
 
 TABLE = "secrets"
@@ -45,7 +45,7 @@ def resolve(settings: Settings, runner: Runner) -> dict[str, str]:
     secrets (redacted in anything it prints). A dry run runs none of them."""
     values: dict[str, str] = {}
     for key, command in commands(settings).items():
-        result = runner.run(["sh", "-c", command], hide=True, check=False,
+        result = runner.run(sh(command), hide=True, check=False,
                             cwd=str(settings.root))
         if runner.dry_run:
             continue
