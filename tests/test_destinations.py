@@ -128,10 +128,26 @@ def test_staging_and_production_and_a_promotion_without_a_build(make_app, images
         assert staging.vm_compose("start", "app").returncode == 0
         assert staging.wait_http("/health") == 200
 
+        # two locks: staging's, held by a deploy from elsewhere, stops staging only
+        holder = {"holder": "someone@elsewhere", "host": "elsewhere", "pid": 1, "tag": "x",
+                  "action": "deploy", "message": "", "time": "2026-01-01T00:00:00Z"}
+        staging.vm(".deploy/lock").mkdir()
+        staging.vm(".deploy/lock/holder.json").write_text(json.dumps(holder))
+        blocked = staging.fab("deploy", f"--tag={images.v1}")
+        assert blocked.returncode != 0 and "someone@elsewhere" in output(blocked)
+        # the hooks hear of the promotion
+        hooks = staging.repo / ".deploy" / "hooks"
+        hooks.mkdir(parents=True)
+        (hooks / "pre-deploy").write_text(
+            "#!/bin/sh\nenv | grep '^RELEASE_' > \"$HOOK_OUT\"\n")
+        (hooks / "pre-deploy").chmod(0o755)
+        hook_out = staging.repo.parent / "pre-deploy.env"
+
         log = sandbox.state_dir / "registry.log"
         pushes = registry_writes(log, images.name)
         tags = json.dumps(sorted(images.tags))
-        promoted = prod.fab("promote", "--from=staging", "--message", "go")
+        promoted = prod.fab("promote", "--from=staging", "--message", "go",
+                            env={"HOOK_OUT": str(hook_out)})
         assert promoted.returncode == 0, output(promoted)
         assert f"[staging] serves {images.ref(images.v2)} healthy on {vm1.address}" in \
             promoted.stdout
@@ -145,6 +161,12 @@ def test_staging_and_production_and_a_promotion_without_a_build(make_app, images
         assert [e["tag"] for e in staging.history()] == [images.v2]
         assert [e["tag"] for e in prod.history()] == [images.v1, images.v2]
         assert staging.history()[-1] == staged
+        assert json.loads(staging.vm(".deploy/lock/holder.json").read_text()) == holder
+        assert not prod.vm(".deploy/lock").exists()
+        seen = dict(line.split("=", 1) for line in hook_out.read_text().splitlines())
+        assert (seen["RELEASE_ACTION"], seen["RELEASE_DESTINATION"]) == ("promote", "production")
+        assert (seen["RELEASE_TAG"], seen["RELEASE_DIGEST"]) == (images.v2, staged["digest"])
+        assert (seen["RELEASE_PREVIOUS_TAG"], seen["RELEASE_HOSTS"]) == (images.v1, vm2.address)
         assert prod.vm(".deploy").is_dir() and staging.vm(".deploy").is_dir()
         assert not prod.machine.host_path(staging.app_dir).exists()
         assert not staging.machine.host_path(prod.app_dir).exists()
