@@ -73,7 +73,7 @@ def full_deploy(settings: Settings, ctx: Any, **options: Any) -> str:
 
 def deploy_release(
     settings: Settings,
-    ctx,
+    ctx: Any,
     *,
     release: hooks.Release | None = None,
     version: str = "",
