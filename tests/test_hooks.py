@@ -197,3 +197,26 @@ def test_inv_deploy_failing_pre_build_opens_no_ssh_connection(live, tmp_path: Pa
         listener.settimeout(1)
         listener.accept()[0].close()
     assert proc.returncode == 1, output(proc)
+
+
+def test_inv_deploy_failing_pre_deploy_changes_nothing_on_the_vm(live, images,
+                                                                  tmp_path: Path) -> None:
+    from deploy.registry import tag_digest
+
+    add_hooks(live.repo, "pre-deploy", "deploy-failed")
+    commit_all(live.repo, "hooks")  # the git-clean check comes first
+    before = live.snapshot()
+    env = {"HOOK_OUT": str(tmp_path), "HOOK_EXIT_PRE_DEPLOY": "5"}
+    proc = live.inv("deploy", "--skip-tests", f"--version={images.v2}", env=env)
+    assert proc.returncode == 1, output(proc)
+    assert "already in the registry: skipping build" in output(proc)
+    assert f"hook pre-deploy says: tag={images.v2}" in output(proc)
+    assert "the pre-deploy hook exited 5" in proc.stderr
+    assert live.snapshot() == before
+    assert live.version()["version"] == "1"
+    pre = release_vars(seen(tmp_path, "pre-deploy") or {})
+    assert (pre["RELEASE_TAG"], pre["RELEASE_PREVIOUS_TAG"]) == (images.v2, images.v1)
+    assert pre["RELEASE_DIGEST"] == tag_digest(images.image, images.v2)
+    assert pre["RELEASE_HOSTS"] == live.machine.address
+    failed = release_vars(seen(tmp_path, "deploy-failed") or {})
+    assert "the pre-deploy hook exited 5" in failed["RELEASE_ERROR"]
