@@ -43,8 +43,10 @@ def deploy(c, tag, message="", dry_run=False, verbose=False):
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
 def promote(c, from_="", message="", dry_run=False, verbose=False):
-    """Deploy to this destination (DEPLOY_DESTINATION, else the base settings) exactly the
-    image digest that --from serves healthy: no build, no push; refused if it does not."""
+    """Deploy here the image digest another destination (--from) serves healthy.
+
+    This destination is DEPLOY_DESTINATION's (else the base settings); no build, no push;
+    refused, with nothing deployed, when --from does not serve it healthy."""
     from deploy.promote import promote as promote_release
     from deploy.runner import set_verbose
     from deploy.settings import load_settings
@@ -277,8 +279,9 @@ def setup(c, dry_run=False, verbose=False):
       help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
 def env_sync(c, verbose=False):
-    """Run the [secrets] commands on the laptop and set each value in the VM's app.env (sent
-    on stdin, never printed); it takes effect at the next deploy."""
+    """Set the [secrets] commands' values in the VM's app.env (run on the laptop).
+
+    Each value is sent on stdin and never printed; it takes effect at the next deploy."""
     from deploy import secrets
     from deploy.commands import vm as cmd
     from deploy.errors import DeployError
