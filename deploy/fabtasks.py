@@ -16,7 +16,7 @@ from deploy import refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError, friendly
 from deploy.fabenv import env_, env_keys
-from deploy.fabhosts import each_vm, last_of, one_host_after_another, with_roles
+from deploy.fabhosts import each_vm, last_of, with_roles
 from deploy.runner import set_verbose, sh
 from deploy.settings import load_settings
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # the remote half is imported when a task runs: `fab --list` 
 def deploy(c: Context, tag: str, message: str = "", dry_run: bool = False,
            verbose: bool = False) -> None:
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
-    from deploy import registry, remote
+    from deploy import registry
     from deploy.remote.contract import refuse_moving_tag
 
     set_verbose(verbose, c)
@@ -41,19 +41,25 @@ def deploy(c: Context, tag: str, message: str = "", dry_run: bool = False,
     if not dry_run:
         registry.require_tag(refs.validate_image(settings.require("image")), tag,
                              settings.registry_user, settings.registry_password)
-    if with_roles(c):  # one tag for all roles, in batches
-        from deploy import roles
-        roles.deploy(settings, tag, message=message, dry_run=dry_run)
-        return
+    from deploy.fabrelease import deploy_tag
 
-    def step(vm: Vm) -> None:
-        if settings.target == "swarm":  # a stack deployed from the manager
-            from deploy import swarm
-            swarm.deploy(vm, tag, message=message)
-        else:
-            remote.deploy(vm, tag, message=message)
+    deploy_tag(c, settings, tag, message=message, dry_run=dry_run)  # roles, swarm, hooks
 
-    one_host_after_another(c, tag, step, dry_run)
+
+@task(help={"from": "the destination whose healthy release to deploy here (e.g. staging)",
+            "message": "a note kept in the lock and history", "dry-run": "print, run nothing",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
+@friendly
+def promote(c: Context, from_: str = "", message: str = "", dry_run: bool = False,
+            verbose: bool = False) -> None:
+    """Deploy here the image digest another destination (--from) serves healthy.
+
+    This destination is DEPLOY_DESTINATION's (else the base settings); no build, no push;
+    refused, with nothing deployed, when --from does not serve it healthy."""
+    from deploy.promote import promote as promote_release
+
+    set_verbose(verbose, c)
+    promote_release(c, load_settings(), from_, message=message, dry_run=dry_run)
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
@@ -64,6 +70,7 @@ def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool =
              verbose: bool = False) -> None:
     """Put an earlier release back (health-checked, under the deploy lock)."""
     from deploy import registry, remote
+    from deploy.fabrelease import after_rollback
     from deploy.remote.contract import refuse_moving_tag
 
     set_verbose(verbose, c)
@@ -86,7 +93,9 @@ def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool =
                                        settings.registry_password) is not None
         roles.rollback(settings, tag, downgrade=downgrade, dry_run=dry_run,
                        known_in_registry=in_registry)
+        after_rollback(c, settings, [], dry_run)
         return
+    entries = []
     for vm in each_vm(c, dry_run):
         def in_vm_registry(t: str, vm: Vm = vm) -> bool:
             s = vm.settings
@@ -96,7 +105,9 @@ def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool =
             from deploy import swarm
             swarm.rollback(vm, tag, known_in_registry=in_vm_registry)
             continue
-        remote.rollback(vm, tag, downgrade=downgrade, known_in_registry=in_vm_registry)
+        entries.append(remote.rollback(vm, tag, downgrade=downgrade,
+                                       known_in_registry=in_vm_registry))
+    after_rollback(c, load_settings(), entries, dry_run)
 
 
 @task
@@ -113,6 +124,10 @@ def releases(c: Context) -> None:
         print(f"{vm.runner.where}:" if records else f"{vm.runner.where}: no releases recorded yet")
         for entry in records:
             mark = "*" if entry is last_of(history, current) else " "
+            if entry.get("kind") == "hook":  # a hook that failed after the release above
+                print(f"  {entry.get('time', '?')}  {entry['tag']:<24} {'hook':<8} "
+                      f"{entry.get('message', '')}")
+                continue
             if not is_release(entry):
                 print(f"  {entry.get('time', '?')}  {entry['tag']:<24} {'restore':<8} "
                       f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "
@@ -226,6 +241,11 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
     values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
+    from deploy import secrets
+    from deploy.fabrelease import local_runner
+
+    found = secrets.resolve(settings, local_runner(settings, dry_run))  # [secrets] commands
+    values.update(found)
     if settings.proxy:
         from deploy import proxy
 
@@ -235,6 +255,7 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
         s = vm.settings
         if s.proxy and not take_host:  # before anything changes on the VM
             proxy.check_hosts(vm)
+        vm.runner.secrets.extend(found.values())
         vm.ensure_helper()
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
         vm.write_release_files(vm.current_tag(), values)
@@ -253,6 +274,28 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
             proxy.setup(vm, take_host)
         vm.runner.say(f"ready: {s.app_dir}" + (f" behind the proxy in {s.proxy_dir}"
                                                 if s.proxy else ""))
+
+
+@task(name="env-sync",
+      help={"verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
+@friendly
+def env_sync(c: Context, verbose: bool = False) -> None:
+    """Set the [secrets] commands' values in the VM's app.env (run on the laptop).
+
+    Each value is sent on stdin and never printed; it takes effect at the next deploy."""
+    from deploy import secrets
+    from deploy.fabrelease import local_runner
+
+    set_verbose(verbose, c)
+    settings = load_settings()
+    values = secrets.resolve(settings, local_runner(settings))
+    if not values:
+        raise DeployError("there are no [secrets] in deploy.toml to sync",
+                          'add a [secrets] table: APP_SECRET = "pass show app/secret"')
+    for vm in each_vm(c):
+        secrets.set_on_vm(vm, values)
+        vm.runner.say(f"{', '.join(values)} set in {vm.settings.app_dir}/{cmd.APP_ENV}; they "
+                      "take effect at the next deploy")
 
 
 @task(help={"force": "clear it even though its holder renewed it recently (may be alive); "
@@ -358,5 +401,5 @@ def proxy_(c: Context, action: str, follow: bool = False, tail: int = 100) -> No
 
 ns = Collection(
     deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
-    env_keys, proxy_,
+    env_keys, proxy_, env_sync, promote,
 )

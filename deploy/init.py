@@ -373,7 +373,9 @@ def write(root: Path, force: bool = False) -> tuple[Found, list[Path]]:
     for path, text in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text or "")
-    return found, list(targets)
+    from deploy.hooks import write_samples  # never overwrites: samples only where none is
+
+    return found, [*targets, *write_samples(root)]
 
 
 def run(root: Path | None = None, force: bool = False) -> None:

@@ -6,10 +6,11 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable
+from typing import Any
 
 from invoke import Context
 
-from deploy import apptests, envcheck, git, local, refs, registry, remote, roles, swarm
+from deploy import apptests, envcheck, git, hooks, local, refs, registry, remote, roles, swarm
 from deploy.checks import format_results, run_checks
 from deploy.checks import registry as check_registry
 from deploy.errors import DeployError
@@ -62,10 +63,21 @@ def run_tests(settings: Settings, runner: Runner) -> None:
                           "fix them, or deploy with --skip-tests if you really must")
 
 
-def full_deploy(
+def full_deploy(settings: Settings, ctx: Any, **options: Any) -> str:
+    """The whole flow from the laptop (`deploy_release`), with the deploy-failed hook."""
+    release = hooks.Release("deploy", destination=settings.destination,
+                            message=options.get("message", ""))
+    runner = Runner(ctx, dry_run=options.get("dry_run", False), secrets=settings.secrets,
+                    echo=settings.verbose)
+    with hooks.on_failure(settings, runner, release):
+        return deploy_release(settings, ctx, release=release, **options)
+
+
+def deploy_release(
     settings: Settings,
     ctx: Context,
     *,
+    release: hooks.Release | None = None,
     version: str = "",
     allow_dirty: bool = False,
     skip_tests: bool = False,
@@ -95,9 +107,16 @@ def full_deploy(
                               f"known checks: {', '.join(check_registry())}")
         waived = f"waived checks: {', '.join(skip_checks)}"
         message = f"{message} ({waived})" if message else waived
+    hooks.check(settings)
+    release = release or hooks.Release("deploy", destination=settings.destination)
+    release.image, release.tag, release.git_sha, release.message = image, tag, git_sha, message
+    release.hosts = [t.host for t in vm_targets]
     timed(runner, "check", lambda: preflight(settings, runner, allow_dirty, skip_checks))
     pushed = not dry_run and registry.tag_digest(
         image, tag, settings.registry_user, settings.registry_password) is not None
+    if not pushed:  # before any SSH connection
+        hooks.pre(settings, runner, hooks.PRE_BUILD, release,
+                  "nothing was built and no VM was contacted")
     with contextlib.ExitStack() as stack:
         vms = [stack.enter_context(remote.session(each, t, dry_run=dry_run))
                for _, each, t in per_host]
@@ -125,6 +144,11 @@ def full_deploy(
             if not dry_run:
                 registry.require_tag(image, tag, settings.registry_user,
                                      settings.registry_password)
+        release.previous = vms[0].current_tag()
+        if not dry_run:
+            release.digest = registry.tag_digest(image, tag, settings.registry_user,
+                                                 settings.registry_password) or ""
+        hooks.pre(settings, runner, hooks.PRE_DEPLOY, release, "nothing was changed on any VM")
         if per_host[0][0]:  # roles switch in batches after one migration
             slots = dict(zip(roles.plan_of(settings).slots, vms, strict=True))
             timed(runner, "remote deploy over roles",
@@ -141,6 +165,10 @@ def full_deploy(
 
         for vm in stale:
             timed(runner, f"remote deploy on {vm.runner.where}", functools.partial(deploy_on, vm))
+        if hooks.find(settings, hooks.POST_DEPLOY):
+            release.revision = vms[0].revision()
+        problem = hooks.post(settings, runner, hooks.POST_DEPLOY, release)
+        hooks.record_failure(vms[0], hooks.POST_DEPLOY, release, problem)
     where = ", ".join(t.host for t in vm_targets)
     print(f"done: {image}:{tag} on {where} in {time.monotonic() - started:.1f}s", flush=True)
     return tag

@@ -32,7 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 DATABASE_PARTS = ("host", "port", "user", "password", "name")
 # Tables read by their own module, not typed settings (`[roles.NAME]`, deploy/roles.py).
-TABLES = ("roles",)
+TABLES = ("roles", "destinations", "secrets")
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,10 @@ class Settings:
     target: str = "compose"
     stack: str = ""
     swarm_timeout: float = 180.0
+    # The app repo's hooks, run on the laptop around a release (deploy/hooks.py)
+    hooks_dir: str = ".deploy/hooks"
+    # Which [destinations.NAME] table is merged over the rest (deploy/destinations.py)
+    destination: str = ""
 
     def path(self, relative: str) -> Path:
         """A settings path resolved against the app repo (with `~` expanded)."""
@@ -295,6 +299,9 @@ def load_settings(
             raise _unknown_key(key, SETTINGS_FILE)
         values[key] = coerce(key, raw, SETTINGS_FILE)
     env_values = _env_overrides(environ, "the environment")
+    from deploy.destinations import merge  # [destinations.NAME] over the top level
+
+    values = merge(root, values, environ)
     env_file = env_values.get("env_file", values.get("env_file", Settings.env_file))
     dotenv_path = root / env_file
     if dotenv_path.exists():

@@ -111,7 +111,13 @@ def build(c: Context, version: str = "", verbose: bool = False) -> None:
     from deploy import local
 
     settings, runner = setup(c, verbose=verbose)
-    local.build(settings, runner, version_for(settings, version, allow_dirty=True))
+    tag = version_for(settings, version, allow_dirty=True)
+    from deploy import hooks
+
+    hooks.pre(settings, runner, hooks.PRE_BUILD, hooks.Release(
+        "build", image=settings.image, tag=tag, destination=settings.destination),
+        "nothing was built")
+    local.build(settings, runner, tag)
 
 
 @task(help={"version": "image tag (default: the one `inv build` last built from this commit, "
@@ -158,8 +164,10 @@ def config(c: Context) -> None:
     from deploy.settings import SETTINGS_FILE, load_settings, require_root
 
     root = require_root()
-    print(f"# {root / SETTINGS_FILE}")
-    for key, value in load_settings(root).redacted().items():
+    settings = load_settings(root)
+    print(f"# {root / SETTINGS_FILE}" + (f", [destinations.{settings.destination}] merged "
+                                         "over it" if settings.destination else ""))
+    for key, value in settings.redacted().items():
         print(f"{key} = {value!r}")
 
 

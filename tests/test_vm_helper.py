@@ -45,6 +45,7 @@ ALLOWED = {
     ("commands/vm.py", "run_in_new_container"),  # the migrate command, `alembic downgrade`
     ("commands/vm.py", "migrate_then_current"),  # the migrate command, then alembic current
     ("commands/vm.py", "exec_in_service"),    # `fab exec`
+    ("secrets.py", "resolve"),                # a [secrets] command, run on the laptop
 }
 
 

@@ -123,11 +123,14 @@ def record_release(vm: Vm, entry: dict, release: Release | None = None) -> dict:
 
 
 def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
-           lock: bool = True, announce: bool = True) -> dict:
+           lock: bool = True, announce: bool = True, digest: str = "",
+           before_change: Callable[[str], None] | None = None) -> dict:
     """Check, pull, back up, migrate, switch, check health, record. Returns the history entry.
 
     With lock=False the caller already holds the deploy lock (`inv deploy` takes it first);
-    with announce=False the caller prints the closing `done:` line.
+    with announce=False the caller prints the closing `done:` line. With `digest`, exactly that
+    image is pulled and named TAG (a promotion). `before_change(previous tag)` runs after the
+    checks, before anything changes on the VM (the pre-deploy hook).
     """
     started = time.monotonic()
     refuse_moving_tag(refs.validate_tag(tag))
@@ -142,8 +145,10 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
             vm.check_project()
             vm.check_contract(tag)
         previous = rel.previous
+        if before_change:
+            before_change(previous)
         with rel.phase("pull"):
-            digest = vm.pull(tag)
+            digest = vm.pull_recorded(tag, digest) if digest else vm.pull(tag)
         vm.hold_lock(previous)
         with rel.phase("backup", timed=False) as found:
             records = vm.records()

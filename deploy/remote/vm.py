@@ -386,8 +386,8 @@ def parse_json(text: str) -> dict | None:
 
 
 def is_release(entry: dict) -> bool:
-    """A deploy or rollback record; not a restore's (kind "restore")."""
-    return entry.get("kind", "release") != "restore"
+    """A deploy or rollback record; not a restore's (kind "restore") nor a failed hook's."""
+    return entry.get("kind", "release") not in ("restore", "hook")
 
 
 def parse_revision(output: str) -> str:

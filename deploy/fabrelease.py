@@ -1,0 +1,105 @@
+"""`fab deploy`, `fab promote` and `fab rollback` around their flows: the hooks (deploy/hooks.py)
+on the laptop, before and after the hosts take the release.
+
+Fabric calls a task once per `-H` host, so with `-H a,b` each host's run has its own hooks;
+without `-H`, one run goes through every host of the settings (or the roles) and the hooks run
+once, with every host in RELEASE_HOSTS.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from deploy import hooks
+from deploy.runner import Runner
+from deploy.settings import Settings
+
+
+def local_runner(settings: Settings, dry_run: bool = False) -> Runner:
+    """A runner on the laptop (a `fab` task's context may be a connection to the VM)."""
+    from invoke import Context
+
+    return Runner(Context(), dry_run=dry_run, secrets=settings.secrets, echo=settings.verbose)
+
+
+def hosts_of(c: Any, settings: Settings) -> list[str]:
+    from deploy import roles
+    from deploy.remote import Target
+
+    hosts = [c.original_host] if hasattr(c, "original_host") else None
+    return [cast(Target, t).host for _, _, t in roles.targets(settings, hosts)]
+
+
+def record_on_first_host(c: Any, settings: Settings, name: str, release: hooks.Release,
+                         problem: str) -> None:
+    """Append a post-hook's failure to the history of the first host (the lock's)."""
+    from deploy import roles
+    from deploy.remote import Target, session
+
+    if not problem:
+        return
+    hosts = [c.original_host] if hasattr(c, "original_host") else None
+    _, each, target = roles.targets(settings, hosts)[0]
+    with session(each, cast(Target, target)) as vm:
+        hooks.record_failure(vm, name, release, problem)
+
+
+def deploy_tag(c: Any, settings: Settings, tag: str, *, message: str = "", dry_run: bool = False,
+               digest: str = "", action: str = "deploy") -> list[dict]:
+    """Deploy TAG (exactly the image `digest`, if given) on every host, host after host, the
+    pre-deploy hook after the first host's checks, post-deploy after the last; the history
+    entries."""
+    from deploy import remote
+    from deploy.fabhosts import one_host_after_another, with_roles
+
+    hooks.check(settings)
+    release = hooks.Release(action, image=settings.image, tag=tag, digest=digest,
+                            message=message, destination=settings.destination,
+                            hosts=hosts_of(c, settings))
+    runner = local_runner(settings, dry_run)
+    entries: list[dict] = []
+
+    def before_change(previous: str) -> None:
+        release.previous = previous
+        hooks.pre(settings, runner, hooks.PRE_DEPLOY, release, "nothing was changed on any VM")
+
+    with hooks.on_failure(settings, runner, release):
+        if with_roles(c):  # one lock and the checks of every host happen inside
+            from deploy import roles
+
+            hooks.pre(settings, runner, hooks.PRE_DEPLOY, release,
+                      "nothing was changed on any VM")
+            roles.deploy(settings, tag, message=message, dry_run=dry_run)
+        else:
+            def step(vm: remote.Vm) -> None:
+                if settings.target == "swarm":  # a stack deployed from the manager
+                    from deploy import swarm
+
+                    if not entries:
+                        before_change(vm.current_tag())
+                    swarm.deploy(vm, tag, message=message)
+                    entries.append({"tag": tag})
+                    return
+                entries.append(remote.deploy(vm, tag, message=message, digest=digest,
+                                             before_change=None if entries else before_change))
+
+            one_host_after_another(c, tag, step, dry_run)
+        if entries:
+            release.digest = entries[-1].get("digest") or release.digest
+            release.revision = entries[-1].get("revision", "")
+        problem = hooks.post(settings, runner, hooks.POST_DEPLOY, release)
+        if not dry_run:
+            record_on_first_host(c, settings, hooks.POST_DEPLOY, release, problem)
+    return entries
+
+
+def after_rollback(c: Any, settings: Settings, entries: list[dict], dry_run: bool = False) -> None:
+    """The post-rollback hook, once every host was put back."""
+    last = entries[-1] if entries else {}
+    release = hooks.Release("rollback", image=settings.image, tag=last.get("tag", ""),
+                            digest=last.get("digest", ""), previous=last.get("previous", ""),
+                            revision=last.get("revision", ""),
+                            destination=settings.destination, hosts=hosts_of(c, settings))
+    problem = hooks.post(settings, local_runner(settings, dry_run), hooks.POST_ROLLBACK, release)
+    if not dry_run:
+        record_on_first_host(c, settings, hooks.POST_ROLLBACK, release, problem)
