@@ -9,11 +9,18 @@ variable the app reads its database URL from, and where the tests live. What it 
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
+from deploy import appenv, dockerfile, lockkinds
+from deploy.checks.context import copy_sources
 from deploy.envfile import read_env_file
+from deploy.envreads import app_env_reads
 from deploy.errors import DeployError
 from deploy.settings import SETTINGS_FILE, Settings
 
@@ -69,8 +76,6 @@ def is_postgres_image(image: str) -> bool:
 
 
 def detect_compose(root: Path, found: Found) -> None:
-    import yaml
-
     path = first_existing(root, COMPOSE_NAMES)
     if not path:
         found.todo.append("no compose file found: write compose.yaml (the app service's image: "
@@ -129,8 +134,6 @@ def detect_compose(root: Path, found: Found) -> None:
 
 
 def detect_dockerfile(root: Path, found: Found) -> None:
-    from deploy import dockerfile
-
     path = first_existing(root, ("Dockerfile",))
     if not path:
         found.todo.append("no Dockerfile found: write one, then set `dockerfile`")
@@ -142,8 +145,7 @@ def detect_dockerfile(root: Path, found: Found) -> None:
     except DeployError as exc:
         found.todo.append(exc.message)
     if path.parent != root:  # the context: the Dockerfile's directory, unless it copies
-        from deploy.checks.context import copy_sources  # files from the repo root (uv.lock)
-
+        # files from the repo root (uv.lock)
         sources = [src.removeprefix("./").rstrip("/") for src in copy_sources(
             dockerfile.parse(path))]
         from_root = any(src not in ("", ".") and (root / src).exists()
@@ -152,17 +154,19 @@ def detect_dockerfile(root: Path, found: Found) -> None:
 
 
 def detect_app(root: Path, found: Found) -> None:
-    from deploy import appenv, lockkinds
-    from deploy.envreads import app_env_reads
-
     ini = first_existing(root, ("alembic.ini",))
     if ini:
         found.values["alembic_ini"] = rel(root, ini)
         found.notes.append(f"Alembic: {rel(root, ini)}")
     else:
         found.notes.append("no alembic.ini: the migrations check will have nothing to check")
-    settings = Settings(root=root, **{k: v for k, v in found.values.items()
-                                      if k in ("alembic_ini", "context", "dockerfile")})
+    defaults = Settings(root=root)
+    settings = Settings(
+        root=root,
+        alembic_ini=str(found.values.get("alembic_ini", defaults.alembic_ini)),
+        context=str(found.values.get("context", defaults.context)),
+        dockerfile=str(found.values.get("dockerfile", defaults.dockerfile)),
+    )
     reads = {r.name for r in app_env_reads(root)}
     url_vars = sorted(v for v in reads if "DATABASE_URL" in v.upper() or v.upper() == "DB_URL")
     if url_vars:
@@ -270,7 +274,7 @@ def toml_value(value: object) -> str:
 
 def write(root: Path, force: bool = False) -> tuple[Found, list[Path]]:
     """Detect and write the three files; refuses to overwrite any without `force`."""
-    targets = {root / SETTINGS_FILE: None, root / "tasks.py": TASKS_PY,
+    targets = {root / SETTINGS_FILE: "", root / "tasks.py": TASKS_PY,  # deploy.toml: below
                root / "fabfile" / "__init__.py": FABFILE_PY}
     existing = [p for p in targets if p.exists()]
     if existing and not force:
@@ -302,9 +306,6 @@ def run(root: Path | None = None, force: bool = False) -> None:
 
 def main() -> None:
     """`deploy-init [--force]`: `inv init` for a repo that has no tasks.py yet."""
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(prog="deploy-init", description=main.__doc__)
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     args = parser.parse_args()
