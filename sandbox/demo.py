@@ -14,7 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy import remote
+from deploy.commands import vm as cmd
+from deploy.envfile import read_env_file
 from deploy.errors import DeployError
+from deploy.settings import load_settings
+from sandbox.box import up
+from sandbox.vms import Vm as SandboxVm
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "example"
 EXAMPLE_POSTGRES = EXAMPLE.parent / "example-postgres"
@@ -36,7 +42,7 @@ def git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def prepare(work: Path, vm, example: Path = EXAMPLE) -> None:
+def prepare(work: Path, vm: SandboxVm, example: Path = EXAMPLE) -> None:
     """A fresh git repo holding example v1, with a .env made from .env.example, deploying to
     sandbox VM `vm`."""
     if not example.is_dir():
@@ -66,26 +72,26 @@ def apply_v2(work: Path, example: Path = EXAMPLE) -> None:
     git(work, "commit", "-q", "-m", "example v2: items get a note column")
 
 
-def on_vm(vm, *curl_args: str) -> str:
+def on_vm(vm: SandboxVm, *curl_args: str) -> str:
     """An HTTP request made on the VM (the app listens on the VM's loopback only)."""
     proc = subprocess.run(vm.in_vm("curl", "-sS", "--max-time", "5", *curl_args),
                           capture_output=True, text=True, check=False)
     return proc.stdout.strip() if proc.returncode == 0 else f"(no answer: {proc.stderr.strip()})"
 
 
-def served(vm, base: str) -> str:
+def served(vm: SandboxVm, base: str) -> str:
     return (f"GET /version -> {on_vm(vm, base + '/version')}\n"
             f"GET /items   -> {on_vm(vm, base + '/items')}")
 
 
-def post_item(vm, base: str, name: str) -> None:
+def post_item(vm: SandboxVm, base: str, name: str) -> None:
     status = on_vm(vm, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H",
                    "Content-Type: application/json", "-d", json.dumps({"name": name}),
                    base + "/items")
     print(f"POST /items {name!r} -> {status}")
 
 
-def point_at(work: Path, vm) -> None:
+def point_at(work: Path, vm: SandboxVm) -> None:
     """The demo's deploy.toml names the sandbox VM as a user names theirs: host and port."""
     path = work / "deploy.toml"
     lines = []
@@ -101,10 +107,6 @@ def point_at(work: Path, vm) -> None:
 
 def reset_vm(work: Path) -> None:
     """Remove what an earlier demo left in the VM's app directory (its schema is ahead)."""
-    from deploy import remote
-    from deploy.commands import vm as cmd
-    from deploy.settings import load_settings
-
     settings = load_settings(work, environ={})
     for target in remote.targets(settings):
         with remote.session(settings, target) as vm:
@@ -144,12 +146,9 @@ def step(argv: list[str], work: Path) -> None:
 def run_demo(work: Path | None = None, postgres: bool = False) -> None:
     """v1 -> v2 -> rollback; with `postgres`, the Postgres example, then a restore of the
     backup taken before v2's migration."""
-    import sandbox
-    from deploy.envfile import read_env_file
-
     example = EXAMPLE_POSTGRES if postgres else EXAMPLE
     banner("sandbox")
-    box = sandbox.up()
+    box = up()
     work = work or box.state_dir / "demo" / ("app-postgres" if postgres else "app")
     vm = box.vm(1)
     prepare(work, vm, example)
