@@ -14,12 +14,16 @@ Prints a Markdown table; exit 1 if any request failed behind the proxy.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The test helpers (tests/vmkit.py) and the repo's sandbox package, when run as a script;
+# mypy finds them through its mypy_path and files (pyproject.toml).
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
@@ -31,13 +35,15 @@ import sandbox  # noqa: E402
 ROWS: list[tuple[str, str, int, int, int, int, float]] = []
 
 
-def measure(mode: str, what: str, app: App, action, slow_requests: bool = False) -> int:
+def measure(mode: str, what: str, app: App, action: Callable[[], object],
+            slow_requests: bool = False) -> int:
     """Run `action` under the probe (and 5 s requests); a table row; failed requests."""
     started = time.monotonic()
     with Probe(app) as probe, InFlight(app, seconds=5, count=60 if slow_requests else 0) \
             as slow:
         result = action()
-    if getattr(result, "returncode", 0):  # a command expected to fail: say how it ended
+    if isinstance(result, subprocess.CompletedProcess) and result.returncode:
+        # a command expected to fail: say how it ended
         errors = [line for line in vmkit.output(result).splitlines() if "error:" in line]
         print(f"  ({what}: exit {result.returncode}, {(errors or ['no error line'])[0]})")
     took = time.monotonic() - started
@@ -49,7 +55,7 @@ def measure(mode: str, what: str, app: App, action, slow_requests: bool = False)
     return len(probe.failed) + slow_failed
 
 
-def run_mode(mode: str, app: App, images, rounds: int) -> int:
+def run_mode(mode: str, app: App, images: vmkit.Images, rounds: int) -> int:
     app.fab_ok("setup")
     app.deploy(images.v1)
     # First, while the schema is v1's (the unhealthy image is v1 with a failing /health).
