@@ -10,10 +10,18 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # vmkit imports this module (see below); the sandbox's types only
+    from _pytest.terminal import TerminalReporter
+    from vmkit import App, Images, SshdLog
+
+    from sandbox import Sandbox
+    from sandbox.vms import Vm
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
@@ -111,11 +119,12 @@ def run_inv(
 
 
 @pytest.fixture
-def inv(tmp_path: Path):
+def inv(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run `inv` in an app repo. The smoke-test record goes to this test's own cache dir."""
     cache = tmp_path / "xdg-cache"
 
-    def _inv(repo: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900):
+    def _inv(repo: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900
+             ) -> subprocess.CompletedProcess[str]:
         return run_inv(repo, *args, env={"XDG_CACHE_HOME": str(cache), **(env or {})},
                        timeout=timeout)
 
@@ -129,11 +138,11 @@ def answering_200() -> Iterator[int]:
     import threading
 
     class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self) -> None:  # noqa: N802
             self.send_response(200)
             self.end_headers()
 
-        def log_message(self, *args):
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
@@ -210,7 +219,8 @@ def base_image(docker_engine: None) -> str:
 # --------------------------------------------------------------------------- fault campaign
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
+def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
     """The fault campaign's table (tests/test_faults.py), when it recorded rows; also written
     as Markdown to $FAULTS_REPORT if that is set."""
     kit = sys.modules.get("faultkit")
@@ -237,7 +247,7 @@ FAULT_VMS = (3, 4)
 
 
 @pytest.fixture(scope="session")
-def sandbox(registry, base_image):
+def sandbox(registry: str, base_image: str) -> Sandbox:
     """The sandbox up (idempotent): engine, registry, images, sshd, VMs 1 and 2."""
     import sandbox as sandbox_mod
 
@@ -245,19 +255,19 @@ def sandbox(registry, base_image):
 
 
 @pytest.fixture(scope="session")
-def vm1(sandbox):
+def vm1(sandbox: Sandbox) -> Vm:
     """The VM remote tests deploy to by default."""
     return sandbox.vm(SHARED_VMS[0])
 
 
 @pytest.fixture(scope="session")
-def two_vms(sandbox):
+def two_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
     """Two separate VMs, for multi-host tests that do not break them."""
     return tuple(sandbox.vm(i) for i in SHARED_VMS)
 
 
 @pytest.fixture(scope="session")
-def fault_vms(sandbox):
+def fault_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
     """Two VMs of their own for tests that kill a VM's engine or sshd."""
     import sandbox as sandbox_mod
 
@@ -266,7 +276,7 @@ def fault_vms(sandbox):
 
 
 @pytest.fixture(scope="session")
-def images(sandbox, tmp_path_factory):
+def images(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
     from vmkit import build_images, delete_from_registry, remove_local_images
 
     from sandbox.vms import running
@@ -280,7 +290,7 @@ def images(sandbox, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def sshd(vm1):
+def sshd(vm1: Vm) -> SshdLog:
     """The log of vm1's sshd."""
     from vmkit import SshdLog
 
@@ -288,14 +298,15 @@ def sshd(vm1):
 
 
 @pytest.fixture
-def make_app(tmp_path, images, sandbox, vm1):
+def make_app(tmp_path: Path, images: Images, sandbox: Sandbox, vm1: Vm
+             ) -> Iterator[Callable[..., App]]:
     """Make apps (a repo each, with its own app_dir and port, on vm1 unless `vm` says another);
     each torn down afterwards."""
     from vmkit import App, make_app_repo
 
-    apps = []
+    apps: list[App] = []
 
-    def _make(image: str = "", vm=None):
+    def _make(image: str = "", vm: Vm | None = None) -> App:
         repo = make_app_repo(tmp_path / f"app{len(apps)}")
         app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image,
                          vm=vm or vm1)
@@ -308,12 +319,12 @@ def make_app(tmp_path, images, sandbox, vm1):
 
 
 @pytest.fixture
-def app(make_app):
+def app(make_app: Callable[..., App]) -> App:
     return make_app()
 
 
 @pytest.fixture
-def live(app, images):
+def live(app: App, images: Images) -> App:
     """An app set up on the VM with v1 deployed."""
     app.fab_ok("setup")
     app.deploy(images.v1)
