@@ -12,15 +12,11 @@ from typing import TYPE_CHECKING
 from fabric import task
 from invoke import Collection, Context, Exit
 
-from deploy import refs
-from deploy.commands import vm as cmd
-from deploy.errors import DeployError, friendly
+from deploy.errors import friendly
 from deploy.fabenv import env_, env_keys
 from deploy.fabhosts import each_vm, last_of, one_host_after_another, with_roles
-from deploy.runner import set_verbose, sh
-from deploy.settings import load_settings
 
-if TYPE_CHECKING:  # the remote half is imported when a task runs: `fab --list` stays fast
+if TYPE_CHECKING:  # each task imports what it runs when it runs: `fab --list` stays fast
     from deploy.remote import Vm
 
 
@@ -31,8 +27,10 @@ if TYPE_CHECKING:  # the remote half is imported when a task runs: `fab --list` 
 def deploy(c: Context, tag: str, message: str = "", dry_run: bool = False,
            verbose: bool = False) -> None:
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
-    from deploy import registry, remote
+    from deploy import refs, registry, remote
     from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
+    from deploy.settings import load_settings
 
     set_verbose(verbose, c)
 
@@ -63,8 +61,11 @@ def deploy(c: Context, tag: str, message: str = "", dry_run: bool = False,
 def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool = False,
              verbose: bool = False) -> None:
     """Put an earlier release back (health-checked, under the deploy lock)."""
-    from deploy import registry, remote
+    from deploy import refs, registry, remote
+    from deploy.errors import DeployError
     from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
+    from deploy.settings import load_settings
 
     set_verbose(verbose, c)
 
@@ -130,6 +131,7 @@ def releases(c: Context) -> None:
 @friendly
 def status(c: Context) -> None:
     """What runs on the VM: current tag, containers, health, Alembic revision, lock holder."""
+    from deploy.commands import vm as cmd
     from deploy.remote import describe_holder
 
     for vm in each_vm(c):
@@ -176,6 +178,8 @@ def status(c: Context) -> None:
 @friendly
 def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
     """The app service's logs."""
+    from deploy.commands import vm as cmd
+
     for vm in each_vm(c):
         # Not quiet: quiet also hides the output, and the logs are the output.
         vm.run(cmd.service_logs(vm.compose(), vm.settings.service, int(tail), follow),
@@ -186,7 +190,7 @@ def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
 @friendly
 def exec_(c: Context, cmd: str) -> None:
     """Run a command inside the running app container; its exit code is ours."""
-    from deploy.commands import vm as commands  # `cmd` is the argument here
+    from deploy.commands import vm as commands
 
     for vm in each_vm(c):
         result = vm.run(commands.exec_in_service(vm.compose(), vm.settings.service, cmd),
@@ -202,6 +206,8 @@ def run_(c: Context, cmd: str) -> None:
 
     Fabric's own `fab -H vm -- cmd` works too, but Fabric alone does not verify host keys.
     """
+    from deploy.runner import sh
+
     for vm in each_vm(c):
         result = vm.run(sh(cmd), check=False)
         if not result.ok:
@@ -214,10 +220,14 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False) -> None:
     """Prepare the VM: app directory, compose file, the app's env as app.env (0600), registry
     login; refuses a compose file the deploys could not back up or switch; with `proxy` on,
     the VM's Caddy too."""
+    from deploy.runner import set_verbose
+
     set_verbose(verbose, c)
+    from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.envcheck import app_env_values
+    from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     refs.validate_image(settings.require("image"))
@@ -255,6 +265,8 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False) -> None:
 def unlock(c: Context, force: bool = False) -> None:
     """Clear a stale deploy lock (left by a deploy that was killed); a lock whose lease a live
     deploy renews is refused without --force."""
+    from deploy.commands import vm as cmd
+    from deploy.errors import DeployError
     from deploy.remote import describe_holder, lease_is_fresh
 
     for vm in each_vm(c):
@@ -287,6 +299,7 @@ def backups(c: Context) -> None:
 def restore(c: Context, backup: str, verbose: bool = False) -> None:
     """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
     from deploy.remote import restore as restore_backup
+    from deploy.runner import set_verbose
 
     set_verbose(verbose, c)
 
@@ -305,6 +318,7 @@ def proxy_(c: Context, action: str, follow: bool = False, tail: int = 100) -> No
     its config again: no restart, open connections carry on)."""
     from deploy import proxy
     from deploy.commands import proxy as pcmd
+    from deploy.errors import DeployError
 
     if action not in PROXY_ACTIONS:
         raise DeployError(f"unknown proxy action {action!r}",
