@@ -1,7 +1,8 @@
 """This repo's own tasks: the toolkit's tasks (run on the app in the working directory), plus
-`inv sandbox` and `inv demo`, which live in the repo's `sandbox/` package, not in the library."""
+`inv sandbox` and `inv demo`, which live in the repo's `sandbox/` package, not in the library
+(imported when they run, so that `inv --list` loads none of it)."""
 
-from invoke import task
+from invoke import Context, task
 
 from deploy.errors import friendly
 from deploy.tasks import ns
@@ -10,7 +11,7 @@ from deploy.tasks import ns
 @task(help={"vms": "how many VMs (vm1..vmN, default 1; more running are left alone)",
             "stop": "stop the VMs and what else the sandbox started"})
 @friendly
-def sandbox(c, vms=1, stop=False):
+def sandbox(c: Context, vms: int = 1, stop: bool = False) -> None:
     """Start (idempotently) a deploy target here: engine, registry, images and VMs vm1..vmN."""
     import sandbox as sb
 
@@ -24,7 +25,7 @@ def sandbox(c, vms=1, stop=False):
             "dry-run": "no sandbox: print each step's commands (the steps that have a dry run)",
             "work": "the demo app's directory (default: in the sandbox's state directory)"})
 @friendly
-def demo(c, postgres=False, dry_run=False, work=""):
+def demo(c: Context, postgres: bool = False, dry_run: bool = False, work: str = "") -> None:
     """Sandbox, then deploy the example v1, v2 (adds a column), roll back to v1."""
     from pathlib import Path
 

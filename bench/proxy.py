@@ -15,12 +15,16 @@ one deploy of v2 and one rollback per mode, nothing else.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# The test helpers (tests/vmkit.py) and the repo's sandbox package, when run as a script;
+# mypy finds them through its mypy_path and files (pyproject.toml).
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
@@ -32,13 +36,15 @@ import sandbox  # noqa: E402
 ROWS: list[tuple[str, str, int, int, int, int, float]] = []
 
 
-def measure(mode: str, what: str, app: App, action, slow_requests: bool = False) -> int:
+def measure(mode: str, what: str, app: App, action: Callable[[], object],
+            slow_requests: bool = False) -> int:
     """Run `action` under the probe (and 5 s requests); a table row; failed requests."""
     started = time.monotonic()
     with Probe(app) as probe, InFlight(app, seconds=5, count=60 if slow_requests else 0) \
             as slow:
         result = action()
-    if getattr(result, "returncode", 0):  # a command expected to fail: say how it ended
+    if isinstance(result, subprocess.CompletedProcess) and result.returncode:
+        # a command expected to fail: say how it ended
         errors = [line for line in vmkit.output(result).splitlines() if "error:" in line]
         print(f"  ({what}: exit {result.returncode}, {(errors or ['no error line'])[0]})")
     took = time.monotonic() - started
@@ -50,7 +56,8 @@ def measure(mode: str, what: str, app: App, action, slow_requests: bool = False)
     return len(probe.failed) + slow_failed
 
 
-def run_mode(mode: str, app: App, images, rounds: int, quick: bool = False) -> int:
+def run_mode(mode: str, app: App, images: vmkit.Images, rounds: int,
+             quick: bool = False) -> int:
     app.fab_ok("setup")
     app.deploy(images.v1)
     if quick:

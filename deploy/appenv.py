@@ -23,6 +23,7 @@ from deploy.errors import DeployError
 from deploy.settings import Settings
 
 VENV_DIRS = (".venv", "venv")
+POETRY_SPEC = "poetry>=2,<3"
 IMAGE = "image"
 # Variables of the tool's own environment that must not leak into the app's interpreter.
 TOOL_ONLY_ENV = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "CONDA_PREFIX")
@@ -75,6 +76,18 @@ def tool_path(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
 
 
+def poetry() -> list[str]:
+    """Poetry's command: on PATH, else run through uvx (the app's tests, locks and runs)."""
+    path = tool_path("poetry")
+    if path:
+        return [path]
+    uvx = tool_path("uvx")
+    if not uvx:
+        raise DeployError("this app locks with Poetry (poetry.lock) but neither poetry nor "
+                          "uvx is installed", "pip install poetry (or pip install uv)")
+    return [uvx, "--from", POETRY_SPEC, "poetry"]
+
+
 def venv_python(settings: Settings) -> Path | None:
     for d in app_dirs(settings):
         for name in VENV_DIRS:
@@ -111,8 +124,6 @@ def app_python(settings: Settings) -> AppPython:
                                 "python"), "uv run")
     poetry_lock = find_upward(settings, "poetry.lock")
     if poetry_lock:
-        from deploy.lockkinds import poetry
-
         return AppPython("poetry", (*poetry(), "--directory", str(poetry_lock.parent), "run",
                                     "python"), "poetry run")
     return AppPython(IMAGE, (), "the app's image (no venv, uv.lock or poetry.lock found)")

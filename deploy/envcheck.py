@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from deploy import envfile
 from deploy.commands.vm import APP_ENV, env_keys, env_set
 from deploy.errors import DeployError
 from deploy.settings import ENV_PREFIX
+
+if TYPE_CHECKING:  # the remote flows import this module: the Vm's type only, no import cycle
+    from deploy.remote.vm import VmQueries
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -46,20 +51,18 @@ def validate_value(value: str) -> str:
 
 def release_keys(example: Path) -> list[str]:
     """The keys a release needs on the VM: its .env.example's, minus the tool's DEPLOY_*."""
-    from deploy.envfile import env_keys
-
     if not example.exists():
         return []
-    return [k for k in env_keys(example) if not k.startswith(ENV_PREFIX)]
+    return [k for k in envfile.env_keys(example) if not k.startswith(ENV_PREFIX)]
 
 
-def missing_keys(vm, example: Path) -> list[str]:
+def missing_keys(vm: VmQueries, example: Path) -> list[str]:
     """Keys of `example` that the VM's app.env lacks."""
     present = set(vm.run(app_env_keys(), quiet=True).stdout.split())
     return [k for k in release_keys(example) if k not in present]
 
 
-def require_app_env(vm) -> None:
+def require_app_env(vm: VmQueries) -> None:
     """Refuse (before anything changes on the VM) a release whose .env.example names keys the
     VM's app.env lacks."""
     if vm.runner.dry_run:
@@ -77,8 +80,6 @@ def require_app_env(vm) -> None:
 
 def app_env_values(path: Path) -> dict[str, str]:
     """The env file's values without DEPLOY_* keys (what `fab setup` writes as app.env)."""
-    from deploy.envfile import read_env_file
-
     if not path.is_file():
         raise DeployError(f"{path} does not exist", f"create it (see {path.name}.example)")
-    return {k: v for k, v in read_env_file(path).items() if not k.startswith(ENV_PREFIX)}
+    return {k: v for k, v in envfile.read_env_file(path).items() if not k.startswith(ENV_PREFIX)}

@@ -3,15 +3,10 @@ on argv, never printed)."""
 
 from __future__ import annotations
 
-import getpass
-import sys
-
 from fabric import task
 from invoke import Context
 
-from deploy import envcheck
-from deploy.commands import vm as cmd
-from deploy.errors import DeployError, friendly
+from deploy.errors import friendly
 from deploy.fabhosts import each_vm
 
 
@@ -24,7 +19,13 @@ def env_(c: Context, action: str, key: str) -> None:
 
 @friendly
 def env_set(c: Context, action: str, key: str) -> None:
-    from deploy.remote.contract import env_line  # the remote half: not at `fab --list`
+    import getpass
+    import sys
+
+    from deploy import envcheck
+    from deploy.commands import vm as cmd
+    from deploy.errors import DeployError
+    from deploy.remote.contract import env_line
 
     if action != "set":
         raise DeployError(f"unknown action {action!r}", "fab env set KEY (value on stdin); "
@@ -47,5 +48,7 @@ def env_set(c: Context, action: str, key: str) -> None:
 @friendly
 def env_keys(c: Context) -> None:
     """The keys (never the values) of the VM's app.env."""
+    from deploy import envcheck
+
     for vm in each_vm(c):
         print(vm.run(envcheck.app_env_keys(), quiet=True).stdout.strip())

@@ -2,8 +2,8 @@
 session per host (every role's hosts when deploy.toml has roles and no -H is given), and a
 release taken host after host, saying where it stopped.
 
-The remote half (deploy.remote, deploy.roles) is imported when a task runs, not when the
-fabfile loads: `fab --list` stays fast.
+What loading the fabfile does not need (the remote half, the runner) is imported when a
+task runs: `fab --list` stays fast.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from invoke import Context
 
 from deploy.errors import DeployError
 from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
-from deploy.runner import set_verbose
 from deploy.settings import load_settings
 
 if TYPE_CHECKING:  # annotations only (see above)
@@ -44,6 +43,7 @@ def each_vm(c: Context, dry_run: bool = False) -> Iterator[Vm]:
     """Yield a Vm per host (from -H, else the settings), one SSH connection each."""
     from deploy import roles  # with [roles.*] and no -H, every role's hosts
     from deploy.remote import session
+    from deploy.runner import set_verbose
 
     set_verbose(False, c)  # `fab --echo`
     settings = load_settings()

@@ -8,7 +8,7 @@ once, with every host in RELEASE_HOSTS.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from deploy import hooks
 from deploy.runner import Runner
@@ -24,23 +24,22 @@ def local_runner(settings: Settings, dry_run: bool = False) -> Runner:
 
 def hosts_of(c: Any, settings: Settings) -> list[str]:
     from deploy import roles
-    from deploy.remote import Target
 
     hosts = [c.original_host] if hasattr(c, "original_host") else None
-    return [cast(Target, t).host for _, _, t in roles.targets(settings, hosts)]
+    return [t.host for _, _, t in roles.targets(settings, hosts)]
 
 
 def record_on_first_host(c: Any, settings: Settings, name: str, release: hooks.Release,
                          problem: str) -> None:
     """Append a post-hook's failure to the history of the first host (the lock's)."""
     from deploy import roles
-    from deploy.remote import Target, session
+    from deploy.remote import session
 
     if not problem:
         return
     hosts = [c.original_host] if hasattr(c, "original_host") else None
     _, each, target = roles.targets(settings, hosts)[0]
-    with session(each, cast(Target, target)) as vm:
+    with session(each, target) as vm:
         hooks.record_failure(vm, name, release, problem)
 
 

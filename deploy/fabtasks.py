@@ -12,15 +12,13 @@ from typing import TYPE_CHECKING
 from fabric import task
 from invoke import Collection, Context, Exit
 
-from deploy import refs
-from deploy.commands import vm as cmd
-from deploy.errors import DeployError, friendly
+from deploy.errors import friendly
 from deploy.fabenv import env_, env_keys
 from deploy.fabhosts import each_vm, last_of, with_roles
 from deploy.runner import set_verbose, sh
 from deploy.settings import load_settings
 
-if TYPE_CHECKING:  # the remote half is imported when a task runs: `fab --list` stays fast
+if TYPE_CHECKING:  # each task imports what it runs when it runs: `fab --list` stays fast
     from deploy.remote import Vm
 
 
@@ -31,8 +29,10 @@ if TYPE_CHECKING:  # the remote half is imported when a task runs: `fab --list` 
 def deploy(c: Context, tag: str, message: str = "", dry_run: bool = False,
            verbose: bool = False) -> None:
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
-    from deploy import registry
+    from deploy import refs, registry
     from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
+    from deploy.settings import load_settings
 
     set_verbose(verbose, c)
 
@@ -69,9 +69,12 @@ def promote(c: Context, from_: str = "", message: str = "", dry_run: bool = Fals
 def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool = False,
              verbose: bool = False) -> None:
     """Put an earlier release back (health-checked, under the deploy lock)."""
-    from deploy import registry, remote
+    from deploy import refs, registry, remote
+    from deploy.errors import DeployError
     from deploy.fabrelease import after_rollback
     from deploy.remote.contract import refuse_moving_tag
+    from deploy.runner import set_verbose
+    from deploy.settings import load_settings
 
     set_verbose(verbose, c)
 
@@ -145,6 +148,7 @@ def releases(c: Context) -> None:
 @friendly
 def status(c: Context) -> None:
     """What runs on the VM: current tag, containers, health, Alembic revision, lock holder."""
+    from deploy.commands import vm as cmd
     from deploy.remote import describe_holder
 
     for vm in each_vm(c):
@@ -191,6 +195,8 @@ def status(c: Context) -> None:
 @friendly
 def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
     """The app service's logs."""
+    from deploy.commands import vm as cmd
+
     for vm in each_vm(c):
         # Not quiet: quiet also hides the output, and the logs are the output.
         vm.run(cmd.service_logs(vm.compose(), vm.settings.service, int(tail), follow),
@@ -201,7 +207,7 @@ def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
 @friendly
 def exec_(c: Context, cmd: str) -> None:
     """Run a command inside the running app container; its exit code is ours."""
-    from deploy.commands import vm as commands  # `cmd` is the argument here
+    from deploy.commands import vm as commands
 
     for vm in each_vm(c):
         result = vm.run(commands.exec_in_service(vm.compose(), vm.settings.service, cmd),
@@ -217,6 +223,7 @@ def run_(c: Context, cmd: str) -> None:
 
     Fabric's own `fab -H vm -- cmd` works too, but Fabric alone does not verify host keys.
     """
+
     for vm in each_vm(c):
         result = vm.run(sh(cmd), check=False)
         if not result.ok:
@@ -233,9 +240,11 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     the VM's Caddy too. A proxy_host another app on the VM serves is refused unless
     --take-host (that app then no longer answers to it)."""
     set_verbose(verbose, c)
+    from deploy import refs
     from deploy.checks.env import read_compose
     from deploy.commands import docker
     from deploy.envcheck import app_env_values
+    from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     refs.validate_image(settings.require("image"))
@@ -284,6 +293,8 @@ def env_sync(c: Context, verbose: bool = False) -> None:
 
     Each value is sent on stdin and never printed; it takes effect at the next deploy."""
     from deploy import secrets
+    from deploy.commands import vm as cmd
+    from deploy.errors import DeployError
     from deploy.fabrelease import local_runner
 
     set_verbose(verbose, c)
@@ -309,6 +320,8 @@ def unlock(c: Context, force: bool = False, yes: bool = False) -> None:
     at its next step instead of running on beside another."""
     import json
 
+    from deploy.commands import vm as cmd
+    from deploy.errors import DeployError
     from deploy.remote import describe_holder, lease_is_fresh
     from deploy.remote.flows import stamp
 
@@ -363,6 +376,7 @@ def backups(c: Context) -> None:
 def restore(c: Context, backup: str, verbose: bool = False) -> None:
     """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
     from deploy.remote import restore as restore_backup
+    from deploy.runner import set_verbose
 
     set_verbose(verbose, c)
 
@@ -381,6 +395,7 @@ def proxy_(c: Context, action: str, follow: bool = False, tail: int = 100) -> No
     its config again: no restart, open connections carry on)."""
     from deploy import proxy
     from deploy.commands import proxy as pcmd
+    from deploy.errors import DeployError
 
     if action not in PROXY_ACTIONS:
         raise DeployError(f"unknown proxy action {action!r}",

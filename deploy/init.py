@@ -9,13 +9,20 @@ variable the app reads its database URL from, and where the tests live. What it 
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from deploy import appenv, dockerfile, lockkinds
+from deploy.checks.context import copy_sources
 from deploy.checks.env import parse_image_line
 from deploy.dockerfile import ImageEnv
 from deploy.envfile import read_env_file
+from deploy.envreads import app_env_reads
 from deploy.errors import DeployError
 from deploy.settings import SETTINGS_FILE, Settings
 
@@ -72,8 +79,6 @@ def is_postgres_image(image: str) -> bool:
 
 
 def detect_compose(root: Path, found: Found) -> None:
-    import yaml
-
     path = first_existing(root, COMPOSE_NAMES)
     if not path:
         found.todo.append("no compose file found: write compose.yaml (the app service's image: "
@@ -170,8 +175,6 @@ def postgres_names(compose_dir: Path, env: dict, found: Found) -> None:
 
 
 def detect_dockerfile(root: Path, found: Found) -> None:
-    from deploy import dockerfile
-
     path = first_existing(root, ("Dockerfile",))
     if not path:
         found.todo.append("no Dockerfile found: write one, then set `dockerfile`")
@@ -197,8 +200,7 @@ def detect_dockerfile(root: Path, found: Found) -> None:
                               "Dockerfile, so every command in the image (the deploy's "
                               "`alembic current` after migrating, too) finds the app's packages")
     if path.parent != root:  # the context: the Dockerfile's directory, unless it copies
-        from deploy.checks.context import copy_sources  # files from the repo root (uv.lock)
-
+        # files from the repo root (uv.lock)
         sources = [src.removeprefix("./").rstrip("/") for src in copy_sources(
             dockerfile.parse(path))]
         from_root = any(src not in ("", ".") and (root / src).exists()
@@ -207,17 +209,19 @@ def detect_dockerfile(root: Path, found: Found) -> None:
 
 
 def detect_app(root: Path, found: Found) -> None:
-    from deploy import appenv, lockkinds
-    from deploy.envreads import app_env_reads
-
     ini = first_existing(root, ("alembic.ini",))
     if ini:
         found.values["alembic_ini"] = rel(root, ini)
         found.notes.append(f"Alembic: {rel(root, ini)}")
     else:
         found.notes.append("no alembic.ini: the migrations check will have nothing to check")
-    settings = Settings(root=root, **{k: v for k, v in found.values.items()
-                                      if k in ("alembic_ini", "context", "dockerfile")})
+    defaults = Settings(root=root)
+    settings = Settings(
+        root=root,
+        alembic_ini=str(found.values.get("alembic_ini", defaults.alembic_ini)),
+        context=str(found.values.get("context", defaults.context)),
+        dockerfile=str(found.values.get("dockerfile", defaults.dockerfile)),
+    )
     reads = {r.name for r in app_env_reads(root)}
     url_vars = sorted(v for v in reads if "DATABASE_URL" in v.upper() or v.upper() == "DB_URL")
     if url_vars:
@@ -399,9 +403,6 @@ def run(root: Path | None = None, force: bool = False) -> None:
 
 def main() -> None:
     """`deploy-init [--force]`: `inv init` for a repo that has no tasks.py yet."""
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(prog="deploy-init", description=main.__doc__)
     parser.add_argument("--force", action="store_true", help="overwrite existing files")
     args = parser.parse_args()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from deploy import git, refs
 from deploy.commands import docker
+from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.runner import Runner
 from deploy.settings import Settings
@@ -214,8 +215,6 @@ def check_shell(settings: Settings, runner: Runner, ref: str) -> None:
 def smoke_env(settings: Settings) -> Iterator[tuple[str | None, str]]:
     """A private env file for the smoke run: `smoke_env_file`, else .env.example's values
     (parsed, written as plain KEY=value lines for `docker run --env-file`)."""
-    from deploy.envfile import read_env_file
-
     source = settings.smoke_env_file or settings.env_example
     path = settings.path(source)
     if not path.is_file():

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import appenv
+from deploy.appenv import poetry
 from deploy.errors import DeployError
 from deploy.settings import Settings
 
-POETRY_SPEC = "poetry>=2,<3"
 KIND_FILES = {"uv": "uv.lock", "poetry": "poetry.lock"}
 
 
@@ -25,8 +25,8 @@ class LockKind:
     """The app's kind of lock, its lock file and the project directory its tool runs in."""
 
     kind: str  # "requirements", "uv" or "poetry"
-    lock: Path | None
-    project: Path | None
+    lock: Path
+    project: Path  # requirements: the app's root
 
 
 def _pyproject_data(path: Path) -> dict:
@@ -72,13 +72,13 @@ def detect(settings: Settings) -> LockKind:
             else:
                 kind = "requirements"
     if kind == "requirements":
-        return LockKind(kind, settings.path(settings.lock_file), None)
+        return LockKind(kind, settings.path(settings.lock_file), settings.root)
     if kind == "uv":
         project = uv_project(settings)
     else:
-        found = appenv.find_upward(settings, "poetry.lock") or appenv.find_upward(
+        marker = appenv.find_upward(settings, "poetry.lock") or appenv.find_upward(
             settings, "pyproject.toml")
-        project = found.parent if found else None
+        project = marker.parent if marker else None
     if project is None:
         raise DeployError(f"lock_kind is '{kind}' but there is no pyproject.toml",
                           "create the project's pyproject.toml, or set `lock_kind`")
@@ -93,17 +93,6 @@ def uv() -> str:
     return path
 
 
-def poetry() -> list[str]:
-    path = appenv.tool_path("poetry")
-    if path:
-        return [path]
-    uvx = appenv.tool_path("uvx")
-    if not uvx:
-        raise DeployError("this app locks with Poetry (poetry.lock) but neither poetry nor "
-                          "uvx is installed", "pip install poetry (or pip install uv)")
-    return [uvx, "--from", POETRY_SPEC, "poetry"]
-
-
 def check_command(lk: LockKind) -> list[str]:
     """The lock tool's own freshness check (exit 1 when the lock is stale)."""
     if lk.kind == "uv":
@@ -111,7 +100,8 @@ def check_command(lk: LockKind) -> list[str]:
     return [*poetry(), "check", "--lock", "--directory", str(lk.project)]
 
 
-def lock_command(lk: LockKind, upgrade: bool = False, upgrade_packages=()) -> list[str]:
+def lock_command(lk: LockKind, upgrade: bool = False,
+                 upgrade_packages: tuple[str, ...] = ()) -> list[str]:
     """Re-lock through the project's own tool, keeping pins unless asked to upgrade."""
     if lk.kind == "uv":
         argv = [uv(), "lock", "--project", str(lk.project)]

@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import dockerfile, lockkinds
+from deploy.appenv import tool_path
 from deploy.errors import DeployError
-from deploy.runner import redact
+from deploy.runner import Runner, redact
 from deploy.settings import Settings
 
 STAMP_RE = re.compile(r"^# inv lock: requirements sha256=(?P<sha>[0-9a-f]{64}) python=(?P<py>\S+)")
@@ -103,17 +106,11 @@ class Freshness:
 
 def lock_kind(settings: Settings) -> str:
     """"requirements", "uv" or "poetry" (see deploy.lockkinds)."""
-    from deploy import lockkinds
-
     return lockkinds.detect(settings).kind
 
 
 def check_tool_lock(settings: Settings) -> Freshness:
     """A uv or Poetry lock, checked by its own tool."""
-    import subprocess
-
-    from deploy import lockkinds
-
     lk = lockkinds.detect(settings)
     name = lk.lock.relative_to(settings.root) if lk.lock else lk.kind
     if not lk.lock.exists():
@@ -174,8 +171,6 @@ def check_lock(settings: Settings) -> Freshness:
 
 def find_uv() -> str | None:
     """uv on PATH, else next to this interpreter (a venv's uv when the venv is not activated)."""
-    from deploy.appenv import tool_path
-
     return tool_path("uv")
 
 
@@ -223,8 +218,6 @@ def compile_command(
 
 def target_python(settings: Settings) -> str:
     """The Python the lock is for: the image's (the final stage's FROM), else this one."""
-    from deploy import dockerfile
-
     try:
         return dockerfile.final_python(dockerfile.parse(settings.path(settings.dockerfile)))
     except DeployError:
@@ -241,10 +234,9 @@ def header(settings: Settings, backend: str) -> str:
     )
 
 
-def write_tool_lock(settings: Settings, runner, upgrade: bool, upgrade_packages) -> Path:
+def write_tool_lock(settings: Settings, runner: Runner, upgrade: bool,
+                    upgrade_packages: tuple[str, ...]) -> Path:
     """`uv lock` / `poetry lock`: the project's own tool writes its own lock."""
-    from deploy import lockkinds
-
     lk = lockkinds.detect(settings)
     result = runner.run(lockkinds.lock_command(lk, upgrade, tuple(upgrade_packages)),
                         check=False, hide=True, cwd=str(lk.project))
@@ -258,7 +250,8 @@ def write_tool_lock(settings: Settings, runner, upgrade: bool, upgrade_packages)
     return lk.lock
 
 
-def write_lock(settings: Settings, runner, upgrade: bool = False, upgrade_packages=()) -> Path:
+def write_lock(settings: Settings, runner: Runner, upgrade: bool = False,
+               upgrade_packages: tuple[str, ...] = ()) -> Path:
     """Resolve into a temp file next to the lock and rename it over the lock when done.
 
     A failed resolution leaves the old lock as it was.
@@ -279,11 +272,9 @@ def write_lock(settings: Settings, runner, upgrade: bool = False, upgrade_packag
             check=False, hide=True,
         )
         if not result.ok:
-            from deploy.lockkinds import brief
-
             raise DeployError(
                 f"resolving {settings.requirements} failed; {settings.lock_file} is unchanged. "
-                f"The resolver said:\n{brief(redact(result.output, runner.secrets))}",
+                f"The resolver said:\n{lockkinds.brief(redact(result.output, runner.secrets))}",
                 "loosen or fix the conflicting requirement",
             )
         if runner.dry_run:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, cast
+from typing import Any
 
 from deploy import refs, registry
 from deploy.destinations import ENV_NAME
@@ -43,12 +43,11 @@ def served(settings: Settings) -> Served:
     else a refusal saying what a host serves instead."""
     from deploy import roles
     from deploy.fabhosts import last_of
-    from deploy.remote import Target, session
+    from deploy.remote import session
 
     where = settings.destination or "the base settings"
     found: list[tuple[str, str, str]] = []
-    for _, each, raw in roles.targets(settings, None):
-        target = cast(Target, raw)
+    for _, each, target in roles.targets(settings, None):
         with session(each, target) as vm:
             tag = vm.current_tag()
             record = last_of(vm.history(), tag) if tag else None

@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import yaml
+
 from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
 from deploy.envfile import read_env_file
@@ -56,8 +58,6 @@ def check_compose(settings: Settings) -> None:
     """Before any connection: the app's compose file must suit the proxy. Its web service
     publishes no host port (two containers run side by side during a switch; Caddy
     publishes the ports) and joins the external network `proxy_network`."""
-    import yaml
-
     path = settings.path(settings.compose_file)
     data = yaml.safe_load(path.read_text()) or {}
     service = (data.get("services") or {}).get(settings.service)

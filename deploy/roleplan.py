@@ -60,7 +60,8 @@ def parse_roles(raw: object) -> list[Role]:
     if not isinstance(raw, dict):
         raise _bad(f"'roles' in {SETTINGS_FILE} must be tables ([roles.web], [roles.worker])",
                    'write [roles.web] with hosts = ["vm1"]')
-    roles, seen = [], {}
+    roles: list[Role] = []
+    seen: dict[str, str] = {}  # host -> its role
     for name, table in raw.items():
         where = f"[roles.{name}] in {SETTINGS_FILE}"
         if not isinstance(table, dict):

@@ -15,7 +15,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from deploy.commands import docker
+from deploy.compose import read_compose
+from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.runner import Runner
 from deploy.settings import Settings
@@ -55,10 +59,6 @@ def described(settings: Settings, db: ScratchDb) -> str:
 
 def database_image(settings: Settings) -> str:
     """The image the compose file names for the database service (`postgres_service`)."""
-    import yaml
-
-    from deploy.checks.env import read_compose
-
     data = yaml.safe_load(read_compose(settings.path(settings.compose_file)))
     service = data["services"].get(settings.postgres_service)
     image = (service or {}).get("image") if isinstance(service, dict) else None
@@ -78,8 +78,6 @@ def database_image(settings: Settings) -> str:
 def url_scheme(settings: Settings) -> str:
     """The scheme (with driver) the app's URL uses, from .env.example's value, e.g.
     `postgresql+psycopg`; plain `postgresql` when it names none."""
-    from deploy.envfile import read_env_file
-
     example = settings.path(settings.env_example)
     value = read_env_file(example).get(settings.database_url_env, "") if example.exists() else ""
     scheme = value.split("://", 1)[0] if "://" in value else ""
@@ -132,7 +130,8 @@ def sqlite(scratch_dir: Path) -> Iterator[ScratchDb]:
     yield ScratchDb(url=f"sqlite:///{path}", container_url="sqlite:////deploy-scratch/scratch.db")
 
 
-def scratch(settings: Settings, runner: Runner, scratch_dir: Path):
+def scratch(settings: Settings, runner: Runner, scratch_dir: Path
+            ) -> contextlib.AbstractContextManager[ScratchDb]:
     """A scratch database of the production kind (settings `database`)."""
     if settings.database == "postgres":
         return postgres(settings, runner)

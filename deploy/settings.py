@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 
 SETTINGS_FILE = "deploy.toml"
@@ -286,8 +287,6 @@ def load_settings(
 ) -> Settings:
     """Read the effective settings for the app repo at `root` (default: the nearest directory
     from the working directory up that holds deploy.toml, else the working directory)."""
-    from deploy.envfile import read_env_file
-
     root = Path(root or find_root() or Path.cwd()).resolve()
     environ = dict(os.environ if environ is None else environ)
     path = root / SETTINGS_FILE

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import os
 import shutil
 import sys
@@ -357,7 +358,7 @@ def _up(sb: Sandbox, vms: int) -> None:
     _timed("python3.10 image", lambda: images.ensure_python310(sb.cache_dir))
     _timed("sshd", lambda: ensure_sshd(sb))
     for index in range(1, vms + 1):
-        _timed(sb.vm(index).name, lambda index=index: up_vm(sb, index))
+        _timed(sb.vm(index).name, functools.partial(up_vm, sb, index))
     vmlib.write_hosts(vmlib.running(sb.state_dir))
 
 

@@ -14,8 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from deploy import remote
+from deploy.commands import vm as cmd
+from deploy.envfile import read_env_file
 from deploy.errors import DeployError
+from deploy.settings import load_settings
 from sandbox.apprepo import EXAMPLE, EXAMPLE_POSTGRES, apply_v2, commit_all, git, make_app_repo
+from sandbox.box import sandbox as existing_sandbox
+from sandbox.box import up
 from sandbox.vms import Vm
 
 
@@ -75,10 +81,6 @@ def point_at(work: Path, vm: Vm) -> None:
 
 def reset_vm(work: Path) -> None:
     """Remove what an earlier demo left in the VM's app directory (its schema is ahead)."""
-    from deploy import remote
-    from deploy.commands import vm as cmd
-    from deploy.settings import load_settings
-
     settings = load_settings(work, environ={})
     for target in remote.targets(settings):
         with remote.session(settings, target) as vm:
@@ -124,16 +126,13 @@ def run_demo(work: Path | None = None, postgres: bool = False, dry_run: bool = F
     """v1 -> v2 -> rollback; with `postgres`, the Postgres example, then a restore of the
     backup taken before v2's migration. `dry_run`: no sandbox, no VM; each step that has a
     dry run prints its commands, and what asks the VM is left out."""
-    import sandbox
-    from deploy.envfile import read_env_file
-
     example = EXAMPLE_POSTGRES if postgres else EXAMPLE
     banner("sandbox")
     if dry_run:
-        box = sandbox.sandbox()
+        box = existing_sandbox()
         print("dry run: the sandbox is not started; nothing reaches a VM")
     else:
-        box = sandbox.up()
+        box = up()
     work = work or box.state_dir / "demo" / ("app-postgres" if postgres else "app")
     vm = box.vm(1)
     prepare(work, vm, example)

@@ -10,11 +10,16 @@ TLS), and the tests reach an app published on a VM's loopback as `ssh -L` would.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 PR_SET_NAME = 15
@@ -38,24 +43,25 @@ def enter(netns: str | None) -> None:
             os.close(fd)
 
 
-def in_thread(netns: str | None, make):
+def in_thread(netns: str | None, make: Callable[[], T]) -> T:
     """Run `make()` in a short-lived thread inside `netns`; its result (a socket keeps the
     namespace it was made in)."""
-    out: dict = {}
+    value: list[T] = []
+    error: list[BaseException] = []
 
     def work() -> None:
         try:
             enter(netns)
-            out["value"] = make()
+            value.append(make())
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            out["error"] = exc
+            error.append(exc)
 
     thread = threading.Thread(target=work)
     thread.start()
     thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    if error:
+        raise error[0]
+    return value[0]
 
 
 def pump(src: socket.socket, dst: socket.socket) -> None:
@@ -93,8 +99,6 @@ def serve(server: socket.socket, target: tuple[str, int], netns: str | None) -> 
 
 
 def main(argv: list[str]) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen-netns")
     parser.add_argument("--connect-netns")

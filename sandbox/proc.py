@@ -17,11 +17,11 @@ SETUP_FIX = "run .ci/setup (it installs docker.io, docker-registry, openssh-serv
 
 
 
-def run(cmd: Sequence[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+def run(cmd: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run a command, capturing its output as text; never raises on a non-zero exit."""
     try:
         return subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+            list(cmd), capture_output=True, text=True, timeout=timeout, check=False
         )
     except FileNotFoundError as exc:
         raise DeployError(f"{cmd[0]} is not installed", SETUP_FIX) from exc

@@ -111,7 +111,7 @@ class Vm:
     def holder(self) -> int | None:
         """pid of the process holding the VM's mount namespace, if it is alive."""
         pid = read_pid(self.pid_file("holder"))
-        return pid if alive(pid, "sleep") and self._holds_netns(pid) else None
+        return pid if pid and alive(pid, "sleep") and self._holds_netns(pid) else None
 
     def _holds_netns(self, pid: int) -> bool:
         try:

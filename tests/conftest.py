@@ -15,10 +15,17 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import tiers
+
+if TYPE_CHECKING:  # vmkit imports this module (see below); the sandbox's types only
+    from _pytest.terminal import TerminalReporter
+    from vmkit import App, Images, SshdLog
+
+    from sandbox import Sandbox
+    from sandbox.vms import Vm
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "example"
@@ -102,11 +109,12 @@ def run_inv(
 
 
 @pytest.fixture
-def inv(tmp_path: Path):
+def inv(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run `inv` in an app repo. The smoke-test record goes to this test's own cache dir."""
     cache = tmp_path / "xdg-cache"
 
-    def _inv(repo: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900):
+    def _inv(repo: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 900
+             ) -> subprocess.CompletedProcess[str]:
         return run_inv(repo, *args, env={"XDG_CACHE_HOME": str(cache), **(env or {})},
                        timeout=timeout)
 
@@ -120,11 +128,11 @@ def answering_200() -> Iterator[int]:
     import threading
 
     class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self) -> None:  # noqa: N802
             self.send_response(200)
             self.end_headers()
 
-        def log_message(self, *args):
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
@@ -222,13 +230,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its tier and xdist group; keep only the tiers asked for."""
     wanted = config.getoption("--tier")
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
-        tier = tiers.tier_of(item.fixturenames, item.get_closest_marker("slow") is not None)
+        fixtures = getattr(item, "fixturenames", ())
+        tier = tiers.tier_of(fixtures, item.get_closest_marker("slow") is not None)
         if tier not in ("fast", "slow"):
             item.add_marker(getattr(pytest.mark, tier))
         if item.get_closest_marker("xdist_group") is None:
-            group = tiers.group_of(item.fixturenames, item.nodeid.split("::")[0])
+            group = tiers.group_of(fixtures, item.nodeid.split("::")[0])
             item.add_marker(pytest.mark.xdist_group(group))
         item.user_properties.append(("tier", tier))
         (keep if tiers.selected(tier, wanted) else drop).append(item)
@@ -265,7 +275,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
                              total + report.duration, count + (report.when == "call")]
     if report.when == "call" or report.when == "teardown":
         for key, value in report.user_properties:
-            if key == "fault_row" and value not in _FAULT_ROWS:
+            if key == "fault_row" and isinstance(value, dict) and value not in _FAULT_ROWS:
                 _FAULT_ROWS.append(value)
 
 
@@ -284,7 +294,7 @@ def tier_times(times: dict[str, list[float]]) -> list[str]:
 # --------------------------------------------------------------------------- fault campaign
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
                             config: pytest.Config) -> None:
     """The time per tier; the fault campaign's table (tests/test_faults.py), when it recorded
     rows, also written as Markdown to $FAULTS_REPORT if that is set."""
@@ -319,7 +329,7 @@ PG_FAULT_VM = 8
 
 
 @pytest.fixture(scope="session")
-def sandbox(registry, base_image):
+def sandbox(registry: str, base_image: str) -> Sandbox:
     """The sandbox up (idempotent): engine, registry, images, sshd, VMs 1 and 2."""
     import sandbox as sandbox_mod
 
@@ -328,19 +338,19 @@ def sandbox(registry, base_image):
 
 
 @pytest.fixture(scope="session")
-def vm1(sandbox):
+def vm1(sandbox: Sandbox) -> Vm:
     """The VM remote tests deploy to by default."""
     return sandbox.vm(SHARED_VMS[0])
 
 
 @pytest.fixture(scope="session")
-def two_vms(sandbox):
+def two_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
     """Two separate VMs, for multi-host tests that do not break them."""
     return tuple(sandbox.vm(i) for i in SHARED_VMS)
 
 
 @pytest.fixture(scope="session")
-def fault_vms(sandbox):
+def fault_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
     """Two VMs of their own for tests that kill a VM's engine or sshd."""
     import sandbox as sandbox_mod
 
@@ -350,7 +360,7 @@ def fault_vms(sandbox):
 
 
 @pytest.fixture(scope="session")
-def pg_fault_vm(sandbox: Any) -> Any:
+def pg_fault_vm(sandbox: Sandbox) -> Vm:
     """A VM of its own for the fault campaign on the Postgres example, which runs beside the
     one on SQLite (vm3, and vm4 for the multi-VM faults)."""
     import sandbox as sandbox_mod
@@ -361,8 +371,8 @@ def pg_fault_vm(sandbox: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def images(sandbox: Any, request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Any:
+def images(sandbox: Sandbox, request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Images:
     """The example's v1, v2, broken-migration and unhealthy images, pushed: built once per
     run, by the first worker that needs them."""
     from vmkit import build_images
@@ -372,8 +382,8 @@ def images(sandbox: Any, request: pytest.FixtureRequest,
 
 
 @pytest.fixture(scope="session")
-def pg_images(sandbox: Any, request: pytest.FixtureRequest,
-              tmp_path_factory: pytest.TempPathFactory) -> Any:
+def pg_images(sandbox: Sandbox, request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Images:
     """The same images of example-postgres/, built once per run."""
     from vmkit import build_images
 
@@ -470,7 +480,7 @@ def _registry_shared(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def sshd(vm1):
+def sshd(vm1: Vm) -> SshdLog:
     """The log of vm1's sshd."""
     from vmkit import SshdLog
 
@@ -478,14 +488,15 @@ def sshd(vm1):
 
 
 @pytest.fixture
-def make_app(tmp_path, images, sandbox, vm1):
+def make_app(tmp_path: Path, images: Images, sandbox: Sandbox, vm1: Vm
+             ) -> Iterator[Callable[..., App]]:
     """Make apps (a repo each, with its own app_dir and port, on vm1 unless `vm` says another);
     each torn down afterwards."""
     from vmkit import App, make_app_repo
 
-    apps = []
+    apps: list[App] = []
 
-    def _make(image: str = "", vm=None):
+    def _make(image: str = "", vm: Vm | None = None) -> App:
         repo = make_app_repo(tmp_path / f"app{len(apps)}")
         app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image,
                          vm=vm or vm1)
@@ -498,12 +509,12 @@ def make_app(tmp_path, images, sandbox, vm1):
 
 
 @pytest.fixture
-def app(make_app):
+def app(make_app: Callable[..., App]) -> App:
     return make_app()
 
 
 @pytest.fixture
-def live(app, images):
+def live(app: App, images: Images) -> App:
     """An app set up on the VM with v1 deployed."""
     app.fab_ok("setup")
     app.deploy(images.v1)

@@ -24,8 +24,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 from conftest import EXAMPLE, child_env
 from vmkit import App, Images, buildx, checked, docker, make_app_repo, run
@@ -251,7 +253,7 @@ class Probe:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
@@ -364,7 +366,7 @@ def stop_registry() -> None:
     """Kill the sandbox's docker-registry (by its pid file) and wait until it answers no more."""
     sb = sandbox_mod.sandbox()
     pid = registry_pid()
-    assert sandbox_mod.alive(pid, "docker-registry"), f"no docker-registry at pid {pid}"
+    assert pid and sandbox_mod.alive(pid, "docker-registry"), f"no docker-registry at pid {pid}"
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not sandbox_mod.registry_up(sb), 10, 0.05, "the registry to stop")
 
@@ -393,13 +395,14 @@ def kill_engine(vm: Vm, sig: int = signal.SIGTERM) -> int:
     """Stop the VM's dockerd (never the laptop's) with `sig`: SIGTERM is what a
     `systemctl restart docker` does; it stops the containers first."""
     pid = sandbox_mod.read_pid(vm.pid_file("dockerd"))
-    assert sandbox_mod.alive(pid, "dockerd"), f"no dockerd runs on {vm.name}"
+    assert pid and sandbox_mod.alive(pid, "dockerd"), f"no dockerd runs on {vm.name}"
     os.kill(pid, sig)
     wait_until(lambda: not sandbox_mod.alive(pid, "dockerd"), 60, 0.05, "dockerd to exit")
     return pid
 
 
-def restore_engine(vm: Vm, were_running: set[str] = frozenset(), wait: float = 30) -> None:
+def restore_engine(vm: Vm, were_running: AbstractSet[str] = frozenset(), wait: float = 30
+                   ) -> None:
     """Start the VM's engine again; any container that ran before and is not back within `wait`
     seconds (its restart policy did not bring it back) is started, so that nothing else on
     that VM stays down."""
@@ -449,7 +452,7 @@ class PsSampler:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
 
@@ -615,7 +618,8 @@ class Fault:
         names = self.app.item_names()
         assert names[: len(self.names_before)] == self.names_before, (self.names_before, names)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         stop_all()
         self.probe.__exit__()
         if not self.row.during:

@@ -19,19 +19,26 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from conftest import EXAMPLE, REGISTRY, child_env, git, make_example_repo
+from dotenv import dotenv_values
 
 from deploy.commands.vm import project_name
+from deploy.registry import tag_digest
+from deploy.settings import Settings, load_settings
 from sandbox import Sandbox
 from sandbox.apprepo import FABFILE, apply_v2
 from sandbox.vms import Vm
 
+T = TypeVar("T")
 FORWARD = Path(__file__).resolve().parents[1] / "sandbox" / "forward.py"
 
 BROKEN_MIGRATION = '''"""a migration that fails
@@ -162,8 +169,6 @@ def remove_local_images(image: str, vm: Vm | None = None) -> None:
 
 def delete_from_registry(name: str) -> None:
     """Delete every tag of repository `name` from the sandbox registry (best effort)."""
-    from deploy.registry import tag_digest
-
     for tag in registry_tags(name):
         try:
             digest = tag_digest(f"{REGISTRY}/{name}", tag)
@@ -208,7 +213,8 @@ class SshdLog:
     def logins(self, mark: int) -> int:
         return sum("Accepted publickey" in line for line in self.since(mark))
 
-    def measure(self, action, what: str, expected: int, attempts: int = 3):
+    def measure(self, action: Callable[[], T], what: str, expected: int, attempts: int = 3
+                ) -> tuple[T, int, list[str]]:
         """Run `action` and count the sshd lines of kind `what` ("connections" or "logins")
         it caused; (action's result, count, log lines).
 
@@ -295,10 +301,8 @@ class App:
     def deploy(self, tag: str, env: dict[str, str] | None = None) -> str:
         return self.fab_ok("deploy", f"--tag={tag}", env=env)
 
-    def settings(self, **overrides: str):
+    def settings(self, **overrides: str) -> Settings:
         """The settings `fab` would read in this repo with this app's environment."""
-        from deploy.settings import load_settings
-
         environ = {k: v for k, v in self.env.items() if k.startswith("DEPLOY_")}
         return load_settings(self.repo, environ={**environ, **overrides})
 
@@ -343,10 +347,11 @@ class App:
             assert "listening" in line, f"the tunnel to {self.machine.name} failed: {line}"
         return f"http://127.0.0.1:{self.tunnel_port}{path}"
 
-    def request(self, path: str, **kwargs) -> urllib.request.Request:
+    def request(self, path: str, data: bytes | None = None, method: str | None = None
+                ) -> urllib.request.Request:
         """A request for `path` as users send it (through the proxy: with the app's Host)."""
         headers = {"Host": self.host} if self.proxy else {}
-        return urllib.request.Request(self.url(path), headers=headers, **kwargs)
+        return urllib.request.Request(self.url(path), headers=headers, data=data, method=method)
 
     def get(self, path: str, timeout: float = 5) -> tuple[int, object]:
         try:
@@ -412,8 +417,6 @@ class App:
 
     def release_env(self, name: str = ".env") -> dict[str, str]:
         """An env file of the app directory as compose reads it (quotes removed, no $-expansion)."""
-        from dotenv import dotenv_values
-
         return {k: v or "" for k, v in dotenv_values(self.vm(name), interpolate=False).items()}
 
     def snapshot(self) -> dict[str, bytes | None]:
@@ -457,8 +460,6 @@ class App:
     def postgres(self) -> bool:
         """Whether the app keeps its data in Postgres (a compose service), not SQLite: its
         deploy.toml's `database` (read as TOML only: a test may have put a bad setting in)."""
-        import tomllib
-
         database = self.env.get("DEPLOY_DATABASE") or tomllib.loads(
             (self.repo / "deploy.toml").read_text()).get("database", "sqlite")
         return database == "postgres"
@@ -607,7 +608,7 @@ class Probe:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
 
@@ -670,7 +671,7 @@ class InFlight:
         self._starter.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._starter.join(timeout=30)
         for thread in self._threads:

@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
+from deploy.checks import context, env, git, migrations, parity, startup
+from deploy.checks.result import Check, CheckResult, failed, passed
 from deploy.errors import DeployError
 from deploy.settings import Settings
 
-
-@dataclass
-class CheckResult:
-    """One check's verdict: on failure, a one-line reason and a one-line fix."""
-
-    name: str
-    ok: bool
-    reason: str = ""
-    fix: str = ""
-    detail: str = ""
-    seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-Check = Callable[[Settings], CheckResult]
-
-
-def passed(name: str, detail: str = "") -> CheckResult:
-    return CheckResult(name, True, detail=detail)
-
-
-def failed(name: str, reason: str, fix: str, detail: str = "") -> CheckResult:
-    return CheckResult(name, False, reason=reason, fix=fix, detail=detail)
+__all__ = ["Check", "CheckResult", "failed", "format_results", "passed", "registry",
+           "run_checks"]
 
 
 def registry() -> dict[str, Check]:
     """Check name -> function, in the order they run."""
-    from deploy.checks import context, env, git, migrations, parity, startup
-
     return {
         "python-parity": parity.python_parity,
         "lock-fresh": parity.lock_fresh,

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from deploy import dockerfile
-from deploy.checks import CheckResult, failed, passed
+from deploy.checks.result import CheckResult, failed, passed
 from deploy.settings import Settings
 
 SKIP = frozenset({".venv", "venv", "node_modules", "__pycache__"})

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from deploy.checks import CheckResult, failed, passed
-from deploy.errors import DeployError
+import yaml
+
+from deploy.checks.result import CheckResult, failed, passed
+from deploy.compose import read_compose
+from deploy.envfile import env_keys
+from deploy.envreads import required_reads
 from deploy.settings import Settings
 
 # Variables the toolkit itself writes on the VM (image and tag of the current release).
@@ -77,27 +80,6 @@ def compose_variables(text: str) -> dict[str, bool]:
     return found
 
 
-def read_compose(path: Path) -> str:
-    """The compose file's text, after making sure it parses as YAML."""
-    import yaml
-
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DeployError(
-            f"no compose file at {path}", "create it, or set `compose_file` in deploy.toml"
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise DeployError(f"{path.name} does not parse as YAML{where}", f"fix {path}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
-        raise DeployError(f"{path.name} has no `services:` mapping", f"fix {path}")
-    return text
-
-
 def tool_variables(settings: Settings) -> set[str]:
     """The compose variables the toolkit writes on the VM: the release's image and tag."""
     return set(TOOL_VARIABLES) | {settings.image_variable, settings.tag_variable}
@@ -105,8 +87,6 @@ def tool_variables(settings: Settings) -> set[str]:
 
 def service_environment(settings: Settings) -> set[str]:
     """Variables the compose file sets itself in the app service's `environment:`."""
-    import yaml
-
     data = yaml.safe_load(read_compose(settings.path(settings.compose_file)))
     env = (data["services"].get(settings.service) or {}).get("environment") or {}
     if isinstance(env, list):
@@ -117,8 +97,6 @@ def service_environment(settings: Settings) -> set[str]:
 def code_reads_missing(settings: Settings, example: set[str]) -> dict[str, str]:
     """Variables the app's code reads without a default that neither .env.example nor the
     compose service's `environment:` provides -> where the code reads them."""
-    from deploy.envreads import required_reads
-
     provided = {
         k.upper() for k in example | service_environment(settings) | tool_variables(settings)
     }
@@ -130,8 +108,6 @@ def code_reads_missing(settings: Settings, example: set[str]) -> dict[str, str]:
 
 
 def env_complete(settings: Settings) -> CheckResult:
-    from deploy.envfile import env_keys
-
     name = "env-complete"
     example_path = settings.path(settings.env_example)
     if not example_path.exists():

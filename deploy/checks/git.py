@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from deploy import git
-from deploy.checks import CheckResult, failed, passed
+from deploy.checks.result import CheckResult, failed, passed
 from deploy.settings import Settings
 
 

@@ -18,9 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from deploy import appenv, scratchdb
-from deploy.checks import CheckResult, failed, passed
+from invoke import Context
+
+from deploy import appenv, git, local, scratchdb
+from deploy.checks.result import CheckResult, failed, passed
+from deploy.commands import docker
+from deploy.envfile import read_env_file
+from deploy.envreads import app_env_reads, dotenv_overrides, file_reads
 from deploy.errors import DeployError
+from deploy.runner import Runner
 from deploy.settings import Settings
 
 PROBE = Path(__file__).with_name("alembic_probe.py")
@@ -30,8 +36,6 @@ IN_IMAGE_DIR = "/deploy-probe"
 
 def url_variable_read(settings: Settings, ini: Path) -> bool:
     """Whether the app's code or its Alembic env.py reads the scratch database's variables."""
-    from deploy.envreads import app_env_reads, file_reads
-
     reads = list(app_env_reads(settings.path(settings.context)))
     script_dir = appenv.alembic_script_dir(ini)
     if script_dir and (script_dir / "env.py").exists():
@@ -63,8 +67,6 @@ def migrations(settings: Settings) -> CheckResult:
             "({host = ..., port = ..., user = ..., password = ..., name = ...}); the check "
             "sets them to a scratch database",
         )
-    from deploy.envreads import dotenv_overrides
-
     overrides = dotenv_overrides(settings.path(settings.context))
     if overrides:
         return failed(
@@ -92,15 +94,12 @@ def migrations(settings: Settings) -> CheckResult:
     return verdict(name, proc, how, f"in {app.where}, on {kind}")
 
 
-def quiet_runner():
-    from invoke import Context
-
-    from deploy.runner import Runner
-
+def quiet_runner() -> Runner:
     return Runner(Context(), out=sys.stderr)
 
 
-def run_probe(settings: Settings, app: appenv.AppPython, runner, scratch_dir: Path, ini: Path,
+def run_probe(settings: Settings, app: appenv.AppPython, runner: Runner, scratch_dir: Path,
+              ini: Path,
               db: scratchdb.ScratchDb) -> tuple[subprocess.CompletedProcess[str], str]:
     """The probe's process, and the equivalent alembic command for the user to try."""
     url_env = settings.database_url_env
@@ -135,16 +134,12 @@ def run_probe(settings: Settings, app: appenv.AppPython, runner, scratch_dir: Pa
 
 def example_env(settings: Settings) -> dict[str, str]:
     """The app's variables with the placeholder values of .env.example (never .env's)."""
-    from deploy.envfile import read_env_file
-
     path = settings.path(settings.env_example)
     return read_env_file(path) if path.exists() else {}
 
 
 def docker_probe(ref: str, scratch_dir: Path, ini_rel: str, db: scratchdb.ScratchDb,
                  url_env: str, app_env: dict[str, str], python: str = "python") -> list[str]:
-    from deploy.commands import docker
-
     probe = f"{IN_IMAGE_DIR}/{PROBE.name}"
     return docker.run_probe(
         ref,
@@ -155,10 +150,8 @@ def docker_probe(ref: str, scratch_dir: Path, ini_rel: str, db: scratchdb.Scratc
     )
 
 
-def built_image(settings: Settings, runner) -> str:
+def built_image(settings: Settings, runner: Runner) -> str:
     """The app's image for the working tree (built now; Docker's cache makes a rebuild cheap)."""
-    from deploy import git, local
-
     version = "check"
     if git.is_repo(settings.root):
         version = git.resolve_version(settings.root, "", allow_dirty=True)

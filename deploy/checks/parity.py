@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from deploy import dockerfile, pins
-from deploy.checks import CheckResult, failed, passed
+from deploy import appenv, dockerfile, pins
+from deploy.checks.result import CheckResult, failed, passed
+from deploy.lockkinds import detect, installs_from_lock
 from deploy.settings import Settings
-
-if TYPE_CHECKING:
-    from packaging.specifiers import SpecifierSet
 
 
 def python_versions(settings: Settings) -> dict[str, str]:
     """Every place that names the app's Python, mapped to the major.minor it names: the image
     first, then the app's development Python (never the interpreter running this tool)."""
-    from deploy import appenv
-
     found: dict[str, str] = {}
     parsed = dockerfile.parse(settings.path(settings.dockerfile))
     found[f"{settings.dockerfile} (final stage)"] = dockerfile.final_python(parsed)
@@ -31,8 +27,6 @@ def python_versions(settings: Settings) -> dict[str, str]:
 
 
 def python_parity(settings: Settings) -> CheckResult:
-    from deploy import appenv
-
     name = "python-parity"
     found = python_versions(settings)
     image_py = next(iter(found.values()))
@@ -48,8 +42,6 @@ def python_parity(settings: Settings) -> CheckResult:
         )
     spec = appenv.requires_python(settings)
     if spec:
-        from packaging.specifiers import InvalidSpecifier, SpecifierSet
-
         try:
             ok = SpecifierSet(spec).contains(f"{image_py}.0")
         except InvalidSpecifier:
@@ -86,8 +78,6 @@ def lock_fresh(settings: Settings) -> CheckResult:
         return failed(name, state.reason, state.fix)
     kind = pins.lock_kind(settings)
     if kind != "requirements":
-        from deploy.lockkinds import detect, installs_from_lock
-
         lock_name = detect(settings).lock.name
         parsed = dockerfile.parse(settings.path(settings.dockerfile))
         ok, reason, fix = installs_from_lock(kind, dockerfile.run_lines(parsed), lock_name)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import dockerfile
-from deploy.checks import CheckResult, failed, passed
+from deploy.checks.result import CheckResult, failed, passed
 from deploy.settings import Settings
 
 MIGRATES_RE = re.compile(r"\balembic\b[^\n;&|]*\bupgrade\b")

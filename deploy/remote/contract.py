@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
+import yaml
+
 from deploy.errors import DeployError
 
 MOVING_TAGS = frozenset({"latest"})
@@ -58,8 +60,6 @@ def release_override(service: str, ref: str) -> str:
 
 def services_reading_dotenv(compose_path: Path) -> list[str]:
     """Services whose `env_file` is the compose directory's `.env` (compose's own file)."""
-    import yaml
-
     try:
         data = yaml.safe_load(compose_path.read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -76,8 +76,6 @@ def services_reading_dotenv(compose_path: Path) -> list[str]:
 
 def parse_config(raw: str) -> dict:
     """The rendered compose file (`config --format json` of v2, YAML of v1)."""
-    import yaml
-
     raw = raw.strip()
     try:
         return json.loads(raw) if raw.startswith("{") else (yaml.safe_load(raw) or {})
