@@ -326,6 +326,7 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
 SHARED_VMS = (1, 2)
 FAULT_VMS = (3, 4)
 PG_FAULT_VM = 8
+SSHD_VM = 9
 
 
 @pytest.fixture(scope="session")
@@ -480,26 +481,38 @@ def _registry_shared(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def sshd(vm1: Vm) -> SshdLog:
-    """The log of vm1's sshd."""
+def sshd_vm(sandbox: Sandbox) -> Vm:
+    """The VM of the tests that count SSH connections in its sshd's log: theirs alone (they
+    run one after another on one worker), so that nobody else's logins are counted."""
+    import sandbox as sandbox_mod
+
+    with registry_in_use():
+        sandbox_mod.up(vms=SSHD_VM)
+    return sandbox.vm(SSHD_VM)
+
+
+@pytest.fixture(scope="session")
+def sshd(sshd_vm: Vm) -> SshdLog:
+    """The log of the sshd of the VM a test's apps go to (`make_app`)."""
     from vmkit import SshdLog
 
-    return SshdLog(vm1.log("sshd"))
+    return SshdLog(sshd_vm.log("sshd"))
 
 
 @pytest.fixture
-def make_app(tmp_path: Path, images: Images, sandbox: Sandbox, vm1: Vm
-             ) -> Iterator[Callable[..., App]]:
-    """Make apps (a repo each, with its own app_dir and port, on vm1 unless `vm` says another);
-    each torn down afterwards."""
+def make_app(tmp_path: Path, images: Images, sandbox: Sandbox, vm1: Vm,
+             request: pytest.FixtureRequest) -> Iterator[Callable[..., App]]:
+    """Make apps (a repo each, with its own app_dir and port, on vm1 unless `vm` says another,
+    or the sshd VM for a test that counts SSH connections); each torn down afterwards."""
     from vmkit import App, make_app_repo
 
     apps: list[App] = []
 
     def _make(image: str = "", vm: Vm | None = None) -> App:
+        if vm is None:
+            vm = request.getfixturevalue("sshd_vm") if "sshd" in request.fixturenames else vm1
         repo = make_app_repo(tmp_path / f"app{len(apps)}")
-        app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image,
-                         vm=vm or vm1)
+        app = App.create(repo, images, tmp_path / "xdg-cache", sandbox, image=image, vm=vm)
         apps.append(app)
         return app
 

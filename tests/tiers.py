@@ -23,7 +23,7 @@ FIXTURE_TIERS: dict[str, str] = {
     # sandbox VMs that tests share (each app in its own directory and port)
     "sandbox": "sandbox", "sb": "sandbox", "vm1": "sandbox", "two_vms": "sandbox",
     "images": "sandbox", "pg_images": "sandbox", "make_app": "sandbox", "sshd": "sandbox",
-    "caddy": "sandbox",
+    "caddy": "sandbox", "sshd_vm": "sandbox",
     # VMs of their own, joined to others
     "three_vms": "multivm", "swarm": "multivm",
     # VMs whose engine, sshd or disk a test breaks
@@ -35,6 +35,7 @@ FIXTURE_GROUPS: dict[str, str] = {
     "fault_vms": "faults",
     "swarm": "swarm",
     "three_vms": "roles",
+    "sshd_vm": "sshd",  # its sshd's log counts one test's connections
 }
 
 
