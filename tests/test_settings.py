@@ -344,3 +344,24 @@ def test_a_bad_setting_stops_fab_before_it_connects(example_repo):
     errors = [line for line in output(proc).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "'keep_backups'" in errors[0], output(proc)
     assert "no-such-host" not in output(proc)
+
+
+def test_fab_setup_refuses_a_service_the_compose_file_lacks(example_repo):
+    """service = "nosuch" | before: `fab setup` uploaded everything | one error naming the
+    service, before any connection (the host would not resolve)."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    (example_repo / "fabfile").mkdir(exist_ok=True)
+    (example_repo / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns\n")
+    proc = subprocess.run([sys.executable, "-m", "fabric", "setup"], cwd=example_repo,
+                          env=child_env({"DEPLOY_SERVICE": "nosuch",
+                                         "DEPLOY_HOST": "no-such-host.invalid"}),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1, output(proc)
+    assert_no_traceback(proc)
+    assert "error: setting 'service' is 'nosuch', which compose.yaml does not define (it has: " \
+        "app)" in proc.stderr, output(proc)
+    assert "no-such-host" not in output(proc)

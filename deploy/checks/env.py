@@ -47,6 +47,18 @@ def read_compose(path: Path) -> str:
     return text
 
 
+def require_service(settings: Settings) -> None:
+    """Refuse a `service` the compose file does not define (nothing else could deploy it)."""
+    import yaml
+
+    services = yaml.safe_load(read_compose(settings.path(settings.compose_file)))["services"]
+    if settings.service not in services:
+        raise DeployError(
+            f"setting 'service' is {settings.service!r}, which {settings.compose_file} does not "
+            f"define (it has: {', '.join(map(str, services)) or 'none'})",
+            "set `service` in deploy.toml to the app's service in the compose file")
+
+
 def tool_variables(settings: Settings) -> set[str]:
     """The compose variables the toolkit writes on the VM: the release's image and tag."""
     return set(TOOL_VARIABLES) | {settings.image_variable, settings.tag_variable}
@@ -89,6 +101,10 @@ def env_complete(settings: Settings) -> CheckResult:
             f"there is no {settings.env_example}",
             f"create {settings.env_example} listing every variable the app reads",
         )
+    try:
+        require_service(settings)
+    except DeployError as exc:
+        return failed(name, exc.message, exc.fix)
     example = set(env_keys(example_path))
     required = [
         var
