@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy import envfile
-from deploy.commands.vm import APP_ENV, env_keys, env_set
+from deploy.commands.vm import APP_ENV, env_keys, env_line, env_merge, env_set
 from deploy.errors import DeployError
 from deploy.settings import ENV_PREFIX
 
@@ -33,6 +33,18 @@ def set_key(key: str) -> list[str]:
     return env_set(validate_key(key), APP_ENV)
 
 
+def key_line(key: str) -> list[str]:
+    """Print KEY's line of app.env (exit ENV_KEY_MISSING_EXIT if it has none): only for
+    `fab env get`, the one place a value leaves the VM on purpose."""
+    return env_line(validate_key(key), APP_ENV)
+
+
+def merge_app_env() -> list[str]:
+    """app.env's keys replaced or joined by the lines on stdin, its own other keys kept;
+    prints `changed KEY` / `kept KEY` (names only)."""
+    return env_merge(APP_ENV)
+
+
 def validate_key(key: str) -> str:
     if not KEY_RE.match(key):
         raise DeployError(f"{key!r} is not a variable name",
@@ -44,8 +56,11 @@ def validate_key(key: str) -> str:
 
 
 def validate_value(value: str) -> str:
-    if "\n" in value or "\r" in value:
-        raise DeployError("the value has a line break", "give a one-line value on stdin")
+    """Any text but a NUL byte (an environment variable ends at one): line breaks, quotes,
+    `$` and backslashes reach the app as given (deploy.remote.contract.env_line)."""
+    if "\0" in value:
+        raise DeployError("the value has a NUL byte, which no environment variable can hold",
+                          "give the value without it")
     return value
 
 

@@ -241,14 +241,17 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     --take-host (that app then no longer answers to it)."""
     set_verbose(verbose, c)
     from deploy import refs
-    from deploy.checks.env import read_compose
+    from deploy.checks.env import read_compose, require_service
     from deploy.commands import docker
+    from deploy.commands import vm as cmd
     from deploy.envcheck import app_env_values
     from deploy.settings import load_settings
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     refs.validate_image(settings.require("image"))
     read_compose(settings.path(settings.compose_file))
+    if not with_roles(c):  # (a role may name its own service and compose file)
+        require_service(settings)
     values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
     from deploy import secrets
     from deploy.fabrelease import local_runner
@@ -267,7 +270,14 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
         vm.runner.secrets.extend(found.values())
         vm.ensure_helper()
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
-        vm.write_release_files(vm.current_tag(), values)
+        changed, kept = vm.merge_app_env(values)
+        if changed:
+            vm.runner.say(f"{cmd.APP_ENV}: updated from {s.env_file}: {', '.join(changed)} "
+                          "(the VM had other values)")
+        if kept:
+            vm.runner.say(f"{cmd.APP_ENV}: kept {', '.join(kept)} (only on the VM, not in "
+                          f"{s.env_file})")
+        vm.write_release_files(vm.current_tag())
         vm.check_project()
         current = vm.current_tag()
         if not dry_run and s.target != "swarm":

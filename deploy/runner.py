@@ -71,10 +71,17 @@ def sh(script: str) -> list[str]:
     return ["sh", "-c", script]
 
 
+# Shorter secrets are never redacted: they would match inside ordinary words ("ne***t
+# deploy" for a secret "x"); the settings refuse them, `fab env set` warns.
+MIN_REDACTED = 8
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with each whole occurrence of a secret replaced by '***': one not inside a
+    longer run of letters and digits (a secret's prefix of a longer word stays)."""
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+        if len(secret) >= MIN_REDACTED:
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
 
 

@@ -23,6 +23,7 @@ ENV_PREFIX = "DEPLOY_"
 # DEPLOY_* variables that belong to other parts of the toolkit, not to the settings.
 FOREIGN_ENV = ("DEPLOY_SANDBOX_",)
 SECRET_KEYS = frozenset({"registry_password"})
+ENV_BOOLS = {"true": True, "1": True, "false": False, "0": False}
 CHOICES: dict[str, tuple[str, ...]] = {
     "database": ("sqlite", "postgres", "none"),
     "lock_backend": ("pip-tools", "uv", "auto"),
@@ -167,20 +168,21 @@ def _unknown_key(key: str, source: str) -> DeployError:
     return DeployError(f"unknown setting '{key}' in {source}", hint)
 
 
-def coerce(key: str, value: Any, source: str) -> Any:
-    """Turn a raw value (TOML value or environment string) into the key's type."""
+def coerce(key: str, value: Any, source: str, text: bool = False) -> Any:
+    """Turn a raw value (TOML value, or with `text` an environment string) into the key's
+    type."""
     kind = FIELD_TYPES[key]
     bad = DeployError(
         f"setting '{key}' in {source} must be {_kind_name(kind)}, got {value!r}",
         f"fix the value of '{key}' in {source}",
     )
     if kind == "bool":
+        # TOML's own booleans; an environment string exactly true/false/1/0 (a quoted "yes"
+        # in deploy.toml is a string, not a yes)
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
-            return False
+        if isinstance(value, str) and text and value in ENV_BOOLS:
+            return ENV_BOOLS[value]
         raise bad
     if kind == "int":
         if isinstance(value, bool):
@@ -230,10 +232,9 @@ def database_parts(key: str, value: Any, source: str, bad: DeployError) -> dict[
 
 
 def _kind_name(kind: str) -> str:
-    return {"bool": "true or false", "int": "a whole number", "float": "a number",
-            "dict[str, str]": "a table of variable names"}.get(
-        kind, "a string"
-    )
+    return {"bool": "true or false (in the environment also 1 or 0)", "int": "a whole number",
+            "float": "a number", "dict[str, str]": "a table of variable names"}.get(
+        kind, "a string")
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
@@ -257,7 +258,7 @@ def _env_overrides(env: dict[str, str], source: str) -> dict[str, Any]:
         key = name[len(ENV_PREFIX) :].lower()
         if key not in FIELD_TYPES:
             raise _unknown_key(key, f"{source} ({name})")
-        out[key] = coerce(key, value, f"{source} ({name})")
+        out[key] = coerce(key, value, f"{source} ({name})", text=True)
     return out
 
 
@@ -291,12 +292,14 @@ def load_settings(
     environ = dict(os.environ if environ is None else environ)
     path = root / SETTINGS_FILE
     values: dict[str, Any] = {}
-    for key, raw in read_settings_file(path).items():
+    raw_file = read_settings_file(path)
+    for key, raw in raw_file.items():
         if key in TABLES:
             continue
         if key not in FIELD_TYPES:
             raise _unknown_key(key, SETTINGS_FILE)
         values[key] = coerce(key, raw, SETTINGS_FILE)
+    sources = dict.fromkeys(values, SETTINGS_FILE)
     env_values = _env_overrides(environ, "the environment")
     from deploy.destinations import merge  # [destinations.NAME] over the top level
 
@@ -304,6 +307,24 @@ def load_settings(
     env_file = env_values.get("env_file", values.get("env_file", Settings.env_file))
     dotenv_path = root / env_file
     if dotenv_path.exists():
-        values.update(_env_overrides(read_env_file(dotenv_path), env_file))
+        from_dotenv = _env_overrides(read_env_file(dotenv_path), env_file)
+        values.update(from_dotenv)
+        sources.update({k: f"{env_file} ({ENV_PREFIX}{k.upper()})" for k in from_dotenv})
     values.update(env_values)
-    return Settings(root=root, **values)
+    sources.update({k: f"the environment ({ENV_PREFIX}{k.upper()})" for k in env_values})
+    settings = Settings(root=root, **values)
+    _check_ranges(settings, sources, raw_file.get("roles"))
+    return settings
+
+
+def _check_ranges(settings: Settings, sources: dict[str, str], roles: Any) -> None:
+    from deploy import settingsrules
+
+    vm_hosts = [settingsrules.host_name(h) for h in settings.host.split(",") if h.strip()]
+    if isinstance(roles, dict):
+        for table in roles.values():
+            hosts = table.get("hosts") if isinstance(table, dict) else None
+            if isinstance(hosts, list):
+                vm_hosts += [settingsrules.host_name(h) for h in hosts if isinstance(h, str)]
+    effective = {f.name: getattr(settings, f.name) for f in user_fields()}
+    settingsrules.check(effective, lambda key: sources.get(key, "the defaults"), vm_hosts)

@@ -307,6 +307,43 @@ env_set() {  # FILE KEY: the line on stdin replaces KEY's line(s) in FILE (or is
     } > "$file.tmp" && chmod 600 "$file.tmp" && mv "$file.tmp" "$file"
 }
 
+env_line() {  # FILE KEY: KEY's last line in FILE (its value stays on the VM but for --show); exit 3 if none
+    file=$1 key=$2
+    case $key in
+        '' | [0-9]* | *[!A-Za-z0-9_]*) die "not a variable name: $key" ;;
+    esac
+    [ -f "$file" ] || exit 3
+    found=$(grep "^[[:space:]]*\(export[[:space:]][[:space:]]*\)\{0,1\}${key}[[:space:]]*=" "$file" | tail -n 1)
+    [ -n "$found" ] || exit 3
+    printf '%s\n' "$found"
+}
+
+env_merge() {  # FILE: the KEY=value lines on stdin replace or join FILE's; FILE's other lines
+    # are kept. Prints `changed KEY` for each key whose line differed, `kept KEY` for each key
+    # only FILE had (names, never values). Atomic, 0600.
+    file=$1
+    umask 077
+    [ -f "$file" ] || : > "$file"
+    awk -v old="$file" -v out="$file.tmp" '
+        function key(line) {
+            sub(/^[ \t]*(export[ \t]+)?/, "", line)
+            if (!sub(/[ \t]*=.*/, "", line) || line !~ /^[A-Za-z_][A-Za-z0-9_]*$/) return ""
+            return line
+        }
+        { k = key($0); if (k == "") next; given[k] = $0; print > out }
+        END {
+            while ((getline line < old) > 0) {
+                k = key(line)
+                if (k == "") { print line > out; continue }
+                if (!(k in given)) { print line > out; if (!(k in said)) print "kept " k }
+                else if (given[k] != line && !(k in said)) print "changed " k
+                said[k] = 1
+            }
+            printf "" > out
+            close(out)
+        }' && chmod 600 "$file.tmp" && mv "$file.tmp" "$file"
+}
+
 # -- after a switch behind the proxy: compose up of every service but the web one
 settle() {  # SERVICE COMPOSE...
     service=$1
@@ -507,6 +544,8 @@ case $cmd in
     http-status) http_status "$1" ;;
     env-keys) env_keys "$1" ;;
     env-set) env_set "$@" ;;
+    env-line) env_line "$@" ;;
+    env-merge) env_merge "$1" ;;
     settle) settle "$@" ;;
     task-last-health) task_last_health "$1" ;;
     proxy-requirements) proxy_requirements ;;

@@ -181,6 +181,16 @@ def test_env_complete_catches_a_compose_variable_without_default(example_repo, i
     assert "NEW_VAR" in result["fix"] and ".env.example" in result["fix"]
 
 
+def test_env_complete_catches_a_service_the_compose_file_lacks(example_repo, inv):
+    """service = "nosuch" | before: accepted until the VM's compose refused it | env-complete
+    fails naming the service and the ones the compose file has."""
+    edit(example_repo / "deploy.toml", 'service = "app"', 'service = "nosuch"')
+    commit_all(example_repo, "a service the compose file lacks")
+    result = assert_only_failure(inv, example_repo, "env-complete")
+    assert "'nosuch'" in result["reason"] and "it has: app" in result["reason"]
+    assert "service" in result["fix"]
+
+
 def test_env_complete_accepts_a_compose_variable_with_default(example_repo, inv):
     edit(example_repo / "compose.yaml", "    environment:\n",
          '    environment:\n      NEW_VAR: "${NEW_VAR:-fallback}"\n')

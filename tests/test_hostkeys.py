@@ -69,7 +69,7 @@ def _fab(repo: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_")}
     return subprocess.run([sys.executable, "-m", "fabric", *args], cwd=repo, text=True,
-                          capture_output=True, env={**clean, "DEPLOY_APP_DIR": "/tmp", **env})
+                          capture_output=True, env={**clean, "DEPLOY_APP_DIR": "/srv/none", **env})
 
 
 def test_fab_run_checks_the_host_key(example_repo: Path, sandbox, vm1) -> None:
@@ -77,11 +77,13 @@ def test_fab_run_checks_the_host_key(example_repo: Path, sandbox, vm1) -> None:
     from vmkit import unique
 
     (example_repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
-    target = {"DEPLOY_HOST": vm1.name, "DEPLOY_PORT": "22", "DEPLOY_APP_DIR": "/srv",
-              "DEPLOY_KEY_FILE": str(sandbox.key_file),
-              "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts)}
     name = unique("hostkey-")
     marker = vm1.srv / name  # /srv/NAME on the VM
+    home = vm1.srv / f"{name}-dir"  # app_dir: `fab run` runs there (it must exist)
+    target = {"DEPLOY_HOST": vm1.name, "DEPLOY_PORT": "22", "DEPLOY_APP_DIR": f"/srv/{home.name}",
+              "DEPLOY_KEY_FILE": str(sandbox.key_file),
+              "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts)}
+    home.mkdir()
     try:
         ok = _fab(example_repo, "run", f"--cmd=echo hello; touch /srv/{name}; exit 4", **target)
         assert ok.returncode == 4, ok.stderr
@@ -97,3 +99,4 @@ def test_fab_run_checks_the_host_key(example_repo: Path, sandbox, vm1) -> None:
         assert not marker.exists()
     finally:
         marker.unlink(missing_ok=True)
+        home.rmdir()

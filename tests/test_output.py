@@ -18,7 +18,7 @@ from invoke import Result as InvokeResult
 
 from deploy.errors import DeployError
 from deploy.remote.phases import Release
-from deploy.runner import Runner, set_verbose, strip_escapes, verbose_from_env
+from deploy.runner import Runner, redact, set_verbose, strip_escapes, verbose_from_env
 from deploy.shell import _Stream
 
 SECRET = "s3cr3t-Pa55"
@@ -59,6 +59,20 @@ def test_a_failure_shows_the_commands_own_error_redacted_at_every_level():
             r.run(COMMAND, hide=True, what="registry login failed")
         assert "denied for ***" in err.value.message and SECRET not in err.value.message
         assert SECRET not in out.getvalue()
+
+
+def test_redaction_replaces_whole_values_only():
+    """a secret `x` | before: `it takes effect at the ne***t deploy` | now: a secret shorter
+    than 8 characters is never redacted (the settings refuse one, `fab env set` warns), and a
+    longer one only where it stands alone, not inside a longer word."""
+    say = "x set; it takes effect at the next deploy"
+    assert redact(say, ["x"]) == say
+    assert redact("token=abcdefgh1 abcdefgh1x xabcdefgh1 'abcdefgh1'\n",
+                  ["abcdefgh1"]) == "token=*** abcdefgh1x xabcdefgh1 '***'\n"
+    assert redact("a line\nb (two) used", ["a line\nb (two)"]) == "*** used"
+    out = io.StringIO()
+    Runner(MockContext(), out=out, secrets=["x", "ab"]).say(say)
+    assert out.getvalue() == f"[local] {say}\n"
 
 
 def test_a_dry_run_prints_every_command_even_without_verbose():

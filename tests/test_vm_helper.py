@@ -182,6 +182,34 @@ def test_env_keys_and_env_set_keep_values_on_the_vm_and_the_file_private(tmp_pat
     assert dash(app_env_keys(), tmp_path / "empty").stdout == ""  # no app.env yet: no keys
 
 
+def test_env_merge_keeps_the_vms_own_keys_and_names_what_changed(tmp_path):
+    """`fab setup`'s merge: .env's lines replace or join app.env's, the VM's own keys stay;
+    only names are printed, never values."""
+    env = tmp_path / "app.env"
+    env.write_text("A='1'\n# a note\nVM_ONLY='kept-value'\nB='old'\n")
+    env.chmod(0o644)
+    result = dash(cmd.env_merge(), tmp_path, stdin="A='1'\nB='new'\nC='added'")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["kept VM_ONLY", "changed B"]
+    assert env.read_text() == "A='1'\nB='new'\nC='added'\n# a note\nVM_ONLY='kept-value'\n"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    (tmp_path / "fresh").mkdir()  # no app.env yet: .env's lines, nothing kept
+    fresh = dash(cmd.env_merge(), tmp_path / "fresh", stdin="A='1'")
+    assert fresh.stdout == "" and (tmp_path / "fresh" / "app.env").read_text() == "A='1'\n"
+
+
+def test_env_line_gives_back_any_value_env_line_wrote(tmp_path):
+    """`fab env get` reads back what `fab env set` wrote: line breaks, quotes, `$`, `\\`."""
+    from deploy.remote.contract import env_line, parse_env_line
+
+    value = "one\ntwo 'q' \"d\" \\n $HOME ${X}\r\n\tend é"
+    (tmp_path / "app.env").write_text(env_line("K", value) + env_line("KK", "x"))
+    line = dash(cmd.env_line("K"), tmp_path)
+    assert line.returncode == 0 and parse_env_line(line.stdout) == ("K", value)
+    assert dash(cmd.env_line("NOPE"), tmp_path).returncode == cmd.ENV_KEY_MISSING_EXIT
+    assert parse_env_line("export  FOO=bar # note\n") == ("FOO", "bar")
+
+
 def test_proxy_base_routes_and_upstream_on_disk(tmp_path):
     proxy = tmp_path / "proxy dir"  # a space: every argument is its own word
     d = str(proxy)

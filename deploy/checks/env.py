@@ -11,6 +11,7 @@ from deploy.checks.result import CheckResult, failed, passed
 from deploy.compose import read_compose
 from deploy.envfile import env_keys
 from deploy.envreads import required_reads
+from deploy.errors import DeployError
 from deploy.settings import Settings
 
 # Variables the toolkit itself writes on the VM (image and tag of the current release).
@@ -80,6 +81,16 @@ def compose_variables(text: str) -> dict[str, bool]:
     return found
 
 
+def require_service(settings: Settings) -> None:
+    """Refuse a `service` the compose file does not define (nothing else could deploy it)."""
+    services = yaml.safe_load(read_compose(settings.path(settings.compose_file)))["services"]
+    if settings.service not in services:
+        raise DeployError(
+            f"setting 'service' is {settings.service!r}, which {settings.compose_file} does not "
+            f"define (it has: {', '.join(map(str, services)) or 'none'})",
+            "set `service` in deploy.toml to the app's service in the compose file")
+
+
 def tool_variables(settings: Settings) -> set[str]:
     """The compose variables the toolkit writes on the VM: the release's image and tag."""
     return set(TOOL_VARIABLES) | {settings.image_variable, settings.tag_variable}
@@ -116,6 +127,10 @@ def env_complete(settings: Settings) -> CheckResult:
             f"there is no {settings.env_example}",
             f"create {settings.env_example} listing every variable the app reads",
         )
+    try:
+        require_service(settings)
+    except DeployError as exc:
+        return failed(name, exc.message, exc.fix)
     example = set(env_keys(example_path))
     required = [
         var

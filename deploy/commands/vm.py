@@ -37,6 +37,8 @@ RELEASE_ENV = f"{STATE_DIR}/release.env"
 RELEASE_OVERRIDE = f"{STATE_DIR}/release.yaml"
 BACKUP_DIR = "backups"
 APP_ENV = "app.env"
+ENV_KEY_MISSING_EXIT = 3  # env-line: the file has no such key
+RESOLVED_ELSEWHERE_EXIT = 9  # install_helper: the directory is another one by another name
 COMPOSE_ENV = ".env"
 LOCK_BUSY_EXIT = 75
 HELPER_MISSING_EXIT = 127
@@ -67,11 +69,19 @@ def helper_dir(argv: list[str]) -> str | None:
 
 def install_helper(directory: str, *dirs: str) -> list[str]:
     """Make `directory`, its .deploy/bin and `dirs` in it; put the helper (on stdin) in place
-    if missing. The helper's own bootstrap (it cannot install itself), so an `sh -c` script."""
+    if missing. The helper's own bootstrap (it cannot install itself), so an `sh -c` script.
+    An absolute `directory` that is another by another name (a symbolic link on its way) is
+    left alone: it prints `resolved PATH` and exits RESOLVED_ELSEWHERE_EXIT, nothing made."""
     path = shlex.quote(f"{directory}/{HELPER}")
     made = shlex.join(["mkdir", "-p", f"{directory}/{STATE_DIR}/bin",
                        *(f"{directory}/{d}" for d in dirs)])
-    return ["sh", "-c", f"{made} && if [ -f {path} ]; then cat >/dev/null; else "
+    same = ""
+    if directory.startswith("/"):  # GNU realpath; without it the settings' checks stand
+        quoted = shlex.quote(directory)
+        same = (f"r=$(realpath -m -- {quoted} 2>/dev/null) || r={quoted}; "
+                f"if [ \"$r\" != {quoted} ]; then cat >/dev/null; echo \"resolved $r\"; "
+                f"exit {RESOLVED_ELSEWHERE_EXIT}; fi; ")
+    return ["sh", "-c", f"{same}{made} && if [ -f {path} ]; then cat >/dev/null; else "
                         f"cat > {path}.tmp && mv {path}.tmp {path}; fi"]
 
 
@@ -289,3 +299,14 @@ def env_keys(path: str = APP_ENV) -> list[str]:
 def env_set(key: str, path: str = APP_ENV) -> list[str]:
     """Replace or add KEY in the env file with the line on stdin; atomic, 0600."""
     return helper("env-set", path, key)
+
+
+def env_line(key: str, path: str = APP_ENV) -> list[str]:
+    """KEY's line of the env file (exit ENV_KEY_MISSING_EXIT if it has none)."""
+    return helper("env-line", path, key)
+
+
+def env_merge(path: str = APP_ENV) -> list[str]:
+    """The KEY=value lines on stdin replace or join the env file's, its other keys kept;
+    prints `changed KEY` and `kept KEY` (names only); atomic, 0600."""
+    return helper("env-merge", path)

@@ -4,6 +4,7 @@ byte for byte, and the checks on the rendered compose file (`docker compose conf
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -28,11 +29,12 @@ def env_line(key: str, value: str, kind: str = "v2") -> str:
     """KEY=value such that compose's env-file parser gives back exactly `value`.
 
     Compose v2 takes single-quoted values literally ($, #, spaces, =, double quotes); a value
-    with a single quote or a newline goes in double quotes with \\ " $ and newlines escaped.
+    with a single quote, a newline or a carriage return goes in double quotes with \\ " $ \\n
+    and \\r escaped.
     Compose v1 expands ${X} even in single quotes, so such values are refused there.
     """
     if kind == "v1":
-        if "${" in value or "'" in value or "\n" in value:
+        if "${" in value or "'" in value or "\n" in value or "\r" in value:
             raise DeployError(
                 f"the value of {key} cannot reach the app unchanged through docker-compose v1 "
                 "(it expands ${...} and cannot quote ' or newlines in env files)",
@@ -40,11 +42,41 @@ def env_line(key: str, value: str, kind: str = "v2") -> str:
                 "the value",
             )
         return f"{key}='{value}'\n"
-    if "'" not in value and "\n" not in value:
+    if not set(value) & {"'", "\n", "\r"}:
         return f"{key}='{value}'\n"
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
-               .replace("\n", "\\n"))
+    escaped = "".join(DOUBLE_QUOTED.get(char, char) for char in value)
     return f'{key}="{escaped}"\n'
+
+
+# How a character is written in double quotes (compose's env-file parser reads them back).
+DOUBLE_QUOTED = {"\\": "\\\\", '"': '\\"', "$": "\\$", "\n": "\\n", "\r": "\\r"}
+UNESCAPED = {"\\": "\\", '"': '"', "$": "$", "n": "\n", "r": "\r"}
+
+
+def parse_env_line(line: str) -> tuple[str, str]:
+    """(key, value) of one line as env_line writes it (its inverse); another form (written by
+    hand) as python-dotenv reads it."""
+    key, _, raw = line.rstrip("\n").partition("=")
+    key = re.sub(r"^export\s+", "", key.strip()).strip()
+    if len(raw) >= 2 and raw[0] == raw[-1] == "'":
+        return key, raw[1:-1]
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        out, chars = [], iter(raw[1:-1])
+        for char in chars:
+            if char == "\\":
+                nxt = next(chars, "")
+                out.append(UNESCAPED.get(nxt, "\\" + nxt))
+            else:
+                out.append(char)
+        return key, "".join(out)
+    import io
+
+    from dotenv.parser import parse_stream
+
+    for binding in parse_stream(io.StringIO(line)):
+        if binding.key is not None:
+            return binding.key, binding.value or ""
+    return key, raw
 
 
 def env_text(values: dict[str, str], kind: str = "v2") -> str:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Unpack
 
-from deploy import refs
+from deploy import envcheck, refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import contract
@@ -24,6 +24,7 @@ from deploy.remote.lock import LeaseRenewer, describe_holder, parse_holder
 from deploy.remote.signals import sigint_deferred
 from deploy.runner import Result, Runner, RunOptions
 from deploy.settings import Settings
+from deploy.settingsrules import vm_directory_problem
 
 REVISION_RE = re.compile(r"^(\w+)(?: \((?:effective )?head\))*\s*$")
 POLL = 0.2
@@ -94,10 +95,24 @@ class VmQueries:
             return
         self._helpers.add(directory)
         extra = [cmd.BACKUP_DIR] if directory == self.settings.app_dir else []
-        self.runner.run(cmd.install_helper(directory, *extra),
-                        stdin=cmd.HELPER_TEXT.rstrip("\n"), quiet=True, cwd="",
-                        what=f"could not write the deploy helper into {directory}",
-                        fix=f"check that the SSH user may write {directory} on the VM")
+        result = self.runner.run(cmd.install_helper(directory, *extra),
+                                 stdin=cmd.HELPER_TEXT.rstrip("\n"), quiet=True, cwd="",
+                                 check=False)
+        if result.exited == cmd.RESOLVED_ELSEWHERE_EXIT:
+            self._helpers.discard(directory)
+            key = "app_dir" if directory == self.settings.app_dir else "proxy_dir"
+            resolved = result.stdout.strip().removeprefix("resolved ")
+            problem = vm_directory_problem(resolved)
+            raise DeployError(
+                f"{key} {directory} is {resolved} on the VM (a symbolic link on the way): "
+                f"another name for that directory{'; ' + problem if problem else ''}; "
+                "nothing was written",
+                f"give {key} a directory of this app's own; if it is {resolved}, set "
+                f'{key} = "{resolved}"')
+        if not result.ok:
+            raise DeployError(f"could not write the deploy helper into {directory}\n"
+                              f"{result.output[-500:]}",
+                              f"check that the SSH user may write {directory} on the VM")
 
     def upload(self, local: Path, remote_name: str, mode: int) -> None:
         """Upload a file over SFTP: mode set before any byte is written, then renamed in."""
@@ -133,7 +148,7 @@ class VmQueries:
             "lease": self.settings.lock_lease,
         })
         try:
-            result = self.run(cmd.acquire_lock(holder), check=False)
+            result = self.run(cmd.acquire_lock(holder), check=False, quiet=True)
         except BaseException:
             # Cut off (Ctrl-C) while taking it: the VM may have made the lock ours already.
             with contextlib.suppress(Exception):
@@ -236,19 +251,25 @@ class VmQueries:
         self._current = tag
         return tag
 
-    def write_release_files(self, tag: str, app_values: dict[str, str] | None = None) -> bool:
-        """Write app.env (when given), .deploy/release.env and .env for release `tag`; True if
-        .env changed. .env is app.env plus the project name and the release, for a plain
-        `docker compose up -d`; when a service reads .env itself, the release goes to an
-        override file instead, which .env names in COMPOSE_FILE."""
+    def merge_app_env(self, app_values: dict[str, str]) -> tuple[list[str], list[str]]:
+        """Add and update app.env's keys from `app_values`, keeping the keys only the VM has
+        (set with `fab env set`): (keys whose value changed, keys kept), names only."""
+        skip = {self.settings.image_variable, self.settings.tag_variable}
+        text = contract.env_text({k: v for k, v in app_values.items() if k not in skip},
+                                 self.compose_kind())
+        result = self.run(envcheck.merge_app_env(), stdin=text.rstrip("\n"), quiet=True,
+                          what=f"could not write {cmd.APP_ENV} on the VM")
+        said = [line.split(" ", 1) for line in result.stdout.splitlines() if " " in line]
+        return ([k for verb, k in said if verb == "changed"],
+                [k for verb, k in said if verb == "kept"])
+
+    def write_release_files(self, tag: str) -> bool:
+        """Write .deploy/release.env and .env for release `tag`; True if .env changed. .env is
+        app.env plus the project name and the release, for a plain `docker compose up -d`;
+        when a service reads .env itself, the release goes to an override file instead, which
+        .env names in COMPOSE_FILE."""
         kind = self.compose_kind()
-        if app_values is not None:
-            skip = {self.settings.image_variable, self.settings.tag_variable}
-            app_env = contract.env_text({k: v for k, v in app_values.items() if k not in skip},
-                                        kind)
-            self.write(cmd.APP_ENV, app_env)
-        else:
-            app_env = self.run(["cat", cmd.APP_ENV], quiet=True, check=False).stdout
+        app_env = self.run(["cat", cmd.APP_ENV], quiet=True, check=False).stdout
         release = contract.env_text(self.release_vars(tag) if tag else
                                     {self.settings.image_variable: self.image}, kind)
         self.write(cmd.RELEASE_ENV, release)
