@@ -111,7 +111,9 @@ def releases(c):
                 print(f"  {entry.get('time', '?')}  {entry['tag']:<24} {'restore':<8} "
                       f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "
                       f"backup {entry.get('backup', '?')}"
-                      + ("" if entry.get("healthy", True) else "  (the app did not turn "
+                      + ("  (cut short before its health check)"
+                         if entry.get("cut_short") or entry.get("cut_off") else
+                         "" if entry.get("healthy", True) else "  (the app did not turn "
                          "healthy after it)"))
                 continue
             print(f"{mark} {entry['time']}  {entry['tag']:<24} {entry.get('action', ''):<8} "
@@ -125,7 +127,7 @@ def releases(c):
 def status(c):
     """What runs on the VM: current tag, containers, health, Alembic revision, lock holder."""
     from deploy.commands import vm as cmd
-    from deploy.remote import describe_holder
+    from deploy.remote import describe_holder, lease_is_fresh
 
     for vm in each_vm(c):
         holder = vm.holder()
@@ -142,8 +144,13 @@ def status(c):
                   f"--tag={release}` puts {release} back")
         if mismatch:
             print(f"warning: {mismatch}")
+        vm.settle_restore(lock_alive=bool(holder) and lease_is_fresh(holder,
+                                                                   vm.settings.lock_lease))
         print(f"health:    {vm.health()}")
-        print(f"revision:  {vm.revision() or '-'}")
+        oneoffs = vm.run(cmd.oneoff_containers(vm.project), quiet=True, check=False).stdout
+        print(f"revision:  {vm.revision() or '-'}" + (
+            f"  (a migration is running in {', '.join(oneoffs.split())}: one-off container(s) "
+            "of this app)" if oneoffs.split() else ""))
         print(f"lock:      {describe_holder(holder) if holder else 'free'}")
         if vm.settings.target == "swarm":  # issue 13: the stack's tasks, not compose's
             from deploy import swarm
@@ -274,12 +281,14 @@ def unlock(c, force=False):
                 "wait for it; if you are sure it is gone, `fab unlock --force`")
         vm.run(cmd.release_lock())
         print(f"{vm.runner.where}: cleared the lock held by {describe_holder(holder)}")
+        vm.settle_restore()
 
 
 @task
 @friendly
 def backups(c):
-    """The database backups on the VM, newest first."""
+    """The database backups on the VM, newest first (each with a manifest: app, database
+    kind, revision, tag, size, sha256; `fab restore` takes back only what these say)."""
 
     for vm in each_vm(c):
         names = vm.backups()
@@ -287,17 +296,21 @@ def backups(c):
 
 
 @task(help={"backup": "a name from `fab backups`",
+            "force-unverified": "restore a backup that has no manifest (made by a version "
+                                "before manifests), if its first bytes are of the right kind",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def restore(c, backup, verbose=False):
-    """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
+def restore(c, backup, force_unverified=False, verbose=False):
+    """Restore a database backup this tool made for this app (checked against its manifest);
+    the live database is saved as a backup first, the app stopped meanwhile, then
+    health-checked."""
     from deploy.remote import restore as restore_backup
     from deploy.runner import set_verbose
 
     set_verbose(verbose, c)
 
     for vm in each_vm(c):
-        restore_backup(vm, backup)
+        restore_backup(vm, backup, force_unverified=force_unverified)
 
 
 PROXY_ACTIONS = ("status", "logs", "reload")

@@ -17,8 +17,11 @@ Layout of an app directory on the VM:
     .deploy/release.yaml  (only when a service reads .env) the service's image IMAGE:TAG
     .deploy/lock/         the deploy lock (atomic mkdir): holder.json and the lease file
     .deploy/history.jsonl one JSON line per release
+    .deploy/restore.json  a restore under way (restore-done.json once the database equals the
+                          backup): the next command records or reports a restore cut off
     .deploy/bin/          the helper script, one file per version
-    backups/              database backups (0700; each backup 0600)
+    backups/              database backups (0700; each backup 0600) and their manifests
+                          NAME.json (0600): app, database kind, revision, tag, size, sha256
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import PurePosixPath
 STATE_DIR = ".deploy"
 LOCK_DIR = f"{STATE_DIR}/lock"
 HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
+RESTORE_MARKER = f"{STATE_DIR}/restore.json"  # the helper's RESTORE_MARK
 RELEASE_ENV = f"{STATE_DIR}/release.env"
 RELEASE_OVERRIDE = f"{STATE_DIR}/release.yaml"
 BACKUP_DIR = "backups"
@@ -144,6 +148,21 @@ def list_backups() -> list[str]:
 
 def remove_backups(names: list[str]) -> list[str]:
     return helper("remove-backups", *names)
+
+
+def backup_info(name: str) -> list[str]:
+    """A backup's manifest (one line, `-` if it has none), then `SIZE SHA256 FORMAT` of the
+    file as it is now (FORMAT: sqlite, pgdump or unknown, by its first bytes)."""
+    return helper("backup-info", name)
+
+
+def restore_state() -> list[str]:
+    """`running`, `started` or `done` and the marker a restore wrote; nothing if none."""
+    return helper("restore-state")
+
+
+def restore_clear() -> list[str]:
+    return helper("restore-clear")
 
 
 def restore_sqlite(name: str, db_path: str) -> list[str]:

@@ -147,6 +147,7 @@ class VmQueries:
         renewer = None
         try:  # a signal while the renewer starts (it opens a channel) must not keep the lock
             renewer = LeaseRenewer.start(self, holder)
+            self.settle_restore(holding=True)
             yield
         finally:
             if renewer:
@@ -159,6 +160,54 @@ class VmQueries:
                 self.runner.say(f"the deploy lock on {self.runner.where} is still held by this "
                                 "deploy (the VM did not answer); clear it with `fab unlock` once "
                                 "it answers")
+
+    # -- a restore cut off ---------------------------------------------------------------
+    def record_restore(self, entry: dict) -> None:
+        """Append a restore's record to the history (the release files stay as they are)."""
+        self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
+
+    def settle_restore(self, lock_alive: bool = False, holding: bool = False) -> None:
+        """A restore whose `fab` was killed leaves its marker: record the restore if the
+        database was replaced, else say it was not; either way say what to do. With
+        `lock_alive` (another command holds the lock) only say that a restore is under way;
+        `holding` the lock, refuse to go on while a killed restore's data step still runs."""
+        if self.runner.dry_run:
+            return
+        state, _, raw = self.run(cmd.restore_state(), quiet=True,
+                                 check=False).stdout.strip().partition("\n")
+        if not state:
+            return
+        try:
+            mark = json.loads(raw)
+        except json.JSONDecodeError:
+            mark = {}
+        mark = mark if isinstance(mark, dict) else {}
+        name, saved, tag = mark.get("backup", "?"), mark.get("saved", ""), mark.get("tag", "")
+        started = f"`fab restore --backup={name}` of {mark.get('time', '?')} by " \
+            f"{mark.get('who', '?')}"
+        if state == "running" and holding:
+            raise DeployError(f"{started} was cut off, but its restore still runs on the VM; "
+                              "nothing was changed",
+                              "wait a minute for it to finish, then run this command again")
+        if state == "running" or lock_alive:
+            self.runner.say(f"note: {started} is under way on the VM")
+            return
+        undo = f"; `fab restore --backup={saved}` puts back the database it replaced" \
+            if saved else ""
+        if state == "done":
+            with sigint_deferred():
+                self.record_restore({**mark, "kind": "restore", "revision": self.revision(),
+                                     "healthy": False, "cut_off": True})
+                self.run(cmd.restore_clear(), quiet=True)
+            self.runner.say(
+                f"warning: {started} was cut off after the database was replaced by {name}: "
+                f"recorded now. The app may be stopped: `fab status` shows it; `fab rollback "
+                f"--tag={tag or 'TAG'}` starts it{undo}")
+            return
+        self.run(cmd.restore_clear(), quiet=True)
+        self.runner.say(f"warning: {started} was cut off before the database changed: the "
+                        f"database is as it was, nothing to record. The app may be stopped: "
+                        f"`fab status` shows it; `fab rollback --tag={tag or 'TAG'}` starts it")
 
     # -- the release files --------------------------------------------------------------
     def current_tag(self) -> str:
