@@ -117,3 +117,117 @@ def test_sqlite_restore_takes_back_only_its_own_backups_and_saves_the_live_datab
     out = app.fab_ok("restore", f"--backup={taken}", "--force-unverified")
     assert f"restored {taken}" in out
     assert app.item_names() == ["before v2"]
+
+
+def test_a_migration_the_database_already_ran_is_said_so_and_a_running_one_is_named(
+        live, images):
+    app = live
+    # The database migrated by hand (or by a deploy cut short whose migration went on): the
+    # history still says 0001, the database is at 0002.
+    migrated = app.vm_run("env", f"DEPLOY_TAG={images.v2}", "docker", "compose",
+                          "--project-name", app.project, "run", "--rm", "-T", "app",
+                          "alembic", "upgrade", "head")
+    assert migrated.returncode == 0, migrated.stderr
+    assert app.db_revision() == "0002"
+    out = app.deploy(images.v2)
+    assert "migrate already at 0002" in out, out
+    assert "0001→0002" not in out, out
+    assert manifest(app, app.backups()[0])["revision"] == "0002"  # read from the database
+    assert app.history()[-1]["migrated"] is False
+
+    # A one-off container of the app (what a deploy's migration runs in) is named by status.
+    started = app.vm_compose("run", "-d", "app", "sleep", "60")
+    assert started.returncode == 0, started.stderr
+    oneoff = started.stdout.strip()[:12]
+    try:
+        status = app.fab_ok("status")
+        assert re.search(rf"^revision: .*a migration is running in {oneoff}", status, re.M), \
+            status
+    finally:
+        app.vm_docker("rm", "-f", started.stdout.strip())
+
+
+def test_a_busy_sqlite_database_is_named_not_blamed_on_the_migration(live, images):
+    app = live
+    [container] = app.containers(service="app")
+    hold = ("import sqlite3, time; c = sqlite3.connect('/data/app.db', isolation_level=None); "
+            "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(60)")
+    app.vm_docker("exec", "-d", container, "python", "-c", hold)
+    wait_until(lambda: processes("BEGIN EXCLUSIVE"), 30, 0.2, "the writer")
+    try:
+        proc = app.fab("deploy", f"--tag={images.v2}")
+        out = output(proc)
+        assert proc.returncode == 1, out
+        assert_no_traceback(proc)
+        assert "the SQLite database data/app.db was busy (`database is locked`" in out, out
+        assert "fix the migration" not in out, out
+        assert re.search(r"^  fix: stop the process writing to it", out, re.M), out
+        assert "database is locked" in out.split("was busy", 1)[1]  # its own error, shown
+    finally:
+        for pid in processes("BEGIN EXCLUSIVE"):
+            os.kill(pid, signal.SIGKILL)
+    assert app.version() == {"version": "1", "revision": "0001"}
+
+
+def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # noqa: F811
+    app = pg_app
+    _, v1, v2 = pg_images
+    app.fab_ok("setup")
+    app.deploy(v1)
+    app.post_item("first", embedding=[1, 2, 3])
+    app.deploy(v2)
+    [pre_v2] = [n for n in app.backups() if n.endswith(".dump")]
+    app.post_item("second", embedding=[0, 0, 1])
+    both = [r[1] for r in rows(app)]
+    assert both == ["first", "second"]
+    try:
+        # SIGTERM while the live database is saved: nothing changed, the app is started again.
+        run = start_fab(app, "restore", f"--backup={pre_v2}")
+        run.when(lambda: processes("-pre-restore.dump", app.app_dir),
+                 lambda: run.signal(signal.SIGTERM), "the save of the live database",
+                 interval=0.005)
+        code, out = run.wait()
+        assert code == 143, out
+        assert re.search(r"^error: interrupted \(SIGTERM\)\nthe restore of \S+ stopped before "
+                         r"the database changed: it is as it was; app was started again", out,
+                         re.M), out
+        assert re.search(r"^  fix: run `fab restore --backup=", out, re.M), out
+        assert app.wait_http("/health", timeout=60) == 200
+        assert [r[1] for r in rows(app)] == both
+        assert restores(app) == []
+
+        # SIGTERM during the data step: it is finished and recorded, the app started again.
+        run = start_fab(app, "restore", f"--backup={pre_v2}")
+        run.when(lambda: processes("restore-postgres", app.app_dir),
+                 lambda: run.signal(signal.SIGTERM), "the data step", interval=0.005)
+        code, out = run.wait()
+        assert code == 143, out
+        assert f"error: interrupted (SIGTERM) during the restore of {pre_v2}: it was finished " \
+            "and recorded; app was started again" in out, out
+        assert re.search(r"^  fix: `fab status` shows it; `fab restore --backup=\S+-pre-restore"
+                         r"\.dump` puts back the database it replaced", out, re.M), out
+        assert [r[1] for r in rows(app)] == ["first"]
+        [record] = restores(app)
+        assert (record["backup"], record["cut_short"]) == (pre_v2, True), record
+        assert app.wait_http("/health", timeout=60) == 200
+        assert not app.vm(".deploy/lock").exists()
+
+        # SIGKILL during the data step: the next command finds it and records it.
+        app.post_item("third", embedding=[0, 1, 0])
+        run = start_fab(app, "restore", f"--backup={pre_v2}")
+        run.when(lambda: processes("restore-postgres", app.app_dir),
+                 lambda: run.signal(signal.SIGKILL), "the data step", interval=0.005)
+        run.wait()
+        wait_until(lambda: not processes("restore-postgres", app.app_dir), 60, 0.2,
+                   "the restore on the VM to end")
+        assert len(restores(app)) == 1
+        status = app.fab_ok("status")
+        assert re.search(rf"warning: `fab restore --backup={pre_v2}` of \S+ by \S+ was cut off "
+                         rf"after the database was replaced by {pre_v2}: recorded now", status), \
+            status
+        assert "`fab rollback --tag=" in status, status
+        assert [r[1] for r in rows(app)] == ["first"]
+        assert len(restores(app)) == 2 and restores(app)[-1]["cut_off"] is True
+        assert "cut off" not in app.fab_ok("status")  # recorded once
+    finally:
+        stop_all()

@@ -5,6 +5,7 @@ through a dry-run Runner or Invoke's MockContext.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -318,7 +319,9 @@ def test_a_backup_command_that_fails_shows_its_own_error_and_leaves_nothing(tmp_
     assert 'role "nobody" does not exist' in result.stderr
     assert os.listdir(tmp_path / "backups") == []
     ok = run_sh(cmd.helper("backup-stdout", "backups/y.dump", "printf", "data"), tmp_path)
-    assert (ok.returncode, ok.stdout) == (0, "backups/y.dump\n")
+    # the path, then size and sha256 (the toolkit keeps them in the backup's manifest)
+    assert (ok.returncode, ok.stdout) == (0, "backups/y.dump\n4 " + hashlib.sha256(
+        b"data").hexdigest() + "\n")
     assert stat.S_IMODE((tmp_path / "backups/y.dump").stat().st_mode) == 0o600
 
 
