@@ -15,7 +15,7 @@ import stat
 
 from conftest import assert_no_traceback
 from faultkit import processes, start_fab, stop_all, wait_until
-from test_postgres import pg_app, pg_images, rows  # noqa: F401 (fixtures)
+from test_postgres import db_container, pg_app, pg_images, rows  # noqa: F401 (fixtures)
 from vmkit import App, output
 
 
@@ -231,3 +231,27 @@ def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # no
         assert "cut off" not in app.fab_ok("status")  # recorded once
     finally:
         stop_all()
+
+
+def test_a_deploy_that_fails_at_migrate_leaves_the_postgres_container_alone(
+        pg_app, pg_images):  # noqa: F811
+    """The app's env changed since the database container was made (`.env` is its env_file
+    too): a deploy whose migration fails must neither restart nor recreate the database under
+    the release that keeps serving."""
+    app = pg_app
+    _, v1, v2 = pg_images
+    app.fab_ok("setup")
+    app.deploy(v1)
+    app.post_item("kept", embedding=[1, 1, 1])
+    before = db_container(app)
+    with open(app.repo / ".env", "a") as env:
+        env.write("EXTRA_NOTE=changed\n")
+    app.fab_ok("setup")
+    proc = app.fab("deploy", f"--tag={v2}",
+                   env={"DEPLOY_MIGRATE_COMMAND": "echo the migration fails >&2; exit 3"})
+    out = output(proc)
+    assert proc.returncode == 1, out
+    assert "the migration fails" in out, out
+    assert db_container(app) == before, out  # same container, not restarted
+    assert app.version()["version"] == "1"
+    assert [r[1] for r in rows(app)] == ["kept"]

@@ -928,7 +928,10 @@ def test_rollback_with_nothing_earlier_says_to_name_a_tag(tmp_path):
 
 
 def test_a_failed_restore_leaves_the_app_stopped_and_says_so(tmp_path):
+    made = {"made_by": "deploy-toolkit", "project": cmd.project_name(APP_DIR),
+            "database": "postgres", "size": 3, "sha256": "ab" * 32}
     answers = {on("list-backups"): Result("20300101T000000Z-v1.dump\n"),
+               on("backup-info"): Result(f"{json.dumps(made)}\n3 {'ab' * 32} pgdump\n"),
                on("restore-postgres"): Result("", "ERROR:  syntax error\n", exited=3)}
     vm, _ = scripted_vm(tmp_path, answers, database="postgres")
     with pytest.raises(DeployError) as err:
