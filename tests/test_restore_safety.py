@@ -13,10 +13,23 @@ import re
 import signal
 import stat
 
+import pytest
 from conftest import assert_no_traceback
 from faultkit import processes, start_fab, stop_all, wait_until
 from test_postgres import db_container, pg_app, pg_images, rows  # noqa: F401 (fixtures)
 from vmkit import App, output
+
+SLOW = {"DEPLOY_HEALTH_TIMEOUT": "180"}  # the machine is shared: health may take a while
+
+
+@pytest.fixture
+def live(make_app, images):
+    """conftest's `live` (v1 deployed), with a patient health check."""
+    app = make_app()
+    app.env.update(SLOW)
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    return app
 
 
 def restores(app: App) -> list[dict]:
@@ -171,6 +184,7 @@ def test_a_busy_sqlite_database_is_named_not_blamed_on_the_migration(live, image
 
 def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # noqa: F811
     app = pg_app
+    app.env.update(SLOW)
     _, v1, v2 = pg_images
     app.fab_ok("setup")
     app.deploy(v1)
@@ -239,6 +253,7 @@ def test_a_deploy_that_fails_at_migrate_leaves_the_postgres_container_alone(
     too): a deploy whose migration fails must neither restart nor recreate the database under
     the release that keeps serving."""
     app = pg_app
+    app.env.update(SLOW)
     _, v1, v2 = pg_images
     app.fab_ok("setup")
     app.deploy(v1)

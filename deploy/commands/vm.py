@@ -195,12 +195,15 @@ def run_in_new_container(compose_argv: list[str], service: str, command: str) ->
 
 
 REVISION_MARK = "__deploy_alembic_current__"
+BEFORE_MARK = "__deploy_alembic_before__"
 
 
 def migrate_then_current(command: str) -> str:
-    """The migrate command, then (if it succeeded) `alembic current` after a marker line: the
-    revision comes from the database, whatever the command printed."""
-    return (f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
+    """`alembic current` between two marker lines, the migrate command, then (if it
+    succeeded) `alembic current` after a marker line: the revisions before and after come
+    from the database as the new image reads it, whatever the command printed."""
+    return (f"echo {BEFORE_MARK}; alembic current 2>/dev/null; echo {BEFORE_MARK}; "
+            f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
             "alembic current 2>/dev/null || true")
 
 

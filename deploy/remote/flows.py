@@ -149,6 +149,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
             found.result = backup or "none"
         with rel.phase("migrate") as found:
             revision = vm.migrate(tag, backup)
+            before = vm.before_migration or before  # as the new image reads the database
             if revision and revision != before:
                 found.result = f"{before or 'empty'}→{revision}"
             elif revision:

@@ -148,12 +148,13 @@ class Vm(VmQueries):
         if not made.startswith(f"{cmd.BACKUP_DIR}/"):
             return ""
         size, _, sha256 = (lines[1] if len(lines) > 1 else "").partition(" ")
-        self.write(f"{made}.json", json.dumps({
+        manifest = self.manifests[made] = {
             "made_by": MANIFEST_MAKER, "name": made.removeprefix(f"{cmd.BACKUP_DIR}/"),
             "project": self.project, "database": s.database, "revision": revision,
             "tag": tag, "size": int(size) if size.isdigit() else -1, "sha256": sha256,
             "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            **({"reason": reason} if reason else {})}, sort_keys=True))
+            **({"reason": reason} if reason else {})}
+        self.write(f"{made}.json", json.dumps(manifest, sort_keys=True))
         return made
 
     def check_backup(self, name: str, force_unverified: bool = False) -> dict:
@@ -247,6 +248,7 @@ class Vm(VmQueries):
             cmd.run_in_new_container(self.compose(tag), self.settings.service,
                                      cmd.migrate_then_current(command)),
             hide=True, check=False)
+        self.before_migration = self.migrated_from(result.stdout, backup)
         if not result.ok:
             tail = redact("\n".join(result.output.splitlines()[-15:]), self.runner.secrets)
             if self.settings.database == "sqlite" and BUSY in result.output:
@@ -264,6 +266,17 @@ class Vm(VmQueries):
                    " (fab backups lists the backup taken just before)"))
         after = result.stdout.split(cmd.REVISION_MARK, 1)
         return parse_revision(after[1]) if len(after) == 2 else ""
+
+    def migrated_from(self, output: str, backup: str) -> str:
+        """The revision the migration found (its `alembic current` before it ran; '' if
+        unknown); `backup`'s manifest is corrected to it."""
+        parts = output.split(cmd.BEFORE_MARK)
+        before = parse_revision(parts[1]) if len(parts) >= 3 else ""
+        made = self.manifests.get(backup)
+        if before and made and made.get("revision") != before:
+            made["revision"] = before
+            self.write(f"{backup}.json", json.dumps(made, sort_keys=True))
+        return before
 
     def downgrade(self, current: str, revision: str) -> None:
         self.run(cmd.run_in_new_container(self.compose(current), self.settings.service,

@@ -39,6 +39,8 @@ class VmQueries:
         self._current: str | None = None
         self.pulled: dict[str, str] = {}  # tag -> image id pulled for it
         self.serving = ""  # the container a proxy switch left serving (recorded)
+        self.manifests: dict[str, dict] = {}  # backups/NAME -> the manifest written for it
+        self.before_migration = ""  # the revision the last migration found ('' if unknown)
 
     # -- basics -------------------------------------------------------------------------
     @property
