@@ -190,7 +190,7 @@ def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # no
     app.deploy(v1)
     app.post_item("first", embedding=[1, 2, 3])
     app.deploy(v2)
-    [pre_v2] = [n for n in app.backups() if n.endswith(".dump")]
+    [pre_v2] = [n for n in app.backups() if n.endswith(f"-{v2}.dump")]
     app.post_item("second", embedding=[0, 0, 1])
     both = [r[1] for r in rows(app)]
     assert both == ["first", "second"]
