@@ -226,9 +226,10 @@ def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # no
         assert app.wait_http("/health", timeout=60) == 200
         assert not app.vm(".deploy/lock").exists()
 
-        # SIGKILL during the data step: the next command finds it and records it.
-        app.post_item("third", embedding=[0, 1, 0])
-        run = start_fab(app, "restore", f"--backup={pre_v2}")
+        # SIGKILL during the data step (of the undo: the copy saved before that restore): the
+        # helper on the VM finishes it; the next command finds it and records it.
+        saved = record["saved"]
+        run = start_fab(app, "restore", f"--backup={saved}")
         run.when(lambda: processes("restore-postgres", app.app_dir),
                  lambda: run.signal(signal.SIGKILL), "the data step", interval=0.005)
         run.wait()
@@ -236,12 +237,13 @@ def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # no
                    "the restore on the VM to end")
         assert len(restores(app)) == 1
         status = app.fab_ok("status")
-        assert re.search(rf"warning: `fab restore --backup={pre_v2}` of \S+ by \S+ was cut off "
-                         rf"after the database was replaced by {pre_v2}: recorded now", status), \
+        assert re.search(rf"warning: `fab restore --backup={saved}` of \S+ by \S+ was cut off "
+                         rf"after the database was replaced by {saved}: recorded now", status), \
             status
-        assert "`fab rollback --tag=" in status, status
-        assert [r[1] for r in rows(app)] == ["first"]
+        assert f"`fab rollback --tag={v2}` starts it" in status, status
+        assert [r[1] for r in rows(app)] == both
         assert len(restores(app)) == 2 and restores(app)[-1]["cut_off"] is True
+        assert restores(app)[-1]["backup"] == saved
         assert "cut off" not in app.fab_ok("status")  # recorded once
     finally:
         stop_all()
