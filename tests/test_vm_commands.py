@@ -808,7 +808,7 @@ def test_a_failed_backup_shows_the_commands_own_error(tmp_path):
     assert 'role "x" does not exist' in err.value.message
     assert "disk" not in err.value.fix
     history = vm.runner.history
-    assert index_of(history, "up -d --no-deps db") < index_of(history, "pg_isready") \
+    assert index_of(history, "up -d --no-deps --no-recreate db") < index_of(history, "pg_isready") \
         < index_of(history, "backup-stdout")
     assert not ran(history, "alembic upgrade")
 

@@ -221,6 +221,13 @@ def up(compose_argv: list[str], *services: str) -> list[str]:
     return [*compose_argv, "up", "-d", "--remove-orphans"]
 
 
+def start_service(compose_argv: list[str], service: str) -> list[str]:
+    """Start `service` if it is not running, as it is: never recreated (compose recreates a
+    container whose config changed, e.g. its env_file; a database's is changed at the switch,
+    after the backup and a migration that succeeded, not under the release still serving)."""
+    return [*compose_argv, "up", "-d", "--no-deps", "--no-recreate", service]
+
+
 def stop(compose_argv: list[str], service: str) -> list[str]:
     return [*compose_argv, "stop", service]
 

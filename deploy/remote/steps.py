@@ -100,7 +100,7 @@ class Vm(VmQueries):
         if s.database != "postgres":
             return
         compose = self.compose(tag)
-        self.run(cmd.up(compose, s.postgres_service), hide=True,
+        self.run(cmd.start_service(compose, s.postgres_service), hide=True,
                  what=f"starting the database service {s.postgres_service} failed; nothing "
                       "was migrated or switched", fix="see the error above")
         ready = cmd.pg_ready(compose, s.postgres_service, s.postgres_user, s.postgres_db)
@@ -250,7 +250,9 @@ class Vm(VmQueries):
             hide=True, check=False)
         self.before_migration = self.migrated_from(result.stdout, backup)
         if not result.ok:
-            tail = redact("\n".join(result.output.splitlines()[-15:]), self.runner.secrets)
+            # the migration's own output: not the `alembic current` asked before it
+            own = result.stdout.split(cmd.BEFORE_MARK)[-1] + result.stderr
+            tail = redact("\n".join(own.strip().splitlines()[-15:]), self.runner.secrets)
             if self.settings.database == "sqlite" and BUSY in result.output:
                 raise DeployError(
                     f"the migration with {tag} could not write: the SQLite database "
