@@ -172,7 +172,9 @@ def test_migration_runs_in_a_new_removed_container_and_then_asks_alembic():
     argv = cmd.run_in_new_container(cmd.compose("v2", "compose.yaml", "p"), "app",
                                     cmd.migrate_then_current("bash scripts/prestart.sh"))
     assert argv[-7:-1] == ["run", "--rm", "-T", "app", "sh", "-c"]
-    assert argv[-1].startswith("sh -c 'bash scripts/prestart.sh' || exit $?; ")
+    assert argv[-1].startswith(f"sh -c 'echo {cmd.BEFORE_MARK}; alembic current 2>/dev/null; "
+                               f"echo {cmd.BEFORE_MARK}'; sh -c 'bash scripts/prestart.sh' || "
+                               "exit $?; ")
     assert argv[-1].endswith("alembic current 2>/dev/null || true")
     assert "\n" not in argv[-1]  # one line, as every command sent to the VM
 

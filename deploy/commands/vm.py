@@ -202,7 +202,8 @@ def migrate_then_current(command: str) -> str:
     """`alembic current` between two marker lines, the migrate command, then (if it
     succeeded) `alembic current` after a marker line: the revisions before and after come
     from the database as the new image reads it, whatever the command printed."""
-    return (f"echo {BEFORE_MARK}; alembic current 2>/dev/null; echo {BEFORE_MARK}; "
+    before = f"echo {BEFORE_MARK}; alembic current 2>/dev/null; echo {BEFORE_MARK}"
+    return (f"sh -c {shlex.quote(before)}; "
             f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
             "alembic current 2>/dev/null || true")
 
