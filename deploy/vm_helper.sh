@@ -155,7 +155,8 @@ RESTORE_MARK=$STATE/restore.json
 RESTORE_DONE=$STATE/restore-done.json
 RESTORE_PID=$STATE/restore.pid
 
-restore_started() {
+restore_started() {  # the data step runs to its end even if the SSH session goes away
+    trap '' HUP PIPE
     echo $$ > "$RESTORE_PID"
 }
 
@@ -164,13 +165,17 @@ restore_done() {  # the database equals the backup now
     rm -f "$RESTORE_PID"
 }
 
-restore_state() {  # "running", "done" or "started" and the marker; nothing if none
+restore_state() {  # the marker after its state, nothing if none: "running", "done", "died"
+    # (its helper ended before the database was known to equal the backup) or "started" (no
+    # helper ran the data step)
     if [ -f "$RESTORE_PID" ] && kill -0 "$(cat "$RESTORE_PID")" 2>/dev/null; then
         state=running
     elif [ -f "$RESTORE_DONE" ]; then
         echo "done"
         cat "$RESTORE_DONE"
         return
+    elif [ -f "$RESTORE_PID" ]; then
+        state=died
     else
         state=started
     fi

@@ -189,9 +189,13 @@ def read_alembic_version(compose_argv: list[str], service: str, user: str,
 
 
 # -- containers ---------------------------------------------------------------------------
-def run_in_new_container(compose_argv: list[str], service: str, command: str) -> list[str]:
-    """A one-off container of the service (new image via with_release), removed after."""
-    return [*compose_argv, "run", "--rm", "-T", service, "sh", "-c", command]
+def run_in_new_container(compose_argv: list[str], service: str, command: str,
+                         no_deps: bool = False) -> list[str]:
+    """A one-off container of the service (new image via with_release), removed after. With
+    `no_deps` its dependencies are left as they are: `compose run` would recreate one whose
+    config changed (e.g. its env_file), under the release still serving."""
+    return [*compose_argv, "run", "--rm", *(["--no-deps"] if no_deps else []), "-T", service,
+            "sh", "-c", command]
 
 
 REVISION_MARK = "__deploy_alembic_current__"

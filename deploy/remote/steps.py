@@ -246,7 +246,9 @@ class Vm(VmQueries):
         name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
         result = self.run(
             cmd.run_in_new_container(self.compose(tag), self.settings.service,
-                                     cmd.migrate_then_current(command)),
+                                     cmd.migrate_then_current(command),
+                                     # the database service was started (not recreated)
+                                     no_deps=self.settings.database == "postgres"),
             hide=True, check=False)
         self.before_migration = self.migrated_from(result.stdout, backup)
         if not result.ok:
@@ -282,7 +284,8 @@ class Vm(VmQueries):
 
     def downgrade(self, current: str, revision: str) -> None:
         self.run(cmd.run_in_new_container(self.compose(current), self.settings.service,
-                                          f"alembic downgrade {revision}"),
+                                          f"alembic downgrade {revision}",
+                                          no_deps=self.settings.database == "postgres"),
                  hide=True, what=f"alembic downgrade to {revision} failed; {current} still "
                  "serves", fix="look at the migration's downgrade() and the database")
 

@@ -207,9 +207,19 @@ class VmQueries:
                 f"--tag={tag or 'TAG'}` starts it{undo}")
             return
         self.run(cmd.restore_clear(), quiet=True)
+        stopped = f"The app may be stopped: `fab status` shows it; `fab rollback --tag=" \
+            f"{tag or 'TAG'}` starts it"
+        if state == "died":  # nothing on the VM says how far it got: say so, guess nothing
+            self.runner.say(
+                f"warning: {started} was cut off during its data step and its helper on the VM "
+                f"ended before the database was known to equal {name}: it may or may not "
+                f"(Postgres: one transaction, all of it or nothing). Not recorded. {stopped}; "
+                f"`fab restore --backup={name}` makes it certain"
+                + (f", `fab restore --backup={saved}` puts back the database as it was"
+                   if saved else ""))
+            return
         self.runner.say(f"warning: {started} was cut off before the database changed: the "
-                        f"database is as it was, nothing to record. The app may be stopped: "
-                        f"`fab status` shows it; `fab rollback --tag={tag or 'TAG'}` starts it")
+                        f"database is as it was, nothing to record. {stopped}")
 
     # -- the release files --------------------------------------------------------------
     def current_tag(self) -> str:
