@@ -230,7 +230,7 @@ def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # no
         # helper on the VM finishes it; the next command finds it and records it.
         saved = record["saved"]
         run = start_fab(app, "restore", f"--backup={saved}")
-        run.when(lambda: processes("restore-postgres", app.app_dir),
+        run.when(lambda: app.vm(".deploy/restore.pid").exists(),  # the helper's data step
                  lambda: run.signal(signal.SIGKILL), "the data step", interval=0.005)
         run.wait()
         wait_until(lambda: not processes("restore-postgres", app.app_dir), 60, 0.2,
