@@ -208,20 +208,27 @@ restore_postgres() {  # NAME USER DB COMPOSE_EXEC...: the backup becomes the dat
     restore_started
     sql=$BACKUPS/.restore-$$.sql
     umask 077
+    # What the tools say goes to a file, shown after: with the SSH session gone, a write to it
+    # would fail the tool (compose exec) whose transaction is under way.
+    log=$STATE/restore.log
+    : > "$log"
     # One transaction: the public schema dropped and made again, then the dump's objects.
     {
         printf 'DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public;\n'
-        "$@" pg_restore -f - < "$source"
+        "$@" pg_restore -f - < "$source" 2>> "$log"
     } > "$sql"
     rc=$?
     if [ "$rc" -ne 0 ]; then
+        cat "$log" >&2
         rm -f "$sql" "$RESTORE_PID"
         die "pg_restore could not read $source (exit $rc)"
     fi
-    "$@" psql -X -q -v ON_ERROR_STOP=1 --single-transaction -U "$user" -d "$db" < "$sql"
+    "$@" psql -X -q -v ON_ERROR_STOP=1 --single-transaction -U "$user" -d "$db" < "$sql" \
+        >> "$log" 2>&1
     rc=$?
     rm -f "$sql"
     if [ "$rc" -eq 0 ]; then restore_done; else rm -f "$RESTORE_PID"; fi
+    cat "$log" >&2
     exit "$rc"
 }
 
