@@ -135,7 +135,9 @@ def releases(c: Context) -> None:
                 print(f"  {entry.get('time', '?')}  {entry['tag']:<24} {'restore':<8} "
                       f"rev={entry.get('revision') or '-':<8} by {entry.get('who', '?')} "
                       f"backup {entry.get('backup', '?')}"
-                      + ("" if entry.get("healthy", True) else "  (the app did not turn "
+                      + ("  (cut short before its health check)"
+                         if entry.get("cut_short") or entry.get("cut_off") else
+                         "" if entry.get("healthy", True) else "  (the app did not turn "
                          "healthy after it)"))
                 continue
             print(f"{mark} {entry['time']}  {entry['tag']:<24} {entry.get('action', ''):<8} "
@@ -149,7 +151,7 @@ def releases(c: Context) -> None:
 def status(c: Context) -> None:
     """What runs on the VM: current tag, containers, health, Alembic revision, lock holder."""
     from deploy.commands import vm as cmd
-    from deploy.remote import describe_holder
+    from deploy.remote import describe_holder, lease_is_fresh
 
     for vm in each_vm(c):
         holder = vm.holder()
@@ -166,8 +168,13 @@ def status(c: Context) -> None:
                   f"--tag={release}` puts {release} back")
         if mismatch:
             print(f"warning: {mismatch}")
+        vm.settle_restore(lock_alive=holder is not None
+                          and lease_is_fresh(holder, vm.settings.lock_lease))
         print(f"health:    {vm.health()}")
-        print(f"revision:  {vm.revision() or '-'}")
+        oneoffs = vm.run(cmd.oneoff_containers(vm.project), quiet=True, check=False).stdout
+        print(f"revision:  {vm.revision() or '-'}" + (
+            f"  (a migration is running in {', '.join(oneoffs.split())}: one-off container(s) "
+            "of this app)" if oneoffs.split() else ""))
         print(f"lock:      {describe_holder(holder) if holder else 'free'}")
         if vm.settings.target == "swarm":  # the stack's tasks, not compose's
             from deploy import swarm
@@ -351,6 +358,7 @@ def unlock(c: Context, force: bool = False, yes: bool = False) -> None:
         vm.run(cmd.break_lock(json.dumps({**stamp(), "forced": fresh, "broke": holder},
                                          sort_keys=True)))
         print(f"{vm.runner.where}: cleared the lock held by {describe_holder(holder)}")
+        vm.settle_restore()
 
 
 def confirm_break(where: str, holder: str) -> None:
@@ -373,7 +381,8 @@ def confirm_break(where: str, holder: str) -> None:
 @task
 @friendly
 def backups(c: Context) -> None:
-    """The database backups on the VM, newest first."""
+    """The database backups on the VM, newest first (each with a manifest: app, database
+    kind, revision, tag, size, sha256; `fab restore` takes back only what these say)."""
 
     for vm in each_vm(c):
         names = vm.backups()
@@ -381,17 +390,22 @@ def backups(c: Context) -> None:
 
 
 @task(help={"backup": "a name from `fab backups`",
+            "force-unverified": "restore a backup that has no manifest (made by a version "
+                                "before manifests), if its first bytes are of the right kind",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def restore(c: Context, backup: str, verbose: bool = False) -> None:
-    """Restore a database backup (the app is stopped meanwhile, then health-checked)."""
+def restore(c: Context, backup: str, force_unverified: bool = False,
+            verbose: bool = False) -> None:
+    """Restore a database backup this tool made for this app (checked against its manifest);
+    the live database is saved as a backup first, the app stopped meanwhile, then
+    health-checked."""
     from deploy.remote import restore as restore_backup
     from deploy.runner import set_verbose
 
     set_verbose(verbose, c)
 
     for vm in each_vm(c):
-        restore_backup(vm, backup)
+        restore_backup(vm, backup, force_unverified=force_unverified)
 
 
 PROXY_ACTIONS = ("status", "logs", "reload")

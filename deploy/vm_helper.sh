@@ -82,7 +82,8 @@ lock_log_unseen() {  # the lock log's lines no deploy has shown yet (from now on
     echo "$total" > "$LOCK_LOG.shown"
 }
 
-# -- backups: 0600 files in a 0700 directory, written as NAME.part and renamed in
+# -- backups: 0600 files in a 0700 directory, written as NAME.part and renamed in; each
+# followed by a line "SIZE SHA256" of what was written (the toolkit keeps it in NAME.json)
 backup_dir() {
     umask 077
     mkdir -p "$BACKUPS" && chmod 700 "$BACKUPS"
@@ -102,7 +103,32 @@ backup_sqlite() {  # DB_PATH TARGET
     if [ -f "$db-wal" ]; then
         cp -p "$db-wal" "$target-wal" || { rm -f "$target.part" "$target-wal"; exit 1; }
     fi
-    chmod 600 "$target.part" && mv "$target.part" "$target" && echo "$target"
+    chmod 600 "$target.part" && mv "$target.part" "$target" && echo "$target" \
+        && file_sum "$target"
+}
+
+file_sum() {  # FILE: "SIZE SHA256"
+    printf '%s %s\n' "$(wc -c < "$1" | tr -d ' ')" "$(sha256sum "$1" | cut -c1-64)"
+}
+
+file_format() {  # FILE: sqlite, pgdump (pg_dump's custom format) or unknown, by its first bytes
+    if [ "$(head -c 15 "$1")" = "SQLite format 3" ]; then
+        echo sqlite
+    elif [ "$(head -c 5 "$1")" = "PGDMP" ]; then
+        echo pgdump
+    else
+        echo unknown
+    fi
+}
+
+backup_info() {  # NAME: its manifest (one line; "-" if none), then "SIZE SHA256 FORMAT"
+    path=$BACKUPS/$1
+    case $1 in
+        */* | .*) die "not a backup name: $1" ;;
+    esac
+    [ -f "$path" ] || die "no backup $path"
+    if [ -f "$path.json" ]; then tr -d '\n' < "$path.json"; echo; else echo -; fi
+    echo "$(file_sum "$path") $(file_format "$path")"
 }
 
 backup_stdout() {  # TARGET COMMAND...: the command's stdout becomes the backup
@@ -119,7 +145,7 @@ backup_stdout() {  # TARGET COMMAND...: the command's stdout becomes the backup
         rm -f "$target.part"
         die "the backup command wrote nothing"
     fi
-    mv "$target.part" "$target" && echo "$target"
+    mv "$target.part" "$target" && echo "$target" && file_sum "$target"
 }
 
 list_backups() {  # newest first (names start with a UTC timestamp)
@@ -128,7 +154,7 @@ list_backups() {  # newest first (names start with a UTC timestamp)
         [ -f "$path" ] || continue
         name=${path#"$BACKUPS"/}
         case $name in
-            *.part | *-wal | .*) ;;
+            *.part | *-wal | *.json | *.tmp | .*) ;;
             *) printf '%s\n' "$name" ;;
         esac
     done | LC_ALL=C sort -r
@@ -139,41 +165,91 @@ remove_backups() {  # NAME...
         case $name in
             */* | .*) die "not a backup name: $name" ;;
         esac
-        rm -f "$BACKUPS/$name" "$BACKUPS/$name-wal"
+        rm -f "$BACKUPS/$name" "$BACKUPS/$name-wal" "$BACKUPS/$name.json"
     done
+}
+
+# -- a restore under way: .deploy/restore.json (written by the toolkit before the data step)
+# becomes restore-done.json the moment the database equals the backup; restore.pid names the
+# helper doing it. The next command records or reports what a killed restore left.
+RESTORE_MARK=$STATE/restore.json
+RESTORE_DONE=$STATE/restore-done.json
+RESTORE_PID=$STATE/restore.pid
+
+restore_started() {  # the data step runs to its end even if the SSH session goes away
+    trap '' HUP PIPE
+    echo $$ > "$RESTORE_PID"
+}
+
+restore_done() {  # the database equals the backup now
+    if [ -f "$RESTORE_MARK" ]; then mv "$RESTORE_MARK" "$RESTORE_DONE" || return 1; fi
+    rm -f "$RESTORE_PID"
+}
+
+restore_state() {  # the marker after its state, nothing if none: "running", "done", "died"
+    # (its helper ended before the database was known to equal the backup) or "started" (no
+    # helper ran the data step)
+    if [ -f "$RESTORE_PID" ] && kill -0 "$(cat "$RESTORE_PID")" 2>/dev/null; then
+        state=running
+    elif [ -f "$RESTORE_DONE" ]; then
+        echo "done"
+        cat "$RESTORE_DONE"
+        return
+    elif [ -f "$RESTORE_PID" ]; then
+        state=died
+    else
+        state=started
+    fi
+    [ -f "$RESTORE_MARK" ] || return 0
+    echo "$state"
+    cat "$RESTORE_MARK"
+}
+
+restore_clear() {
+    rm -f "$RESTORE_MARK" "$RESTORE_DONE" "$RESTORE_PID"
 }
 
 restore_sqlite() {  # NAME DB_PATH
     source=$BACKUPS/$1 db=$2
     [ -f "$source" ] || die "no backup $source"
+    restore_started
     mkdir -p "$(dirname "$db")" || exit 1
     cp -p "$source" "$db.restore" || { rm -f "$db.restore"; exit 1; }
     rm -f "$db-wal" "$db-shm"
     if [ -f "$source-wal" ]; then
         cp -p "$source-wal" "$db-wal" || exit 1
     fi
-    mv "$db.restore" "$db"
+    mv "$db.restore" "$db" && restore_done
 }
 
 restore_postgres() {  # NAME USER DB COMPOSE_EXEC...: the backup becomes the database, exactly
     source=$BACKUPS/$1 user=$2 db=$3
     shift 3
     [ -f "$source" ] || die "no backup $source"
+    restore_started
     sql=$BACKUPS/.restore-$$.sql
     umask 077
+    # What the tools say goes to a file, shown after: with the SSH session gone, a write to it
+    # would fail the tool (compose exec) whose transaction is under way.
+    log=$STATE/restore.log
+    : > "$log"
     # One transaction: the public schema dropped and made again, then the dump's objects.
     {
         printf 'DROP SCHEMA IF EXISTS public CASCADE;\nCREATE SCHEMA public;\n'
-        "$@" pg_restore -f - < "$source"
+        "$@" pg_restore -f - < "$source" 2>> "$log"
     } > "$sql"
     rc=$?
     if [ "$rc" -ne 0 ]; then
-        rm -f "$sql"
+        cat "$log" >&2
+        rm -f "$sql" "$RESTORE_PID"
         die "pg_restore could not read $source (exit $rc)"
     fi
-    "$@" psql -X -q -v ON_ERROR_STOP=1 --single-transaction -U "$user" -d "$db" < "$sql"
+    "$@" psql -X -q -v ON_ERROR_STOP=1 --single-transaction -U "$user" -d "$db" < "$sql" \
+        >> "$log" 2>&1
     rc=$?
     rm -f "$sql"
+    if [ "$rc" -eq 0 ]; then restore_done; else rm -f "$RESTORE_PID"; fi
+    cat "$log" >&2
     exit "$rc"
 }
 
@@ -530,6 +606,9 @@ case $cmd in
     remove-backups) remove_backups "$@" ;;
     restore-sqlite) restore_sqlite "$@" ;;
     restore-postgres) restore_postgres "$@" ;;
+    restore-state) restore_state ;;
+    restore-clear) restore_clear ;;
+    backup-info) backup_info "$1" ;;
     write-file) write_file "$1" ;;
     read-var) read_var "$@" ;;
     history-append) history_append "$1" ;;

@@ -162,7 +162,7 @@ def phases(app: App, tag: str) -> dict[str, Phase]:
         "pull": Phase("pull", f"docker pull --quiet {app.images.ref(tag)}"),
         "backup": Phase("backup", backup, in_app_dir=True),
         "migrate": Phase("migrate", project + "run --rm"),
-        # the switch (a Postgres deploy also runs `up -d --no-deps db` before its backup)
+        # the switch (a Postgres deploy also runs `up -d --no-deps --no-recreate db` first)
         "up": Phase("up", project + "up -d --remove-orphans"),
         "health": Phase("health", "health-state", in_app_dir=True),
     }

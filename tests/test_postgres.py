@@ -7,6 +7,8 @@ The database image is the sandbox's `pgvector/pgvector:pg17` (built from Debian 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import stat
 from pathlib import Path
@@ -154,10 +156,15 @@ def test_rollback_with_downgrade_backs_up_first_and_a_broken_restore_leaves_the_
     assert [r[1] for r in rows(app)] == ["kept"]
     assert app.history()[-1]["revision"] == "0001"
 
-    # A damaged backup: pg_restore's own error, exit 1, the app left stopped (and said so).
+    # A damaged backup (its manifest made to match, as if damaged when it was written):
+    # pg_restore's own error, exit 1, the app left stopped (and said so).
     broken = taken[0].replace(".dump", "-broken.dump")
     data = app.vm(f"backups/{taken[0]}").read_bytes()
-    app.vm(f"backups/{broken}").write_bytes(data[: len(data) // 2])
+    data = data[: len(data) // 2]
+    app.vm(f"backups/{broken}").write_bytes(data)
+    made = json.loads(app.vm(f"backups/{taken[0]}.json").read_text())
+    app.vm(f"backups/{broken}.json").write_text(json.dumps(
+        {**made, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}))
     proc = app.fab("restore", f"--backup={broken}")
     out = output(proc)
     assert proc.returncode == 1, out

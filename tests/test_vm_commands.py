@@ -5,6 +5,7 @@ through a dry-run Runner or Invoke's MockContext.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -171,7 +172,9 @@ def test_migration_runs_in_a_new_removed_container_and_then_asks_alembic():
     argv = cmd.run_in_new_container(cmd.compose("v2", "compose.yaml", "p"), "app",
                                     cmd.migrate_then_current("bash scripts/prestart.sh"))
     assert argv[-7:-1] == ["run", "--rm", "-T", "app", "sh", "-c"]
-    assert argv[-1].startswith("sh -c 'bash scripts/prestart.sh' || exit $?; ")
+    assert argv[-1].startswith(f"sh -c 'echo {cmd.BEFORE_MARK}; alembic current 2>/dev/null; "
+                               f"echo {cmd.BEFORE_MARK}'; sh -c 'bash scripts/prestart.sh' || "
+                               "exit $?; ")
     assert argv[-1].endswith("alembic current 2>/dev/null || true")
     assert "\n" not in argv[-1]  # one line, as every command sent to the VM
 
@@ -320,7 +323,9 @@ def test_a_backup_command_that_fails_shows_its_own_error_and_leaves_nothing(tmp_
     assert 'role "nobody" does not exist' in result.stderr
     assert os.listdir(tmp_path / "backups") == []
     ok = run_sh(cmd.helper("backup-stdout", "backups/y.dump", "printf", "data"), tmp_path)
-    assert (ok.returncode, ok.stdout) == (0, "backups/y.dump\n")
+    # the path, then size and sha256 (the toolkit keeps them in the backup's manifest)
+    assert (ok.returncode, ok.stdout) == (0, "backups/y.dump\n4 " + hashlib.sha256(
+        b"data").hexdigest() + "\n")
     assert stat.S_IMODE((tmp_path / "backups/y.dump").stat().st_mode) == 0o600
 
 
@@ -809,7 +814,7 @@ def test_a_failed_backup_shows_the_commands_own_error(tmp_path):
     assert 'role "x" does not exist' in err.value.message
     assert "disk" not in err.value.fix
     history = vm.runner.history
-    assert index_of(history, "up -d --no-deps db") < index_of(history, "pg_isready") \
+    assert index_of(history, "up -d --no-deps --no-recreate db") < index_of(history, "pg_isready") \
         < index_of(history, "backup-stdout")
     assert not ran(history, "alembic upgrade")
 
@@ -929,7 +934,10 @@ def test_rollback_with_nothing_earlier_says_to_name_a_tag(tmp_path):
 
 
 def test_a_failed_restore_leaves_the_app_stopped_and_says_so(tmp_path):
+    made = {"made_by": "deploy-toolkit", "project": cmd.project_name(APP_DIR),
+            "database": "postgres", "size": 3, "sha256": "ab" * 32}
     answers = {on("list-backups"): Result("20300101T000000Z-v1.dump\n"),
+               on("backup-info"): Result(f"{json.dumps(made)}\n3 {'ab' * 32} pgdump\n"),
                on("restore-postgres"): Result("", "ERROR:  syntax error\n", exited=3)}
     vm, _ = scripted_vm(tmp_path, answers, database="postgres")
     with pytest.raises(DeployError) as err:

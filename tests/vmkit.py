@@ -432,8 +432,10 @@ class App:
         return out
 
     def backups(self) -> list[str]:
+        """The backup files in backups/ (not their NAME.json manifests)."""
         path = self.vm("backups")
-        return sorted(os.listdir(path)) if path.is_dir() else []
+        return sorted(n for n in os.listdir(path) if not n.endswith(".json")) \
+            if path.is_dir() else []
 
     def db(self, sql: str, params: tuple = ()) -> list[dict]:
         path = self.vm("data/app.db")

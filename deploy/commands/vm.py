@@ -18,8 +18,11 @@ Layout of an app directory on the VM:
     .deploy/lock/         the deploy lock (atomic mkdir): holder.json and the lease file
     .deploy/lock.log      who broke the lock with `fab unlock --force` (JSON lines)
     .deploy/history.jsonl one JSON line per release
+    .deploy/restore.json  a restore under way (restore-done.json once the database equals the
+                          backup): the next command records or reports a restore cut off
     .deploy/bin/          the helper script, one file per version
-    backups/              database backups (0700; each backup 0600)
+    backups/              database backups (0700; each backup 0600) and their manifests
+                          NAME.json (0600): app, database kind, revision, tag, size, sha256
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import PurePosixPath
 STATE_DIR = ".deploy"
 LOCK_DIR = f"{STATE_DIR}/lock"
 HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
+RESTORE_MARKER = f"{STATE_DIR}/restore.json"  # the helper's RESTORE_MARK
 RELEASE_ENV = f"{STATE_DIR}/release.env"
 RELEASE_OVERRIDE = f"{STATE_DIR}/release.yaml"
 BACKUP_DIR = "backups"
@@ -177,6 +181,21 @@ def remove_backups(names: list[str]) -> list[str]:
     return helper("remove-backups", *names)
 
 
+def backup_info(name: str) -> list[str]:
+    """A backup's manifest (one line, `-` if it has none), then `SIZE SHA256 FORMAT` of the
+    file as it is now (FORMAT: sqlite, pgdump or unknown, by its first bytes)."""
+    return helper("backup-info", name)
+
+
+def restore_state() -> list[str]:
+    """`running`, `started` or `done` and the marker a restore wrote; nothing if none."""
+    return helper("restore-state")
+
+
+def restore_clear() -> list[str]:
+    return helper("restore-clear")
+
+
 def restore_sqlite(name: str, db_path: str) -> list[str]:
     return helper("restore-sqlite", name, db_path)
 
@@ -201,18 +220,26 @@ def read_alembic_version(compose_argv: list[str], service: str, user: str,
 
 
 # -- containers ---------------------------------------------------------------------------
-def run_in_new_container(compose_argv: list[str], service: str, command: str) -> list[str]:
-    """A one-off container of the service (new image via with_release), removed after."""
-    return [*compose_argv, "run", "--rm", "-T", service, "sh", "-c", command]
+def run_in_new_container(compose_argv: list[str], service: str, command: str,
+                         no_deps: bool = False) -> list[str]:
+    """A one-off container of the service (new image via with_release), removed after. With
+    `no_deps` its dependencies are left as they are: `compose run` would recreate one whose
+    config changed (e.g. its env_file), under the release still serving."""
+    return [*compose_argv, "run", "--rm", *(["--no-deps"] if no_deps else []), "-T", service,
+            "sh", "-c", command]
 
 
 REVISION_MARK = "__deploy_alembic_current__"
+BEFORE_MARK = "__deploy_alembic_before__"
 
 
 def migrate_then_current(command: str) -> str:
-    """The migrate command, then (if it succeeded) `alembic current` after a marker line: the
-    revision comes from the database, whatever the command printed."""
-    return (f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
+    """`alembic current` between two marker lines, the migrate command, then (if it
+    succeeded) `alembic current` after a marker line: the revisions before and after come
+    from the database as the new image reads it, whatever the command printed."""
+    before = f"echo {BEFORE_MARK}; alembic current 2>/dev/null; echo {BEFORE_MARK}"
+    return (f"sh -c {shlex.quote(before)}; "
+            f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
             "alembic current 2>/dev/null || true")
 
 
@@ -228,6 +255,13 @@ def up(compose_argv: list[str], *services: str) -> list[str]:
     if services:
         return [*compose_argv, "up", "-d", "--no-deps", *services]
     return [*compose_argv, "up", "-d", "--remove-orphans"]
+
+
+def start_service(compose_argv: list[str], service: str) -> list[str]:
+    """Start `service` if it is not running, as it is: never recreated (compose recreates a
+    container whose config changed, e.g. its env_file; a database's is changed at the switch,
+    after the backup and a migration that succeeded, not under the release still serving)."""
+    return [*compose_argv, "up", "-d", "--no-deps", "--no-recreate", service]
 
 
 def stop(compose_argv: list[str], service: str) -> list[str]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -18,9 +20,10 @@ from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote.contract import refuse_moving_tag
 from deploy.remote.phases import Release, optional_phase
-from deploy.remote.signals import exit_code, sigint_deferred, signal_name
+from deploy.remote.signals import Interrupted, exit_code, sigint_deferred, signal_name
 from deploy.remote.steps import Vm
 from deploy.remote.vm import is_release
+from deploy.runner import redact
 from deploy.shell import ConnectionLost
 
 BACKUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -153,14 +156,19 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
         with rel.phase("backup", timed=False) as found:
             records = vm.records()
             history = [e for e in records if is_release(e)]
-            backup = vm.backup(tag, previous)
+            vm.wait_for_leftovers()  # a migration left running changes what is backed up
+            # What the database says, else the history (a restore since the last release counts)
+            before = vm.revision() or last_revision(records)
+            backup = vm.backup(tag, previous, revision=before, reason=f"before deploying {tag}")
             found.result = backup or "none"
-        before = last_revision(records)  # a restore since the last release counts
         vm.hold_lock(previous)
         with rel.phase("migrate") as found:
             revision = vm.migrate(tag, backup)
+            before = vm.before_migration or before  # as the new image reads the database
             if revision and revision != before:
                 found.result = f"{before or 'empty'}→{revision}"
+            elif revision:
+                found.result = f"already at {revision}"
         vm.hold_lock(previous)
         switch_checked(vm, tag, previous, rel)
         # No migration ran (or its revision is unknown): ask the database.
@@ -229,7 +237,8 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
         if wanted and now and wanted != now:
             if downgrade:
                 with rel.phase("backup", cuts_short=False, timed=False) as found:
-                    backup = vm.backup(target, current)
+                    backup = vm.backup(target, current, revision=now,
+                                       reason=f"before downgrading to {wanted}")
                     found.result = backup or "none"
                 vm.runner.say(f"downgrading the schema {now} -> {wanted} with {current} "
                               f"(backup: {backup or 'none'})")
@@ -258,23 +267,49 @@ def validate_backup_name(name: str) -> str:
     return name
 
 
-def restore_entry(name: str, tag: str, revision: str, healthy: bool) -> dict:
-    """The history record of a restore: not a release (rollback and retention skip it)."""
+def restore_entry(name: str, tag: str, revision: str, healthy: bool, saved: str = "",
+                  **extra: object) -> dict:
+    """The history record of a restore: not a release (rollback and retention skip it).
+    `saved`: the backup of the database it replaced."""
     return {"kind": "restore", "backup": name, "tag": tag, "revision": revision,
-            "healthy": healthy, **stamp()}
+            "healthy": healthy, **({"saved": saved} if saved else {}), **extra, **stamp()}
 
 
 def record_restore(vm: Vm, entry: dict) -> None:
-    with sigint_deferred():  # a Ctrl-C meanwhile waits until it is recorded
+    """Record a restore and drop its marker; a Ctrl-C meanwhile waits until it is recorded."""
+    with sigint_deferred():
         if not vm.runner.dry_run:
             vm.record_restore(entry)
+            vm.run(cmd.restore_clear(), quiet=True)
 
 
-def restore(vm: Vm, name: str) -> None:
-    """Stop the app, make the database equal the backup, start the app, check its health.
-    Any error of the restore leaves the app stopped, and says so. Once the database equals
-    the backup, the history records it (kind "restore"), healthy or not: a failed restore
-    command changed nothing (one transaction; SQLite: a rename) and records nothing."""
+def start_again(vm: Vm) -> str:
+    """Start the app after a restore cut short; a sentence saying how that went."""
+    service = vm.settings.service
+    with sigint_deferred():
+        result = vm.run(cmd.up(vm.compose()), hide=True, check=False)
+    if result.ok:
+        return f"{service} was started again"
+    last = (result.output.strip().splitlines() or [f"exit {result.exited}"])[-1]
+    return f"{service} could not be started again ({last}); `fab rollback --tag=" \
+        f"{vm.current_tag()}` starts it"
+
+
+def as_interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+
+
+def restore(vm: Vm, name: str, force_unverified: bool = False) -> None:
+    """Check the backup against its manifest, stop the app, save the live database as a
+    backup of its own (so a restore can be undone), make the database equal the backup,
+    record it, start the app, check its health.
+
+    Nothing changes before the backup is checked (`force_unverified`: one without a manifest,
+    if its first bytes are of the right kind). Ctrl-C, SIGTERM or SIGHUP before the data step
+    start the app again on the data as it was; during it, the step is finished and recorded
+    first. A failed restore command changed nothing (one transaction; SQLite: a rename),
+    records nothing and leaves the app stopped, and says so. A `fab` killed meanwhile leaves a
+    marker the next command reads (VmQueries.settle_restore)."""
     s = vm.settings
     validate_backup_name(name)
     if not vm.runner.dry_run and name not in vm.backups():
@@ -283,33 +318,76 @@ def restore(vm: Vm, name: str) -> None:
     with Release(vm, current) as rel, vm.locked(current, action="restore", message=name):
         rel.note("lock")
         vm.sync_release_env(current)
-        with rel.phase("stop", cuts_short=False):
-            vm.run(cmd.stop(vm.compose(), s.service), hide=True)
+        with rel.phase("check"):
+            vm.check_backup(name, force_unverified)
+            vm.start_database(current)
+            revision = vm.revision()  # SQLite: asked of the app before it stops
+        try:
+            with rel.phase("stop", cuts_short=False):
+                vm.run(cmd.stop(vm.compose(), s.service), hide=True)
+            with rel.phase("save", cuts_short=False, timed=False) as found:
+                saved = vm.backup(current, revision=revision, label="-pre-restore",
+                                  reason=f"the database `fab restore --backup={name}` replaced")
+                found.result = saved or "no database yet"
+        except (KeyboardInterrupt, DeployError) as exc:
+            what, fix, code = (exc.message, exc.fix, 1) if isinstance(exc, DeployError) else (
+                signal_name(exc), f"run `fab restore --backup={name}` again", exit_code(exc))
+            raise DeployError(
+                f"{what}\nthe restore of {name} stopped before the database changed: it is as "
+                f"it was; {start_again(vm)}", fix, exit_code=code) from None
+        saved = saved.removeprefix(f"{cmd.BACKUP_DIR}/")
+        undo = f"`fab restore --backup={saved}` puts back the database it replaced" if saved \
+            else "there was no database to save before it"
         stopped = (f"{s.service} is left stopped, the database as the failed restore left it",
                    f"fix what the error says and run `fab restore --backup={name}` again; "
-                   f"`fab rollback --tag={current}` starts the app as it is")
-        with rel.phase("restore", cuts_short=False) as found:
+                   f"`fab rollback --tag={current}` starts the app as it is"
+                   + (f"; the database before it is saved as {saved}" if saved else ""))
+        # The data step runs to its end whatever signal comes; the marker (written first)
+        # tells the next command what a SIGKILL left.
+        with sigint_deferred() as caught, rel.phase("restore", cuts_short=False) as found:
             found.result = name
+            if not vm.runner.dry_run:
+                vm.write(cmd.RESTORE_MARKER, json.dumps(
+                    {"backup": name, "saved": saved, "tag": current, **stamp()}))
             if s.database == "sqlite":
                 argv = cmd.restore_sqlite(name, s.sqlite_path)
             else:
-                vm.start_database(current)
                 argv = cmd.restore_postgres(vm.compose(), s.postgres_service, s.postgres_user,
                                             s.postgres_db, name)
-            vm.run(argv, hide=True, what=f"restoring {name} failed; {stopped[0]}",
-                   fix=stopped[1])
+            result = vm.run(argv, hide=True, check=False)
+            if not result.ok:
+                vm.run(cmd.restore_clear(), quiet=True, check=False)
+                tail = "\n".join(result.output.splitlines()[-15:])
+                raise DeployError(redact(f"restoring {name} failed; {stopped[0]}\n{tail}",
+                                         vm.runner.secrets), stopped[1])
         # From here the database equals the backup: the history says so, whatever comes next.
+        if caught:
+            signalled = as_interrupt(caught[0])
+            record_restore(vm, restore_entry(name, current, vm.revision(), False, saved,
+                                             cut_short=True))
+            raise DeployError(
+                f"{signal_name(signalled)} during the restore of {name}: it was finished and "
+                f"recorded; {start_again(vm)} (its health was not checked)",
+                f"`fab status` shows it; {undo}", exit_code=exit_code(signalled))
         try:
             with rel.phase("start", cuts_short=False):
                 vm.run(cmd.up(vm.compose()), hide=True)
             with rel.phase("healthy", cuts_short=False):
                 problem = vm.wait_healthy()
-        except BaseException:  # the first error is the one to show; the record is a bonus
+        except BaseException as exc:  # the first error is the one to show; the record a bonus
             with contextlib.suppress(Exception):
-                record_restore(vm, restore_entry(name, current, vm.revision(), healthy=False))
+                record_restore(vm, restore_entry(name, current, vm.revision(), False, saved))
+            if isinstance(exc, KeyboardInterrupt):
+                raise DeployError(
+                    f"{signal_name(exc)} after {name} was restored (recorded), while {s.service}"
+                    " was starting: it may not be running", f"`fab status` shows it; `fab "
+                    f"rollback --tag={current}` starts it; {undo}",
+                    exit_code=exit_code(exc)) from None
             raise
-        record_restore(vm, restore_entry(name, current, vm.revision(), not problem))
+        record_restore(vm, restore_entry(name, current, vm.revision(), not problem, saved))
         if problem:
             raise DeployError(f"after the restore the app is not healthy ({problem})",
-                              "look at `fab logs`")
-    vm.runner.say(f"restored {name}")
+                              f"look at `fab logs`; {undo}")
+    vm.runner.say(f"restored {name}; " + (f"the database it replaced is saved as {saved} "
+                                          f"(`fab restore --backup={saved}` undoes this)"
+                                          if saved else "there was no database before it"))

@@ -12,8 +12,13 @@ from deploy.errors import DeployError
 from deploy.remote import contract
 from deploy.remote.health import ContainerWatch
 from deploy.remote.vm import VmQueries, parse_revision
+from deploy.runner import redact
 
 BACKUP_EXT = {"sqlite": ".sqlite3", "postgres": ".dump"}
+MANIFEST_MAKER = "deploy-toolkit"
+BUSY = "database is locked"  # SQLite's own words when another connection holds the lock
+FILE_KIND = {"sqlite": "sqlite", "postgres": "pgdump"}  # what the helper's file_format says
+FILE_KIND_TEXT = {"sqlite": "an SQLite database", "pgdump": "a pg_dump custom-format archive"}
 
 
 class Vm(VmQueries):
@@ -99,7 +104,7 @@ class Vm(VmQueries):
         if s.database != "postgres":
             return
         compose = self.compose(tag)
-        self.run(cmd.up(compose, s.postgres_service), hide=True,
+        self.run(cmd.start_service(compose, s.postgres_service), hide=True,
                  what=f"starting the database service {s.postgres_service} failed; nothing "
                       "was migrated or switched", fix="see the error above")
         ready = cmd.pg_ready(compose, s.postgres_service, s.postgres_user, s.postgres_db)
@@ -110,13 +115,16 @@ class Vm(VmQueries):
                               "nothing was migrated or switched",
                               f"look at `docker compose logs {s.postgres_service}` on the VM")
 
-    def backup(self, tag: str, previous: str = "") -> str:
-        """A backup of the database before it changes; its path under backups/ ('' if none)."""
+    def backup(self, tag: str, previous: str = "", revision: str = "", label: str = "",
+               reason: str = "") -> str:
+        """A backup of the database before it changes; its path under backups/ ('' if none).
+        Its manifest (backups/NAME.json, 0600) says which app, database kind, `revision`, tag,
+        size and sha256 it holds: `fab restore` takes back only what it finds there."""
         s = self.settings
         if s.database == "none":
             return ""
         target = (f"{cmd.BACKUP_DIR}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{tag}"
-                  f"{BACKUP_EXT[s.database]}")
+                  f"{label}{BACKUP_EXT[s.database]}")
         if s.database == "sqlite":
             argv = cmd.backup_sqlite(s.sqlite_path, target)
         else:
@@ -133,14 +141,78 @@ class Vm(VmQueries):
                 "the database backup failed; nothing was migrated or switched\n" + tail,
                 "free disk space on the VM (df -h), then deploy again" if full else
                 "fix what the backup's error above says, then deploy again")
-        made = (result.stdout.strip().splitlines() or [""])[0]
+        lines = result.stdout.strip().splitlines() or [""]
+        made = lines[0]
         if made == "no database yet" and previous:
             raise DeployError(
                 f"there is no SQLite database at {s.app_dir}/{s.sqlite_path} on the VM though "
                 f"{previous} is serving: nothing to back up; nothing was migrated or switched",
                 "set sqlite_path to the file the app writes (under app_dir), or set database "
                 "= \"none\" to deploy without backups")
-        return made if made.startswith(f"{cmd.BACKUP_DIR}/") else ""
+        if not made.startswith(f"{cmd.BACKUP_DIR}/"):
+            return ""
+        size, _, sha256 = (lines[1] if len(lines) > 1 else "").partition(" ")
+        manifest = self.manifests[made] = {
+            "made_by": MANIFEST_MAKER, "name": made.removeprefix(f"{cmd.BACKUP_DIR}/"),
+            "project": self.project, "database": s.database, "revision": revision,
+            "tag": tag, "size": int(size) if size.isdigit() else -1, "sha256": sha256,
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **({"reason": reason} if reason else {})}
+        self.write(f"{made}.json", json.dumps(manifest, sort_keys=True))
+        return made
+
+    def check_backup(self, name: str, force_unverified: bool = False) -> dict:
+        """Refuse, before anything changes, a backup this tool did not make for this app and
+        database, or one that changed since (its manifest's size and sha256). Without a
+        manifest (a file put there, or a backup of a version before manifests) only with
+        `force_unverified`, and only if its first bytes are of the right kind. The manifest."""
+        s = self.settings
+        path = f"{cmd.BACKUP_DIR}/{name}"
+        if s.database not in BACKUP_EXT:
+            raise DeployError("database = \"none\" in deploy.toml: there is no database to "
+                              "restore", "set database = \"sqlite\" or \"postgres\"")
+        if self.runner.dry_run:
+            self.run(cmd.backup_info(name))
+            return {}
+        out = self.run(cmd.backup_info(name), quiet=True, what=f"cannot read {path} on the VM",
+                       fix="pick one from `fab backups`").stdout.splitlines()
+        raw, facts = (out + ["", ""])[:2]
+        size, sha256, kind = (facts.split() + ["", "", ""])[:3]
+        refused = f"refusing to restore {path}"
+        pick = "pick a backup from `fab backups`"
+        manifest: dict = {}
+        if raw.strip() != "-":
+            try:
+                manifest = json.loads(raw)
+            except json.JSONDecodeError:
+                manifest = {}
+            if not isinstance(manifest, dict) or manifest.get("made_by") != MANIFEST_MAKER:
+                raise DeployError(f"{refused}: its manifest {path}.json is unreadable; nothing "
+                                  "was changed", pick)
+            problem = (
+                f"it was made for the app {manifest.get('project')!r}, not this one "
+                f"({self.project!r})" if manifest.get("project") != self.project else
+                f"it is a {manifest.get('database')} backup; this app's database is "
+                f"{s.database}" if manifest.get("database") != s.database else
+                f"it changed since it was made (size {size}, sha256 {sha256[:12]}…; its "
+                f"manifest says size {manifest.get('size')}, sha256 "
+                f"{str(manifest.get('sha256'))[:12]}…)"
+                if (size, sha256) != (str(manifest.get("size")), manifest.get("sha256")) else "")
+            if problem:
+                raise DeployError(f"{refused}: {problem}; nothing was changed", pick)
+        elif not force_unverified:
+            raise DeployError(
+                f"{refused}: it has no manifest ({path}.json), so nothing says this tool made "
+                f"it as a backup of this app's {s.database} database (a file put there, or a "
+                "backup of a version before manifests); nothing was changed",
+                f"{pick}; if you are sure it is this app's database, `fab restore "
+                f"--backup={name} --force-unverified` restores it (the live database is saved "
+                "first)")
+        wanted = FILE_KIND[s.database]
+        if kind != wanted:
+            raise DeployError(f"{refused}: it is not {FILE_KIND_TEXT[wanted]} (its first bytes "
+                              f"say {kind}); nothing was changed", pick)
+        return manifest
 
     def prune_backups(self, history: list[dict]) -> None:
         """Keep the newest keep_backups backups of recorded releases, as many of failed
@@ -178,20 +250,46 @@ class Vm(VmQueries):
         name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
         result = self.run(
             cmd.run_in_new_container(self.compose(tag), self.settings.service,
-                                     cmd.migrate_then_current(command)),
-            hide=True,
-            what=f"migration with {tag} failed; the previous version is still serving",
-            fix="fix the migration, push a new tag and deploy again"
+                                     cmd.migrate_then_current(command),
+                                     # the database service was started (not recreated)
+                                     no_deps=self.settings.database == "postgres"),
+            hide=True, check=False)
+        self.before_migration = self.migrated_from(result.stdout, backup)
+        if not result.ok:
+            # the migration's own output: not the `alembic current` asked before it
+            own = result.stdout.split(cmd.BEFORE_MARK)[-1] + result.stderr
+            tail = redact("\n".join(own.strip().splitlines()[-15:]), self.runner.secrets)
+            if self.settings.database == "sqlite" and BUSY in result.output:
+                raise DeployError(
+                    f"the migration with {tag} could not write: the SQLite database "
+                    f"{self.settings.sqlite_path} was busy (`{BUSY}`: another process held "
+                    "its write lock); the previous version is still serving\n" + tail,
+                    "stop the process writing to it (a script, a `fab exec`, a second app), "
+                    "or wait for it to finish, then deploy again")
+            raise DeployError(
+                f"migration with {tag} failed; the previous version is still serving\n" + tail,
+                "fix the migration, push a new tag and deploy again"
                 + (f"; if it changed the database before failing, `fab restore --backup={name}`"
                    " puts back the copy taken just before" if name else
-                   " (fab backups lists the backup taken just before)"),
-        )
+                   " (fab backups lists the backup taken just before)"))
         after = result.stdout.split(cmd.REVISION_MARK, 1)
         return parse_revision(after[1]) if len(after) == 2 else ""
 
+    def migrated_from(self, output: str, backup: str) -> str:
+        """The revision the migration found (its `alembic current` before it ran; '' if
+        unknown); `backup`'s manifest is corrected to it."""
+        parts = output.split(cmd.BEFORE_MARK)
+        before = parse_revision(parts[1]) if len(parts) >= 3 else ""
+        made = self.manifests.get(backup)
+        if before and made and made.get("revision") != before:
+            made["revision"] = before
+            self.write(f"{backup}.json", json.dumps(made, sort_keys=True))
+        return before
+
     def downgrade(self, current: str, revision: str) -> None:
         self.run(cmd.run_in_new_container(self.compose(current), self.settings.service,
-                                          f"alembic downgrade {revision}"),
+                                          f"alembic downgrade {revision}",
+                                          no_deps=self.settings.database == "postgres"),
                  hide=True, what=f"alembic downgrade to {revision} failed; {current} still "
                  "serves", fix="look at the migration's downgrade() and the database")
 
@@ -254,10 +352,6 @@ class Vm(VmQueries):
             entry["container"] = self.serving
         self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
         self.write_release_files(entry["tag"])
-
-    def record_restore(self, entry: dict) -> None:
-        """Append a restore's record to the history (the release files stay as they are)."""
-        self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
 
 
 def backups_to_prune(names: list[str], history: list[dict], keep: int) -> list[str]:

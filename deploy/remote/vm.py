@@ -43,6 +43,8 @@ class VmQueries:
         self.pulled: dict[str, str] = {}  # tag -> image id pulled for it
         self.serving = ""  # the container a proxy switch left serving (recorded)
         self.holder_json = ""  # this deploy's lock record while it holds the lock
+        self.manifests: dict[str, dict] = {}  # backups/NAME -> the manifest written for it
+        self.before_migration = ""  # the revision the last migration found ('' if unknown)
 
     # -- basics -------------------------------------------------------------------------
     @property
@@ -167,6 +169,7 @@ class VmQueries:
         try:  # a signal while the renewer starts (it opens a channel) must not keep the lock
             renewer = LeaseRenewer.started(self.runner, self.settings, holder)
             self.show_broken_locks()
+            self.settle_restore(holding=True)
             yield
         finally:
             self.holder_json = ""
@@ -227,6 +230,64 @@ class VmQueries:
                           f"was changed; {serving or 'nothing'} is serving",
                           "`fab status` shows what serves and who holds the lock; deploy "
                           "again once the lock is free")
+
+    # -- a restore cut off ---------------------------------------------------------------
+    def record_restore(self, entry: dict) -> None:
+        """Append a restore's record to the history (the release files stay as they are)."""
+        self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
+
+    def settle_restore(self, lock_alive: bool = False, holding: bool = False) -> None:
+        """A restore whose `fab` was killed leaves its marker: record the restore if the
+        database was replaced, else say it was not; either way say what to do. With
+        `lock_alive` (another command holds the lock) only say that a restore is under way;
+        `holding` the lock, refuse to go on while a killed restore's data step still runs."""
+        if self.runner.dry_run:
+            return
+        state, _, raw = self.run(cmd.restore_state(), quiet=True,
+                                 check=False).stdout.strip().partition("\n")
+        if not state:
+            return
+        try:
+            mark = json.loads(raw)
+        except json.JSONDecodeError:
+            mark = {}
+        mark = mark if isinstance(mark, dict) else {}
+        name, saved, tag = mark.get("backup", "?"), mark.get("saved", ""), mark.get("tag", "")
+        started = f"`fab restore --backup={name}` of {mark.get('time', '?')} by " \
+            f"{mark.get('who', '?')}"
+        if state == "running" and holding:
+            raise DeployError(f"{started} was cut off, but its restore still runs on the VM; "
+                              "nothing was changed",
+                              "wait a minute for it to finish, then run this command again")
+        if state == "running" or lock_alive:
+            self.runner.say(f"note: {started} is under way on the VM")
+            return
+        undo = f"; `fab restore --backup={saved}` puts back the database it replaced" \
+            if saved else ""
+        if state == "done":
+            with sigint_deferred():
+                self.record_restore({**mark, "kind": "restore", "revision": self.revision(),
+                                     "healthy": False, "cut_off": True})
+                self.run(cmd.restore_clear(), quiet=True)
+            self.runner.say(
+                f"warning: {started} was cut off after the database was replaced by {name}: "
+                f"recorded now. The app may be stopped: `fab status` shows it; `fab rollback "
+                f"--tag={tag or 'TAG'}` starts it{undo}")
+            return
+        self.run(cmd.restore_clear(), quiet=True)
+        stopped = f"The app may be stopped: `fab status` shows it; `fab rollback --tag=" \
+            f"{tag or 'TAG'}` starts it"
+        if state == "died":  # nothing on the VM says how far it got: say so, guess nothing
+            self.runner.say(
+                f"warning: {started} was cut off during its data step and its helper on the VM "
+                f"ended before the database was known to equal {name}: it may or may not "
+                f"(Postgres: one transaction, all of it or nothing). Not recorded. {stopped}; "
+                f"`fab restore --backup={name}` makes it certain"
+                + (f", `fab restore --backup={saved}` puts back the database as it was"
+                   if saved else ""))
+            return
+        self.runner.say(f"warning: {started} was cut off before the database changed: the "
+                        f"database is as it was, nothing to record. {stopped}")
 
     # -- the release files --------------------------------------------------------------
     def current_tag(self) -> str:
