@@ -16,7 +16,6 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import sandbox  # noqa: E402
 from deploy.commands.vm import project_name  # noqa: E402
 from deploy.pins import find_uv, locked_names  # noqa: E402
 from sandbox.apprepo import EXAMPLE, commit_all, make_app_repo  # noqa: E402
+from sandbox.ports import free_port  # noqa: E402
 
 INV = [sys.executable, "-m", "invoke"]
 FAB = [sys.executable, "-m", "fabric"]
@@ -55,12 +55,6 @@ def median_time(argv: list[str], cwd: Path, env: dict | None = None, runs: int =
 def report(name: str, measured: str, target: str, met: bool) -> None:
     ROWS.append((name, measured, target, met))
     print(f"  {name}: {measured} (target {target}) {'MET' if met else 'MISSED'}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare_app(work: Path, port: int) -> Path:

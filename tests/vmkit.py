@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from deploy.registry import tag_digest
 from deploy.settings import Settings, load_settings
 from sandbox import Sandbox
 from sandbox.apprepo import FABFILE, apply_v2
+from sandbox.ports import free_port
 from sandbox.vms import Vm
 
 T = TypeVar("T")
@@ -67,10 +67,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def run(argv: list[str], *, cwd: Path | str | None = None, env: dict | None = None,
