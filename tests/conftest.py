@@ -226,21 +226,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: the {name} tier (tests/tiers.py)")
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark each test with its tier and xdist group as it is collected: xdist's worker reads
+    the group in its own pytest_collection_modifyitems, which may run before ours."""
+    fixtures = getattr(item, "fixturenames", ())
+    tier = tiers.tier_of(fixtures, item.get_closest_marker("slow") is not None)
+    if tier not in ("fast", "slow"):
+        item.add_marker(getattr(pytest.mark, tier))
+    if item.get_closest_marker("xdist_group") is None:
+        item.add_marker(pytest.mark.xdist_group(
+            tiers.group_of(fixtures, item.nodeid.split("::")[0])))
+    item.user_properties.append(("tier", tier))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its tier and xdist group; keep only the tiers asked for."""
+    """Keep only the tiers asked for."""
     wanted = config.getoption("--tier")
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        tier = tiers.tier_of(fixtures, item.get_closest_marker("slow") is not None)
-        if tier not in ("fast", "slow"):
-            item.add_marker(getattr(pytest.mark, tier))
-        if item.get_closest_marker("xdist_group") is None:
-            group = tiers.group_of(fixtures, item.nodeid.split("::")[0])
-            item.add_marker(pytest.mark.xdist_group(group))
-        item.user_properties.append(("tier", tier))
+        tier = str(dict(item.user_properties).get("tier", "fast"))
         (keep if tiers.selected(tier, wanted) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -269,6 +269,9 @@ class App:
             "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts),
             "DEPLOY_APP_DIR": app_dir,
             "DEPLOY_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+            # the suite's workers share 2 cores: an app may take a minute to turn healthy;
+            # tests of an unhealthy image set their own, shorter timeout
+            "DEPLOY_HEALTH_TIMEOUT": "120",
             "XDG_CACHE_HOME": str(cache),
         }
         return cls(repo=repo, images=images, app_dir=app_dir, port=port, cache=cache, machine=vm,
