@@ -4,40 +4,14 @@ output (with -v too), never on an argv the VM's (or this machine's) `ps` shows."
 
 from __future__ import annotations
 
-import subprocess
-import threading
 import time
 from pathlib import Path
 
+from faultkit import PsSampler
 from vmkit import output, unique
 
 # Quotes of both kinds, $, a backslash, #, spaces, =: what an env file or a shell would mangle.
 TRICKY = "s3cr'et \"dq\" $HOME ${X} \\back #hash = end"
-
-
-class PsSampler:
-    """`ps -eo args` every few milliseconds in a thread while the block runs: the sandbox
-    VM's processes (its sshd's children, its containers' processes) show in this machine's."""
-
-    def __init__(self) -> None:
-        self.samples: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> PsSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            proc = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
-                                  check=False)
-            self.samples.append(proc.stdout)
-            self._stop.wait(0.02)
 
 
 def use_secret_command(repo: Path, secret_file: Path, key: str = "APP_SECRET") -> None:
@@ -72,8 +46,8 @@ def test_a_secret_from_a_command_reaches_the_container_and_nothing_else(
     for proc in (setup, deploy):
         assert value not in output(proc)
         assert "tok-" not in output(proc)
-    assert len(ps.samples) > 20, "the ps sampler did not run during the commands"
-    leaked = [s for s in ps.samples if value.split()[-1] in s]
+    assert ps.samples > 20, "the ps sampler did not run during the commands"
+    leaked = [line for line in ps.lines if value.split()[-1] in line]
     assert not leaked, leaked[0]
     assert value not in app.vm(".deploy/history.jsonl").read_text()
     assert oct(app.vm("app.env").stat().st_mode & 0o777) == "0o600"
@@ -88,7 +62,7 @@ def test_a_secret_from_a_command_reaches_the_container_and_nothing_else(
     assert again.returncode == 0, output(again)
     assert "APP_SECRET set in" in output(sync)
     assert rotated not in output(sync) + output(again)
-    assert not [s for s in ps.samples if rotated.split()[-1] in s]
+    assert not [line for line in ps.lines if rotated.split()[-1] in line]
     assert container_env(app, "APP_SECRET") == rotated
     assert app.release_env("app.env")["MODEL_NAME"]  # the other keys stay
 
