@@ -284,7 +284,11 @@ def _write_known_hosts(sb: Sandbox, host: str, port: int, host_pubkey: str) -> N
     kept = [entry for entry in old if entry.split(" ", 1)[0] != name]
     new = "\n".join([*kept, line]) + "\n"
     if not sb.known_hosts.is_file() or sb.known_hosts.read_text() != new:
-        sb.known_hosts.write_text(new)
+        # renamed into place: an SSH client reading it meanwhile (another test process)
+        # sees the old file or the new one, never an empty one
+        tmp = sb.known_hosts.with_name(f"{sb.known_hosts.name}.{os.getpid()}.tmp")
+        tmp.write_text(new)
+        os.replace(tmp, sb.known_hosts)
 
 
 def sshd_running(sb: Sandbox, host: str | None = None, port: int | None = None) -> bool:

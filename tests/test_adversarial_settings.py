@@ -135,4 +135,4 @@ def test_a_refused_lock_is_one_error_line(live, images):
         assert len(errors) == 1 and "locked by another deploy" in errors[0], text
         assert (lock / "holder.json").exists()
     finally:
-        live.fab_ok("unlock", "--force")
+        live.fab_ok("unlock", "--force", "--yes")

@@ -309,7 +309,9 @@ def test_init_never_overwrites_without_force(tmp_path, inv):
     proc = deploy_init(repo)  # deploy.toml and tasks.py kept; the missing fabfile written
     assert proc.returncode == 0, output(proc)
     assert proc.stdout.splitlines() == [
-        "wrote: fabfile/__init__.py",
+        "wrote: fabfile/__init__.py, .deploy/hooks/pre-build.sample, "
+        ".deploy/hooks/pre-deploy.sample, .deploy/hooks/post-deploy.sample, "
+        ".deploy/hooks/post-rollback.sample, .deploy/hooks/deploy-failed.sample",
         "kept: deploy.toml (`inv init --force` rewrites it from what it detects)"]
     assert (repo / "deploy.toml").read_text() == before
     assert "deploy.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()

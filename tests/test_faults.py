@@ -256,7 +256,10 @@ def test_ssh_connection_cut(rows, fault_images, phase):
         if phase == "up":
             assert "switched back to" in out
         else:
-            assert f"during {phase} of {tag}" in out and "is still serving" in out
+            # a pull of layers the VM finds in its cache can end before the cut lands: then
+            # it lands in the backup that follows, which must fail as cleanly
+            cut = [phase, "backup"] if phase == "pull" else [phase]
+            assert any(f"during {p} of {tag}" in out for p in cut) and "is still serving" in out
         serving_good(app)
         fault.rows_intact()
         assert lock_state(app) == "free"  # released over a new connection

@@ -258,7 +258,7 @@ def test_ctrl_c_during_a_deploy_releases_the_lock(live, images, moment):
 
 
 def test_an_unexpected_exception_mid_deploy_releases_the_lock(live, images, monkeypatch):
-    def boom(self, tag, previous=""):
+    def boom(self, tag, previous="", **kwargs):
         assert live.vm(".deploy/lock/holder.json").exists()
         raise RuntimeError("a bug in the middle of the deploy")
 

@@ -346,6 +346,10 @@ class App:
             assert "listening" in line, f"the tunnel to {self.machine.name} failed: {line}"
         return f"http://127.0.0.1:{self.tunnel_port}{path}"
 
+    def vm_url(self, path: str) -> str:
+        """The app's URL as the VM itself sees it."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
     def request(self, path: str, data: bytes | None = None, method: str | None = None
                 ) -> urllib.request.Request:
         """A request for `path` as users send it (through the proxy: with the app's Host)."""
