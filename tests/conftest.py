@@ -338,10 +338,7 @@ SSHD_VM = 9
 @pytest.fixture(scope="session")
 def sandbox(registry: str, base_image: str) -> Sandbox:
     """The sandbox up (idempotent): engine, registry, images, sshd, VMs 1 and 2."""
-    import sandbox as sandbox_mod
-
-    with registry_in_use():  # `up` starts the registry if a registry fault stopped it
-        return sandbox_mod.up(vms=max(SHARED_VMS))
+    return sandbox_up(max(SHARED_VMS))
 
 
 @pytest.fixture(scope="session")
@@ -359,10 +356,7 @@ def two_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
 @pytest.fixture(scope="session")
 def fault_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
     """Two VMs of their own for tests that kill a VM's engine or sshd."""
-    import sandbox as sandbox_mod
-
-    with registry_in_use():
-        sandbox_mod.up(vms=max(FAULT_VMS))
+    sandbox_up(max(FAULT_VMS))
     return tuple(sandbox.vm(i) for i in FAULT_VMS)
 
 
@@ -370,10 +364,7 @@ def fault_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
 def pg_fault_vm(sandbox: Sandbox) -> Vm:
     """A VM of its own for the fault campaign on the Postgres example, which runs beside the
     one on SQLite (vm3, and vm4 for the multi-VM faults)."""
-    import sandbox as sandbox_mod
-
-    with registry_in_use():
-        sandbox_mod.up(vms=PG_FAULT_VM)
+    sandbox_up(PG_FAULT_VM)
     return sandbox.vm(PG_FAULT_VM)
 
 
@@ -468,6 +459,15 @@ def registry_in_use(exclusive: bool = False) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def sandbox_up(vms: int) -> Sandbox:
+    """The sandbox with VMs vm1..vmN up (idempotent). `up` starts the registry if it is
+    down, so it waits while a registry fault has it stopped."""
+    import sandbox as sandbox_mod
+
+    with registry_in_use():
+        return sandbox_mod.up(vms=vms)
+
+
 @pytest.fixture
 def registry_alone(sandbox: Any, images: Any) -> Iterator[None]:
     """For a test that stops the laptop's registry: it waits until no other test uses the
@@ -490,10 +490,7 @@ def _registry_shared(request: pytest.FixtureRequest) -> Iterator[None]:
 def sshd_vm(sandbox: Sandbox) -> Vm:
     """The VM of the tests that count SSH connections in its sshd's log: theirs alone (they
     run one after another on one worker), so that nobody else's logins are counted."""
-    import sandbox as sandbox_mod
-
-    with registry_in_use():
-        sandbox_mod.up(vms=SSHD_VM)
+    sandbox_up(SSHD_VM)
     return sandbox.vm(SSHD_VM)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_no_traceback, output
+from conftest import assert_no_traceback, child_env, output
 
 from deploy.errors import DeployError
 from deploy.settings import Settings, load_settings
@@ -328,17 +330,7 @@ def test_defaults_and_the_examples_pass_the_ranges():
 def test_a_bad_setting_stops_fab_before_it_connects(example_repo):
     """fab setup with keep_backups = 0 and a host that does not exist | one error: naming the
     key, no traceback, no connection attempted (the host would fail to resolve)."""
-    import subprocess
-    import sys
-
-    from conftest import child_env
-
-    (example_repo / "fabfile").mkdir(exist_ok=True)
-    (example_repo / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns\n")
-    proc = subprocess.run([sys.executable, "-m", "fabric", "setup"], cwd=example_repo,
-                          env=child_env({"DEPLOY_KEEP_BACKUPS": "0",
-                                         "DEPLOY_HOST": "no-such-host.invalid"}),
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = fab_setup_unreachable(example_repo, {"DEPLOY_KEEP_BACKUPS": "0"})
     assert proc.returncode == 1, output(proc)
     assert_no_traceback(proc)
     errors = [line for line in output(proc).splitlines() if line.startswith("error:")]
@@ -349,19 +341,19 @@ def test_a_bad_setting_stops_fab_before_it_connects(example_repo):
 def test_fab_setup_refuses_a_service_the_compose_file_lacks(example_repo):
     """service = "nosuch" | before: `fab setup` uploaded everything | one error naming the
     service, before any connection (the host would not resolve)."""
-    import subprocess
-    import sys
-
-    from conftest import child_env
-
-    (example_repo / "fabfile").mkdir(exist_ok=True)
-    (example_repo / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns\n")
-    proc = subprocess.run([sys.executable, "-m", "fabric", "setup"], cwd=example_repo,
-                          env=child_env({"DEPLOY_SERVICE": "nosuch",
-                                         "DEPLOY_HOST": "no-such-host.invalid"}),
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = fab_setup_unreachable(example_repo, {"DEPLOY_SERVICE": "nosuch"})
     assert proc.returncode == 1, output(proc)
     assert_no_traceback(proc)
     assert "error: setting 'service' is 'nosuch', which compose.yaml does not define (it has: " \
         "app)" in proc.stderr, output(proc)
     assert "no-such-host" not in output(proc)
+
+
+def fab_setup_unreachable(repo: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`fab setup` in `repo` with `env`, aimed at a host that does not resolve: whatever it
+    says came before any connection."""
+    (repo / "fabfile").mkdir(exist_ok=True)
+    (repo / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns\n")
+    return subprocess.run([sys.executable, "-m", "fabric", "setup"], cwd=repo,
+                          env=child_env({**env, "DEPLOY_HOST": "no-such-host.invalid"}),
+                          capture_output=True, text=True, timeout=120, check=False)

@@ -87,12 +87,9 @@ def vm_docker(vm, *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def swarm(sandbox):
     """vm6 a manager and vm7 a worker of one swarm (made once; left in place)."""
-    from conftest import registry_in_use
+    from conftest import sandbox_up
 
-    import sandbox as sandbox_mod
-
-    with registry_in_use():  # `up` starts the registry if a registry fault stopped it
-        sandbox_mod.up(vms=max(SWARM_VMS))  # VMs reach each other: swarm's ports, VXLAN
+    sandbox_up(max(SWARM_VMS))  # VMs reach each other: swarm's ports, VXLAN
     manager, worker = (sandbox.vm(i) for i in SWARM_VMS)
     state = vm_docker(manager, "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
     if state != "active":
