@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from deploy.remote.steps import Vm
 
 ADMIN_WAIT = 30.0
+ADMIN_POLL = 3  # seconds one look at the admin API waits before the state is read again
 
 
 @dataclass(frozen=True)
@@ -218,27 +220,44 @@ def ensure_running(vm: Vm) -> None:
         return
     if vm.run(pcmd.wait_admin(s.proxy_dir, 0), cwd="", quiet=True, check=False).ok:
         return
+    # A Caddy being killed still shows as running for a moment: look again while it does not
+    # answer (a `docker kill` is a manual stop: its restart policy does not bring it back).
+    started = start_if_down(vm)
+    deadline = time.monotonic() + ADMIN_WAIT
+    while not vm.run(pcmd.wait_admin(s.proxy_dir, ADMIN_POLL), cwd="", quiet=True,
+                     check=False).ok:
+        if time.monotonic() > deadline:
+            break
+        if not started:  # once: a Caddy that exits again after a start will not answer
+            started = start_if_down(vm)
+    else:
+        return
+    logs = vm.run([*caddy_compose(vm), "logs", "--no-color", "--tail", "8"], cwd="",
+                  quiet=True, check=False).output.strip()
+    raise DeployError(
+        f"the proxy (Caddy) is failing: its admin API did not answer within "
+        f"{ADMIN_WAIT:.0f}s ({'after a start' if started else 'it runs'}); "
+        "every app behind it is down; nothing was switched"
+        + (f"\nits last log lines:\n{logs}" if logs else ""),
+        "fix the proxy, not the app: look at `fab proxy logs`; `fab setup` rewrites "
+        "its config and starts it")
+
+
+def start_if_down(vm: Vm) -> bool:
+    """Start the Caddy container if it is not running (saying so); whether it was started."""
+    s = vm.settings
     out = vm.run(pcmd.service_containers(project(s), pcmd.SERVICE), quiet=True,
                  check=False).stdout.split()
     state = out[2] if len(out) >= 3 else "missing"
-    if state != "running":
-        vm.runner.say(f"the proxy (Caddy) on {vm.runner.where} was {state}: every app behind "
-                      "it was down; starting it")
-        vm.run([*caddy_compose(vm), "up", "-d"], cwd="", hide=True,
-               what=f"the proxy (Caddy) was {state} and starting it failed: every app behind "
-                    "it is down; nothing was switched",
-               fix="`fab setup` sets the proxy up again; `fab proxy logs` shows why it stopped")
-    if not vm.run(pcmd.wait_admin(s.proxy_dir, ADMIN_WAIT), cwd="", quiet=True,
-                  check=False).ok:
-        logs = vm.run([*caddy_compose(vm), "logs", "--no-color", "--tail", "8"], cwd="",
-                      quiet=True, check=False).output.strip()
-        raise DeployError(
-            f"the proxy (Caddy) is failing: its admin API did not answer within "
-            f"{ADMIN_WAIT:.0f}s ({'after a start' if state != 'running' else 'it runs'}); "
-            "every app behind it is down; nothing was switched"
-            + (f"\nits last log lines:\n{logs}" if logs else ""),
-            "fix the proxy, not the app: look at `fab proxy logs`; `fab setup` rewrites "
-            "its config and starts it")
+    if state == "running":
+        return False
+    vm.runner.say(f"the proxy (Caddy) on {vm.runner.where} was {state}: every app behind "
+                  "it was down; starting it")
+    vm.run([*caddy_compose(vm), "up", "-d"], cwd="", hide=True,
+           what=f"the proxy (Caddy) was {state} and starting it failed: every app behind "
+                "it is down; nothing was switched",
+           fix="`fab setup` sets the proxy up again; `fab proxy logs` shows why it stopped")
+    return True
 
 
 def caddy_compose(vm: Vm) -> list[str]:

@@ -237,6 +237,9 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.xdist_group(
             tiers.group_of(fixtures, item.nodeid.split("::")[0])))
     item.user_properties.append(("tier", tier))
+    marker = item.get_closest_marker("xdist_group")
+    group = (marker.args[0] if marker.args else marker.kwargs.get("name")) if marker else "-"
+    item.user_properties.append(("group", str(group)))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -256,6 +259,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # per tier: first start, last stop, summed duration, tests run (this process's reports: with
 # xdist, the controller's are every worker's)
 _TIMES: dict[str, list[float]] = {}
+# per xdist group (one worker runs a group's tests one after another): summed duration
+_GROUP_TIMES: dict[str, float] = {}
 # the fault campaign's rows, carried from the worker that made them in the test's report
 _FAULT_ROWS: list[dict[str, Any]] = []
 _ROWS_SENT = [0]
@@ -279,6 +284,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
                                                       [report.start, report.stop, 0.0, 0])
         _TIMES[str(tier)] = [min(start, report.start), max(stop, report.stop),
                              total + report.duration, count + (report.when == "call")]
+        group = str(properties.get("group", "-"))
+        _GROUP_TIMES[group] = _GROUP_TIMES.get(group, 0.0) + report.duration
     if report.when == "call" or report.when == "teardown":
         for key, value in report.user_properties:
             if key == "fault_row" and isinstance(value, dict) and value not in _FAULT_ROWS:
@@ -308,6 +315,11 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
         terminalreporter.section("time per tier")
         for line in tier_times(_TIMES):
             terminalreporter.write_line(line)
+        if len(_GROUP_TIMES) > 1:
+            # the longest group bounds the whole run's wall time from below
+            longest = sorted(_GROUP_TIMES.items(), key=lambda kv: -kv[1])[:6]
+            terminalreporter.write_line("longest xdist groups (each on one worker): " + ", ".join(
+                f"{group} {seconds:.0f}s" for group, seconds in longest))
     if not _FAULT_ROWS:
         return
     import faultkit as kit

@@ -309,8 +309,11 @@ def test_local_process_killed(rows, fault_images, phase, sig):
             assert "cleared the lock held by" in app.fab_ok("unlock")
             assert lock_state(app) == "free"
             # What serves meanwhile is good: the old version, or the new one if the switch
-            # went on without us; then status says the container is not the recorded release.
+            # went on without us (the kill landed as `compose up` began: it ends on the VM
+            # after the status above); then status says the container is not the recorded
+            # release.
             if serving_good(app, ("1", "2")) == "2":
+                status = app.fab_ok("status")
                 assert f"warning: the app container runs {tag}, not the recorded release" \
                     in status, status
                 assert f"fab deploy --tag={tag}" in status

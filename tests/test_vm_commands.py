@@ -858,6 +858,35 @@ def test_a_first_release_that_fails_has_nothing_to_switch_back_to(tmp_path):
     assert len(ran(vm.runner.history, " up -d")) == 1
 
 
+CONFLICT = Result(stderr='Error response from daemon: Conflict. The container name "/t-app-1" '
+                  "is already in use", exited=1)
+
+
+def test_switching_back_waits_out_a_compose_up_cut_off_with_the_connection(tmp_path,
+                                                                            monkeypatch):
+    """The `compose up` of a cut connection may still run on the VM: the switch back's own
+    `compose up` collides with its container names until it ends; it is tried again."""
+    monkeypatch.setattr(remote.flows, "SWITCH_BACK_PAUSE", 0)
+    vm, _ = scripted_vm(tmp_path, {on(" up -d"): [CONFLICT, Result("")]})
+    assert remote.switch_back(vm, "v2", "v1", "cut") == "switched back to v1"
+    assert len(ran(vm.runner.history, " up -d")) == 2
+
+
+def test_a_switch_back_that_keeps_failing_is_said_and_the_first_failure_kept(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(remote.flows, "SWITCH_BACK_PAUSE", 0)
+    answers = {on(" up -d"): [Result(""), CONFLICT, CONFLICT, CONFLICT],
+               on("health-state"): Result("unhealthy\n")}
+    vm, _ = scripted_vm(tmp_path, answers)
+    with pytest.raises(DeployError) as err:
+        remote.switch_checked(vm, "v2", "v1")
+    assert "v2 did not turn healthy" in err.value.message
+    assert "switching back to v1 failed too" in err.value.message
+    assert "is already in use" in err.value.message  # the command's own error
+    assert "fab rollback --tag=v1" in err.value.fix
+    assert len(ran(vm.runner.history, " up -d")) == 4
+
+
 def rollback_history(*entries) -> Result:
     return Result("".join(json.dumps({"tag": t, "action": a, "revision": r, "time": "T",
                                       "digest": f"sha256:{t * 32}"[:71]}) + "\n"

@@ -26,6 +26,9 @@ from deploy.remote.vm import is_release
 from deploy.runner import redact
 from deploy.shell import ConnectionLost
 
+SWITCH_BACK_TRIES = 3
+SWITCH_BACK_PAUSE = 5.0  # seconds between tries
+
 BACKUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -60,7 +63,16 @@ def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
         return "no switch back (" + ("rollback_on_failure is off" if previous
                                       else "no previous release recorded") + ")"
     vm.runner.say(f"{why}; switching back to {previous}")
-    vm.switch(previous)
+    for attempt in range(SWITCH_BACK_TRIES):
+        try:
+            vm.switch(previous)
+            break
+        except DeployError as exc:
+            # A `compose up` cut off with our connection may still run on the VM: its
+            # containers' names collide with ours until it ends, so try again after it.
+            if attempt + 1 == SWITCH_BACK_TRIES or isinstance(exc, ConnectionLost):
+                return f"switching back to {previous} failed too: {exc.message}"
+            time.sleep(SWITCH_BACK_PAUSE)
     again = vm.wait_healthy(previous)
     return f"switched back to {previous}" + (f", which is {again} too" if again else "")
 
