@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deploy import envfile
-from deploy.commands.vm import APP_ENV, env_keys, env_line, env_merge, env_set
+from deploy.commands.vm import APP_ENV, env_keys, env_line, env_merge, env_set, env_unset
 from deploy.errors import DeployError
 from deploy.settings import ENV_PREFIX
 
@@ -31,6 +31,11 @@ def set_key(key: str) -> list[str]:
     """Replace or add KEY in app.env with the line on stdin (`KEY='value'`, written by
     deploy.remote.contract.env_line so compose reads the value byte for byte); atomic, 0600."""
     return env_set(validate_key(key), APP_ENV)
+
+
+def unset_key(key: str) -> list[str]:
+    """Remove KEY from app.env (exit ENV_KEY_MISSING_EXIT if it is not there)."""
+    return env_unset(validate_key(key), APP_ENV)
 
 
 def key_line(key: str) -> list[str]:

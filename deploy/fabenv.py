@@ -1,5 +1,5 @@
-"""`fab env set KEY`, `fab env get KEY` and `fab env-keys`: the VM's app.env, one key at a
-time (values never on argv; printed only by `fab env get KEY --show`)."""
+"""`fab env set KEY`, `fab env get KEY`, `fab env unset KEY` and `fab env-keys`: the VM's
+app.env, one key at a time (values never on argv; printed only by `fab env get KEY --show`)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ from invoke import Context
 from deploy.errors import friendly
 from deploy.fabhosts import each_vm
 
-ACTIONS = ("set", "get")
+ACTIONS = ("set", "get", "unset")
 
 
 @task(name="env", positional=["action", "key"],
-      help={"action": "`set`: the value is read from stdin; `get`: say whether KEY is set",
+      help={"action": "`set`: the value is read from stdin; `get`: say whether KEY is set; "
+                      "`unset`: remove KEY",
             "key": "the variable", "show": "get: print the value itself"})
 def env_(c: Context, action: str, key: str, show: bool = False) -> None:
     """`fab env set KEY`: add or replace KEY in the VM's app.env, the value read from stdin
     (all of it, line breaks included, but for the one line end `echo`/`printf '%s\\n'` add),
-    mode 0600. `fab env get KEY [--show]`: its length, or with --show the value."""
+    mode 0600. `fab env get KEY [--show]`: its length, or with --show the value.
+    `fab env unset KEY`: remove KEY from app.env."""
     env_action(c, action, key, show)  # (Invoke loses positional arguments through a wrapper)
 
 
@@ -28,9 +30,12 @@ def env_action(c: Context, action: str, key: str, show: bool = False) -> None:
 
     if action not in ACTIONS:
         raise DeployError(f"unknown action {action!r}", "fab env set KEY (value on stdin); "
-                          "fab env get KEY [--show]; fab env-keys lists the keys")
+                          "fab env get KEY [--show]; fab env unset KEY; fab env-keys lists "
+                          "the keys")
     if action == "get":
         env_get(c, key, show)
+    elif action == "unset":
+        env_unset(c, key)
     else:
         env_set(c, key)
 
@@ -54,26 +59,41 @@ def read_value(key: str) -> str:
 
 
 def env_set(c: Context, key: str) -> None:
-    from deploy import envcheck
+    from deploy import envcheck, secrets
     from deploy.commands import vm as cmd
-    from deploy.remote.contract import env_line
     from deploy.runner import MIN_REDACTED
 
     envcheck.validate_key(key)
     value = envcheck.validate_value(read_value(key))
     for vm in each_vm(c):
-        vm.runner.secrets.append(value)
         if len(value) < MIN_REDACTED:
             vm.runner.say(f"warning: the value of {key} is shorter than {MIN_REDACTED} "
                           "characters: the output never masks values that short (they would "
                           "match inside ordinary words)")
-        line = env_line(key, value, vm.compose_kind())  # compose reads it byte for byte
-        vm.run(envcheck.set_key(key), stdin=line.rstrip("\n"), hide=True,
-               what=f"setting {key} in the VM's app.env failed", fix="see the message above")
-        vm.write_release_files(vm.current_tag())
+        secrets.set_on_vm(vm, {key: value})
         vm.runner.say(f"{key} set in {vm.settings.app_dir}/{cmd.APP_ENV} ({len(value)} "
                       "characters); it takes effect at the next deploy (or `docker compose up "
                       "-d` on the VM)")
+
+
+def env_unset(c: Context, key: str) -> None:
+    from deploy import envcheck
+    from deploy.commands import vm as cmd
+    from deploy.errors import DeployError
+
+    envcheck.validate_key(key)
+    for vm in each_vm(c):
+        result = vm.run(envcheck.unset_key(key), hide=True, check=False)
+        if result.exited == cmd.ENV_KEY_MISSING_EXIT:
+            raise DeployError(f"{key} is not set in {vm.settings.app_dir}/{cmd.APP_ENV} on "
+                              f"{vm.runner.where}; nothing changed",
+                              "fab env-keys lists the keys")
+        if not result.ok:
+            raise DeployError(f"removing {key} from the VM's {cmd.APP_ENV} failed: "
+                              f"{result.output.strip()}", "see the message above")
+        vm.write_release_files(vm.current_tag())
+        vm.runner.say(f"{key} removed from {vm.settings.app_dir}/{cmd.APP_ENV}; it takes "
+                      "effect at the next deploy (or `docker compose up -d` on the VM)")
 
 
 def env_get(c: Context, key: str, show: bool) -> None:

@@ -394,6 +394,18 @@ env_line() {  # FILE KEY: KEY's last line in FILE (its value stays on the VM but
     printf '%s\n' "$found"
 }
 
+env_unset() {  # FILE KEY: KEY's line(s) removed from FILE; exit 3 if it has none. Atomic, 0600.
+    file=$1 key=$2
+    case $key in
+        '' | [0-9]* | *[!A-Za-z0-9_]*) die "not a variable name: $key" ;;
+    esac
+    pattern="^[[:space:]]*\(export[[:space:]][[:space:]]*\)\{0,1\}${key}[[:space:]]*="
+    [ -f "$file" ] && grep -q "$pattern" "$file" || exit 3
+    umask 077
+    grep -v "$pattern" "$file" > "$file.tmp"
+    [ $? -le 1 ] && chmod 600 "$file.tmp" && mv "$file.tmp" "$file"
+}
+
 env_merge() {  # FILE: the KEY=value lines on stdin replace or join FILE's; FILE's other lines
     # are kept. Prints `changed KEY` for each key whose line differed, `kept KEY` for each key
     # only FILE had (names, never values). Atomic, 0600.
@@ -624,6 +636,7 @@ case $cmd in
     env-keys) env_keys "$1" ;;
     env-set) env_set "$@" ;;
     env-line) env_line "$@" ;;
+    env-unset) env_unset "$@" ;;
     env-merge) env_merge "$1" ;;
     settle) settle "$@" ;;
     task-last-health) task_last_health "$1" ;;

@@ -70,6 +70,15 @@ def test_env_set_keeps_a_multi_line_value_byte_for_byte(live):
                           "import os, sys; sys.stdout.write(repr(os.environ['V_NL']))")
     assert seen.stdout == repr(AWKWARD), seen.stdout + seen.stderr
 
+    gone = fab_stdin(live, b"", "env", "unset", "V_NL")
+    assert gone.returncode == 0, gone.stdout.decode() + gone.stderr.decode()
+    assert "V_NL removed from" in gone.stdout.decode()
+    assert "V_NL" not in live.vm("app.env").read_text() and "line one" not in \
+        live.vm("app.env").read_text()
+    again = fab_stdin(live, b"", "env", "unset", "V_NL")
+    assert again.returncode == 1 and "V_NL is not set" in again.stdout.decode() + \
+        again.stderr.decode()
+
 
 def test_env_get_of_a_missing_key_is_one_error(app):
     """`fab env get NOPE` | (new task) | 1 | nothing changed."""

@@ -23,7 +23,7 @@ from deploy import proxy
 from deploy.commands import proxy as pcmd
 from deploy.commands import swarm as scmd
 from deploy.commands import vm as cmd
-from deploy.envcheck import app_env_keys, set_key
+from deploy.envcheck import app_env_keys, set_key, unset_key
 from deploy.errors import DeployError
 from deploy.remote import Vm
 from deploy.remote.health import ContainerWatch, UpstreamWatch
@@ -121,11 +121,12 @@ BUILDERS = {
     "settle": pcmd.settle(["docker", "compose"], "app"),
     "env_keys": app_env_keys(),
     "set_key": set_key("APP_SECRET"),
+    "unset_key": unset_key("APP_SECRET"),
     "task_last_health": scmd.task_last_health("t1"),
 }
 
 
-APP_COPY = {"settle", "env_keys", "set_key", "task_last_health"}
+APP_COPY = {"settle", "env_keys", "set_key", "unset_key", "task_last_health"}
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -180,6 +181,23 @@ def test_env_keys_and_env_set_keep_values_on_the_vm_and_the_file_private(tmp_pat
         set_key("1X")
     (tmp_path / "empty").mkdir()
     assert dash(app_env_keys(), tmp_path / "empty").stdout == ""  # no app.env yet: no keys
+
+
+def test_env_unset_removes_every_line_of_the_key_and_nothing_else(tmp_path):
+    env = tmp_path / "app.env"
+    env.write_text("export A=1\n  B = 2\nBB=4\nB=again\n")
+    env.chmod(0o644)
+    result = dash(unset_key("B"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert env.read_text() == "export A=1\nBB=4\n"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert dash(unset_key("A"), tmp_path).returncode == 0  # an `export` line too
+    assert dash(unset_key("BB"), tmp_path).returncode == 0  # the last key: an empty file
+    assert env.read_text() == ""
+    missing = dash(unset_key("B"), tmp_path)
+    assert missing.returncode == cmd.ENV_KEY_MISSING_EXIT
+    bad = dash(cmd.env_unset("B.*"), tmp_path)
+    assert bad.returncode == 1 and "not a variable name: B.*" in bad.stderr
 
 
 def test_env_merge_keeps_the_vms_own_keys_and_names_what_changed(tmp_path):

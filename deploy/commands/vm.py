@@ -340,6 +340,11 @@ def env_line(key: str, path: str = APP_ENV) -> list[str]:
     return helper("env-line", path, key)
 
 
+def env_unset(key: str, path: str = APP_ENV) -> list[str]:
+    """Remove KEY's line(s) from the env file (exit ENV_KEY_MISSING_EXIT if it has none)."""
+    return helper("env-unset", path, key)
+
+
 def env_merge(path: str = APP_ENV) -> list[str]:
     """The KEY=value lines on stdin replace or join the env file's, its other keys kept;
     prints `changed KEY` and `kept KEY` (names only); atomic, 0600."""
