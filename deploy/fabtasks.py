@@ -151,7 +151,7 @@ def releases(c: Context) -> None:
 def status(c: Context) -> None:
     """What runs on the VM: current tag, containers, health, Alembic revision, lock holder."""
     from deploy.commands import vm as cmd
-    from deploy.remote import describe_holder, lease_is_fresh
+    from deploy.remote import describe_holder, lease_is_fresh, schema_mismatch
 
     for vm in each_vm(c):
         holder = vm.holder()
@@ -172,9 +172,13 @@ def status(c: Context) -> None:
                           and lease_is_fresh(holder, vm.settings.lock_lease))
         print(f"health:    {vm.health()}")
         oneoffs = vm.run(cmd.oneoff_containers(vm.project), quiet=True, check=False).stdout
-        print(f"revision:  {vm.revision() or '-'}" + (
+        revision = vm.revision()
+        print(f"revision:  {revision or '-'}" + (
             f"  (a migration is running in {', '.join(oneoffs.split())}: one-off container(s) "
             "of this app)" if oneoffs.split() else ""))
+        differs = "" if oneoffs.split() else schema_mismatch(vm.history(), release, revision)
+        if differs:
+            print(f"warning: {differs}")
         print(f"lock:      {describe_holder(holder) if holder else 'free'}")
         if vm.settings.target == "swarm":  # the stack's tasks, not compose's
             from deploy import swarm

@@ -20,6 +20,17 @@ from deploy.settings import Settings
 NO_TESTS_COLLECTED = 5
 
 
+def schema_differs(vm: remote.Vm, tag: str) -> bool:
+    """Whether the database under `tag` is not at the schema `tag` was released on (data
+    restored from before its migration, say): then deploying it again is not "nothing to
+    do", it migrates."""
+    differs = remote.schema_mismatch(vm.history(), tag, vm.revision())
+    if differs:
+        first = differs.splitlines()[0]
+        vm.runner.say(f"warning: {first}; deploying {tag} again")
+    return bool(differs)
+
+
 def timed(runner: Runner, name: str, step: Callable[[], object]) -> object:
     """One local phase: its name as it starts, its time when it ends (the name again if the
     step printed something in between; a heading first with -v)."""
@@ -126,7 +137,8 @@ def deploy_release(
             stack.enter_context(vm.locked(tag, message))
         for vm in vms:  # a key the release needs and the VM lacks: refuse before building
             envcheck.require_app_env(vm)
-        stale = [vm for vm in vms if not (pushed and vm.is_serving(tag))]
+        stale = [vm for vm in vms if not (pushed and vm.is_serving(tag)
+                                          and not schema_differs(vm, tag))]
         if not stale:
             runner.say(f"{image}:{tag} is already in the registry and serving healthy on every "
                        "host: nothing to do (skipped test, build, push, pull, migrate, switch)")

@@ -134,6 +134,24 @@ def test_rollback_with_downgrade_takes_the_schema_back(live, images):
     assert (last["tag"], last["action"], last["revision"]) == (images.v1, "rollback", "0001")
 
 
+def test_data_restored_from_before_a_migration_is_named_and_a_redeploy_migrates_it(
+        live, images):
+    live.post_item("under v1")
+    live.deploy(images.v2)
+    (before,) = [n for n in live.backups() if n.endswith(".sqlite3")]  # taken at 0001
+    live.fab_ok("restore", f"--backup={before}")
+    assert live.db_revision() == "0001"  # v2's code on v1's schema
+    status = live.fab_ok("status")
+    assert f"warning: the database is at revision 0001, but {images.v2} was released on " \
+        "0002" in status, status
+    assert f"`fab rollback --tag={images.v1}`" in status
+
+    live.deploy(images.v2)  # what the fix says: the migration runs over the restored data
+    assert live.version() == {"version": "2", "revision": "0002"}
+    assert live.item_names() == ["under v1"]
+    assert "warning" not in live.fab_ok("status")
+
+
 # --------------------------------------------------------------------------- 3: migration fails
 
 

@@ -1095,3 +1095,22 @@ def test_pick_rollback_tag():
     assert remote.pick_rollback_tag(history, "v3", "v1") == "v1"
     with pytest.raises(DeployError):
         remote.pick_rollback_tag([{"tag": "v1"}], "v1", "")
+
+
+def test_a_database_restored_from_before_a_migration_is_named_against_the_release():
+    history = [json.loads(line) for line in history_lines(
+        ("v1", "deploy", "0001"), ("v2", "deploy", "0002")).splitlines()]
+    said = remote.schema_mismatch(history, "v2", "0001")
+    assert said.startswith("the database is at revision 0001, but v2 was released on 0002")
+    assert "`fab deploy --tag=v2` migrates" in said and "`fab rollback --tag=v1`" in said
+    assert remote.schema_mismatch(history, "v2", "0002") == ""
+    assert remote.schema_mismatch(history, "v2", "") == ""  # unknown: nothing said
+    assert remote.schema_mismatch(history, "v3", "0001") == ""  # no record of v3
+
+
+def test_a_rollback_without_downgrade_runs_on_the_newer_schema_it_recorded():
+    history = [json.loads(line) for line in history_lines(
+        ("v1", "deploy", "0001"), ("v2", "deploy", "0002"), ("v1", "rollback", "0002"))
+        .splitlines()]
+    assert remote.schema_mismatch(history, "v1", "0002") == ""
+    assert "v1 was released on 0002" in remote.schema_mismatch(history, "v1", "0001")

@@ -21,6 +21,7 @@ from deploy.remote.flows import (
     release_entry,
     restore,
     rollback,
+    schema_mismatch,
     switch_back,
     switch_checked,
     validate_backup_name,
@@ -36,5 +37,5 @@ __all__ = [
     "cut_short",
     "deploy", "describe_holder", "last_revision", "lease_is_fresh", "parse_holder",
     "pick_rollback_tag", "release_entry", "restore", "rollback", "session", "sigint_deferred",
-    "switch_back", "switch_checked", "targets", "validate_backup_name",
+    "schema_mismatch", "switch_back", "switch_checked", "targets", "validate_backup_name",
 ]

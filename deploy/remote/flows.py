@@ -36,6 +36,24 @@ def last_revision(history: list[dict]) -> str:
     return next((e["revision"] for e in reversed(history) if e.get("revision")), "")
 
 
+def schema_mismatch(history: list[dict], release: str, revision: str) -> str:
+    """Why the database's `revision` does not match what `release` runs on ('' if it does or
+    either is unknown). A release's last record (its deploy, or a rollback to it, which
+    records the schema it found) says which schema it runs on; a restore is not a release
+    record, so data restored from before a migration shows here."""
+    entry = next((e for e in reversed(history) if e.get("tag") == release), None)
+    expected = (entry or {}).get("revision") or ""
+    if not (release and revision and expected) or revision == expected:
+        return ""
+    matching = [e["tag"] for e in history
+                if e.get("revision") == revision and e.get("action") == "deploy"]
+    return (f"the database is at revision {revision}, but {release} was released on "
+            f"{expected}: it may fail on this schema\n"
+            f"  fix: `fab deploy --tag={release}` migrates the database to it again"
+            + (f"; `fab rollback --tag={matching[-1]}` runs the release deployed on "
+               f"{revision}" if matching and matching[-1] != release else ""))
+
+
 def stamp() -> dict:
     """When and by whom, for a history record."""
     return {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
