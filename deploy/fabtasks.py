@@ -170,7 +170,8 @@ def status(c: Context) -> None:
             print(f"warning: {mismatch}")
         vm.settle_restore(lock_alive=holder is not None
                           and lease_is_fresh(holder, vm.settings.lock_lease))
-        print(f"health:    {vm.health()}")
+        if vm.settings.target != "swarm":  # a stack's health: its tasks, below
+            print(f"health:    {vm.health()}")
         oneoffs = vm.run(cmd.oneoff_containers(vm.project), quiet=True, check=False).stdout
         revision = vm.revision()
         print(f"revision:  {revision or '-'}" + (
@@ -209,6 +210,11 @@ def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
     from deploy.commands import vm as cmd
 
     for vm in each_vm(c):
+        if vm.settings.target == "swarm":
+            from deploy import swarm
+
+            swarm.logs(vm, int(tail), follow)
+            continue
         # Not quiet: quiet also hides the output, and the logs are the output.
         vm.run(cmd.service_logs(vm.compose(), vm.settings.service, int(tail), follow),
                check=False)

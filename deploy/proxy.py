@@ -450,6 +450,24 @@ def wait_upstream(vm: Vm, container_id: str, upstream: str) -> str:
     return verdict["problem"] or ""
 
 
+def wait_serving(vm: Vm) -> str:
+    """After the app was started again in place (a restore): the container Caddy sends
+    traffic to answers health_path through Caddy, the check a switch makes; '' if so, else
+    what failed."""
+    upstream = serving_upstream(vm)
+    running = [c for c in containers(vm) if c.state == "running"]
+    serving = [c for c in running if upstream.startswith(c.name + ":")]
+    if vm.runner.dry_run:
+        serving = [Container("ID", upstream or f"{vm.project}-{vm.settings.service}-N",
+                             "running")]
+    if not serving:
+        return (f"no running container of the app is the one the proxy sends traffic to "
+                f"({upstream or 'none recorded'})")
+    ensure_running(vm)
+    return wait_upstream(vm, serving[0].id, upstream or f"{serving[0].name}:"
+                         f"{vm.settings.app_port}")
+
+
 def why_unhealthy(vm: Vm, container: Container, upstream: str, problem: str) -> str:
     """What the failed container said: its health answer through Caddy if it answers,
     else the end of its logs (a crash)."""

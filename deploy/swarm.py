@@ -111,14 +111,16 @@ class Task:
     state: str
     error: str = ""
     id: str = ""
+    node: str = ""
 
     @property
     def tag(self) -> str:
         return without_digest(self.image).rsplit(":", 1)[-1]
 
     def line(self) -> str:
-        return f"{self.name} {self.tag}: {self.state}" + (f" ({self.error})" if self.error
-                                                          else "")
+        return (f"{self.name} {self.tag}: {self.state}" + (f" on {self.node}" if self.node
+                                                            else "")
+                + (f" ({self.error})" if self.error else ""))
 
 
 def without_digest(image: str) -> str:
@@ -136,7 +138,7 @@ def parse_tasks(output: str) -> list[Task]:
         state = (raw.get("CurrentState") or "").split(" ", 1)[0]
         tasks.append(Task(raw.get("Name", "").strip(" \\_"), raw.get("Image", ""),
                           raw.get("DesiredState", ""), state, raw.get("Error", ""),
-                          raw.get("ID", "")))
+                          raw.get("ID", ""), raw.get("Node", "")))
     return tasks
 
 
@@ -339,7 +341,27 @@ def rollback(vm: Vm, tag: str = "",
 
 
 def status_lines(vm: Vm) -> list[str]:
-    """The app service's tasks, for `fab status`."""
+    """The app service for `fab status`: Swarm's verdict on the recorded release (its own
+    rollback included) and each running task with its node."""
     name = cmd.service_name(stack_name(vm), vm.settings.service)
+    raw = vm.run(cmd.service_inspect(name), quiet=True, check=False)
+    if not (raw.ok and raw.stdout.strip()):
+        return [f"swarm:     {name}: no such service ({raw.output.strip() or 'no answer'})"]
+    service = parse_service(raw.stdout)
     tasks = parse_tasks(vm.run(cmd.service_tasks(name), quiet=True, check=False).stdout)
-    return [f"swarm:     {name}"] + [f"  {t.line()}" for t in tasks if t.desired == "Running"]
+    release = vm.current_tag()
+    state, why = verdict(service, tasks, vm.ref(release)) if release else ("wait", "")
+    lines = [f"swarm:     {name}: " + ({"done": "serving", "wait": "not settled",
+                                        "paused": "update paused",
+                                        "rolled_back": "rolled back by Swarm"}[state]
+                                       + (f" ({why})" if why else ""))]
+    if service.update:
+        lines.append(f"  update:  {service.update}"
+                     + (f" ({service.message})" if service.message else ""))
+    return lines + [f"  {t.line()}" for t in tasks if t.desired == "Running"]
+
+
+def logs(vm: Vm, tail: int, follow: bool) -> None:
+    """The app service's logs, every task's (`docker service logs`)."""
+    name = cmd.service_name(stack_name(vm), vm.settings.service)
+    vm.run(cmd.service_logs(name, tail, follow), check=False)

@@ -290,8 +290,12 @@ def test_restore_behind_the_proxy_serves_again(proxied, images):
     backup = [n for n in app.backups() if n.endswith(".sqlite3")][-1]
     app.post_item("after the backup", note="n")
     assert app.item_names() == ["kept", "after the backup"]
-    out = app.fab_ok("restore", f"--backup={backup}")
+    # The example's health_url (a port published without the proxy, which nothing answers
+    # on behind it): the restore's verdict is the switch's, through Caddy.
+    out = app.fab_ok("restore", f"--backup={backup}",
+                     env={"DEPLOY_HEALTH_URL": "http://127.0.0.1:8000/health"})
     assert f"restored {backup}" in out
+    assert [e for e in app.history() if e.get("kind") == "restore"][-1]["healthy"] is True
     assert app.wait_http("/health") == 200
     assert app.item_names() == ["kept"]  # the database as it was before v2's deploy
     status = app.fab_ok("status")

@@ -96,6 +96,8 @@ def test_builders() -> None:
     assert cmd.render_config(["docker", "compose", "-p", "x"])[-3:] == ["config", "--format",
                                                                         "json"]
     assert cmd.service_name("shop", "app") == "shop_app"
+    assert cmd.service_logs("shop_app", 50, True) == ["docker", "service", "logs", "--no-trunc",
+                                                      "--tail", "50", "--follow", "shop_app"]
 
 
 def task(image: str, state: str, desired: str = "Running", error: str = "") -> Task:
@@ -130,6 +132,9 @@ def test_docker_output_is_parsed() -> None:
                     "TaskTemplate": {"ContainerSpec": {"Image": f"{REF}@sha256:bb"}}},
            "UpdateStatus": {"State": "completed", "Message": "update completed"}}
     assert parse_service(json.dumps(svc)) == ServiceState(REF, "completed", "update completed", 2)
+    running = json.dumps({"Name": "shop_app.1", "Image": f"{REF}@sha256:bb", "Node": "vm6",
+                          "DesiredState": "Running", "CurrentState": "Running 2 minutes ago"})
+    assert parse_tasks(running)[0].line() == "shop_app.1 v2: Running on vm6"
 
 
 def test_dry_run_migrates_before_the_stack_deploy_and_connects_nowhere(tmp_path) -> None:

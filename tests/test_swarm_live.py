@@ -12,6 +12,7 @@ resolution for containers created before it, moby#45144), so no other test may u
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -224,7 +225,12 @@ def test_swarm_v1_v2_rollback_with_no_failed_request_and_swarms_own_rollback(
         (v1, "deploy"), (v2, "deploy"), (v1, "rollback")]
 
     status = app.fab_ok("status")
-    assert f"swarm:     {app.stack}_app" in status and f" {v1}: Running" in status
+    assert f"swarm:     {app.stack}_app: serving (1/1 task(s) running {images.ref(v1)})" \
+        in status, status
+    assert re.search(rf" {re.escape(v1)}: Running on \S+", status), status
+    assert "health:" not in status  # compose's view of a stack: `missing`
+    logs = app.fab("logs", "--tail=20")
+    assert logs.returncode == 0 and "GET /version" in logs.stdout, logs.stdout + logs.stderr
     for name, done in (("unhealthy", bad_probe), ("v1->v2", up_probe),
                         ("rollback", back_probe)):
         record_property(name, done.summary())

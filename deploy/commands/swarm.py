@@ -42,6 +42,11 @@ def service_tasks(name: str) -> list[str]:
     return ["docker", "service", "ps", "--no-trunc", "--format", "{{json .}}", name]
 
 
+def service_logs(name: str, tail: int, follow: bool) -> list[str]:
+    return ["docker", "service", "logs", "--no-trunc", "--tail", str(int(tail)),
+            *(["--follow"] if follow else []), name]
+
+
 def task_last_health(task_id: str) -> list[str]:
     """The last line of the last health check a task's container ran ('' if none)."""
     return helper("task-last-health", task_id)

@@ -325,6 +325,16 @@ def start_again(vm: Vm) -> str:
         f"{vm.current_tag()}` starts it"
 
 
+def healthy_after_start(vm: Vm) -> str:
+    """'' if the app started in place answers as a deploy's switch requires (through Caddy
+    with `proxy = true`), else what failed."""
+    if vm.settings.proxy:
+        from deploy import proxy  # built on this package's Vm: imported here, not in a cycle
+
+        return proxy.wait_serving(vm)
+    return vm.wait_healthy()
+
+
 def as_interrupt(signum: int) -> KeyboardInterrupt:
     return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
@@ -403,7 +413,7 @@ def restore(vm: Vm, name: str, force_unverified: bool = False) -> None:
             with rel.phase("start", cuts_short=False):
                 vm.run(cmd.up(vm.compose()), hide=True)
             with rel.phase("healthy", cuts_short=False):
-                problem = vm.wait_healthy()
+                problem = healthy_after_start(vm)
         except BaseException as exc:  # the first error is the one to show; the record a bonus
             with contextlib.suppress(Exception):
                 record_restore(vm, restore_entry(name, current, vm.revision(), False, saved))
