@@ -413,7 +413,11 @@ def restore(c: Context, backup: str, force_unverified: bool = False,
     from deploy.runner import set_verbose
 
     set_verbose(verbose, c)
+    if with_roles(c):  # where the database is, the other hosts stopped meanwhile
+        from deploy import roles
 
+        roles.restore(load_settings(), backup, force_unverified=force_unverified)
+        return
     for vm in each_vm(c):
         restore_backup(vm, backup, force_unverified=force_unverified)
 

@@ -26,12 +26,15 @@ from deploy.remote import (
     Target,
     Vm,
     cut_short,
+    healthy_after_start,
     last_revision,
     pick_rollback_tag,
     release_entry,
     session,
     switch_checked,
+    validate_backup_name,
 )
+from deploy.remote import restore as restore_on
 from deploy.remote import targets as remote_targets
 from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     KINDS,
@@ -264,3 +267,47 @@ def first_downgrade(vm: Vm, current: str, revision: str) -> list[str]:
     """`alembic downgrade REV` with the current image (it holds the downgrade scripts)."""
     return cmd.run_in_new_container(vm.compose(current), vm.settings.service,
                                     f"alembic downgrade {revision}")
+
+
+def restore(settings: Settings, name: str, *, force_unverified: bool = False,
+            dry_run: bool = False) -> None:
+    """Restore backup `name` where the database is (the primary role's first host, where
+    deploys back up and migrate), the app stopped on every other host meanwhile so that none
+    writes to the database being replaced; then start them and check each one's health."""
+    roles = read_roles(settings)
+    plan = plan_of(settings)
+    validate_backup_name(name)
+    with sessions(settings, plan, roles, dry_run) as vms:
+        first = vms[plan.primary]
+        say = first.runner.say
+        if not dry_run:  # a bad name or backup changes nothing anywhere
+            if name not in first.backups():
+                raise DeployError(f"there is no backup {name!r} on {plan.primary}, where the "
+                                  "database is", "pick one from `fab backups`")
+            first.check_backup(name, force_unverified)
+        others = {slot: vm for slot, vm in vms.items() if slot != plan.primary}
+        stopped: list[Slot] = []
+        problems: list[str] = []
+        try:
+            for slot, vm in others.items():
+                vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True,
+                       what=f"stopping the app on {slot} failed; nothing was restored",
+                       fix="see the message above")
+                stopped.append(slot)
+            if stopped:
+                say(f"stopped the app on {', '.join(map(str, stopped))} while the database on "
+                    f"{plan.primary} is restored")
+            restore_on(first, name, force_unverified=force_unverified)
+        finally:
+            for slot in stopped:
+                vm = others[slot]
+                started = vm.run(cmd.up(vm.compose()), hide=True, check=False)
+                problem = healthy_after_start(vm) if started.ok else (
+                    started.output.strip().splitlines() or [f"exit {started.exited}"])[-1]
+                if problem:
+                    problems.append(f"{slot}: {problem}")
+                else:
+                    say(f"{slot}: started again, healthy")
+    if problems:
+        raise DeployError("after the restore, not every host is healthy: " + "; ".join(problems),
+                          "look at `fab logs` on those hosts; `fab status` shows each host")

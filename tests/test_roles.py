@@ -313,6 +313,24 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
     assert [(e["tag"], e["action"]) for e in web1.history()[-2:]] == [
         (v2, "deploy"), (v1, "rollback")], "vm1's history says it went to v2 and back"
 
+    # A restore runs where the database is (the primary host), the other hosts' apps stopped
+    # meanwhile and health-checked after; a name the primary host lacks changes nothing.
+    missing = web1.fab("restore", "--backup=20200101T000000Z-nope.sqlite3")
+    assert missing.returncode == 1 and "there is no backup" in output(missing)
+    assert [served(web2), served(worker, "worker")] == [v1, v1]
+    backup = [n for n in web1.backups() if n.endswith(".sqlite3")][-1]
+    restored = web1.fab_ok("restore", f"--backup={backup}")
+    assert f"stopped the app on {hosts[1]} (web), {hosts[2]} (worker)" in restored, restored
+    assert f"restored {backup}" in restored
+    assert f"{hosts[1]} (web): started again, healthy" in restored
+    assert f"{hosts[2]} (worker): started again, healthy" in restored
+    records = [e for e in web1.history() if e.get("kind") == "restore"]
+    assert [r["backup"] for r in records] == [backup] and records[0]["healthy"] is True
+    assert not any(e.get("kind") == "restore" for v in (web2, worker)
+                   for e in v.history()), "restored once, on the primary host"
+    assert [served(web1), served(web2), served(worker, "worker")] == [v1, v1, v1]
+    assert [web1.version()["version"], web2.version()["version"]] == ["1", "1"]
+
 
 @pytest.mark.slow
 def test_inv_deploy_dry_run_locks_the_primary_host_once_and_migrates_once(

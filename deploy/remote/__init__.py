@@ -16,6 +16,7 @@ dry run prints them all and opens no connection.
 
 from deploy.remote.flows import (
     deploy,
+    healthy_after_start,
     last_revision,
     pick_rollback_tag,
     release_entry,
@@ -35,7 +36,8 @@ from deploy.remote.steps import Vm, backups_to_prune
 __all__ = [
     "Interrupted", "Release", "Target", "Vm", "backups_to_prune", "check_key_file", "connect",
     "cut_short",
-    "deploy", "describe_holder", "last_revision", "lease_is_fresh", "parse_holder",
+    "deploy", "describe_holder", "healthy_after_start", "last_revision", "lease_is_fresh",
+    "parse_holder",
     "pick_rollback_tag", "release_entry", "restore", "rollback", "session", "sigint_deferred",
     "schema_mismatch", "switch_back", "switch_checked", "targets", "validate_backup_name",
 ]
