@@ -188,16 +188,22 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                 backup = first.backup(tag, previous[plan.primary])
                 step = f"migrate on {plan.primary}"
                 revision = first.migrate(tag, backup) or last_revision(records)
+                before = first.before_migration
             except (KeyboardInterrupt, ConnectionLost) as exc:
                 raise cut_short(exc, step, tag, "the previous release") from None
             say(f"migrated once, on {plan.primary}: revision {revision or '-'}")
 
             def record(slot: Slot, vm: Vm) -> None:
                 if not vm.runner.dry_run:
-                    vm.record(release_entry(tag, digests[slot], revision, "deploy",
-                                            previous[slot], git_sha, message))
+                    vm.record(release_entry(
+                        tag, digests[slot], revision, "deploy", previous[slot], git_sha,
+                        message, **({"backup": backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
+                                     "migrated": bool(revision and revision != before)}
+                                    if slot == plan.primary else {})))
 
             switched, failure = switch_batches(vms, plan, tag, previous, settings, record, say)
+            if plan.primary in switched and not dry_run:  # the backups are where it migrated
+                first.prune_backups(first.history())
         rows = report(vms, tag) if not dry_run else []
         if rows:
             print_report(rows, tag, say)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from deploy import envcheck, refs
 from deploy.commands import swarm as cmd
+from deploy.commands.vm import BACKUP_DIR
 from deploy.errors import DeployError
 from deploy.remote import (
     Vm,
@@ -309,9 +310,12 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "", lock: bool
         stack_switch(vm, tag, previous)
         with sigint_deferred():
             entry = release_entry(tag, digest, revision or last_revision(vm.records()),
-                                  "deploy", previous, git_sha, message)
+                                  "deploy", previous, git_sha, message,
+                                  backup=backup.removeprefix(f"{BACKUP_DIR}/"),
+                                  migrated=bool(revision and revision != vm.before_migration))
             if not vm.runner.dry_run:
                 vm.record(entry)
+                vm.prune_backups(vm.history())
     vm.runner.say(f"deployed {tag} as stack {stack_name(vm)} in "
                   f"{time.monotonic() - started:.1f}s")
     return entry

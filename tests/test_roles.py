@@ -283,6 +283,9 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
     # Migrated once, on the primary role's first host. (Roles share one database in real life;
     # here each VM has its own SQLite file, so the other hosts' files show no migration ran.)
     assert web1.db_revision() == "0002"
+    recorded = web1.history()[-1]  # the primary's record names its backup, as one host's does
+    assert (recorded["tag"], recorded["migrated"]) == (v2, True)
+    assert recorded["backup"] in web1.backups(), (recorded, web1.backups())
     for view in (web2, worker):
         assert not view.vm("data/app.db").exists() or not view.db(
             "SELECT name FROM sqlite_master WHERE name = 'alembic_version'")

@@ -214,6 +214,9 @@ def test_swarm_v1_v2_rollback_with_no_failed_request_and_swarms_own_rollback(
     assert up_probe.versions()[0] == "1" and up_probe.versions()[-1] == "2", up_probe.summary()
     assert served_tags(app, swarm) == {v2}
     assert app.db_revision() == "0002", "migrated before the switch, on the manager"
+    recorded = app.history()[-1]
+    assert (recorded["tag"], recorded["migrated"]) == (v2, True)
+    assert recorded["backup"] in app.backups(), (recorded, app.backups())
 
     with probe(app) as back_probe:
         app.fab_ok("rollback", f"--tag={v1}")
