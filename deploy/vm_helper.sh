@@ -269,6 +269,34 @@ read_var() {  # FILE NAME: the last NAME=value line's value (single quotes remov
     sed -n "s/^$2=//p" "$1" | tail -n 1 | sed "s/^'\\(.*\\)'\$/\\1/"
 }
 
+# -- the release files: .deploy/release.env, .env (and .deploy/release.yaml), each written only
+# when it changed, `rewritten PATH` said for each that did. .env is app.env's lines then the
+# tail given: app.env's values never leave the VM.
+write_text() {  # PATH TEXT: TEXT and a newline, as write-file writes stdin
+    said=$(printf '%s\n' "$2" | write_file "$1") || exit 1
+    [ -z "$said" ] || printf 'rewritten %s\n' "$1"
+}
+
+release_files() {  # APP_ENV RELEASE_TEXT DOTENV_TAIL OVERRIDE_TEXT (- for none) [COMMAND...]:
+    # then COMMAND's output (e.g. compose config) after a line `@@fact output`
+    mkdir -p "$STATE" || exit 1
+    write_text "$STATE/release.env" "$2"
+    [ "$4" = - ] || write_text "$STATE/release.yaml" "$4"
+    dotenv=$(awk '{ print }' "$1" 2>/dev/null; printf '%s' "$3")
+    write_text .env "$dotenv"
+    shift 4
+    [ $# -gt 0 ] || return 0
+    fact output
+    "$@"
+}
+
+record() {  # JSON APP_ENV RELEASE_TEXT DOTENV_TAIL OVERRIDE_TEXT: the history record, then the
+    # release files as release-files writes them
+    history_append "$1" || exit 1
+    shift
+    release_files "$@"
+}
+
 # -- the release history
 history_append() {  # JSON
     mkdir -p "$STATE" && printf '%s\n' "$1" >> "$STATE/history.jsonl"
@@ -338,6 +366,43 @@ detect_compose() {
     else
         exit 1
     fi
+}
+
+# -- what a release's checks need to know, in one round trip: one document of sections, each
+# a line `@@fact NAME` then its lines; `@@fact end` last (its absence: the helper was cut off)
+fact() {
+    printf '@@fact %s\n' "$1"
+}
+
+http_tool() {  # the first of curl, wget, python3 the VM has (nothing if none)
+    for tool in curl wget python3; do
+        if command -v "$tool" >/dev/null 2>&1; then
+            echo "$tool"
+            return
+        fi
+    done
+}
+
+facts() {  # TAG_VAR PROJECT APP_DIR COMPOSE (v2, v1, or auto: detected)
+    fact env-keys
+    env_keys app.env
+    fact release-tag
+    read_var "$STATE/release.env" "$1"
+    fact dotenv-tag
+    read_var .env "$1"
+    fact compose
+    if [ "$4" = auto ]; then (detect_compose) || echo none; else echo "$4"; fi
+    fact project-dirs
+    project_dirs "$2"
+    fact dir-projects
+    dir_projects "$3"
+    fact oneoffs
+    oneoffs "$2"
+    fact http-tool
+    http_tool
+    fact history
+    awk '{ print }' "$STATE/history.jsonl" 2>/dev/null
+    fact end
 }
 
 # -- HTTP from the VM itself: the status code of URL (000 when nothing answers)
@@ -620,6 +685,9 @@ case $cmd in
     project-dirs) project_dirs "$1" ;;
     dir-projects) dir_projects "$1" ;;
     detect-compose) detect_compose ;;
+    facts) facts "$@" ;;
+    release-files) release_files "$@" ;;
+    record) record "$@" ;;
     http-status) http_status "$1" ;;
     env-keys) env_keys "$1" ;;
     env-set) env_set "$@" ;;

@@ -114,6 +114,15 @@ def detect_compose() -> list[str]:
     return helper("detect-compose")
 
 
+def facts(tag_variable: str, project: str, app_dir: str, compose_kind: str) -> list[str]:
+    """What a release's checks need to know of the VM, as one document (parsed by
+    deploy.remote.facts): app.env's keys (never values), the tag in .deploy/release.env and in
+    .env, the compose flavour (detected if `compose_kind` is auto), the working directories of
+    the project's containers and the projects made in app_dir, the project's one-off
+    containers, the HTTP tool the VM has, the release history."""
+    return helper("facts", tag_variable, project, app_dir, compose_kind)
+
+
 # -- the lock -----------------------------------------------------------------------------
 def acquire_lock(holder_json: str) -> list[str]:
     """Take the lock; if held, print the holder and exit LOCK_BUSY_EXIT."""
@@ -319,6 +328,24 @@ def read_history() -> list[str]:
 def write_file(path: str) -> list[str]:
     """Write stdin to `path` atomically (0600); prints `rewritten` if it changed."""
     return helper("write-file", path)
+
+
+NO_OVERRIDE = "-"  # release-files: no .deploy/release.yaml to write
+
+
+def release_files(release: str, dotenv_tail: str, override: str = NO_OVERRIDE,
+                  then: list[str] | None = None) -> list[str]:
+    """Write .deploy/release.env (`release`), .deploy/release.yaml (`override`, unless
+    NO_OVERRIDE) and .env (app.env's lines on the VM, then `dotenv_tail`), each only if it
+    changed (`rewritten PATH` for each that did); then run `then` (its output after a line
+    `@@fact output`). No value of app.env crosses the wire."""
+    return helper("release-files", APP_ENV, release, dotenv_tail, override, *(then or []))
+
+
+def record_release(record_json: str, release: str, dotenv_tail: str,
+                   override: str = NO_OVERRIDE) -> list[str]:
+    """Append `record_json` to the history, then write the release files as release_files."""
+    return helper("record", record_json, APP_ENV, release, dotenv_tail, override)
 
 
 def read_var(path: str, name: str) -> list[str]:

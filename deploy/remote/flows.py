@@ -142,11 +142,12 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
         if lock:
             rel.note("lock")
         with rel.phase("check"):
+            vm.gather_facts()  # one round trip; the checks below read what it found
             envcheck.require_app_env(vm)  # app.env has every key of .env.example
             rel.previous = vm.current_tag()
-            vm.sync_release_env(rel.previous)
             vm.check_project()
-            vm.check_contract(tag)
+            # the release files made right, then the compose file rendered with `tag`
+            vm.check_contract(tag, vm.sync_release_env(rel.previous, render=tag))
         previous = rel.previous
         if before_change:
             before_change(previous)
@@ -157,8 +158,11 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
             records = vm.records()
             history = [e for e in records if is_release(e)]
             vm.wait_for_leftovers()  # a migration left running changes what is backed up
-            # What the database says, else the history (a restore since the last release counts)
-            before = vm.revision() or last_revision(records)
+            # What the database says, else the history (a restore since the last release
+            # counts). A migration asks the database itself (as the new image reads it) and
+            # corrects the backup's manifest: no `alembic current` before it.
+            before = ("" if vm.settings.migrate_command else vm.revision()) \
+                or last_revision(records)
             backup = vm.backup(tag, previous, revision=before, reason=f"before deploying {tag}")
             found.result = backup or "none"
         vm.hold_lock(previous)
