@@ -271,27 +271,38 @@ read_var() {  # FILE NAME: the last NAME=value line's value (single quotes remov
 
 # -- the release files: .deploy/release.env, .env (and .deploy/release.yaml), each written only
 # when it changed, `rewritten PATH` said for each that did. .env is app.env's lines then the
-# tail given: app.env's values never leave the VM.
-write_text() {  # PATH TEXT: TEXT and a newline, as write-file writes stdin
-    said=$(printf '%s\n' "$2" | write_file "$1") || exit 1
+# tail given: app.env's values never leave the VM. Texts arrive one line an argument (every
+# command stays one line), each text ended by an argument `--`.
+NL='
+'
+
+write_text() {  # PATH TEXT: written as write-file writes stdin
+    said=$(printf '%s' "$2" | write_file "$1") || exit 1
     [ -z "$said" ] || printf 'rewritten %s\n' "$1"
 }
 
-release_files() {  # APP_ENV RELEASE_TEXT DOTENV_TAIL OVERRIDE_TEXT (- for none) [COMMAND...]:
-    # then COMMAND's output (e.g. compose config) after a line `@@fact output`
+release_files() {  # APP_ENV RELEASE_LINE... -- DOTENV_TAIL_LINE... -- OVERRIDE_LINE... --
+    # [COMMAND...]: then COMMAND's output (e.g. compose config) after a line `@@fact output`
+    app_env=$1
+    shift
+    release='' tail='' override=''
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do release=$release$1$NL; shift; done
+    [ $# -eq 0 ] || shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do tail=$tail$1$NL; shift; done
+    [ $# -eq 0 ] || shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do override=$override$1$NL; shift; done
+    [ $# -eq 0 ] || shift
     mkdir -p "$STATE" || exit 1
-    write_text "$STATE/release.env" "$2"
-    [ "$4" = - ] || write_text "$STATE/release.yaml" "$4"
-    dotenv=$(awk '{ print }' "$1" 2>/dev/null; printf '%s' "$3")
-    write_text .env "$dotenv"
-    shift 4
+    write_text "$STATE/release.env" "$release"
+    [ -z "$override" ] || write_text "$STATE/release.yaml" "$override"
+    dotenv=$(awk '{ print }' "$app_env" 2>/dev/null; printf '%s' "$tail")
+    write_text .env "$dotenv$NL"
     [ $# -gt 0 ] || return 0
     fact output
     "$@"
 }
 
-record() {  # JSON APP_ENV RELEASE_TEXT DOTENV_TAIL OVERRIDE_TEXT: the history record, then the
-    # release files as release-files writes them
+record() {  # JSON APP_ENV ...: the history record, then the release files as release-files
     history_append "$1" || exit 1
     shift
     release_files "$@"

@@ -330,22 +330,27 @@ def write_file(path: str) -> list[str]:
     return helper("write-file", path)
 
 
-NO_OVERRIDE = "-"  # release-files: no .deploy/release.yaml to write
+def text_args(*texts: str) -> list[str]:
+    """Texts as the helper's release-files takes them: one line an argument, each text
+    ended by `--` (so every command sent stays one line)."""
+    return [arg for text in texts for arg in
+            [*(text.rstrip("\n").split("\n") if text.strip() else []), "--"]]
 
 
-def release_files(release: str, dotenv_tail: str, override: str = NO_OVERRIDE,
+def release_files(release: str, dotenv_tail: str, override: str = "",
                   then: list[str] | None = None) -> list[str]:
-    """Write .deploy/release.env (`release`), .deploy/release.yaml (`override`, unless
-    NO_OVERRIDE) and .env (app.env's lines on the VM, then `dotenv_tail`), each only if it
-    changed (`rewritten PATH` for each that did); then run `then` (its output after a line
-    `@@fact output`). No value of app.env crosses the wire."""
-    return helper("release-files", APP_ENV, release, dotenv_tail, override, *(then or []))
+    """Write .deploy/release.env (`release`), .deploy/release.yaml (`override`, if any) and
+    .env (app.env's lines on the VM, then `dotenv_tail`), each only if it changed (`rewritten
+    PATH` for each that did); then run `then` (its output after a line `@@fact output`). No
+    value of app.env crosses the wire."""
+    return helper("release-files", APP_ENV, *text_args(release, dotenv_tail, override),
+                  *(then or []))
 
 
 def record_release(record_json: str, release: str, dotenv_tail: str,
-                   override: str = NO_OVERRIDE) -> list[str]:
+                   override: str = "") -> list[str]:
     """Append `record_json` to the history, then write the release files as release_files."""
-    return helper("record", record_json, APP_ENV, release, dotenv_tail, override)
+    return helper("record", record_json, APP_ENV, *text_args(release, dotenv_tail, override))
 
 
 def read_var(path: str, name: str) -> list[str]:

@@ -352,7 +352,7 @@ class VmQueries:
 
     def release_texts(self, tag: str) -> tuple[str, str, str]:
         """(.deploy/release.env, what .env holds after app.env's lines, .deploy/release.yaml
-        or cmd.NO_OVERRIDE) for release `tag`. .env is app.env plus the project name and the
+        or '') for release `tag`. .env is app.env plus the project name and the
         release, for a plain `docker compose up -d`; when a service reads .env itself, the
         release goes to an override file instead, which .env names in COMPOSE_FILE."""
         kind = self.compose_kind()
@@ -368,7 +368,7 @@ class VmQueries:
             tail = project + contract.env_text(
                 {"COMPOSE_FILE": f"{self.settings.compose_file}:{cmd.RELEASE_OVERRIDE}"}, kind)
         else:
-            override, tail = cmd.NO_OVERRIDE, project + release
+            override, tail = "", project + release
         return release.rstrip("\n"), tail.rstrip("\n"), override.rstrip("\n")
 
     def write_release_files(self, tag: str, then: list[str] | None = None) -> tuple[bool, str]:
