@@ -661,6 +661,30 @@ proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request 
     echo "$state ${code:-000}"
 }
 
+retire() {  # ID...: each stopped within its stop grace period (finishing the requests it
+    # serves), then removed, in the background: the deploy goes on meanwhile, and so does the
+    # stop if the SSH session ends
+    (
+        trap '' HUP
+        docker stop "$@"
+        docker rm --force "$@"
+    ) </dev/null >/dev/null 2>&1 &
+}
+
+wait_gone() {  # TIMEOUT ID...: until none of the containers exists; exit 1 after TIMEOUT s
+    end=$(( $(now) + $1 ))
+    shift
+    while :; do
+        left=
+        for id in "$@"; do
+            docker inspect --format . "$id" >/dev/null 2>&1 && left="$left $id"
+        done
+        [ -n "$left" ] || return 0
+        [ "$(now)" -ge "$end" ] && { echo "still there:$left"; exit 1; }
+        sleep 0.1
+    done
+}
+
 ensure_network() {  # NAME
     docker network inspect "$1" >/dev/null 2>&1 || docker network create "$1"
 }
@@ -717,5 +741,7 @@ case $cmd in
     proxy-set-upstream) proxy_set_upstream "$@" ;;
     proxy-poll) proxy_poll "$@" ;;
     ensure-network) ensure_network "$1" ;;
+    retire) retire "$@" ;;
+    wait-gone) wait_gone "$@" ;;
     *) die "usage: helper SUBCOMMAND ARGS... (unknown: '$cmd')" ;;
 esac

@@ -72,8 +72,8 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     if vm.settings.proxy:  # blue/green behind Caddy instead of compose recreate
         from deploy import proxy  # built on this package's Vm: imported here, not in a cycle
 
-        with optional_phase(release, "switch behind the proxy", cuts_short=False):
-            return proxy.switch_checked(vm, tag, previous)
+        with optional_phase(release, "switch behind the proxy", cuts_short=False) as seen:
+            return proxy.switch_checked(vm, tag, previous, seen)
     try:
         with optional_phase(release, "switch", cuts_short=False):
             vm.switch(tag)
@@ -113,12 +113,16 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
 
 
 def record_release(vm: Vm, entry: dict, release: Release | None = None) -> dict:
-    """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded."""
+    """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded.
+    Then wait for the old container a proxy switch stops meanwhile to be gone."""
     with sigint_deferred() as interrupted:
         if not vm.runner.dry_run:  # a dry run records nothing, not even in what it prints
             vm.record(entry)
     if release:
         release.note("recorded")
+    waited = vm.finish_retiring()
+    if release and waited is not None:
+        release.note(f"old container stopped +{waited:.1f}s")
     if interrupted:
         vm.runner.say(f"Ctrl-C came after {entry['tag']} turned healthy: it was recorded all "
                       "the same")
