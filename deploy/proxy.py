@@ -33,9 +33,6 @@ if TYPE_CHECKING:
     from deploy.remote.steps import Vm
 
 ADMIN_WAIT = 30.0
-# Seconds between two polls of a new container: each is one `docker inspect` and one request
-# through Caddy on the VM, cheap next to what a late verdict costs the deploy.
-UPSTREAM_POLL = 0.1
 
 
 @dataclass(frozen=True)
@@ -411,6 +408,11 @@ def switch(vm: Vm, tag: str, times: dict[str, float] | None = None) -> tuple[str
             vm.run(pcmd.retire([c.id for c in old]), hide=True, check=False)
             vm.retiring += [c.id for c in old]
     return "", fresh.name
+
+
+# Seconds between two polls of a new container: each is one `docker inspect` and one request
+# through Caddy on the VM, cheap next to what a late verdict costs the deploy.
+UPSTREAM_POLL = 0.1
 
 
 def wait_upstream(vm: Vm, container_id: str, upstream: str) -> str:
