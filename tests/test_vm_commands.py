@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import answering_200
+from conftest import REPO, answering_200
 from invoke import MockContext, Result
 
 from deploy import proxy, remote
@@ -177,6 +177,46 @@ def test_migration_runs_in_a_new_removed_container_and_then_asks_alembic():
                                "exit $?; ")
     assert argv[-1].endswith("alembic current 2>/dev/null || true")
     assert "\n" not in argv[-1]  # one line, as every command sent to the VM
+
+
+@pytest.mark.slow
+def test_a_plain_alembic_upgrade_runs_in_one_python_process_and_says_the_same(tmp_path):
+    """`alembic upgrade REV`: current, upgrade, current in alembic's own interpreter (one
+    start-up instead of three), with the markers the three commands print; a failed upgrade
+    exits non-zero with no revision after it; without alembic, the three commands' fallback."""
+    from deploy.remote.vm import parse_revision
+
+    one = cmd.migrate_then_current("alembic upgrade head")
+    assert "\n" not in one and one != cmd.migrate_then_current("alembic  upgrade head; x")
+    # an `alembic` that notes each start (its first line is the interpreter the one process uses)
+    bin_dir, starts = tmp_path / "bin", tmp_path / "starts"
+    bin_dir.mkdir()
+    (bin_dir / "alembic").write_text(
+        f"#!{sys.executable}\nimport sys\nopen({str(starts)!r}, 'a').write('start\\n')\n"
+        "from alembic.config import main\nsys.exit(main())\n")
+    (bin_dir / "alembic").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"}
+
+    def migrate(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([DASH, "-c", command], cwd=REPO / "example", env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    for before in ("", "0001"):  # a new database, then one already migrated
+        done = migrate(one)
+        assert done.returncode == 0, done.stderr
+        parts = done.stdout.split(cmd.BEFORE_MARK)
+        assert len(parts) == 3 and parse_revision(parts[1]) == before, done.stdout
+        assert parse_revision(done.stdout.split(cmd.REVISION_MARK)[1]) == "0001"
+    assert not starts.exists()  # alembic's script never started: its interpreter ran it all
+    assert migrate(cmd.migrate_then_current("bash -c 'alembic upgrade head'")).returncode == 0
+    assert starts.read_text().count("start") == 3  # any other command: three starts
+    failed = migrate(cmd.migrate_then_current("alembic upgrade 9999"))
+    assert failed.returncode != 0 and cmd.REVISION_MARK not in failed.stdout
+    assert "9999" in failed.stderr
+    missing = subprocess.run([DASH, "-c", one], env={**env, "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode == 127 and "alembic" in missing.stderr  # the fallback ran
 
 
 def test_project_names_differ_for_every_app_dir():

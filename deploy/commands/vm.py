@@ -242,14 +242,33 @@ REVISION_MARK = "__deploy_alembic_current__"
 BEFORE_MARK = "__deploy_alembic_before__"
 
 
+ALEMBIC_UPGRADE = re.compile(r"^alembic upgrade ([A-Za-z0-9_@+.-]+)$")
+
+
 def migrate_then_current(command: str) -> str:
     """`alembic current` between two marker lines, the migrate command, then (if it
     succeeded) `alembic current` after a marker line: the revisions before and after come
-    from the database as the new image reads it, whatever the command printed."""
+    from the database as the new image reads it, whatever the command printed.
+
+    A plain `alembic upgrade REV` runs all three in one Python process (alembic's own
+    interpreter, read from its script's first line): each Python start-up with the app's
+    imports costs about as long as the migration itself. The three commands are the fallback
+    when that interpreter cannot be found."""
     before = f"echo {BEFORE_MARK}; alembic current 2>/dev/null; echo {BEFORE_MARK}"
-    return (f"sh -c {shlex.quote(before)}; "
-            f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
-            "alembic current 2>/dev/null || true")
+    separate = (f"sh -c {shlex.quote(before)}; "
+                f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
+                "alembic current 2>/dev/null || true")
+    upgrade = ALEMBIC_UPGRADE.match(command.strip())
+    if not upgrade:
+        return separate
+    # One line (every command sent is one): the statements go through exec() with \n escapes.
+    code = (f"from alembic.config import main as m; print({BEFORE_MARK!r}, flush=True); "
+            "exec('try:\\n m(argv=[\"current\"])\\nexcept BaseException:\\n pass'); "
+            f"print({BEFORE_MARK!r}, flush=True); m(argv=['upgrade', {upgrade.group(1)!r}]); "
+            f"print({REVISION_MARK!r}, flush=True); "
+            "exec('try:\\n m(argv=[\"current\"])\\nexcept BaseException:\\n pass')")
+    return ("py=$(sed -n '1s/^#! *//p' \"$(command -v alembic)\" 2>/dev/null); "
+            f"if [ -x \"${{py%% *}}\" ]; then $py -c {shlex.quote(code)}; else {separate}; fi")
 
 
 def oneoff_containers(project: str) -> list[str]:
