@@ -3,7 +3,10 @@
 usage: .venv/bin/python bench/run.py [--runs N]
 
 1. remote half, on sandbox VM vm2: `fab deploy` vs a hand-written script with one ssh per step
-   (bench/deploy.sh), and vs the floor (the same script's commands run on the VM, no SSH)
+   (bench/deploy.sh), and vs the floor (the same script's commands run on the VM, no SSH);
+   `fab deploy` with proxy = true (blue/green behind Caddy) vs its floor (bench/deploy_proxy.sh:
+   the same docker commands and upstream write on the VM, no SSH), and where the switch's
+   seconds go (new container start, health through Caddy, the old container's stop)
 2. SSH connections per `fab deploy` and per `inv deploy`, counted in the sshd log
 3. redeploy of an unchanged commit vs its first deploy
 4. `inv lock --check` time; `inv lock` through uv vs pip-compile, with identical pins
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -25,12 +29,16 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # vmkit's Caddy of our own (mypy: mypy_path)
 sys.path.insert(0, str(REPO))
+
+import vmkit  # noqa: E402
 
 import sandbox  # noqa: E402
 from deploy.commands.vm import project_name  # noqa: E402
 from deploy.pins import find_uv, locked_names  # noqa: E402
 from sandbox.apprepo import EXAMPLE, commit_all, make_app_repo  # noqa: E402
+from sandbox.images import CADDY  # noqa: E402
 from sandbox.ports import free_port  # noqa: E402
 
 INV = [sys.executable, "-m", "invoke"]
@@ -40,12 +48,18 @@ ROWS: list[tuple[str, str, str, bool]] = []
 
 def run(argv: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> float:
     """Run a command quietly; its wall time in seconds."""
+    return run_out(argv, cwd, env, check)[0]
+
+
+def run_out(argv: list[str], cwd: Path, env: dict | None = None, check: bool = True
+            ) -> tuple[float, str]:
+    """Run a command quietly; its wall time in seconds and its output."""
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
     took = time.perf_counter() - started
     if check and proc.returncode != 0:
         sys.exit(f"failed: {' '.join(argv)}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return took
+    return took, proc.stdout + proc.stderr
 
 
 def median_time(argv: list[str], cwd: Path, env: dict | None = None, runs: int = 5) -> float:
@@ -95,6 +109,79 @@ def bench_remote(app: Path, env: dict, box: sandbox.Sandbox, image: str, app_dir
            m_ssh / m_ours >= 1.25)
     report("1b fab deploy over the floor", f"{(m_ours / m_floor - 1) * 100:+.1f}%", "<= +15%",
            m_ours <= m_floor * 1.15)
+
+
+PHASES = ("start", "healthy", "stop")
+# `fab deploy`'s line: `switch behind the proxy (start 0.7s, healthy 2.2s) 3.0s · recorded ·
+# old container stopped +0.5s` (the stop overlaps the record: only what is left is waited)
+FAB_PHASES = re.compile(r"switch behind the proxy \(start ([\d.]+)s, healthy ([\d.]+)s\) "
+                        r"[\d.]+s · recorded(?: · old container stopped \+([\d.]+)s)?")
+
+
+def fab_phases(out: str) -> dict[str, float]:
+    found = FAB_PHASES.search(out)
+    if not found:
+        sys.exit(f"no switch phases in `fab deploy`'s output:\n{out[-2000:]}")
+    return dict(zip(PHASES, (float(x or 0) for x in found.groups()), strict=True))
+
+
+def floor_phases(out: str) -> dict[str, float]:
+    found = re.search(r"^phases start=([\d.]+) healthy=([\d.]+) stop=([\d.]+)$", out, re.M)
+    if not found:
+        sys.exit(f"no phases in the floor's output:\n{out[-2000:]}")
+    return dict(zip(PHASES, map(float, found.groups()), strict=True))
+
+
+def bench_proxy(work: Path, env: dict, box: sandbox.Sandbox, image: str, runs: int) -> None:
+    """`fab deploy` with proxy = true against its floor, with the switch's phases."""
+    print("1c. remote half behind the proxy (blue/green)", flush=True)
+    vm = box.vm(BENCH_VM)
+    caddy = vmkit.Proxy(CADDY, vm)
+    suffix = uuid.uuid4().hex[:8]
+    app_dir = f"/srv/bench-proxy-{suffix}"
+    project = project_name(app_dir)
+    host = f"{project}.test"
+    app = make_app_repo(work / "proxied", EXAMPLE, {"APP_SECRET": "bench", "APP_PORT": "8000"},
+                        message="bench app behind the proxy")
+    # compose.proxy.yaml names its network ${PROXY_NETWORK:-deploy-proxy}
+    (app / ".env").write_text((app / ".env").read_text() + f"PROXY_NETWORK={caddy.network}\n")
+    penv = {**env, "DEPLOY_APP_DIR": app_dir, "DEPLOY_PROXY": "true", "DEPLOY_PROXY_HOST": host,
+            "DEPLOY_COMPOSE_FILE": "compose.proxy.yaml", "DEPLOY_HEALTH_URL": "",
+            **caddy.settings()}
+    on_vm = " ".join(vm.in_vm("sh", "-c"))
+    script = [str(REPO / "bench" / "deploy_proxy.sh"), app_dir, image]
+    tags = ["b1", "b2"]
+    try:
+        run([*FAB, "setup"], app, penv)
+        run([*FAB, "deploy", "--tag=b2"], app, penv)  # warm up: the first container
+        ours: list[float] = []
+        floor: list[float] = []
+        phases: dict[str, list[dict[str, float]]] = {"fab deploy": [], "floor": []}
+        for i in range(runs):
+            took, out = run_out([*FAB, "deploy", f"--tag={tags[i % 2]}"], app, penv)
+            ours.append(took)
+            phases["fab deploy"].append(fab_phases(out))
+            took, out = run_out(script + [tags[(i + 1) % 2], project, caddy.proxy_dir, host],
+                                app, {**penv, "RUN": on_vm})
+            floor.append(took)
+            phases["floor"].append(floor_phases(out))
+        for name, samples in (("fab deploy", ours), ("floor", floor)):
+            print(f"  {name:<17} " + " ".join(f"{x:.2f}" for x in samples))
+        m_ours, m_floor = statistics.median(ours), statistics.median(floor)
+        print(f"  fab deploy (proxy) {m_ours:.2f}s, floor (no SSH) {m_floor:.2f}s  "
+              f"(medians of {runs})")
+        print("  the switch's phases (medians): new container start, health through Caddy, "
+              "old container's stop (fab: what is left of it after the record)")
+        for name, seen in phases.items():
+            print(f"    {name:<11} " + ", ".join(
+                f"{p} {statistics.median(s[p] for s in seen):.2f}s" for p in PHASES))
+        report("1c fab deploy over the floor, proxy = true",
+               f"{(m_ours / m_floor - 1) * 100:+.1f}%", "<= +10%", m_ours <= m_floor * 1.10)
+    finally:
+        subprocess.run(vm.in_vm("docker", "compose", "--project-name", project, "--file",
+                                f"{app_dir}/compose.proxy.yaml", "down"), capture_output=True)
+        shutil.rmtree(vm.host_path(app_dir), ignore_errors=True)
+        caddy.tear_down()
 
 
 def bench_connections(app: Path, env: dict, box: sandbox.Sandbox) -> None:
@@ -202,6 +289,7 @@ def main() -> int:
             run([*FAB, "setup"], app, env)
             run([*FAB, "deploy", "--tag=b2"], app, env)  # warm up: first deploy, image pulled
             bench_remote(app, env, box, image, app_dir, args.runs)
+            bench_proxy(Path(tmp), env, box, image, args.runs)
             bench_connections(app, env, box)
             bench_redeploy(app, env)
             bench_lock(app, env, args.runs)

@@ -78,7 +78,8 @@ def release_keys(example: Path) -> list[str]:
 
 def missing_keys(vm: VmQueries, example: Path) -> list[str]:
     """Keys of `example` that the VM's app.env lacks."""
-    present = set(vm.run(app_env_keys(), quiet=True).stdout.split())
+    present = set(vm.facts.env_keys if vm.facts else
+                  vm.run(app_env_keys(), quiet=True).stdout.split())
     return [k for k in release_keys(example) if k not in present]
 
 

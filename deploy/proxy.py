@@ -23,6 +23,7 @@ from deploy.commands import vm as cmd
 from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.remote.health import UpstreamWatch
+from deploy.remote.phases import Phase
 from deploy.remote.signals import sigint_deferred
 from deploy.remote.steps import Vm
 from deploy.settings import Settings
@@ -369,10 +370,13 @@ def serving_upstream(vm: Vm) -> str:
                   check=False, cwd="").stdout.strip()
 
 
-def switch(vm: Vm, tag: str) -> tuple[str, str]:
+def switch(vm: Vm, tag: str, times: dict[str, float] | None = None) -> tuple[str, str]:
     """Blue/green switch to `tag`: (problem, container). `problem` is '' when `tag` serves;
-    otherwise the new container was removed and the old one serves on, untouched."""
+    otherwise the new container was removed and the old one serves on, untouched. The old
+    container is stopped in the background (vm.finish_retiring waits for it). `times` gets
+    the seconds the new container took to start and to answer through Caddy."""
     s: Settings = vm.settings
+    times = {} if times is None else times
     hosts(s)  # proxy_host is set: refused before anything changes on the VM
     ensure_running(vm)
     upstream = serving_upstream(vm)
@@ -383,6 +387,7 @@ def switch(vm: Vm, tag: str) -> tuple[str, str]:
     if leftovers:  # an interrupted switch's new container, a stopped one: none serves
         vm.runner.say(f"removing {', '.join(c.name for c in leftovers)}: not serving")
         vm.run(pcmd.remove([c.id for c in leftovers], force=True), hide=True)
+    started = time.monotonic()
     vm.run(pcmd.scale_up(vm.compose(tag), s.service, len(old) + 1, deps=not old),
            hide=True, what=f"starting a container of {tag} failed; "
            + (f"{old[0].name} still serves" if old else "nothing was switched"),
@@ -396,11 +401,13 @@ def switch(vm: Vm, tag: str) -> tuple[str, str]:
                           "look at `fab status`; the next deploy removes what does not serve")
     fresh = new[0]
     target = f"{fresh.name}:{s.app_port}"
+    times["start"] = time.monotonic() - started
     try:
         problem = wait_upstream(vm, fresh.id, target)
     except (KeyboardInterrupt, ConnectionLost, DeployError):
         discard(vm, fresh)
         raise
+    times["healthy"] = time.monotonic() - started - times["start"]
     problem = problem or runs_other_image(vm, fresh, tag)
     if problem:
         detail = why_unhealthy(vm, fresh, target, problem)
@@ -415,10 +422,15 @@ def switch(vm: Vm, tag: str) -> tuple[str, str]:
     # stopped before Caddy points elsewhere, nor left serving a recorded new release).
     with sigint_deferred():
         vm.run(pcmd.set_upstream(s.proxy_dir, vm.project, target), cwd="", hide=True)
-        if old:
-            vm.run(pcmd.stop([c.id for c in old]), hide=True, check=False)
-            vm.run(pcmd.remove([c.id for c in old], force=True), hide=True, check=False)
+        if old:  # it finishes its requests while the deploy records the release
+            vm.run(pcmd.retire([c.id for c in old]), hide=True, check=False)
+            vm.retiring += [c.id for c in old]
     return "", fresh.name
+
+
+# Seconds between two polls of a new container: each is one `docker inspect` and one request
+# through Caddy on the VM, cheap next to what a late verdict costs the deploy.
+UPSTREAM_POLL = 0.1
 
 
 def wait_upstream(vm: Vm, container_id: str, upstream: str) -> str:
@@ -445,7 +457,7 @@ def wait_upstream(vm: Vm, container_id: str, upstream: str) -> str:
         verdict["problem"] = watch.poll(state, code.strip())
         return verdict["problem"] is not None
 
-    if not vm.wait_ready(decided, s.health_timeout):
+    if not vm.wait_ready(decided, s.health_timeout, UPSTREAM_POLL):
         return watch.timed_out()
     return verdict["problem"] or ""
 
@@ -521,12 +533,14 @@ def settle(vm: Vm, tag: str) -> None:
            fix="see the output above")
 
 
-def switch_checked(vm: Vm, tag: str, previous: str) -> None:
+def switch_checked(vm: Vm, tag: str, previous: str, phase: Phase | None = None) -> None:
     """The proxy's switch_checked: `tag` serves on return, else DeployError with the old
-    release still serving (it never stopped)."""
+    release still serving (it never stopped). `phase` says how long the new container took to
+    start and to answer through Caddy."""
     kept = f"{previous or 'the previous version'} kept serving"
+    times: dict[str, float] = {}
     try:
-        problem, name = switch(vm, tag)
+        problem, name = switch(vm, tag, times)
     except KeyboardInterrupt:
         raise DeployError(f"interrupted while starting {tag}; {kept} (the proxy was not "
                           "switched, the new container was removed)",
@@ -552,4 +566,6 @@ def switch_checked(vm: Vm, tag: str, previous: str) -> None:
                           "fix the app and deploy a new tag")
     vm.serving = name
     settle(vm, tag)
+    if phase and times:
+        phase.result = f"(start {times['start']:.1f}s, healthy {times['healthy']:.1f}s)"
 

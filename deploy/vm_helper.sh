@@ -269,6 +269,45 @@ read_var() {  # FILE NAME: the last NAME=value line's value (single quotes remov
     sed -n "s/^$2=//p" "$1" | tail -n 1 | sed "s/^'\\(.*\\)'\$/\\1/"
 }
 
+# -- the release files: .deploy/release.env, .env (and .deploy/release.yaml), each written only
+# when it changed, `rewritten PATH` said for each that did. .env is app.env's lines then the
+# tail given: app.env's values never leave the VM. Texts arrive one line an argument (every
+# command stays one line), each text ended by an argument `--`.
+NL='
+'
+
+write_text() {  # PATH TEXT: written as write-file writes stdin
+    said=$(printf '%s' "$2" | write_file "$1") || exit 1
+    [ -z "$said" ] || printf 'rewritten %s\n' "$1"
+}
+
+release_files() {  # APP_ENV RELEASE_LINE... -- DOTENV_TAIL_LINE... -- OVERRIDE_LINE... --
+    # [COMMAND...]: then COMMAND's output (e.g. compose config) after a line `@@fact output`
+    app_env=$1
+    shift
+    release='' tail='' override=''
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do release=$release$1$NL; shift; done
+    [ $# -eq 0 ] || shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do tail=$tail$1$NL; shift; done
+    [ $# -eq 0 ] || shift
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do override=$override$1$NL; shift; done
+    [ $# -eq 0 ] || shift
+    mkdir -p "$STATE" || exit 1
+    write_text "$STATE/release.env" "$release"
+    [ -z "$override" ] || write_text "$STATE/release.yaml" "$override"
+    dotenv=$(awk '{ print }' "$app_env" 2>/dev/null; printf '%s' "$tail")
+    write_text .env "$dotenv$NL"
+    [ $# -gt 0 ] || return 0
+    fact output
+    "$@"
+}
+
+record() {  # JSON APP_ENV ...: the history record, then the release files as release-files
+    history_append "$1" || exit 1
+    shift
+    release_files "$@"
+}
+
 # -- the release history
 history_append() {  # JSON
     mkdir -p "$STATE" && printf '%s\n' "$1" >> "$STATE/history.jsonl"
@@ -338,6 +377,43 @@ detect_compose() {
     else
         exit 1
     fi
+}
+
+# -- what a release's checks need to know, in one round trip: one document of sections, each
+# a line `@@fact NAME` then its lines; `@@fact end` last (its absence: the helper was cut off)
+fact() {
+    printf '@@fact %s\n' "$1"
+}
+
+http_tool() {  # the first of curl, wget, python3 the VM has (nothing if none)
+    for tool in curl wget python3; do
+        if command -v "$tool" >/dev/null 2>&1; then
+            echo "$tool"
+            return
+        fi
+    done
+}
+
+facts() {  # TAG_VAR PROJECT APP_DIR COMPOSE (v2, v1, or auto: detected)
+    fact env-keys
+    env_keys app.env
+    fact release-tag
+    read_var "$STATE/release.env" "$1"
+    fact dotenv-tag
+    read_var .env "$1"
+    fact compose
+    if [ "$4" = auto ]; then (detect_compose) || echo none; else echo "$4"; fi
+    fact project-dirs
+    project_dirs "$2"
+    fact dir-projects
+    dir_projects "$3"
+    fact oneoffs
+    oneoffs "$2"
+    fact http-tool
+    http_tool
+    fact history
+    awk '{ print }' "$STATE/history.jsonl" 2>/dev/null
+    fact end
 }
 
 # -- HTTP from the VM itself: the status code of URL (000 when nothing answers)
@@ -597,6 +673,30 @@ proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request 
     echo "$state ${code:-000}"
 }
 
+retire() {  # ID...: each stopped within its stop grace period (finishing the requests it
+    # serves), then removed, in the background: the deploy goes on meanwhile, and so does the
+    # stop if the SSH session ends
+    (
+        trap '' HUP
+        docker stop "$@"
+        docker rm --force "$@"
+    ) </dev/null >/dev/null 2>&1 &
+}
+
+wait_gone() {  # TIMEOUT ID...: until none of the containers exists; exit 1 after TIMEOUT s
+    end=$(( $(now) + $1 ))
+    shift
+    while :; do
+        left=
+        for id in "$@"; do
+            docker inspect --format . "$id" >/dev/null 2>&1 && left="$left $id"
+        done
+        [ -n "$left" ] || return 0
+        [ "$(now)" -ge "$end" ] && { echo "still there:$left"; exit 1; }
+        sleep 0.1
+    done
+}
+
 ensure_network() {  # NAME
     docker network inspect "$1" >/dev/null 2>&1 || docker network create "$1"
 }
@@ -632,6 +732,9 @@ case $cmd in
     project-dirs) project_dirs "$1" ;;
     dir-projects) dir_projects "$1" ;;
     detect-compose) detect_compose ;;
+    facts) facts "$@" ;;
+    release-files) release_files "$@" ;;
+    record) record "$@" ;;
     http-status) http_status "$1" ;;
     env-keys) env_keys "$1" ;;
     env-set) env_set "$@" ;;
@@ -651,5 +754,7 @@ case $cmd in
     proxy-set-upstream) proxy_set_upstream "$@" ;;
     proxy-poll) proxy_poll "$@" ;;
     ensure-network) ensure_network "$1" ;;
+    retire) retire "$@" ;;
+    wait-gone) wait_gone "$@" ;;
     *) die "usage: helper SUBCOMMAND ARGS... (unknown: '$cmd')" ;;
 esac

@@ -419,6 +419,44 @@ def test_inv_deploy_dry_run_prints_every_step_and_pushes_nothing(live, images, s
     assert docker("image", "inspect", f"{images.image}:{tag}").returncode != 0  # nothing built
 
 
+# --------------------------------------------------------------------------- round trips
+
+# What a redeploy of the serving release sends, in order (a poll repeated back to back counted
+# once): one question for the checks, one write-and-render, one record. A command added to
+# this path, or one asked twice, shows here.
+REDEPLOY_COMMANDS = [
+    "install-helper", "lock-acquire", "lock-log-unseen", "restore-state",
+    "facts", "release-files",  # the check phase
+    "docker pull", "docker image inspect",  # pull
+    "lock-check", "backup-sqlite", "write-file",  # backup (its manifest)
+    "lock-check", "compose run",  # migrate
+    "lock-check", "compose up", "health-state", "http-status", "running-image",  # switch
+    "lock-check", "record", "list-backups", "lock-release-if",
+]
+POLLS = {"health-state", "http-status"}
+
+
+def command_kind(command: str) -> str:
+    """A short name for a command `fab -v` printed: the helper's subcommand, else its verb."""
+    words = command.split()
+    if words[:2] == ["sh", "-c"]:
+        return "install-helper"
+    if len(words) > 2 and words[0] == "sh" and "/helper-" in words[1]:
+        return words[2]
+    if words[0] == "docker" and words[1] != "compose":
+        return " ".join(words[:3] if words[1] == "image" else words[:2])
+    verb = next((w for w in words if w in ("run", "up", "config", "exec", "ps")), words[0])
+    return f"compose {verb}"
+
+
+def test_a_redeploy_sends_each_question_once(live, images):
+    out = live.fab_ok("deploy", "-v", f"--tag={images.v1}")
+    sent = [command_kind(m.group(1)) for m in re.finditer(r"^\[[^]]+\] \$ (.+)$", out, re.M)]
+    collapsed = [k for i, k in enumerate(sent) if not (k in POLLS and sent[i - 1] == k)]
+    assert collapsed == REDEPLOY_COMMANDS, "\n".join(sent)
+    assert "cat app.env" not in out  # app.env's values stay on the VM
+
+
 # --------------------------------------------------------------------------- 10: inspection
 
 

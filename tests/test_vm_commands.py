@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import answering_200
+from conftest import REPO, answering_200
 from invoke import MockContext, Result
 
 from deploy import proxy, remote
@@ -177,6 +177,46 @@ def test_migration_runs_in_a_new_removed_container_and_then_asks_alembic():
                                "exit $?; ")
     assert argv[-1].endswith("alembic current 2>/dev/null || true")
     assert "\n" not in argv[-1]  # one line, as every command sent to the VM
+
+
+@pytest.mark.slow
+def test_a_plain_alembic_upgrade_runs_in_one_python_process_and_says_the_same(tmp_path):
+    """`alembic upgrade REV`: current, upgrade, current in alembic's own interpreter (one
+    start-up instead of three), with the markers the three commands print; a failed upgrade
+    exits non-zero with no revision after it; without alembic, the three commands' fallback."""
+    from deploy.remote.vm import parse_revision
+
+    one = cmd.migrate_then_current("alembic upgrade head")
+    assert "\n" not in one and one != cmd.migrate_then_current("alembic  upgrade head; x")
+    # an `alembic` that notes each start (its first line is the interpreter the one process uses)
+    bin_dir, starts = tmp_path / "bin", tmp_path / "starts"
+    bin_dir.mkdir()
+    (bin_dir / "alembic").write_text(
+        f"#!{sys.executable}\nimport sys\nopen({str(starts)!r}, 'a').write('start\\n')\n"
+        "from alembic.config import main\nsys.exit(main())\n")
+    (bin_dir / "alembic").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "DATABASE_URL": f"sqlite:///{tmp_path / 'app.db'}"}
+
+    def migrate(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([DASH, "-c", command], cwd=REPO / "example", env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    for before in ("", "0001"):  # a new database, then one already migrated
+        done = migrate(one)
+        assert done.returncode == 0, done.stderr
+        parts = done.stdout.split(cmd.BEFORE_MARK)
+        assert len(parts) == 3 and parse_revision(parts[1]) == before, done.stdout
+        assert parse_revision(done.stdout.split(cmd.REVISION_MARK)[1]) == "0001"
+    assert not starts.exists()  # alembic's script never started: its interpreter ran it all
+    assert migrate(cmd.migrate_then_current("bash -c 'alembic upgrade head'")).returncode == 0
+    assert starts.read_text().count("start") == 3  # any other command: three starts
+    failed = migrate(cmd.migrate_then_current("alembic upgrade 9999"))
+    assert failed.returncode != 0 and cmd.REVISION_MARK not in failed.stdout
+    assert "9999" in failed.stderr
+    missing = subprocess.run([DASH, "-c", one], env={**env, "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode == 127 and "alembic" in missing.stderr  # the fallback ran
 
 
 def test_project_names_differ_for_every_app_dir():
@@ -562,13 +602,33 @@ def history_lines(*entries: tuple[str, str, str]) -> str:
                    for t, a, r in entries)
 
 
+# The questions the helper's `facts` answers in one document, each as the command that asked
+# it alone: the scripted answers stay per question.
+FACT_QUESTIONS = {
+    "env-keys": "env-keys app.env", "release-tag": "read-var .deploy/release.env DEPLOY_TAG",
+    "dotenv-tag": "read-var .env DEPLOY_TAG", "compose": "detect-compose",
+    "project-dirs": "project-dirs PROJECT", "dir-projects": "dir-projects APP_DIR",
+    "oneoffs": "oneoffs PROJECT", "http-tool": "http-tool", "history": "history-read"}
+
+
 class FakeVm(MockContext):
-    """MockContext whose `compose config` renders the release the command carries."""
+    """MockContext whose `compose config` renders the release the command carries, and whose
+    `facts` document is made of the answers to the questions it stands for."""
 
     def run(self, command, *args, **kwargs):
+        if f"{cmd.HELPER} facts " in command:
+            doc = ""
+            for name, question in FACT_QUESTIONS.items():
+                answer = super().run(f"cd {APP_DIR} && sh {cmd.HELPER} {question}")
+                doc += f"@@fact {name}\n" + answer.stdout.rstrip("\n") + \
+                    ("\n" if answer.stdout.strip() else "")
+            return Result(doc + "@@fact end\n")
         if re.search(r" config( --format json)?$", command):
-            tag = re.search(r"DEPLOY_TAG=(\S*)", command).group(1)
-            return Result(json.dumps({"services": {"app": {"image": f"{IMAGE}:{tag}"}}}))
+            tag = re.search(r"DEPLOY_TAG=(\S*) docker", command).group(1)
+            rendered = json.dumps({"services": {"app": {"image": f"{IMAGE}:{tag}"}}})
+            if "release-files" in command:
+                return Result(f"@@fact output\n{rendered}")
+            return Result(rendered)
         return super().run(command, *args, **kwargs)
 
 
@@ -588,6 +648,7 @@ def scripted_vm(tmp_path: Path, answers: dict, **overrides) -> tuple[remote.Vm, 
         on("alembic upgrade head"): Result(MIGRATED),
         on("sh -c 'alembic current"): Result("0001\n"),
         on("health-state"): Result("healthy\n"),
+        on("http-tool"): Result("curl\n"),
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v2\n"),
         re.compile(".*", re.S): Result(""),
     }
@@ -616,7 +677,7 @@ def test_deploy_runs_each_step_in_order_and_records_the_release(tmp_path, kind):
     order = []
     for needle in ("lock-acquire", " config", "docker pull --quiet", "backup-sqlite",
                    "alembic upgrade head", "up -d --remove-orphans", "health-state",
-                   "running-image", "history-append", "write-file .deploy/release.env",
+                   "running-image", "record",
                    "lock-release-if"):
         order.append(index_of(history, needle, order[-1] if order else 0))
     assert history[-1].startswith(f"cd {APP_DIR} && sh {cmd.HELPER} lock-release-if")
@@ -657,9 +718,8 @@ def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path)
     entry = remote.deploy(vm, "v2")
     assert entry["tag"] == "v2"
     history = vm.runner.history
-    recorded = index_of(history, "history-append")
-    assert recorded < index_of(history, "write-file .env", recorded) \
-        < index_of(history, "lock-release-if")
+    recorded = index_of(history, f"{cmd.HELPER} record ")
+    assert recorded < index_of(history, "lock-release-if", recorded)
     assert "Ctrl-C came after v2 turned healthy: it was recorded all the same" in out.getvalue()
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -714,7 +774,7 @@ def test_a_container_not_running_the_pulled_image_fails_the_deploy(tmp_path):
         remote.deploy(vm, "v2")
     assert "not the image pulled for" in err.value.message
     assert "switched back to v1" in err.value.message
-    assert not ran(vm.runner.history, "history-append")
+    assert not ran(vm.runner.history, f"{cmd.HELPER} record ")
 
 
 def test_the_health_check_runs_on_the_vm_and_never_from_here(tmp_path, monkeypatch):
@@ -735,8 +795,7 @@ def test_the_health_check_runs_on_the_vm_and_never_from_here(tmp_path, monkeypat
 
 
 def test_a_vm_without_curl_wget_or_python_is_named(tmp_path):
-    answers = {on("http-status"): Result("missing: none of curl, wget, python3 is installed "
-                                         "on the VM\n", exited=cmd.HELPER_MISSING_EXIT)}
+    answers = {on("http-tool"): Result("")}  # the facts name no tool the VM has
     vm, _ = scripted_vm(tmp_path, answers, health_url="http://127.0.0.1:8000/health")
     with pytest.raises(DeployError) as err:
         remote.deploy(vm, "v2")
@@ -767,9 +826,11 @@ def test_an_app_dir_running_under_another_project_name_is_refused(tmp_path):
 
 def test_a_compose_file_that_does_not_run_the_release_is_refused_before_anything(tmp_path):
     vm, _ = scripted_vm(tmp_path, {})
+    answer = vm.runner.target.run
     vm.runner.target.run = lambda command, *a, **k: Result(
-        json.dumps({"services": {"app": {"image": "127.0.0.1:5000/example:latest"}}})
-        if " config --format json" in command else "")
+        "@@fact output\n"
+        + json.dumps({"services": {"app": {"image": "127.0.0.1:5000/example:latest"}}})
+    ) if " config --format json" in command else answer(command, *a, **k)
     with pytest.raises(DeployError) as err:
         remote.deploy(vm, "v2")
     assert "not the release" in err.value.message
@@ -800,7 +861,7 @@ def test_a_failed_migration_switches_nothing_and_releases_the_lock(tmp_path, kin
     assert "no such function" in err.value.message
     history = vm.runner.history
     assert not ran(history, " up -d")
-    assert not ran(history, "history-append")
+    assert not ran(history, f"{cmd.HELPER} record ")
     assert "lock-release-if" in history[-1]
 
 
@@ -829,7 +890,7 @@ def test_an_unhealthy_release_is_switched_back(tmp_path, kind):
         in err.value.message
     ups = ran(vm.runner.history, " up -d")
     assert [re.search(r"DEPLOY_TAG=(\S+)", u).group(1) for u in ups] == ["v2", "v1"]
-    assert not ran(vm.runner.history, "history-append")
+    assert not ran(vm.runner.history, f"{cmd.HELPER} record ")
     assert "lock-release-if" in vm.runner.history[-1]
     assert "switching back to v1" in out.getvalue()
     if kind == "v1":
@@ -1019,7 +1080,7 @@ def test_a_dry_run_deploy_prints_the_steps_in_order_and_opens_no_connection(
              "up -d --remove-orphans", "health-state", "lock-release-if"]
     order = [index_of(history, s) for s in steps]
     assert order == sorted(order)
-    assert not ran(history, "history-append")  # nothing is recorded
+    assert not ran(history, f"{cmd.HELPER} record ")  # nothing is recorded
     printed = capsys.readouterr().out
     for command in history:  # a dry run prints every command, the quiet ones too
         assert f"$ {command}" in printed

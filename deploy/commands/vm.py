@@ -114,6 +114,15 @@ def detect_compose() -> list[str]:
     return helper("detect-compose")
 
 
+def facts(tag_variable: str, project: str, app_dir: str, compose_kind: str) -> list[str]:
+    """What a release's checks need to know of the VM, as one document (parsed by
+    deploy.remote.facts): app.env's keys (never values), the tag in .deploy/release.env and in
+    .env, the compose flavour (detected if `compose_kind` is auto), the working directories of
+    the project's containers and the projects made in app_dir, the project's one-off
+    containers, the HTTP tool the VM has, the release history."""
+    return helper("facts", tag_variable, project, app_dir, compose_kind)
+
+
 # -- the lock -----------------------------------------------------------------------------
 def acquire_lock(holder_json: str) -> list[str]:
     """Take the lock; if held, print the holder and exit LOCK_BUSY_EXIT."""
@@ -233,14 +242,33 @@ REVISION_MARK = "__deploy_alembic_current__"
 BEFORE_MARK = "__deploy_alembic_before__"
 
 
+ALEMBIC_UPGRADE = re.compile(r"^alembic upgrade ([A-Za-z0-9_@+.-]+)$")
+
+
 def migrate_then_current(command: str) -> str:
     """`alembic current` between two marker lines, the migrate command, then (if it
     succeeded) `alembic current` after a marker line: the revisions before and after come
-    from the database as the new image reads it, whatever the command printed."""
+    from the database as the new image reads it, whatever the command printed.
+
+    A plain `alembic upgrade REV` runs all three in one Python process (alembic's own
+    interpreter, read from its script's first line): each Python start-up with the app's
+    imports costs about as long as the migration itself. The three commands are the fallback
+    when that interpreter cannot be found."""
     before = f"echo {BEFORE_MARK}; alembic current 2>/dev/null; echo {BEFORE_MARK}"
-    return (f"sh -c {shlex.quote(before)}; "
-            f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
-            "alembic current 2>/dev/null || true")
+    separate = (f"sh -c {shlex.quote(before)}; "
+                f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
+                "alembic current 2>/dev/null || true")
+    upgrade = ALEMBIC_UPGRADE.match(command.strip())
+    if not upgrade:
+        return separate
+    # One line (every command sent is one): the statements go through exec() with \n escapes.
+    code = (f"from alembic.config import main as m; print({BEFORE_MARK!r}, flush=True); "
+            "exec('try:\\n m(argv=[\"current\"])\\nexcept BaseException:\\n pass'); "
+            f"print({BEFORE_MARK!r}, flush=True); m(argv=['upgrade', {upgrade.group(1)!r}]); "
+            f"print({REVISION_MARK!r}, flush=True); "
+            "exec('try:\\n m(argv=[\"current\"])\\nexcept BaseException:\\n pass')")
+    return ("py=$(sed -n '1s/^#! *//p' \"$(command -v alembic)\" 2>/dev/null); "
+            f"if [ -x \"${{py%% *}}\" ]; then $py -c {shlex.quote(code)}; else {separate}; fi")
 
 
 def oneoff_containers(project: str) -> list[str]:
@@ -319,6 +347,29 @@ def read_history() -> list[str]:
 def write_file(path: str) -> list[str]:
     """Write stdin to `path` atomically (0600); prints `rewritten` if it changed."""
     return helper("write-file", path)
+
+
+def text_args(*texts: str) -> list[str]:
+    """Texts as the helper's release-files takes them: one line an argument, each text
+    ended by `--` (so every command sent stays one line)."""
+    return [arg for text in texts for arg in
+            [*(text.rstrip("\n").split("\n") if text.strip() else []), "--"]]
+
+
+def release_files(release: str, dotenv_tail: str, override: str = "",
+                  then: list[str] | None = None) -> list[str]:
+    """Write .deploy/release.env (`release`), .deploy/release.yaml (`override`, if any) and
+    .env (app.env's lines on the VM, then `dotenv_tail`), each only if it changed (`rewritten
+    PATH` for each that did); then run `then` (its output after a line `@@fact output`). No
+    value of app.env crosses the wire."""
+    return helper("release-files", APP_ENV, *text_args(release, dotenv_tail, override),
+                  *(then or []))
+
+
+def record_release(record_json: str, release: str, dotenv_tail: str,
+                   override: str = "") -> list[str]:
+    """Append `record_json` to the history, then write the release files as release_files."""
+    return helper("record", record_json, APP_ENV, *text_args(release, dotenv_tail, override))
 
 
 def read_var(path: str, name: str) -> list[str]:

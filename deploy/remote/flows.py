@@ -102,8 +102,8 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     if vm.settings.proxy:  # blue/green behind Caddy instead of compose recreate
         from deploy import proxy  # built on this package's Vm: imported here, not in a cycle
 
-        with optional_phase(release, "switch behind the proxy", cuts_short=False):
-            return proxy.switch_checked(vm, tag, previous)
+        with optional_phase(release, "switch behind the proxy", cuts_short=False) as seen:
+            return proxy.switch_checked(vm, tag, previous, seen)
     try:
         with optional_phase(release, "switch", cuts_short=False):
             vm.switch(tag)
@@ -143,12 +143,16 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
 
 
 def record_release(vm: Vm, entry: dict, release: Release | None = None) -> dict:
-    """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded."""
+    """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded.
+    Then wait for the old container a proxy switch stops meanwhile to be gone."""
     with sigint_deferred() as interrupted:
         if not vm.runner.dry_run:  # a dry run records nothing, not even in what it prints
             vm.record(entry)
     if release:
         release.note("recorded")
+    waited = vm.finish_retiring()
+    if release and waited is not None:
+        release.note(f"old container stopped +{waited:.1f}s")
     if interrupted:
         vm.runner.say(f"Ctrl-C came after {entry['tag']} turned healthy: it was recorded all "
                       "the same")
@@ -172,11 +176,12 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
         if lock:
             rel.note("lock")
         with rel.phase("check"):
+            vm.gather_facts()  # one round trip; the checks below read what it found
             envcheck.require_app_env(vm)  # app.env has every key of .env.example
             rel.previous = vm.current_tag()
-            vm.sync_release_env(rel.previous)
             vm.check_project()
-            vm.check_contract(tag)
+            # the release files made right, then the compose file rendered with `tag`
+            vm.check_contract(tag, vm.sync_release_env(rel.previous, render=tag))
         previous = rel.previous
         if before_change:
             before_change(previous)
@@ -187,8 +192,11 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
             records = vm.records()
             history = [e for e in records if is_release(e)]
             vm.wait_for_leftovers()  # a migration left running changes what is backed up
-            # What the database says, else the history (a restore since the last release counts)
-            before = vm.revision() or last_revision(records)
+            # What the database says, else the history (a restore since the last release
+            # counts). A migration asks the database itself (as the new image reads it) and
+            # corrects the backup's manifest: no `alembic current` before it.
+            before = ("" if vm.settings.migrate_command else vm.revision()) \
+                or last_revision(records)
             backup = vm.backup(tag, previous, revision=before, reason=f"before deploying {tag}")
             found.result = backup or "none"
         vm.hold_lock(previous)

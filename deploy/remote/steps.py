@@ -28,10 +28,12 @@ class Vm(VmQueries):
     def check_project(self) -> None:
         """Refuse when the compose project name is another app directory's on this VM."""
         app_dir = str(PurePosixPath(self.settings.app_dir))
-        dirs = self.run(cmd.project_dirs(self.project), quiet=True, check=False).stdout.split()
+        dirs = self.facts.project_dirs if self.facts else \
+            self.run(cmd.project_dirs(self.project), quiet=True, check=False).stdout.split()
         others = [d for d in dirs if d and str(PurePosixPath(d)) != app_dir]
         if not others:
-            names = self.run(cmd.dir_projects(app_dir), quiet=True, check=False).stdout.split()
+            names = self.facts.dir_projects if self.facts else \
+                self.run(cmd.dir_projects(app_dir), quiet=True, check=False).stdout.split()
             older = [n for n in names if n != self.project]
             if older:  # e.g. deployed before project names carried a hash of app_dir
                 raise DeployError(
@@ -47,11 +49,12 @@ class Vm(VmQueries):
                 "deploy.toml (or leave it unset for one derived from app_dir)",
             )
 
-    def check_contract(self, tag: str) -> None:
-        """The compose file runs exactly IMAGE:TAG for the service (and SQLite is on disk)."""
+    def check_contract(self, tag: str, config: dict | None = None) -> None:
+        """The compose file runs exactly IMAGE:TAG for the service (and SQLite is on disk);
+        `config`: the compose file as rendered with `tag`, if it was asked already."""
         if self.runner.dry_run:
             return
-        config = self.config(tag)
+        config = self.config(tag) if config is None else config
         contract.check_image(config, self.settings.service, self.ref(tag),
                              self.release_vars(tag))
         self.check_sqlite_on_disk(config)
@@ -60,7 +63,13 @@ class Vm(VmQueries):
 
             proxy.check_hosts(self)
         if self.settings.health_url:  # says which tool the VM lacks before anything changes
-            self.http_status(self.settings.health_url)
+            if self.facts:
+                if not self.facts.http_tool:
+                    raise DeployError("cannot check health_url on the VM: missing: none of "
+                                      "curl, wget, python3 is installed on the VM",
+                                      "install curl on the VM (or wget, or python3)")
+            else:
+                self.http_status(self.settings.health_url)
 
     def check_sqlite_on_disk(self, config: dict) -> None:
         s = self.settings
@@ -223,9 +232,16 @@ class Vm(VmQueries):
 
     def wait_for_leftovers(self) -> None:
         """Wait for one-off containers an interrupted deploy left running (its migration goes
-        on without it): two migrations must never run at once."""
-        names = self.run(cmd.oneoff_containers(self.project), quiet=True,
-                         check=False).stdout.split()
+        on without it): two migrations must never run at once. Once none runs, none can
+        start while this deploy holds the lock: asked once per deploy."""
+        if self.leftovers_settled:
+            return
+        if self.facts and not self.runner.dry_run:
+            names = self.facts.oneoffs
+        else:
+            names = self.run(cmd.oneoff_containers(self.project), quiet=True,
+                             check=False).stdout.split()
+        self.leftovers_settled = bool(self.holder_json)  # under the lock only
         if not names:
             return
         wait = self.settings.health_timeout
@@ -348,10 +364,18 @@ class Vm(VmQueries):
                 f"not the image pulled for {self.ref(tag)} ({expected[:19]})")
 
     def record(self, entry: dict) -> None:
+        """Append `entry` to the history and write the release files for its tag (one round
+        trip)."""
         if self.serving:  # behind the proxy: which container serves this release
             entry["container"] = self.serving
-        self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
-        self.write_release_files(entry["tag"])
+        line = json.dumps(entry, sort_keys=True)
+        release, tail, override = self.release_texts(entry["tag"])
+        self.run(cmd.record_release(line, release, tail, override), quiet=True,
+                 what="could not record the release on the VM",
+                 fix="check the disk (df -h); `fab status` shows what serves")
+        self._current = entry["tag"]
+        if self.facts:
+            self.facts.history.append(line)
 
 
 def backups_to_prune(names: list[str], history: list[dict], keep: int) -> list[str]:

@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Unpack
 
 from deploy import envcheck, refs
+from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import contract
+from deploy.remote.facts import MARK, OUTPUT, Facts, parse_facts, parse_release_files
 from deploy.remote.lock import LeaseRenewer, describe_holder, parse_holder
 from deploy.remote.signals import sigint_deferred
-from deploy.runner import Result, Runner, RunOptions
+from deploy.runner import Result, Runner, RunOptions, redact
 from deploy.settings import Settings
 from deploy.settingsrules import vm_directory_problem
 
 REVISION_RE = re.compile(r"^(\w+)(?: \((?:effective )?head\))*\s*$")
 POLL = 0.2
+RETIRE_WAIT = 120.0  # seconds an old container may take to stop (its stop grace period)
 
 
 class VmQueries:
@@ -45,6 +48,9 @@ class VmQueries:
         self.holder_json = ""  # this deploy's lock record while it holds the lock
         self.manifests: dict[str, dict] = {}  # backups/NAME -> the manifest written for it
         self.before_migration = ""  # the revision the last migration found ('' if unknown)
+        self.facts: Facts | None = None  # what the check phase read (gather_facts)
+        self.leftovers_settled = False  # no one-off container of the project runs (we waited)
+        self.retiring: list[str] = []  # old containers a proxy switch stops in the background
 
     # -- basics -------------------------------------------------------------------------
     @property
@@ -67,7 +73,12 @@ class VmQueries:
         if self._compose_kind:
             return self._compose_kind
         wanted = self.settings.compose_command
-        if wanted != "auto" or self.runner.dry_run:
+        if self.facts and self.facts.compose and wanted == "auto":
+            if self.facts.compose == "none":
+                raise DeployError("neither `docker compose` nor `docker-compose` works on the VM",
+                                  "install Docker Compose on the VM")
+            self._compose_kind = self.facts.compose
+        elif wanted != "auto" or self.runner.dry_run:
             self._compose_kind = "v2" if wanted == "auto" else wanted
         else:
             result = self.run(cmd.detect_compose(), check=False, quiet=True)
@@ -76,6 +87,18 @@ class VmQueries:
                                   "install Docker Compose on the VM")
             self._compose_kind = result.stdout.strip()
         return self._compose_kind
+
+    def gather_facts(self) -> Facts:
+        """Ask the VM, in one round trip, what the checks of a release need (the keys of
+        app.env, the recorded release, the compose flavour, the projects and directories,
+        one-off containers, the HTTP tool, the history); kept for the rest of this command."""
+        kind = self._compose_kind or self.settings.compose_command
+        result = self.run(cmd.facts(self.settings.tag_variable, self.project,
+                                    self.settings.app_dir, kind), quiet=True,
+                          what="the VM could not answer the deploy's checks",
+                          fix="see the error above")
+        self.facts = Facts() if self.runner.dry_run else parse_facts(result.stdout)
+        return self.facts
 
     def compose(self, tag: str | None = None) -> list[str]:
         """The compose command with release `tag` (default: the current one) interpolated."""
@@ -173,6 +196,10 @@ class VmQueries:
             yield
         finally:
             self.holder_json = ""
+            try:  # the next deploy must find no old container still stopping
+                self.finish_retiring()
+            except Exception:  # the connection may be gone: the VM's stop goes on anyway
+                pass
             if renewer:
                 renewer.stop()
             try:
@@ -231,10 +258,29 @@ class VmQueries:
                           "`fab status` shows what serves and who holds the lock; deploy "
                           "again once the lock is free")
 
+    def finish_retiring(self) -> float | None:
+        """Wait until the old containers a blue/green switch stops in the background are
+        gone (their requests finished), so that a deploy that says done leaves one container;
+        the seconds waited (None if none was stopping)."""
+        ids, self.retiring = self.retiring, []
+        if not ids or self.runner.dry_run:
+            return None
+        started = time.monotonic()
+        wait = max(RETIRE_WAIT, self.settings.health_timeout)
+        result = self.run(pcmd.wait_gone(ids, wait), quiet=True, check=False)
+        if not result.ok:
+            self.runner.say(f"warning: the old container {', '.join(i[:12] for i in ids)} still "
+                            f"stops after {wait:.0f}s; it is removed once it has stopped "
+                            "(`fab status` shows it)")
+        return time.monotonic() - started
+
     # -- a restore cut off ---------------------------------------------------------------
     def record_restore(self, entry: dict) -> None:
         """Append a restore's record to the history (the release files stay as they are)."""
-        self.run(cmd.append_history(json.dumps(entry, sort_keys=True)), quiet=True)
+        line = json.dumps(entry, sort_keys=True)
+        self.run(cmd.append_history(line), quiet=True)
+        if self.facts:
+            self.facts.history.append(line)
 
     def settle_restore(self, lock_alive: bool = False, holding: bool = False) -> None:
         """A restore whose `fab` was killed leaves its marker: record the restore if the
@@ -296,8 +342,11 @@ class VmQueries:
         if self._current is not None:
             return self._current
         var = self.settings.tag_variable
-        tag = self.run(cmd.read_var(cmd.RELEASE_ENV, var), quiet=True).stdout.strip() or \
-            self.run(cmd.read_var(cmd.COMPOSE_ENV, var), quiet=True).stdout.strip()
+        if self.facts:
+            tag = self.facts.release_tag or self.facts.dotenv_tag
+        else:
+            tag = self.run(cmd.read_var(cmd.RELEASE_ENV, var), quiet=True).stdout.strip() or \
+                self.run(cmd.read_var(cmd.COMPOSE_ENV, var), quiet=True).stdout.strip()
         source = ""
         if not tag:
             self._current = ""  # what compose() needs to ask the container
@@ -324,42 +373,67 @@ class VmQueries:
         return ([k for verb, k in said if verb == "changed"],
                 [k for verb, k in said if verb == "kept"])
 
-    def write_release_files(self, tag: str) -> bool:
-        """Write .deploy/release.env and .env for release `tag`; True if .env changed. .env is
-        app.env plus the project name and the release, for a plain `docker compose up -d`;
-        when a service reads .env itself, the release goes to an override file instead, which
-        .env names in COMPOSE_FILE."""
+    def release_texts(self, tag: str) -> tuple[str, str, str]:
+        """(.deploy/release.env, what .env holds after app.env's lines, .deploy/release.yaml
+        or '') for release `tag`. .env is app.env plus the project name and the
+        release, for a plain `docker compose up -d`; when a service reads .env itself, the
+        release goes to an override file instead, which .env names in COMPOSE_FILE."""
         kind = self.compose_kind()
-        app_env = self.run(["cat", cmd.APP_ENV], quiet=True, check=False).stdout
         release = contract.env_text(self.release_vars(tag) if tag else
                                     {self.settings.image_variable: self.image}, kind)
-        self.write(cmd.RELEASE_ENV, release)
         readers = contract.services_reading_dotenv(self.settings.path(self.settings.compose_file))
         project = contract.env_text({"COMPOSE_PROJECT_NAME": self.project}, kind)
         if readers:
             # A service reads .env: it must not change per release. A plain `compose up -d`
             # finds the release in an override file that .env names (constant lines).
-            self.write(cmd.RELEASE_OVERRIDE, contract.release_override(
-                self.settings.service, self.ref(tag) if tag else ""))
-            dot_env = app_env + project + contract.env_text(
+            override = contract.release_override(self.settings.service,
+                                                 self.ref(tag) if tag else "")
+            tail = project + contract.env_text(
                 {"COMPOSE_FILE": f"{self.settings.compose_file}:{cmd.RELEASE_OVERRIDE}"}, kind)
         else:
-            dot_env = app_env + project + release
+            override, tail = "", project + release
+        return release.rstrip("\n"), tail.rstrip("\n"), override.rstrip("\n")
+
+    def write_release_files(self, tag: str, then: list[str] | None = None) -> tuple[bool, str]:
+        """Write .deploy/release.env and .env (and the override) for release `tag`, each only
+        if it changed, then run `then` in the same round trip: (whether .env changed, what
+        `then` printed). Raises if a file could not be written or `then` failed."""
+        release, tail, override = self.release_texts(tag)
+        result = self.run(cmd.release_files(release, tail, override, then), quiet=True,
+                          check=False)
+        rewritten, output = parse_release_files(result.stdout)
+        if not result.ok and not self.runner.dry_run:
+            ran = f"{MARK}{OUTPUT}" in result.stdout
+            detail = redact("\n".join(result.output.strip().splitlines()[-15:]),
+                            self.runner.secrets)
+            if ran and then:
+                raise DeployError(f"`{' '.join(then[-3:])}` on the VM failed\n{detail}",
+                                  "fix the compose file (or app.env) it names, then `fab setup`")
+            raise DeployError(f"could not write the release files (.env, {cmd.RELEASE_ENV}) "
+                              f"on the VM\n{detail}",
+                              "check the disk (df -h) and that the SSH user may write app_dir")
         self._current = tag
-        return self.write(cmd.COMPOSE_ENV, dot_env)
+        return cmd.COMPOSE_ENV in rewritten, output
 
     def write(self, path: str, text: str) -> bool:
         result = self.run(cmd.write_file(path), stdin=text.rstrip("\n"), quiet=True,
                           what=f"could not write {path} on the VM")
         return "rewritten" in result.stdout
 
-    def sync_release_env(self, tag: str) -> None:
+    def sync_release_env(self, tag: str, render: str | None = None) -> dict:
         """Make the release files app.env plus the current release again, before compose reads
-        them (a deleted or garbled .env stops every compose command); says so if it had to."""
-        if self.write_release_files(tag):
+        them (a deleted or garbled .env stops every compose command); says so if it had to.
+        With `render` (a tag), compose then renders the compose file with that release in the
+        same round trip: the rendered config ({} without)."""
+        then = cmd.config(self.compose(render), self.compose_kind()) if render else None
+        changed, output = self.write_release_files(tag, then)
+        if changed:
             self.runner.say(f"warning: {self.settings.app_dir}/{cmd.COMPOSE_ENV} was not "
                             f"{cmd.APP_ENV} plus the current release ({tag or 'none'}); "
                             "rewrote it")
+        if render is None or self.runner.dry_run:
+            return {}
+        return contract.parse_config(output)
 
     # -- queries --------------------------------------------------------------------------
     def running(self) -> tuple[str, str]:
@@ -409,7 +483,8 @@ class VmQueries:
     def records(self) -> list[dict]:
         """Every record of the history file: the releases and the restores (`fab releases`)."""
         entries, bad = [], []
-        lines = self.run(cmd.read_history(), quiet=True).stdout.splitlines()
+        lines = self.facts.history if self.facts else \
+            self.run(cmd.read_history(), quiet=True).stdout.splitlines()
         for number, line in enumerate(lines, 1):
             try:
                 entry = json.loads(line)
