@@ -261,6 +261,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _TIMES: dict[str, list[float]] = {}
 # per xdist group (one worker runs a group's tests one after another): summed duration
 _GROUP_TIMES: dict[str, float] = {}
+# the node ids of the tests that failed (setup, call or teardown), as a plain run takes them
+_FAILED: list[str] = []
 # the fault campaign's rows, carried from the worker that made them in the test's report
 _FAULT_ROWS: list[dict[str, Any]] = []
 _ROWS_SENT = [0]
@@ -286,6 +288,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
                              total + report.duration, count + (report.when == "call")]
         group = str(properties.get("group", "-"))
         _GROUP_TIMES[group] = _GROUP_TIMES.get(group, 0.0) + report.duration
+        if report.failed:
+            # xdist's loadgroup adds "@GROUP" to the node id; a run without xdist has none
+            nodeid = report.nodeid.removesuffix(f"@{group}")
+            if nodeid not in _FAILED:
+                _FAILED.append(nodeid)
     if report.when == "call" or report.when == "teardown":
         for key, value in report.user_properties:
             if key == "fault_row" and isinstance(value, dict) and value not in _FAULT_ROWS:
@@ -311,6 +318,9 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
                             config: pytest.Config) -> None:
     """The time per tier; the fault campaign's table (tests/test_faults.py), when it recorded
     rows, also written as Markdown to $FAULTS_REPORT if that is set."""
+    failed_file = os.environ.get("FAILED_TESTS_FILE")
+    if failed_file and not hasattr(config, "workerinput"):  # for .ci/run's second try
+        Path(failed_file).write_text("".join(f"{nodeid}\n" for nodeid in _FAILED))
     if _TIMES and not hasattr(config, "workerinput"):
         terminalreporter.section("time per tier")
         for line in tier_times(_TIMES):
