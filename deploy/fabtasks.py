@@ -391,12 +391,16 @@ def confirm_break(where: str, holder: str) -> None:
 @task
 @friendly
 def backups(c: Context) -> None:
-    """The database backups on the VM, newest first (each with a manifest: app, database
-    kind, revision, tag, size, sha256; `fab restore` takes back only what these say)."""
+    """The database backups on the VM, newest first, each with the schema (Alembic revision)
+    it holds and the release it was taken before (from its manifest: `fab restore` takes back
+    only what these say)."""
+
+    from deploy.remote.vm import describe_backup
 
     for vm in each_vm(c):
-        names = vm.backups()
-        print("\n".join(names) if names else f"{vm.runner.where}: no backups yet")
+        found = vm.backup_manifests()
+        print("\n".join(describe_backup(name, made) for name, made in found) if found
+              else f"{vm.runner.where}: no backups yet")
 
 
 @task(help={"backup": "a name from `fab backups`",

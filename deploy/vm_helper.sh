@@ -160,6 +160,16 @@ list_backups() {  # newest first (names start with a UTC timestamp)
     done | LC_ALL=C sort -r
 }
 
+list_manifests() {  # newest first: NAME, a tab, its manifest on one line ("-" if none)
+    list_backups | while IFS= read -r name; do
+        if [ -f "$BACKUPS/$name.json" ]; then
+            printf '%s\t%s\n' "$name" "$(tr -d '\n' < "$BACKUPS/$name.json")"
+        else
+            printf '%s\t-\n' "$name"
+        fi
+    done
+}
+
 remove_backups() {  # NAME...
     for name in "$@"; do
         case $name in
@@ -715,6 +725,7 @@ case $cmd in
     backup-sqlite) backup_sqlite "$@" ;;
     backup-stdout) backup_stdout "$@" ;;
     list-backups) list_backups ;;
+    list-manifests) list_manifests ;;
     remove-backups) remove_backups "$@" ;;
     restore-sqlite) restore_sqlite "$@" ;;
     restore-postgres) restore_postgres "$@" ;;

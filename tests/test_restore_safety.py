@@ -74,7 +74,8 @@ def test_sqlite_restore_takes_back_only_its_own_backups_and_saves_the_live_datab
         == (app.project, "sqlite", "0001", images.v2, len(data)), info
     assert re.fullmatch(r"[0-9a-f]{64}", info["sha256"]), info
     assert stat.S_IMODE(os.stat(app.vm(f"backups/{taken}.json")).st_mode) == 0o600
-    assert app.fab_ok("backups").split() == [taken]  # the manifest is no backup of its own
+    # the manifest is no backup of its own
+    assert [line.split()[0] for line in app.fab_ok("backups").splitlines()] == [taken]
 
     # 20 KB of random bytes: no manifest; not even --force-unverified takes it.
     app.vm("backups/20990101T000000Z-random.sqlite3").write_bytes(os.urandom(20_000))
@@ -115,7 +116,8 @@ def test_sqlite_restore_takes_back_only_its_own_backups_and_saves_the_live_datab
     assert f"restored {taken}; the database it replaced is saved as {saved}" in out, out
     assert app.item_names() == ["before v2"]
     assert manifest(app, saved)["revision"] == "0002"
-    assert saved in app.fab_ok("backups").split()
+    assert f"{saved}  schema 0002, the database `fab restore --backup={taken}` replaced" \
+        in app.fab_ok("backups")
     assert restores(app)[-1]["saved"] == saved
 
     # The restore is undone by restoring that copy: the row written after the backup is back.

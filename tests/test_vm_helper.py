@@ -27,6 +27,7 @@ from deploy.envcheck import app_env_keys, set_key, unset_key
 from deploy.errors import DeployError
 from deploy.remote import Vm
 from deploy.remote.health import ContainerWatch, UpstreamWatch
+from deploy.remote.vm import describe_backup, parse_manifests
 from deploy.runner import Result, Runner
 from deploy.settings import Settings
 
@@ -122,11 +123,12 @@ BUILDERS = {
     "env_keys": app_env_keys(),
     "set_key": set_key("APP_SECRET"),
     "unset_key": unset_key("APP_SECRET"),
+    "list_manifests": cmd.list_manifests(),
     "task_last_health": scmd.task_last_health("t1"),
 }
 
 
-APP_COPY = {"settle", "env_keys", "set_key", "unset_key", "task_last_health"}
+APP_COPY = {"settle", "env_keys", "set_key", "unset_key", "task_last_health", "list_manifests"}
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -181,6 +183,27 @@ def test_env_keys_and_env_set_keep_values_on_the_vm_and_the_file_private(tmp_pat
         set_key("1X")
     (tmp_path / "empty").mkdir()
     assert dash(app_env_keys(), tmp_path / "empty").stdout == ""  # no app.env yet: no keys
+
+
+def test_backups_are_listed_newest_first_with_their_manifests(tmp_path):
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    (backups / "20300101T000000Z-v2.sqlite3").write_bytes(b"SQLite format 3\0")
+    (backups / "20300101T000000Z-v2.sqlite3.json").write_text(json.dumps(
+        {"revision": "0001", "tag": "v2", "size": 2048}, indent=1))
+    (backups / "20310101T000000Z-v3.dump").write_bytes(b"PGDMP")
+    (backups / "20310101T000000Z-v3.dump.part").write_bytes(b"PG")
+    result = dash(cmd.list_manifests(), tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = parse_manifests(result.stdout)
+    assert found == [("20310101T000000Z-v3.dump", None),
+                     ("20300101T000000Z-v2.sqlite3", {"revision": "0001", "tag": "v2",
+                                                      "size": 2048})]
+    assert [describe_backup(*each) for each in found] == [
+        "20310101T000000Z-v3.dump  (no manifest: `fab restore` needs --force-unverified)",
+        "20300101T000000Z-v2.sqlite3  schema 0001, taken before v2 was deployed, 2 KB"]
+    (tmp_path / "empty").mkdir()
+    assert dash(cmd.list_manifests(), tmp_path / "empty").stdout == ""
 
 
 def test_env_unset_removes_every_line_of_the_key_and_nothing_else(tmp_path):

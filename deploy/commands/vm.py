@@ -186,6 +186,11 @@ def list_backups() -> list[str]:
     return helper("list-backups")
 
 
+def list_manifests() -> list[str]:
+    """Each backup, newest first: `NAME<TAB>MANIFEST` (the manifest on one line, `-` if none)."""
+    return helper("list-manifests")
+
+
 def remove_backups(names: list[str]) -> list[str]:
     return helper("remove-backups", *names)
 

@@ -504,6 +504,10 @@ class VmQueries:
     def backups(self) -> list[str]:
         return self.run(cmd.list_backups(), quiet=True).stdout.split()
 
+    def backup_manifests(self) -> list[tuple[str, dict | None]]:
+        """Each backup, newest first, with its manifest (None if it has none)."""
+        return parse_manifests(self.run(cmd.list_manifests(), quiet=True).stdout)
+
     def config(self, tag: str) -> dict:
         """The compose file as compose renders it with release `tag`."""
         result = self.run(cmd.config(self.compose(tag), self.compose_kind()), quiet=True,
@@ -531,6 +535,31 @@ class VmQueries:
             if time.monotonic() > deadline:
                 return False
             time.sleep(interval)
+
+
+def parse_manifests(output: str) -> list[tuple[str, dict | None]]:
+    """`list-manifests` output -> (name, manifest or None), in its order."""
+    out = []
+    for line in output.splitlines():
+        name, _, raw = line.partition("\t")
+        if name:
+            out.append((name, parse_json(raw) if raw != "-" else None))
+    return out
+
+
+def describe_backup(name: str, manifest: dict | None) -> str:
+    """One line of `fab backups`: what the backup holds, from its manifest."""
+    if manifest is None:
+        return f"{name}  (no manifest: `fab restore` needs --force-unverified)"
+    parts = [f"schema {manifest.get('revision') or '?'}"]
+    if manifest.get("reason"):
+        parts.append(str(manifest["reason"]))
+    elif manifest.get("tag"):
+        parts.append(f"taken before {manifest['tag']} was deployed")
+    size = manifest.get("size")
+    if isinstance(size, int) and size >= 0:
+        parts.append(f"{size / 1024:.0f} KB" if size < 1 << 20 else f"{size / (1 << 20):.1f} MB")
+    return f"{name}  " + ", ".join(parts)
 
 
 def parse_json(text: str) -> dict | None:
