@@ -195,10 +195,6 @@ def detect_dockerfile(root: Path, found: Found) -> None:
         found.values["smoke_command"] = python_cmd + Settings.smoke_command.removeprefix("python")
         found.notes.append(f"the image installs the app's packages into {where}, not on its "
                            f"PATH: smoke and migrate run `{python_cmd}`")
-        if found.image_env.venv:  # the deploy's own `alembic current`/`downgrade` run bare
-            found.todo.append(f"add `ENV PATH={found.image_env.venv}/bin:$PATH` to the "
-                              "Dockerfile, so every command in the image (the deploy's "
-                              "`alembic current` after migrating, too) finds the app's packages")
     if path.parent != root:  # the context: the Dockerfile's directory, unless it copies
         # files from the repo root (uv.lock)
         sources = [src.removeprefix("./").rstrip("/") for src in copy_sources(

@@ -231,16 +231,45 @@ def run_in_new_container(compose_argv: list[str], service: str, command: str,
 
 REVISION_MARK = "__deploy_alembic_current__"
 BEFORE_MARK = "__deploy_alembic_before__"
+# `[prefix]<...>alembic [options] upgrade`: the prefix (`cd backend &&`, `PATH=...`, `poetry
+# run`), the program as it is started (`/app/.venv/bin/alembic`, `python -m alembic`) and its
+# options (`-c backend/alembic.ini`) make the environment every other alembic command needs.
+ALEMBIC_UPGRADE_RE = re.compile(
+    r"^(?P<alembic>.*?\S*\balembic(?:\s+-[\w-]+(?:[= ](?!upgrade\b)[^\s;&|-]\S*)?)*)"
+    r"\s+upgrade\b")
+# Without an alembic line (a script): its leading variables and a runner such as `poetry run`.
+ENV_PREFIX_RE = re.compile(
+    r"^(?P<prefix>(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*"
+    r"(?:(?:poetry|pdm|pipenv|hatch|rye)\s+run\s+|uv\s+run(?:\s+--?[\w-]+(?:=\S+)?)*\s+)?)")
+
+
+def alembic_command(migrate_command: str) -> str:
+    """How `alembic` is started in the app's migrate environment, from `migrate_command`:
+    `poetry run alembic upgrade head` -> `poetry run alembic`; `PATH=/app/.venv/bin:$PATH sh
+    scripts/prestart.sh` -> `PATH=/app/.venv/bin:$PATH alembic`; else `alembic`. The deploy's
+    own `alembic current` and `alembic downgrade` run in it: a bare `alembic` is not found
+    where the image installs the app into a venv off its PATH."""
+    line = migrate_command.strip()
+    found = ALEMBIC_UPGRADE_RE.match(line)
+    if found:  # of the steps before it, only those that set up an environment (not a sleep)
+        head, _, program = found.group("alembic").rpartition("&&")
+        kept = [part.strip() for part in head.split("&&")
+                if part.strip().startswith(("cd ", "export ", ". ", "source "))]
+        return " && ".join([*kept, program.strip()])
+    prefix = ENV_PREFIX_RE.match(line)
+    return f"{prefix.group('prefix') if prefix else ''}alembic"
 
 
 def migrate_then_current(command: str) -> str:
     """`alembic current` between two marker lines, the migrate command, then (if it
     succeeded) `alembic current` after a marker line: the revisions before and after come
-    from the database as the new image reads it, whatever the command printed."""
-    before = f"echo {BEFORE_MARK}; alembic current 2>/dev/null; echo {BEFORE_MARK}"
+    from the database as the new image reads it, whatever the command printed. Alembic is
+    started as the migrate command starts it (`alembic_command`)."""
+    alembic = alembic_command(command)
+    before = f"echo {BEFORE_MARK}; {alembic} current 2>/dev/null; echo {BEFORE_MARK}"
     return (f"sh -c {shlex.quote(before)}; "
             f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
-            "alembic current 2>/dev/null || true")
+            f"{alembic} current 2>/dev/null || true")
 
 
 def oneoff_containers(project: str) -> list[str]:

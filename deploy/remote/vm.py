@@ -63,6 +63,11 @@ class VmQueries:
         s = self.settings
         return {s.image_variable: self.image, s.tag_variable: tag}
 
+    @property
+    def alembic(self) -> str:
+        """`alembic` as the migrate command starts it (`poetry run alembic`, a venv's)."""
+        return cmd.alembic_command(self.settings.migrate_command)
+
     def compose_kind(self) -> str:
         if self._compose_kind:
             return self._compose_kind
@@ -397,7 +402,7 @@ class VmQueries:
                               check=False, quiet=True)
         else:
             result = self.run(cmd.exec_in_service(self.compose(), s.service,
-                                                  "alembic current 2>/dev/null"),
+                                                  f"{self.alembic} current 2>/dev/null"),
                               check=False, quiet=True)
         return parse_revision(result.stdout) if result.ok else ""
 
