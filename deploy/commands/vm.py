@@ -15,6 +15,9 @@ Layout of an app directory on the VM:
                           COMPOSE_PROJECT_NAME and COMPOSE_FILE=compose.yaml:.deploy/release.yaml
     .deploy/release.env   the current release's image and tag variables (the tool's record)
     .deploy/release.yaml  (only when a service reads .env) the service's image IMAGE:TAG
+    .deploy/proxy.yaml    (proxy = true) compose.yaml's web service in its proxy form: its
+                          published ports dropped, the proxy's network joined; merged over
+                          compose.yaml by every compose command (and .env's COMPOSE_FILE)
     .deploy/lock/         the deploy lock (atomic mkdir): holder.json and the lease file
     .deploy/lock.log      who broke the lock with `fab unlock --force` (JSON lines)
     .deploy/history.jsonl one JSON line per release
@@ -30,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import PurePosixPath
 
@@ -39,6 +43,7 @@ HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
 RESTORE_MARKER = f"{STATE_DIR}/restore.json"  # the helper's RESTORE_MARK
 RELEASE_ENV = f"{STATE_DIR}/release.env"
 RELEASE_OVERRIDE = f"{STATE_DIR}/release.yaml"
+PROXY_OVERRIDE = f"{STATE_DIR}/proxy.yaml"
 BACKUP_DIR = "backups"
 APP_ENV = "app.env"
 ENV_KEY_MISSING_EXIT = 3  # env-line: the file has no such key
@@ -97,10 +102,13 @@ def project_name(app_dir: str) -> str:
     return f"{slug}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
-def compose(kind: str, compose_file: str, project: str) -> list[str]:
-    """The compose base command. v1 gets only flags it knows: it ignores others with exit 0."""
+def compose(kind: str, compose_file: str, project: str,
+            overrides: Sequence[str] = ()) -> list[str]:
+    """The compose base command (`overrides`: files merged over compose_file, in order). v1
+    gets only flags it knows: it ignores others with exit 0."""
     base = ["docker", "compose"] if kind == "v2" else ["docker-compose"]
-    return [*base, "--file", compose_file, "--project-name", project]
+    files = [arg for name in (compose_file, *overrides) for arg in ("--file", name)]
+    return [*base, *files, "--project-name", project]
 
 
 def with_release(variables: dict[str, str], argv: list[str]) -> list[str]:

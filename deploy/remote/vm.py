@@ -85,8 +85,14 @@ class VmQueries:
     def compose(self, tag: str | None = None) -> list[str]:
         """The compose command with release `tag` (default: the current one) interpolated."""
         tag = self.current_tag() if tag is None else tag
-        base = cmd.compose(self.compose_kind(), self.settings.compose_file, self.project)
+        base = cmd.compose(self.compose_kind(), self.settings.compose_file, self.project,
+                           self.overrides)
         return cmd.with_release(self.release_vars(tag), base)
+
+    @property
+    def overrides(self) -> list[str]:
+        """The compose files the tool merges over compose_file: the proxy's form of it."""
+        return [cmd.PROXY_OVERRIDE] if self.settings.proxy else []
 
     def run(self, argv: list[str], **kwargs: Unpack[RunOptions]) -> Result:
         directory = cmd.helper_dir(argv)
@@ -341,15 +347,22 @@ class VmQueries:
         self.write(cmd.RELEASE_ENV, release)
         readers = contract.services_reading_dotenv(self.settings.path(self.settings.compose_file))
         project = contract.env_text({"COMPOSE_PROJECT_NAME": self.project}, kind)
+        files = [self.settings.compose_file, *self.overrides]
+        if self.settings.proxy:  # the web service's proxy form, from the laptop's compose file
+            from deploy import proxy
+
+            self.write(cmd.PROXY_OVERRIDE, proxy.override_text(self.settings, kind))
         if readers:
             # A service reads .env: it must not change per release. A plain `compose up -d`
             # finds the release in an override file that .env names (constant lines).
             self.write(cmd.RELEASE_OVERRIDE, contract.release_override(
                 self.settings.service, self.ref(tag) if tag else ""))
             dot_env = app_env + project + contract.env_text(
-                {"COMPOSE_FILE": f"{self.settings.compose_file}:{cmd.RELEASE_OVERRIDE}"}, kind)
+                {"COMPOSE_FILE": ":".join([*files, cmd.RELEASE_OVERRIDE])}, kind)
         else:
-            dot_env = app_env + project + release
+            # a plain `compose up -d` merges the proxy's form too
+            dot_env = app_env + project + release + (contract.env_text(
+                {"COMPOSE_FILE": ":".join(files)}, kind) if self.overrides else "")
         self._current = tag
         return self.write(cmd.COMPOSE_ENV, dot_env)
 
