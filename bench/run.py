@@ -276,8 +276,9 @@ def main() -> int:
     app_dir = f"/srv/bench-{suffix}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOY_")}
     port = free_port()  # the app's port on the VM; its health URL is asked on the VM
+    # the compose switch, as deploy.sh does it (the example turns the proxy on)
     env.update(DEPLOY_IMAGE=image, DEPLOY_APP_DIR=app_dir, DEPLOY_HOST=vm.address,
-               DEPLOY_PORT="22", DEPLOY_USER=box.ssh_user,
+               DEPLOY_PROXY="false", DEPLOY_PORT="22", DEPLOY_USER=box.ssh_user,
                DEPLOY_HEALTH_URL=f"http://127.0.0.1:{port}/health",
                DEPLOY_KEY_FILE=str(box.key_file), DEPLOY_KNOWN_HOSTS=str(box.known_hosts))
     with tempfile.TemporaryDirectory(prefix="deploy-bench-") as tmp:

@@ -286,6 +286,8 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
             proxy.check_hosts(vm)
         vm.runner.secrets.extend(found.values())
         vm.ensure_helper()
+        if s.proxy:  # the proxy's form of the compose file: what this VM's compose can read
+            proxy.override_text(s, vm.compose_kind())
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
         changed, kept = vm.merge_app_env(values)
         if changed:

@@ -42,6 +42,7 @@ class Found:
     todo: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     image_env: ImageEnv = field(default_factory=ImageEnv)
+    remarks: dict[str, str] = field(default_factory=dict)  # a comment above a key, this app's
 
 
 def first_existing(root: Path, names: tuple[str, ...], depth: int = 1) -> Path | None:
@@ -195,10 +196,6 @@ def detect_dockerfile(root: Path, found: Found) -> None:
         found.values["smoke_command"] = python_cmd + Settings.smoke_command.removeprefix("python")
         found.notes.append(f"the image installs the app's packages into {where}, not on its "
                            f"PATH: smoke and migrate run `{python_cmd}`")
-        if found.image_env.venv:  # the deploy's own `alembic current`/`downgrade` run bare
-            found.todo.append(f"add `ENV PATH={found.image_env.venv}/bin:$PATH` to the "
-                              "Dockerfile, so every command in the image (the deploy's "
-                              "`alembic current` after migrating, too) finds the app's packages")
     if path.parent != root:  # the context: the Dockerfile's directory, unless it copies
         # files from the repo root (uv.lock)
         sources = [src.removeprefix("./").rstrip("/") for src in copy_sources(
@@ -290,6 +287,53 @@ def detect_start_migrations(root: Path, found: Found) -> None:
         found.warnings.append(f"fix: {fix_text(settings, hits)}")
 
 
+def detect_proxy(root: Path, found: Found) -> None:
+    """Zero downtime by default: the proxy (Caddy, blue/green switches) for a web service
+    that can go behind it, with its port and health path; else proxy = false, saying why.
+    The compose file stays as written: the deploy merges its proxy form over it."""
+    from deploy import initproxy
+
+    compose, name = found.values.get("compose_file"), found.values.get("service")
+    service: object = None
+    if compose and name:
+        try:
+            data = yaml.safe_load((root / str(compose)).read_text()) or {}
+            service = (data.get("services") or {}).get(name)
+        except yaml.YAMLError:  # said by detect_compose
+            service = None
+    if not isinstance(service, dict):
+        why = "no web service found in the compose file"
+    else:
+        dockerfile_path = root / str(found.values["dockerfile"]) if found.values.get(
+            "dockerfile") else None
+        verdict = initproxy.fit(root, str(name), service, dockerfile_path)
+        why = verdict.why_not
+    if why:
+        found.values["proxy"] = False
+        found.remarks["proxy"] = f"not behind the proxy: {why}"
+        found.warnings.append(f"not behind the proxy (proxy = false): {why}; each release "
+                              "recreates the container, and requests fail for its seconds")
+        return
+    found.values["proxy"] = True
+    found.values["app_port"] = verdict.port
+    found.notes.append(f"the proxy (zero-downtime switches): service '{name}' listens on "
+                       f"{verdict.port} ({verdict.port_from}); its compose file stays as "
+                       "written (the deploy drops its published ports and joins the proxy's "
+                       "network in an override of its own)")
+    if verdict.health_path:
+        found.values["health_path"] = verdict.health_path
+        found.notes.append(f"health path {verdict.health_path} ({verdict.health_from}): a new "
+                           "release takes traffic once it answers 200 there through Caddy")
+    else:
+        found.todo.append(
+            "health_path: no health route found (no URL in a Docker healthcheck, no "
+            "/health route): add a route that answers 200 when the app can serve, and set "
+            "health_path to it (a switch waits for 200 on it)")
+    found.values["proxy_tls"] = "auto"
+    found.todo.append("proxy_host: the app's host name(s), DNS pointing at the VM (ports 80 "
+                      "and 443 reachable for Let's Encrypt; or proxy_tls = \"off\")")
+
+
 def detect(root: Path) -> Found:
     found = Found()
     detect_dockerfile(root, found)
@@ -300,6 +344,7 @@ def detect(root: Path) -> Found:
         found.values["env_example"] = ".env.example"
     else:
         found.todo.append("no .env.example: list every variable the app reads in it")
+    detect_proxy(root, found)
     if "image" not in found.values:
         found.todo.append("image: the registry and name to push to "
                           "(e.g. registry.example.com/app)")
@@ -326,6 +371,12 @@ EXPLAIN = {
     "migrate_command": "what the VM runs (in the new image) to migrate before switching",
     "smoke_command": "what `inv smoke` runs in the built image (its own environment's Python)",
     "env_example": "every variable the app reads, with placeholder values",
+    "proxy": "zero-downtime releases: Caddy in front, the new container started next to the "
+             "old one and\n# switched to once healthy (README \"Zero-downtime releases\")",
+    "app_port": "the port the app listens on in its container (Caddy dials it)",
+    "health_path": "answers 200 when the app can serve: a new release takes traffic after it",
+    "proxy_tls": "auto: Let's Encrypt certificates for proxy_host; internal: Caddy's own CA; "
+                 "off: plain HTTP",
 }
 
 
@@ -337,9 +388,14 @@ def render(found: Found) -> str:
             continue
         if key in EXPLAIN:
             lines.append(f"# {EXPLAIN[key]}")
+        if key in found.remarks:
+            lines.append(f"# {found.remarks[key]}")
         lines.append(f"{key} = {toml_value(value)}")
         if key == "image_variable":
             lines.append(f"tag_variable = {toml_value(found.values['tag_variable'])}")
+    if found.values.get("proxy") and "proxy_host" not in found.values:
+        lines += ["# the app's host name(s), comma-separated: FILL IN",
+                  '# proxy_host = "app.example.com"']
     if "image" not in found.values:
         lines += ["# where `inv push` sends the image (registry/name): FILL IN",
                   '# image = "registry.example.com/app"']

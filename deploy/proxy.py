@@ -57,38 +57,88 @@ def project(settings: Settings) -> str:
     return cmd.project_name(settings.proxy_dir)
 
 
-def check_compose(settings: Settings) -> None:
-    """Before any connection: the app's compose file must suit the proxy. Its web service
-    publishes no host port (two containers run side by side during a switch; Caddy
-    publishes the ports) and joins the external network `proxy_network`."""
+NETWORK_KEY = "deploy_proxy"  # the proxy's network as the tool's override file names it
+
+
+@dataclass(frozen=True)
+class ProxyForm:
+    """What the app's web service needs to go behind the proxy, read from its compose file."""
+
+    ports: list  # published ports: dropped (two containers run side by side in a switch)
+    networks: list[str]  # the networks the service names ([] = compose's `default`)
+    joined: bool  # it already joins proxy_network
+
+
+def proxy_form(settings: Settings) -> ProxyForm:
+    """Before any connection: read the app's compose file for the proxy. Refuses (saying
+    why) a web service that cannot go behind it: one with its own network mode (host
+    networking: no network to join) or a fixed container name (two containers run side by
+    side during a switch)."""
     path = settings.path(settings.compose_file)
     data = yaml.safe_load(path.read_text()) or {}
     service = (data.get("services") or {}).get(settings.service)
-    fix_net = (f"in {path.name}: give service '{settings.service}' `networks: [default, proxy]`"
-               f" and add top-level `networks: {{proxy: {{name: {settings.proxy_network}, "
-               "external: true}}` (see example/compose.proxy.yaml)")
     if not isinstance(service, dict):
         raise DeployError(f"{path.name} has no service '{settings.service}'",
                           "set `service` in deploy.toml to the web service's name")
-    if service.get("ports"):
+    off = "or set proxy = false (each release then recreates the container: requests fail " \
+          "for its seconds)"
+    if service.get("network_mode"):
         raise DeployError(
-            f"service '{settings.service}' in {path.name} publishes ports {service['ports']}, "
-            "but with proxy = true Caddy publishes them (two containers of it run side by side "
-            "during a switch)", f"remove `ports:` from service '{settings.service}'")
+            f"service '{settings.service}' in {path.name} has network_mode "
+            f"{service['network_mode']!r}: it cannot join the proxy's network, so it cannot go "
+            "behind the proxy", f"remove `network_mode:` from service '{settings.service}', "
+            + off)
+    if service.get("container_name"):
+        raise DeployError(
+            f"service '{settings.service}' in {path.name} has container_name "
+            f"{service['container_name']!r}: behind the proxy two containers of it run side "
+            "by side during a switch, and two containers cannot share one name",
+            f"remove `container_name:` from service '{settings.service}', " + off)
     networks = service.get("networks") or []
-    names = list(networks) if isinstance(networks, dict | list) else []
+    names = [str(n) for n in networks] if isinstance(networks, dict | list) else []
     top = data.get("networks") or {}
     env_path = settings.path(settings.env_file)
     # On the VM compose reads the app's env file (it becomes .env there), then the shell's.
     values = {**(read_env_file(env_path) if env_path.exists() else {}), **os.environ}
-    joined = [
-        key for key in names
-        if isinstance(top.get(key), dict) and top[key].get("external")
+    joined = any(
+        isinstance(top.get(key), dict) and top[key].get("external")
         and _interpolate(str(top[key].get("name") or key), values) == settings.proxy_network
-    ]
-    if not joined:
-        raise DeployError(f"service '{settings.service}' in {path.name} does not join the "
-                          f"proxy's network {settings.proxy_network}", fix_net)
+        for key in names)
+    return ProxyForm(ports=list(service.get("ports") or []), networks=names, joined=joined)
+
+
+def check_compose(settings: Settings) -> None:
+    """Before any connection: the app's compose file can go behind the proxy (proxy_form)."""
+    proxy_form(settings)
+
+
+def override_text(settings: Settings, kind: str = "v2") -> str:
+    """The compose file the tool merges over the app's (`.deploy/proxy.yaml` on the VM): its
+    web service's published ports dropped (Caddy publishes 80/443) and the proxy's network
+    joined, so the user's compose file stays as written. docker-compose v1 cannot drop a
+    port in an override (`!reset`): refused, naming the fix."""
+    form = proxy_form(settings)
+    name = settings.compose_file
+    lines = [f"# Written by the deploy tool (proxy = true) from {name}: do not edit, every",
+             "# `fab setup` and deploy rewrites it. Service "
+             f"'{settings.service}' behind the proxy.", "services:", f"  {settings.service}:"]
+    if form.ports:
+        if kind == "v1":
+            raise DeployError(
+                f"service '{settings.service}' in {name} publishes ports {form.ports}; behind "
+                "the proxy the tool drops them in an override (`ports: !reset []`), which "
+                "docker-compose v1 cannot read", "install Docker Compose v2 (2.24.4 or later) "
+                f"on the VM, or remove `ports:` from service '{settings.service}'")
+        lines.append("    ports: !reset []")
+    if not form.joined:
+        lines += ["    networks:", *(f"      {json.dumps(n)}: {{}}" for n in
+                                      form.networks or ["default"]),
+                  f"      {NETWORK_KEY}: {{}}",
+                  "networks:", f"  {NETWORK_KEY}:",
+                  f"    name: {json.dumps(settings.proxy_network)}", "    external: true"]
+    elif not form.ports:
+        lines[-1] += " {}"  # nothing to change: already in its proxy form
+    return "\n".join(lines) + "\n"
 
 
 def _interpolate(value: str, values: dict[str, str]) -> str:

@@ -6,12 +6,14 @@ after each step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import remote
@@ -46,23 +48,78 @@ def prepare(work: Path, vm: Vm, example: Path = EXAMPLE) -> None:
     commit_all(work, f"deploy to {vm.name}")
 
 
-def on_vm(vm: Vm, *curl_args: str) -> str:
-    """An HTTP request made on the VM (the app listens on the VM's loopback only)."""
-    proc = subprocess.run(vm.in_vm("curl", "-sS", "--max-time", "5", *curl_args),
-                          capture_output=True, text=True, check=False)
+PROBE = Path(__file__).resolve().parent / "probe.py"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Where the demo app answers on the VM: behind the proxy, Caddy's port with the app's
+    Host; else the app's own port on the VM's loopback."""
+
+    base: str
+    host: str = ""
+
+    @classmethod
+    def of(cls, work: Path) -> Entry:
+        settings = load_settings(work, environ={})
+        if settings.proxy:
+            return cls(f"http://127.0.0.1:{settings.proxy_http_port}",
+                       settings.proxy_host.split(",")[0].strip())
+        return cls(f"http://127.0.0.1:{read_env_file(work / '.env').get('APP_PORT', '8000')}")
+
+    def curl(self, path: str, *args: str) -> list[str]:
+        return ["curl", "-sS", "--max-time", "5", *(["-H", f"Host: {self.host}"] if self.host
+                                                    else []), *args, self.base + path]
+
+
+def on_vm(vm: Vm, argv: list[str]) -> str:
+    """An HTTP request made on the VM (the app, or Caddy, answers on the VM only)."""
+    proc = subprocess.run(vm.in_vm(*argv), capture_output=True, text=True, check=False)
     return proc.stdout.strip() if proc.returncode == 0 else f"(no answer: {proc.stderr.strip()})"
 
 
-def served(vm: Vm, base: str) -> str:
-    return (f"GET /version -> {on_vm(vm, base + '/version')}\n"
-            f"GET /items   -> {on_vm(vm, base + '/items')}")
+def served(vm: Vm, entry: Entry) -> str:
+    return (f"GET /version -> {on_vm(vm, entry.curl('/version'))}\n"
+            f"GET /items   -> {on_vm(vm, entry.curl('/items'))}")
 
 
-def post_item(vm: Vm, base: str, name: str) -> None:
-    status = on_vm(vm, "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "-H",
-                   "Content-Type: application/json", "-d", json.dumps({"name": name}),
-                   base + "/items")
+def post_item(vm: Vm, entry: Entry, name: str) -> None:
+    status = on_vm(vm, entry.curl("/items", "-o", "/dev/null", "-w", "%{http_code}", "-X",
+                                  "POST", "-H", "Content-Type: application/json", "-d",
+                                  json.dumps({"name": name})))
     print(f"POST /items {name!r} -> {status}")
+
+
+class SwitchProbe:
+    """sandbox/probe.py running inside the VM while a step switches releases: GET /version
+    20 times a second on new connections, the way users' requests reach the app; on exit
+    one line, `probe: N requests, F failed (versions 1 -> 2)`."""
+
+    def __init__(self, vm: Vm, entry: Entry) -> None:
+        self.vm, self.entry = vm, entry
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SwitchProbe:
+        self.proc = subprocess.Popen(
+            self.vm.in_vm(sys.executable, str(PROBE), self.entry.base + "/version",
+                          self.entry.host),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "probing": its first request is on its way
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        out, _ = self.proc.communicate("", timeout=60)
+        try:
+            got = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            print(f"probe: no result (exit {self.proc.returncode})", flush=True)
+            return
+        failures = f" {got['failures']}" if got["failed"] else ""
+        print(f"probe: {got['requests']} requests, {got['failed']} failed{failures} (versions "
+              f"{' -> '.join(got['versions']) or 'none'}, {got['seconds']}s, on {self.vm.name} "
+              f"through {'Caddy' if self.entry.host else 'the app port'})", flush=True)
 
 
 def point_at(work: Path, vm: Vm) -> None:
@@ -136,8 +193,7 @@ def run_demo(work: Path | None = None, postgres: bool = False, dry_run: bool = F
     work = work or box.state_dir / "demo" / ("app-postgres" if postgres else "app")
     vm = box.vm(1)
     prepare(work, vm, example)
-    port = read_env_file(work / ".env").get("APP_PORT", "8000")
-    base = f"http://127.0.0.1:{port}"  # on the VM
+    entry = Entry.of(work)
     inv = [sys.executable, "-m", "invoke"]
     fab = [sys.executable, "-m", "fabric"]
     if not dry_run:
@@ -146,11 +202,15 @@ def run_demo(work: Path | None = None, postgres: bool = False, dry_run: bool = F
 
     def show() -> None:
         if not dry_run:
-            print(served(vm, base))
+            print(served(vm, entry))
 
     def post(name: str) -> None:
         if not dry_run:
-            post_item(vm, base, name)
+            post_item(vm, entry, name)
+
+    def probed() -> contextlib.AbstractContextManager[object]:
+        """A probe on the VM while a step switches the serving release (none in a dry run)."""
+        return contextlib.nullcontext() if dry_run else SwitchProbe(vm, entry)
 
     banner(f"deploy v1 ({v1})")
     step([*fab, "setup"], work, dry_run)
@@ -161,11 +221,13 @@ def run_demo(work: Path | None = None, postgres: bool = False, dry_run: bool = F
 
     v2 = apply_v2(work, example)
     banner(f"deploy v2 ({v2}): migration 0002 adds items.note")
-    step([*inv, "deploy"], work, dry_run)
+    with probed():
+        step([*inv, "deploy"], work, dry_run)
     show()
 
     banner(f"roll back to v1 ({v1})")
-    step([*fab, "rollback", f"--tag={v1}"], work, dry_run)
+    with probed():
+        step([*fab, "rollback", f"--tag={v1}"], work, dry_run)
     show()
 
     if dry_run:
@@ -173,14 +235,15 @@ def run_demo(work: Path | None = None, postgres: bool = False, dry_run: bool = F
         return
     if postgres:
         banner("restore the backup taken before v2's migration")
-        post_item(vm, base, "written after the backup")
-        print(served(vm, base))
+        post_item(vm, entry, "written after the backup")
+        print(served(vm, entry))
         step([*fab, "backups"], work)
         step([*fab, "restore", f"--backup={newest_backup(work)}"], work)
-        print(served(vm, base))
+        print(served(vm, entry))
 
     banner("release history")
     step([*fab, "releases"], work)
+    where = f"{entry.base} (Host: {entry.host}, Caddy)" if entry.host else entry.base
     print(f"\nThe demo app is in {work};\nthe VM's copy in {vm.name}'s app_dir (on this laptop: "
-          f"{vm.srv}).\nv1 is serving at {base} on {vm.name} (`python -m sandbox status` "
+          f"{vm.srv}).\nv1 is serving at {where} on {vm.name} (`python -m sandbox status` "
           "shows how to ssh there).")

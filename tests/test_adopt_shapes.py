@@ -189,7 +189,9 @@ def test_init_writes_smoke_and_migrate_for_a_poetry_in_project_venv(tmp_path):
     out = adopted(repo)
     assert ("the image installs the app's packages into /app/.venv, not on its PATH: smoke "
             "and migrate run `/app/.venv/bin/python`") in out
-    assert "- add `ENV PATH=/app/.venv/bin:$PATH` to the Dockerfile" in out
+    # the deploy's own `alembic current`/`downgrade` start alembic as migrate_command does:
+    # nothing to add to the Dockerfile
+    assert "ENV PATH" not in out
     settings = (repo / "deploy.toml").read_text()
     assert ('smoke_command = "/app/.venv/bin/python -c \\"from app.main import app; '
             "print('OK')\\\"\"") in settings

@@ -16,7 +16,7 @@ from conftest import commit_all, git, output
 from test_checks import edit
 from test_corpus import PY310, adopt, poetry_install, user_env
 from test_envcheck import fab_stdin
-from vmkit import App, unique
+from vmkit import App, Probe, unique
 
 
 def live_app(name: str, tmp_path: Path, sandbox):
@@ -173,3 +173,51 @@ def test_c_uv_workspace_on_python_310_deploys_upgrades_and_rolls_back(uv_live):
     assert [e["action"] for e in app.history()] == ["deploy", "deploy", "rollback"]
     assert app.history()[-1]["tag"] == v1
     assert SECRET in app.fab_ok("exec", "--cmd", "printenv APP_SECRET_KEY").splitlines()
+
+
+def test_c_adopted_by_deploy_init_switches_behind_the_proxy_without_a_failed_request(
+        uv_live, sandbox):
+    """deploy-init's own settings for the uv workspace (proxy = true, app_port and health_path
+    from its compose file), its compose file as the template wrote it (a published port,
+    `env_file: .env`, no proxy network): behind a Caddy of the test's own, the deploy of v2
+    and the rollback fail no request, and nothing was edited by hand but proxy_host."""
+    from test_proxy import new_proxy
+
+    app = uv_live
+    settings = (app.repo / "deploy.toml").read_text()
+    for line in ("proxy = true", "app_port = 8000", 'health_path = "/health"'):
+        assert f"\n{line}\n" in settings, settings
+    caddy = new_proxy(sandbox)
+    try:
+        app.proxy = caddy  # requests go to Caddy's port with the app's Host
+        app.env.update({"DEPLOY_PROXY_HOST": app.host, "DEPLOY_HEALTH_URL": "",
+                        **caddy.settings()})
+        del app.env["DEPLOY_PROXY"]  # deploy.toml's, as deploy-init wrote it
+        app.fab_ok("setup")
+        assert app.vm("compose.yaml").read_text() == (app.repo / "compose.yaml").read_text()
+        proc = app.inv("deploy", "--skip-tests", timeout=1200)
+        assert proc.returncode == 0, output(proc)
+        assert app.version() == {"version": "1"}
+        first = app.container_names()
+        assert app.vm_docker("port", first[0]).stdout.strip() == ""  # Caddy's port only
+        db = db_container(app)
+
+        add_title_column(app.repo)
+        with Probe(app, rate=50) as probe:
+            proc = app.inv("deploy", "--skip-tests", "--skip-check", "env-complete",
+                           timeout=1200)
+        assert proc.returncode == 0, output(proc)
+        print(f"deploy v2: {probe.summary()}")
+        assert probe.failed == [], probe.summary()
+        assert probe.versions() == ["1", "2"], probe.summary()
+        assert revision(app) == "0002" and db_container(app) == db
+
+        with Probe(app, rate=50) as probe:
+            app.fab_ok("rollback")
+        print(f"rollback: {probe.summary()}")
+        assert probe.failed == [], probe.summary()
+        assert probe.versions() == ["2", "1"], probe.summary()
+        assert db_container(app) == db
+    finally:
+        app.tear_down()
+        caddy.tear_down()

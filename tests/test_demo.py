@@ -1,6 +1,7 @@
 """The README's first command, `inv demo` (and `inv demo --postgres`), run as a newcomer runs
-it: end to end on the sandbox, twice in a row, checking what it shows the user. A dry run of
-it needs no Docker and no VM and runs in the fast tier."""
+it: end to end on the sandbox behind Caddy, twice in a row, checking what it shows the user
+(what is served after each step, and the probe's count of failed requests during each
+switch). A dry run of it needs no Docker and no VM and runs in the fast tier."""
 
 from __future__ import annotations
 
@@ -50,7 +51,11 @@ def test_the_demo_dry_run_needs_no_engine_and_shows_every_step(tmp_path: Path) -
         assert f"DEPLOY_TAG={tag} docker compose" in out
     assert out.count("alembic upgrade head") == 2
     assert f"rolled back to {v1}" in out
-    assert "GET /version" not in out  # nothing asked of a VM
+    assert "GET /version" not in out and "probe:" not in out  # nothing asked of a VM
+    # behind the proxy: the user's compose file with the tool's proxy form merged over it,
+    # the new container started next to the serving one
+    assert "--file compose.yaml --file .deploy/proxy.yaml" in out
+    assert out.count("up -d --no-recreate --scale app=") == 3, out
 
 
 @pytest.mark.parametrize("postgres", [False, True], ids=["sqlite", "postgres"])
@@ -75,6 +80,13 @@ def test_the_demo_runs_twice_in_a_row(sandbox: object, postgres: bool) -> None:
         out = output(proc)
         assert proc.returncode == 0, f"run {attempt}:\n{out[-6000:]}"
         assert served(out) == expected, f"run {attempt}:\n{out[-6000:]}"
+        # behind Caddy: a probe on the VM during the deploy of v2 and the rollback saw the
+        # version change once and no request fail
+        probes = re.findall(r"^probe: (\d+) requests, (\d+) failed.*?\(versions ([^,]*),", out,
+                            re.MULTILINE)
+        assert [(failed, versions) for _, failed, versions in probes] == [
+            ("0", "1 -> 2"), ("0", "2 -> 1")], f"run {attempt}:\n{out[-6000:]}"
+        assert all(int(count) >= 20 for count, _, _ in probes), probes
         assert "$ fab releases" in out
         if postgres:
             assert re.search(r"restored \d{8}T\d{6}Z-\w+\.dump", out), out[-3000:]

@@ -23,6 +23,9 @@ from vmkit import App, InFlight, Probe, Proxy, output
 
 from deploy.commands import proxy as pcmd
 from deploy.commands.vm import project_name
+from deploy.errors import DeployError
+from deploy.settings import load_settings
+from sandbox.apprepo import EXAMPLE
 
 PROXY_IMAGE = os.environ.get("PROXY_TEST_IMAGE", "caddy:2")
 
@@ -103,14 +106,39 @@ def caddy_loads(app) -> int:
     return output(logs).count('"msg":"load complete"')
 
 
-def test_setup_refuses_a_compose_file_that_publishes_ports(make_app, caddy):
+def test_a_compose_file_that_publishes_ports_goes_behind_the_proxy_as_written(
+        make_app, caddy, images):
+    """The example's own compose.yaml (it publishes 127.0.0.1:APP_PORT:8000 and joins no
+    proxy network), unchanged: the tool's override (.deploy/proxy.yaml) puts it behind
+    Caddy, a switch fails no request, and a plain `docker compose up -d` on the VM keeps the
+    proxy's form. docker-compose v1 cannot read the override: refused before any upload."""
     app = make_app().use_proxy(caddy)
-    proc = app.fab("setup", env={"DEPLOY_COMPOSE_FILE": "compose.yaml"})
-    assert proc.returncode == 1, output(proc)
+    app.env["DEPLOY_COMPOSE_FILE"] = "compose.yaml"
+    proc = app.fab("setup", env={"DEPLOY_COMPOSE_COMMAND": "v1"})
     text = output(proc)
+    assert proc.returncode == 1, text
     assert "error: service 'app' in compose.yaml publishes ports" in text
-    assert "fix: remove `ports:`" in text and "Traceback" not in text
-    assert not app.vm().exists()  # nothing reached the VM
+    assert "docker-compose v1 cannot read" in text and "Traceback" not in text
+    assert not app.vm("compose.yaml").exists() and not app.vm("app.env").exists()
+
+    app.fab_ok("setup")
+    assert app.vm("compose.yaml").read_text() == (app.repo / "compose.yaml").read_text()
+    assert "ports: !reset []" in app.vm(".deploy/proxy.yaml").read_text()
+    app.deploy(images.v1)
+    assert app.version() == {"version": "1", "revision": "0001"}
+    first = app.container_names()
+    assert app.vm_docker("port", first[0]).stdout.strip() == ""  # no port of its own
+    with Probe(app) as probe:
+        app.deploy(images.v2)
+    print(f"deploy: {probe.summary()}")
+    assert probe.failed == [], probe.summary()
+    assert probe.versions() == ["1", "2"], probe.summary()
+    second = app.container_names()
+    assert len(second) == 1 and second != first
+    proc = app.vm_run("docker", "compose", "up", "-d")  # compose reads .env's COMPOSE_FILE
+    assert proc.returncode == 0, output(proc)
+    assert app.container_names() == second and app.version()["version"] == "2"
+    assert app.vm_docker("port", second[0]).stdout.strip() == ""
 
 
 @pytest.fixture(params=["v2", "v1"])
@@ -332,29 +360,89 @@ def test_https_with_caddys_internal_ca(internal_caddy, make_app, images):
     assert plain.stdout == "308", plain
 
 
-def test_compose_check_names_what_to_change(tmp_path):
-    from deploy import proxy
-    from deploy.errors import DeployError
+def proxy_app(tmp_path, compose_text: str, env: str = ""):
     from deploy.settings import load_settings
 
     (tmp_path / "deploy.toml").write_text('proxy = true\nproxy_host = "a.test"\n'
                                           'proxy_network = "edge"\n')
-    compose = tmp_path / "compose.yaml"
-    compose.write_text("services:\n  app:\n    image: x\n")
+    (tmp_path / "compose.yaml").write_text(compose_text)
+    (tmp_path / ".env").write_text(env)
+    return load_settings(tmp_path, environ={})
+
+
+def test_the_proxy_form_drops_published_ports_and_joins_the_network(tmp_path):
+    """The user's compose file stays as written: the tool's override (.deploy/proxy.yaml on
+    the VM) drops the web service's ports and joins the proxy's network."""
+    import yaml
+
+    from deploy import proxy
+
+    settings = proxy_app(tmp_path, "services:\n  app:\n    image: x\n"
+                         "    ports: ['127.0.0.1:8000:8000']\n")
+    text = proxy.override_text(settings)
+    assert "    ports: !reset []\n" in text
+    plain = yaml.safe_load(text.replace("!reset ", ""))
+    assert plain["services"]["app"]["networks"] == {"default": {}, "deploy_proxy": {}}
+    assert plain["networks"] == {"deploy_proxy": {"name": "edge", "external": True}}
+    # the service's own networks are kept, not replaced by `default`
+    settings = proxy_app(tmp_path, "services:\n  app:\n    image: x\n    networks: [back]\n"
+                         "networks:\n  back: {}\n")
+    assert list(yaml.safe_load(proxy.override_text(settings))["services"]["app"][
+        "networks"]) == ["back", "deploy_proxy"]
+    # docker-compose v1 cannot read `!reset`: refused, naming the fix
+    settings = proxy_app(tmp_path, "services:\n  app:\n    image: x\n    ports: ['80:80']\n")
     with pytest.raises(DeployError) as caught:
-        proxy.check_compose(load_settings(tmp_path, environ={}))
-    assert "does not join the proxy's network edge" in caught.value.message
-    assert "name: edge, external: true" in caught.value.fix
-    # The network's name may come from a variable of the app's env file, as on the VM.
-    compose.write_text("services:\n  app:\n    image: x\n    networks: [default, proxy]\n"
-                       "networks:\n  proxy:\n    name: ${NET:-other}\n    external: true\n")
-    with pytest.raises(DeployError):
-        proxy.check_compose(load_settings(tmp_path, environ={}))
-    (tmp_path / ".env").write_text("NET=edge\n")
-    proxy.check_compose(load_settings(tmp_path, environ={}))
+        proxy.override_text(settings, "v1")
+    assert "docker-compose v1 cannot read" in caught.value.message
+    assert "Compose v2" in caught.value.fix
+    # Already in its proxy form (the network's name from the app's env file, as on the VM):
+    # nothing to change, on v1 too.
+    already = ("services:\n  app:\n    image: x\n    networks: [default, proxy]\n"
+               "networks:\n  proxy:\n    name: ${NET:-other}\n    external: true\n")
+    settings = proxy_app(tmp_path, already, env="NET=edge\n")
+    assert yaml.safe_load(proxy.override_text(settings, "v1")) == {"services": {"app": {}}}
+    settings = proxy_app(tmp_path, already)  # NET unset: `other`, not the proxy's
+    assert "deploy_proxy" in proxy.override_text(settings)
+
+
+@pytest.mark.parametrize("line, why", [
+    ("network_mode: host", "it cannot join the proxy's network"),
+    ("container_name: web", "two containers cannot share one name"),
+])
+def test_a_service_that_cannot_go_behind_the_proxy_is_told_why(tmp_path, line, why):
+    from deploy import proxy
+
+    settings = proxy_app(tmp_path, f"services:\n  app:\n    image: x\n    {line}\n")
+    with pytest.raises(DeployError) as caught:
+        proxy.check_compose(settings)
+    assert why in caught.value.message
+    assert "proxy = false" in caught.value.fix
     with pytest.raises(DeployError) as caught:
         proxy.hosts(load_settings(tmp_path, environ={"DEPLOY_PROXY_HOST": " "}))
     assert "proxy_host" in caught.value.message
+
+
+def test_compose_merges_the_proxy_form_over_the_examples_compose_file(tmp_path, docker_cli):
+    """What the VM's compose makes of the example's compose.yaml with the tool's override:
+    no published port, the default network and the proxy's (external)."""
+    import shutil
+
+    from deploy import proxy
+
+    shutil.copy(EXAMPLE / "compose.yaml", tmp_path / "compose.yaml")
+    (tmp_path / "app.env").write_text("")
+    settings = proxy_app(tmp_path, (EXAMPLE / "compose.yaml").read_text())
+    (tmp_path / "proxy.yaml").write_text(proxy.override_text(settings))
+    proc = subprocess.run([docker_cli, "compose", "--file", "compose.yaml", "--file",
+                           "proxy.yaml", "config", "--format", "json"], cwd=tmp_path,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    app = config["services"]["app"]
+    assert "ports" not in app
+    assert set(app["networks"]) == {"default", "deploy_proxy"}
+    network = config["networks"]["deploy_proxy"]
+    assert (network["name"], network["external"]) == ("edge", True)
 
 
 def test_the_postgres_example_behind_the_proxy_fails_no_request(pg_images, caddy, sandbox,

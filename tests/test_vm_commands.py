@@ -219,6 +219,31 @@ def test_a_plain_alembic_upgrade_runs_in_one_python_process_and_says_the_same(tm
     assert missing.returncode == 127 and "alembic" in missing.stderr  # the fallback ran
 
 
+@pytest.mark.parametrize("migrate, alembic", [
+    ("alembic upgrade head", "alembic"),
+    ("poetry run alembic upgrade head", "poetry run alembic"),
+    ("PATH=/app/.venv/bin:$PATH alembic upgrade head", "PATH=/app/.venv/bin:$PATH alembic"),
+    ("/app/.venv/bin/alembic upgrade head", "/app/.venv/bin/alembic"),
+    ("python -m alembic -c backend/alembic.ini upgrade head",
+     "python -m alembic -c backend/alembic.ini"),
+    ("cd backend && uv run alembic upgrade head", "cd backend && uv run alembic"),
+    ("sleep 2 && alembic upgrade head", "alembic"),  # not an environment: not repeated
+    ("PATH=/app/.venv/bin:$PATH sh scripts/prestart.sh", "PATH=/app/.venv/bin:$PATH alembic"),
+    ("poetry run sh scripts/prestart.sh", "poetry run alembic"),
+    ("sh scripts/prestart.sh", "alembic"),
+    ("bash -c 'alembic upgrade head'", "alembic"),  # quoted: no prefix cut out of it
+])
+def test_alembic_starts_in_the_migrate_commands_environment(migrate, alembic):
+    """`alembic current` and `alembic downgrade` run as migrate_command starts alembic: a
+    bare `alembic` is not found in an image whose packages are in a venv off its PATH."""
+    assert cmd.alembic_command(migrate) == alembic
+    line = cmd.migrate_then_current(migrate)
+    if cmd.ALEMBIC_UPGRADE.match(migrate):  # one Python process, else the three commands
+        line = line.partition("; else ")[2].removesuffix("; fi")
+    assert line.startswith(f"sh -c 'echo {cmd.BEFORE_MARK}; {alembic} current 2>/dev/null;")
+    assert line.endswith(f"{alembic} current 2>/dev/null || true")
+
+
 def test_project_names_differ_for_every_app_dir():
     """/srv/ha-b and /srv/ha_b (and two `app` directories) once shared a compose project."""
     dirs = ["/srv/ha-b", "/srv/ha_b", "/srv/hab", "/srv/prod/app", "/srv/staging/app", "/srv/app/"]
@@ -273,7 +298,11 @@ def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path)
             remote.rollback(vm, "v1", known_in_registry=lambda tag: True)
             remote.restore(vm, "20300101T000000Z-v1.dump")
         lines += vm.runner.history
-    with dry_vm(tmp_path, proxy=True, proxy_host="app.test") as vm:  # behind Caddy
+    # behind Caddy: the compose file's proxy form is made from the laptop's compose file
+    (tmp_path / "compose.yaml").write_text(
+        'services:\n  app:\n    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"\n'
+        '    ports: ["8000:8000"]\n')
+    with dry_vm(tmp_path, proxy=True, proxy_host="app.test") as vm:
         proxy.setup(vm)
         remote.deploy(vm, "v2")
         remote.rollback(vm, "v1", known_in_registry=lambda tag: True)
@@ -982,6 +1011,22 @@ def test_rollback_downgrades_to_the_revision_the_release_was_deployed_with(tmp_p
         index_of(history, f"docker tag {recorded} {IMAGE}:v1")
     if kind == "v1":
         assert_v1_clean(history)
+
+
+def test_a_downgrade_runs_alembic_where_the_migrate_command_does(tmp_path):
+    """`poetry run alembic upgrade head`: the revision is asked, and the downgrade run, with
+    `poetry run alembic` (a bare `alembic` is `not found` in such an image)."""
+    answers = {
+        on("read-var .deploy/release.env DEPLOY_TAG"): Result("v2\n"),
+        on("history-read"): rollback_history(("v1", "deploy", "0001"), ("v2", "deploy", "0002")),
+        on("sh -c 'poetry run alembic current"): [Result("0002 (head)\n"), Result("0001\n")],
+        on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
+    }
+    vm, _ = scripted_vm(tmp_path, answers, migrate_command="poetry run alembic upgrade head")
+    entry = remote.rollback(vm, "v1", downgrade=True)
+    assert ran(vm.runner.history, "'poetry run alembic downgrade 0001'")
+    assert not [c for c in vm.runner.history if re.search(r"(?<!run )alembic (current|down)", c)]
+    assert (entry["tag"], entry["revision"]) == ("v1", "0001")
 
 
 @pytest.mark.parametrize("unknown", ["recorded", "database"])

@@ -269,6 +269,9 @@ class App:
             "DEPLOY_KNOWN_HOSTS": str(sandbox.known_hosts),
             "DEPLOY_APP_DIR": app_dir,
             "DEPLOY_HEALTH_URL": f"http://127.0.0.1:{port}/health",
+            # the compose switch, on the app's own port, unless use_proxy() (the examples'
+            # deploy.toml turns the proxy on)
+            "DEPLOY_PROXY": "false",
             # the suite's workers share 2 cores: an app may take a minute to turn healthy;
             # tests of an unhealthy image set their own, shorter timeout
             "DEPLOY_HEALTH_TIMEOUT": "120",

@@ -15,6 +15,9 @@ Layout of an app directory on the VM:
                           COMPOSE_PROJECT_NAME and COMPOSE_FILE=compose.yaml:.deploy/release.yaml
     .deploy/release.env   the current release's image and tag variables (the tool's record)
     .deploy/release.yaml  (only when a service reads .env) the service's image IMAGE:TAG
+    .deploy/proxy.yaml    (proxy = true) compose.yaml's web service in its proxy form: its
+                          published ports dropped, the proxy's network joined; merged over
+                          compose.yaml by every compose command (and .env's COMPOSE_FILE)
     .deploy/lock/         the deploy lock (atomic mkdir): holder.json and the lease file
     .deploy/lock.log      who broke the lock with `fab unlock --force` (JSON lines)
     .deploy/history.jsonl one JSON line per release
@@ -30,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import PurePosixPath
 
@@ -39,6 +43,7 @@ HISTORY_FILE = f"{STATE_DIR}/history.jsonl"
 RESTORE_MARKER = f"{STATE_DIR}/restore.json"  # the helper's RESTORE_MARK
 RELEASE_ENV = f"{STATE_DIR}/release.env"
 RELEASE_OVERRIDE = f"{STATE_DIR}/release.yaml"
+PROXY_OVERRIDE = f"{STATE_DIR}/proxy.yaml"
 BACKUP_DIR = "backups"
 APP_ENV = "app.env"
 ENV_KEY_MISSING_EXIT = 3  # env-line: the file has no such key
@@ -97,10 +102,13 @@ def project_name(app_dir: str) -> str:
     return f"{slug}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
 
 
-def compose(kind: str, compose_file: str, project: str) -> list[str]:
-    """The compose base command. v1 gets only flags it knows: it ignores others with exit 0."""
+def compose(kind: str, compose_file: str, project: str,
+            overrides: Sequence[str] = ()) -> list[str]:
+    """The compose base command (`overrides`: files merged over compose_file, in order). v1
+    gets only flags it knows: it ignores others with exit 0."""
     base = ["docker", "compose"] if kind == "v2" else ["docker-compose"]
-    return [*base, "--file", compose_file, "--project-name", project]
+    files = [arg for name in (compose_file, *overrides) for arg in ("--file", name)]
+    return [*base, *files, "--project-name", project]
 
 
 def with_release(variables: dict[str, str], argv: list[str]) -> list[str]:
@@ -245,6 +253,35 @@ def run_in_new_container(compose_argv: list[str], service: str, command: str,
 
 REVISION_MARK = "__deploy_alembic_current__"
 BEFORE_MARK = "__deploy_alembic_before__"
+# `[prefix]<...>alembic [options] upgrade`: the prefix (`cd backend &&`, `PATH=...`, `poetry
+# run`), the program as it is started (`/app/.venv/bin/alembic`, `python -m alembic`) and its
+# options (`-c backend/alembic.ini`) make the environment every other alembic command needs.
+ALEMBIC_UPGRADE_RE = re.compile(
+    r"^(?P<alembic>.*?\S*\balembic(?:\s+-[\w-]+(?:[= ](?!upgrade\b)[^\s;&|-]\S*)?)*)"
+    r"\s+upgrade\b")
+# Without an alembic line (a script): its leading variables and a runner such as `poetry run`.
+ENV_PREFIX_RE = re.compile(
+    r"^(?P<prefix>(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*"
+    r"(?:(?:poetry|pdm|pipenv|hatch|rye)\s+run\s+|uv\s+run(?:\s+--?[\w-]+(?:=\S+)?)*\s+)?)")
+
+
+def alembic_command(migrate_command: str) -> str:
+    """How `alembic` is started in the app's migrate environment, from `migrate_command`:
+    `poetry run alembic upgrade head` -> `poetry run alembic`; `PATH=/app/.venv/bin:$PATH sh
+    scripts/prestart.sh` -> `PATH=/app/.venv/bin:$PATH alembic`; else `alembic`. The deploy's
+    own `alembic current` and `alembic downgrade` run in it: a bare `alembic` is not found
+    where the image installs the app into a venv off its PATH."""
+    line = migrate_command.strip()
+    found = ALEMBIC_UPGRADE_RE.match(line)
+    if found and set(found.group("alembic")) & set("'\"`()"):
+        found = None  # alembic inside a quoted or nested command: not a prefix to reuse
+    if found:  # of the steps before it, only those that set up an environment (not a sleep)
+        head, _, program = found.group("alembic").rpartition("&&")
+        kept = [part.strip() for part in head.split("&&")
+                if part.strip().startswith(("cd ", "export ", ". ", "source "))]
+        return " && ".join([*kept, program.strip()])
+    prefix = ENV_PREFIX_RE.match(line)
+    return f"{prefix.group('prefix') if prefix else ''}alembic"
 
 
 ALEMBIC_UPGRADE = re.compile(r"^alembic upgrade ([A-Za-z0-9_@+.-]+)$")
@@ -253,16 +290,18 @@ ALEMBIC_UPGRADE = re.compile(r"^alembic upgrade ([A-Za-z0-9_@+.-]+)$")
 def migrate_then_current(command: str) -> str:
     """`alembic current` between two marker lines, the migrate command, then (if it
     succeeded) `alembic current` after a marker line: the revisions before and after come
-    from the database as the new image reads it, whatever the command printed.
+    from the database as the new image reads it, whatever the command printed. Alembic is
+    started as the migrate command starts it (`alembic_command`).
 
     A plain `alembic upgrade REV` runs all three in one Python process (alembic's own
     interpreter, read from its script's first line): each Python start-up with the app's
     imports costs about as long as the migration itself. The three commands are the fallback
     when that interpreter cannot be found."""
-    before = f"echo {BEFORE_MARK}; alembic current 2>/dev/null; echo {BEFORE_MARK}"
+    alembic = alembic_command(command)
+    before = f"echo {BEFORE_MARK}; {alembic} current 2>/dev/null; echo {BEFORE_MARK}"
     separate = (f"sh -c {shlex.quote(before)}; "
                 f"sh -c {shlex.quote(command)} || exit $?; echo {REVISION_MARK}; "
-                "alembic current 2>/dev/null || true")
+                f"{alembic} current 2>/dev/null || true")
     upgrade = ALEMBIC_UPGRADE.match(command.strip())
     if not upgrade:
         return separate

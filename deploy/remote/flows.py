@@ -271,7 +271,8 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
                 "the database's revision"
             raise DeployError(f"cannot downgrade: {unknown} is unknown; nothing was changed",
                               "roll back without --downgrade, or downgrade by hand "
-                              "(`fab exec --cmd \"alembic downgrade REV\"`) after a backup")
+                              f"(`fab exec --cmd \"{vm.alembic} downgrade REV\"`) after a "
+                              "backup")
         if wanted and now and wanted != now:
             if downgrade:
                 with rel.phase("backup", cuts_short=False, timed=False) as found:
@@ -286,7 +287,8 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
             else:
                 vm.runner.say(
                     f"warning: {target} was released with schema {wanted}, the database is at "
-                    f"{now}; not downgrading (pass --downgrade to run `alembic downgrade {wanted}`)"
+                    f"{now}; not downgrading (pass --downgrade to run `{vm.alembic} downgrade "
+                    f"{wanted}`)"
                 )
         vm.hold_lock(current)
         switch_checked(vm, target, current, rel)

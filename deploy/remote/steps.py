@@ -304,9 +304,9 @@ class Vm(VmQueries):
 
     def downgrade(self, current: str, revision: str) -> None:
         self.run(cmd.run_in_new_container(self.compose(current), self.settings.service,
-                                          f"alembic downgrade {revision}",
+                                          f"{self.alembic} downgrade {revision}",
                                           no_deps=self.settings.database == "postgres"),
-                 hide=True, what=f"alembic downgrade to {revision} failed; {current} still "
+                 hide=True, what=f"{self.alembic} downgrade to {revision} failed; {current} still "
                  "serves", fix="look at the migration's downgrade() and the database")
 
     # -- the switch -----------------------------------------------------------------------

@@ -69,6 +69,11 @@ class VmQueries:
         s = self.settings
         return {s.image_variable: self.image, s.tag_variable: tag}
 
+    @property
+    def alembic(self) -> str:
+        """`alembic` as the migrate command starts it (`poetry run alembic`, a venv's)."""
+        return cmd.alembic_command(self.settings.migrate_command)
+
     def compose_kind(self) -> str:
         if self._compose_kind:
             return self._compose_kind
@@ -103,8 +108,14 @@ class VmQueries:
     def compose(self, tag: str | None = None) -> list[str]:
         """The compose command with release `tag` (default: the current one) interpolated."""
         tag = self.current_tag() if tag is None else tag
-        base = cmd.compose(self.compose_kind(), self.settings.compose_file, self.project)
+        base = cmd.compose(self.compose_kind(), self.settings.compose_file, self.project,
+                           self.overrides)
         return cmd.with_release(self.release_vars(tag), base)
+
+    @property
+    def overrides(self) -> list[str]:
+        """The compose files the tool merges over compose_file: the proxy's form of it."""
+        return [cmd.PROXY_OVERRIDE] if self.settings.proxy else []
 
     def run(self, argv: list[str], **kwargs: Unpack[RunOptions]) -> Result:
         directory = cmd.helper_dir(argv)
@@ -383,15 +394,22 @@ class VmQueries:
                                     {self.settings.image_variable: self.image}, kind)
         readers = contract.services_reading_dotenv(self.settings.path(self.settings.compose_file))
         project = contract.env_text({"COMPOSE_PROJECT_NAME": self.project}, kind)
+        files = [self.settings.compose_file, *self.overrides]
+        if self.settings.proxy:  # the web service's proxy form, from the laptop's compose file
+            from deploy import proxy
+
+            self.write(cmd.PROXY_OVERRIDE, proxy.override_text(self.settings, kind))
         if readers:
             # A service reads .env: it must not change per release. A plain `compose up -d`
             # finds the release in an override file that .env names (constant lines).
             override = contract.release_override(self.settings.service,
                                                  self.ref(tag) if tag else "")
             tail = project + contract.env_text(
-                {"COMPOSE_FILE": f"{self.settings.compose_file}:{cmd.RELEASE_OVERRIDE}"}, kind)
+                {"COMPOSE_FILE": ":".join([*files, cmd.RELEASE_OVERRIDE])}, kind)
         else:
-            override, tail = "", project + release
+            # a plain `compose up -d` merges the proxy's form too
+            override, tail = "", project + release + (contract.env_text(
+                {"COMPOSE_FILE": ":".join(files)}, kind) if self.overrides else "")
         return release.rstrip("\n"), tail.rstrip("\n"), override.rstrip("\n")
 
     def write_release_files(self, tag: str, then: list[str] | None = None) -> tuple[bool, str]:
@@ -471,7 +489,7 @@ class VmQueries:
                               check=False, quiet=True)
         else:
             result = self.run(cmd.exec_in_service(self.compose(), s.service,
-                                                  "alembic current 2>/dev/null"),
+                                                  f"{self.alembic} current 2>/dev/null"),
                               check=False, quiet=True)
         return parse_revision(result.stdout) if result.ok else ""
 
