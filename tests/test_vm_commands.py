@@ -881,8 +881,10 @@ def test_rollback_downgrades_to_the_revision_the_release_was_deployed_with(tmp_p
     history = vm.runner.history
     downgrade = history[index_of(history, "alembic downgrade 0001")]
     assert "DEPLOY_TAG=v2 " in downgrade  # the current image holds the downgrade scripts
-    assert index_of(history, "backup-sqlite") < index_of(history, "alembic downgrade") \
-        < index_of(history, " up -d")
+    # The backup, then the older release (it runs on the newer schema), then the downgrade:
+    # the newer release never runs on the older schema.
+    assert index_of(history, "backup-sqlite") < index_of(history, " up -d") \
+        < index_of(history, "alembic downgrade")
     assert "DEPLOY_TAG=v1 " in history[index_of(history, " up -d")]
     assert (entry["tag"], entry["action"], entry["revision"]) == ("v1", "rollback", "0001")
     assert "downgrading the schema 0002 -> 0001 with v2" in out.getvalue()
@@ -892,6 +894,32 @@ def test_rollback_downgrades_to_the_revision_the_release_was_deployed_with(tmp_p
         index_of(history, f"docker tag {recorded} {IMAGE}:v1")
     if kind == "v1":
         assert_v1_clean(history)
+
+
+def test_a_failed_downgrade_after_the_switch_records_the_older_release(tmp_path):
+    """The older release already serves when the downgrade fails: it is recorded with the
+    schema the database is at, and the error says so, with the downgrade's own output."""
+    answers = {
+        on("read-var .deploy/release.env DEPLOY_TAG"): Result("v2\n"),
+        on("history-read"): rollback_history(("v1", "deploy", "0001"), ("v2", "deploy", "0002")),
+        on("sh -c 'alembic current"): Result("0002 (head)\n"),
+        on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
+        on("alembic downgrade 0001"): Result(stderr="KeyError: 'no such constraint'\n",
+                                             exited=1),
+    }
+    vm, _ = scripted_vm(tmp_path, answers)
+    with pytest.raises(DeployError) as err:
+        remote.rollback(vm, "v1", downgrade=True)
+    history = vm.runner.history
+    assert index_of(history, " up -d") < index_of(history, "alembic downgrade")
+    assert "the downgrade 0002 -> 0001 failed; v1 serves on schema 0002 and is recorded" \
+        in err.value.message
+    assert "no such constraint" in err.value.message
+    assert "fab rollback --tag=v1 --downgrade" in err.value.fix
+    assert "fab restore --backup=" in err.value.fix
+    recorded = [json.loads(shlex.split(c)[-1]) for c in history if "history-append" in c]
+    assert [(e["tag"], e["action"], e["revision"]) for e in recorded] == \
+        [("v1", "rollback", "0002")]
 
 
 @pytest.mark.parametrize("unknown", ["recorded", "database"])
