@@ -259,6 +259,9 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     read_compose(settings.path(settings.compose_file))
     if not with_roles(c):  # (a role may name its own service and compose file)
         require_service(settings)
+    from deploy import dbplace
+
+    dbplace.check(settings, use_roles=with_roles(c))  # one database, where the settings say
     values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
     from deploy import secrets
     from deploy.fabrelease import local_runner

@@ -40,6 +40,7 @@ from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     Role,
     Slot,
     configured,
+    database_place,
     host_settings,
     make_plan,
     parse_roles,
@@ -63,7 +64,8 @@ def targets(settings: Settings, hosts: list[str] | None = None
     roles = [] if hosts else read_roles(settings)
     if not roles:
         return [("", settings, t) for t in remote_targets(settings, hosts)]
-    plan = make_plan(roles, settings.primary_role, settings.batch_limit)
+    plan = make_plan(roles, settings.primary_role, settings.batch_limit,
+                     database_place(settings))
     out = []
     for slot in plan.slots:
         each = host_settings(settings, role_of(roles, slot.role), slot.host)
@@ -160,7 +162,8 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
 
     With `vms` (a session per slot, `inv deploy`) the caller already holds the lock."""
     roles = read_roles(settings)
-    plan = make_plan(roles, settings.primary_role, settings.batch_limit)
+    plan = make_plan(roles, settings.primary_role, settings.batch_limit,
+                     database_place(settings))
     started = time.monotonic()
     given = vms is not None
     with contextlib.nullcontext(vms) if vms is not None else sessions(settings, plan, roles,

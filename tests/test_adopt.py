@@ -339,8 +339,10 @@ def test_inv_test_gives_a_migrated_throwaway_database_and_leaves_dotenvs_untouch
     assert "tests get DATABASE_URL = a throwaway Postgres container, migrated to head" \
         in proc.stdout, output(proc)
     assert "wiped items on scratch: 0 left" in proc.stdout  # migrated: items exists there
-    assert precious_rows(name) == "mine,also mine,keep me"
+    # (psql below logs in too: the connections are counted first)
     assert connections(name) == before, "the tests connected to the database in .env"
+    assert precious_rows(name) == "mine,also mine,keep me"
+    before = connections(name)
 
     # A second database URL in .env, which the throwaway one does not replace: refused.
     env_file = example_repo / ".env"
@@ -370,8 +372,8 @@ def test_inv_test_gives_a_migrated_throwaway_database_and_leaves_dotenvs_untouch
         else:
             assert "error: refusing to run the tests: the app's code never reads DB_URL" \
                 in proc.stderr, output(proc)
-    assert precious_rows(name) == "mine,also mine,keep me"
     assert connections(name) == before
+    assert precious_rows(name) == "mine,also mine,keep me"
 
     # Named by the user: the tests get it (and this test really empties a table).
     proc = inv(example_repo, "test", env={
@@ -415,8 +417,8 @@ def test_inv_deploys_test_step_leaves_the_database_in_dotenv_untouched(
     assert "tests get DATABASE_URL = a throwaway Postgres container, migrated to head" in out
     assert "wiped items on scratch: 0 left" in out
     assert "stopping here" in out  # the hook ran after the test step
-    assert precious_rows(name) == "mine,also mine,keep me"
     assert connections(name) == before, "the test step connected to the database in .env"
+    assert precious_rows(name) == "mine,also mine,keep me"
 
 
 # --- inv test: the app's command, directory and interpreter --------------------------------

@@ -1094,3 +1094,20 @@ def test_pick_rollback_tag():
     assert remote.pick_rollback_tag(history, "v3", "v1") == "v1"
     with pytest.raises(DeployError):
         remote.pick_rollback_tag([{"tag": "v1"}], "v1", "")
+
+
+def test_an_external_database_is_neither_started_nor_backed_up_by_the_tool(tmp_path):
+    """database_url: no host starts the database; the deploy takes no backup of it (its
+    provider keeps them) and reads the revision in the app container; a restore refuses."""
+    vm, _ = scripted_vm(tmp_path, {}, database="postgres",
+                        database_url="postgresql://app:s3cret-pw@db.example.com:5432/app")
+    entry = remote.deploy(vm, "v2")
+    history = vm.runner.history
+    assert not ran(history, "pg_dump") and not ran(history, "pg_isready")
+    assert not ran(history, "--no-recreate db")
+    assert ran(history, "alembic upgrade head")
+    assert entry["backup"] == "" and entry["revision"] == "0002"  # the migration's own
+    with pytest.raises(DeployError) as err:
+        vm.check_backup("x.dump")
+    assert "the database is external (database_url)" in err.value.message
+    assert not any("s3cret-pw" in c for c in history)
