@@ -57,6 +57,13 @@ def check(settings: Settings, use_roles: bool = True) -> None:
         check_swarm(settings)
     elif roles:
         check_roles(settings, roles)
+    elif settings.database_host and settings.database_host not in hosts_of(settings):
+        raise DeployError(
+            f"database_host {settings.database_host!r} is not the host deployed to "
+            f"({settings.host or 'none set'}): the database service runs with the app, on that "
+            "host; nothing was changed",
+            "unset database_host (the database is then on `host`), or set database_url for a "
+            "database elsewhere")
     elif settings.database_url:
         compose = settings.compose_file
         if starts_service(settings.path(compose), settings.postgres_service):
@@ -66,6 +73,11 @@ def check(settings: Settings, use_roles: bool = True) -> None:
                 "second, empty database beside it; nothing was changed",
                 f"remove '{settings.postgres_service}' from {compose}, or unset database_url "
                 "to keep the database in compose on this host")
+
+
+def hosts_of(settings: Settings) -> list[str]:
+    """The hosts `host` names (comma-separated)."""
+    return [h.strip() for h in settings.host.split(",") if h.strip()]
 
 
 def check_roles(settings: Settings, roles: list[Role]) -> None:

@@ -11,6 +11,7 @@ database the tests may use (`test_database_url`).
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import urllib.parse
@@ -75,12 +76,14 @@ def code_reads(settings: Settings) -> set[str]:
     if script_dir and (script_dir / "env.py").exists():
         reads += file_reads(script_dir / "env.py", script_dir)
     root = settings.path(settings.test_dir or ".")
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).parts
-        if any(p in SKIP_DIRS - {"tests", "test"} or p.startswith(".") for p in rel[:-1]):
-            continue
-        if rel[-1] == "conftest.py" or rel[-1].startswith("test_") or "tests" in rel[:-1]:
-            reads += file_reads(path, root)
+    skipped = SKIP_DIRS - {"tests", "test"}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in skipped and not d.startswith("."))
+        in_tests = bool({"tests", "test"} & set(Path(folder).relative_to(root).parts))
+        for file in sorted(files):
+            if file.endswith(".py") and (in_tests or file == "conftest.py"
+                                         or file.startswith("test_")):
+                reads += file_reads(Path(folder) / file, root)
     return {r.name.upper() for r in reads}
 
 

@@ -173,3 +173,12 @@ def test_bad_database_places_are_refused_when_the_settings_are_read(tmp_path, se
         load_settings(repo, environ={})
     assert message in str(caught.value)
     assert "s3cret-pw" not in str(caught.value) and ":b@" not in str(caught.value)
+
+
+def test_database_host_on_one_host_must_be_that_host(tmp_path) -> None:
+    repo = app_repo(tmp_path, 'host = "vm.invalid"\ndatabase_host = "other.invalid"\n')
+    text = refused(fab(repo, "setup"))
+    assert "error: database_host 'other.invalid' is not the host deployed to (vm.invalid)" \
+        in text, text
+    ok = app_repo(tmp_path / "ok", 'host = "vm.invalid"\ndatabase_host = "vm.invalid"\n')
+    assert fab(ok, "deploy", "--tag=v2", "--dry-run").returncode == 0
