@@ -63,7 +63,8 @@ def promote(c: Context, from_: str = "", message: str = "", dry_run: bool = Fals
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
-            "downgrade": "run `alembic downgrade` to that release's revision first",
+            "downgrade": "back up, switch to that release, then `alembic downgrade` to its "
+                         "revision (with the current image)",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
 def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool = False,
