@@ -78,6 +78,6 @@ def migrate(settings: Settings, runner: Runner, env: dict[str, str]) -> str:
     if not result.ok:
         tail = "\n".join(result.output.strip().splitlines()[-15:])
         raise DeployError("migrating the tests' throwaway database to head failed; no test "
-                          f"ran:\n{tail}", "fix the migration (`inv check` runs the migrations "
-                          "check on a scratch database too)")
+                          f"ran:\n{tail}", "fix what alembic says above (it ran as "
+                          f"`{shlex.join(argv)}` in {cwd}, with {app.where})")
     return "migrated to head"

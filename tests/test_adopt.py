@@ -440,9 +440,17 @@ def test_inv_test_uses_the_apps_interpreter(example_repo, inv, tmp_path):
     (example_repo / ".venv").symlink_to(bare)
     proc = inv(example_repo, "test")
     assert proc.returncode == 1, output(proc)
-    # the app's interpreter (a venv without pytest) ran, and says so itself
+    # the tests' throwaway database is migrated first, by the app's interpreter (a venv
+    # without alembic), which says so itself; no test ran
+    assert "error: migrating the tests' throwaway database to head failed; no test ran" \
+        in proc.stderr, output(proc)
+    assert f"{example_repo}/.venv/bin/python: No module named alembic" in output(proc)
+    # without a database, pytest runs straight away, with the app's interpreter too
+    none = {"DEPLOY_DATABASE": "none"}
+    proc = inv(example_repo, "test", env=none)
+    assert proc.returncode == 1, output(proc)
     assert f"{example_repo}/.venv/bin/python: No module named pytest" in output(proc)
-    verbose = inv(example_repo, "test", env={"DEPLOY_VERBOSE": "1"})
+    verbose = inv(example_repo, "test", env={**none, "DEPLOY_VERBOSE": "1"})
     assert f"{example_repo}/.venv/bin/python -m pytest" in verbose.stdout, output(verbose)
 
 
