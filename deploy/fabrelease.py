@@ -48,9 +48,10 @@ def deploy_tag(c: Any, settings: Settings, tag: str, *, message: str = "", dry_r
     """Deploy TAG (exactly the image `digest`, if given) on every host, host after host, the
     pre-deploy hook after the first host's checks, post-deploy after the last; the history
     entries."""
-    from deploy import remote
+    from deploy import dbplace, remote
     from deploy.fabhosts import one_host_after_another, with_roles
 
+    dbplace.check(settings, use_roles=with_roles(c))  # before any VM is contacted
     hooks.check(settings)
     release = hooks.Release(action, image=settings.image, tag=tag, digest=digest,
                             message=message, destination=settings.destination,

@@ -63,7 +63,8 @@ def promote(c: Context, from_: str = "", message: str = "", dry_run: bool = Fals
 
 
 @task(help={"tag": "the release to put back (default: the previous one)",
-            "downgrade": "run `alembic downgrade` to that release's revision first",
+            "downgrade": "back up, switch to that release, then `alembic downgrade` to its "
+                         "revision (with the current image)",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
 def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool = False,
@@ -269,6 +270,9 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     read_compose(settings.path(settings.compose_file))
     if not with_roles(c):  # (a role may name its own service and compose file)
         require_service(settings)
+    from deploy import dbplace
+
+    dbplace.check(settings, use_roles=with_roles(c))  # one database, where the settings say
     values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
     from deploy import secrets
     from deploy.fabrelease import local_runner

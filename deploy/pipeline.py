@@ -10,7 +10,19 @@ from typing import Any
 
 from invoke import Context
 
-from deploy import apptests, envcheck, git, hooks, local, refs, registry, remote, roles, swarm
+from deploy import (
+    apptests,
+    dbplace,
+    envcheck,
+    git,
+    hooks,
+    local,
+    refs,
+    registry,
+    remote,
+    roles,
+    swarm,
+)
 from deploy.checks import format_results, run_checks
 from deploy.checks import registry as check_registry
 from deploy.errors import DeployError
@@ -118,6 +130,7 @@ def deploy_release(
                               f"known checks: {', '.join(check_registry())}")
         waived = f"waived checks: {', '.join(skip_checks)}"
         message = f"{message} ({waived})" if message else waived
+    dbplace.check(settings, use_roles=not hosts)  # before any VM is contacted
     hooks.check(settings)
     release = release or hooks.Release("deploy", destination=settings.destination)
     release.image, release.tag, release.git_sha, release.message = image, tag, git_sha, message

@@ -110,19 +110,25 @@ def primary_role(roles: list[Role], name: str) -> Role:
                f"{SETTINGS_FILE}")
 
 
-def make_plan(roles: list[Role], primary: str = "", limit: int = 0) -> Plan:
+def make_plan(roles: list[Role], primary: str = "", limit: int = 0,
+              database_host: str = "") -> Plan:
     """The primary role first, then the others in the order written; each role's hosts in
-    batches of `limit` (0: all of a role's hosts at once). A batch never mixes roles."""
+    batches of `limit` (0: all of a role's hosts at once). A batch never mixes roles. With
+    `database_host` (where the database service runs), its role is the primary one and the
+    host its first: the backup and the migration run there."""
     if limit < 0:
         raise _bad(f"batch_limit must be 0 (all hosts of a role at once) or more, got {limit}",
                    f"fix batch_limit in {SETTINGS_FILE}")
-    first = primary_role(roles, primary)
+    holder = next((r for r in roles if database_host in r.hosts), None) \
+        if database_host else None
+    first = holder or primary_role(roles, primary)
     batches: list[tuple[Slot, ...]] = []
     for role in [first, *(r for r in roles if r is not first)]:
-        slots = [Slot(role.name, h) for h in role.hosts]
+        hosts = sorted(role.hosts, key=lambda h: h != database_host)  # stable: the rest as written
+        slots = [Slot(role.name, h) for h in hosts]
         size = limit or len(slots)
         batches += [tuple(slots[i:i + size]) for i in range(0, len(slots), size)]
-    return Plan(Slot(first.name, first.hosts[0]), tuple(batches))
+    return Plan(batches[0][0], tuple(batches))
 
 
 def to_switch_back(plan: Plan, failed_batch: int, switched: list[Slot],
@@ -156,4 +162,11 @@ def configured(settings: Settings) -> bool:
 
 
 def plan_of(settings: Settings) -> Plan:
-    return make_plan(read_roles(settings), settings.primary_role, settings.batch_limit)
+    return make_plan(read_roles(settings), settings.primary_role, settings.batch_limit,
+                     database_place(settings))
+
+
+def database_place(settings: Settings) -> str:
+    """`database_host` when the database is a compose service there ('' otherwise)."""
+    return settings.database_host if settings.database == "postgres" \
+        and not settings.database_url else ""

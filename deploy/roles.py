@@ -43,6 +43,7 @@ from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     Role,
     Slot,
     configured,
+    database_place,
     host_settings,
     make_plan,
     parse_roles,
@@ -52,6 +53,7 @@ from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     role_of,
     to_switch_back,
 )
+from deploy.runner import redact
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
 
@@ -65,7 +67,8 @@ def targets(settings: Settings, hosts: list[str] | None = None
     roles = [] if hosts else read_roles(settings)
     if not roles:
         return [("", settings, t) for t in remote_targets(settings, hosts)]
-    plan = make_plan(roles, settings.primary_role, settings.batch_limit)
+    plan = make_plan(roles, settings.primary_role, settings.batch_limit,
+                     database_place(settings))
     out = []
     for slot in plan.slots:
         each = host_settings(settings, role_of(roles, slot.role), slot.host)
@@ -162,7 +165,8 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
 
     With `vms` (a session per slot, `inv deploy`) the caller already holds the lock."""
     roles = read_roles(settings)
-    plan = make_plan(roles, settings.primary_role, settings.batch_limit)
+    plan = make_plan(roles, settings.primary_role, settings.batch_limit,
+                     database_place(settings))
     started = time.monotonic()
     given = vms is not None
     with contextlib.nullcontext(vms) if vms is not None else sessions(settings, plan, roles,
@@ -243,21 +247,37 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
                 vm.sync_release_env(previous[slot])
                 digests[slot] = vm.pull(target)
             wanted, now = entries.get(target, {}).get("revision", ""), first.revision()
-            if downgrade and wanted and now and wanted != now:
-                backup = first.backup(target)
-                say(f"downgrading the schema {now} -> {wanted} on {plan.primary} "
-                    f"(backup: {backup or 'none'})")
-                first.run(first_downgrade(first, previous[plan.primary], wanted), hide=True,
-                          what="the downgrade failed; nothing was switched",
-                          fix="see the output above")
+            downgrading = bool(downgrade and wanted and now and wanted != now)
+            backup = first.backup(target, previous[plan.primary], revision=now,
+                                  reason=f"before downgrading to {wanted}"
+                                  ) if downgrading else ""
+            switched_hosts: list[tuple[Slot, Vm]] = []
 
-            def record(slot: Slot, vm: Vm) -> None:
-                if not vm.runner.dry_run:
-                    vm.record(release_entry(target, digests[slot], first.revision(),
+            def record(slot: Slot, vm: Vm, revision: str = "") -> None:
+                if downgrading and not revision:  # recorded once the schema is known
+                    switched_hosts.append((slot, vm))
+                elif not vm.runner.dry_run:
+                    vm.record(release_entry(target, digests[slot], revision or first.revision(),
                                             "rollback", previous[slot]))
 
+            # Every host on the older release first (it runs on the newer schema: the
+            # expand/contract rule), then the downgrade: no host runs the newer release on the
+            # older schema.
             switched, failure = switch_batches(vms, plan, target, previous, settings, record,
                                                say)
+            problem = ""
+            if downgrading and not failure:
+                say(f"downgrading the schema {now} -> {wanted} on {plan.primary}, {target} "
+                    f"serving (backup: {backup or 'none'})")
+                done = first.run(first_downgrade(first, previous[plan.primary], wanted),
+                                 hide=True, check=False)
+                if not done.ok:
+                    problem = redact("\n".join(done.output.strip().splitlines()[-15:]),
+                                     first.runner.secrets)
+            if switched_hosts:
+                revision = first.revision() or now
+                for slot, vm in switched_hosts:
+                    record(slot, vm, revision)
         rows = report(vms, target) if not dry_run else []
         if rows:
             print_report(rows, target, say)
@@ -265,6 +285,15 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
         slot, error = failure
         raise DeployError(f"rolling back to {target} stopped at {slot}: {error.message}",
                           "fix what the message says and run the rollback again")
+    if problem:
+        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
+        raise DeployError(
+            f"every host serves {target} and is recorded, but the downgrade {now} -> {wanted} "
+            f"failed:\n{problem}",
+            "look at the migration's downgrade() and the database, then `fab rollback "
+            f"--tag={target} --downgrade` again"
+            + (f"; `fab restore --backup={name}` puts back the copy taken before it"
+               if name else ""))
     say(f"rolled back {len(plan.slots)} host(s) to {target}")
     return rows
 

@@ -22,7 +22,7 @@ SETTINGS_FILE = "deploy.toml"
 ENV_PREFIX = "DEPLOY_"
 # DEPLOY_* variables that belong to other parts of the toolkit, not to the settings.
 FOREIGN_ENV = ("DEPLOY_SANDBOX_",)
-SECRET_KEYS = frozenset({"registry_password"})
+SECRET_KEYS = frozenset({"registry_password", "test_database_url", "database_url"})
 ENV_BOOLS = {"true": True, "1": True, "false": False, "0": False}
 CHOICES: dict[str, tuple[str, ...]] = {
     "database": ("sqlite", "postgres", "none"),
@@ -70,6 +70,8 @@ class Settings:
     env_example: str = ".env.example"
     alembic_ini: str = "alembic.ini"
     check_database_url: str = ""
+    # The database `inv test` and `inv deploy`'s tests may use instead of a throwaway one
+    test_database_url: str = ""
     database_url_env: str = "DATABASE_URL"
     # Or the variables the app builds its URL from: {host = "POSTGRES_SERVER", port = ..., user
     # = ..., password = ..., name = ...} (keys DATABASE_PARTS); then database_url_env is unused
@@ -100,6 +102,10 @@ class Settings:
     database: str = "sqlite"
     sqlite_path: str = "data/app.db"
     postgres_service: str = "db"
+    # Where the Postgres database lives (deploy/dbplace.py): the compose service on this host
+    # (default: the primary), or an external database no host starts (e.g. managed Postgres)
+    database_host: str = ""
+    database_url: str = ""
     postgres_user: str = "postgres"
     postgres_db: str = "app"
     keep_backups: int = 5

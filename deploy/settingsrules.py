@@ -88,6 +88,24 @@ def check(values: dict[str, Any], source: Callable[[str], str],
         if problem:
             raise bad("health_url", f"must be an http(s) URL on the VM itself: {problem}",
                       'give the app as the VM sees it (e.g. "http://127.0.0.1:8000/health")')
+    if values.get("database_url"):
+        problem = database_url_problem(values["database_url"])
+        if problem:
+            raise DeployError(
+                f"setting 'database_url' in {source('database_url')} must be a Postgres URL "
+                f"(postgresql://USER:PASSWORD@HOST:PORT/NAME): {problem}",
+                f"fix it ('database_url' in {source('database_url')})")
+        if values.get("database_host"):
+            raise DeployError(
+                f"settings 'database_host' ({source('database_host')}) and 'database_url' "
+                f"({source('database_url')}) both say where the database lives",
+                "keep one: database_host for the compose service on that host, database_url "
+                "for an external database")
+        if values.get("database", "sqlite") != "postgres":
+            raise DeployError(
+                f"setting 'database_url' in {source('database_url')} names an external Postgres "
+                f"database, but database = {values.get('database', 'sqlite')!r}",
+                'set database = "postgres", or unset database_url')
     password = values.get("registry_password")
     if password and len(password) < MIN_SECRET:
         raise DeployError(
@@ -181,3 +199,17 @@ def host_name(spec: str) -> str:
     if spec.startswith("["):
         return spec[1:].split("]", 1)[0]
     return spec.rsplit(":", 1)[0] if spec.count(":") == 1 else spec
+
+
+def database_url_problem(url: str) -> str:
+    """Why `url` is not the URL of a Postgres database ('' if it is); never shows it."""
+    if CONTROL_RE.search(url) or " " in url:
+        return "it has a space or a control character"
+    parts = urllib.parse.urlsplit(url)
+    if not re.match(r"^postgres(ql)?(\+[\w.-]+)?$", parts.scheme):
+        return f"its scheme is {parts.scheme or 'missing'!r}"
+    if not parts.hostname:
+        return "it names no host"
+    if not parts.path.strip("/"):
+        return "it names no database"
+    return ""

@@ -87,8 +87,9 @@ def check(c: Context, json: bool = False, only: list[str] | None = None,
 
 
 @task(help={"args": "extra arguments for the test command (or put them after --)",
-            "db": "start a throwaway database of the production kind for the tests (its URL "
-                  "in the database_url_env variable); removed afterwards"})
+            "db": "give the tests a throwaway database of the production kind (started, "
+                  "migrated to head, removed afterwards; the default when the app has a "
+                  "database) and refuse when the app's code never reads its variable"})
 @friendly
 def test(c: Context, args: str = "", db: bool = False) -> None:
     """Run the app's tests (test_command in test_dir, default: pytest with the app's Python)."""

@@ -291,6 +291,136 @@ def test_migrations_check_catches_drift_on_scratch_postgres(example_repo, inv, p
     assert "extra" in result["reason"]
 
 
+# --- the tests' database: a throwaway one, never the developer's own by accident -----------
+
+WIPE_TEST = """\
+\"\"\"The app's database test: it starts from an empty items table, as many apps' tests do.\"\"\"
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import text  # noqa: E402
+
+from app.db import engine  # noqa: E402
+
+with engine.begin() as conn:
+    conn.execute(text("DELETE FROM items"))
+    left = conn.execute(text("SELECT count(*) FROM items")).scalar()
+print(f"wiped items on {engine.url.database}: {left} left")
+"""
+
+
+def app_whose_tests_wipe_items(repo: Path, venv: Path, real: tuple[str, int]) -> None:
+    """The Postgres app of make_postgres_app, .env naming the developer's database (3 rows
+    in items), with a test that empties items through the app's own engine."""
+    name, port = real
+    make_postgres_app(repo, venv, port)
+    psql(name, "CREATE TABLE items (id serial PRIMARY KEY, name varchar(200) NOT NULL); "
+               "INSERT INTO items (name) VALUES ('mine'), ('also mine'), ('keep me');")
+    (repo / "tests" / "wipe_items.py").write_text(WIPE_TEST)
+    with (repo / "deploy.toml").open("a") as f:
+        f.write('test_command = ".venv/bin/python tests/wipe_items.py"\n')
+    commit_all(repo, "a test that empties items")
+
+
+def precious_rows(name: str) -> str:
+    return psql(name, "SELECT string_agg(name, ',' ORDER BY id) FROM items")
+
+
+def test_inv_test_gives_a_migrated_throwaway_database_and_leaves_dotenvs_untouched(
+        example_repo, inv, pg_venv, real_postgres):
+    name, port = real_postgres
+    app_whose_tests_wipe_items(example_repo, pg_venv, real_postgres)
+    before = connections(name)
+
+    proc = inv(example_repo, "test")
+    assert proc.returncode == 0, output(proc)
+    assert "tests get DATABASE_URL = a throwaway Postgres container, migrated to head" \
+        in proc.stdout, output(proc)
+    assert "wiped items on scratch: 0 left" in proc.stdout  # migrated: items exists there
+    # (psql below logs in too: the connections are counted first)
+    assert connections(name) == before, "the tests connected to the database in .env"
+    assert precious_rows(name) == "mine,also mine,keep me"
+    before = connections(name)
+
+    # A second database URL in .env, which the throwaway one does not replace: refused.
+    env_file = example_repo / ".env"
+    env_file.write_text(env_file.read_text() + "REPORTS_DATABASE_URL=postgresql://postgres:"
+                        f"realpw@127.0.0.1:{port}/real\n")
+    proc = inv(example_repo, "test")
+    assert proc.returncode == 1, output(proc)
+    assert_no_traceback(proc)
+    assert ("error: refusing to run the tests: .env names a database in REPORTS_DATABASE_URL "
+            f"(postgresql://postgres:***@127.0.0.1:{port}/real)") in proc.stderr, output(proc)
+    assert "realpw" not in output(proc)
+    assert "fix: name the database the tests may use: test_database_url" in proc.stderr
+    assert "wiped" not in proc.stdout
+    env_file.write_text(env_file.read_text().replace("REPORTS_", "# REPORTS_"))
+
+    # A variable the code never reads: `--db` names it and refuses; without --db, the
+    # database in .env could be reached: refused too.
+    for args in (["--db"], []):
+        proc = inv(example_repo, "test", *args, env={"DEPLOY_DATABASE_URL_ENV": "DB_URL"})
+        assert proc.returncode == 1, output(proc)
+        assert_no_traceback(proc)
+        assert "wiped" not in proc.stdout
+        assert "never reads DB_URL" in proc.stderr, output(proc)
+        if args:
+            assert "error: inv test --db would set DB_URL to a throwaway database" \
+                in proc.stderr, output(proc)
+        else:
+            assert "error: refusing to run the tests: the app's code never reads DB_URL" \
+                in proc.stderr, output(proc)
+    assert connections(name) == before
+    assert precious_rows(name) == "mine,also mine,keep me"
+
+    # Named by the user: the tests get it (and this test really empties a table).
+    proc = inv(example_repo, "test", env={
+        "DEPLOY_TEST_DATABASE_URL": f"postgresql+psycopg://postgres:realpw@127.0.0.1:{port}/real"})
+    assert proc.returncode == 0, output(proc)
+    assert (f"tests get DATABASE_URL = test_database_url (postgresql+psycopg://postgres:***@"
+            f"127.0.0.1:{port}/real)") in proc.stdout, output(proc)
+    assert "wiped items on real: 0 left" in proc.stdout
+    assert psql(name, "SELECT count(*) FROM items") == "0"
+
+
+def test_inv_deploys_test_step_leaves_the_database_in_dotenv_untouched(
+        make_app, images, pg_venv, real_postgres):
+    """`inv deploy`'s test step gets the throwaway database too. The tag is already in the
+    registry (no build) and a pre-deploy hook stops the release after the test step."""
+    from conftest import git
+    from vmkit import delete_from_registry, unique
+    from vmkit import docker as vm_docker
+
+    name, _ = real_postgres
+    app = make_app(image=f"{images.image}-{unique('testdb-')}")
+    app_whose_tests_wipe_items(app.repo, pg_venv, real_postgres)
+    hook = app.repo / ".deploy" / "hooks" / "pre-deploy"
+    hook.parent.mkdir(parents=True, exist_ok=True)
+    hook.write_text("#!/bin/sh\necho 'stopping here: the test step is what is tested'\nexit 1\n")
+    hook.chmod(0o755)
+    commit_all(app.repo, "a pre-deploy hook that stops the release")
+    tag = git(app.repo, "rev-parse", "--short", "HEAD")
+    ref = f"{app.env['DEPLOY_IMAGE']}:{tag}"
+    try:
+        for args in (("tag", images.ref(images.v1), ref), ("push", "--quiet", ref)):
+            assert vm_docker(*args).returncode == 0
+        app.fab_ok("setup")
+        before = connections(name)
+        proc = app.inv("deploy")
+    finally:
+        vm_docker("rmi", ref)
+        delete_from_registry(app.env["DEPLOY_IMAGE"].split("/", 1)[1])
+    out = output(proc)
+    assert proc.returncode == 1, out
+    assert "tests get DATABASE_URL = a throwaway Postgres container, migrated to head" in out
+    assert "wiped items on scratch: 0 left" in out
+    assert "stopping here" in out  # the hook ran after the test step
+    assert connections(name) == before, "the test step connected to the database in .env"
+    assert precious_rows(name) == "mine,also mine,keep me"
+
+
 # --- inv test: the app's command, directory and interpreter --------------------------------
 
 
@@ -310,9 +440,17 @@ def test_inv_test_uses_the_apps_interpreter(example_repo, inv, tmp_path):
     (example_repo / ".venv").symlink_to(bare)
     proc = inv(example_repo, "test")
     assert proc.returncode == 1, output(proc)
-    # the app's interpreter (a venv without pytest) ran, and says so itself
+    # the tests' throwaway database is migrated first, by the app's interpreter (a venv
+    # without alembic), which says so itself; no test ran
+    assert "error: migrating the tests' throwaway database to head failed; no test ran" \
+        in proc.stderr, output(proc)
+    assert f"{example_repo}/.venv/bin/python: No module named alembic" in output(proc)
+    # without a database, pytest runs straight away, with the app's interpreter too
+    none = {"DEPLOY_DATABASE": "none"}
+    proc = inv(example_repo, "test", env=none)
+    assert proc.returncode == 1, output(proc)
     assert f"{example_repo}/.venv/bin/python: No module named pytest" in output(proc)
-    verbose = inv(example_repo, "test", env={"DEPLOY_VERBOSE": "1"})
+    verbose = inv(example_repo, "test", env={**none, "DEPLOY_VERBOSE": "1"})
     assert f"{example_repo}/.venv/bin/python -m pytest" in verbose.stdout, output(verbose)
 
 

@@ -465,3 +465,31 @@ def test_the_postgres_example_behind_the_proxy_fails_no_request(pg_images, caddy
         assert probe.failed == [] and probe.versions() == ["2", "1"], probe.summary()
     finally:
         app.tear_down()
+
+
+def test_rollback_with_downgrade_loses_no_database_request(pg_images, caddy, sandbox, tmp_path):
+    """`fab rollback --downgrade` switches to the older release first (it runs on the newer
+    schema), then downgrades: /items, which reads the database, never fails meanwhile."""
+    image, v1, v2 = pg_images.image, pg_images.v1, pg_images.v2
+    app = App.create(pg_repo(tmp_path / "pg"), None, tmp_path / "xdg-cache", sandbox,
+                     image=image).use_proxy(caddy)
+    app.env["DEPLOY_HEALTH_TIMEOUT"] = "60"
+    try:
+        app.fab_ok("setup")
+        app.deploy(v1)
+        app.post_item("kept across the downgrade", embedding=[1, 2, 3])
+        app.deploy(v2)
+        assert app.version() == {"version": "2", "revision": "0002"}
+        with Probe(app, "/items") as probe:
+            out = app.fab_ok("rollback", f"--tag={v1}", "--downgrade")
+        print(f"rollback --downgrade, /items: {probe.summary()}")
+        assert "downgrading the schema 0002 -> 0001" in out, out
+        assert len(probe.hits) > 100, probe.summary()
+        assert probe.failed == [], probe.summary()
+        assert app.version() == {"version": "1", "revision": "0001"}
+        assert app.psql("SELECT version_num FROM alembic_version") == [["0001"]]
+        assert [i["name"] for i in app.get_json("/items")] == ["kept across the downgrade"]
+        last = app.history()[-1]
+        assert (last["tag"], last["action"], last["revision"]) == (v1, "rollback", "0001")
+    finally:
+        app.tear_down()

@@ -1000,8 +1000,10 @@ def test_rollback_downgrades_to_the_revision_the_release_was_deployed_with(tmp_p
     history = vm.runner.history
     downgrade = history[index_of(history, "alembic downgrade 0001")]
     assert "DEPLOY_TAG=v2 " in downgrade  # the current image holds the downgrade scripts
-    assert index_of(history, "backup-sqlite") < index_of(history, "alembic downgrade") \
-        < index_of(history, " up -d")
+    # The backup, then the older release (it runs on the newer schema), then the downgrade:
+    # the newer release never runs on the older schema.
+    assert index_of(history, "backup-sqlite") < index_of(history, " up -d") \
+        < index_of(history, "alembic downgrade")
     assert "DEPLOY_TAG=v1 " in history[index_of(history, " up -d")]
     assert (entry["tag"], entry["action"], entry["revision"]) == ("v1", "rollback", "0001")
     assert "downgrading the schema 0002 -> 0001 with v2" in out.getvalue()
@@ -1027,6 +1029,34 @@ def test_a_downgrade_runs_alembic_where_the_migrate_command_does(tmp_path):
     assert ran(vm.runner.history, "'poetry run alembic downgrade 0001'")
     assert not [c for c in vm.runner.history if re.search(r"(?<!run )alembic (current|down)", c)]
     assert (entry["tag"], entry["revision"]) == ("v1", "0001")
+
+
+def test_a_failed_downgrade_after_the_switch_records_the_older_release(tmp_path):
+    """The older release already serves when the downgrade fails: it is recorded with the
+    schema the database is at, and the error says so, with the downgrade's own output."""
+    answers = {
+        on("read-var .deploy/release.env DEPLOY_TAG"): Result("v2\n"),
+        on("history-read"): rollback_history(("v1", "deploy", "0001"), ("v2", "deploy", "0002")),
+        on("sh -c 'alembic current"): Result("0002 (head)\n"),
+        on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
+        on("alembic downgrade 0001"): Result(stderr="KeyError: 'no such constraint'\n",
+                                             exited=1),
+    }
+    vm, _ = scripted_vm(tmp_path, answers)
+    with pytest.raises(DeployError) as err:
+        remote.rollback(vm, "v1", downgrade=True)
+    history = vm.runner.history
+    assert index_of(history, " up -d") < index_of(history, "alembic downgrade")
+    assert "the downgrade 0002 -> 0001 failed; v1 serves on schema 0002 and is recorded" \
+        in err.value.message
+    assert "no such constraint" in err.value.message
+    assert "fab rollback --tag=v1 --downgrade" in err.value.fix
+    assert "fab restore --backup=" in err.value.fix
+    sent = [shlex.split(c) for c in history]
+    recorded = [json.loads(argv[argv.index("record") + 1]) for argv in sent
+                if f"{cmd.HELPER}" in " ".join(argv) and "record" in argv]
+    assert [(e["tag"], e["action"], e["revision"]) for e in recorded] == \
+        [("v1", "rollback", "0002")]
 
 
 @pytest.mark.parametrize("unknown", ["recorded", "database"])
@@ -1220,3 +1250,20 @@ def test_a_rollback_without_downgrade_runs_on_the_newer_schema_it_recorded():
         .splitlines()]
     assert remote.schema_mismatch(history, "v1", "0002") == ""
     assert "v1 was released on 0002" in remote.schema_mismatch(history, "v1", "0001")
+
+
+def test_an_external_database_is_neither_started_nor_backed_up_by_the_tool(tmp_path):
+    """database_url: no host starts the database; the deploy takes no backup of it (its
+    provider keeps them) and reads the revision in the app container; a restore refuses."""
+    vm, _ = scripted_vm(tmp_path, {}, database="postgres",
+                        database_url="postgresql://app:s3cret-pw@db.example.com:5432/app")
+    entry = remote.deploy(vm, "v2")
+    history = vm.runner.history
+    assert not ran(history, "pg_dump") and not ran(history, "pg_isready")
+    assert not ran(history, "--no-recreate db")
+    assert ran(history, "alembic upgrade head")
+    assert entry["backup"] == "" and entry["revision"] == "0002"  # the migration's own
+    with pytest.raises(DeployError) as err:
+        vm.check_backup("x.dump")
+    assert "the database is external (database_url)" in err.value.message
+    assert not any("s3cret-pw" in c for c in history)

@@ -657,7 +657,8 @@ def fetch(app: App, path: str, timeout: float = 10) -> Hit:
     try:
         with urllib.request.urlopen(app.request(path), timeout=timeout) as response:
             body = json.load(response)
-            return Hit(started, time.monotonic(), response.status, str(body.get("version")))
+            version = str(body.get("version")) if isinstance(body, dict) else ""  # /items: a list
+            return Hit(started, time.monotonic(), response.status, version)
     except urllib.error.HTTPError as exc:
         return Hit(started, time.monotonic(), exc.code)
     except (OSError, ValueError) as exc:

@@ -236,7 +236,8 @@ def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
 def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
              known_in_registry: Callable[[str], bool] | None = None) -> dict:
     """Put an earlier release back (the image it recorded), through the same lock and
-    health-checked switch; with `downgrade`, back up and downgrade the schema first."""
+    health-checked switch; with `downgrade`, back up, switch, then downgrade the schema (the
+    older release runs on the newer schema meanwhile, as expand/contract migrations allow)."""
     if tag:  # before anything runs on the VM
         refuse_moving_tag(refs.validate_tag(tag))
     history = vm.history()
@@ -273,32 +274,68 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
                               "roll back without --downgrade, or downgrade by hand "
                               f"(`fab exec --cmd \"{vm.alembic} downgrade REV\"`) after a "
                               "backup")
-        if wanted and now and wanted != now:
-            if downgrade:
-                with rel.phase("backup", cuts_short=False, timed=False) as found:
-                    backup = vm.backup(target, current, revision=now,
-                                       reason=f"before downgrading to {wanted}")
-                    found.result = backup or "none"
-                vm.runner.say(f"downgrading the schema {now} -> {wanted} with {current} "
-                              f"(backup: {backup or 'none'})")
-                with rel.phase("downgrade", cuts_short=False) as found:
-                    found.result = f"{now}→{wanted}"
-                    vm.downgrade(current, wanted)
-            else:
-                vm.runner.say(
-                    f"warning: {target} was released with schema {wanted}, the database is at "
-                    f"{now}; not downgrading (pass --downgrade to run `{vm.alembic} downgrade "
-                    f"{wanted}`)"
-                )
+        downgrading = bool(downgrade and wanted and now and wanted != now)
+        backup = ""
+        if downgrading:  # the copy to go back to, taken before anything changes
+            with rel.phase("backup", cuts_short=False, timed=False) as found:
+                backup = vm.backup(target, current, revision=now,
+                                   reason=f"before downgrading to {wanted}")
+                found.result = backup or "none"
+        elif wanted and now and wanted != now:
+            vm.runner.say(
+                f"warning: {target} was released with schema {wanted}, the database is at "
+                f"{now}; not downgrading (pass --downgrade to run `{vm.alembic} downgrade "
+                f"{wanted}`)"
+            )
         vm.hold_lock(current)
+        # The older release first, on the newer schema (expand/contract: a release runs on
+        # the schema of the one after it); the newer release never runs on the older schema.
         switch_checked(vm, target, current, rel)
+        if downgrading:
+            vm.hold_lock(f"{target} (switched, not recorded)")
+            downgrade_serving(vm, rel, target, current, digest, now, wanted, backup)
         # An older image may not know a newer schema's revision: ask the database.
-        revision = vm.revision() or (wanted if downgrade and wanted else now)
+        revision = vm.revision() or (wanted if downgrading else now)
         vm.hold_lock(f"{target} (switched, not recorded)")
         entry = record_release(vm, release_entry(target, digest, revision, "rollback", current),
                                rel)
     vm.runner.say(f"rolled back to {target}")
     return entry
+
+
+def downgrade_serving(vm: Vm, rel: Release, target: str, current: str, digest: str,
+                      now: str, wanted: str, backup: str) -> None:
+    """Downgrade the schema `now` -> `wanted` with `current`'s image (it holds the downgrade
+    scripts) while `target` serves. A failure or an interruption records the rollback with
+    the revision the database is at, then says so: `target` serves either way."""
+    vm.runner.say(f"downgrading the schema {now} -> {wanted} with {current}, {target} serving "
+                  f"(backup: {backup or 'none'})")
+    try:
+        with rel.phase("downgrade", cuts_short=False) as found:
+            found.result = f"{now}→{wanted}"
+            vm.downgrade(current, wanted)
+    except ConnectionLost:
+        raise
+    except (KeyboardInterrupt, DeployError) as exc:
+        interrupted = not isinstance(exc, DeployError)
+        with sigint_deferred():
+            revision = vm.revision() or ("" if interrupted else now)
+            record_release(vm, release_entry(target, digest, revision, "rollback", current))
+        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
+        if not isinstance(exc, DeployError):
+            what = (f"{signal_name(exc)} during the downgrade {now} -> {wanted}; {target} serves "
+                    "and is recorded (the downgrade may still finish on the VM)")
+        else:  # the downgrade's own output, after the runner's first line
+            output = exc.message.partition("\n")[2]
+            what = (f"the downgrade {now} -> {wanted} failed; {target} serves on schema "
+                    f"{revision or 'unknown'} and is recorded" + (f"\n{output}" if output else ""))
+        raise DeployError(
+            what,
+            "look at the migration's downgrade() and the database (`fab status`), then `fab "
+            f"rollback --tag={target} --downgrade` again"
+            + (f"; `fab restore --backup={name}` puts back the copy taken before it"
+               if name else ""),
+            exit_code=exit_code(exc) if interrupted else 1) from None
 
 
 def validate_backup_name(name: str) -> str:

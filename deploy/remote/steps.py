@@ -110,7 +110,7 @@ class Vm(VmQueries):
         """Postgres: start the database service (a first deploy has none running) and wait
         until it accepts connections."""
         s = self.settings
-        if s.database != "postgres":
+        if s.database != "postgres" or s.database_url:  # external: no host starts it
             return
         compose = self.compose(tag)
         self.run(cmd.start_service(compose, s.postgres_service), hide=True,
@@ -130,7 +130,7 @@ class Vm(VmQueries):
         Its manifest (backups/NAME.json, 0600) says which app, database kind, `revision`, tag,
         size and sha256 it holds: `fab restore` takes back only what it finds there."""
         s = self.settings
-        if s.database == "none":
+        if s.database == "none" or s.database_url:  # external: its provider keeps backups
             return ""
         target = (f"{cmd.BACKUP_DIR}/{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{tag}"
                   f"{label}{BACKUP_EXT[s.database]}")
@@ -180,6 +180,10 @@ class Vm(VmQueries):
         if s.database not in BACKUP_EXT:
             raise DeployError("database = \"none\" in deploy.toml: there is no database to "
                               "restore", "set database = \"sqlite\" or \"postgres\"")
+        if s.database_url:
+            raise DeployError("the database is external (database_url): the tool keeps no "
+                              "backups of it to restore; nothing was changed",
+                              "restore it with its provider's tools")
         if self.runner.dry_run:
             self.run(cmd.backup_info(name))
             return {}

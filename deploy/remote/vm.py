@@ -483,7 +483,7 @@ class VmQueries:
         s = self.settings
         if s.database == "none" and not s.migrate_command:
             return ""
-        if s.database == "postgres":
+        if s.database == "postgres" and not s.database_url:
             result = self.run(cmd.read_alembic_version(self.compose(), s.postgres_service,
                                                        s.postgres_user, s.postgres_db),
                               check=False, quiet=True)
