@@ -172,6 +172,11 @@ def drop_route(proxy_dir: str, project: str) -> list[str]:
     return helper_in(proxy_dir, "proxy-drop-route", proxy_dir, project)
 
 
+def remove_app(proxy_dir: str, project: str) -> list[str]:
+    """Remove an app's route and upstream file, and load the config without them."""
+    return helper_in(proxy_dir, "proxy-remove-app", proxy_dir, project)
+
+
 def set_upstream(proxy_dir: str, project: str, upstream: str) -> list[str]:
     """Point the app at `upstream` (container:port): one atomic rename, which the next
     request Caddy receives for the app already reads."""
