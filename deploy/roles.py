@@ -33,6 +33,7 @@ from deploy.remote import (
     switch_checked,
 )
 from deploy.remote import targets as remote_targets
+from deploy.remote.flows import prune_after
 from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     KINDS,
     ROLE_KEYS,
@@ -195,6 +196,9 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                                             previous[slot], git_sha, message))
 
             switched, failure = switch_batches(vms, plan, tag, previous, settings, record, say)
+            if not failure and not dry_run:  # as after a one-host deploy, host by host
+                for slot, vm in vms.items():
+                    say(f"pruned on {slot}: {prune_after(vm)}")
         rows = report(vms, tag) if not dry_run else []
         if rows:
             print_report(rows, tag, say)

@@ -30,6 +30,7 @@ from deploy.commands.vm import helper, helper_in
 IN_CONTAINER_RUN = "/run/deploy-proxy"
 IN_CONTAINER_CONF = "/etc/deploy-proxy"
 ROUTES_MARK = "__DEPLOY_ROUTES__"
+ROUTES_DIR = "apps"  # apps/PROJECT.json
 UPSTREAM_HEADER = "X-Deploy-Upstream"
 SERVICE = "caddy"
 
@@ -164,7 +165,7 @@ def host_owners(proxy_dir: str, project: str, hosts: list[str]) -> list[str]:
 
 
 def read_route(proxy_dir: str, project: str) -> list[str]:
-    return ["cat", f"{proxy_dir}/apps/{project}.json"]
+    return ["cat", f"{proxy_dir}/{ROUTES_DIR}/{project}.json"]
 
 
 def drop_route(proxy_dir: str, project: str) -> list[str]:

@@ -187,9 +187,9 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     return entry
 
 
-def prune_after(vm: Vm, release: Release | None = None) -> None:
+def prune_after(vm: Vm, release: Release | None = None) -> str:
     """After a release that succeeded: the `prune` phase (old images, stopped containers).
-    A failure is reported, never the release's: it is recorded and serving."""
+    A failure is reported, never the release's: it is recorded and serving. What it did."""
     problem = ""
     with optional_phase(release, "prune", cuts_short=False) as found:
         try:
@@ -199,6 +199,7 @@ def prune_after(vm: Vm, release: Release | None = None) -> None:
     if problem:
         vm.runner.say(f"warning: pruning on {vm.runner.where} failed (the release is recorded "
                       f"and serving): {problem}\n  fix: see the error; `fab prune` tries again")
+    return found.result
 
 
 def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:

@@ -45,6 +45,8 @@ def kept_releases(history: list[dict], keep: int) -> list[dict]:
     (a rollback to v1 and the deploy of v1 are one release of the same image)."""
     kept: list[dict] = []
     seen: set[str] = set()
+    if keep < 1:
+        return kept
     for entry in reversed(history):
         key = entry.get("digest") or entry.get("tag", "")
         if key in seen:
@@ -111,13 +113,10 @@ def free_space(vm: VmQueries, where: str) -> Free | None:
     return parse_df(result.stdout) if result.ok else None
 
 
-def require_space(vm: VmQueries, where: str, label: str, needed: int, why: str,
+def require_space(vm: VmQueries, free: Free, label: str, needed: int, why: str,
                   doing: str) -> None:
-    """Refuse, with the figures, when the filesystem of `where` has less than `needed` plus
-    disk_headroom_mb free. `label` names the place, `why` the figure, `doing` the step."""
-    free = free_space(vm, where)
-    if free is None:  # df unreadable: the step's own error says what happens
-        return
+    """Refuse, with the figures, when `free` (of the place `label` names) is less than `needed`
+    plus disk_headroom_mb. `why` says what the figure is, `doing` the step."""
     headroom = vm.settings.disk_headroom_mb * MB
     if free.available >= needed + headroom:
         return
@@ -139,6 +138,9 @@ def check_pull_space(vm: VmQueries, tag: str, digest: str = "") -> None:
     from deploy import registry
 
     s = vm.settings
+    free = free_space(vm, "docker")
+    if free is None:  # df unreadable: the pull's own error says what happens
+        return
     images, _ = parse_app_images(vm.run(cmd.app_images(vm.image), quiet=True,
                                         check=False).stdout)
     wanted = f"{vm.image}@{digest}" if digest else vm.ref(tag)
@@ -158,7 +160,7 @@ def check_pull_space(vm: VmQueries, tag: str, digest: str = "") -> None:
                       "no release's image is on the VM): free disk not checked before the pull")
         return
     needed, why = max(figures)
-    require_space(vm, "docker", "Docker's data root", needed, why, f"pull {wanted}")
+    require_space(vm, free, "Docker's data root", needed, why, f"pull {wanted}")
 
 
 def database_size(vm: VmQueries, tag: str) -> int | None:
@@ -183,10 +185,11 @@ def check_backup_space(vm: VmQueries, tag: str) -> None:
     if vm.runner.dry_run:
         vm.run(cmd.disk_free(cmd.BACKUP_DIR))
         return
-    size = database_size(vm, tag)
-    if not size:  # nothing to back up, or unknown: the backup's own error will say
+    free = free_space(vm, cmd.BACKUP_DIR)
+    size = database_size(vm, tag) if free else None
+    if free is None or not size:  # unknown, or nothing to back up: the backup's error says
         return
-    require_space(vm, cmd.BACKUP_DIR, f"{vm.settings.app_dir}/{cmd.BACKUP_DIR}", size,
+    require_space(vm, free, f"{vm.settings.app_dir}/{cmd.BACKUP_DIR}", size,
                   "the database's size", "back up the database")
 
 
@@ -201,14 +204,7 @@ def prune(vm: VmQueries) -> str:
     gone = vm.run(cmd.prune_containers(vm.project), quiet=True,
                   what="removing the app's stopped containers failed",
                   fix="see the error above; `fab prune` tries again").stdout.split()
-    images, used = parse_app_images(vm.run(cmd.app_images(vm.image), quiet=True,
-                                           what="listing the app's images failed",
-                                           fix="see the error above").stdout)
-    doomed = images_to_prune(images, used, vm.history(), vm.settings.keep_releases, vm.image)
-    refs = [r for i in doomed for r in own_refs(vm.image, i)]
-    if refs:
-        vm.run(cmd.remove_images(refs), quiet=True, what="removing the app's old images failed",
-               fix="see the error above; `fab prune` tries again")
+    doomed = remove_images(vm, vm.history(), vm.settings.keep_releases)
     said = []
     if doomed:
         said.append(f"{len(doomed)} image{'s' * (len(doomed) > 1)} "
@@ -216,3 +212,62 @@ def prune(vm: VmQueries) -> str:
     if gone:
         said.append(f"{len(gone)} stopped container{'s' * (len(gone) > 1)}")
     return ", ".join(said) or "nothing to remove"
+
+
+def remove_images(vm: VmQueries, history: list[dict], keep: int) -> list[LocalImage]:
+    """Remove the app's images no release of the newest `keep` uses (and no container);
+    the images removed."""
+    images, used = parse_app_images(vm.run(cmd.app_images(vm.image), quiet=True,
+                                           what="listing the app's images failed",
+                                           fix="see the error above").stdout)
+    doomed = images_to_prune(images, used, history, keep, vm.image)
+    refs = [r for i in doomed for r in own_refs(vm.image, i)]
+    if refs:
+        vm.run(cmd.remove_images(refs), quiet=True, what="removing the app's old images failed",
+               fix="see the error above; `fab prune` tries again")
+    return doomed
+
+
+# -- removing the app -------------------------------------------------------------------------
+def kept_without_data(vm: VmQueries) -> list[str]:
+    """What `fab remove` leaves in app_dir without --data: the backups and the SQLite file."""
+    s = vm.settings
+    return [cmd.BACKUP_DIR, *([s.sqlite_path] if s.database == "sqlite" else [])]
+
+
+def route_exists(vm: VmQueries) -> bool:
+    """Whether the VM's proxy has a route for this app (whatever `proxy` says now)."""
+    from deploy.commands import proxy as pcmd
+
+    path = f"{vm.settings.proxy_dir}/{pcmd.ROUTES_DIR}/{vm.project}.json"
+    return vm.run(["test", "-f", path], quiet=True, check=False, cwd="").ok
+
+
+def remove(vm: VmQueries, data: bool) -> list[str]:
+    """Remove the app from the VM under the deploy lock: its proxy route, containers,
+    networks, images and files in app_dir; with `data` its volumes, database file and
+    backups too. What was removed and kept, one item a line."""
+    from deploy.commands import proxy as pcmd
+
+    s = vm.settings
+    said: list[str] = []
+    with vm.locked(vm.current_tag() or "the app", action="remove"):
+        history = vm.history()
+        if not vm.runner.dry_run and route_exists(vm):
+            vm.run(pcmd.remove_app(s.proxy_dir, vm.project), cwd="", hide=True,
+                   what="could not remove the app's route from the proxy; nothing was removed",
+                   fix="look at `fab proxy logs`, then run `fab remove` again")
+            said.append(f"route {vm.project} (proxy in {s.proxy_dir})")
+        out = vm.run(cmd.remove_app(s.app_dir, data, vm.project,
+                                    [] if data else kept_without_data(vm)),
+                     quiet=True, what=f"removing the app from {s.app_dir} failed part way",
+                     fix="see the error above; `fab remove` again removes what is left")
+        said += out.stdout.splitlines()
+        if not vm.runner.dry_run:
+            said += [f"image {' '.join(own_refs(vm.image, i))}"
+                     for i in remove_images(vm, history, 0)]
+    state = vm.run(cmd.remove_state(s.app_dir), quiet=True, check=False)
+    if not state.ok:
+        vm.runner.say(f"warning: {state.output.strip()}")
+    said += state.stdout.splitlines()
+    return said
