@@ -454,6 +454,16 @@ app_images() {  # IMAGE: "image ID SIZE REF..." for each image of the repository
     docker inspect --format 'used {{.Image}}' $ids 2>/dev/null || true
 }
 
+remove_images() {  # REF...: untag each REF still there (its image goes with its last
+    # reference; the engine refuses one a container uses)
+    rc=0
+    for ref in "$@"; do
+        docker image inspect "$ref" >/dev/null 2>&1 || continue
+        docker image rm "$ref" >/dev/null || rc=1
+    done
+    return "$rc"
+}
+
 prune_containers() {  # PROJECT: remove the project's stopped containers; prints their names
     ids=$(docker ps -aq --filter "label=com.docker.compose.project=$1" --filter status=exited \
         --filter status=created --filter status=dead) || exit 1
@@ -747,6 +757,7 @@ case $cmd in
     ensure-network) ensure_network "$1" ;;
     app-images) app_images "$1" ;;
     prune-containers) prune_containers "$1" ;;
+    remove-images) remove_images "$@" ;;
     disk-free) disk_free "$1" ;;
     file-size) file_size "$@" ;;
     remove-app) remove_app "$@" ;;

@@ -9,16 +9,22 @@ refused on a real full filesystem (a small tmpfs on the app's backups/), `fab re
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from faultkit import full_tmpfs
 from invoke import Result
 from test_proxy import caddy  # noqa: F401  (this session's Caddy, a fixture)
 from test_vm_commands import IMAGE, on, ran, scripted_vm
+from vmkit import App, Images, checked, docker, output, unique
 
-from deploy import remote
+from deploy import registry, remote
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import housekeeping as hk
@@ -183,7 +189,7 @@ def test_the_prune_phase_removes_old_images_by_reference(tmp_path):
                on("prune-containers"): Result("old-app-1\n")}
     vm, out = scripted_vm(tmp_path, answers, keep_releases=1)
     remote.deploy(vm, "v2")
-    assert ran(vm.runner.history, f"docker image rm {IMAGE}:v0 {IMAGE}@sha256:v0")
+    assert ran(vm.runner.history, f"remove-images {IMAGE}:v0 {IMAGE}@sha256:v0")
     assert not ran(vm.runner.history, f"{IMAGE}:v1 {IMAGE}@sha256:v1")  # the newest recorded
     assert "prune 1 image (10 MB), 1 stopped container" in out.getvalue()
 
@@ -229,3 +235,177 @@ def test_disk_free_and_file_size_under_dash(tmp_path):
     direct = hk.parse_df(subprocess.run(["df", "-Pk", str(tmp_path)], capture_output=True,
                                         text=True, check=False).stdout)
     assert direct is not None and parsed.mount == direct.mount  # (free space moves meanwhile)
+
+
+# --------------------------------------------------------------------------- on the VM
+
+
+def own_tags(images: Images, tmp_path: Path, count: int) -> list[str]:
+    """Tags of images no other test pulls: v1 with a label of their own each, pushed."""
+    tags = []
+    for i in range(count):
+        tag = f"{images.v1}-{unique('hk')}"
+        context = tmp_path / f"image-{i}"
+        context.mkdir()
+        (context / "Dockerfile").write_text(f"FROM {images.ref(images.v1)}\n"
+                                            f"LABEL deploy-test-image={tag}\n")
+        checked(docker("build", "--quiet", "-t", images.ref(tag), str(context), timeout=600))
+        checked(docker("push", "--quiet", images.ref(tag), timeout=600))
+        docker("image", "rm", images.ref(tag))  # the registry has it; the laptop needs none
+        tags.append(tag)
+    return tags
+
+
+def on_vm(app: App, ref: str) -> bool:
+    return app.vm_docker("image", "inspect", ref).returncode == 0
+
+
+def failed(proc: subprocess.CompletedProcess[str]) -> str:
+    text = output(proc)
+    assert proc.returncode == 1, f"exit {proc.returncode}:\n{text}"
+    assert "Traceback" not in text, text
+    return text
+
+
+def test_a_deploy_keeps_the_images_of_the_last_releases_and_prunes_older_ones(
+        make_app, images, tmp_path):
+    """keep_releases = 2, four releases: the images of the two newest stay, the two older
+    go (by tag and by digest), a stopped container of the app goes, and a rollback to the
+    oldest kept release works."""
+    a, b, c, d = own_tags(images, tmp_path, 4)
+    app = make_app()
+    app.env["DEPLOY_KEEP_RELEASES"] = "2"
+    app.fab_ok("setup")
+    first = app.deploy(a)
+    assert re.search(r"recorded · prune nothing to remove", first), first
+    app.deploy(b)
+    third = app.deploy(c)
+    assert re.search(r"· prune 1 image \(", third), third
+    digests = {e["tag"]: e["digest"] for e in app.history()}
+    assert not on_vm(app, images.ref(a)) and not on_vm(app, f"{images.image}@{digests[a]}")
+    # a container of the app left stopped (a one-off run without --rm, say)
+    stale = f"{app.project}-stale"
+    checked(app.vm_docker("create", "--name", stale, "--label",
+                          f"com.docker.compose.project={app.project}", images.ref(c)))
+    fourth = app.deploy(d)
+    assert re.search(r"· prune 1 image \([^)]*\), 1 stopped container", fourth), fourth
+    assert stale not in app.container_names(running=False)
+    for gone in (a, b):
+        assert not on_vm(app, images.ref(gone)), gone
+        assert not on_vm(app, f"{images.image}@{digests[gone]}"), gone
+    for kept in (c, d):
+        assert on_vm(app, images.ref(kept)), kept
+    # the oldest kept release comes back
+    out = app.fab_ok("rollback", f"--tag={c}")
+    assert f"rolled back to {c}" in out, out
+    assert app.serving_image() == images.ref(c)
+    assert app.version()["version"] == "1"
+    # `fab prune` by hand: the same rules (c and d are the newest two; nothing to remove)
+    pruned = app.fab_ok("prune")
+    assert "pruned nothing to remove (keep_releases = 2)" in pruned, pruned
+    assert on_vm(app, images.ref(c)) and on_vm(app, images.ref(d))
+
+
+def test_a_pull_without_room_is_refused_with_the_figures(make_app, images, tmp_path):
+    """Docker's data root is the sandbox machine's own disk: it cannot be filled here, so the
+    room asked for is made larger than any disk with disk_headroom_mb. The figures are the
+    VM's df and the registry's size of the image."""
+    [tag] = own_tags(images, tmp_path, 1)
+    app = make_app()
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    before = app.snapshot()
+    headroom = 10 ** 9  # MB: a petabyte
+    text = failed(app.fab("deploy", f"--tag={tag}",
+                          env={"DEPLOY_DISK_HEADROOM_MB": str(headroom)}))
+    size = registry.image_size(images.image, tag)
+    assert size
+    found = re.search(rf"error: not enough free disk on \S+ to pull {re.escape(images.ref(tag))}: "
+                      r"(\S+ [kMGT]?B) free on (\S+) \(Docker's data root\), \S+ [kMGT]?B needed "
+                      rf"\({re.escape(hk.human(size))}, the image's compressed size in the "
+                      rf"registry, plus disk_headroom_mb {headroom} MB\); nothing was changed",
+                      text)
+    assert found, text
+    assert found[2].endswith("/docker"), found[2]  # the engine's data root, as df names it
+    assert "fix: free disk space on the VM" in text
+    assert app.snapshot() == before
+    assert not on_vm(app, images.ref(tag))  # never pulled
+    assert app.version()["version"] == "1"
+
+
+def test_a_backup_on_a_full_disk_is_refused_before_it_starts(make_app, images):
+    """backups/ on a small tmpfs filled up (inside the app's directory on the VM): the
+    deploy stops before the backup, with the figures, and nothing is migrated."""
+    app = make_app()
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    app.post_item("before")
+    db_size = os.path.getsize(app.vm("data/app.db"))
+    with full_tmpfs(app, "backups", size="64k"):
+        history = app.history()
+        text = failed(app.fab("deploy", f"--tag={images.v2}"))
+        backups = f"{app.app_dir}/backups"
+        found = re.search(rf"error: not enough free disk on \S+ to back up the database: 0 B free "
+                          rf"on {re.escape(backups)} \({re.escape(backups)}\), \S+ [kMG]?B "
+                          r"needed \((\S+ [kMG]?B), the database's size, plus disk_headroom_mb "
+                          r"256 MB\); nothing was changed", text)
+        assert found, text
+        assert found[1] == hk.human(db_size)
+        assert app.backups() == ["filler"]
+    assert app.history() == history
+    assert app.db_revision() == "0001" and app.item_names() == ["before"]
+    assert app.version()["version"] == "1"
+    assert not app.vm(".deploy/lock").exists()
+
+
+def caddy_status(app: App) -> int:
+    try:
+        with urllib.request.urlopen(app.request("/version"), timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_remove_takes_the_app_off_the_vm_and_its_data_only_when_asked(make_app, images,
+                                                                      caddy):  # noqa: F811
+    app = make_app().use_proxy(caddy)
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    app.post_item("kept")
+    route = caddy.path(f"apps/{app.project}.json")
+    upstream = caddy.path(f"conf/upstreams/{app.project}")
+    assert route.exists() and upstream.exists() and caddy_status(app) == 200
+    volume = f"{app.project}_extra"  # a named volume of the app, as a Postgres app has
+    checked(app.vm_docker("volume", "create", "--label",
+                          f"com.docker.compose.project={app.project}", volume))
+    before = app.snapshot()
+    # no terminal to ask on, no --yes: refused
+    text = failed(app.fab("remove"))
+    assert "`fab remove` asks before it removes" in text and "nothing was removed" in text
+    # a deploy holding the lock: refused
+    lock = app.vm(".deploy/lock")
+    lock.mkdir()
+    (lock / "holder.json").write_text(json.dumps({"holder": "alice@laptop", "tag": "v9",
+                                                  "time": "2030-01-01T00:00:00Z"}) + "\n")
+    text = failed(app.fab("remove", "--yes"))
+    assert "locked by another deploy: alice@laptop" in text and "nothing was removed" in text
+    shutil.rmtree(lock)
+    assert app.snapshot() == before and app.containers() and caddy_status(app) == 200
+
+    out = app.fab_ok("remove", "--yes")
+    assert "removed: route" in out and "kept: data/app.db" in out and "kept: backups" in out
+    assert f"kept: volume {volume}" in out
+    assert app.containers(running=False) == []
+    assert not route.exists() and not upstream.exists()
+    assert caddy_status(app) == 404  # Caddy no longer routes the app's host name
+    assert sorted(os.listdir(app.vm())) == ["backups", "data"]
+    assert os.listdir(app.vm("data")) == ["app.db"]
+    assert app.item_names() == ["kept"]
+    assert app.vm_docker("volume", "inspect", volume).returncode == 0
+    assert app.vm_docker("network", "ls", "-q", "--filter",
+                         f"label=com.docker.compose.project={app.project}").stdout.split() == []
+
+    out = app.fab_ok("remove", "--data", "--yes")
+    assert f"removed: volume {volume}" in out and "removed: file data" in out
+    assert app.vm_docker("volume", "inspect", volume).returncode != 0
+    assert not app.vm().exists()

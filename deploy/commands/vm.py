@@ -168,9 +168,9 @@ def app_images(image: str) -> list[str]:
 
 
 def remove_images(refs: list[str]) -> list[str]:
-    """Untag `refs`; an image whose last reference goes is deleted (never one a container
-    uses: the engine refuses)."""
-    return ["docker", "image", "rm", *refs]
+    """Untag those of `refs` still there; an image goes with its last reference (never one
+    a container uses: the engine refuses)."""
+    return helper("remove-images", *refs)
 
 
 def prune_containers(project: str) -> list[str]:
