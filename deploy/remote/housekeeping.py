@@ -82,8 +82,8 @@ def own_refs(image: str, found: LocalImage) -> list[str]:
 
 
 def human(size: int) -> str:
-    """A size in bytes as people read it (1.5 GB, 230 MB, 12 kB)."""
-    for unit, factor in (("GB", 1024 ** 3), ("MB", MB), ("kB", 1024)):
+    """A size in bytes as people read it (1.5 GB, 230 MB, 12 kB; 1024 to the next)."""
+    for unit, factor in (("TB", 1024 ** 4), ("GB", 1024 ** 3), ("MB", MB), ("kB", 1024)):
         if size >= factor:
             return f"{size / factor:.1f} {unit}".replace(".0 ", " ")
     return f"{size} B"
