@@ -394,6 +394,74 @@ def confirm_break(where: str, holder: str) -> None:
                           "wait for the deploy to finish, or answer y")
 
 
+@task(help={"dry-run": "print, run nothing",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
+@friendly
+def prune(c: Context, dry_run: bool = False, verbose: bool = False) -> None:
+    """Remove the app's stopped containers and the images of releases older than the newest
+    keep_releases (as every deploy does once it succeeded), under the deploy lock. Images no
+    release of this app recorded, and images a container uses, stay."""
+    from deploy.remote import housekeeping
+
+    set_verbose(verbose, c)
+    for vm in each_vm(c, dry_run):
+        with vm.locked(vm.current_tag() or "the app", action="prune"):
+            said = housekeeping.prune(vm)
+        if not dry_run:
+            print(f"{vm.runner.where}: pruned {said} (keep_releases = "
+                  f"{vm.settings.keep_releases})")
+
+
+@task(help={"data": "also the database: its volumes, the SQLite file and backups/",
+            "yes": "do not ask (for scripts)", "dry-run": "print, run nothing",
+            "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
+@friendly
+def remove(c: Context, data: bool = False, yes: bool = False, dry_run: bool = False,
+           verbose: bool = False) -> None:
+    """Remove the app from the VM: its containers, networks, proxy route, images and the
+    files in app_dir. The database (volumes, the SQLite file) and backups/ stay unless
+    --data. Asks first (--yes: no question); refused while a deploy holds the lock."""
+    from deploy.errors import DeployError
+    from deploy.remote import describe_holder, housekeeping
+
+    set_verbose(verbose, c)
+    for vm in each_vm(c, dry_run):
+        holder = vm.holder()
+        if holder:
+            raise DeployError(f"the VM is locked by another deploy: {describe_holder(holder)}; "
+                              "nothing was removed",
+                              "wait for it to finish; if it died, clear it with `fab unlock`")
+        if not yes and not dry_run:
+            confirm_remove(vm, data)
+        lines = housekeeping.remove(vm, data)
+        for line in lines:
+            kept = line.startswith("kept ")
+            print(f"  {'kept' if kept else 'removed'}: {line.removeprefix('kept ')}")
+        if not dry_run:
+            print(f"{vm.runner.where}: removed the app {vm.project} from {vm.settings.app_dir}"
+                  + ("" if data else "; its database and backups stay (`fab remove --data` "
+                     "removes them)"))
+
+
+def confirm_remove(vm: Vm, data: bool) -> None:
+    """Ask on the terminal before removing the app; refuse without one."""
+    import sys
+
+    from deploy.errors import DeployError
+
+    s = vm.settings
+    what = (f"the app {vm.project} from {vm.runner.where}: its containers, proxy route, images "
+            f"and files in {s.app_dir}" + (", its database volumes and backups" if data else
+                                           " (the database and backups/ stay)"))
+    if not sys.stdin.isatty():
+        raise DeployError(f"`fab remove` asks before it removes {what}, and there is no "
+                          "terminal to ask on; nothing was removed",
+                          "run it in a terminal, or add --yes (scripts)")
+    answer = input(f"Remove {what}? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise DeployError("not confirmed; nothing was removed", "answer y to remove it")
+
+
 @task
 @friendly
 def backups(c: Context) -> None:
@@ -464,5 +532,5 @@ def proxy_(c: Context, action: str, follow: bool = False, tail: int = 100) -> No
 
 ns = Collection(
     deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
-    env_keys, proxy_, env_sync, promote,
+    env_keys, proxy_, env_sync, promote, prune, remove,
 )

@@ -96,3 +96,62 @@ def require_tag(image: str, tag: str, user: str = "", password: str = "") -> str
         )
     return digest
 
+
+
+def _get_json(url: str, headers: dict[str, str], user: str, password: str) -> dict | None:
+    """GET a JSON document of the registry API (a bearer token fetched if asked); None on
+    404, unreachable or unreadable."""
+    headers = dict(headers)
+    if user:
+        headers["Authorization"] = _basic(user, password)
+    for _ in range(2):
+        request = urllib.request.Request(url, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                data = json.load(response)
+                return data if isinstance(data, dict) else None
+        except urllib.error.HTTPError as exc:
+            challenge = exc.headers.get("WWW-Authenticate", "")
+            if exc.code == 401 and challenge.lower().startswith("bearer"):
+                token = _token(challenge, user, password)
+                if token:
+                    headers["Authorization"] = f"Bearer {token}"
+                    continue
+            return None
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+    return None
+
+
+def manifest_size(manifest: dict) -> int:
+    """The bytes an image manifest's config and layers take in the registry (compressed)."""
+    parts = [manifest.get("config") or {}, *(manifest.get("layers") or [])]
+    return sum(p.get("size", 0) for p in parts if isinstance(p, dict)
+               and isinstance(p.get("size"), int))
+
+
+def pick_platform(index: dict, platform: str) -> str:
+    """The digest of `platform`'s manifest (e.g. linux/amd64) in an image index ('' if none)."""
+    wanted = (platform.split("/") + ["", ""])[:3]
+    for entry in index.get("manifests") or []:
+        found = (entry.get("platform") or {}) if isinstance(entry, dict) else {}
+        if [found.get("os"), found.get("architecture")] == wanted[:2] \
+                and (not wanted[2] or found.get("variant") == wanted[2]):
+            return str(entry.get("digest", ""))
+    return ""
+
+
+def image_size(image: str, reference: str, user: str = "", password: str = "",
+               platform: str = "linux/amd64") -> int | None:
+    """The compressed size of image:reference (a tag or a digest) in its registry, of
+    `platform` for a multi-platform image; None if the registry does not say."""
+    registry, path = _split(image)
+    base = f"{_base_url(registry)}/v2/{path}/manifests/"
+    headers = {"Accept": MANIFEST_TYPES}
+    manifest = _get_json(base + urllib.parse.quote(reference), headers, user, password)
+    if manifest and "manifests" in manifest:  # an index: the platform's own manifest
+        digest = pick_platform(manifest, platform)
+        manifest = _get_json(base + digest, headers, user, password) if digest else None
+    if not manifest or "layers" not in manifest:
+        return None
+    return manifest_size(manifest)

@@ -36,6 +36,7 @@ from deploy.remote import (
 )
 from deploy.remote import restore as restore_on
 from deploy.remote import targets as remote_targets
+from deploy.remote.flows import prune_after
 from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     KINDS,
     ROLE_KEYS,
@@ -208,6 +209,9 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
             switched, failure = switch_batches(vms, plan, tag, previous, settings, record, say)
             if plan.primary in switched and not dry_run:  # the backups are where it migrated
                 first.prune_backups(first.history())
+            if not failure and not dry_run:  # as after a one-host deploy, host by host
+                for slot, vm in vms.items():
+                    say(f"pruned on {slot}: {prune_after(vm)}")
         rows = report(vms, tag) if not dry_run else []
         if rows:
             print_report(rows, tag, say)

@@ -109,6 +109,11 @@ class Settings:
     postgres_user: str = "postgres"
     postgres_db: str = "app"
     keep_backups: int = 5
+    # Housekeeping: the images of the newest keep_releases releases stay on the VM (a rollback
+    # to them pulls nothing), older ones go after a deploy; a pull or a backup is refused
+    # unless it leaves disk_headroom_mb free
+    keep_releases: int = 5
+    disk_headroom_mb: int = 256
     # The proxy (Caddy) in front of the app: zero-downtime blue/green switches
     proxy: bool = False
     proxy_host: str = ""

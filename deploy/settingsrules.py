@@ -30,7 +30,7 @@ MIN_SECRET = 8  # shorter values are not redacted from the output (they would ma
 POSITIVE = ("boot_timeout", "connect_timeout", "network_timeout", "lock_lease",
             "health_timeout", "swarm_timeout")
 AT_LEAST_ONE = ("keep_backups", "keep_releases")
-NOT_NEGATIVE = ("batch_limit", "batch_wait")
+NOT_NEGATIVE = ("batch_limit", "batch_wait", "disk_headroom_mb")
 PORTS = ("port", "app_port")
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 

@@ -538,6 +538,118 @@ task_last_health() {  # TASK_ID: the last line of the last health check its cont
     return 0
 }
 
+# -- housekeeping: images, stopped containers, free disk, removing the app
+app_images() {  # IMAGE: "image ID SIZE REF..." for each image of the repository IMAGE (REF: its
+    # tags and digests), then "used ID" for the image of each container on the VM (any app's)
+    docker image ls -q --no-trunc "$1" | LC_ALL=C sort -u | while read -r id; do
+        docker image inspect --format \
+            'image {{.Id}} {{.Size}}{{range .RepoTags}} {{.}}{{end}}{{range .RepoDigests}} {{.}}{{end}}' \
+            "$id" 2>/dev/null
+    done
+    ids=$(docker ps -aq --no-trunc) || exit 1
+    [ -n "$ids" ] || return 0
+    # shellcheck disable=SC2086 # one container id per word
+    docker inspect --format 'used {{.Image}}' $ids 2>/dev/null || true
+}
+
+remove_images() {  # REF...: untag each REF still there (its image goes with its last
+    # reference; the engine refuses one a container uses)
+    rc=0
+    for ref in "$@"; do
+        docker image inspect "$ref" >/dev/null 2>&1 || continue
+        docker image rm "$ref" >/dev/null || rc=1
+    done
+    return "$rc"
+}
+
+prune_containers() {  # PROJECT: remove the project's stopped containers; prints their names
+    ids=$(docker ps -aq --filter "label=com.docker.compose.project=$1" --filter status=exited \
+        --filter status=created --filter status=dead) || exit 1
+    [ -n "$ids" ] || return 0
+    # shellcheck disable=SC2086 # one container id per word
+    docker inspect --format '{{.Name}}' $ids | sed 's|^/||'
+    # shellcheck disable=SC2086
+    docker rm $ids >/dev/null
+}
+
+disk_free() {  # WHERE: `df -Pk` of the filesystem holding WHERE, a directory (the nearest
+    # one that exists) or `docker` (the engine's data root)
+    where=$1
+    if [ "$where" = docker ]; then
+        where=$(docker info --format '{{.DockerRootDir}}') || exit 1
+    fi
+    while [ ! -e "$where" ] && [ "$where" != / ] && [ "$where" != . ]; do
+        where=$(dirname "$where")
+    done
+    df -Pk "$where"
+}
+
+file_size() {  # PATH...: the bytes of the files that exist (a database and its -wal), summed
+    total=0
+    for path in "$@"; do
+        [ -f "$path" ] || continue
+        total=$(( total + $(wc -c < "$path") ))
+    done
+    echo "$total"
+}
+
+remove_app() {  # APP_DIR DATA PROJECT KEEP...: remove the app's containers and networks, with
+    # DATA=yes its volumes too, then every file in APP_DIR (the working directory) but the
+    # lock, the helper and the relative paths KEEP. Prints what it removed and kept.
+    app_dir=$1 data=$2 project=$3
+    shift 3
+    [ "$(pwd -P)" = "$app_dir" ] || die "not in $app_dir"
+    label="label=com.docker.compose.project=$project"
+    ids=$(docker ps -aq --filter "$label") || exit 1
+    if [ -n "$ids" ]; then
+        # shellcheck disable=SC2086 # one container id per word
+        docker inspect --format 'container {{.Name}}' $ids | sed 's|/||'
+        # shellcheck disable=SC2086
+        docker rm --force $ids >/dev/null || exit 1
+    fi
+    for name in $(docker network ls --format '{{.Name}}' --filter "$label"); do
+        docker network rm "$name" >/dev/null && echo "network $name"
+    done
+    if [ "$data" = yes ]; then
+        for name in $(docker volume ls -q --filter "$label"); do
+            docker volume rm "$name" >/dev/null || exit 1
+            echo "volume $name"
+        done
+    else
+        for name in $(docker volume ls -q --filter "$label"); do echo "kept volume $name"; done
+    fi
+    # children before their directory; top-level names said once
+    find . -mindepth 1 -depth | while IFS= read -r path; do
+        path=${path#./}
+        what=keep
+        case $path in
+            "$LOCK" | "$LOCK"/* | "$STATE/bin" | "$STATE/bin"/* | "$STATE") ;;  # remove-state's
+            *) what=remove ;;
+        esac
+        for kept in "$@"; do
+            case $path in
+                "$kept" | "$kept"/* | "$kept"-wal | "$kept"-shm) what=keep ;;
+            esac
+            case $kept in "$path"/*) what=keep ;; esac  # a directory with a kept file in it
+        done
+        if [ "$what" = remove ]; then
+            rm -rf "$path" || exit 1
+            case $path in */*) ;; *) echo "file $path" ;; esac
+        else
+            for kept in "$@"; do [ "$path" = "$kept" ] && echo "kept $path"; done
+        fi
+    done
+}
+
+remove_state() {  # APP_DIR: after remove-app released the lock, take it once more (nobody
+    # else may hold it), then remove .deploy, and APP_DIR if nothing is left in it
+    [ "$(pwd -P)" = "$1" ] || die "not in $1"
+    mkdir "$LOCK" 2>/dev/null || die "the deploy lock was taken meanwhile; $1/$STATE is left"
+    rm -rf "$STATE"
+    cd / && rmdir "$1" 2>/dev/null && echo "directory $1"
+    return 0
+}
+
 # -- the proxy (Caddy) in proxy_dir; see deploy/commands/proxy.py for its layout
 PROXY_LOCK_WAIT=${DEPLOY_PROXY_LOCK_WAIT:-60}  # seconds; the variable is for the tests
 UPSTREAM_HEADER=X-Deploy-Upstream
@@ -650,6 +762,11 @@ proxy_set_route() {  # PROJECT ROUTE_JSON APP_DIR HOST...: write, rebuild, load;
 proxy_drop_route() {  # PROJECT: the app's route removed (its hosts answer 404), loaded
     project_file "$1"
     rm -f "apps/$1.json" "apps/$1.dir" && proxy_reload
+}
+
+proxy_remove_app() {  # PROJECT: the app's route and upstream file removed, the config loaded
+    project_file "$1"
+    rm -f "conf/upstreams/$1" && proxy_drop_route "$1"
 }
 
 proxy_wait_admin() {  # DIR TIMEOUT: until Caddy's admin API answers; exit 1 after TIMEOUT s
@@ -767,5 +884,13 @@ case $cmd in
     ensure-network) ensure_network "$1" ;;
     retire) retire "$@" ;;
     wait-gone) wait_gone "$@" ;;
+    app-images) app_images "$1" ;;
+    prune-containers) prune_containers "$1" ;;
+    remove-images) remove_images "$@" ;;
+    disk-free) disk_free "$1" ;;
+    file-size) file_size "$@" ;;
+    remove-app) remove_app "$@" ;;
+    remove-state) remove_state "$1" ;;
+    proxy-remove-app) proxy_locked "$1" proxy_remove_app "$2" ;;
     *) die "usage: helper SUBCOMMAND ARGS... (unknown: '$cmd')" ;;
 esac

@@ -30,6 +30,7 @@ from deploy.commands.vm import helper, helper_in
 IN_CONTAINER_RUN = "/run/deploy-proxy"
 IN_CONTAINER_CONF = "/etc/deploy-proxy"
 ROUTES_MARK = "__DEPLOY_ROUTES__"
+ROUTES_DIR = "apps"  # apps/PROJECT.json
 UPSTREAM_HEADER = "X-Deploy-Upstream"
 SERVICE = "caddy"
 
@@ -164,12 +165,17 @@ def host_owners(proxy_dir: str, project: str, hosts: list[str]) -> list[str]:
 
 
 def read_route(proxy_dir: str, project: str) -> list[str]:
-    return ["cat", f"{proxy_dir}/apps/{project}.json"]
+    return ["cat", f"{proxy_dir}/{ROUTES_DIR}/{project}.json"]
 
 
 def drop_route(proxy_dir: str, project: str) -> list[str]:
     """Remove an app's route and load the config without it (its hosts then answer 404)."""
     return helper_in(proxy_dir, "proxy-drop-route", proxy_dir, project)
+
+
+def remove_app(proxy_dir: str, project: str) -> list[str]:
+    """Remove an app's route and upstream file, and load the config without them."""
+    return helper_in(proxy_dir, "proxy-remove-app", proxy_dir, project)
 
 
 def set_upstream(proxy_dir: str, project: str, upstream: str) -> list[str]:

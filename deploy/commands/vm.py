@@ -178,6 +178,50 @@ def pull(image_ref: str) -> list[str]:
     return ["docker", "pull", "--quiet", image_ref]
 
 
+def app_images(image: str) -> list[str]:
+    """`image ID SIZE REF...` for each local image of the repository `image`, then `used ID`
+    for the image of every container on the VM (see housekeeping.parse_app_images)."""
+    return helper("app-images", image)
+
+
+def remove_images(refs: list[str]) -> list[str]:
+    """Untag those of `refs` still there; an image goes with its last reference (never one
+    a container uses: the engine refuses)."""
+    return helper("remove-images", *refs)
+
+
+def prune_containers(project: str) -> list[str]:
+    """Remove the project's stopped containers (exited, created, dead); prints their names."""
+    return helper("prune-containers", project)
+
+
+def disk_free(where: str) -> list[str]:
+    """`df -Pk` of the filesystem holding `where`: a directory in app_dir (or its nearest
+    existing parent), or `docker` for the engine's data root."""
+    return helper("disk-free", where)
+
+
+def file_size(*paths: str) -> list[str]:
+    """The bytes of those of `paths` that exist, summed (one number)."""
+    return helper("file-size", *paths)
+
+
+def postgres_size(compose_argv: list[str], service: str, user: str, db: str) -> list[str]:
+    return [*compose_argv, "exec", "-T", service, "psql", "-X", "-At", "-U", user, "-d", db,
+            "-c", "SELECT pg_database_size(current_database())"]
+
+
+def remove_app(app_dir: str, data: bool, project: str, keep: list[str]) -> list[str]:
+    """Remove the app's containers and networks (with `data` its volumes), and every file of
+    app_dir but the lock, the helper and the relative paths `keep`; prints what went."""
+    return helper("remove-app", app_dir, "yes" if data else "no", project, *keep)
+
+
+def remove_state(app_dir: str) -> list[str]:
+    """Take the lock once more, remove .deploy, and app_dir if it is empty then."""
+    return helper("remove-state", app_dir)
+
+
 # -- backups ------------------------------------------------------------------------------
 def backup_sqlite(db_path: str, target: str) -> list[str]:
     return helper("backup-sqlite", db_path, target)

@@ -4,6 +4,8 @@
     vm.py        the app on one VM: the lock, the release files, queries
     steps.py     the steps of a release (check, pull, backup, migrate, switch, wait, record)
     flows.py     deploy, rollback, restore and the health-checked switch they share
+    housekeeping.py  old images and stopped containers pruned, free disk checked before a
+                 pull and a backup, the app removed (`fab prune`, `fab remove`)
     phases.py    one release as named, timed phases printed as one line; what cutting one
                  short means
     contract.py  env files compose reads byte for byte; checks of the rendered compose file

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from deploy import envcheck, refs
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
+from deploy.remote import housekeeping
 from deploy.remote.contract import refuse_moving_tag
 from deploy.remote.phases import Release, optional_phase
 from deploy.remote.signals import Interrupted, exit_code, sigint_deferred, signal_name
@@ -217,10 +218,26 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
             backup=backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
             migrated=bool(revision and revision != before)), rel)
         vm.prune_backups([*history, entry])
+        prune_after(vm, rel)
     if announce:
         print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
               file=vm.runner.out, flush=True)
     return entry
+
+
+def prune_after(vm: Vm, release: Release | None = None) -> str:
+    """After a release that succeeded: the `prune` phase (old images, stopped containers).
+    A failure is reported, never the release's: it is recorded and serving. What it did."""
+    problem = ""
+    with optional_phase(release, "prune", cuts_short=False) as found:
+        try:
+            found.result = housekeeping.prune(vm)
+        except DeployError as exc:
+            found.result, problem = "failed", exc.message
+    if problem:
+        vm.runner.say(f"warning: pruning on {vm.runner.where} failed (the release is recorded "
+                      f"and serving): {problem}\n  fix: see the error; `fab prune` tries again")
+    return found.result
 
 
 def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:

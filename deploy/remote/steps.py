@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 from deploy.commands import docker
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
-from deploy.remote import contract
+from deploy.remote import contract, housekeeping
 from deploy.remote.health import ContainerWatch
 from deploy.remote.vm import VmQueries, parse_revision
 from deploy.runner import redact
@@ -83,6 +83,7 @@ class Vm(VmQueries):
     def pull(self, tag: str) -> str:
         """Pull IMAGE:TAG; its registry digest ('' in a dry run)."""
         ref = self.ref(tag)
+        housekeeping.check_pull_space(self, tag)
         self.run(cmd.pull(ref), hide=True, what=f"the VM could not pull {ref}",
                  fix="check that the VM can reach the registry and is logged in (fab setup)")
         return self.inspect(tag)
@@ -93,6 +94,7 @@ class Vm(VmQueries):
         if not digest:
             return self.pull(tag)
         pinned = f"{self.image}@{digest}"
+        housekeeping.check_pull_space(self, tag, digest)
         self.run(cmd.pull(pinned), hide=True, what=f"the VM could not pull {pinned}",
                  fix="the registry no longer has the image this release ran; pick another "
                      "release from `fab releases`")
@@ -140,6 +142,7 @@ class Vm(VmQueries):
             self.start_database(tag)
             argv = cmd.backup_postgres(self.compose(tag), s.postgres_service, s.postgres_user,
                                        s.postgres_db, target)
+        housekeeping.check_backup_space(self, tag)
         result = self.run(argv, hide=True, check=False)
         if not result.ok:
             # the C library says "No space left on device"; Go programs (docker compose
