@@ -601,8 +601,8 @@ def test_backups_are_taken_listed_pruned_and_restored(live, images):
     listed = live.fab_ok("backups").splitlines()
     assert [line.split()[0] for line in listed] == [taken[-1], taken[-2], taken[0]]  # newest
     # each with the schema it holds and the release it was taken before
-    assert f"{taken[0]}  schema 0001, taken before {images.v2} was deployed, " in listed[2]
-    assert f"{taken[-1]}  schema 0002, taken before {images.v2} was deployed, " in listed[0]
+    assert f"{taken[0]}  schema 0001, before deploying {images.v2}, " in listed[2]
+    assert f"{taken[-1]}  schema 0002, before deploying {images.v2}, " in listed[0]
 
     live.post_item("after the last backup")
     assert live.item_names() == ["before the backups", "after the last backup"]
