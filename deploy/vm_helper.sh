@@ -354,13 +354,16 @@ container_state() {  # ID: its health (healthy, unhealthy, starting), else its r
     echo "${found:-missing}"
 }
 
-health_state() {  # SERVICE COMPOSE...: the state of the service's container (missing if none)
+health_state() {  # SERVICE COMPOSE...: "STATE IMAGE_ID REFERENCE" of the service's container
+    # (its health, else its run state; "missing" alone if there is none)
     id=$(container_of "$@")
     if [ -z "$id" ]; then
         echo missing
         return
     fi
-    container_state "$id"
+    found=$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}'\
+'{{.State.Status}}{{end}} {{.Image}} {{.Config.Image}}' "$id" 2>/dev/null) || found=missing
+    echo "${found:-missing}"
 }
 
 running_image() {  # SERVICE COMPOSE...: "IMAGE_ID REFERENCE" of the running container, or ''

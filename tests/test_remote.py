@@ -430,7 +430,7 @@ REDEPLOY_COMMANDS = [
     "docker pull", "docker image inspect",  # pull
     "lock-check", "backup-sqlite", "write-file",  # backup (its manifest)
     "lock-check", "compose run",  # migrate
-    "lock-check", "compose up", "health-state", "http-status", "running-image",  # switch
+    "lock-check", "compose up", "health-state", "http-status",  # switch
     "lock-check", "record", "list-backups", "lock-release-if",
 ]
 POLLS = {"health-state", "http-status"}

@@ -676,7 +676,7 @@ def scripted_vm(tmp_path: Path, answers: dict, **overrides) -> tuple[remote.Vm, 
         on("backup-sqlite"): Result("backups/20300101T000000Z-v2.sqlite3\n"),
         on("alembic upgrade head"): Result(MIGRATED),
         on("sh -c 'alembic current"): Result("0001\n"),
-        on("health-state"): Result("healthy\n"),
+        on("health-state"): Result(f"healthy {IMAGE_ID} {IMAGE}:v2\n"),
         on("http-tool"): Result("curl\n"),
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v2\n"),
         re.compile(".*", re.S): Result(""),
@@ -706,7 +706,7 @@ def test_deploy_runs_each_step_in_order_and_records_the_release(tmp_path, kind):
     order = []
     for needle in ("lock-acquire", " config", "docker pull --quiet", "backup-sqlite",
                    "alembic upgrade head", "up -d --remove-orphans", "health-state",
-                   "running-image", "record",
+                   "record",
                    "lock-release-if"):
         order.append(index_of(history, needle, order[-1] if order else 0))
     assert history[-1].startswith(f"cd {APP_DIR} && sh {cmd.HELPER} lock-release-if")
@@ -797,7 +797,7 @@ def test_sigterm_mid_switch_switches_back(tmp_path):
 
 def test_a_container_not_running_the_pulled_image_fails_the_deploy(tmp_path):
     """compose's image said IMAGE:v2 but the container runs something else: switch back."""
-    answers = {on("running-image"): Result(f"sha256:{'ee' * 32} {IMAGE}:v2\n")}
+    answers = {on("health-state"): Result(f"healthy sha256:{'ee' * 32} {IMAGE}:v2\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
         remote.deploy(vm, "v2")

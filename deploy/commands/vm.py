@@ -385,6 +385,7 @@ def stop(compose_argv: list[str], service: str) -> list[str]:
 
 
 def health_state(compose_argv: list[str], service: str) -> list[str]:
+    """`STATE IMAGE_ID REFERENCE` of the service's container (`missing` if none runs)."""
     return helper("health-state", service, *compose_argv)
 
 

@@ -334,8 +334,11 @@ class Vm(VmQueries):
         watch = ContainerWatch()
 
         def settled() -> bool:
-            return watch.poll(self.run(cmd.health_state(compose, s.service), quiet=True,
-                                       check=False).stdout.strip())
+            state, image_id, reference = (self.run(
+                cmd.health_state(compose, s.service), quiet=True,
+                check=False).stdout.split() + ["", "", ""])[:3]
+            self.seen_running = (image_id, reference) if image_id else None
+            return watch.poll(state)
 
         if not self.wait_ready(settled, s.health_timeout):
             return watch.timed_out()
@@ -364,7 +367,9 @@ class Vm(VmQueries):
             expected = found.stdout.split()[0] if found.ok and found.stdout.split() else ""
         if not expected:
             return ""
-        image_id, reference = self.running()
+        # what the health wait saw the container run when it turned healthy, else ask
+        image_id, reference = self.seen_running or self.running()
+        self.seen_running = None
         if image_id == expected:
             return ""
         return (f"the app container runs {reference or 'nothing'} ({image_id[:19] or '-'}), "

@@ -51,6 +51,8 @@ class VmQueries:
         self.facts: Facts | None = None  # what the check phase read (gather_facts)
         self.leftovers_settled = False  # no one-off container of the project runs (we waited)
         self.retiring: list[str] = []  # old containers a proxy switch stops in the background
+        self.seen_running: tuple[str, str] | None = None  # (image id, reference) the last
+        # health poll saw the service's container run
 
     # -- basics -------------------------------------------------------------------------
     @property
@@ -469,7 +471,7 @@ class VmQueries:
         """The service container's state right now (healthy, unhealthy, running, missing)."""
         result = self.run(cmd.health_state(self.compose(), self.settings.service),
                           check=False, quiet=True)
-        return result.stdout.strip() or "unknown"
+        return next(iter(result.stdout.split()), "unknown")
 
     def is_serving(self, tag: str) -> bool:
         """Whether `tag` is the recorded release and its container is healthy right now."""
