@@ -569,6 +569,31 @@ proxy_set_upstream() {  # DIR PROJECT UPSTREAM: one atomic rename (Caddy reads i
     mkdir -p "$1/conf/upstreams" && printf '%s' "$3" > "$f.tmp" && mv "$f.tmp" "$f"
 }
 
+proxy_maintenance_on() {  # DIR PROJECT RETRY_AFTER INFO_JSON < PAGE: the page last, by a
+    # rename: Caddy answers the app's hosts with it from the next request on
+    project_file "$2"
+    m=$1/conf/maintenance/$2
+    mkdir -p "$1/conf/maintenance" || exit 1
+    printf '%s' "$3" > "$m.retry.tmp" && mv "$m.retry.tmp" "$m.retry" \
+        && printf '%s\n' "$4" > "$m.json.tmp" && mv "$m.json.tmp" "$m.json" \
+        && cat > "$m.html.tmp" && chmod 644 "$m.html.tmp" "$m.retry" && mv "$m.html.tmp" "$m.html"
+}
+
+proxy_maintenance_off() {  # DIR PROJECT: the page file first (the switch), then the rest
+    project_file "$2"
+    m=$1/conf/maintenance/$2
+    rm -f "$m.html" && rm -f "$m.retry" "$m.json" "$m.html.tmp"
+}
+
+proxy_maintenance_state() {  # DIR PROJECT: "on" and who turned it on, or nothing when off
+    project_file "$2"
+    m=$1/conf/maintenance/$2
+    [ -f "$m.html" ] || return 0
+    echo on
+    cat "$m.json" 2>/dev/null
+    return 0
+}
+
 proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request through Caddy
     # (proxy-down if Caddy does not listen)
     state=$(container_state "$2")
@@ -637,6 +662,9 @@ case $cmd in
     proxy-wait-admin) proxy_wait_admin "$@" ;;
     proxy-set-upstream) proxy_set_upstream "$@" ;;
     proxy-poll) proxy_poll "$@" ;;
+    proxy-maintenance-on) proxy_maintenance_on "$@" ;;
+    proxy-maintenance-off) proxy_maintenance_off "$@" ;;
+    proxy-maintenance-state) proxy_maintenance_state "$@" ;;
     ensure-network) ensure_network "$1" ;;
     *) die "usage: helper SUBCOMMAND ARGS... (unknown: '$cmd')" ;;
 esac

@@ -44,7 +44,8 @@ ALLOWED = {
     ("commands/vm.py", "install_helper"),      # puts the helper in place
     ("commands/vm.py", "run_in_new_container"),  # the migrate command, `alembic downgrade`
     ("commands/vm.py", "migrate_then_current"),  # the migrate command, then alembic current
-    ("commands/vm.py", "exec_in_service"),    # `fab exec`
+    ("commands/vm.py", "exec_in_service"),    # `fab exec`, `fab shell`, aliases
+    ("commands/vm.py", "exec_in_container"),  # the same behind the proxy: the serving one
     ("secrets.py", "resolve"),                # a [secrets] command, run on the laptop
 }
 
