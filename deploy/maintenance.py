@@ -23,6 +23,7 @@ from deploy.commands import proxy as pcmd
 from deploy.errors import DeployError
 from deploy.remote.signals import sigint_deferred
 from deploy.remote.steps import Vm
+from deploy.remote.vm import VmQueries
 from deploy.settings import SETTINGS_FILE, Settings
 
 DEFAULT_PAGE = """<!doctype html>
@@ -77,7 +78,7 @@ def page(settings: Settings) -> str:
     return text
 
 
-def state(vm: Vm) -> dict | None:
+def state(vm: VmQueries) -> dict | None:
     """Who turned maintenance on, when and why ({} if unknown), or None when it is off."""
     if vm.runner.dry_run:
         return None
@@ -99,6 +100,19 @@ def describe(info: dict) -> str:
              f"by {info['who']}" if info.get("who") else "",
              f"({info['reason']})" if info.get("reason") else ""]
     return " ".join(p for p in parts if p) or "(who turned it on is not known)"
+
+
+def left_on(vm: VmQueries) -> str:
+    """After a restore that was killed: a sentence saying its maintenance mode is still on
+    ('' when it is not, or there is no proxy). It is left on: the app may be stopped, and the
+    page tells users more than an error does."""
+    if not vm.settings.proxy:
+        return ""
+    info = state(vm)
+    if info is None:
+        return ""
+    return (f" Maintenance mode is still on ({describe(info)}): `fab maintenance off` once "
+            "the app serves.")
 
 
 def turn_on(vm: Vm, reason: str, text: str) -> None:
