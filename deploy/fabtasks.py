@@ -413,7 +413,7 @@ def maintenance_(c: Context, action: str) -> None:
 
 @friendly
 def maintenance_action(c: Context, action: str) -> None:
-    from deploy import maintenance
+    from deploy import maintenance, proxy
     from deploy.errors import DeployError
 
     if action not in MAINTENANCE_ACTIONS:
@@ -425,8 +425,8 @@ def maintenance_action(c: Context, action: str) -> None:
     for vm in each_vm(c):
         if action == "on":
             maintenance.turn_on(vm, "fab maintenance on", text)
-            vm.runner.say(f"maintenance mode on: {', '.join(maintenance.proxy.hosts(vm.settings))}"
-                          f" answer 503 (Retry-After {vm.settings.maintenance_retry_after}s)")
+            vm.runner.say(f"maintenance mode on: {', '.join(proxy.hosts(vm.settings))} answer "
+                          f"503 (Retry-After {vm.settings.maintenance_retry_after}s)")
         else:
             was = maintenance.state(vm)
             maintenance.turn_off(vm)
