@@ -21,6 +21,7 @@ import re
 from deploy.commands import vm as cmd
 from deploy.destinations import subtable
 from deploy.errors import DeployError
+from deploy.remote.signals import terminations_exit
 from deploy.remote.steps import Vm
 from deploy.settings import SETTINGS_FILE, Settings
 from deploy.settingsrules import CONTROL_RE
@@ -66,5 +67,9 @@ def exec_argv(vm: Vm, command: str, tty: bool) -> list[str]:
 
 
 def run_interactive(vm: Vm, command: str) -> int:
-    """Run `command` in the app container with a terminal; its exit code."""
-    return vm.runner.interactive(exec_argv(vm, command, tty=True), cwd=vm.settings.app_dir)
+    """Run `command` in the app container with a terminal; its exit code. Ctrl-C goes to the
+    command (a REPL's KeyboardInterrupt); SIGTERM or SIGHUP (the terminal closed) end it."""
+    argv = exec_argv(vm, command, tty=True)
+    connection = getattr(vm.runner.target, "connection", None)
+    with terminations_exit(connection.close if connection else lambda: None):
+        return vm.runner.interactive(argv, cwd=vm.settings.app_dir)

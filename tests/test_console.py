@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pty
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -132,6 +133,13 @@ def test_exec_with_a_terminal_echoes_answers_and_keeps_the_exit_code(live):
     # Without -i: no terminal, the same exit code
     proc = live.fab("exec", "python -c 'import sys; print(sys.stdin.isatty()); sys.exit(4)'")
     assert proc.returncode == 4 and "False" in output(proc), output(proc)
+    # SIGTERM ends it (Ctrl-C would go to the remote program): exit 143, promptly
+    term = Terminal(live, "exec", "-i", "python -q")
+    term.read_until(">>> ")
+    os.kill(term.pid, signal.SIGTERM)
+    started = time.monotonic()
+    assert term.wait(timeout=30) == 143, term.text
+    assert time.monotonic() - started < 20
 
 
 def test_an_alias_runs_a_console_and_shell_opens_one(live):
