@@ -61,10 +61,10 @@ def alias_(c: Context, name: str = "") -> None:
 
 @friendly
 def run_alias(c: Context, name: str) -> None:
-    from deploy import console
+    from deploy import aliases, console
     from deploy.settings import SETTINGS_FILE, load_settings
 
-    table = console.aliases(load_settings())
+    table = aliases.aliases(load_settings())
     if not name:
         for alias, command in table.items():
             print(f"{alias:<16} {command}")
@@ -86,7 +86,7 @@ def alias_tasks(taken: frozenset[str]) -> list[Task]:
     """A task per alias of the app's deploy.toml (none outside an app repo, or when its
     settings do not load: the task that runs then says why). A bad alias stops `fab` here,
     with its error and fix: a task with a bad name cannot be made, nor left out unsaid."""
-    from deploy import console
+    from deploy import aliases
     from deploy.settings import find_root, load_settings
 
     if find_root() is None:
@@ -96,7 +96,7 @@ def alias_tasks(taken: frozenset[str]) -> list[Task]:
     except DeployError:
         return []
     try:
-        table = console.aliases(settings, taken)
+        table = aliases.aliases(settings, taken)
     except DeployError as exc:
         print(f"error: {exc.message}" + (f"\n  fix: {exc.fix}" if exc.fix else ""),
               file=sys.stderr)

@@ -19,7 +19,7 @@ import pytest
 from conftest import child_env
 from vmkit import App, output
 
-from deploy import console
+from deploy import aliases
 from deploy.errors import DeployError
 from deploy.settings import load_settings
 
@@ -31,10 +31,10 @@ def test_aliases_are_checked_names_and_one_line_commands(tmp_path: Path):
     toml.write_text('[aliases]\nconsole = "python -m app.console"\ndb-shell = "sqlite3 x"\n'
                     '[destinations.staging]\nhost = "s"\n[destinations.staging.aliases]\n'
                     'console = "python -m app.console --staging"\n')
-    assert console.aliases(load_settings(tmp_path, environ={})) == {
+    assert aliases.aliases(load_settings(tmp_path, environ={})) == {
         "console": "python -m app.console", "db-shell": "sqlite3 x"}
     staging = load_settings(tmp_path, environ={"DEPLOY_DESTINATION": "staging"})
-    assert console.aliases(staging)["console"] == "python -m app.console --staging"
+    assert aliases.aliases(staging)["console"] == "python -m app.console --staging"
     for table, why in (('Console = "x"', "is not an alias name"),
                        ('"a b" = "x"', "is not an alias name"),
                        ('"-x" = "x"', "is not an alias name"),
@@ -44,7 +44,7 @@ def test_aliases_are_checked_names_and_one_line_commands(tmp_path: Path):
                        ("console = 3", "must be a command")):
         toml.write_text(f"[aliases]\n{table}\n")
         with pytest.raises(DeployError) as caught:
-            console.aliases(load_settings(tmp_path, environ={}), frozenset({"deploy"}))
+            aliases.aliases(load_settings(tmp_path, environ={}), frozenset({"deploy"}))
         assert why in caught.value.message, (table, caught.value.message)
         assert "[aliases]" in caught.value.message
 
