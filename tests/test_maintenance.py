@@ -145,6 +145,15 @@ def test_restore_and_rollback_downgrade_show_the_page_not_errors(proxied, images
     assert f"restored {backup}" in out and not page_file(app).exists()
     assert app.item_names() == ["kept"]
 
+    # On by hand before a restore: it stays on after it.
+    saved = [n for n in app.backups() if "-pre-restore" in n][-1]
+    app.fab_ok("maintenance", "on")
+    out = app.fab_ok("restore", f"--backup={saved}")
+    assert "maintenance mode is on already" in out and "it stays on after this" in out, out
+    assert page_file(app).exists() and "maintenance: ON" in app.fab_ok("status")
+    app.fab_ok("maintenance", "off")
+    assert app.item_names() == ["kept", "after the backup"]  # the restore was undone
+
 
 def test_a_restore_cut_short_turns_maintenance_off(proxied, images):
     app = proxied
