@@ -21,11 +21,18 @@ from deploy.remote.steps import Vm
 
 # bash if the image has it, else sh: a line of the user's kind, run by `sh -c` in the container
 SHELL = "if command -v bash >/dev/null 2>&1; then exec bash; else exec sh; fi"
+# Before a command with a terminal: Ctrl-C there sends SIGINT to the whole foreground group,
+# the `sh -c` around the command included, which would die of it (exit 130, ending the
+# session under a REPL that only printed KeyboardInterrupt). A trap that does nothing keeps
+# the shell; the command gets SIGINT as usual (exec resets a trapped signal to its default).
+KEEP_SHELL_ON_CTRL_C = "trap : INT; "
 
 
 def exec_argv(vm: Vm, command: str, tty: bool) -> list[str]:
     """`command` in the app's serving container (behind the proxy: the one it sends requests
     to), on a terminal with `tty`."""
+    if tty:
+        command = KEEP_SHELL_ON_CTRL_C + command
     if vm.settings.proxy and not vm.runner.dry_run:
         from deploy import proxy
 
