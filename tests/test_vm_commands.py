@@ -1087,3 +1087,14 @@ def test_an_interactive_dry_run_prints_the_command_and_runs_nothing():
                               cwd="/srv/my app") == 0
     assert out.getvalue() == ("[vm1] $ cd '/srv/my app' && docker exec -it c sh -c "
                               "'python -q'  (with a terminal)\n")
+
+
+def test_exec_argv_keeps_the_shell_on_ctrl_c_only_with_a_terminal(tmp_path):
+    from deploy import console
+
+    vm = remote.Vm(settings_for(tmp_path), Runner(None, where="vm1", dry_run=True,
+                                                  out=io.StringIO()))
+    tty = console.exec_argv(vm, "python -m app.console", tty=True)
+    assert tty[-5:] == ["exec", "app", "sh", "-c", "trap : INT; python -m app.console"]
+    plain = console.exec_argv(vm, "alembic current", tty=False)
+    assert plain[-6:] == ["exec", "-T", "app", "sh", "-c", "alembic current"]
