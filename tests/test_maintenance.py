@@ -164,14 +164,19 @@ def test_a_restore_cut_short_turns_maintenance_off(proxied, images):
     with Probe(app) as probe:
         proc = subprocess.Popen([sys.executable, "-m", "fabric", "restore",
                                  f"--backup={backup}"], cwd=app.repo, env=child_env(app.env),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        seen = b""
         try:
+            # Ctrl-C once users get the page and the app is being stopped
             deadline = time.monotonic() + 120
-            while not page_file(app).exists() and proc.poll() is None \
-                    and time.monotonic() < deadline:
-                time.sleep(0.02)
-            proc.send_signal(signal.SIGINT)  # Ctrl-C once users get the page
-            out = proc.communicate(timeout=180)[0]
+            while b"maintenance on" not in seen and time.monotonic() < deadline:
+                chunk = proc.stdout.read1(4096)
+                if not chunk:
+                    break
+                seen += chunk
+            proc.send_signal(signal.SIGINT)
+            out = (seen + proc.communicate(timeout=180)[0]).decode()
         finally:
             if proc.poll() is None:
                 proc.kill()
