@@ -151,9 +151,9 @@ def test_an_alias_runs_a_console_and_shell_opens_one(live):
     term = Terminal(live, "console")
     term.read_until(">>> ")
     term.type("6 * 7\r")
-    term.read_until("42")
+    term.read_until("42\r\n>>> ")  # the answer, and the prompt again
     term.type("\x03")  # Ctrl-C reaches the remote Python, which stays
-    term.read_until("KeyboardInterrupt")
+    term.read_until("KeyboardInterrupt\r\n>>> ")
     term.type("exit()\r")
     assert term.wait() == 0, term.text
 
