@@ -52,10 +52,10 @@ def shell(c: Context) -> None:
 
 
 @task(name="alias", positional=["name"],
-      help={"name": "an alias of deploy.toml's [aliases] (none: list them)"})
-def alias_(c: Context, name: str = "") -> None:
+      help={"name": "an alias of deploy.toml's [aliases] (`fab --list` shows them)"})
+def alias_(c: Context, name: str) -> None:
     """Run an alias of deploy.toml's [aliases] in the app container, with a terminal
-    (`fab alias console`, or just `fab console`); without a name, list them."""
+    (`fab alias console`, or just `fab console`)."""
     run_alias(c, name)  # (Invoke loses positional arguments through a wrapper)
 
 
@@ -65,13 +65,6 @@ def run_alias(c: Context, name: str) -> None:
     from deploy.settings import SETTINGS_FILE, load_settings
 
     table = aliases.aliases(load_settings())
-    if not name:
-        for alias, command in table.items():
-            print(f"{alias:<16} {command}")
-        if not table:
-            print(f"no aliases: add an [aliases] table to {SETTINGS_FILE} "
-                  '(console = "python -m app.console")')
-        return
     if name not in table:
         raise DeployError(f"there is no alias {name!r} in [aliases] of {SETTINGS_FILE} "
                           f"(known: {', '.join(table) or 'none'})",
