@@ -33,7 +33,7 @@ TABLE = "destinations"
 ENV_NAME = f"{ENV_PREFIX}DESTINATION"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 # Tables a destination may hold besides settings (read by their own modules).
-SUBTABLES = ("secrets",)
+SUBTABLES = ("secrets", "aliases")
 
 
 def all_tables(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:

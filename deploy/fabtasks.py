@@ -13,6 +13,7 @@ from fabric import task
 from invoke import Collection, Context, Exit
 
 from deploy.errors import friendly
+from deploy.fabconsole import alias_, alias_tasks, exec_, shell
 from deploy.fabenv import env_, env_keys
 from deploy.fabhosts import each_vm, last_of, with_roles
 from deploy.runner import set_verbose, sh
@@ -189,9 +190,10 @@ def status(c: Context) -> None:
         ps = vm.run(cmd.ps(vm.compose()), quiet=True, check=False)
         print(ps.stdout.rstrip())
         if vm.settings.proxy:
-            from deploy import proxy
+            from deploy import maintenance, proxy
 
             print("\n".join(proxy.status_lines(vm)))
+            print(maintenance.status_line(vm))
         if not ps.ok:  # e.g. a garbled .env: every compose command fails the same way
             # compose's error, not a warning before it (`level=warning msg="The X variable
             # is not set"`, when the deleted .env held X)
@@ -219,19 +221,6 @@ def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
         # Not quiet: quiet also hides the output, and the logs are the output.
         vm.run(cmd.service_logs(vm.compose(), vm.settings.service, int(tail), follow),
                check=False)
-
-
-@task(name="exec", help={"cmd": "the command to run inside the app container"})
-@friendly
-def exec_(c: Context, cmd: str) -> None:
-    """Run a command inside the running app container; its exit code is ours."""
-    from deploy.commands import vm as commands
-
-    for vm in each_vm(c):
-        result = vm.run(commands.exec_in_service(vm.compose(), vm.settings.service, cmd),
-                        check=False)
-        if not result.ok:
-            raise Exit(f"command exited {result.exited}", code=result.exited)
 
 
 @task(name="run", help={"cmd": "the shell command to run on the VM, in app_dir"})
@@ -500,6 +489,43 @@ def restore(c: Context, backup: str, force_unverified: bool = False,
         restore_backup(vm, backup, force_unverified=force_unverified)
 
 
+MAINTENANCE_ACTIONS = ("on", "off")
+
+
+@task(name="maintenance", positional=["action"],
+      help={"action": "on: the app's hosts answer 503 with the maintenance page; off: the "
+                      "app again"})
+def maintenance_(c: Context, action: str) -> None:
+    """Maintenance mode behind the proxy: `on` makes Caddy answer the app's host names with
+    a 503 page (maintenance_page, else the toolkit's) and Retry-After
+    (maintenance_retry_after); `off` sends them to the app again. No config load, no
+    dropped request; `fab status` shows it."""
+    maintenance_action(c, action)  # (Invoke loses positional arguments through a wrapper)
+
+
+@friendly
+def maintenance_action(c: Context, action: str) -> None:
+    from deploy import maintenance, proxy
+    from deploy.errors import DeployError
+
+    if action not in MAINTENANCE_ACTIONS:
+        raise DeployError(f"unknown maintenance action {action!r}",
+                          "use fab maintenance on | fab maintenance off")
+    settings = load_settings()
+    maintenance.require_proxy(settings)
+    text = maintenance.page(settings) if action == "on" else ""  # checked before connecting
+    for vm in each_vm(c):
+        if action == "on":
+            maintenance.turn_on(vm, "fab maintenance on", text)
+            vm.runner.say(f"maintenance mode on: {', '.join(proxy.hosts(vm.settings))} answer "
+                          f"503 (Retry-After {vm.settings.maintenance_retry_after}s)")
+        else:
+            was = maintenance.state(vm)
+            maintenance.turn_off(vm)
+            vm.runner.say("maintenance mode off: requests go to the app" if was is not None
+                          else "maintenance mode was off: requests go to the app")
+
+
 PROXY_ACTIONS = ("status", "logs", "reload")
 
 
@@ -532,5 +558,7 @@ def proxy_(c: Context, action: str, follow: bool = False, tail: int = 100) -> No
 
 ns = Collection(
     deploy, rollback, releases, status, logs, exec_, run_, setup, unlock, backups, restore, env_,
-    env_keys, proxy_, env_sync, promote, prune, remove,
+    env_keys, proxy_, env_sync, promote, prune, remove, maintenance_, shell, alias_,
 )
+for _alias in alias_tasks(frozenset(ns.task_names)):  # deploy.toml's [aliases]: `fab console`
+    ns.add_task(_alias)

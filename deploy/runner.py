@@ -174,6 +174,23 @@ class Runner:
             runner.out.write("\n")
             runner.out.flush()
 
+    def interactive(self, argv: Argv, cwd: str = "") -> int:
+        """Run `argv` (in `cwd`) with a terminal: the remote shell's `interactive` (a pty of
+        its own, this terminal's keys passed through); its exit code. Printed like `run`."""
+        command = shlex.join(argv)
+        if cwd:
+            command = f"cd {shlex.quote(cwd)} && {command}"
+        self.history.append(command)
+        self.end_line()
+        if self.dry_run or self.echo:
+            self.say(f"$ {command}  (with a terminal)")
+        if self.dry_run:
+            return 0
+        if not hasattr(self.target, "interactive"):
+            raise DeployError(f"{self.where} cannot run a command with a terminal",
+                              "run it on a VM (`fab`)")
+        return int(self.target.interactive(command))
+
     def run(
         self,
         argv: Argv,

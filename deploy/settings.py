@@ -34,7 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 DATABASE_PARTS = ("host", "port", "user", "password", "name")
 # Tables read by their own module, not typed settings (`[roles.NAME]`, deploy/roles.py).
-TABLES = ("roles", "destinations", "secrets")
+TABLES = ("roles", "destinations", "secrets", "aliases")
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,9 @@ class Settings:
     proxy_image: str = "caddy:2"
     proxy_http_port: str = "80"
     proxy_https_port: str = "443"
+    # Maintenance mode behind the proxy (deploy/maintenance.py): the 503 page and its header
+    maintenance_page: str = ""  # an HTML file of the app repo; empty: the toolkit's own page
+    maintenance_retry_after: int = 30  # seconds, the Retry-After header of the 503
     # Several hosts: [roles.NAME] tables (deploy/roles.py) and how they switch
     primary_role: str = ""
     batch_limit: int = 0

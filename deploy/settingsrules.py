@@ -51,6 +51,10 @@ def check(values: dict[str, Any], source: Callable[[str], str],
         if key in values and values[key] < 1:
             raise bad(key, "must be 1 or more (it counts the newest kept, the one just made "
                       "included)", "keep at least 1")
+    retry = values.get("maintenance_retry_after")
+    if retry is not None and not 1 <= retry <= 86400:
+        raise bad("maintenance_retry_after", "must be seconds from 1 to 86400 (the 503's "
+                  "Retry-After header)", "give the seconds a client should wait, e.g. 30")
     for key in NOT_NEGATIVE:
         if key in values and values[key] < 0:
             raise bad(key, "must not be negative", "give 0 or more")

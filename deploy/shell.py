@@ -107,6 +107,19 @@ class RemoteShell:
             )
         return transport
 
+    def interactive(self, command: str) -> int:
+        """Run `command` in a session of its own on the same connection, with a terminal (a
+        pty on the VM, sized like ours and resized with it): what is typed goes to it as it
+        is typed, Ctrl-C included (sent as the character, to the remote program), and its
+        output comes straight to ours. Returns its exit code."""
+        transport = transport_of(self.connection)
+        if transport is None or not transport.is_active():
+            self._reconnect()
+        if self.before_output:
+            self.before_output()
+        result = self.connection.run(command, pty=True, warn=True, echo=False, hide=False)
+        return int(result.exited)
+
     def close(self) -> None:
         if self.channel is not None:
             self.channel.close()

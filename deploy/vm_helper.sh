@@ -767,9 +767,11 @@ proxy_drop_route() {  # PROJECT: the app's route removed (its hosts answer 404),
     rm -f "apps/$1.json" "apps/$1.dir" && proxy_reload
 }
 
-proxy_remove_app() {  # PROJECT: the app's route and upstream file removed, the config loaded
+proxy_remove_app() {  # PROJECT: the app's route, upstream and maintenance files removed, the
+    # config loaded
     project_file "$1"
-    rm -f "conf/upstreams/$1" && proxy_drop_route "$1"
+    rm -f "conf/upstreams/$1" "conf/maintenance/$1.html" "conf/maintenance/$1.retry" \
+        "conf/maintenance/$1.json" && proxy_drop_route "$1"
 }
 
 proxy_wait_admin() {  # DIR TIMEOUT: until Caddy's admin API answers; exit 1 after TIMEOUT s
@@ -785,6 +787,31 @@ proxy_set_upstream() {  # DIR PROJECT UPSTREAM: one atomic rename (Caddy reads i
     project_file "$2"
     f=$1/conf/upstreams/$2
     mkdir -p "$1/conf/upstreams" && printf '%s' "$3" > "$f.tmp" && mv "$f.tmp" "$f"
+}
+
+proxy_maintenance_on() {  # DIR PROJECT RETRY_AFTER INFO_JSON < PAGE: the page last, by a
+    # rename: Caddy answers the app's hosts with it from the next request on
+    project_file "$2"
+    m=$1/conf/maintenance/$2
+    mkdir -p "$1/conf/maintenance" || exit 1
+    printf '%s' "$3" > "$m.retry.tmp" && mv "$m.retry.tmp" "$m.retry" \
+        && printf '%s\n' "$4" > "$m.json.tmp" && mv "$m.json.tmp" "$m.json" \
+        && cat > "$m.html.tmp" && chmod 644 "$m.html.tmp" "$m.retry" && mv "$m.html.tmp" "$m.html"
+}
+
+proxy_maintenance_off() {  # DIR PROJECT: the page file first (the switch), then the rest
+    project_file "$2"
+    m=$1/conf/maintenance/$2
+    rm -f "$m.html" && rm -f "$m.retry" "$m.json" "$m.html.tmp"
+}
+
+proxy_maintenance_state() {  # DIR PROJECT: "on" and who turned it on, or nothing when off
+    project_file "$2"
+    m=$1/conf/maintenance/$2
+    [ -f "$m.html" ] || return 0
+    echo on
+    cat "$m.json" 2>/dev/null
+    return 0
 }
 
 proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request through Caddy
@@ -884,6 +911,9 @@ case $cmd in
     proxy-wait-admin) proxy_wait_admin "$@" ;;
     proxy-set-upstream) proxy_set_upstream "$@" ;;
     proxy-poll) proxy_poll "$@" ;;
+    proxy-maintenance-on) proxy_maintenance_on "$@" ;;
+    proxy-maintenance-off) proxy_maintenance_off "$@" ;;
+    proxy-maintenance-state) proxy_maintenance_state "$@" ;;
     ensure-network) ensure_network "$1" ;;
     retire) retire "$@" ;;
     wait-gone) wait_gone "$@" ;;

@@ -57,9 +57,17 @@ def test_config_parts_join_routes_into_valid_json():
     config = json.loads(head + ",".join(json.dumps(r) for r in routes) + tail)
     got = config["apps"]["http"]["servers"]["web"]["routes"]
     assert [r["match"][0]["host"] for r in got] == [["a.test"], ["b.test", "www.b.test"]]
-    # Each route's upstream is read from its own file, per request (no reload to switch).
-    assert got[1]["handle"][0]["upstreams"] == [
+    # Each route's upstream is read from its own file, per request (no reload to switch);
+    # before it, the app's maintenance page while its file exists (no reload either).
+    maintenance, proxied = got[1]["handle"][0]["routes"]
+    assert proxied["handle"][0]["upstreams"] == [
         {"dial": "{file./etc/deploy-proxy/upstreams/b}"}]
+    assert maintenance["match"] == [{"file": {"root": "/etc/deploy-proxy/maintenance",
+                                              "try_files": ["/b.html"]}}]
+    page = maintenance["handle"][0]
+    assert page["status_code"] == 503
+    assert page["body"] == "{file./etc/deploy-proxy/maintenance/b.html}"
+    assert page["headers"]["Retry-After"] == ["{file./etc/deploy-proxy/maintenance/b.retry}"]
     assert json.loads(head + tail)["apps"]["http"]["servers"]["web"]["routes"] == []
     fallback = json.loads(head + json.dumps(pcmd.FALLBACK_ROUTE) + tail)
     assert fallback["apps"]["http"]["servers"]["web"]["routes"][0]["handle"][0][

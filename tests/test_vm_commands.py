@@ -133,6 +133,7 @@ def builder_commands(kind: str) -> list[str]:
         cmd.health_state(base, "app"), cmd.running_image(base, "app"),
         cmd.service_logs(base, "app", 5), cmd.service_logs(base, "app", 5, follow=True),
         cmd.exec_in_service(base, "app", "ls /data"), cmd.config(base, kind),
+        cmd.exec_in_service(base, "app", "python", tty=True),
         cmd.backup_postgres(base, "db", "postgres", "app", "backups/x.dump"),
         cmd.restore_postgres(base, "db", "postgres", "app", "x.dump"),
         cmd.pg_ready(base, "db", "postgres", "app"),
@@ -1267,3 +1268,34 @@ def test_an_external_database_is_neither_started_nor_backed_up_by_the_tool(tmp_p
         vm.check_backup("x.dump")
     assert "the database is external (database_url)" in err.value.message
     assert not any("s3cret-pw" in c for c in history)
+
+
+def test_exec_with_a_terminal_drops_compose_no_tty_flag_and_names_the_container():
+    base = cmd.compose("v2", "compose.yaml", PROJECT)
+    assert cmd.exec_in_service(base, "app", "ls")[-6:] == ["exec", "-T", "app", "sh", "-c", "ls"]
+    assert cmd.exec_in_service(base, "app", "python", tty=True)[-5:] == [
+        "exec", "app", "sh", "-c", "python"]
+    assert cmd.exec_in_container("p-app-2", "python", tty=True) == [
+        "docker", "exec", "-it", "p-app-2", "sh", "-c", "python"]
+    assert cmd.exec_in_container("p-app-2", "ls") == ["docker", "exec", "p-app-2", "sh", "-c",
+                                                      "ls"]
+
+
+def test_an_interactive_dry_run_prints_the_command_and_runs_nothing():
+    out = io.StringIO()
+    runner = Runner(None, where="vm1", dry_run=True, out=out)
+    assert runner.interactive(["docker", "exec", "-it", "c", "sh", "-c", "python -q"],
+                              cwd="/srv/my app") == 0
+    assert out.getvalue() == ("[vm1] $ cd '/srv/my app' && docker exec -it c sh -c "
+                              "'python -q'  (with a terminal)\n")
+
+
+def test_exec_argv_keeps_the_shell_on_ctrl_c_only_with_a_terminal(tmp_path):
+    from deploy import console
+
+    vm = remote.Vm(settings_for(tmp_path), Runner(None, where="vm1", dry_run=True,
+                                                  out=io.StringIO()))
+    tty = console.exec_argv(vm, "python -m app.console", tty=True)
+    assert tty[-5:] == ["exec", "app", "sh", "-c", "trap : INT; python -m app.console"]
+    plain = console.exec_argv(vm, "alembic current", tty=False)
+    assert plain[-6:] == ["exec", "-T", "app", "sh", "-c", "alembic current"]

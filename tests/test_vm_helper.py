@@ -45,7 +45,8 @@ ALLOWED = {
     ("commands/vm.py", "install_helper"),      # puts the helper in place
     ("commands/vm.py", "run_in_new_container"),  # the migrate command, `alembic downgrade`
     ("commands/vm.py", "migrate_then_current"),  # the migrate command, then alembic current
-    ("commands/vm.py", "exec_in_service"),    # `fab exec`
+    ("commands/vm.py", "exec_in_service"),    # `fab exec`, `fab shell`, aliases
+    ("commands/vm.py", "exec_in_container"),  # the same behind the proxy: the serving one
     ("secrets.py", "resolve"),                # a [secrets] command, run on the laptop
 }
 
@@ -119,6 +120,9 @@ BUILDERS = {
     "set_upstream": pcmd.set_upstream(PROXY_DIR, "p", "p-app-2:8000"),
     "poll": pcmd.poll(PROXY_DIR, "abc", "p-app-1:8000", "h", "/health"),
     "ensure_network": pcmd.ensure_network(PROXY_DIR, "deploy-proxy"),
+    "maintenance_on": pcmd.maintenance_on(PROXY_DIR, "p", 30, "{}"),
+    "maintenance_off": pcmd.maintenance_off(PROXY_DIR, "p"),
+    "maintenance_state": pcmd.maintenance_state(PROXY_DIR, "p"),
     "settle": pcmd.settle(["docker", "compose"], "app"),
     "env_keys": app_env_keys(),
     "set_key": set_key("APP_SECRET"),
@@ -289,6 +293,26 @@ def test_proxy_base_routes_and_upstream_on_disk(tmp_path):
     read = subprocess.run(pcmd.read_upstream(d, "b"), capture_output=True, text=True)
     assert read.returncode != 0 and read.stdout == ""  # no switch yet: no upstream
     escape = dash(pcmd.set_upstream(d, "../x", "y:1"), tmp_path)
+    assert escape.returncode == 1 and "not a project name" in escape.stderr
+
+
+def test_maintenance_files_go_in_page_last_and_out_page_first(tmp_path):
+    proxy = tmp_path / "proxy"
+    d = str(proxy)
+    assert dash(pcmd.maintenance_state(d, "a"), tmp_path).stdout == ""  # off
+    page = "<p>it's {back} $soon</p>\n"
+    on = dash(pcmd.maintenance_on(d, "a", 45, '{"who": "me"}'), tmp_path, stdin=page)
+    assert on.returncode == 0, on.stderr
+    html = proxy / pcmd.maintenance_path("a", ".html")
+    assert html.read_text() == page  # byte for byte, nothing expanded
+    assert (proxy / pcmd.maintenance_path("a", ".retry")).read_text() == "45"
+    assert oct(html.stat().st_mode & 0o777) == "0o644"  # Caddy's user reads it
+    assert dash(pcmd.maintenance_state(d, "a"), tmp_path).stdout == 'on\n{"who": "me"}\n'
+    assert sorted(p.name for p in html.parent.iterdir()) == ["a.html", "a.json", "a.retry"]
+    assert dash(pcmd.maintenance_off(d, "a"), tmp_path).returncode == 0
+    assert list(html.parent.iterdir()) == []
+    assert dash(pcmd.maintenance_off(d, "a"), tmp_path).returncode == 0  # off again: fine
+    escape = dash(pcmd.maintenance_on(d, "../x", 1, "{}"), tmp_path, stdin="x")
     assert escape.returncode == 1 and "not a project name" in escape.stderr
 
 

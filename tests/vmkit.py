@@ -599,6 +599,8 @@ class Hit:
     ended: float
     status: int | str  # the HTTP status, or the error when there was no answer
     version: str = ""
+    retry_after: str = ""  # an error's Retry-After header (a 503 of maintenance mode)
+    body: str = ""  # an error's body (its start)
 
 
 class Probe:
@@ -660,7 +662,12 @@ def fetch(app: App, path: str, timeout: float = 10) -> Hit:
             version = str(body.get("version")) if isinstance(body, dict) else ""  # /items: a list
             return Hit(started, time.monotonic(), response.status, version)
     except urllib.error.HTTPError as exc:
-        return Hit(started, time.monotonic(), exc.code)
+        try:
+            body = exc.read(2000).decode(errors="replace")
+        except OSError as cut:  # the answer's status came, its body did not
+            body = f"(body cut: {cut})"
+        return Hit(started, time.monotonic(), exc.code,
+                   retry_after=exc.headers.get("Retry-After") or "", body=body)
     except (OSError, ValueError) as exc:
         return Hit(started, time.monotonic(), f"{type(exc).__name__}: {exc}")
 

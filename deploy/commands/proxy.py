@@ -11,6 +11,9 @@ One Caddy per VM, in its own compose project in `proxy_dir`, on a docker network
                           route changes, through the admin API, so a restart runs the same)
     conf/upstreams/PROJECT  the container:port that serves the app, read by Caddy for each
                           request: a switch renames a new file over it, no config reload
+    conf/maintenance/PROJECT.html  while it exists, the app's hosts get it as a 503 page
+                          (Retry-After: conf/maintenance/PROJECT.retry; who turned it on and
+                          why: PROJECT.json); Caddy looks for it per request: no config reload
     run/admin.sock        Caddy's admin API (a unix socket: no container can reach it)
     run/check.sock        a Caddy listener that proxies to the container named in the
                           X-Deploy-Upstream header: health as seen from Caddy's network
@@ -74,23 +77,74 @@ def upstream_path(project: str, inside: bool = False) -> str:
     return f"{IN_CONTAINER_CONF if inside else 'conf'}/upstreams/{project}"
 
 
-def route(project: str, hosts: list[str]) -> dict:
-    """One app's route: its host names to the container named in its upstream file.
+MAINTENANCE_DIR = "maintenance"
+PAGE_LIMIT = 512 * 1024  # Caddy's {file.*} placeholder reads at most 1 MiB
 
-    Caddy reads the file for each request (the `{file.*}` placeholder), so a switch is an
-    atomic rename on the VM and no config load: a load (a reload of the servers) can drop a
-    request that arrives at that instant. A dial that fails (the container going away) is
-    retried for a few seconds instead of answering 502 at once."""
+
+def maintenance_path(project: str, suffix: str, inside: bool = False) -> str:
+    """A maintenance file of the app (`.html` the page, `.retry` the Retry-After seconds,
+    `.json` who turned it on and why), in proxy_dir or inside Caddy."""
+    return f"{IN_CONTAINER_CONF if inside else 'conf'}/{MAINTENANCE_DIR}/{project}{suffix}"
+
+
+def maintenance_route(project: str) -> dict:
+    """While the app's page file exists: 503, the page, Retry-After (both read per request)."""
     return {
-        "@id": f"deploy-{project}",
-        "match": [{"host": hosts}],
+        "match": [{"file": {"root": f"{IN_CONTAINER_CONF}/{MAINTENANCE_DIR}",
+                            "try_files": [f"/{project}.html"]}}],
         "handle": [{
-            "handler": "reverse_proxy",
-            "upstreams": [{"dial": "{file." + upstream_path(project, inside=True) + "}"}],
-            "load_balancing": {"try_duration": "5s", "try_interval": "250ms"},
+            "handler": "static_response",
+            "status_code": 503,
+            "headers": {
+                "Retry-After": ["{file." + maintenance_path(project, ".retry", True) + "}"],
+                "Content-Type": ["text/html; charset=utf-8"],
+                "Cache-Control": ["no-store"],
+            },
+            "body": "{file." + maintenance_path(project, ".html", True) + "}",
         }],
         "terminal": True,
     }
+
+
+def route(project: str, hosts: list[str]) -> dict:
+    """One app's route: its host names to the container named in its upstream file, or to
+    the maintenance page while the app's page file exists.
+
+    Caddy reads the files for each request (the `file` matcher, the `{file.*}` placeholder),
+    so a switch, and maintenance on or off, is an atomic rename or removal on the VM and no
+    config load: a load (a reload of the servers) can drop a request that arrives at that
+    instant. A dial that fails (the container going away) is retried for a few seconds
+    instead of answering 502 at once."""
+    return {
+        "@id": f"deploy-{project}",
+        "match": [{"host": hosts}],
+        "handle": [{"handler": "subroute", "routes": [
+            maintenance_route(project),
+            {"handle": [{
+                "handler": "reverse_proxy",
+                "upstreams": [{"dial": "{file." + upstream_path(project, inside=True) + "}"}],
+                "load_balancing": {"try_duration": "5s", "try_interval": "250ms"},
+            }]},
+        ]}],
+        "terminal": True,
+    }
+
+
+def maintenance_on(proxy_dir: str, project: str, retry_after: int, info_json: str) -> list[str]:
+    """Serve the page (on stdin) for the app's hosts, with Retry-After: `retry_after`; the
+    page file goes in last, by a rename, so a request sees the whole page or the app."""
+    return helper_in(proxy_dir, "proxy-maintenance-on", proxy_dir, project, str(retry_after),
+                     info_json)
+
+
+def maintenance_off(proxy_dir: str, project: str) -> list[str]:
+    """The app's hosts go to the app again (the page file removed first)."""
+    return helper_in(proxy_dir, "proxy-maintenance-off", proxy_dir, project)
+
+
+def maintenance_state(proxy_dir: str, project: str) -> list[str]:
+    """Prints `on` and the JSON of who turned it on, or nothing when it is off."""
+    return helper_in(proxy_dir, "proxy-maintenance-state", proxy_dir, project)
 
 
 def compose_project(image: str, network: str, http_port: str, https_port: str) -> str:

@@ -416,8 +416,16 @@ def service_logs(compose_argv: list[str], service: str, tail: int, follow: bool 
     return [*argv, "--follow", service] if follow else [*argv, service]
 
 
-def exec_in_service(compose_argv: list[str], service: str, command: str) -> list[str]:
-    return [*compose_argv, "exec", "-T", service, "sh", "-c", command]
+def exec_in_service(compose_argv: list[str], service: str, command: str,
+                    tty: bool = False) -> list[str]:
+    """`command` (the user's) in the running container of `service`; with `tty`, on a
+    terminal (compose's exec allocates one and keeps stdin open unless told `-T`)."""
+    return [*compose_argv, "exec", *([] if tty else ["-T"]), service, "sh", "-c", command]
+
+
+def exec_in_container(container: str, command: str, tty: bool = False) -> list[str]:
+    """`command` (the user's) in one named container; with `tty`, on a terminal (`-it`)."""
+    return ["docker", "exec", *(["-it"] if tty else []), container, "sh", "-c", command]
 
 
 def ps(compose_argv: list[str]) -> list[str]:

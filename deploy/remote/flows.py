@@ -310,7 +310,12 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
         switch_checked(vm, target, current, rel)
         if downgrading:
             vm.hold_lock(f"{target} (switched, not recorded)")
-            downgrade_serving(vm, rel, target, current, digest, now, wanted, backup)
+            # The schema goes back under the serving release: users get the maintenance page
+            # (with the proxy) for that step, not whatever a half-changed schema answers.
+            from deploy import maintenance  # built on this package's Vm: imported here
+
+            with maintenance.window(vm, f"fab rollback --tag={target} --downgrade"):
+                downgrade_serving(vm, rel, target, current, digest, now, wanted, backup)
         # An older image may not know a newer schema's revision: ask the database.
         revision = vm.revision() or (wanted if downgrading else now)
         vm.hold_lock(f"{target} (switched, not recorded)")
@@ -403,6 +408,80 @@ def as_interrupt(signum: int) -> KeyboardInterrupt:
     return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
 
+def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: str) -> str:
+    """The steps of a restore that change the VM, under its lock: stop the app, save the live
+    database, make it equal the backup `name`, record it, start the app, check its health.
+    Returns the name of the saved backup ('' when there was no database)."""
+    s = vm.settings
+    try:
+        with rel.phase("stop", cuts_short=False):
+            vm.run(cmd.stop(vm.compose(), s.service), hide=True)
+        with rel.phase("save", cuts_short=False, timed=False) as found:
+            saved = vm.backup(current, revision=revision, label="-pre-restore",
+                              reason=f"the database `fab restore --backup={name}` replaced")
+            found.result = saved or "no database yet"
+    except (KeyboardInterrupt, DeployError) as exc:
+        what, fix, code = (exc.message, exc.fix, 1) if isinstance(exc, DeployError) else (
+            signal_name(exc), f"run `fab restore --backup={name}` again", exit_code(exc))
+        raise DeployError(
+            f"{what}\nthe restore of {name} stopped before the database changed: it is as "
+            f"it was; {start_again(vm)}", fix, exit_code=code) from None
+    saved = saved.removeprefix(f"{cmd.BACKUP_DIR}/")
+    undo = f"`fab restore --backup={saved}` puts back the database it replaced" if saved \
+        else "there was no database to save before it"
+    stopped = (f"{s.service} is left stopped, the database as the failed restore left it",
+               f"fix what the error says and run `fab restore --backup={name}` again; "
+               f"`fab rollback --tag={current}` starts the app as it is"
+               + (f"; the database before it is saved as {saved}" if saved else ""))
+    # The data step runs to its end whatever signal comes; the marker (written first)
+    # tells the next command what a SIGKILL left.
+    with sigint_deferred() as caught, rel.phase("restore", cuts_short=False) as found:
+        found.result = name
+        if not vm.runner.dry_run:
+            vm.write(cmd.RESTORE_MARKER, json.dumps(
+                {"backup": name, "saved": saved, "tag": current, **stamp()}))
+        if s.database == "sqlite":
+            argv = cmd.restore_sqlite(name, s.sqlite_path)
+        else:
+            argv = cmd.restore_postgres(vm.compose(), s.postgres_service, s.postgres_user,
+                                        s.postgres_db, name)
+        result = vm.run(argv, hide=True, check=False)
+        if not result.ok:
+            vm.run(cmd.restore_clear(), quiet=True, check=False)
+            tail = "\n".join(result.output.splitlines()[-15:])
+            raise DeployError(redact(f"restoring {name} failed; {stopped[0]}\n{tail}",
+                                     vm.runner.secrets), stopped[1])
+    # From here the database equals the backup: the history says so, whatever comes next.
+    if caught:
+        signalled = as_interrupt(caught[0])
+        record_restore(vm, restore_entry(name, current, vm.revision(), False, saved,
+                                         cut_short=True))
+        raise DeployError(
+            f"{signal_name(signalled)} during the restore of {name}: it was finished and "
+            f"recorded; {start_again(vm)} (its health was not checked)",
+            f"`fab status` shows it; {undo}", exit_code=exit_code(signalled))
+    try:
+        with rel.phase("start", cuts_short=False):
+            vm.run(cmd.up(vm.compose()), hide=True)
+        with rel.phase("healthy", cuts_short=False):
+            problem = healthy_after_start(vm)
+    except BaseException as exc:  # the first error is the one to show; the record a bonus
+        with contextlib.suppress(Exception):
+            record_restore(vm, restore_entry(name, current, vm.revision(), False, saved))
+        if isinstance(exc, KeyboardInterrupt):
+            raise DeployError(
+                f"{signal_name(exc)} after {name} was restored (recorded), while {s.service}"
+                " was starting: it may not be running", f"`fab status` shows it; `fab "
+                f"rollback --tag={current}` starts it; {undo}",
+                exit_code=exit_code(exc)) from None
+        raise
+    record_restore(vm, restore_entry(name, current, vm.revision(), not problem, saved))
+    if problem:
+        raise DeployError(f"after the restore the app is not healthy ({problem})",
+                          f"look at `fab logs`; {undo}")
+    return saved
+
+
 def restore(vm: Vm, name: str, force_unverified: bool = False) -> None:
     """Check the backup against its manifest, stop the app, save the live database as a
     backup of its own (so a restore can be undone), make the database equal the backup,
@@ -413,8 +492,8 @@ def restore(vm: Vm, name: str, force_unverified: bool = False) -> None:
     start the app again on the data as it was; during it, the step is finished and recorded
     first. A failed restore command changed nothing (one transaction; SQLite: a rename),
     records nothing and leaves the app stopped, and says so. A `fab` killed meanwhile leaves a
-    marker the next command reads (VmQueries.settle_restore)."""
-    s = vm.settings
+    marker the next command reads (VmQueries.settle_restore). With the proxy, users get the
+    maintenance page from before the app stops until it serves again (deploy/maintenance.py)."""
     validate_backup_name(name)
     if not vm.runner.dry_run and name not in vm.backups():
         raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
@@ -426,72 +505,11 @@ def restore(vm: Vm, name: str, force_unverified: bool = False) -> None:
             vm.check_backup(name, force_unverified)
             vm.start_database(current)
             revision = vm.revision()  # SQLite: asked of the app before it stops
-        try:
-            with rel.phase("stop", cuts_short=False):
-                vm.run(cmd.stop(vm.compose(), s.service), hide=True)
-            with rel.phase("save", cuts_short=False, timed=False) as found:
-                saved = vm.backup(current, revision=revision, label="-pre-restore",
-                                  reason=f"the database `fab restore --backup={name}` replaced")
-                found.result = saved or "no database yet"
-        except (KeyboardInterrupt, DeployError) as exc:
-            what, fix, code = (exc.message, exc.fix, 1) if isinstance(exc, DeployError) else (
-                signal_name(exc), f"run `fab restore --backup={name}` again", exit_code(exc))
-            raise DeployError(
-                f"{what}\nthe restore of {name} stopped before the database changed: it is as "
-                f"it was; {start_again(vm)}", fix, exit_code=code) from None
-        saved = saved.removeprefix(f"{cmd.BACKUP_DIR}/")
-        undo = f"`fab restore --backup={saved}` puts back the database it replaced" if saved \
-            else "there was no database to save before it"
-        stopped = (f"{s.service} is left stopped, the database as the failed restore left it",
-                   f"fix what the error says and run `fab restore --backup={name}` again; "
-                   f"`fab rollback --tag={current}` starts the app as it is"
-                   + (f"; the database before it is saved as {saved}" if saved else ""))
-        # The data step runs to its end whatever signal comes; the marker (written first)
-        # tells the next command what a SIGKILL left.
-        with sigint_deferred() as caught, rel.phase("restore", cuts_short=False) as found:
-            found.result = name
-            if not vm.runner.dry_run:
-                vm.write(cmd.RESTORE_MARKER, json.dumps(
-                    {"backup": name, "saved": saved, "tag": current, **stamp()}))
-            if s.database == "sqlite":
-                argv = cmd.restore_sqlite(name, s.sqlite_path)
-            else:
-                argv = cmd.restore_postgres(vm.compose(), s.postgres_service, s.postgres_user,
-                                            s.postgres_db, name)
-            result = vm.run(argv, hide=True, check=False)
-            if not result.ok:
-                vm.run(cmd.restore_clear(), quiet=True, check=False)
-                tail = "\n".join(result.output.splitlines()[-15:])
-                raise DeployError(redact(f"restoring {name} failed; {stopped[0]}\n{tail}",
-                                         vm.runner.secrets), stopped[1])
-        # From here the database equals the backup: the history says so, whatever comes next.
-        if caught:
-            signalled = as_interrupt(caught[0])
-            record_restore(vm, restore_entry(name, current, vm.revision(), False, saved,
-                                             cut_short=True))
-            raise DeployError(
-                f"{signal_name(signalled)} during the restore of {name}: it was finished and "
-                f"recorded; {start_again(vm)} (its health was not checked)",
-                f"`fab status` shows it; {undo}", exit_code=exit_code(signalled))
-        try:
-            with rel.phase("start", cuts_short=False):
-                vm.run(cmd.up(vm.compose()), hide=True)
-            with rel.phase("healthy", cuts_short=False):
-                problem = healthy_after_start(vm)
-        except BaseException as exc:  # the first error is the one to show; the record a bonus
-            with contextlib.suppress(Exception):
-                record_restore(vm, restore_entry(name, current, vm.revision(), False, saved))
-            if isinstance(exc, KeyboardInterrupt):
-                raise DeployError(
-                    f"{signal_name(exc)} after {name} was restored (recorded), while {s.service}"
-                    " was starting: it may not be running", f"`fab status` shows it; `fab "
-                    f"rollback --tag={current}` starts it; {undo}",
-                    exit_code=exit_code(exc)) from None
-            raise
-        record_restore(vm, restore_entry(name, current, vm.revision(), not problem, saved))
-        if problem:
-            raise DeployError(f"after the restore the app is not healthy ({problem})",
-                              f"look at `fab logs`; {undo}")
+        # Users get the maintenance page (with the proxy) until the app serves again.
+        from deploy import maintenance  # built on this package's Vm: imported here
+
+        with maintenance.window(vm, f"fab restore --backup={name}"):
+            saved = replace_database(vm, rel, name, current, revision)
     vm.runner.say(f"restored {name}; " + (f"the database it replaced is saved as {saved} "
                                           f"(`fab restore --backup={saved}` undoes this)"
                                           if saved else "there was no database before it"))

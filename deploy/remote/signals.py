@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 
@@ -42,6 +42,30 @@ def terminations_interrupt() -> Iterator[None]:
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def terminations_exit(first: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP run `first` (close the SSH connection, which
+    ends the remote program and the threads reading it), then end the command (exit
+    128+signum) through the normal unwinding (the terminal's mode is put back): for a command
+    with a terminal, where a KeyboardInterrupt is sent on to the remote program as Ctrl-C
+    instead of ending anything."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(Exception):
+            first()
+        raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:

@@ -331,7 +331,7 @@ class VmQueries:
             self.runner.say(
                 f"warning: {started} was cut off after the database was replaced by {name}: "
                 f"recorded now. The app may be stopped: `fab status` shows it; `fab rollback "
-                f"--tag={tag or 'TAG'}` starts it{undo}")
+                f"--tag={tag or 'TAG'}` starts it{undo}.{self.maintenance_left()}")
             return
         self.run(cmd.restore_clear(), quiet=True)
         stopped = f"The app may be stopped: `fab status` shows it; `fab rollback --tag=" \
@@ -343,10 +343,17 @@ class VmQueries:
                 f"(Postgres: one transaction, all of it or nothing). Not recorded. {stopped}; "
                 f"`fab restore --backup={name}` makes it certain"
                 + (f", `fab restore --backup={saved}` puts back the database as it was"
-                   if saved else ""))
+                   if saved else "") + f".{self.maintenance_left()}")
             return
         self.runner.say(f"warning: {started} was cut off before the database changed: the "
-                        f"database is as it was, nothing to record. {stopped}")
+                        f"database is as it was, nothing to record. {stopped}."
+                        f"{self.maintenance_left()}")
+
+    def maintenance_left(self) -> str:
+        """' Maintenance mode is still on …' when a killed restore left it on, else ''."""
+        from deploy import maintenance  # built on this module: imported when needed
+
+        return maintenance.left_on(self)
 
     # -- the release files --------------------------------------------------------------
     def current_tag(self) -> str:
