@@ -427,11 +427,15 @@ def test_inv_deploy_dry_run_prints_every_step_and_pushes_nothing(live, images, s
 REDEPLOY_COMMANDS = [
     "install-helper", "lock-acquire", "lock-log-unseen", "restore-state",
     "facts", "release-files",  # the check phase
+    "disk-free", "app-images",  # room for the image (the previous one's size)
     "docker pull", "docker image inspect",  # pull
-    "lock-check", "backup-sqlite", "write-file",  # backup (its manifest)
+    "lock-check", "disk-free", "file-size",  # room for the backup (the database's size)
+    "backup-sqlite", "write-file",  # backup (its manifest)
     "lock-check", "compose run",  # migrate
     "lock-check", "compose up", "health-state", "http-status",  # switch
-    "lock-check", "record", "list-backups", "lock-release-if",
+    "lock-check", "record", "list-backups",  # record, old backups pruned
+    "prune-containers", "app-images",  # the prune phase (the images now there)
+    "lock-release-if",
 ]
 POLLS = {"health-state", "http-status"}
 
