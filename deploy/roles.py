@@ -327,26 +327,39 @@ def restore(settings: Settings, name: str, *, force_unverified: bool = False,
         others = {slot: vm for slot, vm in vms.items() if slot != plan.primary}
         stopped: list[Slot] = []
         problems: list[str] = []
-        try:
-            for slot, vm in others.items():
-                vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True,
-                       what=f"stopping the app on {slot} failed; nothing was restored",
-                       fix="see the message above")
-                stopped.append(slot)
-            if stopped:
-                say(f"stopped the app on {', '.join(map(str, stopped))} while the database on "
-                    f"{plan.primary} is restored")
-            restore_on(first, name, force_unverified=force_unverified)
-        finally:
-            for slot in stopped:
-                vm = others[slot]
-                started = vm.run(cmd.up(vm.compose()), hide=True, check=False)
-                problem = healthy_after_start(vm) if started.ok else (
-                    started.output.strip().splitlines() or [f"exit {started.exited}"])[-1]
-                if problem:
-                    problems.append(f"{slot}: {problem}")
-                else:
-                    say(f"{slot}: started again, healthy")
+        from deploy import maintenance  # built on the remote Vm: imported here
+
+        with contextlib.ExitStack() as pages:
+            for vm in others.values():  # behind each host's proxy, the page, not errors
+                pages.enter_context(maintenance.window(vm, f"fab restore --backup={name}",
+                                                       note=False))
+            restore_others(first, name, force_unverified, others, stopped, problems, say)
     if problems:
         raise DeployError("after the restore, not every host is healthy: " + "; ".join(problems),
                           "look at `fab logs` on those hosts; `fab status` shows each host")
+
+
+def restore_others(first: Vm, name: str, force_unverified: bool, others: dict[Slot, Vm],
+                   stopped: list[Slot], problems: list[str], say: Say) -> None:
+    """Stop the app on `others`, restore on `first`, then start and health-check `others`
+    (their problems appended to `problems`)."""
+    try:
+        for slot, vm in others.items():
+            vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True,
+                   what=f"stopping the app on {slot} failed; nothing was restored",
+                   fix="see the message above")
+            stopped.append(slot)
+        if stopped:
+            say(f"stopped the app on {', '.join(map(str, stopped))} while the database on "
+                f"{first.runner.where} is restored")
+        restore_on(first, name, force_unverified=force_unverified)
+    finally:
+        for slot in stopped:
+            vm = others[slot]
+            started = vm.run(cmd.up(vm.compose()), hide=True, check=False)
+            problem = healthy_after_start(vm) if started.ok else (
+                started.output.strip().splitlines() or [f"exit {started.exited}"])[-1]
+            if problem:
+                problems.append(f"{slot}: {problem}")
+            else:
+                say(f"{slot}: started again, healthy")
