@@ -1,10 +1,11 @@
 """Maintenance mode behind the proxy: Caddy answers the app's host names with a 503 page and a
 `Retry-After` header instead of passing requests to the app.
 
-`fab maintenance on|off` turns it on and off by hand. `fab restore` and `fab rollback
---downgrade` turn it on for their window (the app stopped while its database is replaced, or
-its schema taken back under it) and off at their end, whatever the end (an error, Ctrl-C,
-SIGTERM, SIGHUP, a health check that fails), unless it was on before them: then it stays on.
+`fab maintenance on|off` turns it on and off by hand. `fab restore` turns it on for its window
+(the app stopped while its database is replaced; with roles, behind every other host's proxy
+too) and off at its end, whatever the end (an error, Ctrl-C, SIGTERM, SIGHUP, a health check
+that fails), unless it was on before: then it stays on. (`fab rollback --downgrade` needs none:
+the older release serves first, on both schemas.)
 The switch is a file on the VM that Caddy looks for at each request (see
 deploy/commands/proxy.py): no config load, so no request is dropped by turning it on or off.
 Without the proxy there is nothing in front of the app to answer: `fab maintenance` refuses,

@@ -310,12 +310,9 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
         switch_checked(vm, target, current, rel)
         if downgrading:
             vm.hold_lock(f"{target} (switched, not recorded)")
-            # The schema goes back under the serving release: users get the maintenance page
-            # (with the proxy) for that step, not whatever a half-changed schema answers.
-            from deploy import maintenance  # built on this package's Vm: imported here
-
-            with maintenance.window(vm, f"fab rollback --tag={target} --downgrade"):
-                downgrade_serving(vm, rel, target, current, digest, now, wanted, backup)
+            # No maintenance page here: the release that serves runs on both schemas
+            # (expand/contract), so users lose no request while the schema goes back.
+            downgrade_serving(vm, rel, target, current, digest, now, wanted, backup)
         # An older image may not know a newer schema's revision: ask the database.
         revision = vm.revision() or (wanted if downgrading else now)
         vm.hold_lock(f"{target} (switched, not recorded)")
