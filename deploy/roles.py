@@ -325,24 +325,24 @@ def restore(settings: Settings, name: str, *, force_unverified: bool = False,
                                   "database is", "pick one from `fab backups`")
             first.check_backup(name, force_unverified)
         others = {slot: vm for slot, vm in vms.items() if slot != plan.primary}
-        stopped: list[Slot] = []
-        problems: list[str] = []
         from deploy import maintenance  # built on the remote Vm: imported here
 
         with contextlib.ExitStack() as pages:
             for vm in others.values():  # behind each host's proxy, the page, not errors
                 pages.enter_context(maintenance.window(vm, f"fab restore --backup={name}",
                                                        note=False))
-            restore_others(first, name, force_unverified, others, stopped, problems, say)
+            problems = restore_others(first, name, force_unverified, others, say)
     if problems:
         raise DeployError("after the restore, not every host is healthy: " + "; ".join(problems),
                           "look at `fab logs` on those hosts; `fab status` shows each host")
 
 
 def restore_others(first: Vm, name: str, force_unverified: bool, others: dict[Slot, Vm],
-                   stopped: list[Slot], problems: list[str], say: Say) -> None:
-    """Stop the app on `others`, restore on `first`, then start and health-check `others`
-    (their problems appended to `problems`)."""
+                   say: Say) -> list[str]:
+    """Stop the app on `others`, restore on `first`, then start and health-check `others`;
+    what is wrong on those that are not healthy ('HOST (ROLE): problem')."""
+    stopped: list[Slot] = []
+    problems: list[str] = []
     try:
         for slot, vm in others.items():
             vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True,
@@ -363,3 +363,4 @@ def restore_others(first: Vm, name: str, force_unverified: bool, others: dict[Sl
                 problems.append(f"{slot}: {problem}")
             else:
                 say(f"{slot}: started again, healthy")
+    return problems

@@ -36,19 +36,11 @@ def signal_name(exc: BaseException) -> str:
 def terminations_interrupt() -> Iterator[None]:
     """While the block runs, SIGTERM and SIGHUP raise Interrupted like Ctrl-C raises
     KeyboardInterrupt: the lock is released or the release switched back, and the exit says so."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def handler(signum: int, frame: FrameType | None) -> None:
         raise Interrupted(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
+    with _terminations_handled_by(handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextlib.contextmanager
@@ -58,15 +50,23 @@ def terminations_exit(first: Callable[[], None] = lambda: None) -> Iterator[None
     128+signum) through the normal unwinding (the terminal's mode is put back): for a command
     with a terminal, where a KeyboardInterrupt is sent on to the remote program as Ctrl-C
     instead of ending anything."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def handler(signum: int, frame: FrameType | None) -> None:
         with contextlib.suppress(Exception):
             first()
         raise SystemExit(128 + signum)
 
+    with _terminations_handled_by(handler):
+        yield
+
+
+@contextlib.contextmanager
+def _terminations_handled_by(handler: Callable[[int, FrameType | None], None]
+                             ) -> Iterator[None]:
+    """SIGTERM and SIGHUP go to `handler` while the block runs (only the main thread may set
+    handlers: elsewhere, nothing changes); the previous handlers come back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
