@@ -40,7 +40,8 @@ def source_settings(settings: Settings, source: str) -> Settings:
 
 def served(settings: Settings) -> Served:
     """What the destination's hosts serve: one tag, healthy on each, recorded with its digest;
-    else a refusal saying what a host serves instead."""
+    else a refusal saying what a host serves instead. A container still starting is waited
+    for, up to health_timeout."""
     from deploy import roles
     from deploy.fabhosts import last_of
     from deploy.remote import session
@@ -55,6 +56,10 @@ def served(settings: Settings) -> Served:
                 raise DeployError(f"{where} ({target.host}) has no recorded release to "
                                   "promote; nothing was deployed", "deploy there first")
             digest = record.get("digest", "")
+            if vm.current_tag() == tag and vm.health() == "starting":
+                # just (re)started: its health check has not run yet, so it earns the wait
+                # any deploy gives a new container rather than a refusal
+                vm.wait_ready(lambda: vm.health() != "starting", settings.health_timeout)
             problem = "" if vm.is_serving(tag) else f"its container is {vm.health()}"
             problem = problem or vm.runs_pulled_image(tag, digest)
             if problem:
