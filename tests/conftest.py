@@ -261,6 +261,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _TIMES: dict[str, list[float]] = {}
 # per xdist group (one worker runs a group's tests one after another): summed duration
 _GROUP_TIMES: dict[str, float] = {}
+# per test module: summed duration (where the suite's work goes)
+_MODULE_TIMES: dict[str, float] = {}
 # the node ids of the tests that failed (setup, call or teardown), as a plain run takes them
 _FAILED: list[str] = []
 # the fault campaign's rows, carried from the worker that made them in the test's report
@@ -288,6 +290,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
                              total + report.duration, count + (report.when == "call")]
         group = str(properties.get("group", "-"))
         _GROUP_TIMES[group] = _GROUP_TIMES.get(group, 0.0) + report.duration
+        module = report.nodeid.split("::", 1)[0]
+        _MODULE_TIMES[module] = _MODULE_TIMES.get(module, 0.0) + report.duration
         if report.failed:
             # xdist's loadgroup adds "@GROUP" to the node id; a run without xdist has none
             nodeid = report.nodeid.removesuffix(f"@{group}")
@@ -330,6 +334,12 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
             longest = sorted(_GROUP_TIMES.items(), key=lambda kv: -kv[1])[:6]
             terminalreporter.write_line("longest xdist groups (each on one worker): " + ", ".join(
                 f"{group} {seconds:.0f}s" for group, seconds in longest))
+            # the suite's wall time is at least its summed time over the workers: this is
+            # where that sum goes
+            heaviest = sorted(_MODULE_TIMES.items(), key=lambda kv: -kv[1])[:10]
+            terminalreporter.write_line("heaviest modules (summed): " + ", ".join(
+                f"{module.removeprefix('tests/')} {seconds:.0f}s"
+                for module, seconds in heaviest))
     if not _FAULT_ROWS:
         return
     import faultkit as kit
