@@ -263,6 +263,7 @@ _TIMES: dict[str, list[float]] = {}
 _GROUP_TIMES: dict[str, float] = {}
 # per test module: summed duration (where the suite's work goes)
 _MODULE_TIMES: dict[str, float] = {}
+_TEST_TIMES: dict[str, float] = {}
 # the node ids of the tests that failed (setup, call or teardown), as a plain run takes them
 _FAILED: list[str] = []
 # the fault campaign's rows, carried from the worker that made them in the test's report
@@ -292,9 +293,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _GROUP_TIMES[group] = _GROUP_TIMES.get(group, 0.0) + report.duration
         module = report.nodeid.split("::", 1)[0]
         _MODULE_TIMES[module] = _MODULE_TIMES.get(module, 0.0) + report.duration
-        if report.failed:
-            # xdist's loadgroup adds "@GROUP" to the node id; a run without xdist has none
-            nodeid = report.nodeid.removesuffix(f"@{group}")
+        nodeid = report.nodeid.removesuffix(f"@{group}")
+        _TEST_TIMES[nodeid] = _TEST_TIMES.get(nodeid, 0.0) + report.duration
+        if report.failed:  # (xdist's loadgroup adds "@GROUP" to the node id)
             if nodeid not in _FAILED:
                 _FAILED.append(nodeid)
     if report.when == "call" or report.when == "teardown":
@@ -340,6 +341,9 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int,
             terminalreporter.write_line("heaviest modules (summed): " + ", ".join(
                 f"{module.removeprefix('tests/')} {seconds:.0f}s"
                 for module, seconds in heaviest))
+            heaviest = sorted(_TEST_TIMES.items(), key=lambda kv: -kv[1])[:12]
+            terminalreporter.write_line("heaviest tests (set-up included): " + ", ".join(
+                f"{nodeid.removeprefix('tests/')} {seconds:.0f}s" for nodeid, seconds in heaviest))
     if not _FAULT_ROWS:
         return
     import faultkit as kit
