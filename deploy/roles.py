@@ -188,6 +188,12 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                     vm.check_contract(tag)
                     step = f"pull on {slot}"
                     digests[slot] = vm.pull(tag)
+                step = f"database on {plan.primary}"
+                first.start_database(tag)  # a first deploy has none running yet
+                for slot, vm in vms.items():  # the migration proves it on the primary
+                    if slot != plan.primary:
+                        step = f"database check on {slot}"
+                        vm.check_database_reach(tag, str(plan.primary), str(slot))
                 step = f"backup on {plan.primary}"
                 records = first.records()  # a restore since the last release counts
                 backup = first.backup(tag, previous[plan.primary])

@@ -1299,3 +1299,40 @@ def test_exec_argv_keeps_the_shell_on_ctrl_c_only_with_a_terminal(tmp_path):
     assert tty[-5:] == ["exec", "app", "sh", "-c", "trap : INT; python -m app.console"]
     plain = console.exec_argv(vm, "alembic current", tty=False)
     assert plain[-6:] == ["exec", "-T", "app", "sh", "-c", "alembic current"]
+
+
+@pytest.mark.parametrize("environ, state, detail", [
+    ({"DATABASE_URL": "postgresql+psycopg://app:pw@127.0.0.1:1/app"}, "failed",
+     "127.0.0.1:1: [Errno 111] Connection refused"),
+    ({"DATABASE_URL": "sqlite:////data/app.db"}, "none", ""),
+    ({"DATABASE_URL": "postgresql://app@/app?host=/run/postgresql"}, "none", ""),
+    ({"DATABASE_URL": "postgresql://app:pw@db:bad/app"}, "failed",
+     "DATABASE_URL Port could not be cast to integer value as 'bad'"),
+    ({"PGHOST": "127.0.0.1", "PGPORT": "1"}, "failed",
+     "127.0.0.1:1: [Errno 111] Connection refused"),
+])
+def test_the_database_reach_check_reads_the_url_or_its_parts(environ, state, detail):
+    """The script the one-off container runs, run here by this Python under dash: what it
+    prints for a URL, a host-less URL and the parts."""
+    parts = ("PGHOST", "PGPORT") if "PGHOST" in environ else ("", "")
+    argv = cmd.database_reach(["docker", "compose"], "app", "DATABASE_URL", *parts)
+    assert argv[:6] == ["docker", "compose", "run", "--rm", "--no-deps", "-T"]
+    assert argv[6:8] == ["app", "sh"]
+    env = {"PATH": os.environ["PATH"], **environ}
+    proc = subprocess.run(["sh", "-c", argv[-1]], env=env, capture_output=True, text=True)
+    assert cmd.parse_reach(proc.stdout) == (state, detail), proc
+    assert proc.returncode == (0 if state == "none" else 3)
+
+
+def test_the_database_reach_check_says_ok_when_a_port_listens():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        argv = cmd.database_reach(["docker", "compose"], "app", "DATABASE_URL")
+        env = {"PATH": os.environ["PATH"],
+               "DATABASE_URL": f"postgresql://app:secret@127.0.0.1:{port}/app"}
+        proc = subprocess.run(["sh", "-c", argv[-1]], env=env, capture_output=True, text=True)
+    assert (proc.returncode, cmd.parse_reach(proc.stdout)) == (0, ("ok", f"127.0.0.1:{port}"))
+    assert "secret" not in proc.stdout
+    assert cmd.parse_reach("Traceback ...\nboom") == ("unknown", "Traceback ...\nboom")

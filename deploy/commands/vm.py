@@ -497,3 +497,49 @@ def env_merge(path: str = APP_ENV) -> list[str]:
     """The KEY=value lines on stdin replace or join the env file's, its other keys kept;
     prints `changed KEY` and `kept KEY` (names only); atomic, 0600."""
     return helper("env-merge", path)
+
+
+# Run by any Python in the app's image, in a one-off container of the release: where the app's
+# database URL (or its host and port variables) points, and whether a TCP connection gets there.
+# Prints `ok HOST:PORT`, `failed HOST:PORT: ERROR` or `none` (no host: SQLite, a Unix socket).
+REACH_CODE = """\
+import os, socket, sys
+from urllib.parse import urlsplit
+url_var, host_var, port_var = sys.argv[1:4]
+if host_var:
+    host, port = os.environ.get(host_var, ""), os.environ.get(port_var, "") or "5432"
+else:
+    try:
+        parts = urlsplit(os.environ.get(url_var, ""))
+        host, port = parts.hostname or "", str(parts.port or 5432)
+    except ValueError as exc:
+        print("failed", url_var, exc)
+        sys.exit(3)
+if not host or host.startswith("/"):
+    print("none")
+    sys.exit(0)
+try:
+    socket.create_connection((host, int(port)), timeout=5).close()
+except (OSError, ValueError) as exc:
+    print(f"failed {host}:{port}: {exc}")
+    sys.exit(3)
+print(f"ok {host}:{port}")
+"""
+
+
+def database_reach(compose_argv: list[str], service: str, url_env: str,
+                   host_env: str = "", port_env: str = "") -> list[str]:
+    """A one-off container of `service` (no dependencies started) connecting to the database
+    its environment names: `url_env`'s URL, or the `host_env`/`port_env` parts."""
+    args = shlex.join([url_env, host_env, port_env])
+    code = shlex.quote(REACH_CODE)
+    script = (f"if command -v python3 >/dev/null 2>&1; then exec python3 -c {code} {args}; "
+              f"else exec python -c {code} {args}; fi")
+    return run_in_new_container(compose_argv, service, script, no_deps=True)
+
+
+def parse_reach(output: str) -> tuple[str, str]:
+    """`database_reach`'s last line -> (ok | failed | none | unknown, the rest of it)."""
+    lines = output.strip().splitlines()
+    word, _, rest = (lines[-1] if lines else "").partition(" ")
+    return (word, rest) if word in ("ok", "failed", "none") else ("unknown", output.strip())

@@ -71,6 +71,32 @@ class Vm(VmQueries):
             else:
                 self.http_status(self.settings.health_url)
 
+    def check_database_reach(self, tag: str, database_host: str, who: str = "") -> None:
+        """From a one-off container of `tag` on this host (the app's own network and
+        environment), connect to the Postgres its database URL names: a host that cannot
+        reach it must not switch (its `/health` may pass while every query fails)."""
+        s = self.settings
+        if s.database != "postgres":
+            return
+        parts = s.database_env
+        result = self.run(cmd.database_reach(self.compose(tag), s.service, s.database_url_env,
+                                             parts.get("host", ""), parts.get("port", "")),
+                          hide=True, check=False)
+        if self.runner.dry_run:
+            return
+        state, detail = cmd.parse_reach(result.stdout)
+        if state in ("ok", "none"):
+            return
+        detail = redact(detail if state == "failed" else
+                        "\n".join(result.output.strip().splitlines()[-5:]) or
+                        f"exit {result.exited}", self.runner.secrets)
+        raise DeployError(
+            f"{who or self.runner.where} cannot reach the database with {tag}: {detail}; "
+            "nothing was switched",
+            f"the app's database URL must name the database host ({database_host}) as every "
+            "host reaches it, and that host must publish Postgres to the others "
+            "(README: Where the database lives)")
+
     def check_sqlite_on_disk(self, config: dict) -> None:
         s = self.settings
         if s.database != "sqlite":
