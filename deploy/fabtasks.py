@@ -297,6 +297,7 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
         if s.target == "swarm":  # a one-node swarm unless the engine is in one
             from deploy import swarm
             swarm.ensure_swarm(vm)
+            swarm.join_workers(vm)
         if s.registry_user and s.registry_password:
             vm.run(docker.login(docker.registry_of(s.image), s.registry_user),
                    stdin=s.registry_password, hide=True, what="registry login on the VM failed",

@@ -136,6 +136,9 @@ class Settings:
     target: str = "compose"
     stack: str = ""
     swarm_timeout: float = 180.0
+    # Hosts (`[user@]host[:port]`, comma-separated) `fab setup` joins to the manager's swarm
+    # as workers
+    swarm_workers: str = ""
     # The app repo's hooks, run on the laptop around a release (deploy/hooks.py)
     hooks_dir: str = ".deploy/hooks"
     # Which [destinations.NAME] table is merged over the rest (deploy/destinations.py)
@@ -334,7 +337,8 @@ def load_settings(
 def _check_ranges(settings: Settings, sources: dict[str, str], roles: Any) -> None:
     from deploy import settingsrules
 
-    vm_hosts = [settingsrules.host_name(h) for h in settings.host.split(",") if h.strip()]
+    vm_hosts = [settingsrules.host_name(h) for h in f"{settings.host},{settings.swarm_workers}"
+                .split(",") if h.strip()]
     if isinstance(roles, dict):
         for table in roles.values():
             hosts = table.get("hosts") if isinstance(table, dict) else None

@@ -110,6 +110,15 @@ def check(values: dict[str, Any], source: Callable[[str], str],
                 f"setting 'database_url' in {source('database_url')} names an external Postgres "
                 f"database, but database = {values.get('database', 'sqlite')!r}",
                 'set database = "postgres", or unset database_url')
+    if values.get("swarm_workers"):
+        if values.get("target", "compose") != "swarm":
+            raise bad("swarm_workers", "names hosts to join a swarm, but target is not "
+                      "\"swarm\"", 'set target = "swarm", or unset swarm_workers')
+        names = [host_name(h) for h in values["swarm_workers"].split(",")]
+        problem = host_names_problem(",".join(names))
+        if problem:
+            raise bad("swarm_workers", f"must be hosts ([user@]host[:port]), comma-separated: "
+                      f"{problem}", 'give the workers\' addresses (e.g. "10.0.0.6,10.0.0.7")')
     password = values.get("registry_password")
     if password and len(password) < MIN_SECRET:
         raise DeployError(

@@ -210,6 +210,61 @@ def ensure_swarm(vm: Vm) -> None:
                   "`docker swarm join-token worker` on it)")
 
 
+def parse_membership(output: str) -> tuple[str, list[str]]:
+    """`swarm_membership` output -> (state, the managers' ADDR:PORT it knows)."""
+    words = output.split()
+    return (words[0], words[1:]) if words else ("unknown", [])
+
+
+def join_workers(manager: Vm) -> None:
+    """`fab setup`: each host of `swarm_workers` joins the manager's swarm as a worker, unless
+    it is in it already; one in another swarm is refused. The join token is read quietly and
+    redacted: it is printed nowhere."""
+    import dataclasses
+
+    from deploy.remote import session
+    from deploy.remote import targets as remote_targets
+
+    s = manager.settings
+    names = [h.strip() for h in s.swarm_workers.split(",") if h.strip()]
+    if not names:
+        return
+    dry_run = manager.runner.dry_run
+    address = "MANAGER" if dry_run else manager.run(cmd.manager_address(),
+                                                     quiet=True).stdout.strip()
+    if not dry_run and not address:
+        raise DeployError(f"{manager.runner.where} reports no swarm address to join",
+                          "run `fab setup` again (it makes the manager first)")
+    joined = f"{address}:2377"
+    token = ""
+    for target in remote_targets(s, names):
+        # the worker has no app directory: its shell stays in the login directory
+        settings = dataclasses.replace(s, host=target.host, app_dir="")
+        with session(settings, target, dry_run=dry_run) as worker:
+            where = worker.runner.where
+            state, managers = parse_membership(
+                "" if dry_run else worker.run(cmd.swarm_membership(), quiet=True).stdout)
+            if state == "active":
+                if joined not in managers:
+                    raise DeployError(
+                        f"{where} is in another swarm (managers {', '.join(managers) or '?'}, "
+                        f"not {joined}); nothing was changed there",
+                        f"leave that swarm on {where} first (`docker swarm leave`: it breaks "
+                        "name lookup for the containers created before; recreate them), or "
+                        "remove it from swarm_workers")
+                worker.runner.say(f"{where}: already a node of the swarm of {address}")
+                continue
+            if not token and not dry_run:
+                token = manager.run(cmd.join_token(), quiet=True).stdout.strip()
+                manager.runner.secrets.append(token)
+            worker.runner.secrets.append(token)
+            advertise = target.host if target.host.replace(".", "").isdigit() else ""
+            worker.run(cmd.swarm_join(token or "TOKEN", joined, advertise), hide=True,
+                       what=f"{where} could not join the swarm of {address}",
+                       fix=f"{where} must reach {joined} (TCP 2377, 7946 TCP/UDP, 4789 UDP)")
+            worker.runner.say(f"{where}: joined the swarm of {address} as a worker")
+
+
 def render(vm: Vm, tag: str) -> str:
     """The stack file (JSON, which YAML readers take) for `tag`."""
 

@@ -164,3 +164,51 @@ def test_dry_run_migrates_before_the_stack_deploy_and_connects_nowhere(tmp_path)
     assert "DEPLOY_TAG=v2" in lines[first("config --format json")]
     assert lines[first("docker stack deploy")].endswith(
         "docker stack deploy --with-registry-auth --prune --compose-file - shop < (stdin)")
+
+
+def test_setup_dry_run_joins_the_swarm_workers_after_the_manager(tmp_path) -> None:
+    import sys
+
+    from conftest import child_env, output
+
+    repo = tmp_path / "app"
+    repo.mkdir()
+    (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (repo / "compose.yaml").write_text(
+        "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
+    (repo / ".env").write_text("")
+    (repo / "deploy.toml").write_text(
+        'image = "127.0.0.1:5000/shop"\nhost = "10.0.0.5"\nuser = "root"\ntarget = "swarm"\n'
+        'swarm_workers = "10.0.0.6, deploy@10.0.0.7:2222"\ndatabase = "none"\n')
+    proc = subprocess.run([sys.executable, "-m", "fabric", "setup", "--dry-run"],
+                          cwd=repo, env=child_env(), capture_output=True, text=True, timeout=60)
+    text = output(proc)
+    assert proc.returncode == 0, text
+    joins = [line for line in text.splitlines() if "docker swarm join " in line]
+    assert [line.split("] ", 1)[0] for line in joins] == ["[10.0.0.6", "[10.0.0.7"], text
+    assert joins[0].endswith(
+        "docker swarm join --token TOKEN --advertise-addr 10.0.0.6 MANAGER:2377")
+    assert text.index("docker swarm init") < text.index("docker swarm join ")
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('swarm_workers = "10.0.0.6"\n', "names hosts to join a swarm, but target is not"),
+    ('target = "swarm"\nswarm_workers = "10.0.0.6,Bad_Host"\n',
+     "must be hosts ([user@]host[:port]), comma-separated: 'Bad_Host' has upper case"),
+])
+def test_bad_swarm_workers_are_refused(tmp_path, toml, message) -> None:
+    from deploy.settings import load_settings
+
+    (tmp_path / "deploy.toml").write_text('image = "r/x"\nhost = "10.0.0.5"\n' + toml)
+    with pytest.raises(DeployError) as caught:
+        load_settings(tmp_path, environ={})
+    assert message in caught.value.message
+
+
+def test_swarm_membership_is_read() -> None:
+    from deploy.swarm import parse_membership
+
+    assert parse_membership("active 10.0.0.5:2377 10.0.0.8:2377 \n") == (
+        "active", ["10.0.0.5:2377", "10.0.0.8:2377"])
+    assert parse_membership("inactive \n") == ("inactive", [])
+    assert parse_membership("") == ("unknown", [])

@@ -18,6 +18,30 @@ def swarm_init(advertise_addr: str = "") -> list[str]:
                                          if advertise_addr else [])]
 
 
+def join_token() -> list[str]:
+    """The worker join token alone (a secret: run quietly, never printed)."""
+    return ["docker", "swarm", "join-token", "--quiet", "worker"]
+
+
+def manager_address() -> list[str]:
+    """The address this manager's swarm listens on (what workers join)."""
+    return ["docker", "info", "--format", "{{.Swarm.NodeAddr}}"]
+
+
+def swarm_membership() -> list[str]:
+    """This engine's swarm state, then the managers it knows (`ADDR:PORT`), one line."""
+    return ["docker", "info", "--format",
+            "{{.Swarm.LocalNodeState}} {{range .Swarm.RemoteManagers}}{{.Addr}} {{end}}"]
+
+
+def swarm_join(token: str, manager: str, advertise_addr: str = "") -> list[str]:
+    """Join `manager`'s swarm (`ADDR:2377`) as a worker. The token is on the worker's own
+    command line for the moment the CLI runs (docker reads it nowhere else); the runner keeps
+    it out of the output."""
+    return ["docker", "swarm", "join", "--token", token,
+            *(["--advertise-addr", advertise_addr] if advertise_addr else []), manager]
+
+
 def render_config(compose_argv: list[str]) -> list[str]:
     """The compose file with every variable resolved (`docker stack deploy` reads no .env)."""
     return [*compose_argv, "config", "--format", "json"]
