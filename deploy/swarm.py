@@ -14,7 +14,9 @@ on the manager are kept as on compose.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,7 +279,84 @@ def render(vm: Vm, tag: str) -> str:
     result = vm.run(cmd.render_config(vm.compose(tag)),
                     quiet=True, what="`docker compose config` failed on the VM",
                     fix="fix the compose file (`inv check` reads it too)")
-    return json.dumps(stack_file(json.loads(result.stdout), vm.settings.service), indent=1)
+    stack = stack_file(json.loads(result.stdout), vm.settings.service)
+    env = (stack["services"][vm.settings.service].get("environment") or {})
+    if env:
+        name = env_secret_name(stack_name(vm), vm.settings.service, env)
+        if not vm.run(cmd.secret_exists(name), quiet=True, check=False).ok:
+            vm.run(cmd.secret_create(name, env_label(stack_name(vm), vm.settings.service)),
+                   stdin=env_file_text(env), hide=True,
+                   what="`docker secret create` of the app's environment failed",
+                   fix="see the message above")
+        entrypoint, command = parse_image_start(vm.run(
+            cmd.image_start(vm.ref(tag)), quiet=True, what=f"{vm.ref(tag)} is not on the "
+            "manager", fix="deploy again (the deploy pulls it first)").stdout)
+        env_through_secret(stack, vm.settings.service, name, entrypoint, command)
+    return json.dumps(stack, indent=1)
+
+
+# The app's environment reaches its tasks as a Docker secret, sourced by a shell before the
+# image's own start: `docker service inspect` (and anyone reading the service's spec) sees
+# no value of it.
+ENV_SECRET = "deploy-env"
+# (`$$`: `docker stack deploy` interpolates the stack file as compose does)
+ENV_WRAPPER = f'. /run/secrets/{ENV_SECRET} && exec "$$@"'
+KEEP_ENV_SECRETS = 3  # the current one and those Swarm's own rollback may go back to
+
+
+def env_file_text(env: dict) -> str:
+    """`export KEY='value'` lines a POSIX shell sources (values of `None`: unset keys)."""
+    return "".join(f"export {key}={shlex.quote(str(value))}\n"
+                   for key, value in sorted(env.items()) if value is not None)
+
+
+def env_secret_name(stack: str, service: str, env: dict) -> str:
+    """Secrets are immutable: one per content, named after its hash."""
+    digest = hashlib.sha256(env_file_text(env).encode()).hexdigest()[:12]
+    return f"{stack}_{service}_env_{digest}"
+
+
+def env_label(stack: str, service: str) -> str:
+    return f"deploy.env={stack}_{service}"
+
+
+def parse_image_start(output: str) -> tuple[list[str], list[str]]:
+    """`image_start` output (two JSON values on a line) -> (Entrypoint, Cmd)."""
+    first, _, second = output.strip().partition("\t")
+    return (json.loads(first or "null") or []), (json.loads(second or "null") or [])
+
+
+def env_through_secret(stack: dict, service: str, secret: str, entrypoint: list[str],
+                       command: list[str]) -> None:
+    """Move `service`'s environment out of the stack file into the secret `secret`: the
+    service mounts it and starts through a shell that sources it, then runs what the image
+    (or the compose file's entrypoint/command) would have run."""
+    spec = stack["services"][service]
+    spec.pop("environment", None)
+    start = list(spec.get("entrypoint") or entrypoint)
+    if spec.get("command"):
+        start += list(spec["command"])
+    elif not spec.get("entrypoint"):
+        start += list(command)
+    if not start:
+        raise DeployError(f"the image of '{service}' names no command to start (no ENTRYPOINT "
+                          "or CMD) and the compose file none either",
+                          f"give service '{service}' a command in the compose file")
+    spec["entrypoint"] = ["/bin/sh", "-c", ENV_WRAPPER, ENV_SECRET]
+    spec["command"] = start
+    spec["secrets"] = [*(spec.get("secrets") or []),
+                       {"source": secret, "target": ENV_SECRET, "mode": 0o444}]
+    stack.setdefault("secrets", {})[secret] = {"external": True}
+
+
+def prune_env_secrets(vm: Vm) -> None:
+    """Remove the app's environment secrets but the newest KEEP_ENV_SECRETS (one still in use
+    is refused by Docker and stays)."""
+    listed = vm.run(cmd.secret_list(env_label(stack_name(vm), vm.settings.service)),
+                    quiet=True, check=False).stdout.splitlines()
+    old = [line.split("\t", 1)[-1] for line in sorted(listed, reverse=True)][KEEP_ENV_SECRETS:]
+    if old:
+        vm.run(cmd.secret_remove(old), quiet=True, check=False)
 
 
 def converge(vm: Vm, tag: str, timeout: float) -> tuple[str, str]:
@@ -333,6 +412,7 @@ def stack_switch(vm: Vm, tag: str, previous: str) -> None:
     state, why = converge(vm, tag, vm.settings.swarm_timeout)
     if state == "done":
         vm.runner.say(f"swarm: {why}")
+        prune_env_secrets(vm)
         return
     back = previous or "the previous release"
     if state == "rolled_back":

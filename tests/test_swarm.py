@@ -212,3 +212,46 @@ def test_swarm_membership_is_read() -> None:
         "active", ["10.0.0.5:2377", "10.0.0.8:2377"])
     assert parse_membership("inactive \n") == ("inactive", [])
     assert parse_membership("") == ("unknown", [])
+
+
+def test_the_apps_environment_goes_through_a_secret_not_the_service_spec(tmp_path) -> None:
+    from deploy.swarm import ENV_SECRET, env_file_text, env_secret_name, env_through_secret
+
+    stack = stack_file(compose_config(tmp_path), "app")
+    env = stack["services"]["app"]["environment"]
+    assert env["APP_SECRET"] == "s"
+    name = env_secret_name("shop", "app", env)
+    env_through_secret(stack, "app", name, [], ["uvicorn", "app.main:app"])
+    spec = stack["services"]["app"]
+    assert "environment" not in spec and "APP_SECRET" not in json.dumps(stack)
+    assert spec["entrypoint"][:2] == ["/bin/sh", "-c"] and spec["command"] == [
+        "uvicorn", "app.main:app"]
+    assert spec["secrets"] == [{"source": name, "target": ENV_SECRET, "mode": 0o444}]
+    assert stack["secrets"][name] == {"external": True}
+    # the wrapper, run by dash, sources the file and runs the command with every value exact
+    values = {"A": "it's $HOME `x` \\ \"q\"", "B": "line1\nline2", "C": ""}
+    secret = tmp_path / ENV_SECRET
+    secret.write_text(env_file_text(values))
+    wrapper = spec["entrypoint"][2].replace(f"/run/secrets/{ENV_SECRET}", str(secret)) \
+        .replace("$$", "$")  # as `docker stack deploy` reads it
+    proc = subprocess.run(["sh", "-c", wrapper, ENV_SECRET, "python3", "-c",
+                           "import json, os; print(json.dumps({k: os.environ[k] for k in 'ABC'}))"],
+                          capture_output=True, text=True, check=True)
+    assert json.loads(proc.stdout) == values
+    assert env_secret_name("shop", "app", {"A": "1"}) != env_secret_name("shop", "app", {"A": "2"})
+
+
+@pytest.mark.parametrize("spec, image, expected", [
+    ({}, (["/entry.sh"], ["serve"]), ["/entry.sh", "serve"]),
+    ({"command": ["run", "x"]}, (["/entry.sh"], ["serve"]), ["/entry.sh", "run", "x"]),
+    ({"entrypoint": ["python"]}, (["/entry.sh"], ["serve"]), ["python"]),
+    ({"entrypoint": ["python"], "command": ["-m", "x"]}, ([], ["serve"]), ["python", "-m", "x"]),
+])
+def test_the_secret_wrapper_runs_what_docker_would_have_run(spec, image, expected) -> None:
+    from deploy.swarm import env_through_secret, parse_image_start
+
+    stack = {"services": {"app": {"image": "x", "environment": {"A": "1"}, **spec}}}
+    env_through_secret(stack, "app", "s1", *image)
+    assert stack["services"]["app"]["command"] == expected
+    assert parse_image_start('["/entry.sh"]\t["serve"]\n') == (["/entry.sh"], ["serve"])
+    assert parse_image_start("null\tnull\n") == ([], [])

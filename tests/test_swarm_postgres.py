@@ -9,7 +9,9 @@ rows served by every task.
 
 from __future__ import annotations
 
+import json
 import subprocess
+import urllib.request
 
 from conftest import EXAMPLE_POSTGRES
 from test_roles_postgres import set_env
@@ -52,8 +54,9 @@ def test_a_stack_with_its_database_outside_it(pg_images, sandbox, swarm, caddy_i
     compose = (repo / "example-postgres-roles.yaml")
     compose.write_text((EXAMPLE_POSTGRES / "compose.roles.yaml").read_text().replace(
         "\nvolumes:\n", "\n" + CADDY_SERVICE.replace("CADDY", caddy_image) + "volumes:\n"))
+    secrets = {"APP_SECRET": unique("app-secret-"), "POSTGRES_PASSWORD": unique("pg-pw-")}
     set_env(repo, DATABASE_HOST=manager.address, DATABASE_BIND=manager.address,
-            DATABASE_PORT=str(free_port()))
+            DATABASE_PORT=str(free_port()), **secrets)
     with (repo / "deploy.toml").open("a") as toml:
         toml.write(f'\ntarget = "swarm"\nstack = "{stack}"\nswarm_timeout = 120\n'
                    f'swarm_workers = "{worker.address}"\n')
@@ -76,6 +79,11 @@ def test_a_stack_with_its_database_outside_it(pg_images, sandbox, swarm, caddy_i
         services = vm_docker(manager, "stack", "services", "--format", "{{.Name}}",
                              stack).stdout.split()
         assert sorted(services) == [f"{stack}_app", f"{stack}_proxy"], services
+        # the app's environment reached its tasks (it serves, its database answers) through
+        # a Docker secret: the service's definition holds no value of it
+        spec = vm_docker(manager, "service", "inspect", f"{stack}_app").stdout
+        assert spec and not [k for k, v in secrets.items() if v in spec], spec
+        assert f"{stack}_app_env_" in spec
         for name in ("alpha", "beta"):
             app.psql(f"INSERT INTO items (name) VALUES ('{name}')")
 
@@ -91,7 +99,12 @@ def test_a_stack_with_its_database_outside_it(pg_images, sandbox, swarm, caddy_i
         assert not back.failed, back.summary()
         assert wait_version(url, "1") == "1"
         assert app.item_names() == ["alpha", "beta"]
+        assert urlopen_json(f"{url}/items") == ["alpha", "beta"], "the tasks read the database"
     finally:
         vm_docker(manager, "stack", "rm", stack)
         app.tear_down()
 
+
+def urlopen_json(url: str) -> list[str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return [item["name"] for item in json.load(response)]

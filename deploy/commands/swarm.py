@@ -74,3 +74,28 @@ def service_logs(name: str, tail: int, follow: bool) -> list[str]:
 def task_last_health(task_id: str) -> list[str]:
     """The last line of the last health check a task's container ran ('' if none)."""
     return helper("task-last-health", task_id)
+
+
+def secret_exists(name: str) -> list[str]:
+    return ["docker", "secret", "inspect", "--format", "{{.ID}}", name]
+
+
+def secret_create(name: str, label: str) -> list[str]:
+    """A secret from stdin (its content never on a command line)."""
+    return ["docker", "secret", "create", "--label", label, name, "-"]
+
+
+def secret_list(label: str) -> list[str]:
+    """`CREATED<TAB>NAME` of the secrets with `label`, one a line."""
+    return ["docker", "secret", "ls", "--filter", f"label={label}", "--format",
+            "{{.CreatedAt}}\t{{.Name}}"]
+
+
+def secret_remove(names: list[str]) -> list[str]:
+    return ["docker", "secret", "rm", *names]
+
+
+def image_start(ref: str) -> list[str]:
+    """The image's ENTRYPOINT and CMD, as JSON, tab-separated."""
+    return ["docker", "image", "inspect", "--format",
+            "{{json .Config.Entrypoint}}\t{{json .Config.Cmd}}", ref]
