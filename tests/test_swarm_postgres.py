@@ -4,7 +4,8 @@ it out; the tool starts it with compose on the manager for backups and migration
 stack's own Caddy. `fab setup` joins the worker named in `swarm_workers` (already a node
 here: said, nothing changed) and prints no token; v1 → v2 with a migration → rollback under a
 probe through Caddy: one Postgres (a compose container on the manager, none in the stack), the
-rows served by every task.
+rows served by every task. Then `fab setup` joins an engine of its own (vm13) as a worker,
+printing no token, and says so when it is a node already.
 """
 
 from __future__ import annotations
@@ -108,3 +109,42 @@ def test_a_stack_with_its_database_outside_it(pg_images, sandbox, swarm, caddy_i
 def urlopen_json(url: str) -> list[str]:
     with urllib.request.urlopen(url, timeout=10) as response:
         return [item["name"] for item in json.load(response)]
+
+
+JOIN_VM = 13  # an engine of its own that joins the swarm and leaves it again
+
+
+def leave_swarm(manager, fresh) -> None:
+    """Put the fresh engine out of the swarm and its node off the manager's list."""
+    vm_docker(fresh, "swarm", "leave", "--force")
+    ids = vm_docker(manager, "node", "ls", "--filter", f"name=vm{JOIN_VM}", "-q").stdout.split()
+    if ids:
+        vm_docker(manager, "node", "rm", "--force", *ids)
+
+
+def test_fab_setup_joins_a_fresh_engine_and_prints_no_token(sandbox, swarm,  # noqa: F811
+                                                            make_app):
+    from conftest import sandbox_up
+
+    sandbox_up(JOIN_VM)
+    manager, _ = swarm
+    fresh = sandbox.vm(JOIN_VM)
+    leave_swarm(manager, fresh)  # a run cut short may have left it joined
+    app = make_app(vm=manager)
+    with (app.repo / "deploy.toml").open("a") as toml:
+        toml.write(f'\ntarget = "swarm"\nstack = "{unique("s")}"\n'
+                   f'swarm_workers = "{fresh.address}"\n')
+    subprocess.run(["git", "commit", "-qam", "a worker to join"], cwd=app.repo, check=True)
+    try:
+        out = app.fab_ok("setup", "-v")
+        token = vm_docker(manager, "swarm", "join-token", "-q", "worker").stdout.strip()
+        assert token and token not in out, out
+        assert f"{fresh.address}: joined the swarm of {manager.address} as a worker" in out
+        assert "docker swarm join --token ***" in out, "the command shown, its token redacted"
+        nodes = vm_docker(manager, "node", "ls", "--format", "{{.Hostname}} {{.Status}} "
+                          "{{.ManagerStatus}}").stdout.splitlines()
+        assert f"vm{JOIN_VM} Ready " in nodes, nodes
+        again = app.fab_ok("setup")
+        assert f"{fresh.address}: already a node of the swarm of {manager.address}" in again
+    finally:
+        leave_swarm(manager, fresh)
