@@ -72,15 +72,7 @@ def deploy_tag(c: Any, settings: Settings, tag: str, *, message: str = "", dry_r
                       "nothing was changed on any VM")
             roles.deploy(settings, tag, message=message, dry_run=dry_run)
         else:
-            def step(vm: remote.Vm) -> None:
-                if kind == "swarm":  # a stack deployed from the manager
-                    from deploy import swarm
-
-                    if not entries:
-                        before_change(vm.current_tag())
-                    swarm.deploy(vm, tag, message=message)
-                    entries.append({"tag": tag})
-                    return
+            def step(vm: remote.Vm) -> None:  # a swarm manager too: its switch is the stack's
                 entries.append(remote.deploy(vm, tag, message=message, digest=digest,
                                              before_change=None if entries else before_change))
 

@@ -107,10 +107,6 @@ def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool =
             s = vm.settings
             return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
                 is not None
-        if kind == "swarm":  # redeploy the stack at that tag
-            from deploy import swarm
-            swarm.rollback(vm, tag, known_in_registry=in_vm_registry)
-            continue
         entries.append(remote.rollback(vm, tag, downgrade=downgrade,
                                        known_in_registry=in_vm_registry))
     after_rollback(c, settings, entries, dry_run)

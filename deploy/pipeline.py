@@ -21,7 +21,6 @@ from deploy import (
     registry,
     remote,
     roles,
-    swarm,
 )
 from deploy.checks import format_results, run_checks
 from deploy.checks import registry as check_registry
@@ -183,12 +182,8 @@ def deploy_release(
                                        dry_run=dry_run, vms=slots))
             stale = []
 
-        def deploy_on(vm: remote.Vm) -> None:
-            if kind == "swarm":  # a stack deployed from the manager
-                swarm.deploy(vm, tag, git_sha=git_sha, message=message, lock=False)
-            else:
-                remote.deploy(vm, tag, git_sha=git_sha, message=message, lock=False,
-                              announce=False)
+        def deploy_on(vm: remote.Vm) -> None:  # a swarm manager too: its switch is the stack's
+            remote.deploy(vm, tag, git_sha=git_sha, message=message, lock=False, announce=False)
 
         for vm in stale:
             timed(runner, f"remote deploy on {vm.runner.where}", functools.partial(deploy_on, vm))

@@ -51,3 +51,57 @@ def test_the_target_setting_is_read_in_one_place_only() -> None:
         if found:
             readers[str(path.relative_to(DEPLOY))] = found
     assert readers == {"release/target.py": ["settings.target", "settings.target"]}
+
+
+# -- every target's deploy: the same phases, only the switch differs (a dry run: commands only)
+PHASES = ["lock", "check", "pull", "backup", "migrate", "switch", "recorded", "prune"]
+SWITCHES = {"compose": "switch", "proxy": "switch behind the proxy", "swarm": "switch the stack"}
+
+
+def phases(text: str) -> list[str]:
+    """The phase names of a release's line(s), in order, each once (a phase's name starts
+    the line part and comes again with its result after a command in between)."""
+    names: list[str] = []
+    for line in text.splitlines():
+        where, _, rest = line.partition("] ")
+        if not where.startswith("[") or rest.startswith("$ "):  # a command, not a phase
+            continue
+        for part in rest.split(" · "):
+            name = part.split(" ", 1)[0]
+            if name in PHASES and (not names or names[-1] != name):
+                names.append(name)
+    return names
+
+
+def dry_run_deploy(tmp_path: Path, toml: str) -> str:
+    import subprocess
+    import sys
+
+    from conftest import child_env, output
+
+    repo = tmp_path / "app"
+    repo.mkdir()
+    (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (repo / "compose.yaml").write_text(
+        "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
+    (repo / "deploy.toml").write_text('image = "127.0.0.1:5000/shop"\nhost = "vm.invalid"\n'
+                                      'user = "root"\n' + toml)
+    proc = subprocess.run([sys.executable, "-m", "fabric", "deploy", "--tag=v2", "--dry-run"],
+                          cwd=repo, env=child_env(), capture_output=True, text=True, timeout=60)
+    text = output(proc)
+    assert proc.returncode == 0, text
+    return text
+
+
+@pytest.mark.parametrize("switch, toml", [
+    ("compose", ""),
+    ("proxy", "proxy = true\nproxy_host = \"shop.example\"\n"),
+    ("swarm", 'target = "swarm"\nstack = "shop"\n'),
+])
+def test_every_target_deploys_through_the_same_phases_only_the_switch_differs(
+        tmp_path: Path, switch: str, toml: str) -> None:
+    text = dry_run_deploy(tmp_path, toml)
+    assert phases(text) == PHASES, text
+    assert f"· {SWITCHES[switch]}" in text or f"] {SWITCHES[switch]}" in text, text
+    others = [name for kind, name in SWITCHES.items() if kind != switch and name != "switch"]
+    assert not any(name in text for name in others), text

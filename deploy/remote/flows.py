@@ -97,50 +97,11 @@ def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
 
 
 def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = None) -> None:
-    """Switch to `tag`, wait for health (as the VM sees it) and check the container runs the
-    pulled image; on failure switch back to `previous` (if allowed). The one place a release
-    is switched (`release`, if given, gets the `switch` and `healthy` phases)."""
-    if vm.settings.proxy:  # blue/green behind Caddy instead of compose recreate
-        from deploy import proxy  # built on this package's Vm: imported here, not in a cycle
+    """The checked switch of deploy/release/switch.py (compose, behind the proxy or a Swarm
+    stack, as the host's settings say)."""
+    from deploy.release.switch import switch_checked as switch  # built on this package
 
-        with optional_phase(release, "switch behind the proxy", cuts_short=False) as seen:
-            return proxy.switch_checked(vm, tag, previous, seen)
-    try:
-        with optional_phase(release, "switch", cuts_short=False):
-            vm.switch(tag)
-        with optional_phase(release, "healthy", cuts_short=False) as seen:
-            problem = vm.wait_healthy(tag) or vm.runs_pulled_image(tag)
-            seen.result = "no" if problem else ""
-    except (KeyboardInterrupt, DeployError) as exc:
-        # Interrupted or cut off mid-switch: put the recorded release back before we leave.
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        what = signal_name(exc) if isinstance(exc, KeyboardInterrupt) else (
-            f"the SSH connection to {exc.where} was lost ({exc.reason})"
-            if isinstance(exc, ConnectionLost)
-            else exc.message)
-        with sigint_deferred():
-            back = switch_back(vm, tag, previous, f"switching to {tag} failed: {what}")
-        raise DeployError(f"switching to {tag} failed ({what}); {back}",
-                          "run the same deploy again",
-                          exit_code=exit_code(exc) if interrupted else 1) from None
-    if not problem:
-        return
-    back = switch_back(vm, tag, previous, f"{tag} is not healthy ({problem})")
-    url = vm.settings.health_url
-    if url and url in problem and url in back.partition(", which is ")[2]:
-        # Two releases fail the same URL though their containers run: the URL is wrong.
-        raise DeployError(
-            f"{tag} did not turn healthy ({problem}); {back}: both releases fail health_url "
-            f"{url}, so the setting is what is wrong, not the app",
-            f"set health_url (DEPLOY_HEALTH_URL) to a URL the app answers 200 on, as the VM "
-            f"sees it (try it: fab run --cmd \"curl -si {url}\"), then deploy {tag} again")
-    raise DeployError(
-        f"{tag} did not turn healthy ({problem}); {back}",
-        "look at `fab logs`, fix the app and deploy a new tag"
-        if back.startswith("switched") or not previous
-        # The failed tag was not recorded: a bare `fab rollback` would pick the one before.
-        else f"`fab rollback --tag={previous}` puts the previous release back",
-    )
+    switch(vm, tag, previous, release)
 
 
 def record_release(vm: Vm, entry: dict, release: Release | None = None) -> dict:
@@ -177,6 +138,9 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
         if lock:
             rel.note("lock")
         with rel.phase("check"):
+            from deploy.release import switch  # built on this package: imported here
+
+            switch.check_switch(vm)
             vm.gather_facts()  # one round trip; the checks below read what it found
             envcheck.require_app_env(vm)  # app.env has every key of .env.example
             rel.previous = vm.current_tag()
@@ -275,12 +239,16 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
     with Release(vm, target, current) as rel, vm.locked(target, action="rollback"):
         rel.note("lock")
         with rel.phase("check", cuts_short=False):
+            from deploy.release import switch  # built on this package: imported here
+
+            switch.check_switch(vm)
             vm.sync_release_env(current)
             vm.check_project()
             vm.check_contract(target)
         with rel.phase("pull", cuts_short=False) as found:
-            digest = vm.pull_recorded(target, recorded.get("digest", ""))
-            if recorded.get("digest"):
+            pinned = switch.pins_digest(vm)
+            digest = vm.pull_recorded(target, recorded.get("digest", "") if pinned else "")
+            if recorded.get("digest") and pinned:
                 found.result = f"{digest[:19]} (as recorded)"
         wanted = recorded.get("revision", "")
         now = vm.revision()
