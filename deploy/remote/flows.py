@@ -7,6 +7,7 @@ SIGHUP, a lost connection) leaves the recorded release serving and says so.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import signal
@@ -137,56 +138,84 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
                                    else contextlib.nullcontext()):
         if lock:
             rel.note("lock")
-        with rel.phase("check"):
-            from deploy.release import switch  # built on this package: imported here
-
-            switch.check_switch(vm)
-            vm.gather_facts()  # one round trip; the checks below read what it found
-            envcheck.require_app_env(vm)  # app.env has every key of .env.example
-            rel.previous = vm.current_tag()
-            vm.check_project()
-            # the release files made right, then the compose file rendered with `tag`
-            vm.check_contract(tag, vm.sync_release_env(rel.previous, render=tag))
-        previous = rel.previous
+        previous = check_release(vm, rel, tag)
         if before_change:
             before_change(previous)
         with rel.phase("pull"):
             digest = vm.pull_recorded(tag, digest) if digest else vm.pull(tag)
-        vm.hold_lock(previous)
-        with rel.phase("backup", timed=False) as found:
-            records = vm.records()
-            history = [e for e in records if is_release(e)]
-            vm.wait_for_leftovers()  # a migration left running changes what is backed up
-            # What the database says, else the history (a restore since the last release
-            # counts). A migration asks the database itself (as the new image reads it) and
-            # corrects the backup's manifest: no `alembic current` before it.
-            before = ("" if vm.settings.migrate_command else vm.revision()) \
-                or last_revision(records)
-            backup = vm.backup(tag, previous, revision=before, reason=f"before deploying {tag}")
-            found.result = backup or "none"
-        vm.hold_lock(previous)
-        with rel.phase("migrate") as found:
-            revision = vm.migrate(tag, backup)
-            before = vm.before_migration or before  # as the new image reads the database
-            if revision and revision != before:
-                found.result = f"{before or 'empty'}→{revision}"
-            elif revision:
-                found.result = f"already at {revision}"
+        done = backup_and_migrate(vm, rel, tag, previous)
         vm.hold_lock(previous)
         switch_checked(vm, tag, previous, rel)
         # No migration ran (or its revision is unknown): ask the database.
-        revision = revision or vm.revision() or before
+        revision = done.revision or vm.revision() or done.before
         vm.hold_lock(f"{tag} (switched, not recorded)")
         entry = record_release(vm, release_entry(
             tag, digest, revision, "deploy", previous, git_sha, message,
-            backup=backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
-            migrated=bool(revision and revision != before)), rel)
-        vm.prune_backups([*history, entry])
+            **done.recorded(revision)), rel)
+        vm.prune_backups([*done.history, entry])
         prune_after(vm, rel)
     if announce:
         print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
               file=vm.runner.out, flush=True)
     return entry
+
+
+def check_release(vm: Vm, rel: Release, tag: str) -> str:
+    """The `check` phase of a deploy of `tag` on one host, before anything changes there: the
+    switch's own needs, app.env, the compose project, the compose file rendered with `tag`.
+    Returns the release serving now."""
+    with rel.phase("check"):
+        from deploy.release import switch  # built on this package: imported here
+
+        switch.check_switch(vm)
+        vm.gather_facts()  # one round trip; the checks below read what it found
+        envcheck.require_app_env(vm)  # app.env has every key of .env.example
+        rel.previous = vm.current_tag()
+        vm.check_project()
+        # the release files made right, then the compose file rendered with `tag`
+        vm.check_contract(tag, vm.sync_release_env(rel.previous, render=tag))
+    return rel.previous
+
+
+@dataclasses.dataclass(frozen=True)
+class Migrated:
+    """What the `backup` and `migrate` phases did where the database is."""
+
+    backup: str  # its path under backups/ ('' if none)
+    before: str  # the revision before the migration ('' if unknown)
+    revision: str  # the revision after it ('' if no migration ran or it is unknown)
+    history: list[dict]  # the releases recorded before this one
+
+    def recorded(self, revision: str) -> dict:
+        """What a release record says of them, the database now at `revision`."""
+        return {"backup": self.backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
+                "migrated": bool(revision and revision != self.before)}
+
+
+def backup_and_migrate(vm: Vm, rel: Release, tag: str, previous: str) -> Migrated:
+    """The `backup` and `migrate` phases of a deploy of `tag`, run once, on the host where the
+    database is (`previous` serving there)."""
+    vm.hold_lock(previous)
+    with rel.phase("backup", timed=False) as found:
+        records = vm.records()
+        history = [e for e in records if is_release(e)]
+        vm.wait_for_leftovers()  # a migration left running changes what is backed up
+        # What the database says, else the history (a restore since the last release
+        # counts). A migration asks the database itself (as the new image reads it) and
+        # corrects the backup's manifest: no `alembic current` before it.
+        before = ("" if vm.settings.migrate_command else vm.revision()) \
+            or last_revision(records)
+        backup = vm.backup(tag, previous, revision=before, reason=f"before deploying {tag}")
+        found.result = backup or "none"
+    vm.hold_lock(previous)
+    with rel.phase("migrate") as found:
+        revision = vm.migrate(tag, backup)
+        before = vm.before_migration or before  # as the new image reads the database
+        if revision and revision != before:
+            found.result = f"{before or 'empty'}→{revision}"
+        elif revision:
+            found.result = f"already at {revision}"
+    return Migrated(backup, before, revision, history)
 
 
 def prune_after(vm: Vm, release: Release | None = None) -> str:
