@@ -58,13 +58,16 @@ PHASES = ["lock", "check", "pull", "backup", "migrate", "switch", "recorded", "p
 SWITCHES = {"compose": "switch", "proxy": "switch behind the proxy", "swarm": "switch the stack"}
 
 
-def phases(text: str) -> list[str]:
-    """The phase names of a release's line(s), in order, each once (a phase's name starts
-    the line part and comes again with its result after a command in between)."""
+def phases(text: str, host: str = "") -> list[str]:
+    """The phase names of a release's line(s) (on `host`, if given), in order, each once (a
+    phase's name starts the line part and comes again with its result after a command in
+    between)."""
     names: list[str] = []
     for line in text.splitlines():
         where, _, rest = line.partition("] ")
         if not where.startswith("[") or rest.startswith("$ "):  # a command, not a phase
+            continue
+        if host and where != f"[{host}":
             continue
         for part in rest.split(" · "):
             name = part.split(" ", 1)[0]
@@ -73,7 +76,7 @@ def phases(text: str) -> list[str]:
     return names
 
 
-def dry_run_deploy(tmp_path: Path, toml: str) -> str:
+def dry_run_deploy(tmp_path: Path, toml: str, host: str = "vm.invalid") -> str:
     import subprocess
     import sys
 
@@ -84,7 +87,7 @@ def dry_run_deploy(tmp_path: Path, toml: str) -> str:
     (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
     (repo / "compose.yaml").write_text(
         "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
-    (repo / "deploy.toml").write_text('image = "127.0.0.1:5000/shop"\nhost = "vm.invalid"\n'
+    (repo / "deploy.toml").write_text(f'image = "127.0.0.1:5000/shop"\nhost = "{host}"\n'
                                       'user = "root"\n' + toml)
     proc = subprocess.run([sys.executable, "-m", "fabric", "deploy", "--tag=v2", "--dry-run"],
                           cwd=repo, env=child_env(), capture_output=True, text=True, timeout=60)
@@ -105,3 +108,15 @@ def test_every_target_deploys_through_the_same_phases_only_the_switch_differs(
     assert f"· {SWITCHES[switch]}" in text or f"] {SWITCHES[switch]}" in text, text
     others = [name for kind, name in SWITCHES.items() if kind != switch and name != "switch"]
     assert not any(name in text for name in others), text
+
+
+def test_roles_deploy_through_the_same_phases_backup_and_migrate_once(tmp_path: Path) -> None:
+    """The primary host (where the database is) goes through every phase; the others through
+    the same ones but the lock (one, there) and the backup and migration (once, there)."""
+    toml = ('primary_role = "web"\nbatch_limit = 1\n[roles.web]\nhosts = ["web1.invalid", '
+            '"web2.invalid"]\n[roles.worker]\nhosts = ["job1.invalid"]\nkind = "worker"\n')
+    text = dry_run_deploy(tmp_path, toml, host="")
+    assert phases(text, "web1.invalid") == PHASES, text
+    others = [p for p in PHASES if p not in ("lock", "backup", "migrate")]
+    assert phases(text, "web2.invalid") == phases(text, "job1.invalid") == others, text
+    assert text.count("alembic upgrade head") == 1, text

@@ -233,6 +233,18 @@ def prune_after(vm: Vm, release: Release | None = None) -> str:
     return found.result
 
 
+def check_rollback(vm: Vm, rel: Release, target: str, current: str) -> None:
+    """The `check` phase of a rollback to `target` on one host (`current` serving), before
+    anything changes there: the same checks as a deploy's, but of the release going back."""
+    with rel.phase("check", cuts_short=False):
+        from deploy.release import switch  # built on this package: imported here
+
+        switch.check_switch(vm)
+        vm.sync_release_env(current)
+        vm.check_project()
+        vm.check_contract(target)
+
+
 def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
     """`tag` if given, else the newest release before the current one."""
     if tag:
@@ -267,14 +279,10 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
     recorded = deployed.get(target) or entries.get(target, {})
     with Release(vm, target, current) as rel, vm.locked(target, action="rollback"):
         rel.note("lock")
-        with rel.phase("check", cuts_short=False):
+        check_rollback(vm, rel, target, current)
+        with rel.phase("pull", cuts_short=False) as found:
             from deploy.release import switch  # built on this package: imported here
 
-            switch.check_switch(vm)
-            vm.sync_release_env(current)
-            vm.check_project()
-            vm.check_contract(target)
-        with rel.phase("pull", cuts_short=False) as found:
             pinned = switch.pins_digest(vm)
             digest = vm.pull_recorded(target, recorded.get("digest", "") if pinned else "")
             if recorded.get("digest") and pinned:
