@@ -26,21 +26,11 @@ from deploy.checks import format_results, run_checks
 from deploy.checks import registry as check_registry
 from deploy.errors import DeployError
 from deploy.release.target import release_kind
+from deploy.remote.flows import left_alone
 from deploy.runner import Runner
 from deploy.settings import Settings
 
 NO_TESTS_COLLECTED = 5
-
-
-def schema_differs(vm: remote.Vm, tag: str) -> bool:
-    """Whether the database under `tag` is not at the schema `tag` was released on (data
-    restored from before its migration, say): then deploying it again is not "nothing to
-    do", it migrates."""
-    differs = remote.schema_mismatch(vm.history(), tag, vm.revision())
-    if differs:
-        first = differs.splitlines()[0]
-        vm.runner.say(f"warning: {first}; deploying {tag} again")
-    return bool(differs)
 
 
 def timed(runner: Runner, name: str, step: Callable[[], object]) -> object:
@@ -151,8 +141,8 @@ def deploy_release(
             stack.enter_context(vm.locked(tag, message))
         for vm in vms:  # a key the release needs and the VM lacks: refuse before building
             envcheck.require_app_env(vm)
-        stale = [vm for vm in vms if not (pushed and vm.is_serving(tag)
-                                          and not schema_differs(vm, tag))]
+        # hosts serving `tag` healthy already are left alone, as by every deploy
+        stale = [vm for vm in vms if not (pushed and left_alone(vm, tag))]
         if not stale:
             runner.say(f"{image}:{tag} is already in the registry and serving healthy on every "
                        "host: nothing to do (skipped test, build, push, pull, migrate, switch)")

@@ -40,9 +40,9 @@ from deploy.remote.flows import (
     backup_and_migrate,
     check_release,
     check_rollback,
+    left_alone,
     prune_after,
     record_release,
-    schema_mismatch,
 )
 from deploy.remote.phases import Release
 from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
@@ -180,15 +180,6 @@ def put_back(vm: Vm, tag: str, previous: str, why: str) -> None:
         vm.record(release_entry(previous, "", vm.revision(), "rollback", tag))
 
 
-def left_alone(vm: Vm, tag: str, previous: str) -> bool:
-    """Whether a deploy of `tag` leaves this host alone: it serves `tag` healthy already (an
-    earlier run that stopped at a later batch switched it) on the schema `tag` was released
-    on (data restored from before its migration must be migrated again)."""
-    if previous != tag or vm.runner.dry_run or not vm.is_serving(tag):
-        return False
-    return not schema_mismatch(vm.history(), tag, vm.revision())
-
-
 def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = "",
            dry_run: bool = False, vms: dict[Slot, Vm] | None = None) -> list[Row]:
     """Deploy `tag` to every role's hosts (see the module's docstring). Returns the report.
@@ -215,7 +206,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                             rel.note("lock")
                         step = f"check on {slot}"
                         previous[slot] = check_release(vm, rel, tag)
-                        if left_alone(vm, tag, previous[slot]):
+                        if left_alone(vm, tag):
                             rel.note(f"serves {tag} healthy already: left alone")
                             continue
                         with rel.phase("pull"):

@@ -160,6 +160,18 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     return entry
 
 
+def left_alone(vm: Vm, tag: str) -> bool:
+    """Whether a deploy of `tag` leaves this host alone: it serves `tag` healthy already (an
+    earlier run that stopped at a later host switched it) on the schema `tag` was released on
+    (data restored from before its migration is migrated again, with a warning)."""
+    if vm.runner.dry_run or not vm.is_serving(tag):
+        return False
+    differs = schema_mismatch(vm.history(), tag, vm.revision())
+    if differs:
+        vm.runner.say(f"warning: {differs.splitlines()[0]}; deploying {tag} again")
+    return not differs
+
+
 def check_release(vm: Vm, rel: Release, tag: str) -> str:
     """The `check` phase of a deploy of `tag` on one host, before anything changes there: the
     switch's own needs, app.env, the compose project, the compose file rendered with `tag`.
