@@ -278,6 +278,8 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
             for slot, vm in vms.items():  # nothing switches before every host has the image
                 previous[slot] = vm.current_tag()
                 with Release(vm, target, previous[slot]) as rel:
+                    if slot == plan.primary:
+                        rel.note("lock")
                     check_rollback(vm, rel, target, previous[slot])
                     with rel.phase("pull", cuts_short=False):
                         digests[slot] = vm.pull_recorded(target, recorded.get("digest", ""))
