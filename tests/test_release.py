@@ -76,7 +76,8 @@ def phases(text: str, host: str = "") -> list[str]:
     return names
 
 
-def dry_run_deploy(tmp_path: Path, toml: str, host: str = "vm.invalid") -> str:
+def dry_run_deploy(tmp_path: Path, toml: str, host: str = "vm.invalid",
+                   task: tuple[str, ...] = ("deploy", "--tag=v2")) -> str:
     import subprocess
     import sys
 
@@ -89,18 +90,23 @@ def dry_run_deploy(tmp_path: Path, toml: str, host: str = "vm.invalid") -> str:
         "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
     (repo / "deploy.toml").write_text(f'image = "127.0.0.1:5000/shop"\nhost = "{host}"\n'
                                       'user = "root"\n' + toml)
-    proc = subprocess.run([sys.executable, "-m", "fabric", "deploy", "--tag=v2", "--dry-run"],
+    proc = subprocess.run([sys.executable, "-m", "fabric", *task, "--dry-run"],
                           cwd=repo, env=child_env(), capture_output=True, text=True, timeout=60)
     text = output(proc)
     assert proc.returncode == 0, text
     return text
 
 
-@pytest.mark.parametrize("switch, toml", [
+TARGETS = [
     ("compose", ""),
     ("proxy", "proxy = true\nproxy_host = \"shop.example\"\n"),
     ("swarm", 'target = "swarm"\nstack = "shop"\n'),
-])
+]
+ROLES_TOML = ('primary_role = "web"\nbatch_limit = 1\n[roles.web]\nhosts = ["web1.invalid", '
+              '"web2.invalid"]\n[roles.worker]\nhosts = ["job1.invalid"]\nkind = "worker"\n')
+
+
+@pytest.mark.parametrize("switch, toml", TARGETS)
 def test_every_target_deploys_through_the_same_phases_only_the_switch_differs(
         tmp_path: Path, switch: str, toml: str) -> None:
     text = dry_run_deploy(tmp_path, toml)
@@ -113,10 +119,24 @@ def test_every_target_deploys_through_the_same_phases_only_the_switch_differs(
 def test_roles_deploy_through_the_same_phases_backup_and_migrate_once(tmp_path: Path) -> None:
     """The primary host (where the database is) goes through every phase; the others through
     the same ones but the lock (one, there) and the backup and migration (once, there)."""
-    toml = ('primary_role = "web"\nbatch_limit = 1\n[roles.web]\nhosts = ["web1.invalid", '
-            '"web2.invalid"]\n[roles.worker]\nhosts = ["job1.invalid"]\nkind = "worker"\n')
-    text = dry_run_deploy(tmp_path, toml, host="")
+    text = dry_run_deploy(tmp_path, ROLES_TOML, host="")
     assert phases(text, "web1.invalid") == PHASES, text
     others = [p for p in PHASES if p not in ("lock", "backup", "migrate")]
     assert phases(text, "web2.invalid") == phases(text, "job1.invalid") == others, text
     assert text.count("alembic upgrade head") == 1, text
+
+
+@pytest.mark.parametrize("switch, toml", [*TARGETS, ("roles", ROLES_TOML)])
+def test_every_target_rolls_back_through_the_same_checked_phases(
+        tmp_path: Path, switch: str, toml: str) -> None:
+    """A rollback: the lock, the checks of a deploy, the pull, the switch, the record; on
+    every host of the plan."""
+    hosts = ["web1.invalid", "web2.invalid", "job1.invalid"] if switch == "roles" else [
+        "vm.invalid"]
+    text = dry_run_deploy(tmp_path, toml, host="" if switch == "roles" else hosts[0],
+                          task=("rollback", "--tag=v1"))
+    steps = ["check", "pull", "switch", "recorded"]
+    assert phases(text, hosts[0]) == ["lock", *steps], text
+    assert all(phases(text, host) == steps for host in hosts[1:]), text
+    checked = {line.split("] ", 1)[0] for line in text.splitlines() if " project-dirs " in line}
+    assert checked == {f"[{host}" for host in hosts}, "each host's compose project checked"
