@@ -249,8 +249,9 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                           "fix what the message says and deploy again (hosts already on the "
                           f"new release are left alone); `fab rollback --tag={previous_any}` puts "
                           "every host back")
-    kept = len(plan.slots) - len(todo)
-    say(f"deployed {tag} to {len(todo)} host(s)" + (f" ({kept} served it already)" if kept else "")
+    already = len(plan.slots) - len(todo)
+    say(f"deployed {tag} to {len(todo)} host(s)"
+        + (f" ({already} served it already)" if already else "")
         + f" in {time.monotonic() - started:.1f}s")
     return rows
 
