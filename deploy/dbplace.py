@@ -18,6 +18,7 @@ import yaml
 
 from deploy.compose import read_compose
 from deploy.errors import DeployError
+from deploy.release.target import release_kind
 from deploy.roleplan import Role, make_plan, read_roles
 from deploy.settings import Settings
 
@@ -52,11 +53,11 @@ def check(settings: Settings, use_roles: bool = True) -> None:
     `use_roles`: the `[roles.*]` plan applies (no `-H`)."""
     if settings.database != "postgres":
         return
-    roles = read_roles(settings) if use_roles else []
-    if settings.target == "swarm":
+    kind = release_kind(settings, use_roles)
+    if kind == "swarm":
         check_swarm(settings)
-    elif roles:
-        check_roles(settings, roles)
+    elif kind == "roles":
+        check_roles(settings, read_roles(settings))
     elif settings.database_host and settings.database_host not in hosts_of(settings):
         raise DeployError(
             f"database_host {settings.database_host!r} is not the host deployed to "

@@ -19,7 +19,9 @@ from deploy.hostkeys import DEFAULT_KNOWN_HOSTS, verify_fabric_connections
 from deploy.settings import load_settings
 
 if TYPE_CHECKING:  # annotations only (see above)
+    from deploy.release.target import Kind
     from deploy.remote import Vm
+    from deploy.settings import Settings
 
 
 def _verify_host_keys() -> None:
@@ -55,11 +57,16 @@ def each_vm(c: Context, dry_run: bool = False) -> Iterator[Vm]:
             yield vm
 
 
+def release_kind_of(c: Context, settings: Settings | None = None) -> Kind:
+    """The kind of release a task makes (deploy/release/target.py): `-H` hosts are hosts."""
+    from deploy.release.target import release_kind
+
+    return release_kind(settings or load_settings(), not hasattr(c, "original_host"))
+
+
 def with_roles(c: Context) -> bool:
     """whether this task acts on the roles of deploy.toml (there are some, no -H)."""
-    from deploy import roles
-
-    return not hasattr(c, "original_host") and roles.configured(load_settings())
+    return release_kind_of(c) == "roles"
 
 
 # Hosts that took the new release in this `fab` run: Fabric calls a task once per -H host, so

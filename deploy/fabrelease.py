@@ -49,9 +49,10 @@ def deploy_tag(c: Any, settings: Settings, tag: str, *, message: str = "", dry_r
     pre-deploy hook after the first host's checks, post-deploy after the last; the history
     entries."""
     from deploy import dbplace, remote
-    from deploy.fabhosts import one_host_after_another, with_roles
+    from deploy.fabhosts import one_host_after_another, release_kind_of
 
-    dbplace.check(settings, use_roles=with_roles(c))  # before any VM is contacted
+    kind = release_kind_of(c, settings)
+    dbplace.check(settings, use_roles=kind == "roles")  # before any VM is contacted
     hooks.check(settings)
     release = hooks.Release(action, image=settings.image, tag=tag, digest=digest,
                             message=message, destination=settings.destination,
@@ -64,22 +65,14 @@ def deploy_tag(c: Any, settings: Settings, tag: str, *, message: str = "", dry_r
         hooks.pre(settings, runner, hooks.PRE_DEPLOY, release, "nothing was changed on any VM")
 
     with hooks.on_failure(settings, runner, release):
-        if with_roles(c):  # one lock and the checks of every host happen inside
+        if kind == "roles":  # one lock and the checks of every host happen inside
             from deploy import roles
 
             hooks.pre(settings, runner, hooks.PRE_DEPLOY, release,
                       "nothing was changed on any VM")
             roles.deploy(settings, tag, message=message, dry_run=dry_run)
         else:
-            def step(vm: remote.Vm) -> None:
-                if settings.target == "swarm":  # a stack deployed from the manager
-                    from deploy import swarm
-
-                    if not entries:
-                        before_change(vm.current_tag())
-                    swarm.deploy(vm, tag, message=message)
-                    entries.append({"tag": tag})
-                    return
+            def step(vm: remote.Vm) -> None:  # a swarm manager too: its switch is the stack's
                 entries.append(remote.deploy(vm, tag, message=message, digest=digest,
                                              before_change=None if entries else before_change))
 

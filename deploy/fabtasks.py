@@ -15,7 +15,8 @@ from invoke import Collection, Context, Exit
 from deploy.errors import friendly
 from deploy.fabconsole import alias_, alias_tasks, exec_, shell
 from deploy.fabenv import env_, env_keys
-from deploy.fabhosts import each_vm, last_of, with_roles
+from deploy.fabhosts import each_vm, last_of, release_kind_of, with_roles
+from deploy.release.target import switch_kind
 from deploy.runner import set_verbose, sh
 from deploy.settings import load_settings
 
@@ -80,18 +81,18 @@ def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool =
 
     set_verbose(verbose, c)
 
+    settings = load_settings()
     if tag:
         refuse_moving_tag(refs.validate_tag(tag))
-        settings = load_settings()
         image = refs.validate_image(settings.require("image"))
         # Before any connection: a tag that is not in the registry cannot be pulled back.
         if not dry_run and registry.tag_digest(image, tag, settings.registry_user,
                                                settings.registry_password) is None:
             raise DeployError(f"{image}:{tag} is not in the registry: there is no such release "
                               "to roll back to", "pick a tag from `fab releases`")
-    if with_roles(c):  # every role's hosts, in batches, under one lock
+    kind = release_kind_of(c, settings)
+    if kind == "roles":  # every role's hosts, in batches, under one lock
         from deploy import roles
-        settings = load_settings()
 
         def in_registry(t: str) -> bool:
             return registry.tag_digest(settings.image, t, settings.registry_user,
@@ -106,13 +107,9 @@ def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool =
             s = vm.settings
             return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
                 is not None
-        if vm.settings.target == "swarm":  # redeploy the stack at that tag
-            from deploy import swarm
-            swarm.rollback(vm, tag, known_in_registry=in_vm_registry)
-            continue
         entries.append(remote.rollback(vm, tag, downgrade=downgrade,
                                        known_in_registry=in_vm_registry))
-    after_rollback(c, load_settings(), entries, dry_run)
+    after_rollback(c, settings, entries, dry_run)
 
 
 @task
@@ -172,7 +169,7 @@ def status(c: Context) -> None:
             print(f"warning: {mismatch}")
         vm.settle_restore(lock_alive=holder is not None
                           and lease_is_fresh(holder, vm.settings.lock_lease))
-        if vm.settings.target != "swarm":  # a stack's health: its tasks, below
+        if switch_kind(vm.settings) != "swarm":  # a stack's health: its tasks, below
             print(f"health:    {vm.health()}")
         oneoffs = vm.run(cmd.oneoff_containers(vm.project), quiet=True, check=False).stdout
         revision = vm.revision()
@@ -183,7 +180,7 @@ def status(c: Context) -> None:
         if differs:
             print(f"warning: {differs}")
         print(f"lock:      {describe_holder(holder) if holder else 'free'}")
-        if vm.settings.target == "swarm":  # the stack's tasks, not compose's
+        if switch_kind(vm.settings) == "swarm":  # the stack's tasks, not compose's
             from deploy import swarm
             print("\n".join(swarm.status_lines(vm)))
             continue
@@ -213,7 +210,7 @@ def logs(c: Context, follow: bool = False, tail: int = 100) -> None:
     from deploy.commands import vm as cmd
 
     for vm in each_vm(c):
-        if vm.settings.target == "swarm":
+        if switch_kind(vm.settings) == "swarm":
             from deploy import swarm
 
             swarm.logs(vm, int(tail), follow)
@@ -292,9 +289,9 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
         vm.write_release_files(vm.current_tag())
         vm.check_project()
         current = vm.current_tag()
-        if not dry_run and s.target != "swarm":
+        if not dry_run and switch_kind(s) != "swarm":
             vm.check_sqlite_on_disk(vm.config(current))
-        if s.target == "swarm":  # a one-node swarm unless the engine is in one
+        if switch_kind(s) == "swarm":  # a one-node swarm unless the engine is in one
             from deploy import swarm
             swarm.ensure_swarm(vm)
             swarm.join_workers(vm)

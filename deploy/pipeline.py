@@ -21,26 +21,16 @@ from deploy import (
     registry,
     remote,
     roles,
-    swarm,
 )
 from deploy.checks import format_results, run_checks
 from deploy.checks import registry as check_registry
 from deploy.errors import DeployError
+from deploy.release.target import release_kind
+from deploy.remote.flows import left_alone
 from deploy.runner import Runner
 from deploy.settings import Settings
 
 NO_TESTS_COLLECTED = 5
-
-
-def schema_differs(vm: remote.Vm, tag: str) -> bool:
-    """Whether the database under `tag` is not at the schema `tag` was released on (data
-    restored from before its migration, say): then deploying it again is not "nothing to
-    do", it migrates."""
-    differs = remote.schema_mismatch(vm.history(), tag, vm.revision())
-    if differs:
-        first = differs.splitlines()[0]
-        vm.runner.say(f"warning: {first}; deploying {tag} again")
-    return bool(differs)
 
 
 def timed(runner: Runner, name: str, step: Callable[[], object]) -> object:
@@ -118,6 +108,7 @@ def deploy_release(
     started = time.monotonic()
     tag = git.resolve_version(settings.root, version or settings.tag, allow_dirty=allow_dirty)
     image = refs.validate_image(settings.require("image"))
+    kind = release_kind(settings, use_roles=not hosts)
     # with [roles.*] (and no -H), every role's hosts, each with its role's settings.
     per_host = roles.targets(settings, hosts)
     vm_targets = [t for _, _, t in per_host]
@@ -130,7 +121,7 @@ def deploy_release(
                               f"known checks: {', '.join(check_registry())}")
         waived = f"waived checks: {', '.join(skip_checks)}"
         message = f"{message} ({waived})" if message else waived
-    dbplace.check(settings, use_roles=not hosts)  # before any VM is contacted
+    dbplace.check(settings, use_roles=kind == "roles")  # before any VM is contacted
     hooks.check(settings)
     release = release or hooks.Release("deploy", destination=settings.destination)
     release.image, release.tag, release.git_sha, release.message = image, tag, git_sha, message
@@ -146,12 +137,12 @@ def deploy_release(
                for _, each, t in per_host]
         # Held through build and push: two deploys at once, exactly one goes on. With roles,
         # one lock, on the primary role's first host (the first of the plan).
-        for vm in vms[:1] if per_host[0][0] else vms:
+        for vm in vms[:1] if kind == "roles" else vms:
             stack.enter_context(vm.locked(tag, message))
         for vm in vms:  # a key the release needs and the VM lacks: refuse before building
             envcheck.require_app_env(vm)
-        stale = [vm for vm in vms if not (pushed and vm.is_serving(tag)
-                                          and not schema_differs(vm, tag))]
+        # hosts serving `tag` healthy already are left alone, as by every deploy
+        stale = [vm for vm in vms if not (pushed and left_alone(vm, tag))]
         if not stale:
             runner.say(f"{image}:{tag} is already in the registry and serving healthy on every "
                        "host: nothing to do (skipped test, build, push, pull, migrate, switch)")
@@ -174,19 +165,15 @@ def deploy_release(
             release.digest = registry.tag_digest(image, tag, settings.registry_user,
                                                  settings.registry_password) or ""
         hooks.pre(settings, runner, hooks.PRE_DEPLOY, release, "nothing was changed on any VM")
-        if per_host[0][0]:  # roles switch in batches after one migration
+        if kind == "roles":  # roles switch in batches after one migration
             slots = dict(zip(roles.plan_of(settings).slots, vms, strict=True))
             timed(runner, "remote deploy over roles",
                   lambda: roles.deploy(settings, tag, git_sha=git_sha, message=message,
                                        dry_run=dry_run, vms=slots))
             stale = []
 
-        def deploy_on(vm: remote.Vm) -> None:
-            if settings.target == "swarm":  # a stack deployed from the manager
-                swarm.deploy(vm, tag, git_sha=git_sha, message=message, lock=False)
-            else:
-                remote.deploy(vm, tag, git_sha=git_sha, message=message, lock=False,
-                              announce=False)
+        def deploy_on(vm: remote.Vm) -> None:  # a swarm manager too: its switch is the stack's
+            remote.deploy(vm, tag, git_sha=git_sha, message=message, lock=False, announce=False)
 
         for vm in stale:
             timed(runner, f"remote deploy on {vm.runner.where}", functools.partial(deploy_on, vm))

@@ -83,7 +83,7 @@ def served(settings: Settings) -> Served:
 def promote(c: Any, settings: Settings, source: str, message: str = "",
             dry_run: bool = False) -> None:
     """Deploy here the digest destination `source` serves healthy (no build, no push)."""
-    from deploy.fabhosts import with_roles
+    from deploy.fabhosts import release_kind_of
     from deploy.fabrelease import deploy_tag
 
     image = refs.validate_image(settings.require("image"))
@@ -96,7 +96,7 @@ def promote(c: Any, settings: Settings, source: str, message: str = "",
           f"({release.digest[:19]})", flush=True)
     now = registry.tag_digest(image, release.tag, settings.registry_user,
                               settings.registry_password)
-    if now != release.digest and (with_roles(c) or settings.target == "swarm"):
+    if now != release.digest and release_kind_of(c, settings) != "host":
         # roles and swarm pull by tag: the tag must still name the digest
         raise DeployError(f"{image}:{release.tag} names {now or 'nothing'} in the registry now, "
                           f"not the {release.digest[:19]} that {source} serves; nothing was "

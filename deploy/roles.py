@@ -19,7 +19,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 
-from deploy import envcheck
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import (
@@ -36,7 +35,16 @@ from deploy.remote import (
 )
 from deploy.remote import restore as restore_on
 from deploy.remote import targets as remote_targets
-from deploy.remote.flows import prune_after
+from deploy.remote.flows import (
+    Migrated,
+    backup_and_migrate,
+    check_release,
+    check_rollback,
+    left_alone,
+    prune_after,
+    record_release,
+)
+from deploy.remote.phases import Release
 from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     KINDS,
     ROLE_KEYS,
@@ -117,28 +125,40 @@ def print_report(rows: list[Row], tag: str, say: Say) -> None:
 
 
 def switch_batches(vms: dict[Slot, Vm], plan: Plan, tag: str, previous: dict[Slot, str],
-                   settings: Settings, record: Callable[[Slot, Vm], None], say: Say
+                   settings: Settings, record: Callable[[Slot, Vm, Release], None], say: Say,
+                   todo: set[Slot] | None = None
                    ) -> tuple[list[Slot], tuple[Slot, DeployError] | None]:
-    """Switch the plan's batches to `tag` (health-checked, recorded by `record(slot, vm)`);
-    on the first failure put back what `to_switch_back` says and stop. Returns the switched
-    hosts still on `tag` and the failure, if any."""
+    """Switch the plan's batches to `tag` (health-checked, recorded by `record(slot, vm,
+    release)`), the hosts in `todo` only (default: all; a batch with none is skipped); on the
+    first failure put back what `to_switch_back` says and stop. Returns the switched hosts
+    still on `tag` and the failure, if any."""
     switched: list[Slot] = []
+    waiting = False
     for number, batch in enumerate(plan.batches):
-        if number and settings.batch_wait > 0:
+        slots = [slot for slot in batch if todo is None or slot in todo]
+        if not slots:
+            continue
+        if waiting and settings.batch_wait > 0:
             say(f"waiting {settings.batch_wait:g}s before the next batch")
             time.sleep(settings.batch_wait)
-        say(f"batch {number + 1}/{len(plan.batches)}: {', '.join(map(str, batch))}")
-        for slot in batch:
+        waiting = True
+        say(f"batch {number + 1}/{len(plan.batches)}: {', '.join(map(str, slots))}")
+        for slot in slots:
             vm = vms[slot]
-            try:
-                switch_checked(vm, tag, previous[slot])
-            except DeployError as exc:
+            failed: DeployError | None = None
+            with Release(vm, tag, previous[slot]) as rel:  # the host's line of phases
+                try:
+                    switch_checked(vm, tag, previous[slot], rel)
+                except DeployError as exc:
+                    failed = exc
+                else:
+                    record(slot, vm, rel)
+            if failed:
                 rollback_all = settings.rollback_all_on_failure
                 for back in to_switch_back(plan, number, switched, rollback_all):
                     put_back(vms[back], tag, previous[back], f"{slot} failed")
                     switched.remove(back)
-                return switched, (slot, exc)
-            record(slot, vm)
+                return switched, (slot, failed)
             switched.append(slot)
     return switched, None
 
@@ -177,59 +197,68 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
         with contextlib.nullcontext() if given else first.locked(tag, message):
             previous: dict[Slot, str] = {}
             digests: dict[Slot, str] = {}
+            todo: set[Slot] = set()  # the hosts not serving `tag` already
             step = "check"
             try:
                 for slot, vm in vms.items():  # nothing switches before every host has the image
-                    step = f"check on {slot}"
-                    envcheck.require_app_env(vm)
-                    previous[slot] = vm.current_tag()
-                    vm.sync_release_env(previous[slot])
-                    vm.check_project()  # the same checks as a one-host deploy
-                    vm.check_contract(tag)
-                    step = f"pull on {slot}"
-                    digests[slot] = vm.pull(tag)
-                step = f"database on {plan.primary}"
-                first.start_database(tag)  # a first deploy has none running yet
-                for slot, vm in vms.items():  # the migration proves it on the primary
-                    if slot != plan.primary:
+                    with Release(vm, tag) as rel:  # the same phases as a one-host deploy
+                        if slot == plan.primary and not given:
+                            rel.note("lock")
+                        step = f"check on {slot}"
+                        previous[slot] = check_release(vm, rel, tag)
+                        if left_alone(vm, tag):
+                            rel.note(f"serves {tag} healthy already: left alone")
+                            continue
+                        with rel.phase("pull"):
+                            digests[slot] = vm.pull(tag)
+                        todo.add(slot)
+                if todo:  # the migration proves it on the primary; the others ask
+                    step = f"database on {plan.primary}"
+                    first.start_database(tag)  # a first deploy has none running yet
+                    for slot in sorted(todo - {plan.primary}, key=plan.slots.index):
                         step = f"database check on {slot}"
-                        vm.check_database_reach(tag, str(plan.primary), str(slot))
+                        vms[slot].check_database_reach(tag, str(plan.primary), str(slot))
                 step = f"backup on {plan.primary}"
-                records = first.records()  # a restore since the last release counts
-                backup = first.backup(tag, previous[plan.primary])
-                step = f"migrate on {plan.primary}"
-                revision = first.migrate(tag, backup) or last_revision(records)
-                before = first.before_migration
+                if plan.primary in todo:
+                    with Release(first, tag, previous[plan.primary]) as rel:
+                        done = backup_and_migrate(first, rel, tag, previous[plan.primary])
+                    revision = done.revision or last_revision(done.history)
+                    say(f"migrated once, on {plan.primary}: revision {revision or '-'}")
+                else:  # it took `tag` (and its migration) in an earlier run: no second backup
+                    done = Migrated("", "", "", first.history())
+                    revision = last_revision(done.history)
             except (KeyboardInterrupt, ConnectionLost) as exc:
                 raise cut_short(exc, step, tag, "the previous release") from None
-            say(f"migrated once, on {plan.primary}: revision {revision or '-'}")
 
-            def record(slot: Slot, vm: Vm) -> None:
-                if not vm.runner.dry_run:
-                    vm.record(release_entry(
-                        tag, digests[slot], revision, "deploy", previous[slot], git_sha,
-                        message, **({"backup": backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
-                                     "migrated": bool(revision and revision != before)}
-                                    if slot == plan.primary else {})))
+            def record(slot: Slot, vm: Vm, rel: Release) -> None:
+                record_release(vm, release_entry(
+                    tag, digests[slot], revision, "deploy", previous[slot], git_sha, message,
+                    **(done.recorded(revision) if slot == plan.primary else {})), rel)
 
-            switched, failure = switch_batches(vms, plan, tag, previous, settings, record, say)
+            switched, failure = switch_batches(vms, plan, tag, previous, settings, record, say,
+                                               todo)
             if plan.primary in switched and not dry_run:  # the backups are where it migrated
                 first.prune_backups(first.history())
-            if not failure and not dry_run:  # as after a one-host deploy, host by host
-                for slot, vm in vms.items():
-                    say(f"pruned on {slot}: {prune_after(vm)}")
+            if not failure:  # as after a one-host deploy, host by host
+                for slot in sorted(todo, key=plan.slots.index):
+                    with Release(vms[slot], tag) as rel:
+                        prune_after(vms[slot], rel)
         rows = report(vms, tag) if not dry_run else []
         if rows:
             print_report(rows, tag, say)
     if failure:
         slot, error = failure
-        on_new = ", ".join(map(str, switched)) or "none"
+        kept = [s for s in plan.slots if s not in todo]  # on `tag` before this run
+        on_new = ", ".join(map(str, sorted([*kept, *switched], key=plan.slots.index))) or "none"
         previous_any = previous.get(plan.primary) or "T"
         raise DeployError(f"{slot}: {error.message}; hosts serving {tag}: {on_new}",
                           "fix what the message says and deploy again (hosts already on the "
                           f"new release are left alone); `fab rollback --tag={previous_any}` puts "
                           "every host back")
-    say(f"deployed {tag} to {len(plan.slots)} host(s) in {time.monotonic() - started:.1f}s")
+    already = len(plan.slots) - len(todo)
+    say(f"deployed {tag} to {len(todo)} host(s)"
+        + (f" ({already} served it already)" if already else "")
+        + f" in {time.monotonic() - started:.1f}s")
     return rows
 
 
@@ -252,10 +281,17 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
         with first.locked(target, action="rollback"):
             previous: dict[Slot, str] = {}
             digests: dict[Slot, str] = {}
-            for slot, vm in vms.items():
+            # the image the release recorded where it migrated: the same on every host
+            recorded = next((e for e in reversed(history) if e["tag"] == target
+                             and e.get("action", "deploy") == "deploy"), entries.get(target, {}))
+            for slot, vm in vms.items():  # nothing switches before every host has the image
                 previous[slot] = vm.current_tag()
-                vm.sync_release_env(previous[slot])
-                digests[slot] = vm.pull(target)
+                with Release(vm, target, previous[slot]) as rel:
+                    if slot == plan.primary:
+                        rel.note("lock")
+                    check_rollback(vm, rel, target, previous[slot])
+                    with rel.phase("pull", cuts_short=False):
+                        digests[slot] = vm.pull_recorded(target, recorded.get("digest", ""))
             wanted, now = entries.get(target, {}).get("revision", ""), first.revision()
             downgrading = bool(downgrade and wanted and now and wanted != now)
             backup = first.backup(target, previous[plan.primary], revision=now,
@@ -263,12 +299,14 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
                                   ) if downgrading else ""
             switched_hosts: list[tuple[Slot, Vm]] = []
 
-            def record(slot: Slot, vm: Vm, revision: str = "") -> None:
+            def record(slot: Slot, vm: Vm, rel: Release | None = None,
+                       revision: str = "") -> None:
                 if downgrading and not revision:  # recorded once the schema is known
                     switched_hosts.append((slot, vm))
-                elif not vm.runner.dry_run:
-                    vm.record(release_entry(target, digests[slot], revision or first.revision(),
-                                            "rollback", previous[slot]))
+                else:
+                    record_release(vm, release_entry(
+                        target, digests[slot], revision or first.revision(), "rollback",
+                        previous[slot]), rel)
 
             # Every host on the older release first (it runs on the newer schema: the
             # expand/contract rule), then the downgrade: no host runs the newer release on the
@@ -287,7 +325,7 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
             if switched_hosts:
                 revision = first.revision() or now
                 for slot, vm in switched_hosts:
-                    record(slot, vm, revision)
+                    record(slot, vm, None, revision)
         rows = report(vms, target) if not dry_run else []
         if rows:
             print_report(rows, target, say)

@@ -7,33 +7,24 @@ by Swarm itself (`failure_action: rollback`) when a new task fails. The app serv
 `endpoint_mode: dnsrr` and publishes no port: a proxy in the stack (Caddy with
 `dynamic a tasks.SERVICE`) reaches its tasks by name, on a host-mode port. The routing mesh is
 not used (it needs IPVS in the kernel). `fab rollback --tag=T` deploys the stack again at T
-(never `docker service rollback`, which knows only one step back). The release history and `.env`
-on the manager are kept as on compose.
+(never `docker service rollback`, which knows only one step back). Deploy and rollback are the
+one-host flows of deploy/remote/flows.py with this module's switch (deploy/release/switch.py):
+the release history and `.env` on the manager are kept as on compose.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shlex
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from deploy import envcheck, refs
 from deploy.commands import swarm as cmd
-from deploy.commands.vm import BACKUP_DIR
 from deploy.errors import DeployError
 from deploy.remote import (
     Vm,
-    cut_short,
-    last_revision,
-    pick_rollback_tag,
-    release_entry,
-    sigint_deferred,
 )
-from deploy.shell import ConnectionLost
 
 UPDATE = {"parallelism": 1, "order": "start-first", "failure_action": "rollback",
           "monitor": "10s"}
@@ -422,61 +413,6 @@ def stack_switch(vm: Vm, tag: str, previous: str) -> None:
                       f"`docker service ps {cmd.service_name(stack, vm.settings.service)}` on "
                       f"the manager shows the tasks; `fab rollback --tag={back}` redeploys "
                       "the previous release")
-
-
-def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "", lock: bool = True) -> dict:
-    """Lock, pull, back up, migrate, then `docker stack deploy` and wait; record the release."""
-    refs.validate_tag(tag)
-    started = time.monotonic()
-    require_manager(vm)
-    with vm.locked(tag, message) if lock else contextlib.nullcontext():
-        envcheck.require_app_env(vm)
-        previous = vm.current_tag()
-        vm.sync_release_env(previous)
-        step = "pull"
-        try:
-            digest = vm.pull(tag)
-            step = "backup"
-            backup = vm.backup(tag)
-            step = "migrate"
-            revision = vm.migrate(tag, backup)
-        except (KeyboardInterrupt, ConnectionLost) as exc:
-            raise cut_short(exc, step, tag, previous) from None
-        stack_switch(vm, tag, previous)
-        with sigint_deferred():
-            entry = release_entry(tag, digest, revision or last_revision(vm.records()),
-                                  "deploy", previous, git_sha, message,
-                                  backup=backup.removeprefix(f"{BACKUP_DIR}/"),
-                                  migrated=bool(revision and revision != vm.before_migration))
-            if not vm.runner.dry_run:
-                vm.record(entry)
-                vm.prune_backups(vm.history())
-    vm.runner.say(f"deployed {tag} as stack {stack_name(vm)} in "
-                  f"{time.monotonic() - started:.1f}s")
-    return entry
-
-
-def rollback(vm: Vm, tag: str = "",
-             known_in_registry: Callable[[str], bool] | None = None) -> dict:
-    """Deploy the stack again at `tag` (default: the release before the current one)."""
-    require_manager(vm)
-    history = vm.history()
-    current = vm.current_tag()
-    target = pick_rollback_tag(history, current, tag)
-    entries = {e["tag"]: e for e in history}
-    if target not in entries and not (known_in_registry and known_in_registry(target)):
-        raise DeployError(f"{target} is neither in the release history nor in the registry",
-                          "pick a tag from `fab releases`")
-    with vm.locked(target, action="rollback"):
-        vm.sync_release_env(current)
-        digest = vm.pull(target)
-        stack_switch(vm, target, current)
-        with sigint_deferred():
-            entry = release_entry(target, digest, vm.revision(), "rollback", current)
-            if not vm.runner.dry_run:
-                vm.record(entry)
-    vm.runner.say(f"rolled back stack {stack_name(vm)} to {target}")
-    return entry
 
 
 def status_lines(vm: Vm) -> list[str]:

@@ -292,6 +292,20 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
     assert not web1.vm(".deploy/lock").exists(), "the one lock, on the primary host, released"
     assert not web2.vm(".deploy/lock").exists()
 
+    # The same deploy again (the failure still there): the host already on v2 is left alone,
+    # with no second backup, record or migration; the others are tried again.
+    kept_history, kept_backups = web1.history(), web1.backups()
+    rerun = web1.fab("deploy", f"--tag={v2}", env={"DEPLOY_VERBOSE": "1"})
+    text = output(rerun)
+    assert rerun.returncode == 1, text
+    assert f"serves {v2} healthy already: left alone" in text, text
+    assert "alembic upgrade head" not in text and "backup-sqlite" not in text, text
+    assert (web1.history(), web1.backups()) == (kept_history, kept_backups)
+    assert [line.split("] ", 1)[1] for line in text.splitlines() if "] batch " in line] == [
+        f"batch 2/3: {hosts[1]} (web)"], text
+    assert f"hosts serving {v2}: {hosts[0]} (web)" in text, text
+    assert [served(web1), served(web2), served(worker, "worker")] == [v2, v1, v1]
+
     status = web1.fab_ok("status")
     assert [line for line in status.splitlines() if line.startswith("== ")] == [
         f"== {hosts[0]} (role web)", f"== {hosts[1]} (role web)", f"== {hosts[2]} (role worker)"]

@@ -7,6 +7,7 @@ SIGHUP, a lost connection) leaves the recorded release serving and says so.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import signal
@@ -97,50 +98,11 @@ def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
 
 
 def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = None) -> None:
-    """Switch to `tag`, wait for health (as the VM sees it) and check the container runs the
-    pulled image; on failure switch back to `previous` (if allowed). The one place a release
-    is switched (`release`, if given, gets the `switch` and `healthy` phases)."""
-    if vm.settings.proxy:  # blue/green behind Caddy instead of compose recreate
-        from deploy import proxy  # built on this package's Vm: imported here, not in a cycle
+    """The checked switch of deploy/release/switch.py (compose, behind the proxy or a Swarm
+    stack, as the host's settings say)."""
+    from deploy.release.switch import switch_checked as switch  # built on this package
 
-        with optional_phase(release, "switch behind the proxy", cuts_short=False) as seen:
-            return proxy.switch_checked(vm, tag, previous, seen)
-    try:
-        with optional_phase(release, "switch", cuts_short=False):
-            vm.switch(tag)
-        with optional_phase(release, "healthy", cuts_short=False) as seen:
-            problem = vm.wait_healthy(tag) or vm.runs_pulled_image(tag)
-            seen.result = "no" if problem else ""
-    except (KeyboardInterrupt, DeployError) as exc:
-        # Interrupted or cut off mid-switch: put the recorded release back before we leave.
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        what = signal_name(exc) if isinstance(exc, KeyboardInterrupt) else (
-            f"the SSH connection to {exc.where} was lost ({exc.reason})"
-            if isinstance(exc, ConnectionLost)
-            else exc.message)
-        with sigint_deferred():
-            back = switch_back(vm, tag, previous, f"switching to {tag} failed: {what}")
-        raise DeployError(f"switching to {tag} failed ({what}); {back}",
-                          "run the same deploy again",
-                          exit_code=exit_code(exc) if interrupted else 1) from None
-    if not problem:
-        return
-    back = switch_back(vm, tag, previous, f"{tag} is not healthy ({problem})")
-    url = vm.settings.health_url
-    if url and url in problem and url in back.partition(", which is ")[2]:
-        # Two releases fail the same URL though their containers run: the URL is wrong.
-        raise DeployError(
-            f"{tag} did not turn healthy ({problem}); {back}: both releases fail health_url "
-            f"{url}, so the setting is what is wrong, not the app",
-            f"set health_url (DEPLOY_HEALTH_URL) to a URL the app answers 200 on, as the VM "
-            f"sees it (try it: fab run --cmd \"curl -si {url}\"), then deploy {tag} again")
-    raise DeployError(
-        f"{tag} did not turn healthy ({problem}); {back}",
-        "look at `fab logs`, fix the app and deploy a new tag"
-        if back.startswith("switched") or not previous
-        # The failed tag was not recorded: a bare `fab rollback` would pick the one before.
-        else f"`fab rollback --tag={previous}` puts the previous release back",
-    )
+    switch(vm, tag, previous, release)
 
 
 def record_release(vm: Vm, entry: dict, release: Release | None = None) -> dict:
@@ -176,53 +138,96 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
                                    else contextlib.nullcontext()):
         if lock:
             rel.note("lock")
-        with rel.phase("check"):
-            vm.gather_facts()  # one round trip; the checks below read what it found
-            envcheck.require_app_env(vm)  # app.env has every key of .env.example
-            rel.previous = vm.current_tag()
-            vm.check_project()
-            # the release files made right, then the compose file rendered with `tag`
-            vm.check_contract(tag, vm.sync_release_env(rel.previous, render=tag))
-        previous = rel.previous
+        previous = check_release(vm, rel, tag)
         if before_change:
             before_change(previous)
         with rel.phase("pull"):
             digest = vm.pull_recorded(tag, digest) if digest else vm.pull(tag)
-        vm.hold_lock(previous)
-        with rel.phase("backup", timed=False) as found:
-            records = vm.records()
-            history = [e for e in records if is_release(e)]
-            vm.wait_for_leftovers()  # a migration left running changes what is backed up
-            # What the database says, else the history (a restore since the last release
-            # counts). A migration asks the database itself (as the new image reads it) and
-            # corrects the backup's manifest: no `alembic current` before it.
-            before = ("" if vm.settings.migrate_command else vm.revision()) \
-                or last_revision(records)
-            backup = vm.backup(tag, previous, revision=before, reason=f"before deploying {tag}")
-            found.result = backup or "none"
-        vm.hold_lock(previous)
-        with rel.phase("migrate") as found:
-            revision = vm.migrate(tag, backup)
-            before = vm.before_migration or before  # as the new image reads the database
-            if revision and revision != before:
-                found.result = f"{before or 'empty'}→{revision}"
-            elif revision:
-                found.result = f"already at {revision}"
+        done = backup_and_migrate(vm, rel, tag, previous)
         vm.hold_lock(previous)
         switch_checked(vm, tag, previous, rel)
         # No migration ran (or its revision is unknown): ask the database.
-        revision = revision or vm.revision() or before
+        revision = done.revision or vm.revision() or done.before
         vm.hold_lock(f"{tag} (switched, not recorded)")
         entry = record_release(vm, release_entry(
             tag, digest, revision, "deploy", previous, git_sha, message,
-            backup=backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
-            migrated=bool(revision and revision != before)), rel)
-        vm.prune_backups([*history, entry])
+            **done.recorded(revision)), rel)
+        vm.prune_backups([*done.history, entry])
         prune_after(vm, rel)
     if announce:
         print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
               file=vm.runner.out, flush=True)
     return entry
+
+
+def left_alone(vm: Vm, tag: str) -> bool:
+    """Whether a deploy of `tag` leaves this host alone: it serves `tag` healthy already (an
+    earlier run that stopped at a later host switched it) on the schema `tag` was released on
+    (data restored from before its migration is migrated again, with a warning)."""
+    if vm.runner.dry_run or not vm.is_serving(tag):
+        return False
+    differs = schema_mismatch(vm.history(), tag, vm.revision())
+    if differs:
+        vm.runner.say(f"warning: {differs.splitlines()[0]}; deploying {tag} again")
+    return not differs
+
+
+def check_release(vm: Vm, rel: Release, tag: str) -> str:
+    """The `check` phase of a deploy of `tag` on one host, before anything changes there: the
+    switch's own needs, app.env, the compose project, the compose file rendered with `tag`.
+    Returns the release serving now."""
+    with rel.phase("check"):
+        from deploy.release import switch  # built on this package: imported here
+
+        switch.check_switch(vm)
+        vm.gather_facts()  # one round trip; the checks below read what it found
+        envcheck.require_app_env(vm)  # app.env has every key of .env.example
+        rel.previous = vm.current_tag()
+        vm.check_project()
+        # the release files made right, then the compose file rendered with `tag`
+        vm.check_contract(tag, vm.sync_release_env(rel.previous, render=tag))
+    return rel.previous
+
+
+@dataclasses.dataclass(frozen=True)
+class Migrated:
+    """What the `backup` and `migrate` phases did where the database is."""
+
+    backup: str  # its path under backups/ ('' if none)
+    before: str  # the revision before the migration ('' if unknown)
+    revision: str  # the revision after it ('' if no migration ran or it is unknown)
+    history: list[dict]  # the releases recorded before this one
+
+    def recorded(self, revision: str) -> dict:
+        """What a release record says of them, the database now at `revision`."""
+        return {"backup": self.backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
+                "migrated": bool(revision and revision != self.before)}
+
+
+def backup_and_migrate(vm: Vm, rel: Release, tag: str, previous: str) -> Migrated:
+    """The `backup` and `migrate` phases of a deploy of `tag`, run once, on the host where the
+    database is (`previous` serving there)."""
+    vm.hold_lock(previous)
+    with rel.phase("backup", timed=False) as found:
+        records = vm.records()
+        history = [e for e in records if is_release(e)]
+        vm.wait_for_leftovers()  # a migration left running changes what is backed up
+        # What the database says, else the history (a restore since the last release
+        # counts). A migration asks the database itself (as the new image reads it) and
+        # corrects the backup's manifest: no `alembic current` before it.
+        before = ("" if vm.settings.migrate_command else vm.revision()) \
+            or last_revision(records)
+        backup = vm.backup(tag, previous, revision=before, reason=f"before deploying {tag}")
+        found.result = backup or "none"
+    vm.hold_lock(previous)
+    with rel.phase("migrate") as found:
+        revision = vm.migrate(tag, backup)
+        before = vm.before_migration or before  # as the new image reads the database
+        if revision and revision != before:
+            found.result = f"{before or 'empty'}→{revision}"
+        elif revision:
+            found.result = f"already at {revision}"
+    return Migrated(backup, before, revision, history)
 
 
 def prune_after(vm: Vm, release: Release | None = None) -> str:
@@ -238,6 +243,18 @@ def prune_after(vm: Vm, release: Release | None = None) -> str:
         vm.runner.say(f"warning: pruning on {vm.runner.where} failed (the release is recorded "
                       f"and serving): {problem}\n  fix: see the error; `fab prune` tries again")
     return found.result
+
+
+def check_rollback(vm: Vm, rel: Release, target: str, current: str) -> None:
+    """The `check` phase of a rollback to `target` on one host (`current` serving), before
+    anything changes there: the same checks as a deploy's, but of the release going back."""
+    with rel.phase("check", cuts_short=False):
+        from deploy.release import switch  # built on this package: imported here
+
+        switch.check_switch(vm)
+        vm.sync_release_env(current)
+        vm.check_project()
+        vm.check_contract(target)
 
 
 def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
@@ -274,13 +291,13 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
     recorded = deployed.get(target) or entries.get(target, {})
     with Release(vm, target, current) as rel, vm.locked(target, action="rollback"):
         rel.note("lock")
-        with rel.phase("check", cuts_short=False):
-            vm.sync_release_env(current)
-            vm.check_project()
-            vm.check_contract(target)
+        check_rollback(vm, rel, target, current)
         with rel.phase("pull", cuts_short=False) as found:
-            digest = vm.pull_recorded(target, recorded.get("digest", ""))
-            if recorded.get("digest"):
+            from deploy.release import switch  # built on this package: imported here
+
+            pinned = switch.pins_digest(vm)
+            digest = vm.pull_recorded(target, recorded.get("digest", "") if pinned else "")
+            if recorded.get("digest") and pinned:
                 found.result = f"{digest[:19]} (as recorded)"
         wanted = recorded.get("revision", "")
         now = vm.revision()
