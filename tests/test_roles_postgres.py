@@ -148,6 +148,12 @@ def test_roles_share_the_primarys_postgres_through_a_release_and_back(pg_roles, 
         assert probe.versions()[-1] == "2", probe.summary()
     assert web1.db_revision() == "0002"
     assert items(web1) == items(web2) == sorted(ROWS)
+    # each host's phases on its own line, as on one host; backup and migrate on the primary
+    lines = {h: [line for line in out.splitlines() if line.startswith(f"[{h}] ")] for h in hosts}
+    for host in hosts:
+        assert any("pull" in line for line in lines[host]), f"no phases of {host}:\n{out}"
+    assert any("backup" in line and "migrate" in line for line in lines[hosts[0]]), out
+    assert not any("migrate" in line for line in lines[hosts[1]] + lines[hosts[2]]), out
     before_v2 = web1.history()[-1]["backup"]
     assert before_v2 in web1.backups()
     assert len(web1.backups()) <= KEEP_BACKUPS, web1.backups()
