@@ -140,7 +140,14 @@ def deploy_behind_caddy(app: App, sandbox, v2: Callable[[], None], *, user: str,
         return app.psql(statement, user=user, database=database)
 
     def notes() -> list[str]:
-        return app.get_json("/notes")  # type: ignore[return-value]
+        try:
+            status, body = app.get("/notes", timeout=30)
+        except OSError as exc:
+            status, body = 0, f"{exc}"
+        if status != 200:
+            logs = app.vm_docker("logs", "--tail", "30", *app.containers(service="app"))
+            raise AssertionError(f"GET /notes: {status} {body}\n{output(logs)}")
+        return body  # type: ignore[return-value]
 
     took: dict[str, float] = {}
     caddy = new_proxy(sandbox)
