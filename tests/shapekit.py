@@ -17,6 +17,8 @@ from test_corpus import CORPUS, IGNORE, user_env
 from test_maintenance import only_pages_and_answers
 from vmkit import App, Probe, unique
 
+from sandbox import Sandbox
+
 
 def variant(base: str, overlay: str, dest: Path) -> Path:
     """A copy of the corpus app `base` with the files of tests/corpus/`overlay` over it (not
@@ -28,7 +30,7 @@ def variant(base: str, overlay: str, dest: Path) -> Path:
     return repo
 
 
-def live(repo: Path, tmp_path: Path, sandbox) -> Iterator[App]:
+def live(repo: Path, tmp_path: Path, sandbox: Sandbox) -> Iterator[App]:
     """The adopted `repo` pointed at its own app_dir on vm1 and a fresh image name; on exit its
     VM state and its local images are removed."""
     image = f"127.0.0.1:5000/{unique(f'corpus-{repo.name}-')}"
@@ -127,7 +129,7 @@ def add_title(models: Path, migrations: Path, main: Path) -> None:
     main.write_text(text.replace('VERSION = "1"', 'VERSION = "2"'))
 
 
-def deploy_behind_caddy(app: App, sandbox, v2: Callable[[], None], *, user: str,
+def deploy_behind_caddy(app: App, sandbox: Sandbox, v2: Callable[[], None], *, user: str,
                         database: str) -> dict[str, float]:
     """v1 deployed with deploy-init's own settings behind a Caddy of the test's own, a row
     added; v2 (a migration) deployed and rolled back under a probe, no request failed; the
