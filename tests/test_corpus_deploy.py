@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import commit_all, git, output
+from shapekit import live
 from test_checks import edit
-from test_corpus import PY310, adopt, poetry_install, user_env
+from test_corpus import PY310, adopt, poetry_install
 from test_envcheck import fab_stdin
-from vmkit import App, Probe, unique
+from vmkit import Probe
 
 
 def live_app(name: str, tmp_path: Path, sandbox):
@@ -25,15 +26,7 @@ def live_app(name: str, tmp_path: Path, sandbox):
     repo, _ = adopt(name, tmp_path)
     if name == "poetry":
         poetry_install(repo)
-    image = f"127.0.0.1:5000/{unique(f'corpus-{name}-')}"
-    app = App.create(repo, None, tmp_path / "xdg-cache", sandbox, image=image)
-    app.env.update(user_env())
-    yield app
-    app.tear_down()
-    refs = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}",
-                           image], capture_output=True, text=True, check=False).stdout.split()
-    if refs:
-        subprocess.run(["docker", "rmi", *refs], capture_output=True, check=False)
+    yield from live(repo, tmp_path, sandbox)
 
 
 @pytest.fixture
