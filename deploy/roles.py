@@ -222,7 +222,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
         raise DeployError(f"{slot}: {error.message}; hosts serving {tag}: {on_new}",
                           "fix what the message says and deploy again (hosts already on the "
                           f"new release are left alone); `fab rollback --tag={previous_any}` puts "
-                          "every host back")
+                          "every host back", exit_code=error.exit_code)
     say(f"deployed {tag} to {len(plan.slots)} host(s) in {time.monotonic() - started:.1f}s")
     return rows
 
