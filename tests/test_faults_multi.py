@@ -484,7 +484,9 @@ def test_swarm_fault_during_stack_deploy(swarm_app, swarm_faults, images, fault)
         with probe:
             probe.stage = "during"
             run: Running = start_fab(app, "deploy", f"--tag={images.v2}")
-            stacking = lambda: bool(running_on(manager, "stack deploy"))  # noqa: E731
+            # `docker stack deploy STACK`, then the polls of STACK_app until Swarm is done
+            stack = app.stack  # type: ignore[attr-defined]
+            stacking = lambda: bool(running_on(manager, stack))  # noqa: E731
             action = (lambda: cut_ssh(run.pid, manager)) if fault == "ssh-cut" else \
                 (lambda: run.signal(signal.SIGTERM))
             run.when(stacking, action, "`docker stack deploy`", interval=0.005)
