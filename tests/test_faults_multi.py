@@ -509,6 +509,7 @@ def test_swarm_fault_during_stack_deploy(swarm_app, swarm_faults, images, fault)
         tag = swarm_settled(app, swarm_faults)
         assert tag in (images.v1, images.v2)
         version = wait_version(url, {images.v1: "1", images.v2: "2"}[tag])
+        assert version == {images.v1: "1", images.v2: "2"}[tag], version
         row.after = version
         assert app.item_names()[: len(names)] == names
         row.rows_after = str(len(app.item_names()))
