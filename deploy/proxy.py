@@ -24,7 +24,7 @@ from deploy.envfile import read_env_file
 from deploy.errors import DeployError
 from deploy.remote.health import UpstreamWatch
 from deploy.remote.phases import Phase
-from deploy.remote.signals import sigint_deferred
+from deploy.remote.signals import exit_code, sigint_deferred, signal_name
 from deploy.remote.steps import Vm
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
@@ -591,10 +591,10 @@ def switch_checked(vm: Vm, tag: str, previous: str, phase: Phase | None = None) 
     times: dict[str, float] = {}
     try:
         problem, name = switch(vm, tag, times)
-    except KeyboardInterrupt:
-        raise DeployError(f"interrupted while starting {tag}; {kept} (the proxy was not "
-                          "switched, the new container was removed)",
-                          "run the same deploy again", exit_code=130) from None
+    except KeyboardInterrupt as exc:
+        raise DeployError(f"{signal_name(exc)} while starting {tag}; {kept} (the proxy was "
+                          "not switched, the new container was removed)",
+                          "run the same deploy again", exit_code=exit_code(exc)) from None
     except ConnectionLost as exc:
         raise DeployError(f"the SSH connection to {exc.where} was lost while switching to "
                           f"{tag}; {kept} unless the switch had reached the proxy",

@@ -254,7 +254,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
         raise DeployError(f"{slot}: {error.message}; hosts serving {tag}: {on_new}",
                           "fix what the message says and deploy again (hosts already on the "
                           f"new release are left alone); `fab rollback --tag={previous_any}` puts "
-                          "every host back")
+                          "every host back", exit_code=error.exit_code)
     already = len(plan.slots) - len(todo)
     say(f"deployed {tag} to {len(todo)} host(s)"
         + (f" ({already} served it already)" if already else "")

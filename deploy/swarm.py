@@ -25,6 +25,8 @@ from deploy.errors import DeployError
 from deploy.remote import (
     Vm,
 )
+from deploy.remote.signals import exit_code, signal_name
+from deploy.shell import ConnectionLost
 
 UPDATE = {"parallelism": 1, "order": "start-first", "failure_action": "rollback",
           "monitor": "10s"}
@@ -396,11 +398,22 @@ def stack_switch(vm: Vm, tag: str, previous: str) -> None:
     what the failed task said."""
     stack = stack_name(vm)
     text = render(vm, tag)
-    vm.run(cmd.stack_deploy(stack), stdin=text, what=f"`docker stack deploy` of {tag} failed",
-           fix="see the message above")
-    if vm.runner.dry_run:
-        return
-    state, why = converge(vm, tag, vm.settings.swarm_timeout)
+    try:
+        vm.run(cmd.stack_deploy(stack), stdin=text,
+               what=f"`docker stack deploy` of {tag} failed", fix="see the message above")
+        if vm.runner.dry_run:
+            return
+        state, why = converge(vm, tag, vm.settings.swarm_timeout)
+    except (KeyboardInterrupt, ConnectionLost) as exc:
+        # Swarm carries on with an update it was given, without us: say so, record nothing.
+        what = signal_name(exc) if isinstance(exc, KeyboardInterrupt) else \
+            f"the SSH connection to {exc.where} was lost"
+        raise DeployError(
+            f"{what} during the stack deploy of {tag}; nothing was recorded, and the service "
+            f"runs {previous or 'the previous release'} or, if `docker stack deploy` reached "
+            f"the manager, Swarm goes on updating it to {tag} (or rolls it back) on its own",
+            "`fab status` shows which release the service runs; run the same deploy again",
+            exit_code=exit_code(exc) if isinstance(exc, KeyboardInterrupt) else 1) from None
     if state == "done":
         vm.runner.say(f"swarm: {why}")
         prune_env_secrets(vm)
@@ -430,6 +443,14 @@ def status_lines(vm: Vm) -> list[str]:
                                         "paused": "update paused",
                                         "rolled_back": "rolled back by Swarm"}[state]
                                        + (f" ({why})" if why else ""))]
+    if state == "wait" and release and verdict(service, tasks, service.image)[0] == "done":
+        # settled, on another image than the recorded release (a deploy cut short after
+        # `docker stack deploy` reached the manager)
+        running = service.image.rsplit(":", 1)[-1]
+        lines = [f"swarm:     {name}: serving {service.image}, not the recorded release "
+                 f"{release}",
+                 f"  fix: `fab deploy --tag={running}` records it, or `fab rollback "
+                 f"--tag={release}` puts the recorded release back"]
     if service.update:
         lines.append(f"  update:  {service.update}"
                      + (f" ({service.message})" if service.message else ""))

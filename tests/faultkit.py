@@ -226,9 +226,11 @@ class Sample:
 class Probe:
     """GET the app's /version every 50 ms in a thread, tagging each answer with a stage."""
 
-    def __init__(self, url: str, interval: float = 0.05) -> None:
+    def __init__(self, url: str, interval: float = 0.05,
+                 headers: dict[str, str] | None = None) -> None:
         self.url = url
         self.interval = interval
+        self.headers = headers or {}  # behind Caddy: the app's Host
         self.stage = "before"
         self.samples: list[Sample] = []
         self._stop = threading.Event()
@@ -239,7 +241,8 @@ class Probe:
             started = time.monotonic()
             version, status = None, ""
             try:
-                with urllib.request.urlopen(self.url, timeout=1) as response:
+                request = urllib.request.Request(self.url, headers=self.headers)
+                with urllib.request.urlopen(request, timeout=1) as response:
                     status = str(response.status)
                     version = str(json.load(response).get("version"))
             except urllib.error.HTTPError as exc:

@@ -28,11 +28,14 @@ FIXTURE_TIERS: dict[str, str] = {
     "three_vms": "multivm", "swarm": "multivm",
     # VMs whose engine, sshd or disk a test breaks
     "fault_vms": "faults", "pg_fault_vm": "faults",
+    "roles_fault_vms": "faults", "swarm_faults": "faults",
 }
 # Tests that break a VM run one after another on one worker, per VM they break.
 FIXTURE_GROUPS: dict[str, str] = {
     "pg_fault_vm": "faults-postgres",
     "fault_vms": "faults",
+    "roles_fault_vms": "faults-roles",
+    "swarm_faults": "swarm",  # the swarm's VMs: one worker with test_swarm_live.py
     "swarm": "swarm",
     "three_vms": "roles",
     "sshd_vm": "sshd",  # its sshd's log counts one test's connections

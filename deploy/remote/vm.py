@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Unpack
 
 from deploy import envcheck, refs
+from deploy.commands import docker
 from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
 from deploy.errors import DeployError
@@ -478,7 +479,11 @@ class VmQueries:
         """The service container's state right now (healthy, unhealthy, running, missing)."""
         result = self.run(cmd.health_state(self.compose(), self.settings.service),
                           check=False, quiet=True)
-        return next(iter(result.stdout.split()), "unknown")
+        state = next(iter(result.stdout.split()), "unknown")
+        if state == "missing" and not self.run(docker.engine_info(), check=False,
+                                               quiet=True).ok:
+            return "unknown (the Docker engine does not answer)"
+        return state
 
     def is_serving(self, tag: str) -> bool:
         """Whether `tag` is the recorded release and its container is healthy right now."""
