@@ -220,8 +220,12 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                         vms[slot].check_database_reach(tag, str(plan.primary), str(slot))
                 step = f"backup on {plan.primary}"
                 if plan.primary in todo:
-                    with Release(first, tag, previous[plan.primary]) as rel:
-                        done = backup_and_migrate(first, rel, tag, previous[plan.primary])
+                    try:
+                        with Release(first, tag, previous[plan.primary]) as rel:
+                            done = backup_and_migrate(first, rel, tag, previous[plan.primary])
+                    except DeployError as exc:  # its phases speak of one host: name it
+                        raise DeployError(f"{plan.primary}: {exc.message}", exc.fix,
+                                          exit_code=exc.exit_code) from None
                     revision = done.revision or last_revision(done.history)
                     say(f"migrated once, on {plan.primary}: revision {revision or '-'}")
                 else:  # it took `tag` (and its migration) in an earlier run: no second backup
