@@ -85,8 +85,13 @@ def matching_release(history: list[dict], manifest: dict, name: str, current: st
             return Match(current)
         return Match(tag, f"--tag={tag} runs on the backup's schema {revision}")
     ran = schemas_of(history, current)
-    if not (revision and current and ran) or revision in ran:
-        return Match(current)  # the same schema, or nothing to tell them apart: as always
+    last: dict = next((e for e in reversed(history)
+                       if is_release(e) and e.get("tag") == current), {})
+    # The same schema, or nothing to tell them apart (no revision in the backup; none recorded
+    # when the serving release last turned healthy, e.g. a rollback whose older image could
+    # not name the newer schema): the restore keeps the serving release, as it always did.
+    if not (revision and current and last.get("revision")) or revision in ran:
+        return Match(current)
     candidates = releases_on(history, revision)
     before = serving_when_taken(history, name)
     if before in candidates:
