@@ -14,6 +14,7 @@ import time
 import pytest
 from conftest import assert_no_traceback
 from test_postgres import pg_app, rows  # noqa: F401 (fixtures)
+from test_roles import roles_app, served, three_vms  # noqa: F401 (fixtures)
 from vmkit import App, Probe, output
 
 from deploy.errors import DeployError
@@ -215,3 +216,35 @@ def test_postgres_restore_from_before_a_migration_puts_back_the_release_on_its_s
     app.post_item("second", embedding=[0, 0, 1], note="v2 only")
     restore_before_v2(app, v1, v2, pre_v2, ["first"], ".dump")
     assert [r[1] for r in rows(app)] == ["first"]
+
+
+def test_roles_restore_from_before_a_migration_puts_back_the_release_on_every_host(
+        roles_app, images):  # noqa: F811
+    web1, web2, worker = roles_app
+    v1, v2 = images.v1, images.v2
+    hosts = [v.machine.address for v in roles_app]
+    web1.env.update(SLOW)
+    web1.fab_ok("setup")
+    web1.fab_ok("deploy", f"--tag={v1}")
+    web1.post_item("under v1")
+    web1.fab_ok("deploy", f"--tag={v2}")
+    pre_v2 = web1.history()[-1]["backup"]  # on the primary, where the database is
+    web1.post_item("under v2", note="v2 only")
+    assert [served(web1), served(web2), served(worker, "worker")] == [v2, v2, v2]
+
+    since = vm_now(web1)
+    out = web1.fab_ok("restore", f"--backup={pre_v2}")
+    assert f"{v1} is put back with it (it served on schema 0001 when the backup was taken)" \
+        in out, out
+    assert f"{hosts[1]} (web): started again, healthy, on {v1}" in out, out
+    assert f"{hosts[2]} (worker): started again, healthy, on {v1}" in out, out
+    assert [served(web1), served(web2), served(worker, "worker")] == [v1, v1, v1]
+    assert [v.release_env(".deploy/release.env")["DEPLOY_TAG"] for v in roles_app] == [v1] * 3
+    assert web1.version() == {"version": "1", "revision": "0001"}
+    assert web2.version()["version"] == "1"
+    serves_cleanly(web1, ["under v1"], since)
+    for view in roles_app:  # each host's history says what it serves since the restore
+        last = view.history()[-1]
+        assert (last["kind"], last["tag"], last["previous"]) == ("restore", v1, v2), last
+    assert web1.history()[-1]["backup"] == pre_v2
+    assert web1.fab_ok("status").count(f"release:   {v1}\n") == 3
