@@ -480,7 +480,7 @@ def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: st
         found.result = name
         if not vm.runner.dry_run:
             vm.write(cmd.RESTORE_MARKER, json.dumps(
-                {"backup": name, "saved": saved, "tag": target, **stamp()}))
+                {"backup": name, "saved": saved, "tag": target, **moved, **stamp()}))
         if s.database == "sqlite":
             argv = cmd.restore_sqlite(name, s.sqlite_path)
         else:
