@@ -406,21 +406,13 @@ def healthy_after_start(vm: Vm) -> str:
 
 
 def start_release(vm: Vm, tag: str) -> str:
-    """After a restore: start release `tag`, which is not the one that served before it (the
-    app is stopped), through the switch a rollback uses (behind the proxy: blue/green through
-    Caddy, the stopped container removed); its release files written first. '' if it serves
-    healthy, else what failed."""
+    """After a restore: start release `tag` in place of the stopped one (its release files
+    written first, then `compose up`: the app's container recreated on its image under the
+    same name, so the proxy's upstream stays right) and check it as a restart is checked
+    (through Caddy with `proxy = true`). '' if it serves healthy, else what failed."""
     vm.write_release_files(tag)
-    if vm.settings.proxy:
-        from deploy import proxy  # built on this package's Vm: imported here, not in a cycle
-
-        problem, name = proxy.switch(vm, tag)
-        if not problem:
-            vm.serving = name
-            proxy.settle(vm, tag)
-        return problem
-    vm.switch(tag)
-    return vm.wait_healthy(tag) or vm.runs_pulled_image(tag)
+    vm.run(cmd.up(vm.compose()), hide=True)
+    return healthy_after_start(vm) or vm.runs_pulled_image(tag)
 
 
 def restore_match(vm: Vm, name: str, manifest: dict, current: str, tag: str = "") -> Match:
@@ -502,15 +494,14 @@ def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: st
             f"recorded; {start_again(vm, target)} (its health was not checked)",
             f"`fab status` shows it; {undo}", exit_code=exit_code(signalled))
     try:
-        if target != current:  # the release whose schema is the backup's
-            with rel.phase("start", cuts_short=False) as found:
+        with rel.phase("start", cuts_short=False) as found:
+            if target != current:  # the release whose schema is the backup's
                 found.result = target
-                problem = start_release(vm, target)
-        else:
-            with rel.phase("start", cuts_short=False):
-                vm.run(cmd.up(vm.compose()), hide=True)
-            with rel.phase("healthy", cuts_short=False):
-                problem = healthy_after_start(vm)
+                vm.write_release_files(target)
+            vm.run(cmd.up(vm.compose()), hide=True)
+        with rel.phase("healthy", cuts_short=False):
+            problem = healthy_after_start(vm) or (
+                vm.runs_pulled_image(target) if target != current else "")
     except BaseException as exc:  # the first error is the one to show; the record a bonus
         with contextlib.suppress(Exception):
             record_restore(vm, restore_entry(name, target, vm.revision(), False, saved,
