@@ -426,7 +426,13 @@ def restore_match(vm: Vm, name: str, manifest: dict, current: str, tag: str = ""
     refuse_moving_tag(match.tag)
     recorded: dict = next((e for e in reversed(history)
                            if e.get("tag") == match.tag and e.get("digest")), {})
-    vm.pull_recorded(match.tag, recorded.get("digest", ""))
+    digest = recorded.get("digest", "")
+    try:  # on the VM already, as recorded: no pull
+        there = bool(digest) and vm.inspect(match.tag) == digest
+    except DeployError:  # not on the VM
+        there = False
+    if not there:
+        vm.pull_recorded(match.tag, digest)
     vm.check_contract(match.tag)
     vm.runner.say(f"the backup {name} holds schema {manifest.get('revision')}, which "
                   f"{current} does not run on: {match.tag} is put back with it ({match.why})")
