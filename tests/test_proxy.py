@@ -335,7 +335,7 @@ def test_restore_behind_the_proxy_serves_again(proxied, images):
     assert (record["healthy"], record["tag"]) == (True, images.v1), record
     assert app.wait_http("/health") == 200
     assert app.item_names() == ["kept"]  # the database as it was before v2's deploy
-    # ... on v1's schema: v1 is put back with it, switched to through Caddy like a rollback
+    # ... on v1's schema: v1 is put back with it, its health checked through Caddy
     assert f"{images.v1} serves now, in place of {images.v2}" in out, out
     assert app.version() == {"version": "1", "revision": "0001"}
     assert [i["name"] for i in app.get_json("/items")] == ["kept"]
