@@ -467,13 +467,17 @@ def backups(c: Context) -> None:
 @task(help={"backup": "a name from `fab backups`",
             "force-unverified": "restore a backup that has no manifest (made by a version "
                                 "before manifests), if its first bytes are of the right kind",
+            "tag": "the release to serve after it when the backup's schema is not the serving "
+                   "release's: a recorded release on the backup's schema (default: the one "
+                   "the backup's manifest and the history name)",
             "verbose": "print every command as it runs, secrets redacted (also: DEPLOY_VERBOSE=1)"})
 @friendly
-def restore(c: Context, backup: str, force_unverified: bool = False,
+def restore(c: Context, backup: str, force_unverified: bool = False, tag: str = "",
             verbose: bool = False) -> None:
     """Restore a database backup this tool made for this app (checked against its manifest);
     the live database is saved as a backup first, the app stopped meanwhile, then
-    health-checked."""
+    health-checked. A backup on another schema than the serving release's (taken before a
+    migration) brings back the release that runs on it."""
     from deploy.remote import restore as restore_backup
     from deploy.runner import set_verbose
 
@@ -481,10 +485,10 @@ def restore(c: Context, backup: str, force_unverified: bool = False,
     if with_roles(c):  # where the database is, the other hosts stopped meanwhile
         from deploy import roles
 
-        roles.restore(load_settings(), backup, force_unverified=force_unverified)
+        roles.restore(load_settings(), backup, force_unverified=force_unverified, tag=tag)
         return
     for vm in each_vm(c):
-        restore_backup(vm, backup, force_unverified=force_unverified)
+        restore_backup(vm, backup, force_unverified=force_unverified, tag=tag)
 
 
 MAINTENANCE_ACTIONS = ("on", "off")

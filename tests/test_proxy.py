@@ -331,10 +331,16 @@ def test_restore_behind_the_proxy_serves_again(proxied, images):
     out = app.fab_ok("restore", f"--backup={backup}",
                      env={"DEPLOY_HEALTH_URL": "http://127.0.0.1:8000/health"})
     assert f"restored {backup}" in out
-    assert [e for e in app.history() if e.get("kind") == "restore"][-1]["healthy"] is True
+    record = [e for e in app.history() if e.get("kind") == "restore"][-1]
+    assert (record["healthy"], record["tag"]) == (True, images.v1), record
     assert app.wait_http("/health") == 200
     assert app.item_names() == ["kept"]  # the database as it was before v2's deploy
+    # ... on v1's schema: v1 is put back with it, its health checked through Caddy
+    assert f"{images.v1} serves now, in place of {images.v2}" in out, out
+    assert app.version() == {"version": "1", "revision": "0001"}
+    assert [i["name"] for i in app.get_json("/items")] == ["kept"]
     status = app.fab_ok("status")
+    assert f"release:   {images.v1}\n" in status, status
     serving = app.container_names()
     assert len(serving) == 1 and f"{app.host} -> {serving[0]}:8000" in status, status
 

@@ -21,6 +21,7 @@ from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.remote import housekeeping
 from deploy.remote.contract import refuse_moving_tag
+from deploy.remote.matching import Match, matching_release
 from deploy.remote.phases import Release, optional_phase
 from deploy.remote.signals import Interrupted, exit_code, sigint_deferred, signal_name
 from deploy.remote.steps import Vm
@@ -396,10 +397,13 @@ def record_restore(vm: Vm, entry: dict) -> None:
             vm.run(cmd.restore_clear(), quiet=True)
 
 
-def start_again(vm: Vm) -> str:
-    """Start the app after a restore cut short; a sentence saying how that went."""
+def start_again(vm: Vm, tag: str = "") -> str:
+    """Start the app after a restore cut short (`tag`: the release to start, recorded first;
+    default the current one); a sentence saying how that went."""
     service = vm.settings.service
     with sigint_deferred():
+        if tag and tag != vm.current_tag():
+            vm.write_release_files(tag)
         result = vm.run(cmd.up(vm.compose()), hide=True, check=False)
     if result.ok:
         return f"{service} was started again"
@@ -418,15 +422,53 @@ def healthy_after_start(vm: Vm) -> str:
     return vm.wait_healthy()
 
 
+def start_release(vm: Vm, tag: str) -> str:
+    """After a restore: start release `tag` in place of the stopped one (its release files
+    written first, then `compose up`: the app's container recreated on its image under the
+    same name, so the proxy's upstream stays right) and check it as a restart is checked
+    (through Caddy with `proxy = true`). '' if it serves healthy, else what failed."""
+    vm.write_release_files(tag)
+    vm.run(cmd.up(vm.compose()), hide=True)
+    return healthy_after_start(vm) or vm.runs_pulled_image(tag)
+
+
+def restore_match(vm: Vm, name: str, manifest: dict, current: str, tag: str = "") -> Match:
+    """The release to serve after restoring `name` (matching.matching_release on the VM's
+    history); a release other than `current` is pulled now (the image recorded), before
+    anything changes, and said."""
+    history = vm.history()
+    match = matching_release(history, manifest, name, current, tag)
+    if match.tag == current:
+        return match
+    refuse_moving_tag(match.tag)
+    recorded: dict = next((e for e in reversed(history)
+                           if e.get("tag") == match.tag and e.get("digest")), {})
+    digest = recorded.get("digest", "")
+    try:  # on the VM already, as recorded: no pull
+        there = bool(digest) and vm.inspect(match.tag) == digest
+    except DeployError:  # not on the VM
+        there = False
+    if not there:
+        vm.pull_recorded(match.tag, digest)
+    vm.check_contract(match.tag)
+    vm.runner.say(f"the backup {name} holds schema {manifest.get('revision')}, which "
+                  f"{current} does not run on: {match.tag} is put back with it ({match.why})")
+    return match
+
+
 def as_interrupt(signum: int) -> KeyboardInterrupt:
     return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
 
-def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: str) -> str:
+def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: str,
+                     target: str = "") -> str:
     """The steps of a restore that change the VM, under its lock: stop the app, save the live
-    database, make it equal the backup `name`, record it, start the app, check its health.
+    database, make it equal the backup `name`, record it, start the app (release `target`
+    when its schema is the backup's and `current`'s is not), check its health.
     Returns the name of the saved backup ('' when there was no database)."""
     s = vm.settings
+    target = target or current
+    moved = {"previous": current} if target != current else {}
     try:
         with rel.phase("stop", cuts_short=False):
             vm.run(cmd.stop(vm.compose(), s.service), hide=True)
@@ -453,7 +495,7 @@ def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: st
         found.result = name
         if not vm.runner.dry_run:
             vm.write(cmd.RESTORE_MARKER, json.dumps(
-                {"backup": name, "saved": saved, "tag": current, **stamp()}))
+                {"backup": name, "saved": saved, "tag": target, **moved, **stamp()}))
         if s.database == "sqlite":
             argv = cmd.restore_sqlite(name, s.sqlite_path)
         else:
@@ -468,35 +510,42 @@ def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: st
     # From here the database equals the backup: the history says so, whatever comes next.
     if caught:
         signalled = as_interrupt(caught[0])
-        record_restore(vm, restore_entry(name, current, vm.revision(), False, saved,
-                                         cut_short=True))
+        record_restore(vm, restore_entry(name, target, vm.revision(), False, saved,
+                                         cut_short=True, **moved))
         raise DeployError(
             f"{signal_name(signalled)} during the restore of {name}: it was finished and "
-            f"recorded; {start_again(vm)} (its health was not checked)",
+            f"recorded; {start_again(vm, target)} (its health was not checked)",
             f"`fab status` shows it; {undo}", exit_code=exit_code(signalled))
     try:
-        with rel.phase("start", cuts_short=False):
+        with rel.phase("start", cuts_short=False) as found:
+            if target != current:  # the release whose schema is the backup's
+                found.result = target
+                vm.write_release_files(target)
             vm.run(cmd.up(vm.compose()), hide=True)
         with rel.phase("healthy", cuts_short=False):
-            problem = healthy_after_start(vm)
+            problem = healthy_after_start(vm) or (
+                vm.runs_pulled_image(target) if target != current else "")
     except BaseException as exc:  # the first error is the one to show; the record a bonus
         with contextlib.suppress(Exception):
-            record_restore(vm, restore_entry(name, current, vm.revision(), False, saved))
+            record_restore(vm, restore_entry(name, target, vm.revision(), False, saved,
+                                             **moved))
         if isinstance(exc, KeyboardInterrupt):
             raise DeployError(
                 f"{signal_name(exc)} after {name} was restored (recorded), while {s.service}"
                 " was starting: it may not be running", f"`fab status` shows it; `fab "
-                f"rollback --tag={current}` starts it; {undo}",
+                f"rollback --tag={target}` starts it; {undo}",
                 exit_code=exit_code(exc)) from None
         raise
-    record_restore(vm, restore_entry(name, current, vm.revision(), not problem, saved))
+    record_restore(vm, restore_entry(name, target, vm.revision(), not problem, saved,
+                                     **moved))
     if problem:
-        raise DeployError(f"after the restore the app is not healthy ({problem})",
+        raise DeployError(f"after the restore the app is not healthy ({problem})"
+                          + (f"; {target} was started, not {current}" if moved else ""),
                           f"look at `fab logs`; {undo}")
     return saved
 
 
-def restore(vm: Vm, name: str, force_unverified: bool = False) -> None:
+def restore(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") -> None:
     """Check the backup against its manifest, stop the app, save the live database as a
     backup of its own (so a restore can be undone), make the database equal the backup,
     record it, start the app, check its health.
@@ -507,8 +556,14 @@ def restore(vm: Vm, name: str, force_unverified: bool = False) -> None:
     first. A failed restore command changed nothing (one transaction; SQLite: a rename),
     records nothing and leaves the app stopped, and says so. A `fab` killed meanwhile leaves a
     marker the next command reads (VmQueries.settle_restore). With the proxy, users get the
-    maintenance page from before the app stops until it serves again (deploy/maintenance.py)."""
+    maintenance page from before the app stops until it serves again (deploy/maintenance.py).
+
+    When the backup's schema (its manifest's revision) is not one the serving release runs on,
+    the release that runs on it is started instead, `tag` if given (deploy/remote/matching.py
+    decides, before anything changes); the restore's record names it: it is what serves."""
     validate_backup_name(name)
+    if tag:
+        refuse_moving_tag(refs.validate_tag(tag))
     if not vm.runner.dry_run and name not in vm.backups():
         raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
     current = vm.current_tag()
@@ -516,14 +571,17 @@ def restore(vm: Vm, name: str, force_unverified: bool = False) -> None:
         rel.note("lock")
         vm.sync_release_env(current)
         with rel.phase("check"):
-            vm.check_backup(name, force_unverified)
+            manifest = vm.check_backup(name, force_unverified)
+            match = restore_match(vm, name, manifest, current, tag)
             vm.start_database(current)
             revision = vm.revision()  # SQLite: asked of the app before it stops
         # Users get the maintenance page (with the proxy) until the app serves again.
         from deploy import maintenance  # built on this package's Vm: imported here
 
         with maintenance.window(vm, f"fab restore --backup={name}"):
-            saved = replace_database(vm, rel, name, current, revision)
+            saved = replace_database(vm, rel, name, current, revision, match.tag)
     vm.runner.say(f"restored {name}; " + (f"the database it replaced is saved as {saved} "
                                           f"(`fab restore --backup={saved}` undoes this)"
                                           if saved else "there was no database before it"))
+    if match.tag != current:
+        vm.runner.say(f"{match.tag} serves now, in place of {current}: {match.why}")

@@ -335,8 +335,10 @@ class VmQueries:
                 f"--tag={tag or 'TAG'}` starts it{undo}.{self.maintenance_left()}")
             return
         self.run(cmd.restore_clear(), quiet=True)
+        # cut off before the data step: the data as it was, and the release that served it
+        start = tag if state == "died" else (mark.get("previous") or tag)
         stopped = f"The app may be stopped: `fab status` shows it; `fab rollback --tag=" \
-            f"{tag or 'TAG'}` starts it"
+            f"{start or 'TAG'}` starts it"
         if state == "died":  # nothing on the VM says how far it got: say so, guess nothing
             self.runner.say(
                 f"warning: {started} was cut off during its data step and its helper on the VM "
