@@ -286,6 +286,9 @@ def dockerd_argv(v: Vm) -> list[str]:
         "--host", "unix:///var/run/docker.sock",
         "--host", v.docker_host,
         "--cgroup-parent", f"/deploy-sandbox-{v.name}",
+        # /24 networks (512) instead of the default /16s and /20s (about 30): every app and
+        # proxy a test run makes gets a network, and a run cut short leaves some behind
+        "--default-address-pool", "base=172.18.0.0/15,size=24",
         "--log-level", "warn",
     ]
 

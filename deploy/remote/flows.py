@@ -404,6 +404,10 @@ def start_again(vm: Vm, tag: str = "") -> str:
     with sigint_deferred():
         if tag and tag != vm.current_tag():
             vm.write_release_files(tag)
+        # A `compose stop` cut short here goes on on the VM (its channel was closed, not the
+        # command): stop it once more, which returns when the container is down, so that
+        # the start below is not undone by the stop finishing after it.
+        vm.run(cmd.stop(vm.compose(), service), hide=True, check=False)
         result = vm.run(cmd.up(vm.compose()), hide=True, check=False)
     if result.ok:
         return f"{service} was started again"
