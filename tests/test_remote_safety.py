@@ -18,7 +18,15 @@ import time
 
 import pytest
 from conftest import answering_200, assert_no_traceback, child_env
-from vmkit import checked, docker, output
+from vmkit import (
+    REGISTRY,
+    checked,
+    delete_from_registry,
+    docker,
+    output,
+    remove_local_images,
+    unique,
+)
 
 from deploy.commands import vm as cmd
 
@@ -80,22 +88,29 @@ def test_latest_is_refused_before_any_connection(live, sshd):
 
 
 def test_rollback_brings_back_the_recorded_digest_even_if_the_tag_was_pushed_again(
-        live, images):
+        make_app, images):
     """v1 re-pushed with v2's image after it was deployed: a rollback to v1 still brings back
-    the image v1 ran, by its recorded digest."""
-    digest = live.history()[0]["digest"]
-    live.deploy(images.v2)
-    checked(docker("tag", images.ref(images.v2), images.ref(images.v1)))
-    checked(docker("push", "--quiet", images.ref(images.v1)))  # the tag now names v2's image
+    the image v1 ran, by its recorded digest. On a copy of the images under a name of its
+    own: the session's tags are pulled by other workers meanwhile."""
+    image = f"{REGISTRY}/{unique('retag-')}"
+    for tag in (images.v1, images.v2):
+        checked(docker("tag", images.ref(tag), f"{image}:{tag}"))
+        checked(docker("push", "--quiet", f"{image}:{tag}"))
+    app = make_app(image=image)
     try:
-        out = live.fab_ok("rollback", f"--tag={images.v1}")
+        app.fab_ok("setup")
+        app.deploy(images.v1)
+        digest = app.history()[0]["digest"]
+        app.deploy(images.v2)
+        checked(docker("tag", f"{image}:{images.v2}", f"{image}:{images.v1}"))
+        checked(docker("push", "--quiet", f"{image}:{images.v1}"))  # the tag names v2's image
+        out = app.fab_ok("rollback", f"--tag={images.v1}")
         assert f"pull {digest[:19]} (as recorded)" in out, out
-        assert live.version()["version"] == "1"
-        assert live.history()[-1]["digest"] == digest
-    finally:  # the session's images are shared: put v1 back as it was
-        checked(docker("pull", "--quiet", f"{images.image}@{digest}"))
-        checked(docker("tag", f"{images.image}@{digest}", images.ref(images.v1)))
-        checked(docker("push", "--quiet", images.ref(images.v1)))
+        assert app.version()["version"] == "1"
+        assert app.history()[-1]["digest"] == digest
+    finally:
+        remove_local_images(image)
+        delete_from_registry(image.split("/", 1)[1])
 
 
 # --------------------------------------------------------------------------- 7: projects
