@@ -338,13 +338,18 @@ def _locked(sb: Sandbox) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def up(vms: int = 1) -> Sandbox:
-    """Bring up engine, registry, images, sshd and VMs vm1..vmN; print one line per piece."""
+def up(vms: int = 1, only: Sequence[int] = ()) -> Sandbox:
+    """Bring up engine, registry, images, sshd and VMs vm1..vmN (or only the VMs `only`
+    names: a test must not start again a VM another test stopped on purpose); print one line
+    per piece."""
     sb = sandbox()
-    if not 0 <= vms <= vmlib.MAX_VMS:
-        raise DeployError(f"--vms {vms} is out of range", f"use 0 to {vmlib.MAX_VMS}")
+    wanted = list(only) or list(range(1, vms + 1))
+    bad = [i for i in [vms, *only] if not 0 <= i <= vmlib.MAX_VMS] or \
+        [i for i in only if i < 1]
+    if bad:
+        raise DeployError(f"--vms {bad[0]} is out of range", f"use 0 to {vmlib.MAX_VMS}")
     with _locked(sb):
-        _up(sb, vms)
+        _up(sb, wanted)
     return sb
 
 
@@ -354,14 +359,14 @@ def _timed(name: str, step: Callable[[], str]) -> None:
     print(f"{name}: {state} [{time.monotonic() - t0:.1f}s]", flush=True)
 
 
-def _up(sb: Sandbox, vms: int) -> None:
+def _up(sb: Sandbox, vms: Sequence[int]) -> None:
     """The steps of `up`, each timed."""
     _timed("engine", lambda: ensure_engine(sb))
     _timed("registry", lambda: ensure_registry(sb))
     _timed("images", lambda: images.ensure_images(sb.cache_dir))
     _timed("python3.10 image", lambda: images.ensure_python310(sb.cache_dir))
     _timed("sshd", lambda: ensure_sshd(sb))
-    for index in range(1, vms + 1):
+    for index in vms:
         _timed(sb.vm(index).name, functools.partial(up_vm, sb, index))
     vmlib.write_hosts(vmlib.running(sb.state_dir))
 

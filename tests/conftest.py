@@ -374,7 +374,7 @@ SSHD_VM = 9
 @pytest.fixture(scope="session")
 def sandbox(registry: str, base_image: str) -> Sandbox:
     """The sandbox up (idempotent): engine, registry, images, sshd, VMs 1 and 2."""
-    return sandbox_up(max(SHARED_VMS))
+    return sandbox_up(*SHARED_VMS)
 
 
 @pytest.fixture(scope="session")
@@ -392,7 +392,7 @@ def two_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
 @pytest.fixture(scope="session")
 def fault_vms(sandbox: Sandbox) -> tuple[Vm, ...]:
     """Two VMs of their own for tests that kill a VM's engine or sshd."""
-    sandbox_up(max(FAULT_VMS))
+    sandbox_up(*FAULT_VMS)
     return tuple(sandbox.vm(i) for i in FAULT_VMS)
 
 
@@ -495,13 +495,14 @@ def registry_in_use(exclusive: bool = False) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def sandbox_up(vms: int) -> Sandbox:
-    """The sandbox with VMs vm1..vmN up (idempotent). `up` starts the registry if it is
+def sandbox_up(*vms: int) -> Sandbox:
+    """The sandbox with the VMs `vms` up (idempotent), and no other VM started: another
+    worker's fault test may have stopped one on purpose. `up` starts the registry if it is
     down, so it waits while a registry fault has it stopped."""
     import sandbox as sandbox_mod
 
     with registry_in_use():
-        return sandbox_mod.up(vms=vms)
+        return sandbox_mod.up(only=vms)
 
 
 @pytest.fixture

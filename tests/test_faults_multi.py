@@ -74,7 +74,7 @@ SHORT_HEALTH = {"DEPLOY_HEALTH_TIMEOUT": "12"}
 @pytest.fixture(scope="session")
 def roles_fault_vms(sandbox) -> tuple[Vm, ...]:
     """Three VMs of their own for the roles faults (their engines and sshd sessions break)."""
-    sandbox_up(max(ROLES_FAULT_VMS))
+    sandbox_up(*ROLES_FAULT_VMS)
     return tuple(sandbox.vm(i) for i in ROLES_FAULT_VMS)
 
 

@@ -179,9 +179,9 @@ services:
 
 @pytest.fixture
 def three_vms(sandbox, two_vms):
-    import sandbox as sandbox_mod
+    from conftest import sandbox_up
 
-    sandbox_mod.up(vms=WORKER_VM)
+    sandbox_up(WORKER_VM)
     return (*two_vms, sandbox.vm(WORKER_VM))
 
 

@@ -56,9 +56,9 @@ def set_env(repo: Path, **values: str) -> None:
 def pg_roles(pg_images, sandbox, two_vms, tmp_path):
     """The Postgres example with web = vm1 (primary: the database), vm2 and worker = vm5,
     each web host behind its VM's Caddy; one view per host."""
-    import sandbox as sandbox_mod
+    from conftest import sandbox_up
 
-    sandbox_mod.up(vms=WORKER_VM)
+    sandbox_up(WORKER_VM)
     web1, web2 = two_vms
     worker = sandbox.vm(WORKER_VM)
     repo = make_app_repo(tmp_path / "app", EXAMPLE_POSTGRES)

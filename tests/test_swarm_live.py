@@ -90,7 +90,7 @@ def swarm(sandbox):
     """vm6 a manager and vm7 a worker of one swarm (made once; left in place)."""
     from conftest import sandbox_up
 
-    sandbox_up(max(SWARM_VMS))  # VMs reach each other: swarm's ports, VXLAN
+    sandbox_up(*SWARM_VMS)  # VMs reach each other: swarm's ports, VXLAN
     manager, worker = (sandbox.vm(i) for i in SWARM_VMS)
     state = vm_docker(manager, "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
     if state != "active":
