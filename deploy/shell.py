@@ -74,9 +74,9 @@ class RemoteShell:
             transport = self._reconnect()
         try:
             channel = transport.open_session(timeout=self.network_timeout)
-        except Exception as exc:  # paramiko.SSHException: no answer to the channel request
+            channel.exec_command("exec sh")
+        except Exception as exc:  # paramiko.SSHException, or the socket closed under it
             raise self._lost("opening a shell", str(exc)) from None
-        channel.exec_command("exec sh")
         self.channel = channel
         self.inside = False
         return channel
@@ -154,6 +154,9 @@ class RemoteShell:
         try:
             channel.sendall(script.encode())
             return self._collect(channel, command, mark, hide, timeout)
+        except (OSError, EOFError) as exc:  # the socket closed under the command
+            self.close()
+            raise self._lost(command[:120], str(exc) or type(exc).__name__) from None
         except BaseException:
             self.close()  # the shell may still be busy: never reuse it
             raise

@@ -397,8 +397,8 @@ def stack_switch(vm: Vm, tag: str, previous: str) -> None:
     """Deploy the stack at `tag` and wait for Swarm; a rollback by Swarm is an error that says
     what the failed task said."""
     stack = stack_name(vm)
-    text = render(vm, tag)
     try:
+        text = render(vm, tag)
         vm.run(cmd.stack_deploy(stack), stdin=text,
                what=f"`docker stack deploy` of {tag} failed", fix="see the message above")
         if vm.runner.dry_run:
