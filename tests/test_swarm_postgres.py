@@ -18,6 +18,7 @@ from conftest import EXAMPLE_POSTGRES
 from test_roles_postgres import set_env
 from test_swarm_live import (  # noqa: F401  (fixtures)
     CADDYFILE,
+    STACK_COMPOSE,
     caddy_image,
     probe,
     served_tags,
@@ -29,20 +30,8 @@ from vmkit import App, make_app_repo, unique
 
 from sandbox.ports import free_port
 
-CADDY_SERVICE = """\
-  proxy:
-    image: "CADDY"
-    ports: ["${APP_PORT}:80"]
-    configs:
-      - source: caddyfile
-        target: /etc/caddy/Caddyfile
-    deploy:
-      placement:
-        constraints: ["node.role == worker"]
-configs:
-  caddyfile:
-    file: ./Caddyfile
-"""
+# the stack's own Caddy, as the live Swarm test runs it (its service and its config)
+CADDY_SERVICE = STACK_COMPOSE[STACK_COMPOSE.index("  proxy:\n"):]
 
 
 def test_a_stack_with_its_database_outside_it(pg_images, sandbox, swarm, caddy_image,  # noqa: F811
