@@ -224,6 +224,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     for name in tiers.TIERS[1:]:
         config.addinivalue_line("markers", f"{name}: the {name} tier (tests/tiers.py)")
+    # xdist would hand out groups by their number of tests: a module of 60 quick tests before
+    # one release cycle of three minutes (see pytest_collection_modifyitems).
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
@@ -253,7 +257,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (keep if tiers.selected(tier, wanted) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    # xdist takes groups in this order (pytest_configure turns its own reordering, by number of
+    # tests, off): the longest groups start first and the short ones fill in around them.
+    order = tiers.heaviest_first([(str(dict(item.user_properties).get("group", "-")),
+                                   str(dict(item.user_properties).get("tier", "fast")))
+                                  for item in keep])
+    items[:] = [keep[i] for i in order]
 
 
 # per tier: first start, last stop, summed duration, tests run (this process's reports: with

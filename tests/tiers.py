@@ -42,6 +42,21 @@ FIXTURE_GROUPS: dict[str, str] = {
 }
 
 
+# What one test of a tier costs, in seconds, roughly (CI's "time per tier": summed / tests): the
+# estimate of a group nobody measured.
+TIER_SECONDS = {"fast": 0.05, "slow": 1.5, "docker": 6.0, "sandbox": 20.0, "multivm": 75.0,
+                "faults": 20.0}
+# Groups whose measured time (CI's "longest xdist groups" and "heaviest modules") is far from
+# that estimate: a test or two that run a whole release cycle each. Only the order in which
+# workers take groups depends on these figures, never a result.
+GROUP_SECONDS = {
+    "tests/test_bench.py": 190, "tests/test_demo.py": 180, "tests/test_corpus_deploy.py": 190,
+    "tests/test_restore_release.py": 175, "tests/test_roles_postgres.py": 110,
+    "tests/test_shape_alembic18.py": 85, "tests/test_shape_poetry_venv.py": 70,
+    "tests/test_shape_template.py": 70, "roles": 170, "swarm": 250,
+}
+
+
 def tier_of(fixtures: Iterable[str], marked_slow: bool = False) -> str:
     """The tier of a test using `fixtures`."""
     needed = {FIXTURE_TIERS[name] for name in fixtures if name in FIXTURE_TIERS}
@@ -58,6 +73,17 @@ def group_of(fixtures: Iterable[str], module: str) -> str:
         if fixture in names:
             return group
     return module
+
+
+def heaviest_first(groups: list[tuple[str, str]]) -> list[int]:
+    """The order to hand out tests in, given each test's (group, tier) in collection order: the
+    groups that cost most first (a group runs on one worker, so one that starts last and runs
+    long ends the whole run last), each group's tests in their own order."""
+    cost: dict[str, float] = {}
+    for group, tier in groups:
+        cost[group] = cost.get(group, 0.0) + TIER_SECONDS.get(tier, 0.0)
+    cost.update((group, seconds) for group, seconds in GROUP_SECONDS.items() if group in cost)
+    return sorted(range(len(groups)), key=lambda i: -cost[groups[i][0]])
 
 
 def selected(tier: str, wanted: str) -> bool:
