@@ -65,7 +65,6 @@ from deploy.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     role_of,
     to_switch_back,
 )
-from deploy.runner import redact
 from deploy.settings import Settings
 from deploy.shell import ConnectionLost
 
@@ -299,7 +298,14 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
                     check_rollback(vm, rel, target, previous[slot])
                     with rel.phase("pull", cuts_short=False):
                         digests[slot] = vm.pull_recorded(target, recorded.get("digest", ""))
-            wanted, now = entries.get(target, {}).get("revision", ""), first.revision()
+            wanted, now = recorded.get("revision", ""), first.revision()
+            if downgrade and not dry_run and (not wanted or not now):
+                unknown = f"the revision {target} was deployed with" if not wanted else \
+                    "the database's revision"
+                raise DeployError(f"cannot downgrade: {unknown} is unknown; nothing was changed",
+                                  "roll back without --downgrade, or downgrade by hand "
+                                  f"(`fab exec --cmd \"{first.alembic} downgrade REV\"`) after "
+                                  "a backup")
             downgrading = bool(downgrade and wanted and now and wanted != now)
             backup = first.backup(target, previous[plan.primary], revision=now,
                                   reason=f"before downgrading to {wanted}"
@@ -324,11 +330,10 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
             if downgrading and not failure:
                 say(f"downgrading the schema {now} -> {wanted} on {plan.primary}, {target} "
                     f"serving (backup: {backup or 'none'})")
-                done = first.run(first_downgrade(first, previous[plan.primary], wanted),
-                                 hide=True, check=False)
-                if not done.ok:
-                    problem = redact("\n".join(done.output.strip().splitlines()[-15:]),
-                                     first.runner.secrets)
+                try:  # in the migrate command's environment, as on one host
+                    first.downgrade(previous[plan.primary], wanted)
+                except DeployError as exc:  # its own output, after the runner's first line
+                    problem = exc.message.partition("\n")[2] or exc.message
             if switched_hosts:
                 revision = first.revision() or now
                 for slot, vm in switched_hosts:
@@ -351,12 +356,6 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
                if name else ""))
     say(f"rolled back {len(plan.slots)} host(s) to {target}")
     return rows
-
-
-def first_downgrade(vm: Vm, current: str, revision: str) -> list[str]:
-    """`alembic downgrade REV` with the current image (it holds the downgrade scripts)."""
-    return cmd.run_in_new_container(vm.compose(current), vm.settings.service,
-                                    f"alembic downgrade {revision}")
 
 
 def restore(settings: Settings, name: str, *, force_unverified: bool = False,

@@ -169,13 +169,21 @@ def test_roles_share_the_primarys_postgres_through_a_release_and_back(pg_roles, 
         assert not probe.failed, probe.summary()
         assert set(probe.versions()) == {"2"}, probe.summary()
 
-    # rollback to v1: it runs on v2's schema (expand/contract), no request lost
+    # rollback to v1 with --downgrade: every host on v1 first (it runs on v2's schema:
+    # expand/contract), then the schema back once, on the primary, in the migrate command's
+    # environment, after a backup; no request lost
+    backups = set(web1.backups())
     with Probe(web1, rate=20) as probe1, Probe(web2, rate=20) as probe2:
-        back = web1.fab_ok("rollback", f"--tag={v1}")
+        back = web1.fab_ok("rollback", f"--tag={v1}", "--downgrade")
     assert report_lines(back) == {h: f"{v1}  [new]  healthy" for h in hosts}, back
     for probe in (probe1, probe2):
         assert not probe.failed, probe.summary()
         assert probe.versions()[-1] == "1", probe.summary()
+    assert "downgrading the schema 0002 -> 0001" in back, back
+    assert web1.db_revision() == "0001"
+    assert set(web1.backups()) - backups, "a backup before the downgrade"
+    assert {(e["tag"], e["action"], e["revision"]) for e in web2.history()[-1:]} == \
+        {(v1, "rollback", "0001")}
     assert items(web1) == items(web2) == sorted(ROWS)
 
     # a row written after the backup taken before v2, then that backup restored on the
