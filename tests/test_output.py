@@ -16,10 +16,10 @@ import pytest
 from invoke import MockContext
 from invoke import Result as InvokeResult
 
-from deploy.errors import DeployError
-from deploy.remote.phases import Release
-from deploy.runner import Runner, redact, set_verbose, strip_escapes, verbose_from_env
-from deploy.shell import _Stream
+from deploy.core.errors import DeployError
+from deploy.core.runner import Runner, redact, set_verbose, strip_escapes, verbose_from_env
+from deploy.vm.phases import Release
+from deploy.vm.shell import _Stream
 
 SECRET = "s3cr3t-Pa55"
 COMMAND = ["docker", "login", "--username", "bob", f"--token={SECRET}", "reg"]
@@ -156,7 +156,7 @@ def test_a_phase_is_named_while_it_runs_and_other_output_breaks_the_line():
 
 
 def test_ctrl_c_or_a_lost_connection_in_a_phase_says_what_still_serves():
-    from deploy.shell import ConnectionLost
+    from deploy.vm.shell import ConnectionLost
 
     vm = FakeVm()
     with pytest.raises(DeployError) as err:

@@ -1,19 +1,20 @@
 """The switch of one host to a release, checked: the one step of a release that differs by
 target. `compose` recreates the service, waits for its health (as the VM sees it) and checks
 the container runs the pulled image, switching back to the previous release on failure;
-`proxy` starts the new container beside the old one behind Caddy (deploy/proxy.py); `swarm`
-deploys the stack and waits for Swarm, which rolls a failed task back itself (deploy/swarm.py).
+`proxy` starts the new container beside the old one behind Caddy
+(deploy/release/bluegreen.py); `swarm` deploys the stack and waits for Swarm, which rolls a
+failed task back itself (deploy/release/swarm.py).
 """
 
 from __future__ import annotations
 
-from deploy.errors import DeployError
+from deploy.core.errors import DeployError
 from deploy.release.target import switch_kind
-from deploy.remote.flows import switch_back
-from deploy.remote.phases import Release, optional_phase
-from deploy.remote.signals import exit_code, sigint_deferred, signal_name
-from deploy.remote.steps import Vm
-from deploy.shell import ConnectionLost
+from deploy.vm.flows import switch_back
+from deploy.vm.phases import Release, optional_phase
+from deploy.vm.shell import ConnectionLost
+from deploy.vm.signals import exit_code, sigint_deferred, signal_name
+from deploy.vm.steps import Vm
 
 PHASE = {"compose": "switch", "proxy": "switch behind the proxy", "swarm": "switch the stack"}
 
@@ -21,7 +22,7 @@ PHASE = {"compose": "switch", "proxy": "switch behind the proxy", "swarm": "swit
 def check_switch(vm: Vm) -> None:
     """What this host's switch needs before anything changes (a stack: a swarm manager)."""
     if switch_kind(vm.settings) == "swarm":
-        from deploy import swarm
+        from deploy.release import swarm
 
         swarm.require_manager(vm)
 
@@ -39,12 +40,12 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
     given, gets the switch's phases)."""
     kind = switch_kind(vm.settings)
     if kind == "proxy":
-        from deploy import proxy  # built on the remote Vm: imported when it is used
+        from deploy.release import bluegreen  # built on the remote Vm: imported when it is used
 
         with optional_phase(release, PHASE[kind], cuts_short=False) as seen:
-            return proxy.switch_checked(vm, tag, previous, seen)
+            return bluegreen.switch_checked(vm, tag, previous, seen)
     if kind == "swarm":
-        from deploy import swarm
+        from deploy.release import swarm
 
         with optional_phase(release, PHASE[kind], cuts_short=False):
             return swarm.stack_switch(vm, tag, previous)
