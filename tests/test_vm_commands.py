@@ -27,7 +27,7 @@ from deploy.commands import vm as cmd
 from deploy.core.errors import DeployError
 from deploy.core.runner import Runner
 from deploy.core.settings import Settings
-from deploy.release import bluegreen
+from deploy.release import bluegreen, recreate, switch
 from deploy.vm import deploylock, flows, session, steps
 
 IMAGE = "127.0.0.1:5000/example"
@@ -958,20 +958,20 @@ def test_switching_back_waits_out_a_compose_up_cut_off_with_the_connection(tmp_p
                                                                             monkeypatch):
     """The `compose up` of a cut connection may still run on the VM: the switch back's own
     `compose up` collides with its container names until it ends; it is tried again."""
-    monkeypatch.setattr(flows, "SWITCH_BACK_PAUSE", 0)
+    monkeypatch.setattr(recreate, "SWITCH_BACK_PAUSE", 0)
     vm, _ = scripted_vm(tmp_path, {on(" up -d"): [CONFLICT, Result("")]})
-    assert flows.switch_back(vm, "v2", "v1", "cut") == "switched back to v1"
+    assert recreate.switch_back(vm, "v2", "v1", "cut") == "switched back to v1"
     assert len(ran(vm.runner.history, " up -d")) == 2
 
 
 def test_a_switch_back_that_keeps_failing_is_said_and_the_first_failure_kept(tmp_path,
                                                                              monkeypatch):
-    monkeypatch.setattr(flows, "SWITCH_BACK_PAUSE", 0)
+    monkeypatch.setattr(recreate, "SWITCH_BACK_PAUSE", 0)
     answers = {on(" up -d"): [Result(""), CONFLICT, CONFLICT, CONFLICT],
                on("health-state"): Result("unhealthy\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.switch_checked(vm, "v2", "v1")
+        switch.switch_checked(vm, "v2", "v1")
     assert "v2 did not turn healthy" in err.value.message
     assert "switching back to v1 failed too" in err.value.message
     assert "is already in use" in err.value.message  # the command's own error

@@ -58,7 +58,7 @@ def promote(c: Context, from_: str = "", message: str = "", dry_run: bool = Fals
 
     This destination is DEPLOY_DESTINATION's (else the base settings); no build, no push;
     refused, with nothing deployed, when --from does not serve it healthy."""
-    from deploy.release.promote import promote as promote_release
+    from deploy.cli.fabpromote import promote as promote_release
 
     set_verbose(verbose, c)
     promote_release(c, load_settings(), from_, message=message, dry_run=dry_run)
@@ -268,10 +268,10 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     found = secrets.resolve(settings, local_runner(settings, dry_run))  # [secrets] commands
     values.update(found)
     if settings.proxy:
-        from deploy.release import bluegreen
+        from deploy.release import bluegreen, proxyform
 
         bluegreen.hosts(settings)
-        bluegreen.check_compose(settings)
+        proxyform.check_compose(settings)
     for vm in each_vm(c, dry_run):
         s = vm.settings
         if s.proxy and not take_host:  # before anything changes on the VM
@@ -279,7 +279,7 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
         vm.runner.secrets.extend(found.values())
         vm.ensure_helper()
         if s.proxy:  # the proxy's form of the compose file: what this VM's compose can read
-            bluegreen.override_text(s, vm.compose_kind())
+            proxyform.override_text(s, vm.compose_kind())
         vm.upload(s.path(s.compose_file), s.compose_file, 0o644)
         changed, kept = vm.merge_app_env(values)
         if changed:
@@ -344,8 +344,8 @@ def unlock(c: Context, force: bool = False, yes: bool = False) -> None:
 
     from deploy.commands import vm as cmd
     from deploy.core.errors import DeployError
+    from deploy.core.stamp import stamp
     from deploy.vm.deploylock import describe_holder, lease_is_fresh
-    from deploy.vm.flows import stamp
 
     for vm in each_vm(c):
         holder = vm.holder()
@@ -525,7 +525,7 @@ def maintenance_action(c: Context, action: str) -> None:
             vm.runner.say(f"maintenance mode on: {', '.join(bluegreen.hosts(vm.settings))} answer "
                           f"503 (Retry-After {vm.settings.maintenance_retry_after}s)")
         else:
-            was = maintenance.state(vm)
+            was = vm.maintenance_state()
             maintenance.turn_off(vm)
             vm.runner.say("maintenance mode off: requests go to the app" if was is not None
                           else "maintenance mode was off: requests go to the app")

@@ -25,7 +25,7 @@ def aliases(settings: Settings, taken: frozenset[str] = frozenset()) -> dict[str
     """NAME -> command of `[aliases]` (the destination's over the top level's), checked:
     each name a lower-case word that no task (`taken`) has, each command one line of text."""
     out: dict[str, str] = {}
-    for name, command in subtable(settings, TABLE).items():
+    for name, command in subtable(settings.root, settings.destination, TABLE).items():
         where = f"alias '{name}' in [{TABLE}] of {SETTINGS_FILE}"
         if not (NAME_RE.match(name) and len(name) <= NAME_LIMIT):
             raise DeployError(f"{where} is not an alias name: lower-case letters and digits, "

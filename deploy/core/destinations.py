@@ -26,8 +26,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from deploy.core.dotenvfile import read_env_file
 from deploy.core.errors import DeployError
-from deploy.core.settings import ENV_PREFIX, SETTINGS_FILE, Settings
+from deploy.core.settingsfile import ENV_PREFIX, SETTINGS_FILE, read_settings_file
 
 TABLE = "destinations"
 ENV_NAME = f"{ENV_PREFIX}DESTINATION"
@@ -65,14 +66,13 @@ def table(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return tables[name]
 
 
-def chosen(raw: dict[str, Any], environ: dict[str, str], root: Path) -> str:
+def chosen(raw: dict[str, Any], environ: dict[str, str], root: Path,
+           default_env_file: str) -> str:
     """The destination's name: the environment's, else the base env file's, else
     deploy.toml's `destination`."""
-    from deploy.core.dotenvfile import read_env_file
-
     if environ.get(ENV_NAME):
         return environ[ENV_NAME]
-    env_file = environ.get(f"{ENV_PREFIX}ENV_FILE") or raw.get("env_file") or Settings.env_file
+    env_file = environ.get(f"{ENV_PREFIX}ENV_FILE") or raw.get("env_file") or default_env_file
     path = root / str(env_file)
     if path.is_file():
         name = read_env_file(path).get(ENV_NAME, "")
@@ -81,39 +81,36 @@ def chosen(raw: dict[str, Any], environ: dict[str, str], root: Path) -> str:
     return str(raw.get("destination", "") or "")
 
 
-def merge(root: Path, values: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
-    """deploy.toml's top-level values with the chosen destination's table over them."""
-    from deploy.core.settings import FIELD_TYPES, _unknown_key, coerce, read_settings_file
-
-    raw = read_settings_file(root / SETTINGS_FILE)
-    name = chosen(raw, environ, root)
+def chosen_table(root: Path, raw: dict[str, Any], environ: dict[str, str],
+                 default_env_file: str, default_app_dir: str) -> tuple[str, dict[str, Any]]:
+    """The chosen destination's name ('' for none) and its settings, raw (the settings
+    coerce them, naming `source(name)`): its sub-tables left out, one that deploys where
+    another does refused."""
+    name = chosen(raw, environ, root, default_env_file)
     if not name:
-        return values
-    source = f"[{TABLE}.{name}] of {SETTINGS_FILE}"
-    merged = dict(values)
-    for key, value in table(raw, name).items():
-        if key in SUBTABLES:
-            continue
-        if key == "destination" or key not in FIELD_TYPES:
-            raise _unknown_key(key, source)
-        merged[key] = coerce(key, value, source)
-    merged["destination"] = name
-    refuse_shared_state(raw, name)
-    return merged
+        return "", {}
+    own = {k: v for k, v in table(raw, name).items() if k not in SUBTABLES}
+    refuse_shared_state(raw, name, default_app_dir)
+    return name, own
 
 
-def place(raw: dict[str, Any], name: str) -> tuple[str, str]:
+def source(name: str) -> str:
+    """Where a destination's settings come from, as messages name it."""
+    return f"[{TABLE}.{name}] of {SETTINGS_FILE}"
+
+
+def place(raw: dict[str, Any], name: str, default_app_dir: str) -> tuple[str, str]:
     """(host, app_dir) a destination deploys to, as deploy.toml says."""
     t = table(raw, name)
     return (str(t.get("host", raw.get("host", ""))),
-            str(t.get("app_dir", raw.get("app_dir", Settings.app_dir))))
+            str(t.get("app_dir", raw.get("app_dir", default_app_dir))))
 
 
-def refuse_shared_state(raw: dict[str, Any], name: str) -> None:
+def refuse_shared_state(raw: dict[str, Any], name: str, default_app_dir: str) -> None:
     """Refuse a destination that deploys where another one does (one lock, one history)."""
-    mine = place(raw, name)
+    mine = place(raw, name, default_app_dir)
     for other in all_tables(raw):
-        if other != name and place(raw, other) == mine:
+        if other != name and place(raw, other, default_app_dir) == mine:
             raise DeployError(
                 f"destinations '{name}' and '{other}' both deploy to {mine[1]} on "
                 f"{mine[0] or 'the same host'}: they would share one deploy lock and one "
@@ -121,15 +118,13 @@ def refuse_shared_state(raw: dict[str, Any], name: str) -> None:
                 f"give [{TABLE}.{name}] its own host or app_dir")
 
 
-def subtable(settings: Settings, key: str) -> dict[str, Any]:
+def subtable(root: Path, destination: str, key: str) -> dict[str, Any]:
     """deploy.toml's top-level table `key` with the destination's own `key` table over it
     (e.g. [secrets] and [destinations.staging.secrets])."""
-    from deploy.core.settings import read_settings_file
-
-    raw = read_settings_file(settings.root / SETTINGS_FILE)
+    raw = read_settings_file(root / SETTINGS_FILE)
     base = raw.get(key, {})
-    own = table(raw, settings.destination).get(key, {})
-    for where, value in ((f"[{key}]", base), (f"[{TABLE}.{settings.destination}.{key}]", own)):
+    own = table(raw, destination).get(key, {})
+    for where, value in ((f"[{key}]", base), (f"[{TABLE}.{destination}.{key}]", own)):
         if not isinstance(value, dict):
             raise DeployError(f"{where} in {SETTINGS_FILE} must be a table",
                               f"write it as a [{key}] table of NAME = \"...\" lines")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from dotenv.parser import parse_stream
+
 from deploy.core.errors import DeployError
 
 
 def read_env_file(path: Path) -> dict[str, str]:
     """The keys and values of a dotenv file; a line that does not parse is an error."""
-    from dotenv.parser import parse_stream  # only once a file is read: the fabfile loads this
-
     try:
         text = path.read_text()
     except OSError as exc:

@@ -23,6 +23,7 @@ from deploy.core.errors import DeployError
 from deploy.core.runner import Runner, redact, sh
 from deploy.core.settings import SETTINGS_FILE, Settings
 from deploy.vm import appenvfile
+from deploy.vm.contract import env_line
 from deploy.vm.steps import Vm
 
 TABLE = "secrets"
@@ -31,7 +32,7 @@ TABLE = "secrets"
 def commands(settings: Settings) -> dict[str, str]:
     """KEY -> command, checked (the destination's over the top level's)."""
     out: dict[str, str] = {}
-    for key, command in subtable(settings, TABLE).items():
+    for key, command in subtable(settings.root, settings.destination, TABLE).items():
         appenvfile.validate_key(key)
         if not isinstance(command, str) or not command.strip():
             raise DeployError(f"secret {key} in {SETTINGS_FILE} must be a command (a string)",
@@ -74,8 +75,6 @@ def resolve(settings: Settings, runner: Runner) -> dict[str, str]:
 def set_on_vm(vm: Vm, values: dict[str, str]) -> None:
     """Add or replace each key in the VM's app.env (the value on stdin, as `fab env set`),
     then make the release files app.env plus the current release again."""
-    from deploy.vm.contract import env_line
-
     vm.runner.secrets.extend(values.values())
     for key, value in values.items():
         line = env_line(key, value, vm.compose_kind())  # compose reads it byte for byte

@@ -10,16 +10,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tomllib
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from deploy.core import destinations, settingsrules
 from deploy.core.dotenvfile import read_env_file
 from deploy.core.errors import DeployError
+from deploy.core.settingsfile import ENV_PREFIX, SETTINGS_FILE, read_settings_file
 
-SETTINGS_FILE = "deploy.toml"
-ENV_PREFIX = "DEPLOY_"
 # DEPLOY_* variables that belong to other parts of the toolkit, not to the settings.
 FOREIGN_ENV = ("DEPLOY_SANDBOX_",)
 SECRET_KEYS = frozenset({"registry_password", "test_database_url", "database_url"})
@@ -232,8 +232,6 @@ def coerce(key: str, value: Any, source: str, text: bool = False) -> Any:
 
 def database_parts(key: str, value: Any, source: str, bad: DeployError) -> dict[str, str]:
     """A table of DATABASE_PARTS -> variable names (in the environment: `host=VAR,port=VAR`)."""
-    import re
-
     if isinstance(value, str):
         value = dict(item.strip().partition("=")[::2] for item in value.split(",") if item.strip())
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
@@ -253,19 +251,6 @@ def _kind_name(kind: str) -> str:
     return {"bool": "true or false (in the environment also 1 or 0)", "int": "a whole number",
             "float": "a number", "dict[str, str]": "a table of variable names"}.get(
         kind, "a string")
-
-
-def read_settings_file(path: Path) -> dict[str, Any]:
-    """The raw keys of a deploy.toml (empty when there is none)."""
-    if not path.exists():
-        return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise DeployError(f"{path.name} is not valid TOML: {exc}", f"fix {path}") from None
-    except OSError as exc:
-        raise DeployError(f"cannot read {path}: {exc.strerror}", "check its permissions") from None
-    return data
 
 
 def _env_overrides(env: dict[str, str], source: str) -> dict[str, Any]:
@@ -319,9 +304,16 @@ def load_settings(
         values[key] = coerce(key, raw, SETTINGS_FILE)
     sources = dict.fromkeys(values, SETTINGS_FILE)
     env_values = _env_overrides(environ, "the environment")
-    from deploy.core.destinations import merge  # [destinations.NAME] over the top level
-
-    values = merge(root, values, environ)
+    # [destinations.NAME] over the top level
+    name, own = destinations.chosen_table(root, raw_file, environ, Settings.env_file,
+                                          Settings.app_dir)
+    if name:
+        source = destinations.source(name)
+        for key, value in own.items():
+            if key == "destination" or key not in FIELD_TYPES:
+                raise _unknown_key(key, source)
+            values[key] = coerce(key, value, source)
+        values["destination"] = name
     env_file = env_values.get("env_file", values.get("env_file", Settings.env_file))
     dotenv_path = root / env_file
     if dotenv_path.exists():
@@ -336,8 +328,6 @@ def load_settings(
 
 
 def _check_ranges(settings: Settings, sources: dict[str, str], roles: Any) -> None:
-    from deploy.core import settingsrules
-
     vm_hosts = [settingsrules.host_name(h) for h in f"{settings.host},{settings.swarm_workers}"
                 .split(",") if h.strip()]
     if isinstance(roles, dict):

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from deploy.core.errors import DeployError
 from deploy.core.settings import Settings
+from deploy.local import dockerfile
 
 VENV_DIRS = (".venv", "venv")
 POETRY_SPEC = "poetry>=2,<3"
@@ -131,8 +133,6 @@ def app_python(settings: Settings) -> AppPython:
 
 def image_python(settings: Settings) -> str | None:
     """The major.minor Python of the app's image (None if the Dockerfile does not say)."""
-    from deploy.local import dockerfile
-
     try:
         return dockerfile.final_python(dockerfile.parse(settings.path(settings.dockerfile)))
     except DeployError:
@@ -143,8 +143,6 @@ def prepare(settings: Settings, app: AppPython) -> None:
     """Before the tool first runs the app's code through Poetry: when the project has no
     environment yet, create it for the image's Python (`poetry env use`), never for whichever
     Python Poetry would pick; without that Python here, say which one to install."""
-    import subprocess
-
     if app.kind != "poetry":
         return
     project = app.argv[app.argv.index("--directory") + 1]

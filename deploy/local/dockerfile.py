@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,8 +172,6 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 
 def env_pairs(rest: str) -> dict[str, str]:
     """The variables of an ENV instruction (`K=V K2="v w"`, or the old `K value` form)."""
-    import shlex
-
     try:
         words = shlex.split(rest)
     except ValueError:
@@ -182,8 +182,6 @@ def env_pairs(rest: str) -> dict[str, str]:
 
 
 def _join(workdir: str, path: str) -> str:
-    import posixpath
-
     return posixpath.normpath(posixpath.join(workdir, path))
 
 

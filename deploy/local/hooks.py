@@ -26,20 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from deploy.commands import vm as cmd
 from deploy.core.errors import DeployError
 from deploy.core.runner import Runner
 from deploy.core.settings import Settings
-
-if TYPE_CHECKING:
-    from deploy.vm.steps import Vm
+from deploy.core.stamp import stamp
+from deploy.vm.steps import Vm
 
 PRE_BUILD = "pre-build"
 PRE_DEPLOY = "pre-deploy"
@@ -150,8 +150,6 @@ def post(settings: Settings, runner: Runner, name: str, release: Release) -> str
 
 def failure_record(name: str, release: Release, problem: str) -> dict:
     """A history record of a failed hook: not a release (rollback and retention skip it)."""
-    from deploy.vm.flows import stamp
-
     return {"kind": "hook", "hook": name, "tag": release.tag, "action": release.action,
             "message": problem, **stamp()}
 
@@ -159,10 +157,6 @@ def failure_record(name: str, release: Release, problem: str) -> dict:
 def record_failure(vm: Vm, name: str, release: Release, problem: str) -> None:
     """Append a hook's failure to the history of `vm` (a deploy.vm Vm) as a record of its
     own, after the release's record."""
-    import json
-
-    from deploy.commands import vm as cmd
-
     if not problem or vm.runner.dry_run:
         return
     entry = failure_record(name, release, problem)

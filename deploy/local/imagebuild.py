@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 from deploy.commands import docker
 from deploy.core import refs
 from deploy.core.dotenvfile import read_env_file
 from deploy.core.errors import DeployError
 from deploy.core.runner import Runner
 from deploy.core.settings import Settings
-from deploy.local import git
+from deploy.local import dockerfile, git
 
 SMOKED_FILE = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / (
     "deploy-toolkit/smoked.json"
@@ -178,8 +180,6 @@ def smoke(settings: Settings, runner: Runner, version: str, boot: bool = False) 
 def shell_users(settings: Settings) -> list[str]:
     """What runs with the image's /bin/sh on the VM: the migrate command (`sh -c` in a
     one-off container) and a compose healthcheck written as a shell command."""
-    import yaml
-
     users = [f"migrate_command ({settings.migrate_command!r})"] if settings.migrate_command \
         else []
     path = settings.path(settings.compose_file)
@@ -258,8 +258,6 @@ def smoke_diagnosis(output: str, source: str) -> tuple[str, str]:
 def off_path_venv(settings: Settings, what: str, fix: str) -> tuple[str, str]:
     """A missing module, when the smoke runs bare `python` in an image whose packages are in a
     venv off its PATH (Poetry in-project, `uv sync`): said as that, not as a missing package."""
-    from deploy.local import dockerfile
-
     if not what.startswith("the image lacks the module") or not \
             settings.smoke_command.startswith("python "):
         return what, fix

@@ -14,17 +14,20 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
 from deploy.core.dotenvfile import read_env_file
 from deploy.core.errors import DeployError
 from deploy.core.settings import SETTINGS_FILE, Settings
-from deploy.local import apppython, dockerfile, lockkinds
+from deploy.local import apppython, dockerfile, initproxy, lockkinds
 from deploy.local.checks.context import copy_sources
-from deploy.local.checks.envcomplete import parse_image_line
+from deploy.local.checks.envcomplete import interpolate, parse_image_line
+from deploy.local.checks.startup import fix_text, start_migrations
 from deploy.local.codevars import app_env_reads
 from deploy.local.dockerfile import ImageEnv
+from deploy.local.hooks import write_samples
 
 COMPOSE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
 APP_SERVICE_NAMES = ("app", "web", "backend", "api", "server")
@@ -159,10 +162,6 @@ def postgres_names(compose_dir: Path, env: dict, found: Found) -> None:
     """postgres_user and postgres_db: from the database service's environment (its ${VARS}
     from .env.example, which documents the .env compose reads), else from a database URL in
     .env.example, else the image's defaults (user postgres; the database named as the user)."""
-    from urllib.parse import unquote, urlsplit
-
-    from deploy.local.checks.envcomplete import interpolate
-
     example_path = compose_dir / ".env.example"
     example = read_env_file(example_path) if example_path.is_file() else {}
     given = {key: interpolate(str(env.get(key) or ""), example)
@@ -272,8 +271,6 @@ def detect_app(root: Path, found: Found) -> None:
 
 def detect_start_migrations(root: Path, found: Found) -> None:
     """Warn when the container's start runs migrations (the migrate-at-start check)."""
-    from deploy.local.checks.startup import fix_text, start_migrations
-
     keys = ("dockerfile", "context", "compose_file", "service", "migrate_command")
     values: dict[str, Any] = {k: v for k, v in found.values.items() if k in keys}
     settings = Settings(root=root, **values)
@@ -291,8 +288,6 @@ def detect_proxy(root: Path, found: Found) -> None:
     """Zero downtime by default: the proxy (Caddy, blue/green switches) for a web service
     that can go behind it, with its port and health path; else proxy = false, saying why.
     The compose file stays as written: the deploy merges its proxy form over it."""
-    from deploy.local import initproxy
-
     compose, name = found.values.get("compose_file"), found.values.get("service")
     service: object = None
     if compose and name:
@@ -433,7 +428,6 @@ def write(root: Path, force: bool = False) -> tuple[Found, list[Path]]:
     for path, text in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text or "")
-    from deploy.local.hooks import write_samples  # never overwrites: samples only where none is
 
     return found, [*targets, *write_samples(root)]
 

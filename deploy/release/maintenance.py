@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from deploy.commands import proxy as pcmd
 from deploy.core.errors import DeployError
 from deploy.core.settings import SETTINGS_FILE, Settings
+from deploy.core.stamp import stamp
 from deploy.release import bluegreen
 from deploy.vm.signals import sigint_deferred
 from deploy.vm.steps import Vm
-from deploy.vm.vm import VmQueries
+from deploy.vm.vm import describe_maintenance
 
 DEFAULT_PAGE = """<!doctype html>
 <html lang="en">
@@ -79,49 +80,10 @@ def page(settings: Settings) -> str:
     return text
 
 
-def state(vm: VmQueries) -> dict | None:
-    """Who turned maintenance on, when and why ({} if unknown), or None when it is off."""
-    if vm.runner.dry_run:
-        return None
-    out = vm.run(pcmd.maintenance_state(vm.settings.proxy_dir, vm.project), cwd="",
-                 quiet=True, check=False).stdout
-    first, _, rest = out.partition("\n")
-    if first.strip() != "on":
-        return None
-    try:
-        info = json.loads(rest)
-    except json.JSONDecodeError:
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
-def describe(info: dict) -> str:
-    """`since T by WHO (WHY)`, from what `state` returned."""
-    parts = [f"since {info['time']}" if info.get("time") else "",
-             f"by {info['who']}" if info.get("who") else "",
-             f"({info['reason']})" if info.get("reason") else ""]
-    return " ".join(p for p in parts if p) or "(who turned it on is not known)"
-
-
-def left_on(vm: VmQueries) -> str:
-    """After a restore that was killed: a sentence saying its maintenance mode is still on
-    ('' when it is not, or there is no proxy). It is left on: the app may be stopped, and the
-    page tells users more than an error does."""
-    if not vm.settings.proxy:
-        return ""
-    info = state(vm)
-    if info is None:
-        return ""
-    return (f" Maintenance mode is still on ({describe(info)}): `fab maintenance off` once "
-            "the app serves.")
-
-
 def turn_on(vm: Vm, reason: str, text: str) -> None:
     """Serve `text` as the 503 page for the app's hosts. The app's route is made current
     first (a config load only if it lacks the maintenance branch, e.g. a route of an older
     toolkit); Caddy needs to run."""
-    from deploy.vm.flows import stamp
-
     s = vm.settings
     bluegreen.ensure_running(vm)
     bluegreen.ensure_route(vm)
@@ -139,10 +101,11 @@ def turn_off(vm: Vm) -> None:
 
 def status_line(vm: Vm) -> str:
     """`maintenance: …` for `fab status`."""
-    info = state(vm)
+    info = vm.maintenance_state()
     if info is None:
         return "maintenance: off"
-    return (f"maintenance: ON {describe(info)}: {', '.join(bluegreen.hosts(vm.settings))} answer "
+    hosts = ", ".join(bluegreen.hosts(vm.settings))
+    return (f"maintenance: ON {describe_maintenance(info)}: {hosts} answer "
             f"503 (Retry-After {vm.settings.maintenance_retry_after}s); `fab maintenance off` "
             "ends it")
 
@@ -157,10 +120,10 @@ def window(vm: Vm, reason: str, note: bool = True) -> Iterator[None]:
         yield
         return
     say = vm.runner.start_part if note else (lambda text: None)
-    before = state(vm)
+    before = vm.maintenance_state()
     if before is not None:
-        vm.runner.say(f"maintenance mode is on already ({describe(before)}): it stays on "
-                      "after this")
+        vm.runner.say(f"maintenance mode is on already ({describe_maintenance(before)}): it "
+                      "stays on after this")
         yield
         return
     text = page(vm.settings)

@@ -8,7 +8,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from deploy.core.errors import DeployError
-from deploy.core.settings import SETTINGS_FILE, Settings, read_settings_file
+from deploy.core.settings import SETTINGS_FILE, Settings
+from deploy.core.settingsfile import read_settings_file
 
 KINDS = ("web", "worker")
 ROLE_KEYS = ("hosts", "kind", "service", "compose_file", "health_url")

@@ -23,6 +23,7 @@ from deploy.commands import vm as cmd
 from deploy.core.errors import DeployError
 from deploy.core.runner import redact
 from deploy.core.settings import Settings
+from deploy.release import maintenance
 from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     KINDS,
     ROLE_KEYS,
@@ -40,6 +41,7 @@ from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-expor
     role_of,
     to_switch_back,
 )
+from deploy.release.switch import switch_checked
 from deploy.vm.flows import (
     Migrated,
     backup_and_migrate,
@@ -54,7 +56,6 @@ from deploy.vm.flows import (
     release_entry,
     restore_entry,
     start_release,
-    switch_checked,
     validate_backup_name,
 )
 from deploy.vm.flows import restore as restore_on
@@ -381,7 +382,6 @@ def restore(settings: Settings, name: str, *, force_unverified: bool = False,
             for vm in others.values():  # each host has the release's image before any stops
                 if vm.current_tag() != match.tag:
                     vm.pull_recorded(match.tag, digest)
-        from deploy.release import maintenance  # built on the remote Vm: imported here
 
         with contextlib.ExitStack() as pages:
             for vm in others.values():  # behind each host's proxy, the page, not errors

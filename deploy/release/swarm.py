@@ -14,6 +14,7 @@ the release history and `.env` on the manager are kept as on compose.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 
 from deploy.commands import swarm as cmd
 from deploy.core.errors import DeployError
+from deploy.vm.session import session
+from deploy.vm.session import targets as remote_targets
 from deploy.vm.shell import ConnectionLost
 from deploy.vm.signals import exit_code, signal_name
 from deploy.vm.steps import Vm
@@ -213,11 +216,6 @@ def join_workers(manager: Vm) -> None:
     """`fab setup`: each host of `swarm_workers` joins the manager's swarm as a worker, unless
     it is in it already; one in another swarm is refused. The join token is read quietly and
     redacted: it is printed nowhere."""
-    import dataclasses
-
-    from deploy.vm.session import session
-    from deploy.vm.session import targets as remote_targets
-
     s = manager.settings
     names = [h.strip() for h in s.swarm_workers.split(",") if h.strip()]
     if not names:

@@ -1,9 +1,9 @@
 """The VM side: one verified SSH connection per host, the persistent shell on it, and the
 flows on the VM.
 
-    session.py   which VMs, the verified connection (its Vm built by the caller's factory)
+    session.py   which VMs, the verified connection, and the Vm on it
     shell.py     one long-lived `sh` per connection, with its keepalives
-    vm.py        the app on one VM: the release files, queries
+    vm.py        the app on one VM: the deploy lock held, the release files, queries
     steps.py     the steps of a release (check, pull, backup, migrate, switch, wait, record)
     flows.py     deploy, rollback, restore and the health-checked switch they share
     housekeeping.py  old images and stopped containers pruned, free disk checked before a

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from deploy.commands.vm import APP_ENV, env_keys, env_line, env_merge, env_set, env_unset
+from deploy.commands.vm import APP_ENV, env_keys, env_line, env_set, env_unset
 from deploy.core import dotenvfile
 from deploy.core.errors import DeployError
 from deploy.core.settings import ENV_PREFIX
-
-if TYPE_CHECKING:  # the remote flows import this module: the Vm's type only, no import cycle
-    from deploy.vm.vm import VmQueries
+from deploy.vm.vm import VmQueries
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -42,12 +39,6 @@ def key_line(key: str) -> list[str]:
     """Print KEY's line of app.env (exit ENV_KEY_MISSING_EXIT if it has none): only for
     `fab env get`, the one place a value leaves the VM on purpose."""
     return env_line(validate_key(key), APP_ENV)
-
-
-def merge_app_env() -> list[str]:
-    """app.env's keys replaced or joined by the lines on stdin, its own other keys kept;
-    prints `changed KEY` / `kept KEY` (names only)."""
-    return env_merge(APP_ENV)
 
 
 def validate_key(key: str) -> str:

@@ -16,6 +16,7 @@ on); otherwise in the service's container, as compose picks it.
 from __future__ import annotations
 
 from deploy.commands import vm as cmd
+from deploy.release import bluegreen
 from deploy.vm.signals import terminations_exit
 from deploy.vm.steps import Vm
 
@@ -34,8 +35,6 @@ def exec_argv(vm: Vm, command: str, tty: bool) -> list[str]:
     if tty:
         command = KEEP_SHELL_ON_CTRL_C + command
     if vm.settings.proxy and not vm.runner.dry_run:
-        from deploy.release import bluegreen
-
         upstream = bluegreen.serving_upstream(vm)
         if upstream:
             return cmd.exec_in_container(upstream.rpartition(":")[0], command, tty)

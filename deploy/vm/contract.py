@@ -3,11 +3,13 @@ byte for byte, and the checks on the rendered compose file (`docker compose conf
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path, PurePosixPath
 
 import yaml
+from dotenv.parser import parse_stream
 
 from deploy.core.errors import DeployError
 
@@ -69,9 +71,6 @@ def parse_env_line(line: str) -> tuple[str, str]:
             else:
                 out.append(char)
         return key, "".join(out)
-    import io
-
-    from dotenv.parser import parse_stream
 
     for binding in parse_stream(io.StringIO(line)):
         if binding.key is not None:

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import getpass
 import json
 import signal
-import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from deploy.commands import vm as cmd
 from deploy.core import refs
 from deploy.core.errors import DeployError
 from deploy.core.runner import redact
+from deploy.core.stamp import stamp
+from deploy.release import bluegreen, maintenance, switch
+from deploy.release.switch import switch_checked
 from deploy.vm import appenvfile, housekeeping
 from deploy.vm.contract import refuse_moving_tag
 from deploy.vm.matching import Match, matching_release
@@ -28,9 +28,6 @@ from deploy.vm.shell import ConnectionLost
 from deploy.vm.signals import Interrupted, exit_code, sigint_deferred, signal_name
 from deploy.vm.steps import Vm
 from deploy.vm.vm import is_release
-
-SWITCH_BACK_TRIES = 3
-SWITCH_BACK_PAUSE = 5.0  # seconds between tries
 
 BACKUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -57,12 +54,6 @@ def schema_mismatch(history: list[dict], release: str, revision: str) -> str:
                f"{revision}" if matching and matching[-1] != release else ""))
 
 
-def stamp() -> dict:
-    """When and by whom, for a history record."""
-    return {"time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "who": f"{getpass.getuser()}@{socket.gethostname()}"}
-
-
 def release_entry(tag: str, digest: str, revision: str, action: str, previous: str,
                   git_sha: str = "", message: str = "", **extra: object) -> dict:
     return {
@@ -76,34 +67,6 @@ def release_entry(tag: str, digest: str, revision: str, action: str, previous: s
         **({"message": message} if message else {}),  # `--message`, checks waived
         **extra,
     }
-
-
-def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
-    """Put `previous` back after `tag` failed; a sentence saying how that went."""
-    if not (vm.settings.rollback_on_failure and previous and previous != tag):
-        return "no switch back (" + ("rollback_on_failure is off" if previous
-                                      else "no previous release recorded") + ")"
-    vm.runner.say(f"{why}; switching back to {previous}")
-    for attempt in range(SWITCH_BACK_TRIES):
-        try:
-            vm.switch(previous)
-            break
-        except DeployError as exc:
-            # A `compose up` cut off with our connection may still run on the VM: its
-            # containers' names collide with ours until it ends, so try again after it.
-            if attempt + 1 == SWITCH_BACK_TRIES or isinstance(exc, ConnectionLost):
-                return f"switching back to {previous} failed too: {exc.message}"
-            time.sleep(SWITCH_BACK_PAUSE)
-    again = vm.wait_healthy(previous)
-    return f"switched back to {previous}" + (f", which is {again} too" if again else "")
-
-
-def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = None) -> None:
-    """The checked switch of deploy/release/switch.py (compose, behind the proxy or a Swarm
-    stack, as the host's settings say)."""
-    from deploy.release.switch import switch_checked as switch  # built on this package
-
-    switch(vm, tag, previous, release)
 
 
 def record_release(vm: Vm, entry: dict, release: Release | None = None) -> dict:
@@ -161,6 +124,14 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     return entry
 
 
+def check_contract(vm: Vm, tag: str, config: dict | None = None) -> None:
+    """The compose file runs exactly IMAGE:TAG (Vm.check_contract); behind the proxy, no
+    host name of another app's is taken over unasked."""
+    vm.check_contract(tag, config)
+    if vm.settings.proxy and not vm.runner.dry_run:
+        bluegreen.check_hosts(vm)
+
+
 def left_alone(vm: Vm, tag: str) -> bool:
     """Whether a deploy of `tag` leaves this host alone: it serves `tag` healthy already (an
     earlier run that stopped at a later host switched it) on the schema `tag` was released on
@@ -178,15 +149,13 @@ def check_release(vm: Vm, rel: Release, tag: str) -> str:
     switch's own needs, app.env, the compose project, the compose file rendered with `tag`.
     Returns the release serving now."""
     with rel.phase("check"):
-        from deploy.release import switch  # built on this package: imported here
-
         switch.check_switch(vm)
         vm.gather_facts()  # one round trip; the checks below read what it found
         appenvfile.require_app_env(vm)  # app.env has every key of .env.example
         rel.previous = vm.current_tag()
         vm.check_project()
         # the release files made right, then the compose file rendered with `tag`
-        vm.check_contract(tag, vm.sync_release_env(rel.previous, render=tag))
+        check_contract(vm, tag, vm.sync_release_env(rel.previous, render=tag))
     return rel.previous
 
 
@@ -250,12 +219,10 @@ def check_rollback(vm: Vm, rel: Release, target: str, current: str) -> None:
     """The `check` phase of a rollback to `target` on one host (`current` serving), before
     anything changes there: the same checks as a deploy's, but of the release going back."""
     with rel.phase("check", cuts_short=False):
-        from deploy.release import switch  # built on this package: imported here
-
         switch.check_switch(vm)
         vm.sync_release_env(current)
         vm.check_project()
-        vm.check_contract(target)
+        check_contract(vm, target)
 
 
 def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
@@ -294,8 +261,6 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
         rel.note("lock")
         check_rollback(vm, rel, target, current)
         with rel.phase("pull", cuts_short=False) as found:
-            from deploy.release import switch  # built on this package: imported here
-
             pinned = switch.pins_digest(vm)
             digest = vm.pull_recorded(target, recorded.get("digest", "") if pinned else "")
             if recorded.get("digest") and pinned:
@@ -420,10 +385,6 @@ def healthy_after_start(vm: Vm) -> str:
     """'' if the app started in place answers as a deploy's switch requires (through Caddy
     with `proxy = true`), else what failed."""
     if vm.settings.proxy:
-        from deploy.release import (
-            bluegreen,  # built on this package's Vm: imported here, not in a cycle
-        )
-
         return bluegreen.wait_serving(vm)
     return vm.wait_healthy()
 
@@ -456,7 +417,7 @@ def restore_match(vm: Vm, name: str, manifest: dict, current: str, tag: str = ""
         there = False
     if not there:
         vm.pull_recorded(match.tag, digest)
-    vm.check_contract(match.tag)
+    check_contract(vm, match.tag)
     vm.runner.say(f"the backup {name} holds schema {manifest.get('revision')}, which "
                   f"{current} does not run on: {match.tag} is put back with it ({match.why})")
     return match
@@ -583,8 +544,6 @@ def restore(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") ->
             vm.start_database(current)
             revision = vm.revision()  # SQLite: asked of the app before it stops
         # Users get the maintenance page (with the proxy) until the app serves again.
-        from deploy.release import maintenance  # built on this package's Vm: imported here
-
         with maintenance.window(vm, f"fab restore --backup={name}"):
             saved = replace_database(vm, rel, name, current, revision, match.tag)
     vm.runner.say(f"restored {name}; " + (f"the database it replaced is saved as {saved} "

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
+from deploy.core import registry
 from deploy.core.errors import DeployError
 from deploy.vm.vm import VmQueries
 
@@ -135,7 +137,6 @@ def check_pull_space(vm: VmQueries, tag: str, digest: str = "") -> None:
     if vm.runner.dry_run:
         vm.run(cmd.disk_free("docker"))
         return
-    from deploy.core import registry
 
     s = vm.settings
     free = free_space(vm, "docker")
@@ -237,8 +238,6 @@ def kept_without_data(vm: VmQueries) -> list[str]:
 
 def route_exists(vm: VmQueries) -> bool:
     """Whether the VM's proxy has a route for this app (whatever `proxy` says now)."""
-    from deploy.commands import proxy as pcmd
-
     path = f"{vm.settings.proxy_dir}/{pcmd.ROUTES_DIR}/{vm.project}.json"
     return vm.run(["test", "-f", path], quiet=True, check=False, cwd="").ok
 
@@ -247,8 +246,6 @@ def remove(vm: VmQueries, data: bool) -> list[str]:
     """Remove the app from the VM under the deploy lock: its proxy route, containers,
     networks, images and files in app_dir; with `data` its volumes, database file and
     backups too. What was removed and kept, one item a line."""
-    from deploy.commands import proxy as pcmd
-
     s = vm.settings
     said: list[str] = []
     with vm.locked(vm.current_tag() or "the app", action="remove"):

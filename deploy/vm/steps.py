@@ -51,17 +51,14 @@ class Vm(VmQueries):
 
     def check_contract(self, tag: str, config: dict | None = None) -> None:
         """The compose file runs exactly IMAGE:TAG for the service (and SQLite is on disk);
-        `config`: the compose file as rendered with `tag`, if it was asked already."""
+        `config`: the compose file as rendered with `tag`, if it was asked already. (Behind
+        the proxy, deploy/vm/flows.py's `check_contract` adds the proxy's host names.)"""
         if self.runner.dry_run:
             return
         config = self.config(tag) if config is None else config
         contract.check_image(config, self.settings.service, self.ref(tag),
                              self.release_vars(tag))
         self.check_sqlite_on_disk(config)
-        if self.settings.proxy:  # a host name of another app's is not taken over unasked
-            from deploy.release import bluegreen
-
-            bluegreen.check_hosts(self)
         if self.settings.health_url:  # says which tool the VM lacks before anything changes
             if self.facts:
                 if not self.facts.http_tool:

@@ -24,7 +24,8 @@ from deploy.core.errors import DeployError
 from deploy.core.runner import Result, Runner, RunOptions, redact
 from deploy.core.settings import Settings
 from deploy.core.settingsrules import vm_directory_problem
-from deploy.vm import appenvfile, contract
+from deploy.release import proxyform
+from deploy.vm import contract
 from deploy.vm.deploylock import LeaseRenewer, describe_holder, parse_holder
 from deploy.vm.facts import MARK, OUTPUT, Facts, parse_facts, parse_release_files
 from deploy.vm.signals import sigint_deferred
@@ -352,11 +353,33 @@ class VmQueries:
                         f"database is as it was, nothing to record. {stopped}."
                         f"{self.maintenance_left()}")
 
-    def maintenance_left(self) -> str:
-        """' Maintenance mode is still on …' when a killed restore left it on, else ''."""
-        from deploy.release import maintenance  # built on this module: imported when needed
+    # -- maintenance mode behind the proxy (turned on and off by deploy/release/maintenance.py)
+    def maintenance_state(self) -> dict | None:
+        """Who turned maintenance on, when and why ({} if unknown), or None when it is off."""
+        if self.runner.dry_run:
+            return None
+        out = self.run(pcmd.maintenance_state(self.settings.proxy_dir, self.project), cwd="",
+                       quiet=True, check=False).stdout
+        first, _, rest = out.partition("\n")
+        if first.strip() != "on":
+            return None
+        try:
+            info = json.loads(rest)
+        except json.JSONDecodeError:
+            return {}
+        return info if isinstance(info, dict) else {}
 
-        return maintenance.left_on(self)
+    def maintenance_left(self) -> str:
+        """After a restore that was killed: a sentence saying its maintenance mode is still
+        on ('' when it is not, or there is no proxy). It is left on: the app may be stopped,
+        and the page tells users more than an error does."""
+        if not self.settings.proxy:
+            return ""
+        info = self.maintenance_state()
+        if info is None:
+            return ""
+        return (f" Maintenance mode is still on ({describe_maintenance(info)}): "
+                "`fab maintenance off` once the app serves.")
 
     # -- the release files --------------------------------------------------------------
     def current_tag(self) -> str:
@@ -390,7 +413,7 @@ class VmQueries:
         skip = {self.settings.image_variable, self.settings.tag_variable}
         text = contract.env_text({k: v for k, v in app_values.items() if k not in skip},
                                  self.compose_kind())
-        result = self.run(appenvfile.merge_app_env(), stdin=text.rstrip("\n"), quiet=True,
+        result = self.run(cmd.env_merge(cmd.APP_ENV), stdin=text.rstrip("\n"), quiet=True,
                           what=f"could not write {cmd.APP_ENV} on the VM")
         said = [line.split(" ", 1) for line in result.stdout.splitlines() if " " in line]
         return ([k for verb, k in said if verb == "changed"],
@@ -408,9 +431,7 @@ class VmQueries:
         project = contract.env_text({"COMPOSE_PROJECT_NAME": self.project}, kind)
         files = [self.settings.compose_file, *self.overrides]
         if self.settings.proxy:  # the web service's proxy form, from the laptop's compose file
-            from deploy.release import bluegreen
-
-            self.write(cmd.PROXY_OVERRIDE, bluegreen.override_text(self.settings, kind))
+            self.write(cmd.PROXY_OVERRIDE, proxyform.override_text(self.settings, kind))
         if readers:
             # A service reads .env: it must not change per release. A plain `compose up -d`
             # finds the release in an override file that .env names (constant lines).
@@ -617,3 +638,11 @@ def parse_revision(output: str) -> str:
         if match and line.strip() != cmd.REVISION_MARK:
             return match.group(1)
     return ""
+
+
+def describe_maintenance(info: dict) -> str:
+    """`since T by WHO (WHY)`, from what `VmQueries.maintenance_state` returned."""
+    parts = [f"since {info['time']}" if info.get("time") else "",
+             f"by {info['who']}" if info.get("who") else "",
+             f"({info['reason']})" if info.get("reason") else ""]
+    return " ".join(p for p in parts if p) or "(who turned it on is not known)"

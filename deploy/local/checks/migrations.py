@@ -25,7 +25,7 @@ from deploy.core.dotenvfile import read_env_file
 from deploy.core.errors import DeployError
 from deploy.core.runner import Runner
 from deploy.core.settings import Settings
-from deploy.local import apppython, git, imagebuild, scratchdb
+from deploy.local import apppython, dockerfile, git, imagebuild, scratchdb
 from deploy.local.checks.result import CheckResult, failed, passed
 from deploy.local.codevars import app_env_reads, dotenv_overrides, file_reads
 
@@ -107,7 +107,6 @@ def run_probe(settings: Settings, app: apppython.AppPython, runner: Runner, scra
     if app.in_image:
         ref = built_image(settings, runner)
         ini_rel = os.path.relpath(ini, settings.path(settings.context))
-        from deploy.local import dockerfile
 
         python = dockerfile.image_env(dockerfile.parse(settings.path(settings.dockerfile)))
         app_env = {**app_env, **scratchdb.app_env(settings, db, in_container=True)}

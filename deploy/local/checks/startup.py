@@ -14,6 +14,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from deploy.core.settings import Settings
 from deploy.local import dockerfile
 from deploy.local.checks.result import CheckResult, failed, passed
@@ -88,8 +90,6 @@ def app_services(data: dict, service: str) -> list[str]:
 def start_migrations(settings: Settings) -> list[StartMigration]:
     """Every place the app's container start runs migrations: the Dockerfile's final CMD and
     ENTRYPOINT, the compose file's command/entrypoint of the app's services."""
-    import yaml
-
     root = settings.root.resolve()
     found: list[StartMigration] = []
     df_path = settings.path(settings.dockerfile)

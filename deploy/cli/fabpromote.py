@@ -13,10 +13,14 @@ import dataclasses
 import os
 from typing import Any
 
+from deploy.cli.fabhosts import last_of, release_kind_of
+from deploy.cli.fabrelease import deploy_tag
 from deploy.core import refs, registry
 from deploy.core.destinations import ENV_NAME
 from deploy.core.errors import DeployError
 from deploy.core.settings import Settings, load_settings
+from deploy.release import roles
+from deploy.vm.session import session
 
 
 @dataclasses.dataclass
@@ -42,10 +46,6 @@ def served(settings: Settings) -> Served:
     """What the destination's hosts serve: one tag, healthy on each, recorded with its digest;
     else a refusal saying what a host serves instead. A container still starting is waited
     for, up to health_timeout."""
-    from deploy.cli.fabhosts import last_of
-    from deploy.release import roles
-    from deploy.vm.session import session
-
     where = settings.destination or "the base settings"
     found: list[tuple[str, str, str]] = []
     for _, each, target in roles.targets(settings, None):
@@ -83,9 +83,6 @@ def served(settings: Settings) -> Served:
 def promote(c: Any, settings: Settings, source: str, message: str = "",
             dry_run: bool = False) -> None:
     """Deploy here the digest destination `source` serves healthy (no build, no push)."""
-    from deploy.cli.fabhosts import release_kind_of
-    from deploy.cli.fabrelease import deploy_tag
-
     image = refs.validate_image(settings.require("image"))
     src = source_settings(settings, source)
     if refs.validate_image(src.require("image")) != image:
