@@ -251,7 +251,7 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     from deploy.core import refs
     from deploy.core.settings import load_settings
     from deploy.local.checks.envcomplete import read_compose, require_service
-    from deploy.vm.appenvfile import app_env_values
+    from deploy.vm.appenvfile import values_for_app_env
 
     settings = load_settings()  # before any connection: what would be uploaded must be sound
     refs.validate_image(settings.require("image"))
@@ -261,7 +261,7 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     from deploy.release import dbplace
 
     dbplace.check(settings, use_roles=with_roles(c))  # one database, where the settings say
-    values = app_env_values(settings.path(settings.env_file))  # without DEPLOY_* keys
+    values = values_for_app_env(settings.path(settings.env_file))  # without DEPLOY_* keys
     from deploy.cli.fabrelease import local_runner
     from deploy.core import secrets
 

@@ -29,7 +29,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def env_keys(path: Path) -> list[str]:
+def dotenv_keys(path: Path) -> list[str]:
     """The keys of a dotenv file, in order."""
     return list(read_env_file(path))
 

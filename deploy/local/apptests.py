@@ -56,7 +56,7 @@ def run(settings: Settings, runner: Runner, extra: list[str], db: bool = False) 
         elif wanted.kind == "scratch":
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="deploy-test-")))
             database = stack.enter_context(scratchdb.scratch(settings, runner, scratch))
-            env.update(scratchdb.app_env(settings, database))
+            env.update(scratchdb.database_vars(settings, database))
             migrated = migrate(settings, runner, env)
             runner.say(f"tests get {scratchdb.described(settings, database)} = a throwaway "
                        f"{'Postgres container' if database.container else 'SQLite file'}"

@@ -41,7 +41,7 @@ class ScratchDb:
     port: int = 0  # the Postgres port published on the laptop's 127.0.0.1
 
 
-def app_env(settings: Settings, db: ScratchDb, in_container: bool = False) -> dict[str, str]:
+def database_vars(settings: Settings, db: ScratchDb, in_container: bool = False) -> dict[str, str]:
     """The variables that point the app at the scratch database: its URL in
     `database_url_env`, or the parts in `database_env` (Postgres) for an app that builds its
     URL from them. `in_container`: as a container sharing the database's network sees it."""
@@ -54,7 +54,7 @@ def app_env(settings: Settings, db: ScratchDb, in_container: bool = False) -> di
 
 def described(settings: Settings, db: ScratchDb) -> str:
     """Which variables the scratch database reaches the app through (for messages)."""
-    return ", ".join(app_env(settings, db))
+    return ", ".join(database_vars(settings, db))
 
 
 def database_image(settings: Settings) -> str:

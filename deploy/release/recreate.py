@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from deploy.core.errors import DeployError
-from deploy.vm.phases import Release, optional_phase
+from deploy.vm.phases import PhaseLine, optional_phase
 from deploy.vm.shell import ConnectionLost
 from deploy.vm.signals import exit_code, sigint_deferred, signal_name
 from deploy.vm.steps import Vm
@@ -38,7 +38,7 @@ def switch_back(vm: Vm, tag: str, previous: str, why: str) -> str:
     return f"switched back to {previous}" + (f", which is {again} too" if again else "")
 
 
-def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = None) -> None:
+def switch_checked(vm: Vm, tag: str, previous: str, release: PhaseLine | None = None) -> None:
     """`compose up` with `tag`, then its health and image; on failure `previous` back."""
     try:
         with optional_phase(release, PHASE, cuts_short=False):

@@ -60,7 +60,7 @@ from deploy.vm.flows import (
 )
 from deploy.vm.flows import restore as restore_on
 from deploy.vm.matching import matching_release
-from deploy.vm.phases import Release, cut_short
+from deploy.vm.phases import PhaseLine, cut_short
 from deploy.vm.session import Target, session
 from deploy.vm.session import targets as remote_targets
 from deploy.vm.shell import ConnectionLost
@@ -125,7 +125,7 @@ def print_report(rows: list[Row], tag: str, say: Say) -> None:
 
 
 def switch_batches(vms: dict[Slot, Vm], plan: Plan, tag: str, previous: dict[Slot, str],
-                   settings: Settings, record: Callable[[Slot, Vm, Release], None], say: Say,
+                   settings: Settings, record: Callable[[Slot, Vm, PhaseLine], None], say: Say,
                    todo: set[Slot] | None = None
                    ) -> tuple[list[Slot], tuple[Slot, DeployError] | None]:
     """Switch the plan's batches to `tag` (health-checked, recorded by `record(slot, vm,
@@ -146,7 +146,7 @@ def switch_batches(vms: dict[Slot, Vm], plan: Plan, tag: str, previous: dict[Slo
         for slot in slots:
             vm = vms[slot]
             failed: DeployError | None = None
-            with Release(vm, tag, previous[slot]) as rel:  # the host's line of phases
+            with PhaseLine(vm, tag, previous[slot]) as rel:  # the host's line of phases
                 try:
                     switch_checked(vm, tag, previous[slot], rel)
                 except DeployError as exc:
@@ -201,7 +201,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
             step = "check"
             try:
                 for slot, vm in vms.items():  # nothing switches before every host has the image
-                    with Release(vm, tag) as rel:  # the same phases as a one-host deploy
+                    with PhaseLine(vm, tag) as rel:  # the same phases as a one-host deploy
                         if slot == plan.primary and not given:
                             rel.note("lock")
                         step = f"check on {slot}"
@@ -221,7 +221,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                 step = f"backup on {plan.primary}"
                 if plan.primary in todo:
                     try:
-                        with Release(first, tag, previous[plan.primary]) as rel:
+                        with PhaseLine(first, tag, previous[plan.primary]) as rel:
                             done = backup_and_migrate(first, rel, tag, previous[plan.primary])
                     except DeployError as exc:  # its phases speak of one host: name it
                         raise DeployError(f"{plan.primary}: {exc.message}", exc.fix,
@@ -234,7 +234,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
             except (KeyboardInterrupt, ConnectionLost) as exc:
                 raise cut_short(exc, step, tag, "the previous release") from None
 
-            def record(slot: Slot, vm: Vm, rel: Release) -> None:
+            def record(slot: Slot, vm: Vm, rel: PhaseLine) -> None:
                 record_release(vm, release_entry(
                     tag, digests[slot], revision, "deploy", previous[slot], git_sha, message,
                     **(done.recorded(revision) if slot == plan.primary else {})), rel)
@@ -245,7 +245,7 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
                 first.prune_backups(first.history())
             if not failure:  # as after a one-host deploy, host by host
                 for slot in sorted(todo, key=plan.slots.index):
-                    with Release(vms[slot], tag) as rel:
+                    with PhaseLine(vms[slot], tag) as rel:
                         prune_after(vms[slot], rel)
         rows = report(vms, tag) if not dry_run else []
         if rows:
@@ -290,7 +290,7 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
                              and e.get("action", "deploy") == "deploy"), entries.get(target, {}))
             for slot, vm in vms.items():  # nothing switches before every host has the image
                 previous[slot] = vm.current_tag()
-                with Release(vm, target, previous[slot]) as rel:
+                with PhaseLine(vm, target, previous[slot]) as rel:
                     if slot == plan.primary:
                         rel.note("lock")
                     check_rollback(vm, rel, target, previous[slot])
@@ -303,7 +303,7 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
                                   ) if downgrading else ""
             switched_hosts: list[tuple[Slot, Vm]] = []
 
-            def record(slot: Slot, vm: Vm, rel: Release | None = None,
+            def record(slot: Slot, vm: Vm, rel: PhaseLine | None = None,
                        revision: str = "") -> None:
                 if downgrading and not revision:  # recorded once the schema is known
                     switched_hosts.append((slot, vm))

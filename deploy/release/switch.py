@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from deploy.release import bluegreen, recreate, swarm
 from deploy.release.target import switch_kind
-from deploy.vm.phases import Release, optional_phase
+from deploy.vm.phases import PhaseLine, optional_phase
 from deploy.vm.steps import Vm
 
 PHASE = {"compose": recreate.PHASE, "proxy": "switch behind the proxy",
@@ -30,7 +30,7 @@ def pins_digest(vm: Vm) -> bool:
     return switch_kind(vm.settings) != "swarm"
 
 
-def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = None) -> None:
+def switch_checked(vm: Vm, tag: str, previous: str, release: PhaseLine | None = None) -> None:
     """Switch to `tag` the way this host switches; on return `tag` serves, else a DeployError
     says what failed and what serves. The one place a release is switched (`release`, if
     given, gets the switch's phases)."""

@@ -64,7 +64,7 @@ def release_keys(example: Path) -> list[str]:
     """The keys a release needs on the VM: its .env.example's, minus the tool's DEPLOY_*."""
     if not example.exists():
         return []
-    return [k for k in dotenvfile.env_keys(example) if not k.startswith(ENV_PREFIX)]
+    return [k for k in dotenvfile.dotenv_keys(example) if not k.startswith(ENV_PREFIX)]
 
 
 def missing_keys(vm: VmQueries, example: Path) -> list[str]:
@@ -90,7 +90,7 @@ def require_app_env(vm: VmQueries) -> None:
         )
 
 
-def app_env_values(path: Path) -> dict[str, str]:
+def values_for_app_env(path: Path) -> dict[str, str]:
     """The env file's values without DEPLOY_* keys (what `fab setup` writes as app.env)."""
     if not path.is_file():
         raise DeployError(f"{path} does not exist", f"create it (see {path.name}.example)")

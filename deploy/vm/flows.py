@@ -23,7 +23,7 @@ from deploy.release.switch import switch_checked
 from deploy.vm import appenvfile, housekeeping
 from deploy.vm.contract import refuse_moving_tag
 from deploy.vm.matching import Match, matching_release
-from deploy.vm.phases import Release, optional_phase
+from deploy.vm.phases import PhaseLine, optional_phase
 from deploy.vm.shell import ConnectionLost
 from deploy.vm.signals import Interrupted, exit_code, sigint_deferred, signal_name
 from deploy.vm.steps import Vm
@@ -69,7 +69,7 @@ def release_entry(tag: str, digest: str, revision: str, action: str, previous: s
     }
 
 
-def record_release(vm: Vm, entry: dict, release: Release | None = None) -> dict:
+def record_release(vm: Vm, entry: dict, release: PhaseLine | None = None) -> dict:
     """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded.
     Then wait for the old container a proxy switch stops meanwhile to be gone."""
     with sigint_deferred() as interrupted:
@@ -98,7 +98,7 @@ def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     """
     started = time.monotonic()
     refuse_moving_tag(refs.validate_tag(tag))
-    with Release(vm, tag) as rel, (vm.locked(tag, message) if lock
+    with PhaseLine(vm, tag) as rel, (vm.locked(tag, message) if lock
                                    else contextlib.nullcontext()):
         if lock:
             rel.note("lock")
@@ -144,7 +144,7 @@ def left_alone(vm: Vm, tag: str) -> bool:
     return not differs
 
 
-def check_release(vm: Vm, rel: Release, tag: str) -> str:
+def check_release(vm: Vm, rel: PhaseLine, tag: str) -> str:
     """The `check` phase of a deploy of `tag` on one host, before anything changes there: the
     switch's own needs, app.env, the compose project, the compose file rendered with `tag`.
     Returns the release serving now."""
@@ -174,7 +174,7 @@ class Migrated:
                 "migrated": bool(revision and revision != self.before)}
 
 
-def backup_and_migrate(vm: Vm, rel: Release, tag: str, previous: str) -> Migrated:
+def backup_and_migrate(vm: Vm, rel: PhaseLine, tag: str, previous: str) -> Migrated:
     """The `backup` and `migrate` phases of a deploy of `tag`, run once, on the host where the
     database is (`previous` serving there)."""
     vm.hold_lock(previous)
@@ -200,7 +200,7 @@ def backup_and_migrate(vm: Vm, rel: Release, tag: str, previous: str) -> Migrate
     return Migrated(backup, before, revision, history)
 
 
-def prune_after(vm: Vm, release: Release | None = None) -> str:
+def prune_after(vm: Vm, release: PhaseLine | None = None) -> str:
     """After a release that succeeded: the `prune` phase (old images, stopped containers).
     A failure is reported, never the release's: it is recorded and serving. What it did."""
     problem = ""
@@ -215,7 +215,7 @@ def prune_after(vm: Vm, release: Release | None = None) -> str:
     return found.result
 
 
-def check_rollback(vm: Vm, rel: Release, target: str, current: str) -> None:
+def check_rollback(vm: Vm, rel: PhaseLine, target: str, current: str) -> None:
     """The `check` phase of a rollback to `target` on one host (`current` serving), before
     anything changes there: the same checks as a deploy's, but of the release going back."""
     with rel.phase("check", cuts_short=False):
@@ -257,7 +257,7 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
             "pick a tag from `fab releases`",
         )
     recorded = deployed.get(target) or entries.get(target, {})
-    with Release(vm, target, current) as rel, vm.locked(target, action="rollback"):
+    with PhaseLine(vm, target, current) as rel, vm.locked(target, action="rollback"):
         rel.note("lock")
         check_rollback(vm, rel, target, current)
         with rel.phase("pull", cuts_short=False) as found:
@@ -305,7 +305,7 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
     return entry
 
 
-def downgrade_serving(vm: Vm, rel: Release, target: str, current: str, digest: str,
+def downgrade_serving(vm: Vm, rel: PhaseLine, target: str, current: str, digest: str,
                       now: str, wanted: str, backup: str) -> None:
     """Downgrade the schema `now` -> `wanted` with `current`'s image (it holds the downgrade
     scripts) while `target` serves. A failure or an interruption records the rollback with
@@ -427,7 +427,7 @@ def as_interrupt(signum: int) -> KeyboardInterrupt:
     return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
 
 
-def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: str,
+def replace_database(vm: Vm, rel: PhaseLine, name: str, current: str, revision: str,
                      target: str = "") -> str:
     """The steps of a restore that change the VM, under its lock: stop the app, save the live
     database, make it equal the backup `name`, record it, start the app (release `target`
@@ -535,7 +535,7 @@ def restore(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") ->
     if not vm.runner.dry_run and name not in vm.backups():
         raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
     current = vm.current_tag()
-    with Release(vm, current) as rel, vm.locked(current, action="restore", message=name):
+    with PhaseLine(vm, current) as rel, vm.locked(current, action="restore", message=name):
         rel.note("lock")
         vm.sync_release_env(current)
         with rel.phase("check"):

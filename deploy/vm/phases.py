@@ -44,7 +44,7 @@ class Phase:
         self.result = ""
 
 
-class Release:
+class PhaseLine:
     """A release of `tag` on one VM (`previous` serving), printed as one line as it goes: a
     phase's name when it starts (so a slow step is named while it runs), its result and time
     when it ends. Output of another kind in between (a warning, `-v`'s commands, a command's
@@ -82,14 +82,14 @@ class Release:
         runner.end_part(name, " ".join(
             p for p in (found.result, f"{took:.1f}s" if timed else "") if p))
 
-    def __enter__(self) -> Release:
+    def __enter__(self) -> PhaseLine:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.vm.runner.end_line()
 
 
-def optional_phase(release: Release | None, name: str, *, cuts_short: bool = True,
+def optional_phase(release: PhaseLine | None, name: str, *, cuts_short: bool = True,
                    timed: bool = True) -> contextlib.AbstractContextManager[Phase]:
     """`release.phase(name)`, or nothing when the caller keeps no release (e.g. roles)."""
     return release.phase(name, cuts_short=cuts_short, timed=timed) if release else \

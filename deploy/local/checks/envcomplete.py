@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from deploy.core.dotenvfile import env_keys
+from deploy.core.dotenvfile import dotenv_keys
 from deploy.core.errors import DeployError
 from deploy.core.settings import Settings
 from deploy.local.checks.result import CheckResult, failed, passed
@@ -131,7 +131,7 @@ def env_complete(settings: Settings) -> CheckResult:
         require_service(settings)
     except DeployError as exc:
         return failed(name, exc.message, exc.fix)
-    example = set(env_keys(example_path))
+    example = set(dotenv_keys(example_path))
     required = [
         var
         for var, has_default in compose_variables(
@@ -163,7 +163,7 @@ def env_complete(settings: Settings) -> CheckResult:
         return passed(
             name, f"{settings.env_example} covers the compose file; no {settings.env_file} here"
         )
-    env = set(env_keys(env_path))
+    env = set(dotenv_keys(env_path))
     undeclared = sorted(k for k in env - example if not k.startswith("DEPLOY_"))
     if undeclared:
         return failed(

@@ -103,13 +103,13 @@ def run_probe(settings: Settings, app: apppython.AppPython, runner: Runner, scra
               db: scratchdb.ScratchDb) -> tuple[subprocess.CompletedProcess[str], str]:
     """The probe's process, and the equivalent alembic command for the user to try."""
     url_env = settings.database_url_env
-    app_env = example_env(settings)
+    app_env = example_values(settings)
     if app.in_image:
         ref = built_image(settings, runner)
         ini_rel = os.path.relpath(ini, settings.path(settings.context))
 
         python = dockerfile.image_env(dockerfile.parse(settings.path(settings.dockerfile)))
-        app_env = {**app_env, **scratchdb.app_env(settings, db, in_container=True)}
+        app_env = {**app_env, **scratchdb.database_vars(settings, db, in_container=True)}
         argv = docker_probe(ref, scratch_dir, ini_rel, db, url_env, app_env,
                             python=python.command("python"))
         how = f"docker run --rm {ref} alembic -c {ini_rel} heads"
@@ -119,7 +119,8 @@ def run_probe(settings: Settings, app: apppython.AppPython, runner: Runner, scra
         argv = [*app.argv, str(scratch_dir / PROBE.name), str(ini), db.url, url_env]
         how = f"cd {shlex.quote(str(ini.parent))} && {shlex.join(app.argv)} -m alembic heads"
         cwd = ini.parent
-        env = apppython.app_environ({**app_env, url_env: db.url, **scratchdb.app_env(settings, db)})
+        env = apppython.app_environ({**app_env, url_env: db.url,
+                                     **scratchdb.database_vars(settings, db)})
     try:
         proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=TIMEOUT, check=False)
@@ -131,7 +132,7 @@ def run_probe(settings: Settings, app: apppython.AppPython, runner: Runner, scra
     return proc, how
 
 
-def example_env(settings: Settings) -> dict[str, str]:
+def example_values(settings: Settings) -> dict[str, str]:
     """The app's variables with the placeholder values of .env.example (never .env's)."""
     path = settings.path(settings.env_example)
     return read_env_file(path) if path.exists() else {}
