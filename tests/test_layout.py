@@ -112,6 +112,22 @@ def test_the_package_has_no_import_cycle():
         " <-> ".join(c) for c in cycles)
 
 
+def test_the_folders_import_downwards_only():
+    """core/ and commands/ are the bottom (both halves use them) and import nothing of the
+    folders above; cli/ is the top: nothing in the package imports the wiring."""
+    files = modules(PACKAGE)
+    wrong = []
+    for module, path in files.items():
+        folder = module.split(".")[1] if module.count(".") else ""
+        for dependency in imported(module, path, set(files)):
+            other = dependency.split(".")[1] if dependency.count(".") else ""
+            bottom_up = folder in ("core", "commands") and other not in ("core", "commands")
+            into_cli = other == "cli" and folder != "cli"
+            if bottom_up or into_cli:
+                wrong.append(f"{module} -> {dependency}")
+    assert wrong == []
+
+
 def test_only_the_cli_wiring_imports_inside_functions():
     assert function_level_imports(PACKAGE) == [], (
         "import these at the top of their module (only deploy/cli/ defers imports, for the "

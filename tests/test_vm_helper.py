@@ -47,7 +47,7 @@ ALLOWED = {
     ("commands/vm.py", "migrate_then_current"),  # the migrate command, then alembic current
     ("commands/vm.py", "exec_in_service"),    # `fab exec`, `fab shell`, aliases
     ("commands/vm.py", "exec_in_container"),  # the same behind the proxy: the serving one
-    ("core/secrets.py", "resolve"),           # a [secrets] command, run on the laptop
+    ("local/secrets.py", "resolve"),          # a [secrets] command, run on the laptop
 }
 
 

@@ -60,7 +60,6 @@ def read_value(key: str) -> str:
 
 def env_set(c: Context, key: str) -> None:
     from deploy.commands import vm as cmd
-    from deploy.core import secrets
     from deploy.core.runner import MIN_REDACTED
     from deploy.vm import appenvfile
 
@@ -71,7 +70,7 @@ def env_set(c: Context, key: str) -> None:
             vm.runner.say(f"warning: the value of {key} is shorter than {MIN_REDACTED} "
                           "characters: the output never masks values that short (they would "
                           "match inside ordinary words)")
-        secrets.set_on_vm(vm, {key: value})
+        appenvfile.set_values(vm, {key: value})
         vm.runner.say(f"{key} set in {vm.settings.app_dir}/{cmd.APP_ENV} ({len(value)} "
                       "characters); it takes effect at the next deploy (or `docker compose up "
                       "-d` on the VM)")

@@ -263,7 +263,7 @@ def setup(c: Context, dry_run: bool = False, verbose: bool = False,
     dbplace.check(settings, use_roles=with_roles(c))  # one database, where the settings say
     values = values_for_app_env(settings.path(settings.env_file))  # without DEPLOY_* keys
     from deploy.cli.fabrelease import local_runner
-    from deploy.core import secrets
+    from deploy.local import secrets
 
     found = secrets.resolve(settings, local_runner(settings, dry_run))  # [secrets] commands
     values.update(found)
@@ -316,8 +316,9 @@ def env_sync(c: Context, verbose: bool = False) -> None:
     Each value is sent on stdin and never printed; it takes effect at the next deploy."""
     from deploy.cli.fabrelease import local_runner
     from deploy.commands import vm as cmd
-    from deploy.core import secrets
     from deploy.core.errors import DeployError
+    from deploy.local import secrets
+    from deploy.vm import appenvfile
 
     set_verbose(verbose, c)
     settings = load_settings()
@@ -326,7 +327,7 @@ def env_sync(c: Context, verbose: bool = False) -> None:
         raise DeployError("there are no [secrets] in deploy.toml to sync",
                           'add a [secrets] table: APP_SECRET = "pass show app/secret"')
     for vm in each_vm(c):
-        secrets.set_on_vm(vm, values)
+        appenvfile.set_values(vm, values)
         vm.runner.say(f"{', '.join(values)} set in {vm.settings.app_dir}/{cmd.APP_ENV}; they "
                       "take effect at the next deploy")
 

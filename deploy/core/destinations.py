@@ -7,7 +7,7 @@ host = "prod.example.com"          # the base: what every destination shares
 host = "staging.example.com"
 app_dir = "/srv/app-staging"
 env_file = ".env.staging"          # what `fab setup` uploads as app.env there
-[destinations.staging.secrets]     # merged over [secrets] (deploy/core/secrets.py)
+[destinations.staging.secrets]     # merged over [secrets] (deploy/local/secrets.py)
 APP_SECRET = "pass show app/staging-secret"
 ```
 

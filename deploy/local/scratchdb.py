@@ -18,11 +18,11 @@ from pathlib import Path
 import yaml
 
 from deploy.commands import docker
+from deploy.core.compose import read_compose
 from deploy.core.dotenvfile import read_env_file
 from deploy.core.errors import DeployError
 from deploy.core.runner import Runner
 from deploy.core.settings import Settings
-from deploy.local.compose import read_compose
 
 PG_PORT = 5432
 PG_USER = "postgres"

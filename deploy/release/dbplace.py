@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
+from deploy.core.compose import read_compose
 from deploy.core.errors import DeployError
 from deploy.core.settings import Settings
-from deploy.local.compose import read_compose
 from deploy.release.roleplan import Role, make_plan, read_roles
 from deploy.release.target import release_kind
 

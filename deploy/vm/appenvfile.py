@@ -14,6 +14,7 @@ from deploy.commands.vm import APP_ENV, env_keys, env_line, env_set, env_unset
 from deploy.core import dotenvfile
 from deploy.core.errors import DeployError
 from deploy.core.settings import ENV_PREFIX
+from deploy.vm import contract
 from deploy.vm.vm import VmQueries
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -95,3 +96,14 @@ def values_for_app_env(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise DeployError(f"{path} does not exist", f"create it (see {path.name}.example)")
     return {k: v for k, v in dotenvfile.read_env_file(path).items() if not k.startswith(ENV_PREFIX)}
+
+
+def set_values(vm: VmQueries, values: dict[str, str]) -> None:
+    """Add or replace each key in the VM's app.env (the value on stdin, as `fab env set`),
+    then make the release files app.env plus the current release again."""
+    vm.runner.secrets.extend(values.values())
+    for key, value in values.items():
+        line = contract.env_line(key, value, vm.compose_kind())  # compose reads it byte for byte
+        vm.run(set_key(key), stdin=line.rstrip("\n"), hide=True,
+               what=f"setting {key} in the VM's app.env failed", fix="see the message above")
+    vm.write_release_files(vm.current_tag())

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import yaml
 
+from deploy.core.compose import read_compose
 from deploy.core.dotenvfile import dotenv_keys
 from deploy.core.errors import DeployError
 from deploy.core.settings import Settings
 from deploy.local.checks.result import CheckResult, failed, passed
 from deploy.local.codevars import required_reads
-from deploy.local.compose import read_compose
 
 # Variables the toolkit itself writes on the VM (image and tag of the current release).
 TOOL_VARIABLES = frozenset({"DEPLOY_IMAGE", "DEPLOY_TAG"})

@@ -23,8 +23,6 @@ from deploy.core.errors import DeployError
 from deploy.core.runner import Runner, redact, sh
 from deploy.core.settings import SETTINGS_FILE, Settings
 from deploy.vm import appenvfile
-from deploy.vm.contract import env_line
-from deploy.vm.steps import Vm
 
 TABLE = "secrets"
 
@@ -70,14 +68,3 @@ def resolve(settings: Settings, runner: Runner) -> dict[str, str]:
                               "the command must print a one-line value") from None
         values[key] = value
     return values
-
-
-def set_on_vm(vm: Vm, values: dict[str, str]) -> None:
-    """Add or replace each key in the VM's app.env (the value on stdin, as `fab env set`),
-    then make the release files app.env plus the current release again."""
-    vm.runner.secrets.extend(values.values())
-    for key, value in values.items():
-        line = env_line(key, value, vm.compose_kind())  # compose reads it byte for byte
-        vm.run(appenvfile.set_key(key), stdin=line.rstrip("\n"), hide=True,
-               what=f"setting {key} in the VM's app.env failed", fix="see the message above")
-    vm.write_release_files(vm.current_tag())
