@@ -1,5 +1,8 @@
 """`fab exec`, `fab shell`, `fab alias` and one task per alias of deploy.toml's `[aliases]`:
-commands in the app container, with a terminal when asked (deploy/vm/console.py)."""
+commands in the app container, with a terminal when asked (deploy/vm/console.py).
+
+Imports inside the tasks are on purpose: each task imports what it runs when it runs, so that
+`fab --list` loads none of it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """`fab env set KEY`, `fab env get KEY`, `fab env unset KEY` and `fab env-keys`: the VM's
-app.env, one key at a time (values never on argv; printed only by `fab env get KEY --show`)."""
+app.env, one key at a time (values never on argv; printed only by `fab env get KEY --show`).
+
+Imports inside the tasks are on purpose: each task imports what it runs when it runs, so that
+`fab --list` loads none of it."""
 
 from __future__ import annotations
 

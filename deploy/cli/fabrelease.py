@@ -4,7 +4,8 @@
 Fabric calls a task once per `-H` host, so with `-H a,b` each host's run has its own hooks;
 without `-H`, one run goes through every host of the settings (or the roles) and the hooks run
 once, with every host in RELEASE_HOSTS.
-"""
+Imports inside the tasks are on purpose: each task imports what it runs when it runs, so that
+`fab --list` loads none of it."""
 
 from __future__ import annotations
 
