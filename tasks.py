@@ -4,8 +4,8 @@
 
 from invoke import Context, task
 
-from deploy.errors import friendly
-from deploy.tasks import ns
+from deploy.cli.tasks import ns
+from deploy.core.errors import friendly
 
 
 @task(help={"vms": "how many VMs (vm1..vmN, default 1; more running are left alone)",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from deploy.runner import strip_escapes
+from deploy.core.runner import strip_escapes
 
 
 def sections(text: str) -> list[tuple[str, list[str]]]:

@@ -36,7 +36,7 @@ import vmkit  # noqa: E402
 
 import sandbox  # noqa: E402
 from deploy.commands.vm import project_name  # noqa: E402
-from deploy.pins import find_uv, locked_names  # noqa: E402
+from deploy.local.pins import find_uv, locked_names  # noqa: E402
 from sandbox.apprepo import EXAMPLE, commit_all, make_app_repo  # noqa: E402
 from sandbox.images import CADDY  # noqa: E402
 from sandbox.ports import free_port  # noqa: E402
@@ -221,7 +221,7 @@ def bench_lock(app: Path, env: dict, runs: int) -> None:
             work = Path(tmp) / backend
             work.mkdir()
             shutil.copy(app / "requirements.txt", work / "requirements.txt")
-            (work / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+            (work / "tasks.py").write_text("from deploy.cli.tasks import ns  # noqa: F401\n")
             benv = {**env, "DEPLOY_LOCK_BACKEND": backend}
             samples = []
             for _ in range(min(runs, 3)):

@@ -1,3 +1,3 @@
 """This repo's fabfile: the toolkit's remote tasks, for the app in the working directory."""
 
-from deploy.fabtasks import ns  # noqa: F401
+from deploy.cli.fabtasks import ns  # noqa: F401

@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "example"
 EXAMPLE_POSTGRES = REPO / "example-postgres"
-TASKS_PY = "from deploy.tasks import ns  # noqa: F401\n"
-FABFILE = "from deploy.fabtasks import ns  # noqa: F401\n"
+TASKS_PY = "from deploy.cli.tasks import ns  # noqa: F401\n"
+FABFILE = "from deploy.cli.fabtasks import ns  # noqa: F401\n"
 # What a copy leaves out: the v2 overlay, local data, caches and the example's own env files.
 SKIP = shutil.ignore_patterns(
     "v2", "__pycache__", "*.pyc", ".pytest_cache", ".ruff_cache", "data", "*.db",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.commands import docker
-from deploy.errors import DeployError
+from deploy.core.errors import DeployError
 from sandbox import images
 from sandbox import vms as vmlib
 from sandbox.proc import (

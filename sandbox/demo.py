@@ -16,11 +16,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy import remote
 from deploy.commands import vm as cmd
-from deploy.envfile import read_env_file
-from deploy.errors import DeployError
-from deploy.settings import load_settings
+from deploy.core.dotenvfile import read_env_file
+from deploy.core.errors import DeployError
+from deploy.core.settings import load_settings
+from deploy.vm import session
 from sandbox.apprepo import EXAMPLE, EXAMPLE_POSTGRES, apply_v2, commit_all, git, make_app_repo
 from sandbox.box import sandbox as existing_sandbox
 from sandbox.box import up
@@ -139,8 +139,8 @@ def point_at(work: Path, vm: Vm) -> None:
 def reset_vm(work: Path) -> None:
     """Remove what an earlier demo left in the VM's app directory (its schema is ahead)."""
     settings = load_settings(work, environ={})
-    for target in remote.targets(settings):
-        with remote.session(settings, target) as vm:
+    for target in session.targets(settings):
+        with session.session(settings, target) as vm:
             vm.ensure_helper()  # makes app_dir (and .deploy/, backups/) on a fresh VM
             # --volumes: the demo writes a new database password at each run, which a kept
             # Postgres volume would refuse

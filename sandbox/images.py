@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.errors import DeployError
+from deploy.core.errors import DeployError
 from sandbox.proc import check, exe, run, tail
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"

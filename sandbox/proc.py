@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from deploy.errors import DeployError
+from deploy.core.errors import DeployError
 
 SETUP_FIX = "run .ci/setup (it installs docker.io, docker-registry, openssh-server, debootstrap)"
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.commands import docker
-from deploy.errors import DeployError
+from deploy.core.errors import DeployError
 from sandbox import images
 from sandbox.proc import (
     alive,

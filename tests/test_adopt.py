@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_no_traceback, commit_all, output
 from test_checks import edit
 
-from deploy.envreads import file_reads
+from deploy.local.codevars import file_reads
 
 
 def check(inv, repo: Path, name: str, cwd: Path | None = None, env: dict | None = None) -> dict:
@@ -103,7 +103,7 @@ def test_migrations_from_a_subdirectory_finds_the_project_root(example_repo, inv
 
 
 def test_check_outside_any_project_refuses(tmp_path, inv):
-    (tmp_path / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (tmp_path / "tasks.py").write_text("from deploy.cli.tasks import ns  # noqa: F401\n")
     proc = inv(tmp_path, "check")
     assert proc.returncode == 1
     assert f"error: no deploy.toml in {tmp_path.resolve()} or any directory above it" in \
@@ -185,7 +185,7 @@ def pg_image(docker_engine) -> str:
 @pytest.fixture(scope="session")
 def pg_venv(tmp_path_factory) -> Path:
     """An app venv of its own (not the tool's): Alembic, SQLAlchemy, psycopg, python-dotenv."""
-    from deploy.appenv import tool_path
+    from deploy.local.apppython import tool_path
 
     venv = tmp_path_factory.mktemp("pgvenv") / "venv"
     uv = tool_path("uv")

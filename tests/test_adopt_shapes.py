@@ -14,7 +14,7 @@ from conftest import assert_no_traceback, commit_all, output
 from test_checks import edit
 from test_corpus import CORPUS, IGNORE, deploy_init, init_repo, user_env
 
-from deploy.checks.env import parse_image_line
+from deploy.local.checks.envcomplete import parse_image_line
 
 
 def shape(name: str, dest: Path) -> Path:
@@ -175,7 +175,7 @@ CMD ["/app/.venv/bin/uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8
     ("FROM python:3.12-slim\nRUN pip install -r requirements.lock\n", "python", ""),
 ])
 def test_the_images_own_environment(tmp_path, text, python, prefix):
-    from deploy import dockerfile
+    from deploy.local import dockerfile
 
     (tmp_path / "Dockerfile").write_text(text)
     found = dockerfile.image_env(dockerfile.parse(tmp_path / "Dockerfile"))
@@ -280,12 +280,12 @@ def test_parity_against_poetrys_python_range(tmp_path, inv):
 
 
 def test_the_tools_uv_run_creates_the_env_for_the_images_python(tmp_path):
-    from deploy import appenv
-    from deploy.settings import load_settings
+    from deploy.core.settings import load_settings
+    from deploy.local import apppython
 
     repo = shape("uvws", tmp_path)
     adopted(repo)
-    app = appenv.app_python(load_settings(repo, environ={}))
+    app = apppython.app_python(load_settings(repo, environ={}))
     assert app.kind == "uv"
     assert app.argv[1:5] == ("run", "--locked", "--python", "3.10")
 
@@ -323,7 +323,7 @@ def write_tree(root: Path, files: dict[str, str]) -> None:
     '    class Config:\n        env_prefix = "APP_"\n',
 ])
 def test_env_reads_follow_a_settings_base_class_into_another_module(tmp_path, prefix_line):
-    from deploy.envreads import app_env_reads
+    from deploy.local.codevars import app_env_reads
 
     write_tree(tmp_path, {
         "app/__init__.py": "",
@@ -350,7 +350,7 @@ def test_env_reads_follow_a_settings_base_class_into_another_module(tmp_path, pr
 
 
 def test_env_reads_follow_an_absolute_import_and_a_module_alias(tmp_path):
-    from deploy.envreads import app_env_reads
+    from deploy.local.codevars import app_env_reads
 
     write_tree(tmp_path, {
         "backend/app/__init__.py": "",
@@ -436,7 +436,7 @@ def test_init_finds_the_database_url_parts(tmp_path):
     assert ('database_env = {host = "POSTGRES_SERVER", port = "POSTGRES_PORT", user = '
             '"POSTGRES_USER", password = "POSTGRES_PASSWORD", name = "POSTGRES_DB"}') in settings
     assert 'postgres_user = "app"' in settings and 'postgres_db = "app"' in settings
-    from deploy.settings import load_settings
+    from deploy.core.settings import load_settings
 
     loaded = load_settings(repo, environ={})
     assert loaded.database_env == {"host": "POSTGRES_SERVER", "port": "POSTGRES_PORT",
@@ -477,12 +477,12 @@ def test_init_reads_postgres_user_and_db(tmp_path, db_env, example, user, name):
 @pytest.mark.parametrize("value", [{"hots": "A", "name": "B"}, {"host": "A"},
                                    {"host": "A B", "name": "C"}])
 def test_a_bad_database_env_is_refused(tmp_path, inv, value):
-    from deploy.init import toml_value
+    from deploy.local.init import toml_value
 
     repo = tmp_path / "bad"
     repo.mkdir()
     (repo / "deploy.toml").write_text(f"database_env = {toml_value(value)}\n")
-    (repo / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (repo / "tasks.py").write_text("from deploy.cli.tasks import ns  # noqa: F401\n")
     proc = inv(repo, "config")
     assert proc.returncode == 1
     assert "error: setting 'database_env' in deploy.toml must map host, port, user, " in proc.stderr
@@ -528,8 +528,8 @@ def test_init_with_only_a_deploy_toml_writes_tasks_and_fabfile(tmp_path):
     assert proc.returncode == 0, output(proc)
     assert "wrote: tasks.py, fabfile/__init__.py" in proc.stdout
     assert (repo / "deploy.toml").read_text() == 'image = "127.0.0.1:5000/mine"\n'
-    assert (repo / "tasks.py").read_text() == "from deploy.tasks import ns  # noqa: F401\n"
-    assert "deploy.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()
+    assert (repo / "tasks.py").read_text() == "from deploy.cli.tasks import ns  # noqa: F401\n"
+    assert "deploy.cli.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()
 
 
 def test_smoke_after_build_with_a_version_smokes_that_version(example_repo, inv, base_image):

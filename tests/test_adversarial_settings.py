@@ -12,7 +12,7 @@ import sys
 from conftest import assert_no_traceback, output
 from vmkit import App, unique
 
-from deploy.envfile import read_env_file
+from deploy.core.dotenvfile import read_env_file
 
 # A value compose's env-file parser could get wrong: newlines, a carriage return, both quote
 # kinds, a backslash before n, `$` before a name and a brace, `#`, `=`, a tab, non-ASCII.

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, assert_no_traceback, commit_all, output
 
-from deploy import dockerfile
-from deploy.checks.env import compose_variables
-from deploy.errors import DeployError
+from deploy.core.errors import DeployError
+from deploy.local import dockerfile
+from deploy.local.checks.envcomplete import compose_variables
 
 CHECKS = ["python-parity", "lock-fresh", "env-complete", "build-context", "migrations",
           "migrate-at-start", "git-clean"]
@@ -289,7 +289,7 @@ def test_git_clean_catches_an_untracked_file(example_repo, inv):
     assert "notes.txt" in result["reason"]
 
 
-# --- deploy.dockerfile ---------------------------------------------------------------------
+# --- deploy.local.dockerfile ---------------------------------------------------------------------
 
 
 def parse(tmp_path: Path, text: str) -> dockerfile.Dockerfile:
@@ -362,7 +362,7 @@ def test_run_lines_and_mentions(tmp_path):
     assert not dockerfile.mentions(parsed, "requirements.txt")
 
 
-# --- deploy.checks.env.compose_variables ---------------------------------------------------
+# --- deploy.local.checks.envcomplete.compose_variables -------------------------------
 
 
 def test_compose_variables_defaults_required_and_escapes():

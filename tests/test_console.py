@@ -19,9 +19,9 @@ import pytest
 from conftest import child_env
 from vmkit import App, output
 
-from deploy import aliases
-from deploy.errors import DeployError
-from deploy.settings import load_settings
+from deploy.core import aliases
+from deploy.core.errors import DeployError
+from deploy.core.settings import load_settings
 
 # --------------------------------------------------------------------------- no VM
 

@@ -160,8 +160,8 @@ def test_c_uv_workspace_init_finds_its_shape(uv_app):
                  'tag_variable = "TAG"', 'alembic_ini = "backend/alembic.ini"',
                  'migrate_command = "sh scripts/prestart.sh"', 'test_dir = "backend"'):
         assert line in settings
-    assert (repo / "tasks.py").read_text() == "from deploy.tasks import ns  # noqa: F401\n"
-    assert "deploy.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()
+    assert (repo / "tasks.py").read_text() == "from deploy.cli.tasks import ns  # noqa: F401\n"
+    assert "deploy.cli.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()
 
 
 def test_c_uv_workspace_passes_from_its_subdirectory(uv_app, inv):
@@ -245,7 +245,7 @@ def poetry_app(tmp_path, docker_engine):
 
 def poetry_install(repo: Path) -> None:
     """`poetry install` on Python 3.11, as the app's developer would have done (in .venv)."""
-    from deploy.lockkinds import poetry
+    from deploy.local.lockkinds import poetry
 
     env = {**os.environ, **user_env()}
     py311 = str(Path.home() / ".pyenv/versions/3.11.7/bin/python3.11")
@@ -314,7 +314,7 @@ def test_init_never_overwrites_without_force(tmp_path, inv):
         ".deploy/hooks/post-rollback.sample, .deploy/hooks/deploy-failed.sample",
         "kept: deploy.toml (`inv init --force` rewrites it from what it detects)"]
     assert (repo / "deploy.toml").read_text() == before
-    assert "deploy.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()
+    assert "deploy.cli.fabtasks" in (repo / "fabfile" / "__init__.py").read_text()
     proc = deploy_init(repo)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [

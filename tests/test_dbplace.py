@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_no_traceback, child_env, output
 
-from deploy.roles import Slot, make_plan, parse_roles
-from deploy.settings import load_settings
+from deploy.core.settings import load_settings
+from deploy.release.roles import Slot, make_plan, parse_roles
 
 DB = """\
   db:
@@ -39,7 +39,7 @@ def app_repo(tmp_path: Path, settings: str, compose: str = WITH_DB,
              files: dict[str, str] | None = None) -> Path:
     repo = tmp_path / "app"
     repo.mkdir(parents=True)
-    (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (repo / "fabfile.py").write_text("from deploy.cli.fabtasks import ns  # noqa: F401\n")
     (repo / "compose.yaml").write_text(compose)
     (repo / ".env").write_text("APP_SECRET=x\n")
     for name, text in (files or {}).items():

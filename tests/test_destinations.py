@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from vmkit import output, unique
 
-from deploy.errors import DeployError
-from deploy.settings import load_settings
+from deploy.core.errors import DeployError
+from deploy.core.settings import load_settings
 
 DESTINATIONS = """
 [secrets]
@@ -39,7 +39,7 @@ def repo_with(tmp_path: Path, text: str) -> Path:
 
 def test_a_destination_table_goes_over_the_base_and_the_environment_over_both(
         tmp_path: Path) -> None:
-    from deploy import secrets
+    from deploy.local import secrets
 
     root = repo_with(tmp_path, DESTINATIONS)
     base = load_settings(root, environ={})

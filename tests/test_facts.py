@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from deploy.commands import vm as cmd
-from deploy.errors import DeployError
-from deploy.remote import contract
-from deploy.remote.facts import parse_facts, parse_release_files
+from deploy.core.errors import DeployError
+from deploy.vm import contract
+from deploy.vm.facts import parse_facts, parse_release_files
 
 CAPTURED = Path(__file__).parent / "captured"
 DASH = shutil.which("dash") or "dash"

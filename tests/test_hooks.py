@@ -45,7 +45,7 @@ def release_vars(env: dict[str, str]) -> dict[str, str]:
 
 
 def test_deploy_init_writes_samples_that_do_not_run(tmp_path: Path, example_repo: Path) -> None:
-    from deploy import init
+    from deploy.local import init
 
     for name in ("deploy.toml", "tasks.py"):
         (example_repo / name).unlink(missing_ok=True)
@@ -201,7 +201,7 @@ def test_inv_deploy_failing_pre_build_opens_no_ssh_connection(live, tmp_path: Pa
 
 def test_inv_deploy_failing_pre_deploy_changes_nothing_on_the_vm(live, images,
                                                                   tmp_path: Path) -> None:
-    from deploy.registry import tag_digest
+    from deploy.core.registry import tag_digest
 
     add_hooks(live.repo, "pre-deploy", "deploy-failed")
     commit_all(live.repo, "hooks")  # the git-clean check comes first

@@ -9,7 +9,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from deploy.hostkeys import KnownHostsPolicy
+from deploy.core.hostkeys import KnownHostsPolicy
 
 HOST = "[127.0.0.1]:2222"
 
@@ -49,7 +49,7 @@ def test_missing_files_know_nothing(tmp_path: Path) -> None:
 def test_fabric_connections_get_the_policy(tmp_path: Path) -> None:
     code = (
         "import fabric, fabric.connection as fc\n"
-        "from deploy.hostkeys import verify_fabric_connections\n"
+        "from deploy.core.hostkeys import verify_fabric_connections\n"
         f"verify_fabric_connections([{str(tmp_path / 'kh')!r}])\n"
         "c = fabric.Connection('127.0.0.1')\n"
         "print(type(c.client._policy).__name__)\n"
@@ -76,7 +76,7 @@ def test_fab_run_checks_the_host_key(example_repo: Path, sandbox, vm1) -> None:
     """`fab run` reaches the VM with a known key, and is refused (nothing run) without it."""
     from vmkit import unique
 
-    (example_repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (example_repo / "fabfile.py").write_text("from deploy.cli.fabtasks import ns  # noqa: F401\n")
     name = unique("hostkey-")
     marker = vm1.srv / name  # /srv/NAME on the VM
     home = vm1.srv / f"{name}-dir"  # app_dir: `fab run` runs there (it must exist)

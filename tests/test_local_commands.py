@@ -16,12 +16,13 @@ import pytest
 from conftest import commit_all, git
 from invoke import MockContext, Result
 
-from deploy import git as deploy_git
-from deploy import local, refs
 from deploy.commands import docker
-from deploy.errors import DeployError
-from deploy.runner import Runner
-from deploy.settings import load_settings
+from deploy.core import refs
+from deploy.core.errors import DeployError
+from deploy.core.runner import Runner
+from deploy.core.settings import load_settings
+from deploy.local import git as deploy_git
+from deploy.local import imagebuild
 
 IMAGE = "127.0.0.1:5000/example"
 IMAGE_ID = "sha256:" + "ab" * 32
@@ -59,7 +60,7 @@ def settings(example_repo: Path):
 @pytest.fixture
 def smoked_file(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache" / "deploy-toolkit" / "smoked.json"
-    monkeypatch.setattr(local, "SMOKED_FILE", path)
+    monkeypatch.setattr(imagebuild, "SMOKED_FILE", path)
     return path
 
 
@@ -74,7 +75,7 @@ def argv_of(history: list[str], prefix: str) -> list[str]:
 
 def test_build_uses_buildx_load_with_platform_tag_and_oci_labels(settings, example_repo):
     runner, _, out = runner_for(engine(), echo=True)  # -v
-    ref = local.build(settings, runner, "abc1234")
+    ref = imagebuild.build(settings, runner, "abc1234")
     assert ref == f"{IMAGE}:abc1234"
     argv = argv_of(runner.history, "docker buildx build")
     assert argv[:6] == ["docker", "buildx", "build", "--load", "--platform", "linux/amd64"]
@@ -93,7 +94,7 @@ def test_build_uses_buildx_load_with_platform_tag_and_oci_labels(settings, examp
 def test_build_source_label_is_the_git_remote(settings, example_repo):
     git(example_repo, "remote", "add", "origin", "https://git.example.com/team/app.git")
     runner, _, _ = runner_for(engine())
-    local.build(settings, runner, "v1")
+    imagebuild.build(settings, runner, "v1")
     argv = argv_of(runner.history, "docker buildx build")
     assert "org.opencontainers.image.source=https://git.example.com/team/app.git" in argv
 
@@ -102,7 +103,7 @@ def test_build_falls_back_to_docker_build_without_buildx(settings):
     runner, _, out = runner_for(engine({
         re.compile(r"^docker buildx version$"): Result("", stderr="not a docker command", exited=1)
     }))
-    local.build(settings, runner, "abc1234")
+    imagebuild.build(settings, runner, "abc1234")
     assert not [c for c in runner.history if c.startswith("docker buildx build")]
     argv = argv_of(runner.history, "docker build ")
     assert "--platform" not in argv and "--load" not in argv
@@ -115,7 +116,7 @@ def test_build_without_engine_is_a_clear_error(settings):
         re.compile(r"^docker info\b"): Result("", stderr="Cannot connect", exited=1)
     }))
     with pytest.raises(DeployError) as err:
-        local.build(settings, runner, "abc1234")
+        imagebuild.build(settings, runner, "abc1234")
     assert "no Docker engine answers" in err.value.message
     assert not [c for c in runner.history if "build" in c]
 
@@ -125,7 +126,7 @@ def test_build_failure_names_the_image(settings):
         re.compile(r"^docker buildx build\b"): Result("", stderr="boom", exited=1)
     }))
     with pytest.raises(DeployError) as err:
-        local.build(settings, runner, "abc1234")
+        imagebuild.build(settings, runner, "abc1234")
     assert err.value.message == f"building {IMAGE}:abc1234 failed"
 
 
@@ -133,14 +134,14 @@ def test_build_without_image_setting_is_an_error(example_repo):
     (example_repo / "deploy.toml").write_text('platform = "linux/amd64"\n')
     runner, _, _ = runner_for(engine())
     with pytest.raises(DeployError) as err:
-        local.build(load_settings(example_repo, environ={}), runner, "abc1234")
+        imagebuild.build(load_settings(example_repo, environ={}), runner, "abc1234")
     assert "setting 'image' is not set" in err.value.message
     assert runner.history == []
 
 
 @pytest.mark.parametrize("tag", ["bad tag;rm -rf", ".x", "-x", "a" * 129, "", "a/b", "ü"])
 def test_invalid_tag_is_rejected_before_any_command(settings, tag):
-    for step in (local.build, local.smoke, local.push):
+    for step in (imagebuild.build, imagebuild.smoke, imagebuild.push):
         runner, ctx, _ = runner_for(engine())
         with pytest.raises(DeployError) as err:
             step(settings, runner, tag)
@@ -189,9 +190,9 @@ def test_registry_of(image, registry):
 
 def test_dry_run_prints_every_command_and_runs_nothing(settings, smoked_file):
     runner, ctx, out = runner_for(None, dry_run=True)  # any real call would raise
-    local.build(settings, runner, "abc1234")
-    local.smoke(settings, runner, "abc1234")
-    local.push(settings, runner, "abc1234")
+    imagebuild.build(settings, runner, "abc1234")
+    imagebuild.smoke(settings, runner, "abc1234")
+    imagebuild.push(settings, runner, "abc1234")
     assert ctx.run.call_count == 0
     printed = out.getvalue()
     for command in runner.history:
@@ -216,14 +217,14 @@ def test_smoke_runs_the_smoke_command_without_a_shell_and_records_the_image(
     runner, _, out = runner_for(engine({
         re.compile(r"^docker run --rm "): Result("OK\n"),
     }))
-    local.smoke(settings, runner, "abc1234")
+    imagebuild.smoke(settings, runner, "abc1234")
     argv = argv_of(runner.history, "docker run --rm")
     assert argv[:4] == ["docker", "run", "--rm", "--env-file"]  # .env.example's values
     assert argv[4].startswith(tempfile.gettempdir()) and not Path(argv[4]).exists()
     assert argv[5:] == [f"{IMAGE}:abc1234",
                         "python", "-c", "from app.main import app; print('OK')"]
     assert "smoke: OK" in out.getvalue()
-    assert local.was_smoked(IMAGE_ID)
+    assert imagebuild.was_smoked(IMAGE_ID)
 
 
 def test_failed_smoke_shows_the_container_output_and_records_nothing(settings, smoked_file):
@@ -233,10 +234,10 @@ def test_failed_smoke_shows_the_container_output_and_records_nothing(settings, s
         ),
     }))
     with pytest.raises(DeployError) as err:
-        local.smoke(settings, runner, "abc1234")
+        imagebuild.smoke(settings, runner, "abc1234")
     assert "smoke test failed" in err.value.message
     assert "ModuleNotFoundError: No module named 'fastapi'" in err.value.message
-    assert not local.was_smoked(IMAGE_ID)
+    assert not imagebuild.was_smoked(IMAGE_ID)
 
 
 def test_smoke_of_a_missing_image_says_build_first(settings, smoked_file):
@@ -246,7 +247,7 @@ def test_smoke_of_a_missing_image_says_build_first(settings, smoked_file):
         ),
     }))
     with pytest.raises(DeployError) as err:
-        local.smoke(settings, runner, "abc1234")
+        imagebuild.smoke(settings, runner, "abc1234")
     assert f"there is no local image {IMAGE}:abc1234" in err.value.message
     assert "inv build" in err.value.fix
 
@@ -255,19 +256,19 @@ def test_smoke_of_a_missing_image_says_build_first(settings, smoked_file):
 
 
 def test_push_refuses_an_image_that_was_not_smoked(settings, smoked_file):
-    local.record_smoked("sha256:" + "ef" * 32, f"{IMAGE}:other")  # another image passed
+    imagebuild.record_smoked("sha256:" + "ef" * 32, f"{IMAGE}:other")  # another image passed
     runner, _, _ = runner_for(engine())
     with pytest.raises(DeployError) as err:
-        local.push(settings, runner, "abc1234")
+        imagebuild.push(settings, runner, "abc1234")
     assert "has not passed the smoke test" in err.value.message
     assert "inv smoke --version abc1234" in err.value.fix
     assert not [c for c in runner.history if c.startswith(("docker push", "docker login"))]
 
 
 def test_push_after_smoke_pushes_version_then_latest(settings, smoked_file):
-    local.record_smoked(IMAGE_ID, f"{IMAGE}:abc1234")
+    imagebuild.record_smoked(IMAGE_ID, f"{IMAGE}:abc1234")
     runner, _, out = runner_for(engine())
-    digest = local.push(settings, runner, "abc1234")
+    digest = imagebuild.push(settings, runner, "abc1234")
     pushes = [c for c in runner.history if c.startswith(("docker push", "docker tag"))]
     assert pushes == [
         f"docker push {IMAGE}:abc1234",
@@ -283,9 +284,9 @@ def test_registry_login_passes_the_password_on_stdin_only(example_repo, smoked_f
     settings = load_settings(example_repo, environ={
         "DEPLOY_REGISTRY_USER": "bob", "DEPLOY_REGISTRY_PASSWORD": PASSWORD,
     })
-    local.record_smoked(IMAGE_ID, f"{IMAGE}:abc1234")
+    imagebuild.record_smoked(IMAGE_ID, f"{IMAGE}:abc1234")
     runner, ctx, out = runner_for(engine(), secrets=settings.secrets, echo=True)
-    local.push(settings, runner, "abc1234")
+    imagebuild.push(settings, runner, "abc1234")
     login = argv_of(runner.history, "docker login")
     assert login == ["docker", "login", "--username", "bob", "--password-stdin", "127.0.0.1:5000"]
     assert all(PASSWORD not in command for command in runner.history)
@@ -304,14 +305,14 @@ def test_failed_login_does_not_leak_the_password(example_repo, smoked_file):
     settings = load_settings(example_repo, environ={
         "DEPLOY_REGISTRY_USER": "bob", "DEPLOY_REGISTRY_PASSWORD": PASSWORD,
     })
-    local.record_smoked(IMAGE_ID, f"{IMAGE}:abc1234")
+    imagebuild.record_smoked(IMAGE_ID, f"{IMAGE}:abc1234")
     runner, _, out = runner_for(engine({
         re.compile(r"^docker login\b"): Result(
             "", stderr=f"Error: bad password {PASSWORD}", exited=1
         ),
     }), secrets=settings.secrets)
     with pytest.raises(DeployError) as err:
-        local.push(settings, runner, "abc1234")
+        imagebuild.push(settings, runner, "abc1234")
     assert "registry login to 127.0.0.1:5000 failed" in err.value.message
     assert PASSWORD not in str(err.value)
     assert PASSWORD not in out.getvalue()

@@ -20,9 +20,9 @@ from conftest import child_env
 from test_proxy import caddy, caddy_loads  # noqa: F401 (a fixture)
 from vmkit import App, Hit, Probe, output
 
-from deploy import maintenance
-from deploy.errors import DeployError
-from deploy.settings import load_settings
+from deploy.core.errors import DeployError
+from deploy.core.settings import load_settings
+from deploy.release import maintenance
 
 # --------------------------------------------------------------------------- no VM
 

@@ -16,10 +16,10 @@ import pytest
 from invoke import MockContext
 from invoke import Result as InvokeResult
 
-from deploy.errors import DeployError
-from deploy.remote.phases import Release
-from deploy.runner import Runner, redact, set_verbose, strip_escapes, verbose_from_env
-from deploy.shell import _Stream
+from deploy.core.errors import DeployError
+from deploy.core.runner import Runner, redact, set_verbose, strip_escapes, verbose_from_env
+from deploy.vm.phases import PhaseLine
+from deploy.vm.shell import _Stream
 
 SECRET = "s3cr3t-Pa55"
 COMMAND = ["docker", "login", "--username", "bob", f"--token={SECRET}", "reg"]
@@ -124,7 +124,7 @@ class FakeVm:
 
 def test_a_release_prints_its_phases_as_one_line():
     vm = FakeVm()
-    with Release(vm, "v2", "v1") as rel:
+    with PhaseLine(vm, "v2", "v1") as rel:
         rel.note("lock")
         with rel.phase("pull"):
             pass
@@ -141,7 +141,7 @@ def test_a_release_prints_its_phases_as_one_line():
 
 def test_a_phase_is_named_while_it_runs_and_other_output_breaks_the_line():
     vm = FakeVm()
-    with Release(vm, "v2", "v1") as rel:
+    with PhaseLine(vm, "v2", "v1") as rel:
         rel.note("lock")
         with rel.phase("migrate") as found:
             assert vm.out.getvalue() == "[vm1] lock · migrate"  # the step under way, live
@@ -156,23 +156,23 @@ def test_a_phase_is_named_while_it_runs_and_other_output_breaks_the_line():
 
 
 def test_ctrl_c_or_a_lost_connection_in_a_phase_says_what_still_serves():
-    from deploy.shell import ConnectionLost
+    from deploy.vm.shell import ConnectionLost
 
     vm = FakeVm()
     with pytest.raises(DeployError) as err:
-        with Release(vm, "v2", "v1") as rel, rel.phase("migrate"):
+        with PhaseLine(vm, "v2", "v1") as rel, rel.phase("migrate"):
             raise KeyboardInterrupt
     assert err.value.message.startswith("interrupted during migrate of v2; v1 is still serving "
                                         "and the lock was released")
     assert err.value.exit_code == 130
     assert vm.out.getvalue() == "[vm1] migrate cut short\n"
     with pytest.raises(DeployError) as err:
-        with Release(vm, "v2", "v1") as rel, rel.phase("pull"):
+        with PhaseLine(vm, "v2", "v1") as rel, rel.phase("pull"):
             raise ConnectionLost("lost", "fix", "vm1", "no answer for 30s")
     assert "the SSH connection to vm1 was lost (no answer for 30s) during pull of v2; v1 is " \
            "still serving" in err.value.message
     with pytest.raises(DeployError, match="nope"):
-        with Release(vm, "v2", "v1") as rel, rel.phase("check"):
+        with PhaseLine(vm, "v2", "v1") as rel, rel.phase("check"):
             raise DeployError("nope", "fix")
     assert vm.out.getvalue().splitlines()[-1] == "[vm1] check failed"
 

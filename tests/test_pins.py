@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import EXAMPLE, assert_no_traceback, output
 
-from deploy import pins as pinning
-from deploy.settings import load_settings
+from deploy.core.settings import load_settings
+from deploy.local import pins as pinning
 
 REQUIREMENTS = "six\nidna\n"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", re.M)
@@ -22,7 +22,7 @@ def app(tmp_path: Path) -> Path:
     root = tmp_path / "lockapp"
     root.mkdir()
     (root / "requirements.txt").write_text(REQUIREMENTS)
-    (root / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (root / "tasks.py").write_text("from deploy.cli.tasks import ns  # noqa: F401\n")
     return root
 
 
@@ -130,7 +130,7 @@ def test_failed_resolution_keeps_the_old_lock(locked, inv, bad):
 
 
 def test_missing_requirements_file_is_a_clear_error(tmp_path, inv):
-    (tmp_path / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (tmp_path / "tasks.py").write_text("from deploy.cli.tasks import ns  # noqa: F401\n")
     proc = inv(tmp_path, "lock")
     assert proc.returncode == 1
     assert "requirements.txt does not exist" in output(proc)
@@ -152,7 +152,7 @@ def test_uv_backend_pins_the_same_versions_as_pip_tools(locked, inv, tmp_path):
     other = tmp_path / "uvapp"
     other.mkdir()
     (other / "requirements.txt").write_text(REQUIREMENTS)
-    (other / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (other / "tasks.py").write_text("from deploy.cli.tasks import ns  # noqa: F401\n")
     proc = inv(other, "lock", env={"DEPLOY_LOCK_BACKEND": "uv"})
     assert proc.returncode == 0, output(proc)
     uv_text = (other / "requirements.lock").read_text()

@@ -23,8 +23,9 @@ from vmkit import App, InFlight, Probe, Proxy, output
 
 from deploy.commands import proxy as pcmd
 from deploy.commands.vm import project_name
-from deploy.errors import DeployError
-from deploy.settings import load_settings
+from deploy.core.errors import DeployError
+from deploy.core.settings import load_settings
+from deploy.release import proxyform
 from sandbox.apprepo import EXAMPLE
 
 PROXY_IMAGE = os.environ.get("PROXY_TEST_IMAGE", "caddy:2")
@@ -260,7 +261,7 @@ def test_proxy_reload_drops_no_request_and_bad_actions_are_refused(proxied, imag
 
 def test_dry_run_prints_the_blue_green_plan_and_connects_nowhere(example_repo, tmp_path):
     (example_repo / "fabfile").mkdir()
-    (example_repo / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns\n")
+    (example_repo / "fabfile" / "__init__.py").write_text("from deploy.cli.fabtasks import ns\n")
     env = {"DEPLOY_PROXY": "true", "DEPLOY_PROXY_HOST": "app.example.com",
            "DEPLOY_COMPOSE_FILE": "compose.proxy.yaml", "DEPLOY_HOST": "vm.invalid",
            "DEPLOY_APP_DIR": "/srv/example"}
@@ -375,7 +376,7 @@ def test_https_with_caddys_internal_ca(internal_caddy, make_app, images):
 
 
 def proxy_app(tmp_path, compose_text: str, env: str = ""):
-    from deploy.settings import load_settings
+    from deploy.core.settings import load_settings
 
     (tmp_path / "deploy.toml").write_text('proxy = true\nproxy_host = "a.test"\n'
                                           'proxy_network = "edge"\n')
@@ -389,11 +390,10 @@ def test_the_proxy_form_drops_published_ports_and_joins_the_network(tmp_path):
     the VM) drops the web service's ports and joins the proxy's network."""
     import yaml
 
-    from deploy import proxy
 
     settings = proxy_app(tmp_path, "services:\n  app:\n    image: x\n"
                          "    ports: ['127.0.0.1:8000:8000']\n")
-    text = proxy.override_text(settings)
+    text = proxyform.override_text(settings)
     assert "    ports: !reset []\n" in text
     plain = yaml.safe_load(text.replace("!reset ", ""))
     assert plain["services"]["app"]["networks"] == {"default": {}, "deploy_proxy": {}}
@@ -401,12 +401,12 @@ def test_the_proxy_form_drops_published_ports_and_joins_the_network(tmp_path):
     # the service's own networks are kept, not replaced by `default`
     settings = proxy_app(tmp_path, "services:\n  app:\n    image: x\n    networks: [back]\n"
                          "networks:\n  back: {}\n")
-    assert list(yaml.safe_load(proxy.override_text(settings))["services"]["app"][
+    assert list(yaml.safe_load(proxyform.override_text(settings))["services"]["app"][
         "networks"]) == ["back", "deploy_proxy"]
     # docker-compose v1 cannot read `!reset`: refused, naming the fix
     settings = proxy_app(tmp_path, "services:\n  app:\n    image: x\n    ports: ['80:80']\n")
     with pytest.raises(DeployError) as caught:
-        proxy.override_text(settings, "v1")
+        proxyform.override_text(settings, "v1")
     assert "docker-compose v1 cannot read" in caught.value.message
     assert "Compose v2" in caught.value.fix
     # Already in its proxy form (the network's name from the app's env file, as on the VM):
@@ -414,9 +414,9 @@ def test_the_proxy_form_drops_published_ports_and_joins_the_network(tmp_path):
     already = ("services:\n  app:\n    image: x\n    networks: [default, proxy]\n"
                "networks:\n  proxy:\n    name: ${NET:-other}\n    external: true\n")
     settings = proxy_app(tmp_path, already, env="NET=edge\n")
-    assert yaml.safe_load(proxy.override_text(settings, "v1")) == {"services": {"app": {}}}
+    assert yaml.safe_load(proxyform.override_text(settings, "v1")) == {"services": {"app": {}}}
     settings = proxy_app(tmp_path, already)  # NET unset: `other`, not the proxy's
-    assert "deploy_proxy" in proxy.override_text(settings)
+    assert "deploy_proxy" in proxyform.override_text(settings)
 
 
 @pytest.mark.parametrize("line, why", [
@@ -424,15 +424,15 @@ def test_the_proxy_form_drops_published_ports_and_joins_the_network(tmp_path):
     ("container_name: web", "two containers cannot share one name"),
 ])
 def test_a_service_that_cannot_go_behind_the_proxy_is_told_why(tmp_path, line, why):
-    from deploy import proxy
+    from deploy.release import bluegreen
 
     settings = proxy_app(tmp_path, f"services:\n  app:\n    image: x\n    {line}\n")
     with pytest.raises(DeployError) as caught:
-        proxy.check_compose(settings)
+        proxyform.check_compose(settings)
     assert why in caught.value.message
     assert "proxy = false" in caught.value.fix
     with pytest.raises(DeployError) as caught:
-        proxy.hosts(load_settings(tmp_path, environ={"DEPLOY_PROXY_HOST": " "}))
+        bluegreen.hosts(load_settings(tmp_path, environ={"DEPLOY_PROXY_HOST": " "}))
     assert "proxy_host" in caught.value.message
 
 
@@ -441,12 +441,11 @@ def test_compose_merges_the_proxy_form_over_the_examples_compose_file(tmp_path, 
     no published port, the default network and the proxy's (external)."""
     import shutil
 
-    from deploy import proxy
 
     shutil.copy(EXAMPLE / "compose.yaml", tmp_path / "compose.yaml")
     (tmp_path / "app.env").write_text("")
     settings = proxy_app(tmp_path, (EXAMPLE / "compose.yaml").read_text())
-    (tmp_path / "proxy.yaml").write_text(proxy.override_text(settings))
+    (tmp_path / "proxy.yaml").write_text(proxyform.override_text(settings))
     proc = subprocess.run([docker_cli, "compose", "--file", "compose.yaml", "--file",
                            "proxy.yaml", "config", "--format", "json"], cwd=tmp_path,
                           capture_output=True, text=True, check=False)

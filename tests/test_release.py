@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.errors import DeployError
+from deploy.core.errors import DeployError
+from deploy.core.settings import load_settings
 from deploy.release.target import release_kind, switch_kind
-from deploy.settings import load_settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ROLES = '[roles.web]\nhosts = ["vm1", "vm2"]\n'
@@ -85,7 +85,7 @@ def dry_run_deploy(tmp_path: Path, toml: str, host: str = "vm.invalid",
 
     repo = tmp_path / "app"
     repo.mkdir()
-    (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (repo / "fabfile.py").write_text("from deploy.cli.fabtasks import ns  # noqa: F401\n")
     (repo / "compose.yaml").write_text(
         "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
     (repo / "deploy.toml").write_text(f'image = "127.0.0.1:5000/shop"\nhost = "{host}"\n'

@@ -31,7 +31,7 @@ from vmkit import (
     unique,
 )
 
-from deploy import remote
+from deploy.vm import flows, session, steps
 
 HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "15"}
 
@@ -283,11 +283,11 @@ def test_an_unexpected_exception_mid_deploy_releases_the_lock(live, images, monk
         assert live.vm(".deploy/lock/holder.json").exists()
         raise RuntimeError("a bug in the middle of the deploy")
 
-    monkeypatch.setattr(remote.Vm, "backup", boom)
+    monkeypatch.setattr(steps.Vm, "backup", boom)
     settings = live.settings()
-    with remote.session(settings, remote.targets(settings)[0]) as vm:
+    with session.session(settings, session.targets(settings)[0]) as vm:
         with pytest.raises(RuntimeError):
-            remote.deploy(vm, images.v2)
+            flows.deploy(vm, images.v2)
     assert not live.vm(".deploy/lock").exists()
     assert live.release_env()["DEPLOY_TAG"] == images.v1
     assert live.version()["version"] == "1"

@@ -1,7 +1,7 @@
 """`fab restore` puts back the data and the code that matches it: a backup on another schema
 than the serving release's brings back the release that runs on that schema.
 
-The decision (deploy/remote/matching.py) on plain history records; then the real thing on the
+The decision (deploy/vm/matching.py) on plain history records; then the real thing on the
 sandbox VM vm1: the SQLite example (example/) and the Postgres one (example-postgres/).
 """
 
@@ -17,8 +17,8 @@ from test_postgres import pg_app, rows  # noqa: F401 (fixtures)
 from test_roles import roles_app, served, three_vms  # noqa: F401 (fixtures)
 from vmkit import App, Probe, output
 
-from deploy.errors import DeployError
-from deploy.remote.matching import Match, matching_release, schemas_of
+from deploy.core.errors import DeployError
+from deploy.vm.matching import Match, matching_release, schemas_of
 
 
 def deploy(tag: str, revision: str, previous: str = "", backup: str = "") -> dict:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import assert_no_traceback, child_env, output
 
-from deploy.errors import DeployError
-from deploy.roles import Role, Slot, host_settings, make_plan, parse_roles, to_switch_back
-from deploy.settings import Settings, load_settings
+from deploy.core.errors import DeployError
+from deploy.core.settings import Settings, load_settings
+from deploy.release.roles import Role, Slot, host_settings, make_plan, parse_roles, to_switch_back
 
 ROLES = {
     "web": {"hosts": ["vm1", "vm2"], "kind": "web"},
@@ -112,7 +112,7 @@ def fab(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def roles_repo(tmp_path: Path, extra: str = "") -> Path:
     repo = tmp_path / "app"
     repo.mkdir()
-    (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (repo / "fabfile.py").write_text("from deploy.cli.fabtasks import ns  # noqa: F401\n")
     (repo / "compose.yaml").write_text(
         "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
     (repo / "deploy.toml").write_text(

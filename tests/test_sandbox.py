@@ -15,7 +15,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from deploy.errors import DeployError
+from deploy.core.errors import DeployError
 from sandbox import box as sbx
 from sandbox import images
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_no_traceback, child_env, output
 
-from deploy.errors import DeployError
-from deploy.settings import Settings, load_settings
+from deploy.core.errors import DeployError
+from deploy.core.settings import Settings, load_settings
 
 
 def write(root: Path, name: str, text: str) -> None:
@@ -194,7 +194,7 @@ def test_inv_config_unknown_key_is_a_one_line_error(example_repo, inv):
     assert_no_traceback(proc)
 
 
-# -- ranges and shapes (deploy/settingsrules.py): each bad value is refused when the settings
+# -- ranges and shapes (deploy/core/settingsrules.py): each bad value is refused when the settings
 # are read, before anything connects. Table: setting = value | before | now.
 
 
@@ -353,7 +353,7 @@ def fab_setup_unreachable(repo: Path, env: dict[str, str]) -> subprocess.Complet
     """`fab setup` in `repo` with `env`, aimed at a host that does not resolve: whatever it
     says came before any connection."""
     (repo / "fabfile").mkdir(exist_ok=True)
-    (repo / "fabfile" / "__init__.py").write_text("from deploy.fabtasks import ns\n")
+    (repo / "fabfile" / "__init__.py").write_text("from deploy.cli.fabtasks import ns\n")
     return subprocess.run([sys.executable, "-m", "fabric", "setup"], cwd=repo,
                           env=child_env({**env, "DEPLOY_HOST": "no-such-host.invalid"}),
                           capture_output=True, text=True, timeout=120, check=False)

@@ -13,15 +13,8 @@ import pytest
 from conftest import EXAMPLE
 
 from deploy.commands import swarm as cmd
-from deploy.errors import DeployError
-from deploy.swarm import (
-    ServiceState,
-    Task,
-    parse_service,
-    parse_tasks,
-    stack_file,
-    verdict,
-)
+from deploy.core.errors import DeployError
+from deploy.release.swarm import ServiceState, Task, parse_service, parse_tasks, stack_file, verdict
 
 REF = "127.0.0.1:5000/app:v2"
 
@@ -145,7 +138,7 @@ def test_dry_run_migrates_before_the_stack_deploy_and_connects_nowhere(tmp_path)
 
     repo = tmp_path / "app"
     repo.mkdir()
-    (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (repo / "fabfile.py").write_text("from deploy.cli.fabtasks import ns  # noqa: F401\n")
     (repo / "compose.yaml").write_text(
         "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
     (repo / "deploy.toml").write_text('image = "127.0.0.1:5000/shop"\nhost = "vm.invalid"\n'
@@ -177,7 +170,7 @@ def test_setup_dry_run_joins_the_swarm_workers_after_the_manager(tmp_path) -> No
 
     repo = tmp_path / "app"
     repo.mkdir()
-    (repo / "fabfile.py").write_text("from deploy.fabtasks import ns  # noqa: F401\n")
+    (repo / "fabfile.py").write_text("from deploy.cli.fabtasks import ns  # noqa: F401\n")
     (repo / "compose.yaml").write_text(
         "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n")
     (repo / ".env").write_text("")
@@ -201,7 +194,7 @@ def test_setup_dry_run_joins_the_swarm_workers_after_the_manager(tmp_path) -> No
      "must be hosts ([user@]host[:port]), comma-separated: 'Bad_Host' has upper case"),
 ])
 def test_bad_swarm_workers_are_refused(tmp_path, toml, message) -> None:
-    from deploy.settings import load_settings
+    from deploy.core.settings import load_settings
 
     (tmp_path / "deploy.toml").write_text('image = "r/x"\nhost = "10.0.0.5"\n' + toml)
     with pytest.raises(DeployError) as caught:
@@ -210,7 +203,7 @@ def test_bad_swarm_workers_are_refused(tmp_path, toml, message) -> None:
 
 
 def test_swarm_membership_is_read() -> None:
-    from deploy.swarm import parse_membership
+    from deploy.release.swarm import parse_membership
 
     assert parse_membership("active 10.0.0.5:2377 10.0.0.8:2377 \n") == (
         "active", ["10.0.0.5:2377", "10.0.0.8:2377"])
@@ -219,7 +212,7 @@ def test_swarm_membership_is_read() -> None:
 
 
 def test_the_apps_environment_goes_through_a_secret_not_the_service_spec(tmp_path) -> None:
-    from deploy.swarm import ENV_SECRET, env_file_text, env_secret_name, env_through_secret
+    from deploy.release.swarm import ENV_SECRET, env_file_text, env_secret_name, env_through_secret
 
     stack = stack_file(compose_config(tmp_path), "app")
     env = stack["services"]["app"]["environment"]
@@ -252,7 +245,7 @@ def test_the_apps_environment_goes_through_a_secret_not_the_service_spec(tmp_pat
     ({"entrypoint": ["python"], "command": ["-m", "x"]}, ([], ["serve"]), ["python", "-m", "x"]),
 ])
 def test_the_secret_wrapper_runs_what_docker_would_have_run(spec, image, expected) -> None:
-    from deploy.swarm import env_through_secret, parse_image_start
+    from deploy.release.swarm import env_through_secret, parse_image_start
 
     stack = {"services": {"app": {"image": "x", "environment": {"A": "1"}, **spec}}}
     env_through_secret(stack, "app", "s1", *image)

@@ -51,7 +51,7 @@ def test_installed_package_has_no_sandbox(tmp_path: Path) -> None:
     assert "debootstrap" not in shipped and "dockerd" not in shipped
     app = tmp_path / "app"
     app.mkdir()
-    (app / "tasks.py").write_text("from deploy.tasks import ns  # noqa: F401\n")
+    (app / "tasks.py").write_text("from deploy.cli.tasks import ns  # noqa: F401\n")
     env = child_env({"PYTHONPATH": str(site)})
     where = subprocess.run([sys.executable, "-c", "import deploy; print(deploy.__file__)"],
                            cwd=app, env=env, capture_output=True, text=True, check=True)

@@ -1,5 +1,5 @@
 """Command construction of the remote half, without SSH: the builders of deploy/commands/vm.py,
-the VM helper script (run under dash, checked by shellcheck), and the flows of deploy/remote
+the VM helper script (run under dash, checked by shellcheck), and the flows of deploy/vm
 through a dry-run Runner or Invoke's MockContext.
 """
 
@@ -23,11 +23,12 @@ import pytest
 from conftest import REPO, answering_200
 from invoke import MockContext, Result
 
-from deploy import proxy, remote
 from deploy.commands import vm as cmd
-from deploy.errors import DeployError
-from deploy.runner import Runner
-from deploy.settings import Settings
+from deploy.core.errors import DeployError
+from deploy.core.runner import Runner
+from deploy.core.settings import Settings
+from deploy.release import bluegreen, recreate, switch
+from deploy.vm import deploylock, flows, session, steps
 
 IMAGE = "127.0.0.1:5000/example"
 APP_DIR = "/srv/app"
@@ -185,7 +186,7 @@ def test_a_plain_alembic_upgrade_runs_in_one_python_process_and_says_the_same(tm
     """`alembic upgrade REV`: current, upgrade, current in alembic's own interpreter (one
     start-up instead of three), with the markers the three commands print; a failed upgrade
     exits non-zero with no revision after it; without alembic, the three commands' fallback."""
-    from deploy.remote.vm import parse_revision
+    from deploy.vm.vm import parse_revision
 
     one = cmd.migrate_then_current("alembic upgrade head")
     assert "\n" not in one and one != cmd.migrate_then_current("alembic  upgrade head; x")
@@ -257,7 +258,7 @@ def test_project_names_differ_for_every_app_dir():
 
 # --------------------------------------------------------------------------- the helper script
 
-HELPER_SOURCE = Path(remote.__file__).parents[1] / "vm_helper.sh"
+HELPER_SOURCE = Path(steps.__file__).parent / "vm_helper.sh"
 DASH = shutil.which("dash") or "dash"
 
 
@@ -295,18 +296,18 @@ def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path)
     lines = []
     for database in ("sqlite", "postgres"):
         with dry_vm(tmp_path, database=database, health_url="http://127.0.0.1:8000/h") as vm:
-            remote.deploy(vm, "v2")
-            remote.rollback(vm, "v1", known_in_registry=lambda tag: True)
-            remote.restore(vm, "20300101T000000Z-v1.dump")
+            flows.deploy(vm, "v2")
+            flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
+            flows.restore(vm, "20300101T000000Z-v1.dump")
         lines += vm.runner.history
     # behind Caddy: the compose file's proxy form is made from the laptop's compose file
     (tmp_path / "compose.yaml").write_text(
         'services:\n  app:\n    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"\n'
         '    ports: ["8000:8000"]\n')
     with dry_vm(tmp_path, proxy=True, proxy_host="app.test") as vm:
-        proxy.setup(vm)
-        remote.deploy(vm, "v2")
-        remote.rollback(vm, "v1", known_in_registry=lambda tag: True)
+        bluegreen.setup(vm)
+        flows.deploy(vm, "v2")
+        flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
     lines += vm.runner.history
     assert any("backup-stdout" in line for line in lines)
     assert any(" proxy-poll " in line for line in lines)
@@ -329,8 +330,8 @@ def test_lock_is_an_atomic_mkdir_with_the_holder_quoted_safely(tmp_path):
     assert json.loads((tmp_path / cmd.LOCK_DIR / "holder.json").read_text()) == holder
     second = run_sh(cmd.acquire_lock(json.dumps(HOLDER)), tmp_path)
     assert second.returncode == cmd.LOCK_BUSY_EXIT
-    assert remote.parse_holder(second.stdout) == {**holder, "lease_age": 0}
-    assert remote.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)["message"] == \
+    assert deploylock.parse_holder(second.stdout) == {**holder, "lease_age": 0}
+    assert deploylock.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)["message"] == \
         holder["message"]
     assert not marker.exists()
 
@@ -349,19 +350,19 @@ def test_lock_is_an_atomic_mkdir_with_the_holder_quoted_safely(tmp_path):
 def test_a_lease_not_renewed_goes_stale(tmp_path):
     raw = json.dumps({**HOLDER, "lease": 60})
     run_sh(cmd.acquire_lock(raw), tmp_path)
-    fresh = remote.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)
-    assert remote.lease_is_fresh(fresh, 120)
+    fresh = deploylock.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)
+    assert deploylock.lease_is_fresh(fresh, 120)
     lease = tmp_path / cmd.LOCK_DIR / "lease"
     os.utime(lease, (lease.stat().st_mtime - 300,) * 2)
-    stale = remote.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)
-    assert stale["lease_age"] >= 300 and not remote.lease_is_fresh(stale, 120)
-    assert "lease renewed 30" in remote.describe_holder(stale)
-    assert not remote.lease_is_fresh(HOLDER, 120)  # a lock from before leases: stale
+    stale = deploylock.parse_holder(run_sh(cmd.read_lock(), tmp_path).stdout)
+    assert stale["lease_age"] >= 300 and not deploylock.lease_is_fresh(stale, 120)
+    assert "lease renewed 30" in deploylock.describe_holder(stale)
+    assert not deploylock.lease_is_fresh(HOLDER, 120)  # a lock from before leases: stale
     here = {**fresh, "host": socket.gethostname()}
-    assert remote.lease_is_fresh({**here, "pid": os.getpid()}, 120)
+    assert deploylock.lease_is_fresh({**here, "pid": os.getpid()}, 120)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    assert not remote.lease_is_fresh({**here, "pid": dead.pid}, 120)  # killed here: stale
+    assert not deploylock.lease_is_fresh({**here, "pid": dead.pid}, 120)  # killed here: stale
 
 
 def test_sqlite_backup_copies_the_database_and_its_wal_privately(tmp_path):
@@ -436,7 +437,7 @@ def test_retention_keeps_the_backup_before_the_last_migration_and_ignores_failed
                {"tag": "v3", "backup": names[2], "migrated": False},
                {"tag": "v4", "backup": names[3], "migrated": False}]
     # names[4:] are five failed attempts (never recorded)
-    doomed = remote.backups_to_prune(names, history, keep=2)
+    doomed = steps.backups_to_prune(names, history, keep=2)
     kept = sorted(set(names) - set(doomed))
     assert kept == sorted([names[1], names[2], names[3], names[7], names[8]])
     assert names[1] in kept  # before the last successful migration, though older than `keep`
@@ -529,7 +530,7 @@ TRICKY = {
 def test_env_values_reach_a_compose_v2_service_byte_for_byte(tmp_path, base_image):
     """A real container started by compose from app.env (and .env for interpolation) sees
     each value exactly as the laptop's .env parser read it."""
-    from deploy.remote.contract import env_text
+    from deploy.vm.contract import env_text
 
     project = f"envtest{os.getpid()}"
     (tmp_path / "compose.yaml").write_text(
@@ -553,7 +554,7 @@ def test_env_values_reach_a_compose_v2_service_byte_for_byte(tmp_path, base_imag
 
 
 def test_compose_v1_refuses_values_it_would_change():
-    from deploy.remote.contract import env_line
+    from deploy.vm.contract import env_line
 
     assert env_line("A", "pa$$word$HOME", "v1") == "A='pa$$word$HOME'\n"
     for value in ("x${Y}", "it's", "two\nlines"):
@@ -562,7 +563,7 @@ def test_compose_v1_refuses_values_it_would_change():
 
 
 def test_services_that_read_dotenv_are_found(tmp_path):
-    from deploy.remote.contract import services_reading_dotenv
+    from deploy.vm.contract import services_reading_dotenv
 
     compose = tmp_path / "compose.yaml"
     compose.write_text("services:\n  app: {image: a, env_file: app.env}\n"
@@ -573,7 +574,7 @@ def test_services_that_read_dotenv_are_found(tmp_path):
 
 
 def test_the_compose_contract_refuses_an_image_that_is_not_the_release():
-    from deploy.remote.contract import check_image
+    from deploy.vm.contract import check_image
 
     variables = {"DEPLOY_IMAGE": IMAGE, "DEPLOY_TAG": "v2"}
     check_image({"services": {"app": {"image": f"{IMAGE}:v2"}}}, "app", f"{IMAGE}:v2",
@@ -589,7 +590,7 @@ def test_the_compose_contract_refuses_an_image_that_is_not_the_release():
 
 
 def test_sqlite_on_a_named_volume_is_refused_with_the_fix():
-    from deploy.remote.contract import sqlite_mount_problem
+    from deploy.vm.contract import sqlite_mount_problem
 
     bind = {"type": "bind", "source": "/srv/app/data", "target": "/data"}
     named = {"type": "volume", "source": "appdata", "target": "/data"}
@@ -604,9 +605,9 @@ def test_sqlite_on_a_named_volume_is_refused_with_the_fix():
 def test_moving_tags_are_refused(tmp_path, tag):
     with dry_vm(tmp_path) as vm:
         with pytest.raises(DeployError, match="every push moves"):
-            remote.deploy(vm, tag)
+            flows.deploy(vm, tag)
         with pytest.raises(DeployError, match="every push moves"):
-            remote.rollback(vm, tag, known_in_registry=lambda t: True)
+            flows.rollback(vm, tag, known_in_registry=lambda t: True)
     assert vm.runner.history == []
 
 
@@ -666,7 +667,7 @@ MIGRATED = (f"INFO  [alembic.runtime.migration] Running upgrade 0001 -> 0002, ad
             f"{cmd.REVISION_MARK}\n0002 (head)\n")
 
 
-def scripted_vm(tmp_path: Path, answers: dict, **overrides) -> tuple[remote.Vm, io.StringIO]:
+def scripted_vm(tmp_path: Path, answers: dict, **overrides) -> tuple[steps.Vm, io.StringIO]:
     """A Vm whose commands are answered by MockContext: `answers` first, then defaults."""
     defaults = {
         on("lock-acquire"): Result(""),
@@ -685,7 +686,7 @@ def scripted_vm(tmp_path: Path, answers: dict, **overrides) -> tuple[remote.Vm, 
     ctx = FakeVm(run={**answers, **{k: v for k, v in defaults.items() if k not in answers}})
     out = io.StringIO()
     runner = Runner(ctx, where="vm", cwd=APP_DIR, out=out, clock=lambda: 0.0)
-    return remote.Vm(settings_for(tmp_path, **overrides), runner), out
+    return steps.Vm(settings_for(tmp_path, **overrides), runner), out
 
 
 def index_of(history: list[str], needle: str, start: int = 0) -> int:
@@ -702,7 +703,7 @@ def ran(history: list[str], needle: str) -> list[str]:
 @pytest.mark.parametrize("kind", ["v2", "v1"])
 def test_deploy_runs_each_step_in_order_and_records_the_release(tmp_path, kind):
     vm, _ = scripted_vm(tmp_path, {}, compose_command=kind)
-    entry = remote.deploy(vm, "v2", git_sha="f" * 40, message="hello")
+    entry = flows.deploy(vm, "v2", git_sha="f" * 40, message="hello")
     history = vm.runner.history
     order = []
     for needle in ("lock-acquire", " config", "docker pull --quiet", "backup-sqlite",
@@ -731,7 +732,7 @@ def test_the_revision_comes_from_the_database_not_from_what_the_migration_printe
     recorded is what `alembic current` says after the migration."""
     answers = {on("prestart.sh"): Result(f"{printed}{cmd.REVISION_MARK}\n0002 (head)\n")}
     vm, _ = scripted_vm(tmp_path, answers, migrate_command="bash scripts/prestart.sh")
-    assert remote.deploy(vm, "v2")["revision"] == "0002"
+    assert flows.deploy(vm, "v2")["revision"] == "0002"
 
 
 def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path):
@@ -745,7 +746,7 @@ def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path)
         record(entry)
 
     vm.record = interrupted_record
-    entry = remote.deploy(vm, "v2")
+    entry = flows.deploy(vm, "v2")
     assert entry["tag"] == "v2"
     history = vm.runner.history
     recorded = index_of(history, f"{cmd.HELPER} record ")
@@ -756,7 +757,7 @@ def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path)
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_cut_a_deploy_short_like_ctrl_c(tmp_path, signum):
-    from deploy.remote.session import terminations_interrupt
+    from deploy.vm.session import terminations_interrupt
 
     vm, _ = scripted_vm(tmp_path, {})
     pull = vm.pull
@@ -768,7 +769,7 @@ def test_sigterm_and_sighup_cut_a_deploy_short_like_ctrl_c(tmp_path, signum):
 
     vm.pull = killed_pull
     with terminations_interrupt(), pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert err.value.exit_code == 128 + signum
     assert f"interrupted ({signal.Signals(signum).name}) during pull of v2" in err.value.message
     assert "v1 is still serving and the lock was released" in err.value.message
@@ -777,7 +778,7 @@ def test_sigterm_and_sighup_cut_a_deploy_short_like_ctrl_c(tmp_path, signum):
 
 
 def test_sigterm_mid_switch_switches_back(tmp_path):
-    from deploy.remote.session import terminations_interrupt
+    from deploy.vm.session import terminations_interrupt
 
     vm, _ = scripted_vm(tmp_path, {})
     switch = vm.switch
@@ -789,7 +790,7 @@ def test_sigterm_mid_switch_switches_back(tmp_path):
 
     vm.switch = killed_switch
     with terminations_interrupt(), pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert err.value.exit_code == 143
     assert "switched back to v1" in err.value.message
     ups = ran(vm.runner.history, " up -d --remove")
@@ -801,7 +802,7 @@ def test_a_container_not_running_the_pulled_image_fails_the_deploy(tmp_path):
     answers = {on("health-state"): Result(f"healthy sha256:{'ee' * 32} {IMAGE}:v2\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert "not the image pulled for" in err.value.message
     assert "switched back to v1" in err.value.message
     assert not ran(vm.runner.history, f"{cmd.HELPER} record ")
@@ -818,7 +819,7 @@ def test_the_health_check_runs_on_the_vm_and_never_from_here(tmp_path, monkeypat
     monkeypatch.setattr(socket, "create_connection", no_local_http)
     answers = {on("http-status"): [Result("000\n"), Result("503\n"), Result("200\n")]}
     vm, _ = scripted_vm(tmp_path, answers, health_url="http://127.0.0.1:8000/health")
-    remote.deploy(vm, "v2")
+    flows.deploy(vm, "v2")
     polls = ran(vm.runner.history, "http-status http://127.0.0.1:8000/health")
     assert len(polls) == 3 and all(p.startswith(f"cd {APP_DIR} && sh {cmd.HELPER}")
                                    for p in polls)
@@ -828,7 +829,7 @@ def test_a_vm_without_curl_wget_or_python_is_named(tmp_path):
     answers = {on("http-tool"): Result("")}  # the facts name no tool the VM has
     vm, _ = scripted_vm(tmp_path, answers, health_url="http://127.0.0.1:8000/health")
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert "none of curl, wget, python3" in err.value.message
     assert "curl" in err.value.fix
     assert not ran(vm.runner.history, "docker pull")  # found before anything changed
@@ -838,7 +839,7 @@ def test_a_project_of_another_directory_is_refused(tmp_path):
     answers = {on("project-dirs"): Result("/srv/other\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert f"belongs to /srv/other, not to {APP_DIR}" in err.value.message
     assert "project_name" in err.value.fix
     assert not ran(vm.runner.history, "docker pull")
@@ -848,7 +849,7 @@ def test_an_app_dir_running_under_another_project_name_is_refused(tmp_path):
     answers = {on("dir-projects"): Result("app\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert f"the app in {APP_DIR} runs as compose project 'app'" in err.value.message
     assert 'project_name = "app"' in err.value.fix
     assert not ran(vm.runner.history, "docker pull")
@@ -862,7 +863,7 @@ def test_a_compose_file_that_does_not_run_the_release_is_refused_before_anything
         + json.dumps({"services": {"app": {"image": "127.0.0.1:5000/example:latest"}}})
     ) if " config --format json" in command else answer(command, *a, **k)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert "not the release" in err.value.message
     assert not ran(vm.runner.history, "docker pull")
 
@@ -872,7 +873,7 @@ def test_a_busy_lock_names_its_holder_and_is_left_alone(tmp_path):
                                           exited=cmd.LOCK_BUSY_EXIT)}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert "locked by another deploy: alice@laptop since 2030-01-01T00:00:00Z deploy of " \
            "abc1234 (big migration) [lease renewed 4s ago]" in err.value.message
     assert "fab unlock" in err.value.fix
@@ -886,7 +887,7 @@ def test_a_failed_migration_switches_nothing_and_releases_the_lock(tmp_path, kin
         "", "sqlite3.OperationalError: no such function: no_such_function\n", exited=1)}
     vm, _ = scripted_vm(tmp_path, answers, compose_command=kind)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert "migration with v2 failed; the previous version is still serving" in err.value.message
     assert "no such function" in err.value.message
     history = vm.runner.history
@@ -901,7 +902,7 @@ def test_a_failed_backup_shows_the_commands_own_error(tmp_path):
                on("read-var .deploy/release.env"): Result("v1\n")}
     vm, _ = scripted_vm(tmp_path, answers, database="postgres")
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert 'role "x" does not exist' in err.value.message
     assert "disk" not in err.value.fix
     history = vm.runner.history
@@ -915,7 +916,7 @@ def test_an_unhealthy_release_is_switched_back(tmp_path, kind):
     answers = {on("health-state"): Result("unhealthy\n")}
     vm, out = scripted_vm(tmp_path, answers, compose_command=kind)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert "v2 did not turn healthy (unhealthy); switched back to v1, which is unhealthy too" \
         in err.value.message
     ups = ran(vm.runner.history, " up -d")
@@ -931,7 +932,7 @@ def test_without_rollback_on_failure_the_release_is_left_and_the_fix_names_the_o
     answers = {on("health-state"): Result("unhealthy\n")}
     vm, _ = scripted_vm(tmp_path, answers, rollback_on_failure=False)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     assert "v2 did not turn healthy (unhealthy)" in err.value.message
     assert "rollback_on_failure is off" in err.value.message
     assert "fab rollback --tag=v1" in err.value.fix
@@ -943,7 +944,7 @@ def test_a_first_release_that_fails_has_nothing_to_switch_back_to(tmp_path):
                on("read-var"): Result(""), on("history-read"): Result("")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        remote.deploy(vm, "v1")
+        flows.deploy(vm, "v1")
     assert "v1 did not turn healthy" in err.value.message
     assert "fab rollback --tag" not in err.value.fix
     assert len(ran(vm.runner.history, " up -d")) == 1
@@ -957,20 +958,20 @@ def test_switching_back_waits_out_a_compose_up_cut_off_with_the_connection(tmp_p
                                                                             monkeypatch):
     """The `compose up` of a cut connection may still run on the VM: the switch back's own
     `compose up` collides with its container names until it ends; it is tried again."""
-    monkeypatch.setattr(remote.flows, "SWITCH_BACK_PAUSE", 0)
+    monkeypatch.setattr(recreate, "SWITCH_BACK_PAUSE", 0)
     vm, _ = scripted_vm(tmp_path, {on(" up -d"): [CONFLICT, Result("")]})
-    assert remote.switch_back(vm, "v2", "v1", "cut") == "switched back to v1"
+    assert recreate.switch_back(vm, "v2", "v1", "cut") == "switched back to v1"
     assert len(ran(vm.runner.history, " up -d")) == 2
 
 
 def test_a_switch_back_that_keeps_failing_is_said_and_the_first_failure_kept(tmp_path,
                                                                              monkeypatch):
-    monkeypatch.setattr(remote.flows, "SWITCH_BACK_PAUSE", 0)
+    monkeypatch.setattr(recreate, "SWITCH_BACK_PAUSE", 0)
     answers = {on(" up -d"): [Result(""), CONFLICT, CONFLICT, CONFLICT],
                on("health-state"): Result("unhealthy\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        remote.switch_checked(vm, "v2", "v1")
+        switch.switch_checked(vm, "v2", "v1")
     assert "v2 did not turn healthy" in err.value.message
     assert "switching back to v1 failed too" in err.value.message
     assert "is already in use" in err.value.message  # the command's own error
@@ -997,7 +998,7 @@ def test_rollback_downgrades_to_the_revision_the_release_was_deployed_with(tmp_p
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers, compose_command=kind)
-    entry = remote.rollback(vm, "v1", downgrade=True)
+    entry = flows.rollback(vm, "v1", downgrade=True)
     history = vm.runner.history
     downgrade = history[index_of(history, "alembic downgrade 0001")]
     assert "DEPLOY_TAG=v2 " in downgrade  # the current image holds the downgrade scripts
@@ -1026,7 +1027,7 @@ def test_a_downgrade_runs_alembic_where_the_migrate_command_does(tmp_path):
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, _ = scripted_vm(tmp_path, answers, migrate_command="poetry run alembic upgrade head")
-    entry = remote.rollback(vm, "v1", downgrade=True)
+    entry = flows.rollback(vm, "v1", downgrade=True)
     assert ran(vm.runner.history, "'poetry run alembic downgrade 0001'")
     assert not [c for c in vm.runner.history if re.search(r"(?<!run )alembic (current|down)", c)]
     assert (entry["tag"], entry["revision"]) == ("v1", "0001")
@@ -1045,7 +1046,7 @@ def test_a_failed_downgrade_after_the_switch_records_the_older_release(tmp_path)
     }
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        remote.rollback(vm, "v1", downgrade=True)
+        flows.rollback(vm, "v1", downgrade=True)
     history = vm.runner.history
     assert index_of(history, " up -d") < index_of(history, "alembic downgrade")
     assert "the downgrade 0002 -> 0001 failed; v1 serves on schema 0002 and is recorded" \
@@ -1070,7 +1071,7 @@ def test_downgrade_refuses_when_a_revision_is_unknown(tmp_path, unknown):
     }
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        remote.rollback(vm, "v1", downgrade=True)
+        flows.rollback(vm, "v1", downgrade=True)
     assert "cannot downgrade" in err.value.message and "unknown" in err.value.message
     assert not ran(vm.runner.history, "alembic downgrade")
     assert not ran(vm.runner.history, " up -d")
@@ -1084,7 +1085,7 @@ def test_rollback_without_downgrade_warns_and_keeps_the_schema(tmp_path):
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers)
-    remote.rollback(vm)  # no tag: the release before the current one
+    flows.rollback(vm)  # no tag: the release before the current one
     assert not ran(vm.runner.history, "alembic downgrade")
     assert "warning: v1 was released with schema 0001, the database is at 0002" \
         in out.getvalue()
@@ -1094,7 +1095,7 @@ def test_rollback_without_downgrade_warns_and_keeps_the_schema(tmp_path):
 def test_rollback_with_nothing_earlier_says_to_name_a_tag(tmp_path):
     vm, _ = scripted_vm(tmp_path, {})  # history holds only v1, which is current
     with pytest.raises(DeployError) as err:
-        remote.rollback(vm)
+        flows.rollback(vm)
     assert "no earlier release" in err.value.message and "--tag" in err.value.fix
     assert not ran(vm.runner.history, "lock-acquire")
 
@@ -1107,7 +1108,7 @@ def test_a_failed_restore_leaves_the_app_stopped_and_says_so(tmp_path):
                on("restore-postgres"): Result("", "ERROR:  syntax error\n", exited=3)}
     vm, _ = scripted_vm(tmp_path, answers, database="postgres")
     with pytest.raises(DeployError) as err:
-        remote.restore(vm, "20300101T000000Z-v1.dump")
+        flows.restore(vm, "20300101T000000Z-v1.dump")
     assert "restoring 20300101T000000Z-v1.dump failed; app is left stopped" in err.value.message
     assert "syntax error" in err.value.message
     history = vm.runner.history
@@ -1128,7 +1129,7 @@ class InterruptedAtLock(MockContext):
 def test_ctrl_c_while_taking_the_lock_releases_it_only_if_it_is_ours(tmp_path):
     ctx = InterruptedAtLock(run={re.compile(".*", re.S): Result("")})
     runner = Runner(ctx, where="vm", cwd=APP_DIR, out=io.StringIO(), clock=lambda: 0.0)
-    vm = remote.Vm(settings_for(tmp_path), runner)
+    vm = steps.Vm(settings_for(tmp_path), runner)
     with pytest.raises(KeyboardInterrupt):
         with vm.locked("v2"):
             pass
@@ -1142,15 +1143,15 @@ def test_ctrl_c_while_taking_the_lock_releases_it_only_if_it_is_ours(tmp_path):
 
 def dry_vm(tmp_path: Path, **overrides):
     settings = settings_for(tmp_path, **overrides)
-    target = remote.targets(settings)[0]
-    return remote.session(settings, target, dry_run=True)
+    target = session.targets(settings)[0]
+    return session.session(settings, target, dry_run=True)
 
 
 @pytest.mark.parametrize("kind", ["auto", "v2", "v1"])
 def test_a_dry_run_deploy_prints_the_steps_in_order_and_opens_no_connection(
         tmp_path, capsys, kind):
     with dry_vm(tmp_path, compose_command=kind) as vm:  # the host does not even resolve
-        remote.deploy(vm, "v2")
+        flows.deploy(vm, "v2")
     history = vm.runner.history
     steps = ["lock-acquire", "docker pull --quiet", "backup-sqlite", "alembic upgrade head",
              "up -d --remove-orphans", "health-state", "lock-release-if"]
@@ -1172,9 +1173,9 @@ def test_a_dry_run_rollback_restore_and_upload_print_without_connecting(tmp_path
     asked: list[str] = []
     with dry_vm(tmp_path) as vm:
         # a dry run reads no history and asks no registry: it shows what a rollback to v1 runs
-        remote.rollback(vm, "v1", known_in_registry=lambda tag: bool(asked.append(tag)))
+        flows.rollback(vm, "v1", known_in_registry=lambda tag: bool(asked.append(tag)))
         assert asked == []
-        remote.restore(vm, "20300101T000000Z-v1.sqlite3")
+        flows.restore(vm, "20300101T000000Z-v1.sqlite3")
         (tmp_path / ".env").write_text("A=1\n")
         vm.upload(tmp_path / ".env", cmd.APP_ENV, 0o600)
     history = vm.runner.history
@@ -1189,7 +1190,7 @@ def test_a_dry_run_rollback_restore_and_upload_print_without_connecting(tmp_path
 def test_restore_refuses_names_that_are_not_backups(tmp_path, name):
     with dry_vm(tmp_path) as vm:
         with pytest.raises(DeployError, match="is not a backup name"):
-            remote.restore(vm, name)
+            flows.restore(vm, name)
     assert vm.runner.history == []
 
 
@@ -1197,9 +1198,9 @@ def test_restore_refuses_names_that_are_not_backups(tmp_path, name):
 def test_a_bad_tag_never_reaches_a_docker_command(tmp_path, tag):
     with dry_vm(tmp_path) as vm:
         with pytest.raises(DeployError, match="not a valid Docker tag"):
-            remote.rollback(vm, tag, known_in_registry=lambda t: True)
+            flows.rollback(vm, tag, known_in_registry=lambda t: True)
         with pytest.raises(DeployError, match="not a valid Docker tag"):
-            remote.deploy(vm, tag)
+            flows.deploy(vm, tag)
     assert not [c for c in vm.runner.history if "docker" in c]
 
 
@@ -1208,49 +1209,49 @@ def test_a_bad_tag_never_reaches_a_docker_command(tmp_path, tag):
 
 def test_targets_come_from_settings_or_h():
     settings = Settings(host="a.example, b.example", user="deploy", port=2200)
-    assert remote.targets(settings) == [remote.Target("a.example", "deploy", 2200),
-                                        remote.Target("b.example", "deploy", 2200)]
-    assert remote.targets(settings, ["root@c.example:2222"]) == [
-        remote.Target("c.example", "root", 2222)]
+    assert session.targets(settings) == [session.Target("a.example", "deploy", 2200),
+                                        session.Target("b.example", "deploy", 2200)]
+    assert session.targets(settings, ["root@c.example:2222"]) == [
+        session.Target("c.example", "root", 2222)]
     with pytest.raises(DeployError, match="no VM host"):
-        remote.targets(Settings(host=""))
+        session.targets(Settings(host=""))
 
 
 def test_describe_holder():
-    assert remote.describe_holder(json.dumps(HOLDER)) == (
+    assert deploylock.describe_holder(json.dumps(HOLDER)) == (
         "alice@laptop since 2030-01-01T00:00:00Z deploy of abc1234 (big migration)")
-    assert remote.describe_holder({**HOLDER, "pid": 42, "lease_age": 3}).endswith(
+    assert deploylock.describe_holder({**HOLDER, "pid": 42, "lease_age": 3}).endswith(
         "(big migration) [pid 42, lease renewed 3s ago]")
-    assert remote.describe_holder("{}") == "?"[:0] + "unknown holder" or True
-    assert remote.describe_holder("") == "unknown holder"
+    assert deploylock.describe_holder("{}") == "?"[:0] + "unknown holder" or True
+    assert deploylock.describe_holder("") == "unknown holder"
 
 
 def test_pick_rollback_tag():
     history = [{"tag": "v1"}, {"tag": "v2"}, {"tag": "v3"}]
-    assert remote.pick_rollback_tag(history, "v3", "") == "v2"
-    assert remote.pick_rollback_tag(history, "v2", "") == "v3"  # the newest that is not current
-    assert remote.pick_rollback_tag(history, "v3", "v1") == "v1"
+    assert flows.pick_rollback_tag(history, "v3", "") == "v2"
+    assert flows.pick_rollback_tag(history, "v2", "") == "v3"  # the newest that is not current
+    assert flows.pick_rollback_tag(history, "v3", "v1") == "v1"
     with pytest.raises(DeployError):
-        remote.pick_rollback_tag([{"tag": "v1"}], "v1", "")
+        flows.pick_rollback_tag([{"tag": "v1"}], "v1", "")
 
 
 def test_a_database_restored_from_before_a_migration_is_named_against_the_release():
     history = [json.loads(line) for line in history_lines(
         ("v1", "deploy", "0001"), ("v2", "deploy", "0002")).splitlines()]
-    said = remote.schema_mismatch(history, "v2", "0001")
+    said = flows.schema_mismatch(history, "v2", "0001")
     assert said.startswith("the database is at revision 0001, but v2 was released on 0002")
     assert "`fab deploy --tag=v2` migrates" in said and "`fab rollback --tag=v1`" in said
-    assert remote.schema_mismatch(history, "v2", "0002") == ""
-    assert remote.schema_mismatch(history, "v2", "") == ""  # unknown: nothing said
-    assert remote.schema_mismatch(history, "v3", "0001") == ""  # no record of v3
+    assert flows.schema_mismatch(history, "v2", "0002") == ""
+    assert flows.schema_mismatch(history, "v2", "") == ""  # unknown: nothing said
+    assert flows.schema_mismatch(history, "v3", "0001") == ""  # no record of v3
 
 
 def test_a_rollback_without_downgrade_runs_on_the_newer_schema_it_recorded():
     history = [json.loads(line) for line in history_lines(
         ("v1", "deploy", "0001"), ("v2", "deploy", "0002"), ("v1", "rollback", "0002"))
         .splitlines()]
-    assert remote.schema_mismatch(history, "v1", "0002") == ""
-    assert "v1 was released on 0002" in remote.schema_mismatch(history, "v1", "0001")
+    assert flows.schema_mismatch(history, "v1", "0002") == ""
+    assert "v1 was released on 0002" in flows.schema_mismatch(history, "v1", "0001")
 
 
 def test_an_external_database_is_neither_started_nor_backed_up_by_the_tool(tmp_path):
@@ -1258,7 +1259,7 @@ def test_an_external_database_is_neither_started_nor_backed_up_by_the_tool(tmp_p
     provider keeps them) and reads the revision in the app container; a restore refuses."""
     vm, _ = scripted_vm(tmp_path, {}, database="postgres",
                         database_url="postgresql://app:s3cret-pw@db.example.com:5432/app")
-    entry = remote.deploy(vm, "v2")
+    entry = flows.deploy(vm, "v2")
     history = vm.runner.history
     assert not ran(history, "pg_dump") and not ran(history, "pg_isready")
     assert not ran(history, "--no-recreate db")
@@ -1291,9 +1292,9 @@ def test_an_interactive_dry_run_prints_the_command_and_runs_nothing():
 
 
 def test_exec_argv_keeps_the_shell_on_ctrl_c_only_with_a_terminal(tmp_path):
-    from deploy import console
+    from deploy.vm import console
 
-    vm = remote.Vm(settings_for(tmp_path), Runner(None, where="vm1", dry_run=True,
+    vm = steps.Vm(settings_for(tmp_path), Runner(None, where="vm1", dry_run=True,
                                                   out=io.StringIO()))
     tty = console.exec_argv(vm, "python -m app.console", tty=True)
     assert tty[-5:] == ["exec", "app", "sh", "-c", "trap : INT; python -m app.console"]

@@ -19,35 +19,35 @@ from pathlib import Path
 import pytest
 
 import deploy
-from deploy import proxy
 from deploy.commands import proxy as pcmd
 from deploy.commands import swarm as scmd
 from deploy.commands import vm as cmd
-from deploy.envcheck import app_env_keys, set_key, unset_key
-from deploy.errors import DeployError
-from deploy.remote import Vm
-from deploy.remote.health import ContainerWatch, UpstreamWatch
-from deploy.remote.vm import describe_backup, parse_manifests
-from deploy.runner import Result, Runner
-from deploy.settings import Settings
+from deploy.core.errors import DeployError
+from deploy.core.runner import Result, Runner
+from deploy.core.settings import Settings
+from deploy.release import bluegreen
+from deploy.vm.appenvfile import app_env_keys, set_key, unset_key
+from deploy.vm.health import ContainerWatch, UpstreamWatch
+from deploy.vm.steps import Vm
+from deploy.vm.vm import describe_backup, parse_manifests
 
 PACKAGE = Path(deploy.__file__).parent
 DASH = shutil.which("dash") or "dash"
-HELPER_SOURCE = PACKAGE / "vm_helper.sh"
+HELPER_SOURCE = PACKAGE / "vm" / "vm_helper.sh"
 
 # --------------------------------------------------------------------------- the rule
 
 # What may build an `sh -c` argv: the helper's own bootstrap, and commands the user wrote
 # (`fab run CMD`, the app's migrate command in a one-off container, `fab exec`).
 ALLOWED = {
-    ("runner.py", "sh"),                      # the builder itself, used only by `fab run`
-    ("fabtasks.py", "run_"),                  # `fab run CMD`
+    ("core/runner.py", "sh"),                 # the builder itself, used only by `fab run`
+    ("cli/fabtasks.py", "run_"),              # `fab run CMD`
     ("commands/vm.py", "install_helper"),      # puts the helper in place
     ("commands/vm.py", "run_in_new_container"),  # the migrate command, `alembic downgrade`
     ("commands/vm.py", "migrate_then_current"),  # the migrate command, then alembic current
     ("commands/vm.py", "exec_in_service"),    # `fab exec`, `fab shell`, aliases
     ("commands/vm.py", "exec_in_container"),  # the same behind the proxy: the serving one
-    ("secrets.py", "resolve"),                # a [secrets] command, run on the laptop
+    ("local/secrets.py", "resolve"),          # a [secrets] command, run on the laptop
 }
 
 
@@ -90,7 +90,7 @@ def shell_script_builders() -> set[tuple[str, str]]:
 def test_no_command_builder_writes_an_sh_c_script_except_the_allowed():
     found = shell_script_builders()
     assert found - ALLOWED == set(), (
-        "these build an `sh -c` script: make it a subcommand of deploy/vm_helper.sh instead: "
+        "these build an `sh -c` script: make it a subcommand of deploy/vm/vm_helper.sh instead: "
         f"{sorted(found - ALLOWED)}")
     assert ALLOWED - found == set(), f"stale allow-list entries: {sorted(ALLOWED - found)}"
 
@@ -245,7 +245,7 @@ def test_env_merge_keeps_the_vms_own_keys_and_names_what_changed(tmp_path):
 
 def test_env_line_gives_back_any_value_env_line_wrote(tmp_path):
     """`fab env get` reads back what `fab env set` wrote: line breaks, quotes, `$`, `\\`."""
-    from deploy.remote.contract import env_line, parse_env_line
+    from deploy.vm.contract import env_line, parse_env_line
 
     value = "one\ntwo 'q' \"d\" \\n $HOME ${X}\r\n\tend é"
     (tmp_path / "app.env").write_text(env_line("K", value) + env_line("KK", "x"))
@@ -449,7 +449,7 @@ def polled(tmp_path: Path, answers: list[tuple[int, str]], timeout: float = 5.0)
                         health_timeout=timeout)
     target = Polls([(0, ""), *answers])
     vm = Vm(settings, Runner(target, where="vm1", out=io.StringIO()))
-    return proxy.wait_upstream(vm, "abc123", "p-app-2:8000"), target.commands
+    return bluegreen.wait_upstream(vm, "abc123", "p-app-2:8000"), target.commands
 
 
 def test_the_wait_polls_through_the_shell_until_the_watch_decides(tmp_path):

@@ -31,8 +31,8 @@ from conftest import EXAMPLE, REGISTRY, child_env, git, make_example_repo
 from dotenv import dotenv_values
 
 from deploy.commands.vm import project_name
-from deploy.registry import tag_digest
-from deploy.settings import Settings, load_settings
+from deploy.core.registry import tag_digest
+from deploy.core.settings import Settings, load_settings
 from sandbox import Sandbox
 from sandbox.apprepo import FABFILE, apply_v2
 from sandbox.ports import free_port

@@ -19,7 +19,7 @@ One Caddy per VM, in its own compose project in `proxy_dir`, on a docker network
                           X-Deploy-Upstream header: health as seen from Caddy's network
     data/, config/        Caddy's certificates and state
     lock                  flock(1) file: one config change at a time across apps
-    .deploy/bin/          the VM helper script (deploy/vm_helper.sh): every step longer than
+    .deploy/bin/          the VM helper script (deploy/vm/vm_helper.sh): every step longer than
                           one command is a `proxy-*` subcommand of it, run by its path
 Everything sent to the VM is POSIX sh; the VM needs curl and flock (util-linux).
 """

@@ -1,5 +1,5 @@
 """Docker Swarm commands that run on a manager VM, as argument lists. Nothing here
-opens a connection; deploy/swarm.py runs them."""
+opens a connection; deploy/release/swarm.py runs them."""
 
 from __future__ import annotations
 

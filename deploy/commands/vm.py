@@ -1,7 +1,7 @@
 """Commands that run on the VM, as argument lists. Nothing here opens a connection.
 
 Every step longer than one command is a subcommand of one POSIX helper script
-(deploy/vm_helper.sh), uploaded by content hash to `.deploy/bin/helper-<hash>`: the echoed
+(deploy/vm/vm_helper.sh), uploaded by content hash to `.deploy/bin/helper-<hash>`: the echoed
 command reads `sh .deploy/bin/helper-<hash> backup-stdout ...`, never an `sh -c` script.
 
 Layout of an app directory on the VM:
@@ -52,7 +52,7 @@ COMPOSE_ENV = ".env"
 LOCK_BUSY_EXIT = 75
 HELPER_MISSING_EXIT = 127
 
-HELPER_TEXT = resources.files("deploy").joinpath("vm_helper.sh").read_text()
+HELPER_TEXT = resources.files("deploy.vm").joinpath("vm_helper.sh").read_text()
 HELPER_HASH = hashlib.sha256(HELPER_TEXT.encode()).hexdigest()[:12]
 HELPER = f"{STATE_DIR}/bin/helper-{HELPER_HASH}"
 
@@ -124,7 +124,7 @@ def detect_compose() -> list[str]:
 
 def facts(tag_variable: str, project: str, app_dir: str, compose_kind: str) -> list[str]:
     """What a release's checks need to know of the VM, as one document (parsed by
-    deploy.remote.facts): app.env's keys (never values), the tag in .deploy/release.env and in
+    deploy.vm.facts): app.env's keys (never values), the tag in .deploy/release.env and in
     .env, the compose flavour (detected if `compose_kind` is auto), the working directories of
     the project's containers and the projects made in app_dir, the project's one-off
     containers, the HTTP tool the VM has, the release history."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from deploy.errors import DeployError
-from deploy.roleplan import configured
-from deploy.settings import SETTINGS_FILE, Settings
+from deploy.core.errors import DeployError
+from deploy.core.settings import SETTINGS_FILE, Settings
+from deploy.release.roleplan import configured
 
 Kind = Literal["host", "roles", "swarm"]
 Switch = Literal["compose", "proxy", "swarm"]

@@ -1,0 +1,553 @@
+"""The flows on one VM: deploy, rollback, restore, and the health-checked switch they share.
+
+Each flow holds the deploy lock; anything that cuts it short (an error, Ctrl-C, SIGTERM,
+SIGHUP, a lost connection) leaves the recorded release serving and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import signal
+import time
+from collections.abc import Callable
+
+from deploy.commands import vm as cmd
+from deploy.core import refs
+from deploy.core.errors import DeployError
+from deploy.core.runner import redact
+from deploy.core.stamp import stamp
+from deploy.release import bluegreen, maintenance, switch
+from deploy.release.switch import switch_checked
+from deploy.vm import appenvfile, housekeeping
+from deploy.vm.contract import refuse_moving_tag
+from deploy.vm.matching import Match, matching_release
+from deploy.vm.phases import PhaseLine, optional_phase
+from deploy.vm.shell import ConnectionLost
+from deploy.vm.signals import Interrupted, exit_code, sigint_deferred, signal_name
+from deploy.vm.steps import Vm
+from deploy.vm.vm import is_release
+
+BACKUP_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def last_revision(history: list[dict]) -> str:
+    return next((e["revision"] for e in reversed(history) if e.get("revision")), "")
+
+
+def schema_mismatch(history: list[dict], release: str, revision: str) -> str:
+    """Why the database's `revision` does not match what `release` runs on ('' if it does or
+    either is unknown). A release's last record (its deploy, or a rollback to it, which
+    records the schema it found) says which schema it runs on; a restore is not a release
+    record, so data restored from before a migration shows here."""
+    entry = next((e for e in reversed(history) if e.get("tag") == release), None)
+    expected = (entry or {}).get("revision") or ""
+    if not (release and revision and expected) or revision == expected:
+        return ""
+    matching = [e["tag"] for e in history
+                if e.get("revision") == revision and e.get("action") == "deploy"]
+    return (f"the database is at revision {revision}, but {release} was released on "
+            f"{expected}: it may fail on this schema\n"
+            f"  fix: `fab deploy --tag={release}` migrates the database to it again"
+            + (f"; `fab rollback --tag={matching[-1]}` runs the release deployed on "
+               f"{revision}" if matching and matching[-1] != release else ""))
+
+
+def release_entry(tag: str, digest: str, revision: str, action: str, previous: str,
+                  git_sha: str = "", message: str = "", **extra: object) -> dict:
+    return {
+        "tag": tag,
+        "digest": digest,
+        "git_sha": git_sha,
+        **stamp(),
+        "revision": revision,
+        "action": action,
+        "previous": previous,
+        **({"message": message} if message else {}),  # `--message`, checks waived
+        **extra,
+    }
+
+
+def record_release(vm: Vm, entry: dict, release: PhaseLine | None = None) -> dict:
+    """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded.
+    Then wait for the old container a proxy switch stops meanwhile to be gone."""
+    with sigint_deferred() as interrupted:
+        if not vm.runner.dry_run:  # a dry run records nothing, not even in what it prints
+            vm.record(entry)
+    if release:
+        release.note("recorded")
+    waited = vm.finish_retiring()
+    if release and waited is not None:
+        release.note(f"old container stopped +{waited:.1f}s")
+    if interrupted:
+        vm.runner.say(f"Ctrl-C came after {entry['tag']} turned healthy: it was recorded all "
+                      "the same")
+    return entry
+
+
+def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
+           lock: bool = True, announce: bool = True, digest: str = "",
+           before_change: Callable[[str], None] | None = None) -> dict:
+    """Check, pull, back up, migrate, switch, check health, record. Returns the history entry.
+
+    With lock=False the caller already holds the deploy lock (`inv deploy` takes it first);
+    with announce=False the caller prints the closing `done:` line. With `digest`, exactly that
+    image is pulled and named TAG (a promotion). `before_change(previous tag)` runs after the
+    checks, before anything changes on the VM (the pre-deploy hook).
+    """
+    started = time.monotonic()
+    refuse_moving_tag(refs.validate_tag(tag))
+    with PhaseLine(vm, tag) as rel, (vm.locked(tag, message) if lock
+                                   else contextlib.nullcontext()):
+        if lock:
+            rel.note("lock")
+        previous = check_release(vm, rel, tag)
+        if before_change:
+            before_change(previous)
+        with rel.phase("pull"):
+            digest = vm.pull_recorded(tag, digest) if digest else vm.pull(tag)
+        done = backup_and_migrate(vm, rel, tag, previous)
+        vm.hold_lock(previous)
+        switch_checked(vm, tag, previous, rel)
+        # No migration ran (or its revision is unknown): ask the database.
+        revision = done.revision or vm.revision() or done.before
+        vm.hold_lock(f"{tag} (switched, not recorded)")
+        entry = record_release(vm, release_entry(
+            tag, digest, revision, "deploy", previous, git_sha, message,
+            **done.recorded(revision)), rel)
+        vm.prune_backups([*done.history, entry])
+        prune_after(vm, rel)
+    if announce:
+        print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
+              file=vm.runner.out, flush=True)
+    return entry
+
+
+def check_contract(vm: Vm, tag: str, config: dict | None = None) -> None:
+    """The compose file runs exactly IMAGE:TAG (Vm.check_contract); behind the proxy, no
+    host name of another app's is taken over unasked."""
+    vm.check_contract(tag, config)
+    if vm.settings.proxy and not vm.runner.dry_run:
+        bluegreen.check_hosts(vm)
+
+
+def left_alone(vm: Vm, tag: str) -> bool:
+    """Whether a deploy of `tag` leaves this host alone: it serves `tag` healthy already (an
+    earlier run that stopped at a later host switched it) on the schema `tag` was released on
+    (data restored from before its migration is migrated again, with a warning)."""
+    if vm.runner.dry_run or not vm.is_serving(tag):
+        return False
+    differs = schema_mismatch(vm.history(), tag, vm.revision())
+    if differs:
+        vm.runner.say(f"warning: {differs.splitlines()[0]}; deploying {tag} again")
+    return not differs
+
+
+def check_release(vm: Vm, rel: PhaseLine, tag: str) -> str:
+    """The `check` phase of a deploy of `tag` on one host, before anything changes there: the
+    switch's own needs, app.env, the compose project, the compose file rendered with `tag`.
+    Returns the release serving now."""
+    with rel.phase("check"):
+        switch.check_switch(vm)
+        vm.gather_facts()  # one round trip; the checks below read what it found
+        appenvfile.require_app_env(vm)  # app.env has every key of .env.example
+        rel.previous = vm.current_tag()
+        vm.check_project()
+        # the release files made right, then the compose file rendered with `tag`
+        check_contract(vm, tag, vm.sync_release_env(rel.previous, render=tag))
+    return rel.previous
+
+
+@dataclasses.dataclass(frozen=True)
+class Migrated:
+    """What the `backup` and `migrate` phases did where the database is."""
+
+    backup: str  # its path under backups/ ('' if none)
+    before: str  # the revision before the migration ('' if unknown)
+    revision: str  # the revision after it ('' if no migration ran or it is unknown)
+    history: list[dict]  # the releases recorded before this one
+
+    def recorded(self, revision: str) -> dict:
+        """What a release record says of them, the database now at `revision`."""
+        return {"backup": self.backup.removeprefix(f"{cmd.BACKUP_DIR}/"),
+                "migrated": bool(revision and revision != self.before)}
+
+
+def backup_and_migrate(vm: Vm, rel: PhaseLine, tag: str, previous: str) -> Migrated:
+    """The `backup` and `migrate` phases of a deploy of `tag`, run once, on the host where the
+    database is (`previous` serving there)."""
+    vm.hold_lock(previous)
+    with rel.phase("backup", timed=False) as found:
+        records = vm.records()
+        history = [e for e in records if is_release(e)]
+        vm.wait_for_leftovers()  # a migration left running changes what is backed up
+        # What the database says, else the history (a restore since the last release
+        # counts). A migration asks the database itself (as the new image reads it) and
+        # corrects the backup's manifest: no `alembic current` before it.
+        before = ("" if vm.settings.migrate_command else vm.revision()) \
+            or last_revision(records)
+        backup = vm.backup(tag, previous, revision=before, reason=f"before deploying {tag}")
+        found.result = backup or "none"
+    vm.hold_lock(previous)
+    with rel.phase("migrate") as found:
+        revision = vm.migrate(tag, backup)
+        before = vm.before_migration or before  # as the new image reads the database
+        if revision and revision != before:
+            found.result = f"{before or 'empty'}→{revision}"
+        elif revision:
+            found.result = f"already at {revision}"
+    return Migrated(backup, before, revision, history)
+
+
+def prune_after(vm: Vm, release: PhaseLine | None = None) -> str:
+    """After a release that succeeded: the `prune` phase (old images, stopped containers).
+    A failure is reported, never the release's: it is recorded and serving. What it did."""
+    problem = ""
+    with optional_phase(release, "prune", cuts_short=False) as found:
+        try:
+            found.result = housekeeping.prune(vm)
+        except DeployError as exc:
+            found.result, problem = "failed", exc.message
+    if problem:
+        vm.runner.say(f"warning: pruning on {vm.runner.where} failed (the release is recorded "
+                      f"and serving): {problem}\n  fix: see the error; `fab prune` tries again")
+    return found.result
+
+
+def check_rollback(vm: Vm, rel: PhaseLine, target: str, current: str) -> None:
+    """The `check` phase of a rollback to `target` on one host (`current` serving), before
+    anything changes there: the same checks as a deploy's, but of the release going back."""
+    with rel.phase("check", cuts_short=False):
+        switch.check_switch(vm)
+        vm.sync_release_env(current)
+        vm.check_project()
+        check_contract(vm, target)
+
+
+def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
+    """`tag` if given, else the newest release before the current one."""
+    if tag:
+        return refs.validate_tag(tag)
+    for entry in reversed(history):
+        if entry["tag"] != current:
+            return entry["tag"]
+    raise DeployError("there is no earlier release to roll back to", "name one: --tag=T")
+
+
+def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
+             known_in_registry: Callable[[str], bool] | None = None) -> dict:
+    """Put an earlier release back (the image it recorded), through the same lock and
+    health-checked switch; with `downgrade`, back up, switch, then downgrade the schema (the
+    older release runs on the newer schema meanwhile, as expand/contract migrations allow)."""
+    if tag:  # before anything runs on the VM
+        refuse_moving_tag(refs.validate_tag(tag))
+    history = vm.history()
+    current = vm.current_tag()
+    target = refuse_moving_tag(pick_rollback_tag(history, current, tag))
+    entries = {e["tag"]: e for e in history}
+    # The schema a release was deployed with: a rollback records the database's revision then,
+    # which (without --downgrade) is newer than the release itself.
+    deployed = {e["tag"]: e for e in history if e.get("action", "deploy") == "deploy"}
+    # a dry run reads no history and asks no registry: it shows the commands for `tag`
+    if target not in entries and not vm.runner.dry_run \
+            and not (known_in_registry and known_in_registry(target)):
+        raise DeployError(
+            f"{target} is neither in the release history nor in the registry",
+            "pick a tag from `fab releases`",
+        )
+    recorded = deployed.get(target) or entries.get(target, {})
+    with PhaseLine(vm, target, current) as rel, vm.locked(target, action="rollback"):
+        rel.note("lock")
+        check_rollback(vm, rel, target, current)
+        with rel.phase("pull", cuts_short=False) as found:
+            pinned = switch.pins_digest(vm)
+            digest = vm.pull_recorded(target, recorded.get("digest", "") if pinned else "")
+            if recorded.get("digest") and pinned:
+                found.result = f"{digest[:19]} (as recorded)"
+        wanted = recorded.get("revision", "")
+        now = vm.revision()
+        if downgrade and not vm.runner.dry_run and (not wanted or not now):
+            unknown = f"the revision {target} was deployed with" if not wanted else \
+                "the database's revision"
+            raise DeployError(f"cannot downgrade: {unknown} is unknown; nothing was changed",
+                              "roll back without --downgrade, or downgrade by hand "
+                              f"(`fab exec --cmd \"{vm.alembic} downgrade REV\"`) after a "
+                              "backup")
+        downgrading = bool(downgrade and wanted and now and wanted != now)
+        backup = ""
+        if downgrading:  # the copy to go back to, taken before anything changes
+            with rel.phase("backup", cuts_short=False, timed=False) as found:
+                backup = vm.backup(target, current, revision=now,
+                                   reason=f"before downgrading to {wanted}")
+                found.result = backup or "none"
+        elif wanted and now and wanted != now:
+            vm.runner.say(
+                f"warning: {target} was released with schema {wanted}, the database is at "
+                f"{now}; not downgrading (pass --downgrade to run `{vm.alembic} downgrade "
+                f"{wanted}`)"
+            )
+        vm.hold_lock(current)
+        # The older release first, on the newer schema (expand/contract: a release runs on
+        # the schema of the one after it); the newer release never runs on the older schema.
+        switch_checked(vm, target, current, rel)
+        if downgrading:
+            vm.hold_lock(f"{target} (switched, not recorded)")
+            # No maintenance page here: the release that serves runs on both schemas
+            # (expand/contract), so users lose no request while the schema goes back.
+            downgrade_serving(vm, rel, target, current, digest, now, wanted, backup)
+        # An older image may not know a newer schema's revision: ask the database.
+        revision = vm.revision() or (wanted if downgrading else now)
+        vm.hold_lock(f"{target} (switched, not recorded)")
+        entry = record_release(vm, release_entry(target, digest, revision, "rollback", current),
+                               rel)
+    vm.runner.say(f"rolled back to {target}")
+    return entry
+
+
+def downgrade_serving(vm: Vm, rel: PhaseLine, target: str, current: str, digest: str,
+                      now: str, wanted: str, backup: str) -> None:
+    """Downgrade the schema `now` -> `wanted` with `current`'s image (it holds the downgrade
+    scripts) while `target` serves. A failure or an interruption records the rollback with
+    the revision the database is at, then says so: `target` serves either way."""
+    vm.runner.say(f"downgrading the schema {now} -> {wanted} with {current}, {target} serving "
+                  f"(backup: {backup or 'none'})")
+    try:
+        with rel.phase("downgrade", cuts_short=False) as found:
+            found.result = f"{now}→{wanted}"
+            vm.downgrade(current, wanted)
+    except ConnectionLost:
+        raise
+    except (KeyboardInterrupt, DeployError) as exc:
+        interrupted = not isinstance(exc, DeployError)
+        with sigint_deferred():
+            revision = vm.revision() or ("" if interrupted else now)
+            record_release(vm, release_entry(target, digest, revision, "rollback", current))
+        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
+        if not isinstance(exc, DeployError):
+            what = (f"{signal_name(exc)} during the downgrade {now} -> {wanted}; {target} serves "
+                    "and is recorded (the downgrade may still finish on the VM)")
+        else:  # the downgrade's own output, after the runner's first line
+            output = exc.message.partition("\n")[2]
+            what = (f"the downgrade {now} -> {wanted} failed; {target} serves on schema "
+                    f"{revision or 'unknown'} and is recorded" + (f"\n{output}" if output else ""))
+        raise DeployError(
+            what,
+            "look at the migration's downgrade() and the database (`fab status`), then `fab "
+            f"rollback --tag={target} --downgrade` again"
+            + (f"; `fab restore --backup={name}` puts back the copy taken before it"
+               if name else ""),
+            exit_code=exit_code(exc) if interrupted else 1) from None
+
+
+def validate_backup_name(name: str) -> str:
+    if not name or not set(name) <= BACKUP_NAME_CHARS or name.startswith("."):
+        raise DeployError(f"{name!r} is not a backup name", "pick one from `fab backups`")
+    return name
+
+
+def restore_entry(name: str, tag: str, revision: str, healthy: bool, saved: str = "",
+                  **extra: object) -> dict:
+    """The history record of a restore: not a release (rollback and retention skip it).
+    `saved`: the backup of the database it replaced."""
+    return {"kind": "restore", "backup": name, "tag": tag, "revision": revision,
+            "healthy": healthy, **({"saved": saved} if saved else {}), **extra, **stamp()}
+
+
+def record_restore(vm: Vm, entry: dict) -> None:
+    """Record a restore and drop its marker; a Ctrl-C meanwhile waits until it is recorded."""
+    with sigint_deferred():
+        if not vm.runner.dry_run:
+            vm.record_restore(entry)
+            vm.run(cmd.restore_clear(), quiet=True)
+
+
+def start_again(vm: Vm, tag: str = "") -> str:
+    """Start the app after a restore cut short (`tag`: the release to start, recorded first;
+    default the current one); a sentence saying how that went."""
+    service = vm.settings.service
+    with sigint_deferred():
+        if tag and tag != vm.current_tag():
+            vm.write_release_files(tag)
+        # A `compose stop` cut short here goes on on the VM (its channel was closed, not the
+        # command): stop it once more, which returns when the container is down, so that
+        # the start below is not undone by the stop finishing after it.
+        vm.run(cmd.stop(vm.compose(), service), hide=True, check=False)
+        result = vm.run(cmd.up(vm.compose()), hide=True, check=False)
+    if result.ok:
+        return f"{service} was started again"
+    last = (result.output.strip().splitlines() or [f"exit {result.exited}"])[-1]
+    return f"{service} could not be started again ({last}); `fab rollback --tag=" \
+        f"{vm.current_tag()}` starts it"
+
+
+def healthy_after_start(vm: Vm) -> str:
+    """'' if the app started in place answers as a deploy's switch requires (through Caddy
+    with `proxy = true`), else what failed."""
+    if vm.settings.proxy:
+        return bluegreen.wait_serving(vm)
+    return vm.wait_healthy()
+
+
+def start_release(vm: Vm, tag: str) -> str:
+    """After a restore: start release `tag` in place of the stopped one (its release files
+    written first, then `compose up`: the app's container recreated on its image under the
+    same name, so the proxy's upstream stays right) and check it as a restart is checked
+    (through Caddy with `proxy = true`). '' if it serves healthy, else what failed."""
+    vm.write_release_files(tag)
+    vm.run(cmd.up(vm.compose()), hide=True)
+    return healthy_after_start(vm) or vm.runs_pulled_image(tag)
+
+
+def restore_match(vm: Vm, name: str, manifest: dict, current: str, tag: str = "") -> Match:
+    """The release to serve after restoring `name` (matching.matching_release on the VM's
+    history); a release other than `current` is pulled now (the image recorded), before
+    anything changes, and said."""
+    history = vm.history()
+    match = matching_release(history, manifest, name, current, tag)
+    if match.tag == current:
+        return match
+    refuse_moving_tag(match.tag)
+    recorded: dict = next((e for e in reversed(history)
+                           if e.get("tag") == match.tag and e.get("digest")), {})
+    digest = recorded.get("digest", "")
+    try:  # on the VM already, as recorded: no pull
+        there = bool(digest) and vm.inspect(match.tag) == digest
+    except DeployError:  # not on the VM
+        there = False
+    if not there:
+        vm.pull_recorded(match.tag, digest)
+    check_contract(vm, match.tag)
+    vm.runner.say(f"the backup {name} holds schema {manifest.get('revision')}, which "
+                  f"{current} does not run on: {match.tag} is put back with it ({match.why})")
+    return match
+
+
+def as_interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(signum)
+
+
+def replace_database(vm: Vm, rel: PhaseLine, name: str, current: str, revision: str,
+                     target: str = "") -> str:
+    """The steps of a restore that change the VM, under its lock: stop the app, save the live
+    database, make it equal the backup `name`, record it, start the app (release `target`
+    when its schema is the backup's and `current`'s is not), check its health.
+    Returns the name of the saved backup ('' when there was no database)."""
+    s = vm.settings
+    target = target or current
+    moved = {"previous": current} if target != current else {}
+    try:
+        with rel.phase("stop", cuts_short=False):
+            vm.run(cmd.stop(vm.compose(), s.service), hide=True)
+        with rel.phase("save", cuts_short=False, timed=False) as found:
+            saved = vm.backup(current, revision=revision, label="-pre-restore",
+                              reason=f"the database `fab restore --backup={name}` replaced")
+            found.result = saved or "no database yet"
+    except (KeyboardInterrupt, DeployError) as exc:
+        what, fix, code = (exc.message, exc.fix, 1) if isinstance(exc, DeployError) else (
+            signal_name(exc), f"run `fab restore --backup={name}` again", exit_code(exc))
+        raise DeployError(
+            f"{what}\nthe restore of {name} stopped before the database changed: it is as "
+            f"it was; {start_again(vm)}", fix, exit_code=code) from None
+    saved = saved.removeprefix(f"{cmd.BACKUP_DIR}/")
+    undo = f"`fab restore --backup={saved}` puts back the database it replaced" if saved \
+        else "there was no database to save before it"
+    stopped = (f"{s.service} is left stopped, the database as the failed restore left it",
+               f"fix what the error says and run `fab restore --backup={name}` again; "
+               f"`fab rollback --tag={current}` starts the app as it is"
+               + (f"; the database before it is saved as {saved}" if saved else ""))
+    # The data step runs to its end whatever signal comes; the marker (written first)
+    # tells the next command what a SIGKILL left.
+    with sigint_deferred() as caught, rel.phase("restore", cuts_short=False) as found:
+        found.result = name
+        if not vm.runner.dry_run:
+            vm.write(cmd.RESTORE_MARKER, json.dumps(
+                {"backup": name, "saved": saved, "tag": target, **moved, **stamp()}))
+        if s.database == "sqlite":
+            argv = cmd.restore_sqlite(name, s.sqlite_path)
+        else:
+            argv = cmd.restore_postgres(vm.compose(), s.postgres_service, s.postgres_user,
+                                        s.postgres_db, name)
+        result = vm.run(argv, hide=True, check=False)
+        if not result.ok:
+            vm.run(cmd.restore_clear(), quiet=True, check=False)
+            tail = "\n".join(result.output.splitlines()[-15:])
+            raise DeployError(redact(f"restoring {name} failed; {stopped[0]}\n{tail}",
+                                     vm.runner.secrets), stopped[1])
+    # From here the database equals the backup: the history says so, whatever comes next.
+    if caught:
+        signalled = as_interrupt(caught[0])
+        record_restore(vm, restore_entry(name, target, vm.revision(), False, saved,
+                                         cut_short=True, **moved))
+        raise DeployError(
+            f"{signal_name(signalled)} during the restore of {name}: it was finished and "
+            f"recorded; {start_again(vm, target)} (its health was not checked)",
+            f"`fab status` shows it; {undo}", exit_code=exit_code(signalled))
+    try:
+        with rel.phase("start", cuts_short=False) as found:
+            if target != current:  # the release whose schema is the backup's
+                found.result = target
+                vm.write_release_files(target)
+            vm.run(cmd.up(vm.compose()), hide=True)
+        with rel.phase("healthy", cuts_short=False):
+            problem = healthy_after_start(vm) or (
+                vm.runs_pulled_image(target) if target != current else "")
+    except BaseException as exc:  # the first error is the one to show; the record a bonus
+        with contextlib.suppress(Exception):
+            record_restore(vm, restore_entry(name, target, vm.revision(), False, saved,
+                                             **moved))
+        if isinstance(exc, KeyboardInterrupt):
+            raise DeployError(
+                f"{signal_name(exc)} after {name} was restored (recorded), while {s.service}"
+                " was starting: it may not be running", f"`fab status` shows it; `fab "
+                f"rollback --tag={target}` starts it; {undo}",
+                exit_code=exit_code(exc)) from None
+        raise
+    record_restore(vm, restore_entry(name, target, vm.revision(), not problem, saved,
+                                     **moved))
+    if problem:
+        raise DeployError(f"after the restore the app is not healthy ({problem})"
+                          + (f"; {target} was started, not {current}" if moved else ""),
+                          f"look at `fab logs`; {undo}")
+    return saved
+
+
+def restore(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") -> None:
+    """Check the backup against its manifest, stop the app, save the live database as a
+    backup of its own (so a restore can be undone), make the database equal the backup,
+    record it, start the app, check its health.
+
+    Nothing changes before the backup is checked (`force_unverified`: one without a manifest,
+    if its first bytes are of the right kind). Ctrl-C, SIGTERM or SIGHUP before the data step
+    start the app again on the data as it was; during it, the step is finished and recorded
+    first. A failed restore command changed nothing (one transaction; SQLite: a rename),
+    records nothing and leaves the app stopped, and says so. A `fab` killed meanwhile leaves a
+    marker the next command reads (VmQueries.settle_restore). With the proxy, users get the
+    maintenance page from before the app stops until it serves again
+    (deploy/release/maintenance.py).
+
+    When the backup's schema (its manifest's revision) is not one the serving release runs on,
+    the release that runs on it is started instead, `tag` if given (deploy/vm/matching.py
+    decides, before anything changes); the restore's record names it: it is what serves."""
+    validate_backup_name(name)
+    if tag:
+        refuse_moving_tag(refs.validate_tag(tag))
+    if not vm.runner.dry_run and name not in vm.backups():
+        raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
+    current = vm.current_tag()
+    with PhaseLine(vm, current) as rel, vm.locked(current, action="restore", message=name):
+        rel.note("lock")
+        vm.sync_release_env(current)
+        with rel.phase("check"):
+            manifest = vm.check_backup(name, force_unverified)
+            match = restore_match(vm, name, manifest, current, tag)
+            vm.start_database(current)
+            revision = vm.revision()  # SQLite: asked of the app before it stops
+        # Users get the maintenance page (with the proxy) until the app serves again.
+        with maintenance.window(vm, f"fab restore --backup={name}"):
+            saved = replace_database(vm, rel, name, current, revision, match.tag)
+    vm.runner.say(f"restored {name}; " + (f"the database it replaced is saved as {saved} "
+                                          f"(`fab restore --backup={saved}` undoes this)"
+                                          if saved else "there was no database before it"))
+    if match.tag != current:
+        vm.runner.say(f"{match.tag} serves now, in place of {current}: {match.why}")
