@@ -7,11 +7,14 @@ holder after a SIGKILL), the exit code is non-zero and the message says what hap
 to do. `pytest tests/test_faults.py -q` ends with the campaign's table (conftest.py prints it;
 FAULTS_REPORT=path also writes it as Markdown).
 
-Every fault whose outcome depends on the database or its data path runs on both examples:
-`example/` (SQLite, a file on the VM's disk; a new app per fault, on vm3) and
-`example-postgres/` (pgvector, the database a compose service; one app for the module, on vm4,
-put back to v1 with the campaign's rows before each fault). Faults that never touch the app's
-data (the registry, bad input, secrets, two deploys at once) run once, on the SQLite example.
+The campaign runs on both examples, one app each for the module, put back before each fault
+to what a fresh app has (v1 serving on revision 0001, the campaign's rows, the lock free):
+`example/` (SQLite, a file on the VM's disk, on vm3) and `example-postgres/` (pgvector, the
+database a compose service, on vm8). Every fault meets every phase, and each example every
+phase: a fault whose path differs by example (the backup, the migration, the disk, the engine,
+.env) runs on both; one whose path is the same on either runs on one of them, alternating
+(SSH_CUTS and KILLS say which and why). Faults that never touch the app's data (the registry,
+bad input, secrets, two deploys at once) run once, on the SQLite example.
 
 The faults hit sandbox VMs of their own (conftest.FAULT_VMS): their Docker engine restarts and
 crashes disturb nothing else on this machine. The registry is the laptop's, shared.
