@@ -147,11 +147,12 @@ def pg_app(pg_images, sandbox, pg_fault_vm, tmp_path_factory):
 def reset_postgres(app) -> None:
     """Put the module's Postgres app back where every fault starts: v1 serving on schema
     0001, the lock free, no migration left running, the campaign's rows (and any a fault
-    kept) in place. v2's migration is undone in SQL (the rows stay): quicker than a
-    `rollback --downgrade`, which its own tests cover."""
+    kept) in place, a history of release records. v2's migration is undone in SQL (the rows
+    stay): quicker than a `rollback --downgrade`, which its own tests cover."""
     if app.vm(".deploy/lock").exists():
         app.fab_ok("unlock", "--force", "--yes")
     wait_until(lambda: not leftover_migrations(app), 120, 0.5, "a migration left running")
+    clean_history(app)
     app.wait_http("/health", timeout=60)
     app.psql("DROP TABLE IF EXISTS ballast, half_done; "
              "ALTER TABLE items DROP COLUMN IF EXISTS note, DROP COLUMN IF EXISTS half; "
