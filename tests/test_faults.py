@@ -66,6 +66,12 @@ from vmkit import (
     unique,
 )
 
+# A shell without job control starts a background job with Ctrl-C ignored, and a child
+# inherits that: `fab` would then never see the campaign's SIGINT. A handler of ours is not
+# inherited (exec resets it), so the tool starts with Python's own.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 SLOW_MIGRATION = {"DEPLOY_MIGRATE_COMMAND": "sleep 2 && alembic upgrade head"}
 HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "10"}
 ROWS = ("first row", "second row", "third row")
