@@ -7,11 +7,14 @@ holder after a SIGKILL), the exit code is non-zero and the message says what hap
 to do. `pytest tests/test_faults.py -q` ends with the campaign's table (conftest.py prints it;
 FAULTS_REPORT=path also writes it as Markdown).
 
-Every fault whose outcome depends on the database or its data path runs on both examples:
-`example/` (SQLite, a file on the VM's disk; a new app per fault, on vm3) and
-`example-postgres/` (pgvector, the database a compose service; one app for the module, on vm4,
-put back to v1 with the campaign's rows before each fault). Faults that never touch the app's
-data (the registry, bad input, secrets, two deploys at once) run once, on the SQLite example.
+The campaign runs on both examples, one app each for the module, put back before each fault
+to what a fresh app has (v1 serving on revision 0001, the campaign's rows, the lock free):
+`example/` (SQLite, a file on the VM's disk, on vm3) and `example-postgres/` (pgvector, the
+database a compose service, on vm8). Every fault meets every phase, and each example every
+phase: a fault whose path differs by example (the backup, the migration, the disk, the engine,
+.env) runs on both; one whose path is the same on either runs on one of them, alternating
+(SSH_CUTS and KILLS say which and why). Faults that never touch the app's data (the registry,
+bad input, secrets, two deploys at once) run once, on the SQLite example.
 
 The faults hit sandbox VMs of their own (conftest.FAULT_VMS): their Docker engine restarts and
 crashes disturb nothing else on this machine. The registry is the laptop's, shared.
@@ -27,6 +30,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from _pytest.mark import ParameterSet
 from conftest import EXAMPLE_POSTGRES, REGISTRY, commit_all, git
 from faultkit import (
     RESULTS,
@@ -62,13 +66,27 @@ from vmkit import (
     unique,
 )
 
+# A shell without job control starts a background job with Ctrl-C ignored, and a child
+# inherits that: `fab` would then never see the campaign's SIGINT. A handler of ours is not
+# inherited (exec resets it), so the tool starts with Python's own.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 SLOW_MIGRATION = {"DEPLOY_MIGRATE_COMMAND": "sleep 2 && alembic upgrade head"}
 HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "10"}
 ROWS = ("first row", "second row", "third row")
 BALLAST_MB = 320  # makes the SQLite backup (a cp) last long enough to be caught
 # The Postgres faults run on a VM of their own, beside the SQLite ones (another xdist worker).
+PG_GROUP = pytest.mark.xdist_group("faults-postgres")
 BOTH = pytest.mark.parametrize("example", [
-    "sqlite", pytest.param("postgres", marks=pytest.mark.xdist_group("faults-postgres"))])
+    "sqlite", pytest.param("postgres", marks=PG_GROUP)])
+
+
+def on(example: str, *values: object) -> ParameterSet:
+    """One case of a fault on one example (its id: the values, then the example)."""
+    ids = [v.name if isinstance(v, signal.Signals) else str(v) for v in values]
+    return pytest.param(*values, example, marks=[PG_GROUP] if example == "postgres" else [],
+                        id="-".join([*ids, example]))
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -135,11 +153,12 @@ def pg_app(pg_images, sandbox, pg_fault_vm, tmp_path_factory):
 def reset_postgres(app) -> None:
     """Put the module's Postgres app back where every fault starts: v1 serving on schema
     0001, the lock free, no migration left running, the campaign's rows (and any a fault
-    kept) in place. v2's migration is undone in SQL (the rows stay): quicker than a
-    `rollback --downgrade`, which its own tests cover."""
+    kept) in place, a history of release records. v2's migration is undone in SQL (the rows
+    stay): quicker than a `rollback --downgrade`, which its own tests cover."""
     if app.vm(".deploy/lock").exists():
         app.fab_ok("unlock", "--force", "--yes")
     wait_until(lambda: not leftover_migrations(app), 120, 0.5, "a migration left running")
+    clean_history(app)
     app.wait_http("/health", timeout=60)
     app.psql("DROP TABLE IF EXISTS ballast, half_done; "
              "ALTER TABLE items DROP COLUMN IF EXISTS note, DROP COLUMN IF EXISTS half; "
@@ -151,14 +170,106 @@ def reset_postgres(app) -> None:
     assert app.item_names()[: len(ROWS)] == list(ROWS)
 
 
+FRESH_SHAPES: dict[str, dict[str, list[tuple]]] = {}
+
+
+@pytest.fixture(scope="module")
+def sqlite_app(images, sandbox, fault_vms, tmp_path_factory):
+    """The SQLite example on its fault VM, serving v1 with the campaign's rows: one for the
+    module, put back by `reset_sqlite` before each fault (a new app per fault cost its
+    set-up, a first deploy and its rows every time)."""
+    root = tmp_path_factory.mktemp("sqlite-fault-app")
+    app = App.create(make_app_repo(root / "app"), images, root / "xdg-cache", sandbox,
+                     vm=fault_vms[0])
+    fast_healthcheck(app)
+    try:
+        app.fab_ok("setup")
+        app.deploy(images.v1)
+        for name in ROWS:
+            app.post_item(name)
+        FRESH_SHAPES[app.app_dir] = sqlite_shape(app)  # what reset_sqlite puts back
+        yield app
+    finally:
+        app.tear_down()
+
+
+def sqlite_shape(app) -> dict[str, list[tuple]]:
+    """Each table of the app's SQLite database with its columns (name, type, not null,
+    default, primary key) and indexes: what a migration or a fault can change."""
+    tables = app.first_column("SELECT name FROM sqlite_master WHERE type = 'table' "
+                              "AND name NOT LIKE 'sqlite_%' ORDER BY name")
+    return {t: [tuple(c.values())[1:] for c in app.db(f"PRAGMA table_info('{t}')")]
+            + [("index", i["name"], i["unique"]) for i in app.db(f"PRAGMA index_list('{t}')")]
+            for t in tables}
+
+
+def clean_history(app) -> None:
+    """Drop the lines of .deploy/history.jsonl that are no release record (a state-file fault
+    writes some; the tool skips them with a warning; a fresh app has none)."""
+    path = app.vm(".deploy/history.jsonl")
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "tag" in record:
+            kept.append(line)
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def reset_sqlite(app) -> None:
+    """Put the module's SQLite app back where a fresh one starts: v1 serving and recorded, the
+    lock free, no migration left running, the database on revision 0001 with the tables and
+    columns it had after the first deploy (v2's column, a half migration's table and column,
+    the ballast gone, the file shrunk again), the campaign's rows (and any a fault kept) in
+    place, a history of release records. v1 goes back first: it never reads v2's column."""
+    if app.vm(".deploy/lock").exists():
+        app.fab_ok("unlock", "--force", "--yes")
+    wait_until(lambda: not leftover_migrations(app), 120, 0.5, "a migration left running")
+    clean_history(app)
+    app.wait_http("/health", timeout=60)
+    if served(app) != "1" or app.release_env(".deploy/release.env").get("DEPLOY_TAG") != \
+            app.images.v1:
+        app.fab_ok("rollback", f"--tag={app.images.v1}")
+    conn = sqlite3.connect(app.vm("data/app.db"), timeout=30)
+    try:
+        columns = {c[1] for c in conn.execute("PRAGMA table_info('items')")}
+        for column in ("note", "half"):
+            if column in columns:
+                conn.execute(f"ALTER TABLE items DROP COLUMN {column}")
+        conn.execute("DROP TABLE IF EXISTS ballast")
+        conn.execute("DROP TABLE IF EXISTS half_done")
+        conn.execute("UPDATE alembic_version SET version_num = '0001'")
+        conn.commit()
+        conn.execute("VACUUM")  # the ballast's pages: a backup copies the whole file
+    finally:
+        conn.close()
+    assert sqlite_shape(app) == FRESH_SHAPES[app.app_dir], sqlite_shape(app)
+    assert app.wait_http("/health", timeout=60) == 200 and served(app) == "1"
+    assert app.item_names()[: len(ROWS)] == list(ROWS)
+    assert lock_state(app) == "free" and not leftover_migrations(app)
+
+
 @pytest.fixture
-def rows(example, make_app, images, fault_vms, request):
-    """An app serving v1 on a fault VM, with rows written before any fault: a new SQLite app,
-    or the module's Postgres app put back to that state."""
+def rows(example, fault_vms, request):
+    """An app serving v1 on a fault VM, with rows written before any fault: the module's app
+    of the example, put back to that state."""
     if example == "postgres":
         app = request.getfixturevalue("pg_app")
         reset_postgres(app)
         return app
+    app = request.getfixturevalue("sqlite_app")
+    reset_sqlite(app)
+    return app
+
+
+@pytest.fixture
+def fresh_rows(make_app, images, fault_vms):
+    """A new SQLite app serving v1 with the campaign's rows, for a fault that changes its repo
+    or counts its whole history."""
     app = make_app(vm=fault_vms[0])
     fast_healthcheck(app)
     app.fab_ok("setup")
@@ -237,8 +348,33 @@ def setup_for(phase: str, app, fault_images) -> tuple[str, dict]:
 # --------------------------------------------------------------------------- 1: SSH cut
 
 
-@BOTH
-@pytest.mark.parametrize("phase", ["pull", "backup", "migrate", "up"])
+# Which example each (fault, phase) runs on. The backup (SQLite: a cp of the file; Postgres:
+# pg_dump through `compose exec`) and the migration (a file vs a server, DDL outside vs inside
+# the transaction) take a different path per example: every fault runs there on both. The pull
+# (`docker pull` of the image), the switch (`compose up` of the app service) and the health
+# wait run the same commands on either example and touch no data: each fault runs there on
+# one of them, alternating, so that each example still meets each of those phases. Ctrl-C and
+# SIGTERM go through one handler (deploy/remote/signals.py) and differ in nothing but the exit
+# code and the name shown: per phase one runs on SQLite and the other on Postgres.
+SSH_CUTS = [
+    on("sqlite", "pull"), on("sqlite", "backup"), on("postgres", "backup"),
+    on("sqlite", "migrate"), on("postgres", "migrate"), on("postgres", "up"),
+]
+KILLS = [
+    on("sqlite", "pull", signal.SIGINT), on("postgres", "pull", signal.SIGTERM),
+    on("postgres", "pull", signal.SIGKILL),
+    on("sqlite", "backup", signal.SIGINT), on("postgres", "backup", signal.SIGTERM),
+    on("sqlite", "backup", signal.SIGKILL), on("postgres", "backup", signal.SIGKILL),
+    on("postgres", "migrate", signal.SIGINT), on("sqlite", "migrate", signal.SIGTERM),
+    on("sqlite", "migrate", signal.SIGKILL), on("postgres", "migrate", signal.SIGKILL),
+    on("postgres", "up", signal.SIGINT), on("sqlite", "up", signal.SIGTERM),
+    on("sqlite", "up", signal.SIGKILL),
+    on("sqlite", "health", signal.SIGINT), on("postgres", "health", signal.SIGTERM),
+    on("postgres", "health", signal.SIGKILL),
+]
+
+
+@pytest.mark.parametrize(("phase", "example"), SSH_CUTS)
 def test_ssh_connection_cut(rows, fault_images, phase):
     """The VM-side sshd process of our connection is killed in the middle of a phase."""
     app = rows
@@ -269,10 +405,7 @@ def test_ssh_connection_cut(rows, fault_images, phase):
 # --------------------------------------------------------------------------- 2: local kill
 
 
-@BOTH
-@pytest.mark.parametrize("phase", ["pull", "backup", "migrate", "up", "health"])
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
-                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize(("phase", "sig", "example"), KILLS)
 def test_local_process_killed(rows, fault_images, phase, sig):
     """`fab deploy` gets Ctrl-C (SIGINT), SIGTERM or SIGKILL while the VM runs a phase."""
     app = rows
@@ -447,8 +580,10 @@ def test_a_migration_that_fails_halfway(rows, fault_images):
 # --------------------------------------------------------------------------- 6: bad images
 
 
-@BOTH
-@pytest.mark.parametrize("kind", ["crash", "unhealthy"])
+# Both images fail the same health wait and the same switch back, on either example: each
+# example gets one of them.
+@pytest.mark.parametrize(("kind", "example"), [on("sqlite", "unhealthy"),
+                                               on("postgres", "crash")])
 def test_a_release_that_never_turns_healthy_is_switched_back(rows, fault_images, kind):
     app = rows
     images = app.images
@@ -496,10 +631,13 @@ def corrupt(app, what: str) -> None:
         env.unlink()
 
 
-@BOTH
-@pytest.mark.parametrize("what", ["history: garbage lines", "history: deleted",
-                                  ".env: garbage lines", ".env: release line removed",
-                                  ".env: deleted"])
+# .deploy/history.jsonl is read the same way whatever the database: each of its two faults on
+# one example. .env differs (the Postgres example's services read it, and its release line is
+# COMPOSE_FILE): its three faults on both.
+@pytest.mark.parametrize(("what", "example"), [
+    on("sqlite", "history: garbage lines"), on("postgres", "history: deleted"),
+    *(on(example, what) for what in (".env: garbage lines", ".env: release line removed",
+                                     ".env: deleted") for example in ("sqlite", "postgres"))])
 def test_a_corrupted_or_deleted_state_file(rows, what):
     """`fab status` and `fab rollback` still work, or say exactly what to repair."""
     app = rows
@@ -585,8 +723,8 @@ def test_the_backup_disk_full_stops_the_deploy_before_migrating(rows):
 # --------------------------------------------------------------------------- 9: two at once
 
 
-def test_two_inv_deploys_at_the_same_moment(rows, images):
-    app = rows
+def test_two_inv_deploys_at_the_same_moment(fresh_rows, images):
+    app = fresh_rows  # its repo gets v2's commit; its history is counted from the first
     apply_v2(app.repo)
     tag = git(app.repo, "rev-parse", "--short=7", "HEAD")
     with Fault(app, "two inv deploy at once") as fault:
