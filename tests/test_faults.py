@@ -354,7 +354,7 @@ def setup_for(phase: str, app, fault_images) -> tuple[str, dict]:
 # (`docker pull` of the image), the switch (`compose up` of the app service) and the health
 # wait run the same commands on either example and touch no data: each fault runs there on
 # one of them, alternating, so that each example still meets each of those phases. Ctrl-C and
-# SIGTERM go through one handler (deploy/remote/signals.py) and differ in nothing but the exit
+# SIGTERM go through one handler (deploy/vm/signals.py) and differ in nothing but the exit
 # code and the name shown: per phase one runs on SQLite and the other on Postgres.
 SSH_CUTS = [
     on("sqlite", "pull"), on("sqlite", "backup"), on("postgres", "backup"),
