@@ -3,10 +3,13 @@ target. `compose` recreates the service, waits for its health (as the VM sees it
 the container runs the pulled image, switching back to the previous release on failure;
 `proxy` starts the new container beside the old one behind Caddy (deploy/proxy.py); `swarm`
 deploys the stack and waits for Swarm, which rolls a failed task back itself (deploy/swarm.py).
+A restore stops the app and starts it again the same way: compose stops and starts its
+service; a stack's app service is scaled to 0, then the stack deployed again.
 """
 
 from __future__ import annotations
 
+from deploy.commands import vm as cmd
 from deploy.errors import DeployError
 from deploy.release.target import switch_kind
 from deploy.remote.flows import switch_back
@@ -49,6 +52,33 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: Release | None = No
         with optional_phase(release, PHASE[kind], cuts_short=False):
             return swarm.stack_switch(vm, tag, previous)
     return compose_switch(vm, tag, previous, release)
+
+
+def stop_app(vm: Vm) -> None:
+    """Stop the app for a restore: its compose service, or a stack's app service scaled to 0
+    (waited for until no task of it runs)."""
+    if switch_kind(vm.settings) == "swarm":
+        from deploy import swarm
+
+        return swarm.scale_to_zero(vm)
+    vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True)
+
+
+def start_app(vm: Vm, tag: str) -> str:
+    """Start the app stopped by stop_app at release `tag` (its release files written):
+    compose `up` (its health is checked after, by the caller), or the stack deployed at `tag`
+    and waited for as a switch is: '' when it runs, else what Swarm did instead."""
+    if switch_kind(vm.settings) == "swarm":
+        from deploy import swarm
+
+        return swarm.start_stack(vm, tag)
+    vm.run(cmd.up(vm.compose()), hide=True)
+    return ""
+
+
+def health_checked_at_start(vm: Vm) -> bool:
+    """Whether start_app waited for the app's health itself (a stack: Swarm's healthcheck)."""
+    return switch_kind(vm.settings) == "swarm"
 
 
 def compose_switch(vm: Vm, tag: str, previous: str, release: Release | None = None) -> None:

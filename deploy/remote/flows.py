@@ -400,18 +400,27 @@ def record_restore(vm: Vm, entry: dict) -> None:
 def start_again(vm: Vm, tag: str = "") -> str:
     """Start the app after a restore cut short (`tag`: the release to start, recorded first;
     default the current one); a sentence saying how that went."""
+    from deploy.release import switch  # built on this package: imported here
+
     service = vm.settings.service
     with sigint_deferred():
         if tag and tag != vm.current_tag():
             vm.write_release_files(tag)
-        # A `compose stop` cut short here goes on on the VM (its channel was closed, not the
-        # command): stop it once more, which returns when the container is down, so that
-        # the start below is not undone by the stop finishing after it.
-        vm.run(cmd.stop(vm.compose(), service), hide=True, check=False)
-        result = vm.run(cmd.up(vm.compose()), hide=True, check=False)
-    if result.ok:
+        if switch.health_checked_at_start(vm):  # a stack: deployed again at the release
+            try:
+                last = switch.start_app(vm, vm.current_tag())
+            except DeployError as exc:
+                last = exc.message
+        else:
+            # A `compose stop` cut short here goes on on the VM (its channel was closed, not
+            # the command): stop it once more, which returns when the container is down, so
+            # that the start below is not undone by the stop finishing after it.
+            vm.run(cmd.stop(vm.compose(), service), hide=True, check=False)
+            result = vm.run(cmd.up(vm.compose()), hide=True, check=False)
+            last = "" if result.ok else (result.output.strip().splitlines()
+                                         or [f"exit {result.exited}"])[-1]
+    if not last:
         return f"{service} was started again"
-    last = (result.output.strip().splitlines() or [f"exit {result.exited}"])[-1]
     return f"{service} could not be started again ({last}); `fab rollback --tag=" \
         f"{vm.current_tag()}` starts it"
 
@@ -470,12 +479,14 @@ def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: st
     database, make it equal the backup `name`, record it, start the app (release `target`
     when its schema is the backup's and `current`'s is not), check its health.
     Returns the name of the saved backup ('' when there was no database)."""
+    from deploy.release import switch  # built on this package: imported here
+
     s = vm.settings
     target = target or current
     moved = {"previous": current} if target != current else {}
     try:
         with rel.phase("stop", cuts_short=False):
-            vm.run(cmd.stop(vm.compose(), s.service), hide=True)
+            switch.stop_app(vm)
         with rel.phase("save", cuts_short=False, timed=False) as found:
             saved = vm.backup(current, revision=revision, label="-pre-restore",
                               reason=f"the database `fab restore --backup={name}` replaced")
@@ -525,10 +536,11 @@ def replace_database(vm: Vm, rel: Release, name: str, current: str, revision: st
             if target != current:  # the release whose schema is the backup's
                 found.result = target
                 vm.write_release_files(target)
-            vm.run(cmd.up(vm.compose()), hide=True)
-        with rel.phase("healthy", cuts_short=False):
-            problem = healthy_after_start(vm) or (
-                vm.runs_pulled_image(target) if target != current else "")
+            problem = switch.start_app(vm, target)
+        if not switch.health_checked_at_start(vm):
+            with rel.phase("healthy", cuts_short=False):
+                problem = healthy_after_start(vm) or (
+                    vm.runs_pulled_image(target) if target != current else "")
     except BaseException as exc:  # the first error is the one to show; the record a bonus
         with contextlib.suppress(Exception):
             record_restore(vm, restore_entry(name, target, vm.revision(), False, saved,
