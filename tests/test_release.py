@@ -140,3 +140,31 @@ def test_every_target_rolls_back_through_the_same_checked_phases(
     assert all(phases(text, host) == steps for host in hosts[1:]), text
     checked = {line.split("] ", 1)[0] for line in text.splitlines() if " project-dirs " in line}
     assert checked == {f"[{host}" for host in hosts}, "each host's compose project checked"
+
+
+@pytest.mark.parametrize("flow", ["deploy", "rollback", "restore"])
+def test_the_proxy_without_a_host_name_is_refused_before_anything_changes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flow: str) -> None:
+    """proxy = true and no proxy_host: refused in the check phase, before a pull, a backup,
+    a migration or a stop (it used to come at the switch, after them). A dry run: the
+    commands that would run on the VM are the runner's history."""
+    from test_vm_commands import dry_vm, ran
+
+    from deploy import remote
+
+    (tmp_path / "compose.yaml").write_text(
+        'services:\n  app:\n    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"\n'
+        '    ports: ["8000:8000"]\n')
+    with dry_vm(tmp_path, proxy=True) as vm, pytest.raises(DeployError) as err:
+        if flow == "deploy":
+            remote.deploy(vm, "v2")
+        elif flow == "rollback":
+            remote.rollback(vm, "v1", known_in_registry=lambda tag: True)
+        else:
+            remote.restore(vm, "20260101T000000Z-v1.dump")
+    assert str(err.value).startswith("setting 'proxy_host' is not set (proxy = true needs the "
+                                     "app's host name); nothing was changed"), err.value
+    assert "fix: add `proxy_host = \"app.example.com\"` to deploy.toml" in str(err.value)
+    for changes in ("docker pull", "backup-", "alembic", "up -d", " stop ", "restore-"):
+        assert not ran(vm.runner.history, changes), (changes, vm.runner.history)
+    assert "check" in capsys.readouterr().out, "refused in the check phase"

@@ -22,11 +22,20 @@ PHASE = {"compose": "switch", "proxy": "switch behind the proxy", "swarm": "swit
 
 
 def check_switch(vm: Vm) -> None:
-    """What this host's switch needs before anything changes (a stack: a swarm manager)."""
-    if switch_kind(vm.settings) == "swarm":
+    """What this host's switch needs before anything changes (a stack: a swarm manager;
+    behind the proxy: the app's host names, which Caddy routes it by)."""
+    kind = switch_kind(vm.settings)
+    if kind == "swarm":
         from deploy import swarm
 
         swarm.require_manager(vm)
+    elif kind == "proxy":
+        from deploy import proxy
+
+        try:
+            proxy.hosts(vm.settings)
+        except DeployError as exc:
+            raise DeployError(f"{exc.message}; nothing was changed", exc.fix) from None
 
 
 def pins_digest(vm: Vm) -> bool:

@@ -585,8 +585,11 @@ def restore(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") ->
     current = vm.current_tag()
     with Release(vm, current) as rel, vm.locked(current, action="restore", message=name):
         rel.note("lock")
-        vm.sync_release_env(current)
         with rel.phase("check"):
+            from deploy.release import switch  # built on this package: imported here
+
+            switch.check_switch(vm)  # how the app stops and starts again: the switch's needs
+            vm.sync_release_env(current)
             manifest = vm.check_backup(name, force_unverified)
             match = restore_match(vm, name, manifest, current, tag)
             vm.start_database(current)
