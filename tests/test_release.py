@@ -168,3 +168,21 @@ def test_the_proxy_without_a_host_name_is_refused_before_anything_changes(
     for changes in ("docker pull", "backup-", "alembic", "up -d", " stop ", "restore-"):
         assert not ran(vm.runner.history, changes), (changes, vm.runner.history)
     assert "check" in capsys.readouterr().out, "refused in the check phase"
+
+
+def test_a_stack_restore_scales_the_app_to_0_and_deploys_the_stack_again(tmp_path: Path) -> None:
+    """target = "swarm": a restore stops the app service (scaled to 0) before the data step
+    and deploys the stack after it; no compose stop or `up` of the app (it would start it
+    beside the stack). A dry run: the commands as they would run on the manager."""
+    from test_vm_commands import dry_vm, index_of, ran
+
+    from deploy import remote
+
+    with dry_vm(tmp_path, target="swarm", stack="shop", database="postgres") as vm:
+        remote.restore(vm, "20260101T000000Z-v1.dump")
+    history = vm.runner.history
+    order = [index_of(history, step) for step in (
+        "docker service scale --detach shop_app=0", "restore-postgres",
+        "docker stack deploy --with-registry-auth --prune --compose-file - shop")]
+    assert order == sorted(order), history
+    assert not ran(history, " stop app") and not ran(history, "up -d --remove-orphans"), history
