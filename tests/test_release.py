@@ -11,6 +11,7 @@ import pytest
 from deploy.core.errors import DeployError
 from deploy.core.settings import load_settings
 from deploy.release.target import release_kind, switch_kind
+from deploy.vm import flows
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ROLES = '[roles.web]\nhosts = ["vm1", "vm2"]\n'
@@ -140,3 +141,47 @@ def test_every_target_rolls_back_through_the_same_checked_phases(
     assert all(phases(text, host) == steps for host in hosts[1:]), text
     checked = {line.split("] ", 1)[0] for line in text.splitlines() if " project-dirs " in line}
     assert checked == {f"[{host}" for host in hosts}, "each host's compose project checked"
+
+
+@pytest.mark.parametrize("flow", ["deploy", "rollback", "restore"])
+def test_the_proxy_without_a_host_name_is_refused_before_anything_changes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flow: str) -> None:
+    """proxy = true and no proxy_host: refused in the check phase, before a pull, a backup,
+    a migration or a stop (it used to come at the switch, after them). A dry run: the
+    commands that would run on the VM are the runner's history."""
+    from test_vm_commands import dry_vm, ran
+
+    from deploy.vm import flows
+
+    (tmp_path / "compose.yaml").write_text(
+        'services:\n  app:\n    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"\n'
+        '    ports: ["8000:8000"]\n')
+    with dry_vm(tmp_path, proxy=True) as vm, pytest.raises(DeployError) as err:
+        if flow == "deploy":
+            flows.deploy(vm, "v2")
+        elif flow == "rollback":
+            flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
+        else:
+            flows.restore(vm, "20260101T000000Z-v1.dump")
+    assert str(err.value).startswith("setting 'proxy_host' is not set (proxy = true needs the "
+                                     "app's host name); nothing was changed"), err.value
+    assert "fix: add `proxy_host = \"app.example.com\"` to deploy.toml" in str(err.value)
+    for changes in ("docker pull", "backup-", "alembic", "up -d", " stop ", "restore-"):
+        assert not ran(vm.runner.history, changes), (changes, vm.runner.history)
+    assert "check" in capsys.readouterr().out, "refused in the check phase"
+
+
+def test_a_stack_restore_scales_the_app_to_0_and_deploys_the_stack_again(tmp_path: Path) -> None:
+    """target = "swarm": a restore stops the app service (scaled to 0) before the data step
+    and deploys the stack after it; no compose stop or `up` of the app (it would start it
+    beside the stack). A dry run: the commands as they would run on the manager."""
+    from test_vm_commands import dry_vm, index_of, ran
+
+    with dry_vm(tmp_path, target="swarm", stack="shop", database="postgres") as vm:
+        flows.restore(vm, "20260101T000000Z-v1.dump")
+    history = vm.runner.history
+    order = [index_of(history, step) for step in (
+        "docker service scale --detach shop_app=0", "restore-postgres",
+        "docker stack deploy --with-registry-auth --prune --compose-file - shop")]
+    assert order == sorted(order), history
+    assert not ran(history, " stop app") and not ran(history, "up -d --remove-orphans"), history

@@ -61,6 +61,11 @@ def service_inspect(name: str) -> list[str]:
     return ["docker", "service", "inspect", "--format", "{{json .}}", name]
 
 
+def service_scale(name: str, replicas: int) -> list[str]:
+    """Set the service's replicas, returning at once (the caller waits for its tasks)."""
+    return ["docker", "service", "scale", "--detach", f"{name}={int(replicas)}"]
+
+
 def service_tasks(name: str) -> list[str]:
     """One JSON line per task of the service (its current and recent tasks)."""
     return ["docker", "service", "ps", "--no-trunc", "--format", "{{json .}}", name]

@@ -424,6 +424,53 @@ def stack_switch(vm: Vm, tag: str, previous: str) -> None:
                       "the previous release")
 
 
+# Task states before a task's container has stopped (`docker service ps`, CurrentState)
+LIVE = ("New", "Pending", "Assigned", "Accepted", "Preparing", "Ready", "Starting", "Running")
+
+
+def scale_to_zero(vm: Vm) -> None:
+    """Stop the app service for a restore: scaled to 0, then waited for until none of its
+    tasks' containers runs (none holds a connection to the database any more). The next
+    `docker stack deploy` sets its replicas back to the stack file's."""
+    name = cmd.service_name(stack_name(vm), vm.settings.service)
+    vm.run(cmd.service_scale(name, 0), hide=True, what=f"scaling {name} to 0 failed",
+           fix="see the message above; `fab status` shows the service")
+    if vm.runner.dry_run:
+        return
+    timeout = vm.settings.swarm_timeout
+    end = time.monotonic() + timeout
+    while True:
+        tasks = parse_tasks(vm.run(cmd.service_tasks(name), quiet=True, check=False).stdout)
+        live = [t for t in tasks if t.state in LIVE]
+        if not live:
+            return
+        if time.monotonic() > end:
+            raise DeployError(f"{name} was scaled to 0, but after {timeout:.0f}s its tasks "
+                              f"still run: {'; '.join(t.line() for t in live)}",
+                              f"`docker service ps {name}` on the manager shows why; raise "
+                              "swarm_timeout if they only stop slowly")
+        time.sleep(POLL)
+
+
+def start_stack(vm: Vm, tag: str) -> str:
+    """After a restore: the stack deployed at `tag` (the app service back at the stack file's
+    replicas) and waited for as a switch is (Swarm's healthcheck): '' when its tasks run
+    `tag`, else what Swarm did instead. A failed command, a signal or a lost connection is
+    raised, as a compose `up` is."""
+    vm.run(cmd.stack_deploy(stack_name(vm)), stdin=render(vm, tag),
+           what=f"`docker stack deploy` of {tag} failed", fix="see the message above")
+    if vm.runner.dry_run:
+        return ""
+    state, why = converge(vm, tag, vm.settings.swarm_timeout)
+    if state == "done":
+        vm.runner.say(f"swarm: {why}")
+        prune_env_secrets(vm)
+        return ""
+    if state == "rolled_back":
+        return f"{tag} did not run healthy; Swarm rolled the service back: {why}"
+    return f"the stack did not converge on {tag} ({state}: {why})"
+
+
 def status_lines(vm: Vm) -> list[str]:
     """The app service for `fab status`: Swarm's verdict on the recorded release (its own
     rollback included) and each running task with its node."""

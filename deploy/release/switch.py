@@ -4,10 +4,14 @@ sees it) and checks the container runs the pulled image, switching back to the p
 release on failure (deploy/release/recreate.py); `proxy` starts the new container beside the
 old one behind Caddy (deploy/release/bluegreen.py); `swarm` deploys the stack and waits for
 Swarm, which rolls a failed task back itself (deploy/release/swarm.py).
+A restore stops the app and starts it again the same way: compose stops and starts its
+service; a stack's app service is scaled to 0, then the stack deployed again.
 """
 
 from __future__ import annotations
 
+from deploy.commands import vm as cmd
+from deploy.core.errors import DeployError
 from deploy.release import bluegreen, recreate, swarm
 from deploy.release.target import switch_kind
 from deploy.vm.phases import PhaseLine, optional_phase
@@ -18,9 +22,16 @@ PHASE = {"compose": recreate.PHASE, "proxy": "switch behind the proxy",
 
 
 def check_switch(vm: Vm) -> None:
-    """What this host's switch needs before anything changes (a stack: a swarm manager)."""
-    if switch_kind(vm.settings) == "swarm":
+    """What this host's switch needs before anything changes (a stack: a swarm manager;
+    behind the proxy: the app's host names, which Caddy routes it by)."""
+    kind = switch_kind(vm.settings)
+    if kind == "swarm":
         swarm.require_manager(vm)
+    elif kind == "proxy":
+        try:
+            bluegreen.hosts(vm.settings)
+        except DeployError as exc:
+            raise DeployError(f"{exc.message}; nothing was changed", exc.fix) from None
 
 
 def pins_digest(vm: Vm) -> bool:
@@ -42,3 +53,26 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: PhaseLine | None = 
         with optional_phase(release, PHASE[kind], cuts_short=False):
             return swarm.stack_switch(vm, tag, previous)
     return recreate.switch_checked(vm, tag, previous, release)
+
+
+def stop_app(vm: Vm) -> None:
+    """Stop the app for a restore: its compose service, or a stack's app service scaled to 0
+    (waited for until no task of it runs)."""
+    if switch_kind(vm.settings) == "swarm":
+        return swarm.scale_to_zero(vm)
+    vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True)
+
+
+def start_app(vm: Vm, tag: str) -> str:
+    """Start the app stopped by stop_app at release `tag` (its release files written):
+    compose `up` (its health is checked after, by the caller), or the stack deployed at `tag`
+    and waited for as a switch is: '' when it runs, else what Swarm did instead."""
+    if switch_kind(vm.settings) == "swarm":
+        return swarm.start_stack(vm, tag)
+    vm.run(cmd.up(vm.compose()), hide=True)
+    return ""
+
+
+def health_checked_at_start(vm: Vm) -> bool:
+    """Whether start_app waited for the app's health itself (a stack: Swarm's healthcheck)."""
+    return switch_kind(vm.settings) == "swarm"

@@ -369,14 +369,21 @@ def start_again(vm: Vm, tag: str = "") -> str:
     with sigint_deferred():
         if tag and tag != vm.current_tag():
             vm.write_release_files(tag)
-        # A `compose stop` cut short here goes on on the VM (its channel was closed, not the
-        # command): stop it once more, which returns when the container is down, so that
-        # the start below is not undone by the stop finishing after it.
-        vm.run(cmd.stop(vm.compose(), service), hide=True, check=False)
-        result = vm.run(cmd.up(vm.compose()), hide=True, check=False)
-    if result.ok:
+        if switch.health_checked_at_start(vm):  # a stack: deployed again at the release
+            try:
+                last = switch.start_app(vm, vm.current_tag())
+            except DeployError as exc:
+                last = exc.message
+        else:
+            # A `compose stop` cut short here goes on on the VM (its channel was closed, not
+            # the command): stop it once more, which returns when the container is down, so
+            # that the start below is not undone by the stop finishing after it.
+            vm.run(cmd.stop(vm.compose(), service), hide=True, check=False)
+            result = vm.run(cmd.up(vm.compose()), hide=True, check=False)
+            last = "" if result.ok else (result.output.strip().splitlines()
+                                         or [f"exit {result.exited}"])[-1]
+    if not last:
         return f"{service} was started again"
-    last = (result.output.strip().splitlines() or [f"exit {result.exited}"])[-1]
     return f"{service} could not be started again ({last}); `fab rollback --tag=" \
         f"{vm.current_tag()}` starts it"
 
@@ -438,7 +445,7 @@ def replace_database(vm: Vm, rel: PhaseLine, name: str, current: str, revision: 
     moved = {"previous": current} if target != current else {}
     try:
         with rel.phase("stop", cuts_short=False):
-            vm.run(cmd.stop(vm.compose(), s.service), hide=True)
+            switch.stop_app(vm)
         with rel.phase("save", cuts_short=False, timed=False) as found:
             saved = vm.backup(current, revision=revision, label="-pre-restore",
                               reason=f"the database `fab restore --backup={name}` replaced")
@@ -488,10 +495,11 @@ def replace_database(vm: Vm, rel: PhaseLine, name: str, current: str, revision: 
             if target != current:  # the release whose schema is the backup's
                 found.result = target
                 vm.write_release_files(target)
-            vm.run(cmd.up(vm.compose()), hide=True)
-        with rel.phase("healthy", cuts_short=False):
-            problem = healthy_after_start(vm) or (
-                vm.runs_pulled_image(target) if target != current else "")
+            problem = switch.start_app(vm, target)
+        if not switch.health_checked_at_start(vm):
+            with rel.phase("healthy", cuts_short=False):
+                problem = healthy_after_start(vm) or (
+                    vm.runs_pulled_image(target) if target != current else "")
     except BaseException as exc:  # the first error is the one to show; the record a bonus
         with contextlib.suppress(Exception):
             record_restore(vm, restore_entry(name, target, vm.revision(), False, saved,
@@ -537,8 +545,9 @@ def restore(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") ->
     current = vm.current_tag()
     with PhaseLine(vm, current) as rel, vm.locked(current, action="restore", message=name):
         rel.note("lock")
-        vm.sync_release_env(current)
         with rel.phase("check"):
+            switch.check_switch(vm)  # how the app stops and starts again: the switch's needs
+            vm.sync_release_env(current)
             manifest = vm.check_backup(name, force_unverified)
             match = restore_match(vm, name, manifest, current, tag)
             vm.start_database(current)
