@@ -17,7 +17,7 @@ import time
 import pytest
 from conftest import assert_no_traceback, child_env
 from test_proxy import PROXY_IMAGE, caddy, new_proxy  # noqa: F401 - the module's Caddy
-from vmkit import App, Proxy, docker, output
+from vmkit import GATE, GATED_MIGRATION, App, Proxy, docker, output
 
 from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
@@ -251,7 +251,9 @@ def test_a_health_path_the_serving_app_fails_too_blames_the_setting(make_app, ca
 
 
 def test_a_deploy_that_lost_its_lock_stops_and_unlock_force_asks(live, images):
-    env = {"DEPLOY_LOCK_LEASE": "6", "DEPLOY_MIGRATE_COMMAND": "sleep 20; alembic upgrade head"}
+    # the migration waits for the test's go (a file in the app's data directory): as long as
+    # the test needs, and no longer
+    env = {"DEPLOY_LOCK_LEASE": "6", "DEPLOY_MIGRATE_COMMAND": GATED_MIGRATION}
     proc = background(live, "deploy", f"--tag={images.v2}", env=env)
     lock = live.vm(".deploy/lock")
     try:
@@ -270,6 +272,7 @@ def test_a_deploy_that_lost_its_lock_stops_and_unlock_force_asks(live, images):
         lock.mkdir()
         (lock / "holder.json").write_text(json.dumps(
             {"holder": "bob@laptop", "time": "T", "tag": "x", "action": "deploy"}) + "\n")
+        live.vm(GATE).touch()  # the migration ends now, and the deploy finds bob's lock
         out = proc.communicate(timeout=180)[0]
     finally:
         if proc.poll() is None:
