@@ -225,7 +225,7 @@ def test_a_health_url_both_releases_fail_blames_the_setting(make_app, images):
     app.deploy(images.v1)
     wrong = app.vm_url("/no-such-path")
     text = failed(app.fab("deploy", f"--tag={images.v2}",
-                          env={"DEPLOY_HEALTH_URL": wrong, "DEPLOY_HEALTH_TIMEOUT": "25"}))
+                          env={"DEPLOY_HEALTH_URL": wrong, "DEPLOY_HEALTH_TIMEOUT": "15"}))
     assert f"{wrong} answered 404 on the VM" in text, text
     assert f"both releases fail health_url {wrong}, so the setting is what is wrong" in text
     assert "fix: set health_url (DEPLOY_HEALTH_URL)" in text
@@ -240,7 +240,7 @@ def test_a_health_path_the_serving_app_fails_too_blames_the_setting(make_app, ca
     app.deploy(images.v1)
     text = failed(app.fab("deploy", f"--tag={images.v2}",
                           env={"DEPLOY_HEALTH_PATH": "/no-such-path",
-                               "DEPLOY_HEALTH_TIMEOUT": "25"}))
+                               "DEPLOY_HEALTH_TIMEOUT": "15"}))
     assert "answers 404 on health_path /no-such-path too, so the setting is what is wrong" \
         in text, text
     assert "fix: set health_path (DEPLOY_HEALTH_PATH)" in text
