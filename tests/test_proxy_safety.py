@@ -168,6 +168,8 @@ def test_status_warns_of_a_missing_or_foreign_upstream(make_app, caddy, images):
 
 @pytest.fixture
 def fault_caddy(fault_vms):
+    """A Caddy of its own on the first fault VM; a test names it before make_app, so that its
+    apps are torn down first (its network cannot go while an app's container is on it)."""
     proxy = Proxy(PROXY_IMAGE, fault_vms[0])
     if not proxy.has_image():
         pytest.skip(f"no {PROXY_IMAGE} image on {fault_vms[0].name}")
@@ -175,7 +177,7 @@ def fault_caddy(fault_vms):
     proxy.tear_down()
 
 
-def test_a_deploy_starts_a_stopped_caddy_and_names_a_failing_one(make_app, fault_caddy,
+def test_a_deploy_starts_a_stopped_caddy_and_names_a_failing_one(fault_caddy, make_app,
                                                                   fault_vms, images):
     app = patient(make_app(vm=fault_vms[0]).use_proxy(fault_caddy))
     app.fab_ok("setup")
