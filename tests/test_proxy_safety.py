@@ -17,7 +17,7 @@ import time
 import pytest
 from conftest import assert_no_traceback, child_env
 from test_proxy import PROXY_IMAGE, caddy, new_proxy  # noqa: F401 - the module's Caddy
-from vmkit import App, Proxy, docker, output
+from vmkit import GATE, GATED_MIGRATION, App, Proxy, docker, output
 
 from deploy.commands import proxy as pcmd
 from deploy.commands import vm as cmd
@@ -168,6 +168,8 @@ def test_status_warns_of_a_missing_or_foreign_upstream(make_app, caddy, images):
 
 @pytest.fixture
 def fault_caddy(fault_vms):
+    """A Caddy of its own on the first fault VM; a test names it before make_app, so that its
+    apps are torn down first (its network cannot go while an app's container is on it)."""
     proxy = Proxy(PROXY_IMAGE, fault_vms[0])
     if not proxy.has_image():
         pytest.skip(f"no {PROXY_IMAGE} image on {fault_vms[0].name}")
@@ -175,7 +177,7 @@ def fault_caddy(fault_vms):
     proxy.tear_down()
 
 
-def test_a_deploy_starts_a_stopped_caddy_and_names_a_failing_one(make_app, fault_caddy,
+def test_a_deploy_starts_a_stopped_caddy_and_names_a_failing_one(fault_caddy, make_app,
                                                                   fault_vms, images):
     app = patient(make_app(vm=fault_vms[0]).use_proxy(fault_caddy))
     app.fab_ok("setup")
@@ -225,7 +227,7 @@ def test_a_health_url_both_releases_fail_blames_the_setting(make_app, images):
     app.deploy(images.v1)
     wrong = app.vm_url("/no-such-path")
     text = failed(app.fab("deploy", f"--tag={images.v2}",
-                          env={"DEPLOY_HEALTH_URL": wrong, "DEPLOY_HEALTH_TIMEOUT": "25"}))
+                          env={"DEPLOY_HEALTH_URL": wrong, "DEPLOY_HEALTH_TIMEOUT": "15"}))
     assert f"{wrong} answered 404 on the VM" in text, text
     assert f"both releases fail health_url {wrong}, so the setting is what is wrong" in text
     assert "fix: set health_url (DEPLOY_HEALTH_URL)" in text
@@ -240,7 +242,7 @@ def test_a_health_path_the_serving_app_fails_too_blames_the_setting(make_app, ca
     app.deploy(images.v1)
     text = failed(app.fab("deploy", f"--tag={images.v2}",
                           env={"DEPLOY_HEALTH_PATH": "/no-such-path",
-                               "DEPLOY_HEALTH_TIMEOUT": "25"}))
+                               "DEPLOY_HEALTH_TIMEOUT": "15"}))
     assert "answers 404 on health_path /no-such-path too, so the setting is what is wrong" \
         in text, text
     assert "fix: set health_path (DEPLOY_HEALTH_PATH)" in text
@@ -251,7 +253,9 @@ def test_a_health_path_the_serving_app_fails_too_blames_the_setting(make_app, ca
 
 
 def test_a_deploy_that_lost_its_lock_stops_and_unlock_force_asks(live, images):
-    env = {"DEPLOY_LOCK_LEASE": "6", "DEPLOY_MIGRATE_COMMAND": "sleep 20; alembic upgrade head"}
+    # the migration waits for the test's go (a file in the app's data directory): as long as
+    # the test needs, and no longer
+    env = {"DEPLOY_LOCK_LEASE": "6", "DEPLOY_MIGRATE_COMMAND": GATED_MIGRATION}
     proc = background(live, "deploy", f"--tag={images.v2}", env=env)
     lock = live.vm(".deploy/lock")
     try:
@@ -270,6 +274,7 @@ def test_a_deploy_that_lost_its_lock_stops_and_unlock_force_asks(live, images):
         lock.mkdir()
         (lock / "holder.json").write_text(json.dumps(
             {"holder": "bob@laptop", "time": "T", "tag": "x", "action": "deploy"}) + "\n")
+        live.vm(GATE).touch()  # the migration ends now, and the deploy finds bob's lock
         out = proc.communicate(timeout=180)[0]
     finally:
         if proc.poll() is None:

@@ -19,6 +19,8 @@ import time
 import pytest
 from conftest import answering_200, assert_no_traceback, child_env
 from vmkit import (
+    GATE,
+    GATED_MIGRATION,
     REGISTRY,
     checked,
     delete_from_registry,
@@ -207,9 +209,9 @@ def test_sigterm_and_sighup_release_the_lock_like_ctrl_c(live, images, signum):
 
 def test_a_live_deploy_renews_its_lease_and_unlock_refuses_it_without_force(live, images):
     """`fab unlock` during a live deploy once let a second deploy run."""
-    # A lease of 6 s renewed every 1.5 s; a migration long enough for `fab unlock` to start
-    # and ask while the deploy runs, even on a loaded machine.
-    env = {"DEPLOY_LOCK_LEASE": "6", "DEPLOY_MIGRATE_COMMAND": "sleep 20; alembic upgrade head"}
+    # A lease of 6 s renewed every 1.5 s; a migration that waits for the test's go, so that
+    # `fab unlock` starts and asks while the deploy runs, even on a loaded machine.
+    env = {"DEPLOY_LOCK_LEASE": "6", "DEPLOY_MIGRATE_COMMAND": GATED_MIGRATION}
     proc = background(live, "deploy", f"--tag={images.v2}", env=env)
     lease = live.vm(".deploy/lock/lease")
     try:
@@ -221,6 +223,8 @@ def test_a_live_deploy_renews_its_lease_and_unlock_refuses_it_without_force(live
         assert "held by a deploy that is alive" in out and "--force" in out
         assert f"[pid {proc.pid}, lease renewed" in out
         assert live.vm(".deploy/lock").exists()
+        assert proc.poll() is None, "the deploy ended before its migration was let go"
+        live.vm(GATE).touch()
         assert proc.wait(timeout=180) == 0, proc.communicate()[0]
     finally:
         if proc.poll() is None:

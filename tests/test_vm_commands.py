@@ -230,6 +230,8 @@ def test_a_plain_alembic_upgrade_runs_in_one_python_process_and_says_the_same(tm
      "python -m alembic -c backend/alembic.ini"),
     ("cd backend && uv run alembic upgrade head", "cd backend && uv run alembic"),
     ("sleep 2 && alembic upgrade head", "alembic"),  # not an environment: not repeated
+    ("sleep 2; alembic upgrade head", "alembic"),
+    ("export A=1; cd backend; alembic upgrade head", "export A=1 && cd backend && alembic"),
     ("PATH=/app/.venv/bin:$PATH sh scripts/prestart.sh", "PATH=/app/.venv/bin:$PATH alembic"),
     ("poetry run sh scripts/prestart.sh", "poetry run alembic"),
     ("sh scripts/prestart.sh", "alembic"),

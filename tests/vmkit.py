@@ -63,6 +63,13 @@ def downgrade() -> None:
 '''
 
 
+# A migrate_command that waits until the test creates GATE in the app's directory on the VM
+# (the example mounts its data/ at /data): a deploy held in its migration for exactly as long
+# as a test needs, where a fixed sleep waits the longest a loaded machine might need.
+GATE = "data/migration-go"
+GATED_MIGRATION = f"until [ -e /{GATE} ]; do sleep 0.1; done; alembic upgrade head"
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 

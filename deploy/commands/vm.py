@@ -320,8 +320,8 @@ def alembic_command(migrate_command: str) -> str:
     if found and set(found.group("alembic")) & set("'\"`()"):
         found = None  # alembic inside a quoted or nested command: not a prefix to reuse
     if found:  # of the steps before it, only those that set up an environment (not a sleep)
-        head, _, program = found.group("alembic").rpartition("&&")
-        kept = [part.strip() for part in head.split("&&")
+        *head, program = re.split(r"&&|;", found.group("alembic"))
+        kept = [part.strip() for part in head
                 if part.strip().startswith(("cd ", "export ", ". ", "source "))]
         return " && ".join([*kept, program.strip()])
     prefix = ENV_PREFIX_RE.match(line)
