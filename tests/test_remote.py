@@ -435,12 +435,12 @@ REDEPLOY_COMMANDS = [
     "lock-check", "disk-free", "file-size",  # room for the backup (the database's size)
     "backup-sqlite", "write-file",  # backup (its manifest)
     "lock-check", "compose run",  # migrate
-    "lock-check", "compose up", "health-state", "http-status",  # switch
+    "lock-check", "compose up", "health-state-wait", "http-status",  # switch
     "lock-check", "record", "list-backups",  # record, old backups pruned
     "prune-containers", "app-images",  # the prune phase (the images now there)
     "lock-release-if",
 ]
-POLLS = {"health-state", "http-status"}
+POLLS = {"http-status"}
 
 
 def command_kind(command: str) -> str:

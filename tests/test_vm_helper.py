@@ -1,6 +1,6 @@
 """The rule "no `sh -c` script except through the VM helper", the helper's proxy, env-file,
-settle and swarm subcommands run under dash (the VM's /bin/sh) in a temporary directory, and
-the proxy's health-wait decisions fed sequences of polls (no VM).
+settle, health-state-wait and swarm subcommands run under dash (the VM's /bin/sh) in a temporary
+directory, and the proxy's health-wait decisions fed sequences of polls (no VM).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from deploy.core.runner import Result, Runner
 from deploy.core.settings import Settings
 from deploy.release import bluegreen
 from deploy.vm.appenvfile import app_env_keys, set_key, unset_key
-from deploy.vm.health import ContainerWatch, UpstreamWatch
+from deploy.vm.health import UpstreamWatch
 from deploy.vm.steps import Vm
 from deploy.vm.vm import describe_backup, parse_manifests
 
@@ -406,25 +406,47 @@ def test_a_timeout_says_the_last_state_and_code():
     assert UpstreamWatch().timed_out() == "timeout (none, - through the proxy)"
 
 
-def settle(*states: str, steady_polls: int = 15) -> ContainerWatch | None:
-    """The watch once it says the wait is over, None if it never did."""
-    watch = ContainerWatch(steady_polls=steady_polls)
-    return next((watch for state in states if watch.poll(state)), None)
+def settle(tmp_path: Path, *states: str, steady_polls: int = 15, timeout: float = 5
+           ) -> tuple[int, str, int]:
+    """health-state-wait under dash over stand-ins of compose and docker (command construction:
+    what `docker inspect` says of the container, one state a call; `gone` for no container):
+    (exit, output, how many polls it took)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    polls, script = tmp_path / "polls", tmp_path / "states"
+    script.write_text("".join(f"{state}\n" for state in states))
+    polls.write_text("")
+    (bin_dir / "docker").write_text(
+        f'#!/bin/sh\n[ "$1" = inspect ] || exit 2\necho . >> {polls}\n'
+        f'n=$(wc -l < {polls})\nstate=$(sed -n "${{n}}p" {script})\n'
+        f'[ -n "$state" ] || state=$(tail -n 1 {script})\n'
+        '[ "$state" != gone ] || exit 1\necho "$state sha256:ab 127.0.0.1:5000/app:v2"\n')
+    (bin_dir / "compose").write_text('#!/bin/sh\n[ "$1" = ps ] && echo c0ffee\n')
+    for name in ("docker", "compose"):
+        (bin_dir / name).chmod(0o755)
+    result = dash(cmd.health_state_wait([str(bin_dir / "compose")], "app", timeout,
+                                        steady_polls), tmp_path,
+                  env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    return result.returncode, result.stdout, len(polls.read_text().splitlines())
 
 
-def test_without_the_proxy_the_container_wait_ends_on_dockers_verdict_or_a_steady_run():
-    assert settle("starting", "starting", "healthy").failed() == ""
+def test_without_the_proxy_the_container_wait_ends_on_dockers_verdict_or_a_steady_run(tmp_path):
+    line = "{} sha256:ab 127.0.0.1:5000/app:v2\n"
+    assert settle(tmp_path, "starting", "starting", "healthy") == (0, line.format("healthy"), 3)
     for state in ("unhealthy", "exited", "dead"):
-        assert settle("starting", state).failed() == state
+        assert settle(tmp_path, "starting", state) == (0, line.format(state), 2)
     # no health check: running for `steady_polls` polls in a row, a restart starts it again
-    assert settle("running", "running", "running", steady_polls=3).failed() == ""
-    assert settle("running", "running", "starting", "running", "running",
-                  steady_polls=3) is None
-    assert settle("restarting", "running", "restarting").failed() == "restarting"
-    # nothing printed: no container (yet); the wait goes on and its timeout says so
-    watch = ContainerWatch()
-    assert not watch.poll("") and not watch.poll("missing")
-    assert watch.timed_out() == "timeout (missing)"
+    assert settle(tmp_path, "running", steady_polls=3) == (0, line.format("running"), 3)
+    assert settle(tmp_path, "running", "running", "starting", "running", "running", "running",
+                  steady_polls=3) == (0, line.format("running"), 6)
+    assert settle(tmp_path, "restarting", "running", "restarting") == \
+        (0, line.format("restarting"), 3)
+    # no container (yet, or gone): the wait goes on and its timeout says so, with exit 3
+    started = time.monotonic()
+    assert settle(tmp_path, "starting", "gone", timeout=1) [:2] == \
+        (cmd.HEALTH_TIMEOUT_EXIT, "missing\n")
+    assert time.monotonic() - started < 4
+    assert settle(tmp_path, "gone", "healthy") == (0, line.format("healthy"), 2)
 
 
 class Polls:

@@ -31,6 +31,7 @@ Layout of an app directory on the VM:
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -47,6 +48,7 @@ PROXY_OVERRIDE = f"{STATE_DIR}/proxy.yaml"
 BACKUP_DIR = "backups"
 APP_ENV = "app.env"
 ENV_KEY_MISSING_EXIT = 3  # env-line: the file has no such key
+HEALTH_TIMEOUT_EXIT = 3  # health-state-wait: no verdict in time
 RESOLVED_ELSEWHERE_EXIT = 9  # install_helper: the directory is another one by another name
 COMPOSE_ENV = ".env"
 LOCK_BUSY_EXIT = 75
@@ -387,6 +389,15 @@ def stop(compose_argv: list[str], service: str) -> list[str]:
 def health_state(compose_argv: list[str], service: str) -> list[str]:
     """`STATE IMAGE_ID REFERENCE` of the service's container (`missing` if none runs)."""
     return helper("health-state", service, *compose_argv)
+
+
+def health_state_wait(compose_argv: list[str], service: str, timeout: float,
+                      steady_polls: int) -> list[str]:
+    """health_state's line once the container is decided (healthy, unhealthy, exited, dead,
+    running `steady_polls` polls of 0.1 s in a row, restarting twice), polled on the VM; exit
+    HEALTH_TIMEOUT_EXIT with the last line after `timeout` seconds."""
+    return helper("health-state-wait", str(math.ceil(timeout)), str(steady_polls), service,
+                  *compose_argv)
 
 
 def running_image(compose_argv: list[str], service: str) -> list[str]:

@@ -1,39 +1,13 @@
-"""The health wait's decisions, fed one poll at a time: pure, so tests need no VM.
+"""The proxy's health wait's decisions, fed one poll at a time: pure, so tests need no VM.
 
-The flows poll over the persistent shell (a few ms a poll) and hand each result to a watch;
-the watch says when the wait is over and why.
+The blue/green switch polls over the persistent shell (a few ms a poll) and hands each result
+to the watch; the watch says when the wait is over and why. (Without the proxy the container
+is waited for by the helper's health-state-wait, on the VM.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-DONE = ("healthy", "unhealthy", "exited", "dead")
-
-
-@dataclass
-class ContainerWatch:
-    """The service's container after `compose up`: over once Docker says healthy, unhealthy,
-    exited or dead, or it runs `steady_polls` polls in a row with no health check; restarting
-    twice is over too. `failed()` says what is wrong once it is over ('' if nothing)."""
-
-    steady_polls: int = 15
-    state: str = "none"
-    steady: int = 0
-    restarts: int = 0
-
-    def poll(self, state: str) -> bool:
-        """Take one poll of the container's state: True when the wait is over."""
-        self.state = state or "missing"
-        self.steady = self.steady + 1 if self.state == "running" else 0
-        self.restarts += self.state == "restarting"
-        return self.state in DONE or self.steady >= self.steady_polls or self.restarts >= 2
-
-    def failed(self) -> str:
-        return "" if self.state in ("healthy", "running") else self.state
-
-    def timed_out(self) -> str:
-        return f"timeout ({self.state})"
 
 
 @dataclass

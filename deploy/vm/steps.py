@@ -11,11 +11,11 @@ from deploy.commands import vm as cmd
 from deploy.core.errors import DeployError
 from deploy.core.runner import redact
 from deploy.vm import contract, housekeeping
-from deploy.vm.health import ContainerWatch
 from deploy.vm.vm import VmQueries, parse_revision
 
 BACKUP_EXT = {"sqlite": ".sqlite3", "postgres": ".dump"}
 MANIFEST_MAKER = "deploy-toolkit"
+STEADY_POLLS = 30  # polls of 0.1 s: a container with no health check that runs 3 s is up
 BUSY = "database is locked"  # SQLite's own words when another connection holds the lock
 FILE_KIND = {"sqlite": "sqlite", "postgres": "pgdump"}  # what the helper's file_format says
 FILE_KIND_TEXT = {"sqlite": "an SQLite database", "pgdump": "a pg_dump custom-format archive"}
@@ -346,27 +346,27 @@ class Vm(VmQueries):
 
     def wait_healthy(self, tag: str = "") -> str:
         """Wait for the service to turn healthy (or run steadily 3 s without a health check),
-        then for health_url to answer 200 as seen from the VM; '' if so, else what was seen."""
+        then for health_url to answer 200 as seen from the VM; '' if so, else what was seen.
+        The container is polled on the VM (one round trip for the whole wait)."""
         s = self.settings
         compose = self.compose(tag or None)
-        if self.runner.dry_run:  # what each poll runs, once
-            self.run(cmd.health_state(compose, s.service))
+        wait = cmd.health_state_wait(compose, s.service, s.health_timeout, STEADY_POLLS)
+        if self.runner.dry_run:
+            self.run(wait)
             if s.health_url:
                 self.run(cmd.http_status(s.health_url))
             return ""
-        watch = ContainerWatch()
-
-        def settled() -> bool:
-            state, image_id, reference = (self.run(
-                cmd.health_state(compose, s.service), quiet=True,
-                check=False).stdout.split() + ["", "", ""])[:3]
-            self.seen_running = (image_id, reference) if image_id else None
-            return watch.poll(state)
-
-        if not self.wait_ready(settled, s.health_timeout):
-            return watch.timed_out()
-        if watch.failed():
-            return watch.failed()
+        result = self.run(wait, quiet=True, check=False)
+        state, image_id, reference = (result.stdout.split() + ["", "", ""])[:3]
+        state = state or "missing"
+        self.seen_running = (image_id, reference) if image_id else None
+        if result.exited == cmd.HEALTH_TIMEOUT_EXIT:
+            return f"timeout ({state})"
+        if not result.ok:
+            return (f"the health wait failed (exit {result.exited}): "
+                    f"{(result.output.strip().splitlines() or [''])[-1]}")
+        if state not in ("healthy", "running"):
+            return state
         if s.health_url:
             status = {"code": ""}
 

@@ -366,6 +366,49 @@ health_state() {  # SERVICE COMPOSE...: "STATE IMAGE_ID REFERENCE" of the servic
     echo "${found:-missing}"
 }
 
+health_state_wait() {  # SECONDS STEADY SERVICE COMPOSE...: health_state's line once Docker's verdict
+    # is in (healthy, unhealthy, exited, dead), the container ran STEADY polls in a row without
+    # a health check, or it was seen restarting twice; exit 3 with the last line after SECONDS.
+    # Polled here on the VM every 0.1 s, by id (a `compose ps` only when the id is not known or
+    # gone): no round trip per poll.
+    end=$(( $(now) + $1 ))
+    steady_max=$2
+    shift 2
+    steady=0
+    restarts=0
+    cid=
+    while :; do
+        [ -n "$cid" ] || cid=$(container_of "$@")
+        line=missing
+        if [ -n "$cid" ]; then
+            line=$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}'\
+'{{else}}{{.State.Status}}{{end}} {{.Image}} {{.Config.Image}}' "$cid" 2>/dev/null) || {
+                line=missing
+                cid=
+            }
+        fi
+        state=${line%% *}
+        case $state in
+            healthy | unhealthy | exited | dead)
+                echo "$line"
+                return 0
+                ;;
+            running) steady=$((steady + 1)) ;;
+            restarting) steady=0 && restarts=$((restarts + 1)) ;;
+            *) steady=0 ;;
+        esac
+        if [ "$steady" -ge "$steady_max" ] || [ "$restarts" -ge 2 ]; then
+            echo "$line"
+            return 0
+        fi
+        if [ "$(now)" -ge "$end" ]; then
+            echo "$line"
+            exit 3
+        fi
+        sleep 0.1
+    done
+}
+
 running_image() {  # SERVICE COMPOSE...: "IMAGE_ID REFERENCE" of the running container, or ''
     id=$(container_of "$@")
     [ -n "$id" ] || return 0
@@ -886,6 +929,7 @@ case $cmd in
     oneoffs) oneoffs "$1" ;;
     wait-oneoffs) wait_oneoffs "$@" ;;
     health-state) health_state "$@" ;;
+    health-state-wait) health_state_wait "$@" ;;
     running-image) running_image "$@" ;;
     project-dirs) project_dirs "$1" ;;
     dir-projects) dir_projects "$1" ;;
