@@ -410,7 +410,7 @@ def test_smoke_record_defaults_to_the_home_cache(tmp_path, xdg):
     if xdg is not None:
         env["XDG_CACHE_HOME"] = xdg
     proc = subprocess.run(
-        [sys.executable, "-c", "import deploy.local as m; print(m.SMOKED_FILE)"],
+        [sys.executable, "-c", "import deploy.local.imagebuild as m; print(m.SMOKED_FILE)"],
         env=env, capture_output=True, text=True, check=True, cwd=tmp_path,
     )
     assert proc.stdout.strip() == str(tmp_path / ".cache" / "deploy-toolkit" / "smoked.json")
