@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -255,7 +256,10 @@ def test_check_never_connects_to_the_database_in_dotenv(example_repo, inv, pg_ve
     name, port = real_postgres
     make_postgres_app(example_repo, pg_venv, port)
     before = connections(name)
-    scratch_before = docker("ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1").stdout
+    # this app's scratch databases only: other workers' checks start and stop theirs meanwhile
+    mine = f"label=deploy-toolkit.scratch.app={example_repo.resolve()}"
+    scratch_before = docker("ps", "-aq", "--filter", mine).stdout
+    since = f"{time.time() - 1:.0f}"
 
     proc = inv(example_repo, "check", "--json")  # every check, as a user runs it
     assert_no_traceback(proc)
@@ -265,8 +269,11 @@ def test_check_never_connects_to_the_database_in_dotenv(example_repo, inv, pg_ve
     assert connections(name) == before, "the check connected to the database in .env"
     assert psql(name, "SELECT count(*) FROM precious") == "1"
     assert psql(name, "SELECT to_regclass('alembic_version') IS NULL") == "t"
-    after = docker("ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1").stdout
+    after = docker("ps", "-aq", "--filter", mine).stdout
     assert set(after.split()) <= set(scratch_before.split()), "scratch database left behind"
+    started = docker("events", "--since", since, "--until", f"{time.time():.0f}", "--filter",
+                     "event=start", "--filter", mine, "--format", "{{.ID}}").stdout.split()
+    assert started, "no scratch database of this app started: the label filter sees nothing"
 
     # The proof can fail: the app's own alembic, run as the user would, does reach it.
     proc = subprocess.run([str(pg_venv / "bin/alembic"), "current"], cwd=example_repo,

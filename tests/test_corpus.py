@@ -329,13 +329,15 @@ def test_init_never_overwrites_without_force(tmp_path, inv):
 
 def test_d_inv_test_db_on_a_throwaway_pgvector(poetry_app, inv):
     repo, _ = poetry_app
-    before = subprocess.run(["docker", "ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1"],
+    # this app's throwaway databases only: other workers' tests start and stop theirs meanwhile
+    mine = f"label=deploy-toolkit.scratch.app={repo.resolve()}"
+    before = subprocess.run(["docker", "ps", "-aq", "--filter", mine],
                             capture_output=True, text=True, check=True).stdout.split()
     proc = inv(repo, "test", "--db", env=user_env())
     assert proc.returncode == 0, output(proc)
     assert "1 passed" in proc.stdout
     assert "tests get DATABASE_URL = a throwaway Postgres container" in proc.stdout
-    after = subprocess.run(["docker", "ps", "-aq", "--filter", "label=deploy-toolkit.scratch=1"],
+    after = subprocess.run(["docker", "ps", "-aq", "--filter", mine],
                            capture_output=True, text=True, check=True).stdout.split()
     assert set(after) <= set(before), "the throwaway database was left behind"
     # Without --db too: the app has a database (database = "postgres"), so its tests get a

@@ -414,3 +414,15 @@ def test_smoke_record_defaults_to_the_home_cache(tmp_path, xdg):
         env=env, capture_output=True, text=True, check=True, cwd=tmp_path,
     )
     assert proc.stdout.strip() == str(tmp_path / ".cache" / "deploy-toolkit" / "smoked.json")
+
+
+def test_a_scratch_database_says_which_app_started_it():
+    """Its labels: a scratch database, and the app directory whose check or tests started it
+    (several apps on one laptop, or several test workers, each find their own)."""
+    argv = docker.run_database("postgres:17", name="s1", env={"POSTGRES_DB": "app"}, port=5432,
+                           app="/home/me/shop")
+    assert argv[argv.index("--name") + 1] == "s1" and argv[-1] == "postgres:17"
+    labels = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--label"]
+    assert labels == ["deploy-toolkit.scratch=1", "deploy-toolkit.scratch.app=/home/me/shop"]
+    assert "127.0.0.1::5432" in argv and ["--env", "POSTGRES_DB=app"] == \
+        argv[argv.index("--env"):argv.index("--env") + 2]

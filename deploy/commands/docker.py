@@ -110,10 +110,17 @@ def login(registry: str, user: str) -> list[str]:
     return ["docker", "login", "--username", user, "--password-stdin", registry]
 
 
-def run_database(image: str, *, name: str, env: dict[str, str], port: int) -> list[str]:
-    """A throwaway database container: removed when stopped, port on 127.0.0.1 only."""
+SCRATCH_APP_LABEL = "deploy-toolkit.scratch.app"
+
+
+def run_database(image: str, *, name: str, env: dict[str, str], port: int,
+                 app: str = "") -> list[str]:
+    """A throwaway database container: removed when stopped, port on 127.0.0.1 only; labelled
+    with the app directory it was started for (`app`), so that `docker ps` tells whose it is."""
     argv = ["docker", "run", "--detach", "--rm", "--name", name,
             "--label", "deploy-toolkit.scratch=1", "--publish", f"127.0.0.1::{port}"]
+    if app:
+        argv += ["--label", f"{SCRATCH_APP_LABEL}={app}"]
     for key, value in env.items():  # no secrets here: a scratch database
         argv += ["--env", f"{key}={value}"]
     return argv + [image]

@@ -90,7 +90,8 @@ def postgres(settings: Settings, runner: Runner, timeout: float = 90) -> Iterato
     image = database_image(settings)
     name = f"deploy-scratch-{os.getpid()}-{secrets.token_hex(3)}"
     env = {"POSTGRES_PASSWORD": PG_PASSWORD, "POSTGRES_DB": PG_DB}
-    runner.run(docker.run_database(image, name=name, env=env, port=PG_PORT), quiet=True,
+    runner.run(docker.run_database(image, name=name, env=env, port=PG_PORT,
+                                    app=str(settings.root.resolve())), quiet=True,
                hide=True, what=f"could not start a scratch database from {image}",
                fix=f"make sure the image {image} is in the local engine (docker pull {image})")
     try:
