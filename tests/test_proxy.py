@@ -26,6 +26,7 @@ from deploy.commands.vm import project_name
 from deploy.core.errors import DeployError
 from deploy.core.settings import load_settings
 from deploy.release import proxyform
+from deploy.release.bluegreen import serving_fails_too
 from sandbox.apprepo import EXAMPLE
 
 PROXY_IMAGE = os.environ.get("PROXY_TEST_IMAGE", "caddy:2")
@@ -506,3 +507,14 @@ def test_rollback_with_downgrade_loses_no_database_request(pg_images, caddy, san
         assert (last["tag"], last["action"], last["revision"]) == (v1, "rollback", "0001")
     finally:
         app.tear_down()
+
+
+@pytest.mark.parametrize("problem", ["timeout (starting, 503 through the proxy)",
+                                     "timeout (starting, 500 through the proxy)",
+                                     "timeout (starting, 502 through the proxy)",
+                                     "timeout (starting, 200 through the proxy)"])
+def test_a_5xx_on_health_path_never_blames_the_setting(problem):
+    """A 5xx is the app's own verdict (both releases may share what is down: the database),
+    502 is Caddy reaching no container: neither says health_path is wrong, so the serving
+    container is not even asked (no VM here: asking would fail)."""
+    assert serving_fails_too(None, problem) == ""  # type: ignore[arg-type]

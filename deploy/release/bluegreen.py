@@ -460,8 +460,9 @@ def serving_fails_too(vm: Vm, problem: str) -> str:
     """When the new container ran but never answered 200 on health_path: the status the
     serving container answers on it, if not 200 either ('' otherwise)."""
     answered = re.match(r"timeout \(\w+, (\d{3}) through the proxy\)", problem)
-    # 502: Caddy could not reach the container (not started yet): no answer of the app's
-    if not answered or answered.group(1) in ("200", "502"):
+    # Only a 4xx says the path is wrong: a 5xx is the app's own verdict (both releases may
+    # share what is down, the database), and 502 is Caddy not reaching a container at all.
+    if not answered or not answered.group(1).startswith("4"):
         return ""
     s = vm.settings
     upstream = serving_upstream(vm)

@@ -5,6 +5,7 @@ proxy's blue/green switch (bluegreen.py) is the one without that gap."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from deploy.core.errors import DeployError
@@ -62,8 +63,11 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: PhaseLine | None = 
         return
     back = switch_back(vm, tag, previous, f"{tag} is not healthy ({problem})")
     url = vm.settings.health_url
-    if url and url in problem and url in back.partition(", which is ")[2]:
-        # Two releases fail the same URL though their containers run: the URL is wrong.
+    answered = re.search(r" answered (\d{3}) on the VM", problem)
+    if url and url in problem and url in back.partition(", which is ")[2] \
+            and not (answered and answered.group(1).startswith("5")):
+        # Two releases fail the same URL though their containers run: the URL is wrong
+        # (unless the app answers 5xx there: its own verdict, on what both may share).
         raise DeployError(
             f"{tag} did not turn healthy ({problem}); {back}: both releases fail health_url "
             f"{url}, so the setting is what is wrong, not the app",
