@@ -56,6 +56,7 @@ from deploy.vm.flows import (
     restore_entry,
     start_release,
     validate_backup_name,
+    will_downgrade,
 )
 from deploy.vm.flows import restore as restore_on
 from deploy.vm.matching import matching_release
@@ -296,14 +297,7 @@ def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_
                     with rel.phase("pull", cuts_short=False):
                         digests[slot] = vm.pull_recorded(target, recorded.get("digest", ""))
             wanted, now = recorded.get("revision", ""), first.revision()
-            if downgrade and not dry_run and (not wanted or not now):
-                unknown = f"the revision {target} was deployed with" if not wanted else \
-                    "the database's revision"
-                raise DeployError(f"cannot downgrade: {unknown} is unknown; nothing was changed",
-                                  "roll back without --downgrade, or downgrade by hand "
-                                  f"(`fab exec --cmd \"{first.alembic} downgrade REV\"`) after "
-                                  "a backup")
-            downgrading = bool(downgrade and wanted and now and wanted != now)
+            downgrading = downgrade and will_downgrade(first, target, wanted, now)
             backup = first.backup(target, previous[plan.primary], revision=now,
                                   reason=f"before downgrading to {wanted}"
                                   ) if downgrading else ""

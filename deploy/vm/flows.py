@@ -267,14 +267,7 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
                 found.result = f"{digest[:19]} (as recorded)"
         wanted = recorded.get("revision", "")
         now = vm.revision()
-        if downgrade and not vm.runner.dry_run and (not wanted or not now):
-            unknown = f"the revision {target} was deployed with" if not wanted else \
-                "the database's revision"
-            raise DeployError(f"cannot downgrade: {unknown} is unknown; nothing was changed",
-                              "roll back without --downgrade, or downgrade by hand "
-                              f"(`fab exec --cmd \"{vm.alembic} downgrade REV\"`) after a "
-                              "backup")
-        downgrading = bool(downgrade and wanted and now and wanted != now)
+        downgrading = downgrade and will_downgrade(vm, target, wanted, now)
         backup = ""
         if downgrading:  # the copy to go back to, taken before anything changes
             with rel.phase("backup", cuts_short=False, timed=False) as found:
@@ -303,6 +296,20 @@ def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
                                rel)
     vm.runner.say(f"rolled back to {target}")
     return entry
+
+
+def will_downgrade(vm: Vm, target: str, wanted: str, now: str) -> bool:
+    """Whether `rollback --downgrade` to `target` (deployed at revision `wanted`, the database
+    at `now`) downgrades the schema; refuses, before anything changes, when either revision
+    is unknown (a dry run knows neither, and only shows the commands)."""
+    if not vm.runner.dry_run and (not wanted or not now):
+        unknown = f"the revision {target} was deployed with" if not wanted else \
+            "the database's revision"
+        raise DeployError(f"cannot downgrade: {unknown} is unknown; nothing was changed",
+                          "roll back without --downgrade, or downgrade by hand "
+                          f"(`fab exec --cmd \"{vm.alembic} downgrade REV\"`) after a "
+                          "backup")
+    return bool(wanted and now and wanted != now)
 
 
 def downgrade_serving(vm: Vm, rel: PhaseLine, target: str, current: str, digest: str,
