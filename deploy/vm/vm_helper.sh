@@ -354,15 +354,20 @@ container_state() {  # ID: its health (healthy, unhealthy, starting), else its r
     echo "${found:-missing}"
 }
 
-health_state() {  # SERVICE COMPOSE...: "STATE IMAGE_ID REFERENCE" of the service's container
-    # (its health, else its run state; "missing" alone if there is none)
+container_release() {  # ID: "STATE IMAGE_ID REFERENCE": container_state's state (no
+    # "missing"), the image it runs and the reference it was started from
+    docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}'\
+'{{.State.Status}}{{end}} {{.Image}} {{.Config.Image}}' "$1" 2>/dev/null
+}
+
+health_state() {  # SERVICE COMPOSE...: container_release of the service's container ("missing"
+    # alone if there is none)
     id=$(container_of "$@")
     if [ -z "$id" ]; then
         echo missing
         return
     fi
-    found=$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}'\
-'{{.State.Status}}{{end}} {{.Image}} {{.Config.Image}}' "$id" 2>/dev/null) || found=missing
+    found=$(container_release "$id") || found=missing
     echo "${found:-missing}"
 }
 
@@ -381,8 +386,7 @@ health_state_wait() {  # SECONDS STEADY SERVICE COMPOSE...: health_state's line 
         [ -n "$cid" ] || cid=$(container_of "$@")
         line=missing
         if [ -n "$cid" ]; then
-            line=$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}'\
-'{{else}}{{.State.Status}}{{end}} {{.Image}} {{.Config.Image}}' "$cid" 2>/dev/null) || {
+            line=$(container_release "$cid") || {
                 line=missing
                 cid=
             }
