@@ -248,21 +248,24 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep only the tiers asked for."""
+    """Keep only the tiers asked for, the costliest groups first."""
     wanted = config.getoption("--tier")
     keep: list[pytest.Item] = []
     drop: list[pytest.Item] = []
+    kept: list[tuple[str, str]] = []  # each kept test's (group, tier)
     for item in items:
-        tier = str(dict(item.user_properties).get("tier", "fast"))
-        (keep if tiers.selected(tier, wanted) else drop).append(item)
+        properties = dict(item.user_properties)
+        tier = str(properties.get("tier", "fast"))
+        if tiers.selected(tier, wanted):
+            keep.append(item)
+            kept.append((str(properties.get("group", "-")), tier))
+        else:
+            drop.append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
     # xdist takes groups in this order (pytest_configure turns its own reordering, by number of
     # tests, off): the longest groups start first and the short ones fill in around them.
-    order = tiers.heaviest_first([(str(dict(item.user_properties).get("group", "-")),
-                                   str(dict(item.user_properties).get("tier", "fast")))
-                                  for item in keep])
-    items[:] = [keep[i] for i in order]
+    items[:] = [keep[i] for i in tiers.heaviest_first(kept)]
 
 
 # per tier: first start, last stop, summed duration, tests run (this process's reports: with
