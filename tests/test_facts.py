@@ -110,6 +110,79 @@ def test_facts_under_dash_answer_every_question_and_no_value(tmp_path, docker_st
     assert facts.history == ["not json", record]
 
 
+IMAGES = "image sha256:aa 1000 r/app:v1\nused sha256:aa\n"
+DF = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/x 10 5 5 50% /var\n"
+
+
+@pytest.fixture
+def slow_docker(tmp_path: Path) -> dict[str, str]:
+    """A `docker` answering every question of `facts` with an image (command construction
+    only). Asked for the project's directories, it waits until another question (the one-off
+    containers, asked after it in the document) has been asked: only side by side can both
+    be answered."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    seen = tmp_path / "asked-oneoffs"
+    docker.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        '  "compose version") exit 0 ;;\n'
+        f'  *oneoff=True*) : > {seen}; echo 0123abcd ;;\n'
+        '  *"compose.project=app-1234"*)\n'
+        f'      i=0; while [ ! -e {seen} ] && [ $i -lt ${{TICKS:-50}} ]; do\n'
+        '          sleep 0.1; i=$((i+1)); done\n'
+        f'      [ -e {seen} ] && echo /srv/app || echo alone ;;\n'
+        '  *project.working_dir=*) echo app-1234 ;;\n'
+        "  \"info --format {{.DockerRootDir}}\") echo /var ;;\n"
+        '  "image ls -q --no-trunc r/app") echo sha256:aa ;;\n'
+        '  "image inspect --format"*) echo "image sha256:aa 1000 r/app:v1" ;;\n'
+        '  "ps -aq --no-trunc") echo c1 ;;\n'
+        '  "inspect --format used {{.Image}} c1") echo "used sha256:aa" ;;\n'
+        "esac\n")
+    docker.chmod(0o755)
+    df = bin_dir / "df"
+    df.write_text(f"#!/bin/sh\n[ \"$*\" = '-Pk /var' ] && printf '%s' '{DF}'\n")
+    df.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_facts_with_an_image_bring_the_pulls_disk_figures_asked_side_by_side(tmp_path,
+                                                                               slow_docker):
+    app = tmp_path / "app"
+    app.mkdir()
+    out = dash(cmd.facts("DEPLOY_TAG", "app-1234", "/srv/app", "auto", "r/app"), app,
+               slow_docker)
+    assert out.returncode == 0, out.stderr
+    facts = parse_facts(out.stdout)
+    assert facts.project_dirs == ["/srv/app"], "the docker questions were asked one by one"
+    assert (facts.oneoffs, facts.dir_projects, facts.compose) == (["0123abcd"], ["app-1234"],
+                                                                  "v2")
+    assert (facts.docker_df, facts.app_images) == (DF, IMAGES)
+    without = parse_facts(dash(cmd.facts("DEPLOY_TAG", "app-1234", "/srv/app", "v2"), app,
+                               slow_docker).stdout)
+    assert (without.docker_df, without.app_images) == (None, None)  # not asked: not there
+
+
+def test_facts_whose_files_cannot_be_written_are_asked_again_in_order(tmp_path, slow_docker):
+    """A full disk (here: a temporary directory that is not there) cuts the side-by-side
+    answers short: each is asked again, one after the other, and the document is whole."""
+    app = tmp_path / "app"
+    app.mkdir()
+    mktemp = tmp_path / "bin" / "mktemp"
+    mktemp.write_text(f"#!/bin/sh\necho {tmp_path}/gone\n")
+    mktemp.chmod(0o755)
+    slow_docker["TICKS"] = "5"  # it waits in vain: not long
+    out = dash(cmd.facts("DEPLOY_TAG", "app-1234", "/srv/app", "auto", "r/app"), app,
+               slow_docker)
+    facts = parse_facts(out.stdout)
+    # one by one, the directories' question waits for the one-offs' in vain
+    assert facts.project_dirs == ["alone"]
+    assert (facts.oneoffs, facts.compose) == (["0123abcd"], "v2")
+    assert (facts.docker_df, facts.app_images) == (DF, IMAGES)
+    assert not (tmp_path / "gone").exists()
+
+
 def test_facts_say_when_the_vm_has_no_compose_and_no_http_tool(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

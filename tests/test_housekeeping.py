@@ -144,6 +144,8 @@ def test_a_pull_is_refused_with_the_figures_when_the_disk_is_too_small(tmp_path)
     history = vm.runner.history
     assert not ran(history, "docker pull") and not ran(history, "backup-sqlite")
     assert ran(history, "lock-release-if")
+    # the check phase's one round trip brought the figures: not asked again before the pull
+    assert not ran(history, "disk-free docker") and not ran(history, "app-images")
 
 
 def test_an_image_already_on_the_vm_needs_no_room(tmp_path):
@@ -153,6 +155,11 @@ def test_an_image_already_on_the_vm_needs_no_room(tmp_path):
     vm, _ = scripted_vm(tmp_path, answers)
     flows.deploy(vm, "v2")
     assert ran(vm.runner.history, "docker pull")
+    # read once: the next pull of this connection asks the VM again, its answer fresh
+    with pytest.raises(DeployError) as err:
+        vm.pull("v3")  # no room for a v3 the VM does not have
+    assert "not enough free disk on vm to pull" in err.value.message
+    assert len(ran(vm.runner.history, "disk-free docker")) == 1
 
 
 def test_a_backup_is_refused_with_the_figures_when_backups_has_no_room(tmp_path):

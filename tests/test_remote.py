@@ -429,8 +429,8 @@ def test_inv_deploy_dry_run_prints_every_step_and_pushes_nothing(live, images, s
 # this path, or one asked twice, shows here.
 REDEPLOY_COMMANDS = [
     "install-helper", "lock-acquire", "lock-log-unseen", "restore-state",
-    "facts", "release-files",  # the check phase
-    "disk-free", "app-images",  # room for the image (the previous one's size)
+    "facts",  # the check phase's questions and the room for the image, side by side
+    "release-files",  # the release files written if changed, the compose file rendered
     "docker pull", "docker image inspect",  # pull
     "lock-check", "disk-free", "file-size",  # room for the backup (the database's size)
     "backup-sqlite", "write-file",  # backup (its manifest)

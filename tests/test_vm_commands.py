@@ -641,7 +641,8 @@ FACT_QUESTIONS = {
     "env-keys": "env-keys app.env", "release-tag": "read-var .deploy/release.env DEPLOY_TAG",
     "dotenv-tag": "read-var .env DEPLOY_TAG", "compose": "detect-compose",
     "project-dirs": "project-dirs PROJECT", "dir-projects": "dir-projects APP_DIR",
-    "oneoffs": "oneoffs PROJECT", "http-tool": "http-tool", "history": "history-read"}
+    "oneoffs": "oneoffs PROJECT", "docker-df": "disk-free docker",
+    "app-images": f"app-images {IMAGE}", "http-tool": "http-tool", "history": "history-read"}
 
 
 class FakeVm(MockContext):

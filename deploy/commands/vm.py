@@ -124,13 +124,17 @@ def detect_compose() -> list[str]:
     return helper("detect-compose")
 
 
-def facts(tag_variable: str, project: str, app_dir: str, compose_kind: str) -> list[str]:
+def facts(tag_variable: str, project: str, app_dir: str, compose_kind: str,
+          image: str = "") -> list[str]:
     """What a release's checks need to know of the VM, as one document (parsed by
     deploy.vm.facts): app.env's keys (never values), the tag in .deploy/release.env and in
     .env, the compose flavour (detected if `compose_kind` is auto), the working directories of
     the project's containers and the projects made in app_dir, the project's one-off
-    containers, the HTTP tool the VM has, the release history."""
-    return helper("facts", tag_variable, project, app_dir, compose_kind)
+    containers, the HTTP tool the VM has, the release history; with `image`, also what the
+    pull's disk check reads: `df` of Docker's data root and the repository's images
+    (as disk_free and app_images print them)."""
+    return helper("facts", tag_variable, project, app_dir, compose_kind,
+                  *([image] if image else []))
 
 
 # -- the lock -----------------------------------------------------------------------------

@@ -29,6 +29,9 @@ class Facts:
     oneoffs: list[str] = field(default_factory=list)  # the project's one-off containers
     http_tool: str = ""  # curl, wget, python3, or '' (none)
     history: list[str] = field(default_factory=list)  # .deploy/history.jsonl's lines
+    # for the pull's disk check, read once (None: not asked, or read already)
+    docker_df: str | None = None  # `df -Pk` of Docker's data root
+    app_images: str | None = None  # the repository's images and the images containers use
 
 
 def sections(text: str) -> dict[str, list[str]]:
@@ -64,7 +67,13 @@ def parse_facts(text: str) -> Facts:
                  dotenv_tag=first("dotenv-tag"), compose=first("compose"),
                  project_dirs=words("project-dirs"), dir_projects=words("dir-projects"),
                  oneoffs=words("oneoffs"), http_tool=first("http-tool"),
-                 history=found.get("history", []))
+                 history=found.get("history", []),
+                 docker_df=text_of(found, "docker-df"), app_images=text_of(found, "app-images"))
+
+
+def text_of(found: dict[str, list[str]], name: str) -> str | None:
+    """Section `name` as text (None if the document has none)."""
+    return "".join(f"{line}\n" for line in found[name]) if name in found else None
 
 
 def parse_release_files(text: str) -> tuple[list[str], str]:

@@ -135,15 +135,26 @@ def check_pull_space(vm: VmQueries, tag: str, digest: str = "") -> None:
     registry, or the previous release's image on the VM, whichever is larger), unless it is
     on the VM already."""
     if vm.runner.dry_run:
-        vm.run(cmd.disk_free("docker"))
+        if vm.facts is None:  # else the facts command, shown, asked it
+            vm.run(cmd.disk_free("docker"))
         return
 
     s = vm.settings
-    free = free_space(vm, "docker")
+    facts = vm.facts
+    images_out: str | None
+    if facts is not None and facts.docker_df is not None and facts.app_images is not None:
+        # what the check phase read a moment ago; once: a later pull asks the VM again
+        df_out, images_out = facts.docker_df, facts.app_images
+        facts.docker_df = facts.app_images = None
+        free = parse_df(df_out)
+    else:
+        free = free_space(vm, "docker")
+        images_out = None
     if free is None:  # df unreadable: the pull's own error says what happens
         return
-    images, _ = parse_app_images(vm.run(cmd.app_images(vm.image), quiet=True,
-                                        check=False).stdout)
+    if images_out is None:
+        images_out = vm.run(cmd.app_images(vm.image), quiet=True, check=False).stdout
+    images, _ = parse_app_images(images_out)
     wanted = f"{vm.image}@{digest}" if digest else vm.ref(tag)
     if any(wanted in i.refs for i in images):
         return

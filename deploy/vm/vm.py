@@ -103,7 +103,7 @@ class VmQueries:
         one-off containers, the HTTP tool, the history); kept for the rest of this command."""
         kind = self._compose_kind or self.settings.compose_command
         result = self.run(cmd.facts(self.settings.tag_variable, self.project,
-                                    self.settings.app_dir, kind), quiet=True,
+                                    self.settings.app_dir, kind, self.image), quiet=True,
                           what="the VM could not answer the deploy's checks",
                           fix="see the error above")
         self.facts = Facts() if self.runner.dry_run else parse_facts(result.stdout)

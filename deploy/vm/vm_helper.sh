@@ -454,21 +454,46 @@ http_tool() {  # the first of curl, wget, python3 the VM has (nothing if none)
     done
 }
 
-facts() {  # TAG_VAR PROJECT APP_DIR COMPOSE (v2, v1, or auto: detected)
+fact_part() {  # NAME TAG_VAR PROJECT APP_DIR COMPOSE [IMAGE]: the lines of facts' section NAME
+    case $1 in
+        compose) if [ "$5" = auto ]; then (detect_compose) || echo none; else echo "$5"; fi ;;
+        project-dirs) project_dirs "$3" ;;
+        dir-projects) dir_projects "$4" ;;
+        oneoffs) oneoffs "$3" ;;
+        docker-df) (disk_free docker) 2>/dev/null ;;
+        app-images) (app_images "${6:-}") 2>/dev/null ;;
+    esac
+}
+
+facts() {  # TAG_VAR PROJECT APP_DIR COMPOSE [IMAGE] (COMPOSE: v2, v1, or auto: detected;
+    # IMAGE: also the engine's free disk and the repository's images, which a pull checks)
+    # Each docker CLI call costs tens of milliseconds of start-up: they run side by side into
+    # files, printed in order once all are done. A file not written to its end (a full disk)
+    # is asked again, in order.
+    parts="compose project-dirs dir-projects oneoffs"
+    [ -z "${5:-}" ] || parts="$parts docker-df app-images"
+    tmp=$(mktemp -d 2>/dev/null) || tmp=
+    if [ -n "$tmp" ]; then
+        for name in $parts; do
+            { fact_part "$name" "$@"; echo "@@fact-done"; } > "$tmp/$name" 2>/dev/null &
+        done
+        wait
+    fi
     fact env-keys
     env_keys app.env
     fact release-tag
     read_var "$STATE/release.env" "$1"
     fact dotenv-tag
     read_var .env "$1"
-    fact compose
-    if [ "$4" = auto ]; then (detect_compose) || echo none; else echo "$4"; fi
-    fact project-dirs
-    project_dirs "$2"
-    fact dir-projects
-    dir_projects "$3"
-    fact oneoffs
-    oneoffs "$2"
+    for name in $parts; do
+        fact "$name"
+        if [ -n "$tmp" ] && [ "$(tail -n 1 "$tmp/$name" 2>/dev/null)" = "@@fact-done" ]; then
+            sed '$d' "$tmp/$name"
+        else
+            fact_part "$name" "$@"
+        fi
+    done
+    [ -z "$tmp" ] || rm -rf "$tmp"
     fact http-tool
     http_tool
     fact history
@@ -591,11 +616,12 @@ task_last_health() {  # TASK_ID: the last line of the last health check its cont
 # -- housekeeping: images, stopped containers, free disk, removing the app
 app_images() {  # IMAGE: "image ID SIZE REF..." for each image of the repository IMAGE (REF: its
     # tags and digests), then "used ID" for the image of each container on the VM (any app's)
-    docker image ls -q --no-trunc "$1" | LC_ALL=C sort -u | while read -r id; do
-        docker image inspect --format \
-            'image {{.Id}} {{.Size}}{{range .RepoTags}} {{.}}{{end}}{{range .RepoDigests}} {{.}}{{end}}' \
-            "$id" 2>/dev/null
-    done
+    ids=$(docker image ls -q --no-trunc "$1" | LC_ALL=C sort -u)
+    # one inspect for all: an image removed meanwhile is left out
+    # shellcheck disable=SC2086 # one image id per word
+    [ -z "$ids" ] || docker image inspect --format \
+        'image {{.Id}} {{.Size}}{{range .RepoTags}} {{.}}{{end}}{{range .RepoDigests}} {{.}}{{end}}' \
+        $ids 2>/dev/null
     ids=$(docker ps -aq --no-trunc) || exit 1
     [ -n "$ids" ] || return 0
     # shellcheck disable=SC2086 # one container id per word
