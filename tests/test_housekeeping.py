@@ -203,6 +203,38 @@ def test_the_prune_phase_removes_old_images_by_reference(tmp_path):
     assert "prune 1 image (10 MB), 1 stopped container" in out.getvalue()
 
 
+@pytest.mark.parametrize(("keep", "asked"), [(3, 0), (2, 1)])
+def test_the_prune_lists_the_images_again_only_when_one_could_go(tmp_path, keep, asked):
+    """v0 and v1 on the VM before the pull of v2 (the facts of the check phase said so): with
+    three releases kept none of them can go, and the prune reads that answer instead of
+    asking again; with two, v0 could, and the prune asks the VM as the switch left it."""
+    history = "".join(json.dumps({"tag": t, "digest": f"sha256:{t}", "action": "deploy",
+                                  "revision": "0001", "time": "T"}) + "\n"
+                      for t in ("v0", "v1"))
+    images = (f"image sha256:00 {10 * hk.MB} {IMAGE}:v0 {IMAGE}@sha256:v0\n"
+              f"image sha256:11 {10 * hk.MB} {IMAGE}:v1 {IMAGE}@sha256:v1\nused sha256:11\n")
+    answers = {on("history-read"): Result(history), on("app-images"): Result(images)}
+    vm, out = scripted_vm(tmp_path, answers, keep_releases=keep)
+    flows.deploy(vm, "v2")
+    assert len(ran(vm.runner.history, "app-images")) == asked
+    assert bool(ran(vm.runner.history, "remove-images")) == bool(asked)
+    assert ("prune 1 image (10 MB)" if asked else "prune nothing to remove") in out.getvalue()
+
+
+def test_a_tag_the_pull_moved_does_not_keep_its_old_image_from_the_prune(tmp_path):
+    """Before the pull, v1 named image 11; the pull of v1 moved it to image 22: 11 is no
+    longer a kept release's image, so the prune must ask the VM (it could go)."""
+    vm, _ = scripted_vm(tmp_path, {})
+    history = [{"tag": "v0", "digest": "sha256:v0", "action": "deploy"},
+               {"tag": "v1", "digest": "sha256:v1new", "action": "deploy"}]
+    vm.images_before_pull = f"image sha256:11 {10 * hk.MB} {IMAGE}:v1 {IMAGE}@sha256:v0\n"
+    assert hk.nothing_to_prune(vm, history, 1)  # v1 still names 11: kept
+    vm.images_before_pull = f"image sha256:11 {10 * hk.MB} {IMAGE}:v1 {IMAGE}@sha256:v0\n"
+    vm.pulled["v1"] = "sha256:22"
+    assert not hk.nothing_to_prune(vm, history, 1)
+    assert vm.images_before_pull is None  # read once
+
+
 # --------------------------------------------------------------------------- settings
 
 

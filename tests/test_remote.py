@@ -437,7 +437,7 @@ REDEPLOY_COMMANDS = [
     "lock-check", "compose run",  # migrate
     "lock-check", "compose up", "health-state-wait", "http-status",  # switch
     "lock-check", "record", "list-backups",  # record, old backups pruned
-    "prune-containers", "app-images",  # the prune phase (the images now there)
+    "prune-containers",  # the prune phase: no image can go (the facts' list says), none asked
     "lock-release-if",
 ]
 POLLS = {"http-status"}

@@ -146,6 +146,7 @@ def check_pull_space(vm: VmQueries, tag: str, digest: str = "") -> None:
         # what the check phase read a moment ago; once: a later pull asks the VM again
         df_out, images_out = facts.docker_df, facts.app_images
         facts.docker_df = facts.app_images = None
+        vm.images_before_pull = images_out
         free = parse_df(df_out)
     else:
         free = free_space(vm, "docker")
@@ -154,6 +155,7 @@ def check_pull_space(vm: VmQueries, tag: str, digest: str = "") -> None:
         return
     if images_out is None:
         images_out = vm.run(cmd.app_images(vm.image), quiet=True, check=False).stdout
+        vm.images_before_pull = images_out
     images, _ = parse_app_images(images_out)
     wanted = f"{vm.image}@{digest}" if digest else vm.ref(tag)
     if any(wanted in i.refs for i in images):
@@ -226,9 +228,25 @@ def prune(vm: VmQueries) -> str:
     return ", ".join(said) or "nothing to remove"
 
 
+def nothing_to_prune(vm: VmQueries, history: list[dict], keep: int) -> bool:
+    """Whether the images this command saw before its pull, the pulled tag's reference taken
+    off them (it names the pulled image now), prove that no image could go: none would,
+    even if no container used it. Read once."""
+    before, vm.images_before_pull = vm.images_before_pull, None
+    if before is None:
+        return False
+    images, _ = parse_app_images(before)
+    moved = {vm.ref(tag) for tag in vm.pulled}
+    images = [LocalImage(i.id, i.size, tuple(r for r in i.refs if r not in moved))
+              for i in images]
+    return not images_to_prune(images, set(), history, keep, vm.image)
+
+
 def remove_images(vm: VmQueries, history: list[dict], keep: int) -> list[LocalImage]:
     """Remove the app's images no release of the newest `keep` uses (and no container);
     the images removed."""
+    if nothing_to_prune(vm, history, keep):
+        return []
     images, used = parse_app_images(vm.run(cmd.app_images(vm.image), quiet=True,
                                            what="listing the app's images failed",
                                            fix="see the error above").stdout)

@@ -55,6 +55,9 @@ class VmQueries:
         self.retiring: list[str] = []  # old containers a proxy switch stops in the background
         self.seen_running: tuple[str, str] | None = None  # (image id, reference) the last
         # health poll saw the service's container run
+        # app_images' answer before this command's pull (check_pull_space read it), which
+        # the prune after it may read instead of asking again; None: not known
+        self.images_before_pull: str | None = None
 
     # -- basics -------------------------------------------------------------------------
     @property
