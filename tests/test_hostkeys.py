@@ -100,3 +100,32 @@ def test_fab_run_checks_the_host_key(example_repo: Path, sandbox, vm1) -> None:
     finally:
         marker.unlink(missing_ok=True)
         home.rmdir()
+
+
+def test_a_vm_connection_sends_without_delay_and_opens_again_the_same_way(tmp_path, sandbox,
+                                                                           vm1) -> None:
+    """The socket under a deploy's connection has Nagle's algorithm off (SSH's small packets
+    wait for no delayed ACK), opened again after a drop as it was first, host key checked;
+    the VM's root runs a fresh VM's ~/.bashrc, not the laptop's."""
+    import socket
+
+    from deploy.core.settings import Settings
+    from deploy.vm.session import Target, connect
+
+    settings = Settings(root=tmp_path, host=vm1.address, user=sandbox.ssh_user,
+                        key_file=str(sandbox.key_file), known_hosts=str(sandbox.known_hosts))
+    conn = connect(settings, Target(vm1.address, sandbox.ssh_user, 22))
+    try:
+        socks = []
+        for _ in range(2):
+            sock = conn.client.get_transport().sock
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            socks.append(sock)
+            assert conn.run("echo up", hide=True, in_stream=False).stdout == "up\n"
+            conn.close()  # as a dropped connection is opened again (deploy.vm.shell)
+            conn.open()
+        assert socks[0] is not socks[1]
+        rc = conn.run("cat ~/.bashrc", hide=True, in_stream=False).stdout
+        assert rc == "# root's ~/.bashrc on this sandbox VM: nothing to run\n", rc
+    finally:
+        conn.close()
