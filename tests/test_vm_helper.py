@@ -486,3 +486,25 @@ def test_the_wait_polls_through_the_shell_until_the_watch_decides(tmp_path):
     assert failed == "the health poll failed (exit 2): curl: (7) failed"
     late = polled(tmp_path, [(0, "starting 000\n")] * 100, timeout=0.3)[0]
     assert late == "timeout (starting, 000 through the proxy)"
+
+
+def test_after_a_switch_the_other_services_come_from_the_compose_file_the_check_rendered(
+        tmp_path):
+    """The check phase rendered the compose file with the release: settle brings up the
+    services it names besides the web one (none: nothing runs), without asking compose for
+    the list again; a release it did not render is asked on the VM."""
+    from test_vm_commands import scripted_vm
+
+    from deploy.release import bluegreen
+
+    vm, _ = scripted_vm(tmp_path, {}, proxy=True, proxy_host="app.test")
+    vm.rendered["v2"] = {"services": {"app": {}}}
+    bluegreen.settle(vm, "v2")
+    assert vm.runner.history == []
+    vm.rendered["v2"] = {"services": {"app": {}, "worker": {}, "beat": {}}}
+    bluegreen.settle(vm, "v2")
+    (sent,) = vm.runner.history
+    assert sent.endswith("up -d --no-deps --remove-orphans worker beat"), sent
+    assert " settle " not in sent and " config" not in sent
+    bluegreen.settle(vm, "v3")
+    assert " settle app " in vm.runner.history[-1]

@@ -297,6 +297,11 @@ def settle(compose_argv: list[str], service: str) -> list[str]:
     return helper("settle", service, *compose_argv)
 
 
+def settle_services(compose_argv: list[str], services: list[str]) -> list[str]:
+    """settle, the other services known (from the compose file the check rendered)."""
+    return [*compose_argv, "up", "-d", "--no-deps", "--remove-orphans", *services]
+
+
 def stop(container_ids: list[str]) -> list[str]:
     """Stop gracefully: SIGTERM, then the container's own stop grace period."""
     return ["docker", "stop", *container_ids]

@@ -478,10 +478,19 @@ def discard(vm: Vm, container: Container) -> None:
 
 
 def settle(vm: Vm, tag: str) -> None:
-    """After the switch: the release's other services (workers) brought up to date."""
-    vm.run(pcmd.settle(vm.compose(tag), vm.settings.service), hide=True,
-           what="`compose up -d` of the other services after the switch failed",
-           fix="see the output above")
+    """After the switch: the release's other services (workers) brought up to date. The
+    compose file the check rendered with `tag` names them (none: nothing to run); without
+    it, the VM's compose lists them."""
+    config = vm.rendered.get(tag)
+    if config is None or vm.runner.dry_run:
+        argv = pcmd.settle(vm.compose(tag), vm.settings.service)
+    else:
+        others = [name for name in config.get("services", {}) if name != vm.settings.service]
+        if not others:
+            return
+        argv = pcmd.settle_services(vm.compose(tag), others)
+    vm.run(argv, hide=True, what="`compose up -d` of the other services after the switch "
+           "failed", fix="see the output above")
 
 
 def switch_checked(vm: Vm, tag: str, previous: str, phase: Phase | None = None) -> None:

@@ -51,6 +51,7 @@ class VmQueries:
         self.manifests: dict[str, dict] = {}  # backups/NAME -> the manifest written for it
         self.before_migration = ""  # the revision the last migration found ('' if unknown)
         self.facts: Facts | None = None  # what the check phase read (gather_facts)
+        self.rendered: dict[str, dict] = {}  # tag -> the compose file as the check rendered it
         self.leftovers_settled = False  # no one-off container of the project runs (we waited)
         self.retiring: list[str] = []  # old containers a proxy switch stops in the background
         self.seen_running: tuple[str, str] | None = None  # (image id, reference) the last
@@ -487,7 +488,8 @@ class VmQueries:
                             "rewrote it")
         if render is None or self.runner.dry_run:
             return {}
-        return contract.parse_config(output)
+        self.rendered[render] = contract.parse_config(output)
+        return self.rendered[render]
 
     # -- queries --------------------------------------------------------------------------
     def running(self) -> tuple[str, str]:
