@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 from fabric import Connection
@@ -71,18 +72,15 @@ def check_key_file(key_file: Path) -> None:
         raise DeployError(f"{key_file} is not an SSH private key", fix) from None
 
 
-class VmConnection(Connection):
-    """A Fabric Connection whose TCP socket has Nagle's algorithm off, as OpenSSH's own
-    client does: SSH's small packets (the key exchange, the login, each command and its
-    answer) otherwise wait up to 40 ms for the other side's delayed ACK, several times a
-    connection. A gateway (ProxyJump, ProxyCommand in ~/.ssh/config) keeps Fabric's socket."""
-
-    def open(self) -> object:
-        if not self.is_connected and not self.gateway:  # a fresh socket at each (re)open
-            sock = socket.create_connection((self.host, self.port), self.connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.connect_kwargs = {**(self.connect_kwargs or {}), "sock": sock}
-        return super().open()
+def nodelay_transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """paramiko's Transport over `sock`, Nagle's algorithm off first, as OpenSSH's client
+    does: SSH's small packets (the key exchange, the login, each command and its answer)
+    otherwise wait up to 40 ms for the other side's delayed ACK, several times a connection.
+    paramiko makes the socket (its errors and timeouts as they were), at each (re)connection;
+    a gateway's channel (ProxyJump, ProxyCommand) is left as it is."""
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return paramiko.Transport(sock, **kwargs)
 
 
 def connect(settings: Settings, target: Target) -> Connection:
@@ -91,10 +89,11 @@ def connect(settings: Settings, target: Target) -> Connection:
     if key_file:
         check_key_file(key_file)
     known_hosts = Path(settings.known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
-    connect_kwargs: dict = {"allow_agent": not key_file, "look_for_keys": not key_file}
+    connect_kwargs: dict = {"allow_agent": not key_file, "look_for_keys": not key_file,
+                            "transport_factory": nodelay_transport}
     if key_file:
         connect_kwargs["key_filename"] = str(key_file)
-    conn = VmConnection(
+    conn = Connection(
         target.host,
         user=target.user,
         port=target.port,
