@@ -1340,3 +1340,14 @@ def test_the_database_reach_check_says_ok_when_a_port_listens():
     assert (proc.returncode, cmd.parse_reach(proc.stdout)) == (0, ("ok", f"127.0.0.1:{port}"))
     assert "secret" not in proc.stdout
     assert cmd.parse_reach("Traceback ...\nboom") == ("unknown", "Traceback ...\nboom")
+
+
+def test_the_proxy_form_of_the_compose_file_is_written_once_a_connection(tmp_path):
+    """.deploy/proxy.yaml depends on no tag: the check phase writes it, the record after the
+    switch does not send the same file again."""
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  app:\n    image: ${DEPLOY_IMAGE}:${DEPLOY_TAG}\n    ports: ['8000:8000']\n")
+    vm, _ = scripted_vm(tmp_path, {}, proxy=True, proxy_host="app.test")
+    for tag in ("v1", "v2", "v2"):
+        vm.release_texts(tag)
+    assert len(ran(vm.runner.history, f"write-file {cmd.PROXY_OVERRIDE}")) == 1

@@ -52,6 +52,7 @@ class VmQueries:
         self.before_migration = ""  # the revision the last migration found ('' if unknown)
         self.facts: Facts | None = None  # what the check phase read (gather_facts)
         self.rendered: dict[str, dict] = {}  # tag -> the compose file as the check rendered it
+        self._proxy_form_written = ""  # .deploy/proxy.yaml as this connection wrote it
         self.leftovers_settled = False  # no one-off container of the project runs (we waited)
         self.retiring: list[str] = []  # old containers a proxy switch stops in the background
         self.seen_running: tuple[str, str] | None = None  # (image id, reference) the last
@@ -435,7 +436,10 @@ class VmQueries:
         project = contract.env_text({"COMPOSE_PROJECT_NAME": self.project}, kind)
         files = [self.settings.compose_file, *self.overrides]
         if self.settings.proxy:  # the web service's proxy form, from the laptop's compose file
-            self.write(cmd.PROXY_OVERRIDE, proxyform.override_text(self.settings, kind))
+            form = proxyform.override_text(self.settings, kind)
+            if form != self._proxy_form_written:  # once a connection: it depends on no tag
+                self.write(cmd.PROXY_OVERRIDE, form)
+                self._proxy_form_written = form
         if readers:
             # A service reads .env: it must not change per release. A plain `compose up -d`
             # finds the release in an override file that .env names (constant lines).
