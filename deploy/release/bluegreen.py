@@ -479,8 +479,8 @@ def discard(vm: Vm, container: Container) -> None:
 
 def settle(vm: Vm, tag: str) -> None:
     """After the switch: the release's other services (workers) brought up to date. The
-    compose file the check rendered with `tag` names them (none: nothing to run); without
-    it, the VM's compose lists them."""
+    compose file rendered with `tag` in this command (the check's) names them (none: nothing
+    to run); without it, the VM's compose lists them."""
     config = vm.rendered.get(tag)
     if config is None or vm.runner.dry_run:
         argv = pcmd.settle(vm.compose(tag), vm.settings.service)

@@ -146,16 +146,16 @@ def check_pull_space(vm: VmQueries, tag: str, digest: str = "") -> None:
         # what the check phase read a moment ago; once: a later pull asks the VM again
         df_out, images_out = facts.docker_df, facts.app_images
         facts.docker_df = facts.app_images = None
-        vm.images_before_pull = images_out
         free = parse_df(df_out)
     else:
         free = free_space(vm, "docker")
         images_out = None
+    vm.images_before_pull = images_out  # what the prune after this pull may read
     if free is None:  # df unreadable: the pull's own error says what happens
         return
     if images_out is None:
-        images_out = vm.run(cmd.app_images(vm.image), quiet=True, check=False).stdout
-        vm.images_before_pull = images_out
+        images_out = vm.images_before_pull = vm.run(cmd.app_images(vm.image), quiet=True,
+                                                    check=False).stdout
     images, _ = parse_app_images(images_out)
     wanted = f"{vm.image}@{digest}" if digest else vm.ref(tag)
     if any(wanted in i.refs for i in images):

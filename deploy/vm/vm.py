@@ -51,7 +51,7 @@ class VmQueries:
         self.manifests: dict[str, dict] = {}  # backups/NAME -> the manifest written for it
         self.before_migration = ""  # the revision the last migration found ('' if unknown)
         self.facts: Facts | None = None  # what the check phase read (gather_facts)
-        self.rendered: dict[str, dict] = {}  # tag -> the compose file as the check rendered it
+        self.rendered: dict[str, dict] = {}  # tag -> the compose file as compose rendered it
         self._proxy_form_written = ""  # .deploy/proxy.yaml as this connection wrote it
         self.leftovers_settled = False  # no one-off container of the project runs (we waited)
         self.retiring: list[str] = []  # old containers a proxy switch stops in the background
@@ -577,7 +577,8 @@ class VmQueries:
         result = self.run(cmd.config(self.compose(tag), self.compose_kind()), quiet=True,
                           what="`docker compose config` on the VM failed",
                           fix="fix the compose file (or app.env) it names, then `fab setup`")
-        return contract.parse_config(result.stdout)
+        self.rendered[tag] = contract.parse_config(result.stdout)
+        return self.rendered[tag]
 
     def http_status(self, url: str) -> str:
         """The status code of `url` asked from the VM itself ('000' if nothing answers)."""
