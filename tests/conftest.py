@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import tiers
+from sharedlock import SharedLock
 
 if TYPE_CHECKING:  # vmkit imports this module (see below); the sandbox's types only
     from _pytest.terminal import TerminalReporter
@@ -293,6 +294,66 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     yield
 
 
+# A test phase (set-up, call, tear-down) longer than this is stopped with every thread's
+# stack in its failure, so that a test that waits forever fails alone instead of holding the
+# run until CI's own limit. The longest take 3 minutes; the first set-up builds the images.
+PHASE_LIMIT = 1200.0
+
+
+def _stop_the_phase(limit: float) -> Callable[[int, object], None]:
+    def handler(signum: int, frame: object) -> None:
+        import threading
+        import traceback
+
+        names = {t.ident: t.name for t in threading.enumerate()}
+        stacks = [f"-- thread {names.get(ident, ident)}\n" + "".join(traceback.format_stack(f))
+                  for ident, f in sys._current_frames().items()]
+        pytest.fail(f"still running after {limit:g} s: stopped. Every thread's stack:\n"
+                    + "\n".join(stacks), pytrace=False)
+    return handler
+
+
+@contextlib.contextmanager
+def phase_limit(limit: float = PHASE_LIMIT) -> Iterator[None]:
+    """The block fails (pytest.fail, with every thread's stack) if it runs over `limit`
+    seconds; a limit already running around it goes on afterwards."""
+    import signal
+    import threading
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _stop_the_phase(limit))
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, limit)
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 0.01))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with phase_limit():
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with phase_limit():
+        yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    with phase_limit():
+        yield
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     properties = dict(report.user_properties)
     tier = properties.get("tier")
@@ -493,18 +554,11 @@ REGISTRY_LOCK = Path("/tmp/deploy-tests-registry.lock")
 REGISTRY_GATE = Path("/tmp/deploy-tests-registry.gate")
 
 
-@contextlib.contextmanager
-def registry_in_use(exclusive: bool = False) -> Iterator[None]:
-    with open(REGISTRY_GATE, "a") as gate, open(REGISTRY_LOCK, "a") as lock:
-        fcntl.flock(gate, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(gate, fcntl.LOCK_UN)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+REGISTRY_USE = SharedLock(REGISTRY_LOCK, REGISTRY_GATE)
+
+
+def registry_in_use(exclusive: bool = False) -> contextlib.AbstractContextManager[None]:
+    return REGISTRY_USE.held(exclusive)
 
 
 def sandbox_up(*vms: int) -> Sandbox:
