@@ -203,6 +203,33 @@ def test_deploy_and_rollback_behind_the_proxy_fail_no_request(proxied, images,
     assert app.history()[-1]["container"] == app.container_names()[0]
 
 
+def test_the_deploy_ends_before_the_old_container_and_the_next_switch_waits_for_it(
+        proxied, images):
+    """The old container finishes its requests after the deploy says done (the deploy does
+    not wait for its stop); a rollback right after waits for it instead of removing it while
+    it still answers."""
+    app = proxied
+    app.deploy(images.v1)
+    first = app.containers()
+    with Probe(app) as probe, InFlight(app, seconds=5) as slow:
+        time.sleep(1.5)  # 5 s requests in flight on v1's container
+        out = app.deploy(images.v2)
+        retiring = [i[:12] for i in app.retiring()]
+        both = app.container_names(settled=False)
+        back = app.fab_ok("rollback")
+    print(f"deploy, then rollback: {probe.summary()}; 5 s requests: "
+          f"{[h.status for h in slow.hits]}")
+    assert "old container stopping" in out, out
+    assert retiring == first and len(both) == 2, (retiring, first, both)
+    assert "not serving" not in back, back  # nothing removed by force
+    assert probe.failed == [], probe.summary()
+    assert probe.versions() == ["1", "2", "1"], probe.summary()
+    assert slow.hits and all(h.status == 200 for h in slow.hits), slow.hits
+    assert {h.version for h in slow.hits} == {"1", "2"}, slow.hits
+    assert len(app.container_names()) == 1 and app.retiring() == []
+    assert app.history()[-1]["action"] == "rollback"
+
+
 def test_an_unhealthy_image_never_takes_traffic(proxied, images):
     app = proxied
     app.deploy(images.v1)

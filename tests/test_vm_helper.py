@@ -364,6 +364,53 @@ def test_settle_brings_up_every_service_but_the_web_one(tmp_path):
     assert not calls.exists()  # only the web service: nothing to bring up
 
 
+def test_a_retired_container_is_marked_until_gone_and_the_next_switch_waits_for_it(tmp_path):
+    """retire returns at once and stops in the background; wait-retired waits for the marked
+    containers among those it is given, not for the others, and drops marks of containers
+    gone. A stand-in docker (command construction): a file per container; its stop takes
+    0.5 s, or forever for one named in `hangs`."""
+    bin_dir, there = tmp_path / "bin", tmp_path / "containers"
+    bin_dir.mkdir()
+    there.mkdir()
+    (bin_dir / "docker").write_text(
+        f'#!/bin/sh\ncmd=$1; shift\ncase $cmd in\n'
+        f'  inspect) shift 2; [ -e "{there}/$1" ] ;;\n'
+        f'  stop) for id in "$@"; do grep -qx "$id" {tmp_path}/hangs 2>/dev/null && '
+        f'sleep 601.25; done; sleep 0.5 ;;\n'
+        f'  rm) shift; for id in "$@"; do rm -f "{there}/$id"; done ;;\n'
+        f'  *) exit 2 ;;\nesac\n')
+    (bin_dir / "docker").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    marks = tmp_path / ".deploy" / "retiring"
+    for c in ("aa01", "bb02", "cc03", "ee05"):
+        (there / c).touch()
+
+    started = time.monotonic()
+    assert dash(pcmd.retire(["aa01", "bb02"]), tmp_path, env=env).returncode == 0
+    assert time.monotonic() - started < 0.4  # the stop goes on in the background
+    assert sorted(p.name for p in marks.iterdir()) == ["aa01", "bb02"]
+    (marks / "dd04").touch()  # a container gone without its mark removed (a killed stop)
+
+    # cc03 is not retiring (an interrupted switch's container): it is not waited for
+    result = dash(pcmd.wait_retired(["aa01", "cc03"], 10), tmp_path, env=env)
+    assert (result.returncode, result.stdout) == (0, "")
+    assert not (there / "aa01").exists() and (there / "cc03").exists()
+    assert sorted(p.name for p in marks.iterdir()) == []  # bb02 went too, dd04 was stale
+
+    (tmp_path / "hangs").write_text("ee05\n")
+    assert dash(pcmd.retire(["ee05"]), tmp_path, env=env).returncode == 0
+    started = time.monotonic()
+    result = dash(pcmd.wait_retired(["ee05"], 1), tmp_path, env=env)
+    assert (result.returncode, result.stdout) == (1, "still there: ee05\n")
+    assert time.monotonic() - started < 5  # (the helper counts whole seconds)
+    assert [p.name for p in marks.iterdir()] == ["ee05"]
+
+    bad = dash(pcmd.retire(["ff06", "../x"]), tmp_path, env=env)
+    assert bad.returncode != 0 and "'../x' is not a container id" in bad.stderr
+    assert [p.name for p in marks.iterdir()] == ["ee05"]  # nothing marked, nothing stopped
+    subprocess.run(["pkill", "-f", "sleep 601.25"], check=False)  # the stop that hangs
+
+
 # --------------------------------------------------------------------------- the health wait
 
 

@@ -492,8 +492,29 @@ class App:
     def db_revision(self) -> str:
         return self.first_column("SELECT version_num FROM alembic_version")[0]
 
-    def containers(self, *, running: bool = True, service: str = "") -> list[str]:
-        """The app's containers (of one compose service, if named)."""
+    def retiring(self) -> list[str]:
+        """The ids of the old containers a blue/green switch still stops in the background."""
+        marks = self.vm(".deploy/retiring")
+        ids = sorted(p.name for p in marks.iterdir()) if marks.is_dir() else []
+        if not ids:
+            return []
+        # a mark outlives its container when the stop was cut short (the engine killed)
+        there = self.vm_docker("ps", "-aq", "--no-trunc").stdout.split()
+        return [i for i in ids if i in there]
+
+    def wait_retired(self, timeout: float = 30) -> None:
+        """Until the old containers a switch retires are gone (a deploy does not wait)."""
+        deadline = time.monotonic() + timeout
+        while self.retiring():
+            assert time.monotonic() < deadline, f"still stopping: {self.retiring()}"
+            time.sleep(0.1)
+
+    def containers(self, *, running: bool = True, service: str = "",
+                   settled: bool = True) -> list[str]:
+        """The app's containers (of one compose service, if named); `settled`: once the old
+        ones a blue/green switch stops in the background are gone."""
+        if settled:
+            self.wait_retired()
         args = ["ps", "-q", "--filter", f"label=com.docker.compose.project={self.project}"]
         if service:
             args += ["--filter", f"label=com.docker.compose.service={service}"]
@@ -509,8 +530,8 @@ class App:
         assert len(ids) == 1, f"expected one running {service} container of {self.project}: {ids}"
         return self.vm_docker("inspect", "--format", "{{.Config.Image}}", ids[0]).stdout.strip()
 
-    def container_names(self, *, running: bool = True) -> list[str]:
-        ids = self.containers(running=running)
+    def container_names(self, *, running: bool = True, settled: bool = True) -> list[str]:
+        ids = self.containers(running=running, settled=settled)
         if not ids:
             return []
         out = self.vm_docker("inspect", "--format", "{{.Name}}", *ids).stdout.split()

@@ -309,13 +309,14 @@ def stop(container_ids: list[str]) -> list[str]:
 
 def retire(container_ids: list[str]) -> list[str]:
     """Stop the containers gracefully (as `stop`), then remove them, in the background on the
-    VM: the command returns at once; wait_gone waits for the end."""
+    VM: the command returns at once; each is marked retiring until it is gone."""
     return helper("retire", *container_ids)
 
 
-def wait_gone(container_ids: list[str], timeout: float) -> list[str]:
-    """Until none of the containers exists (exit 1, naming those left, after `timeout`)."""
-    return helper("wait-gone", str(int(timeout)), *container_ids)
+def wait_retired(container_ids: list[str], timeout: float) -> list[str]:
+    """Until those of the containers marked retiring are gone (exit 1, naming those left,
+    after `timeout`)."""
+    return helper("wait-retired", str(int(timeout)), *container_ids)
 
 
 def remove(container_ids: list[str], force: bool = False) -> list[str]:

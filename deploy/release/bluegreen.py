@@ -323,8 +323,9 @@ def serving_upstream(vm: Vm) -> str:
 def switch(vm: Vm, tag: str, times: dict[str, float] | None = None) -> tuple[str, str]:
     """Blue/green switch to `tag`: (problem, container). `problem` is '' when `tag` serves;
     otherwise the new container was removed and the old one serves on, untouched. The old
-    container is stopped in the background (vm.finish_retiring waits for it). `times` gets
-    the seconds the new container took to start and to answer through Caddy."""
+    container is stopped in the background, the deploy does not wait for it: the next switch
+    does (wait_retired). `times` gets the seconds the new container took to start and to
+    answer through Caddy."""
     s: Settings = vm.settings
     times = {} if times is None else times
     hosts(s)  # proxy_host is set: refused before anything changes on the VM
@@ -334,6 +335,9 @@ def switch(vm: Vm, tag: str, times: dict[str, float] | None = None) -> tuple[str
     old = [c for c in before if c.state == "running" and upstream.startswith(c.name + ":")]
     leftovers = [c for c in before if c not in old]
     ensure_route(vm)
+    if leftovers:  # the last switch's old container may still be finishing its requests
+        wait_retired(vm, [c.id for c in leftovers])
+        leftovers = [c for c in containers(vm) if c.id not in {o.id for o in old}]
     if leftovers:  # an interrupted switch's new container, a stopped one: none serves
         vm.runner.say(f"removing {', '.join(c.name for c in leftovers)}: not serving")
         vm.run(pcmd.remove([c.id for c in leftovers], force=True), hide=True)
@@ -372,10 +376,27 @@ def switch(vm: Vm, tag: str, times: dict[str, float] | None = None) -> tuple[str
     # stopped before Caddy points elsewhere, nor left serving a recorded new release).
     with sigint_deferred():
         vm.run(pcmd.set_upstream(s.proxy_dir, vm.project, target), cwd="", hide=True)
-        if old:  # it finishes its requests while the deploy records the release
+        if old:  # it finishes its requests while the deploy records the release, and after
             vm.run(pcmd.retire([c.id for c in old]), hide=True, check=False)
             vm.retiring += [c.id for c in old]
     return "", fresh.name
+
+
+# Seconds an old container may take to stop: docker kills it at the end of its stop grace
+# period (10 s unless the compose file says more), so this is a bound that is never reached
+# unless the VM's engine hangs.
+RETIRE_WAIT = 120.0
+
+
+def wait_retired(vm: Vm, container_ids: list[str]) -> None:
+    """Before a switch: wait until those of the containers that an earlier switch retires
+    (stops in the background) are gone, so that none is removed by force while it still
+    finishes its requests."""
+    wait = max(RETIRE_WAIT, vm.settings.health_timeout)
+    result = vm.run(pcmd.wait_retired(container_ids, wait), quiet=True, check=False)
+    if not result.ok:
+        vm.runner.say(f"warning: an old container still stops after {wait:.0f}s "
+                      f"({result.output.strip()[-200:]}); it is removed now")
 
 
 # Seconds between two polls of a new container: each is one `docker inspect` and one request

@@ -71,15 +71,15 @@ def release_entry(tag: str, digest: str, revision: str, action: str, previous: s
 
 def record_release(vm: Vm, entry: dict, release: PhaseLine | None = None) -> dict:
     """Record what now serves; a Ctrl-C (or SIGTERM) meanwhile waits until it is recorded.
-    Then wait for the old container a proxy switch stops meanwhile to be gone."""
+    The old container a proxy switch retires goes on stopping: the deploy does not wait."""
     with sigint_deferred() as interrupted:
         if not vm.runner.dry_run:  # a dry run records nothing, not even in what it prints
             vm.record(entry)
     if release:
         release.note("recorded")
-    waited = vm.finish_retiring()
-    if release and waited is not None:
-        release.note(f"old container stopped +{waited:.1f}s")
+        if vm.retiring:
+            release.note("old container stopping")
+    vm.retiring = []
     if interrupted:
         vm.runner.say(f"Ctrl-C came after {entry['tag']} turned healthy: it was recorded all "
                       "the same")

@@ -32,7 +32,6 @@ from deploy.vm.signals import sigint_deferred
 
 REVISION_RE = re.compile(r"^(\w+)(?: \((?:effective )?head\))*\s*$")
 POLL = 0.2
-RETIRE_WAIT = 120.0  # seconds an old container may take to stop (its stop grace period)
 
 
 class VmQueries:
@@ -54,7 +53,7 @@ class VmQueries:
         self.rendered: dict[str, dict] = {}  # tag -> the compose file as compose rendered it
         self._proxy_form_written = ""  # .deploy/proxy.yaml as this connection wrote it
         self.leftovers_settled = False  # no one-off container of the project runs (we waited)
-        self.retiring: list[str] = []  # old containers a proxy switch stops in the background
+        self.retiring: list[str] = []  # old containers a switch stops in the background
         self.seen_running: tuple[str, str] | None = None  # (image id, reference) the last
         # health poll saw the service's container run
         # app_images' answer before this command's pull (check_pull_space read it), which
@@ -216,10 +215,6 @@ class VmQueries:
             yield
         finally:
             self.holder_json = ""
-            try:  # the next deploy must find no old container still stopping
-                self.finish_retiring()
-            except Exception:  # the connection may be gone: the VM's stop goes on anyway
-                pass
             if renewer:
                 renewer.stop()
             try:
@@ -277,22 +272,6 @@ class VmQueries:
                           f"was changed; {serving or 'nothing'} is serving",
                           "`fab status` shows what serves and who holds the lock; deploy "
                           "again once the lock is free")
-
-    def finish_retiring(self) -> float | None:
-        """Wait until the old containers a blue/green switch stops in the background are
-        gone (their requests finished), so that a deploy that says done leaves one container;
-        the seconds waited (None if none was stopping)."""
-        ids, self.retiring = self.retiring, []
-        if not ids or self.runner.dry_run:
-            return None
-        started = time.monotonic()
-        wait = max(RETIRE_WAIT, self.settings.health_timeout)
-        result = self.run(pcmd.wait_gone(ids, wait), quiet=True, check=False)
-        if not result.ok:
-            self.runner.say(f"warning: the old container {', '.join(i[:12] for i in ids)} still "
-                            f"stops after {wait:.0f}s; it is removed once it has stopped "
-                            "(`fab status` shows it)")
-        return time.monotonic() - started
 
     # -- a restore cut off ---------------------------------------------------------------
     def record_restore(self, entry: dict) -> None:

@@ -904,12 +904,19 @@ proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request 
 }
 
 retire() {  # ID...: each stopped within its stop grace period (finishing the requests it
-    # serves), then removed, in the background: the deploy goes on meanwhile, and so does the
-    # stop if the SSH session ends
+    # serves), then removed, in the background: the deploy goes on and ends meanwhile, and so
+    # does the stop if the SSH session ends. Each is marked in .deploy/retiring/ until it is
+    # gone, so that the next switch waits for it instead of removing it by force.
+    for id in "$@"; do
+        case $id in *[!0-9a-f]*|'') die "retire: '$id' is not a container id" ;; esac
+    done
+    mkdir -p .deploy/retiring
+    for id in "$@"; do : > ".deploy/retiring/$id"; done
     (
         trap '' HUP
         docker stop "$@"
         docker rm --force "$@"
+        for id in "$@"; do rm -f ".deploy/retiring/$id"; done
     ) </dev/null >/dev/null 2>&1 &
 }
 
@@ -924,6 +931,25 @@ wait_gone() {  # TIMEOUT ID...: until none of the containers exists; exit 1 afte
         [ -n "$left" ] || return 0
         [ "$(now)" -ge "$end" ] && { echo "still there:$left"; exit 1; }
         sleep 0.1
+    done
+}
+
+wait_retired() {  # TIMEOUT ID...: until those of the containers a switch retires (marked in
+    # .deploy/retiring/) are gone: exit 1 after TIMEOUT s, naming those left. Markers of
+    # containers gone (their stop was cut short) are removed.
+    t=$1
+    shift
+    marked=
+    for id in "$@"; do
+        [ -e ".deploy/retiring/$id" ] && marked="$marked $id"
+    done
+    if [ -n "$marked" ]; then
+        # shellcheck disable=SC2086 # one container id per word
+        wait_gone "$t" $marked
+    fi
+    for f in .deploy/retiring/*; do
+        [ -e "$f" ] || continue
+        docker inspect --format . "${f##*/}" >/dev/null 2>&1 || rm -f "$f"
     done
 }
 
@@ -990,7 +1016,7 @@ case $cmd in
     proxy-maintenance-state) proxy_maintenance_state "$@" ;;
     ensure-network) ensure_network "$1" ;;
     retire) retire "$@" ;;
-    wait-gone) wait_gone "$@" ;;
+    wait-retired) wait_retired "$@" ;;
     app-images) app_images "$1" ;;
     prune-containers) prune_containers "$1" ;;
     remove-images) remove_images "$@" ;;
