@@ -193,6 +193,7 @@ def test_a_deploy_starts_a_stopped_caddy_and_names_a_failing_one(fault_caddy, ma
     assert app.version()["version"] == "2"
 
     # killed in the middle of a switch's health wait: started again, the switch goes on
+    app.wait_retired()  # v1's old container gone: a v1 container now is the rollback's
     proc = background(app, "rollback")
     try:
         new = ["ps", "-q", "--filter", f"label=com.docker.compose.project={app.project}",

@@ -217,7 +217,9 @@ def roles_app(make_app, three_vms):
 
 
 def served(view, service: str = "app") -> str:
-    """The tag the VM's container of `service` runs, as the VM's engine says."""
+    """The tag the VM's container of `service` runs, as the VM's engine says (once the old
+    one a switch stops in the background is gone)."""
+    view.wait_retired()
     ids = view.vm_docker("ps", "-q", "--filter", f"label=com.docker.compose.project="
                          f"{view.project}", "--filter",
                          f"label=com.docker.compose.service={service}").stdout.split()
