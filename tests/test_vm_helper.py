@@ -397,6 +397,12 @@ def test_a_retired_container_is_marked_until_gone_and_the_next_switch_waits_for_
     assert not (there / "aa01").exists() and (there / "cc03").exists()
     assert sorted(p.name for p in marks.iterdir()) == []  # bb02 went too, dd04 was stale
 
+    (there / "ab07").touch()  # none named (before a restore stops the app): all marked
+    assert dash(pcmd.retire(["ab07"]), tmp_path, env=env).returncode == 0
+    result = dash(pcmd.wait_retired([], 10), tmp_path, env=env)
+    assert (result.returncode, result.stdout) == (0, "")
+    assert not (there / "ab07").exists() and not any(marks.iterdir())
+
     (tmp_path / "hangs").write_text("ee05\n")
     assert dash(pcmd.retire(["ee05"]), tmp_path, env=env).returncode == 0
     started = time.monotonic()

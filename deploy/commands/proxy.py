@@ -314,8 +314,8 @@ def retire(container_ids: list[str]) -> list[str]:
 
 
 def wait_retired(container_ids: list[str], timeout: float) -> list[str]:
-    """Until those of the containers marked retiring are gone (exit 1, naming those left,
-    after `timeout`)."""
+    """Until those of the containers marked retiring (all of them if none is named) are
+    gone (exit 1, naming those left, after `timeout`)."""
     return helper("wait-retired", str(int(timeout)), *container_ids)
 
 

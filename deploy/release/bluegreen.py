@@ -388,12 +388,12 @@ def switch(vm: Vm, tag: str, times: dict[str, float] | None = None) -> tuple[str
 RETIRE_WAIT = 120.0
 
 
-def wait_retired(vm: Vm, container_ids: list[str]) -> None:
-    """Before a switch: wait until those of the containers that an earlier switch retires
-    (stops in the background) are gone, so that none is removed by force while it still
-    finishes its requests."""
+def wait_retired(vm: Vm, container_ids: list[str] | None = None) -> None:
+    """Before a switch or a stop of the app: wait until those of the containers (all, if
+    None) that an earlier switch retires (stops in the background) are gone, so that none is
+    removed by force while it still finishes its requests, nor started again."""
     wait = max(RETIRE_WAIT, vm.settings.health_timeout)
-    result = vm.run(pcmd.wait_retired(container_ids, wait), quiet=True, check=False)
+    result = vm.run(pcmd.wait_retired(container_ids or [], wait), quiet=True, check=False)
     if not result.ok:
         vm.runner.say(f"warning: an old container still stops after {wait:.0f}s "
                       f"({result.output.strip()[-200:]}); it is removed now")

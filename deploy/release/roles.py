@@ -40,7 +40,7 @@ from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-expor
     role_of,
     to_switch_back,
 )
-from deploy.release.switch import switch_checked
+from deploy.release.switch import stop_app, switch_checked
 from deploy.vm.flows import (
     Migrated,
     backup_and_migrate,
@@ -396,9 +396,7 @@ def restore_others(first: Vm, name: str, force_unverified: bool, others: dict[Sl
     before = {slot: vm.current_tag() for slot, vm in others.items()}
     try:
         for slot, vm in others.items():
-            vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True,
-                   what=f"stopping the app on {slot} failed; nothing was restored",
-                   fix="see the message above")
+            stop_app(vm, what=f"stopping the app on {slot} failed; nothing was restored")
             stopped.append(slot)
         if stopped:
             say(f"stopped the app on {', '.join(map(str, stopped))} while the database on "

@@ -55,12 +55,17 @@ def switch_checked(vm: Vm, tag: str, previous: str, release: PhaseLine | None = 
     return recreate.switch_checked(vm, tag, previous, release)
 
 
-def stop_app(vm: Vm) -> None:
+def stop_app(vm: Vm, what: str = "") -> None:
     """Stop the app for a restore: its compose service, or a stack's app service scaled to 0
-    (waited for until no task of it runs)."""
-    if switch_kind(vm.settings) == "swarm":
+    (waited for until no task of it runs). Behind the proxy, an old container the last
+    switch still stops is waited for first: `compose up` must find only the serving one."""
+    kind = switch_kind(vm.settings)
+    if kind == "swarm":
         return swarm.scale_to_zero(vm)
-    vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True)
+    if kind == "proxy":
+        bluegreen.wait_retired(vm)
+    vm.run(cmd.stop(vm.compose(), vm.settings.service), hide=True, what=what,
+           fix="see the message above" if what else "")
 
 
 def start_app(vm: Vm, tag: str) -> str:

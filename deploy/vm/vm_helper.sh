@@ -934,11 +934,16 @@ wait_gone() {  # TIMEOUT ID...: until none of the containers exists; exit 1 afte
     done
 }
 
-wait_retired() {  # TIMEOUT ID...: until those of the containers a switch retires (marked in
-    # .deploy/retiring/) are gone: exit 1 after TIMEOUT s, naming those left. Markers of
-    # containers gone (their stop was cut short) are removed.
+wait_retired() {  # TIMEOUT [ID...]: until those of the containers a switch retires (marked
+    # in .deploy/retiring/; all of them without an ID) are gone: exit 1 after TIMEOUT s,
+    # naming those left. Markers of containers gone (their stop was cut short) are removed.
     t=$1
     shift
+    if [ $# -eq 0 ]; then
+        for f in .deploy/retiring/*; do
+            [ -e "$f" ] && set -- "$@" "${f##*/}"
+        done
+    fi
     marked=
     for id in "$@"; do
         [ -e ".deploy/retiring/$id" ] && marked="$marked $id"
