@@ -417,6 +417,28 @@ def test_a_retired_container_is_marked_until_gone_and_the_next_switch_waits_for_
     (tmp_path / "hangs").unlink()  # the stop that hung ends (it would after 10 s)
 
 
+def test_the_services_container_is_not_one_a_switch_retires(tmp_path):
+    """Right after a blue/green switch the old container still stops in the background:
+    what the service runs (its image, its health) is asked of the other one. Stand-ins of
+    compose (two containers, short ids) and docker (command construction)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "compose").write_text('#!/bin/sh\n[ "$1" = ps ] && printf "aa11\\nbb22\\n"\n')
+    (bin_dir / "docker").write_text('#!/bin/sh\n[ "$1" = inspect ] || exit 2\n'
+                                    'eval "id=\\${$#}"\necho "sha256:$id ref-$id"\n')
+    for name in ("compose", "docker"):
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    argv = cmd.running_image([str(bin_dir / "compose")], "app")
+    assert dash(argv, tmp_path, env=env).stdout == "sha256:aa11 ref-aa11\n"
+    marks = tmp_path / ".deploy" / "retiring"
+    marks.mkdir(parents=True)
+    (marks / "aa11ffee").touch()  # marked by its full id
+    assert dash(argv, tmp_path, env=env).stdout == "sha256:bb22 ref-bb22\n"
+    (marks / "bb22ffee").touch()
+    assert dash(argv, tmp_path, env=env).stdout == ""  # none but retiring ones
+
+
 # --------------------------------------------------------------------------- the health wait
 
 

@@ -341,10 +341,18 @@ wait_oneoffs() {  # PROJECT TIMEOUT
     done
 }
 
-container_of() {  # SERVICE COMPOSE...: the id of the service's container ('' if none)
+container_of() {  # SERVICE COMPOSE...: the id of the service's container ('' if none),
+    # not one that a blue/green switch retires (it stops in the background, marked in
+    # .deploy/retiring/ by its full id)
     service=$1
     shift
-    "$@" ps -q "$service" 2>/dev/null | head -n 1
+    for id in $("$@" ps -q "$service" 2>/dev/null); do
+        retiring=
+        for f in .deploy/retiring/"$id"*; do
+            [ -e "$f" ] && retiring=1
+        done
+        [ -n "$retiring" ] || { echo "$id"; return 0; }
+    done
 }
 
 container_state() {  # ID: its health (healthy, unhealthy, starting), else its run state; missing
