@@ -220,7 +220,7 @@ def real_postgres(pg_image):
         port = docker("port", name, "5432/tcp").stdout.split(":")[-1].strip()
         yield name, int(port)
     finally:
-        docker("rm", "-f", name)
+        docker("rm", "--force", "--volumes", name)
 
 
 def psql(name: str, sql: str) -> str:
@@ -292,10 +292,14 @@ def test_migrations_check_catches_drift_on_scratch_postgres(example_repo, inv, p
          "    name: Mapped[str] = mapped_column(String(200), nullable=False)\n"
          "    extra: Mapped[str] = mapped_column(String(20), nullable=True)\n")
     commit_all(example_repo, "a model change without a migration")
+    dangling = docker("volume", "ls", "-q", "--filter", "dangling=true").stdout.split()
     result = check(inv, example_repo, "migrations")
     assert not result["ok"]
     assert "the models differ from the migrations" in result["reason"]
     assert "extra" in result["reason"]
+    # the scratch database went with its data directory (the image's anonymous volume)
+    left = set(docker("volume", "ls", "-q", "--filter", "dangling=true").stdout.split())
+    assert left <= set(dangling), left - set(dangling)
 
 
 # --- the tests' database: a throwaway one, never the developer's own by accident -----------

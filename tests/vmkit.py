@@ -611,7 +611,7 @@ class Proxy:
         label = f"label=com.docker.compose.project={self.project}"
         ids = self.docker("ps", "-aq", "--filter", label).stdout.split()
         if ids:
-            self.docker("rm", "--force", *ids)
+            self.docker("rm", "--force", "--volumes", *ids)
         for _ in range(20):  # the engine may still hold a removed container's endpoint
             gone = self.docker("network", "rm", self.network)
             if gone.returncode == 0 or "not found" in gone.stderr:
