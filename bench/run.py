@@ -117,28 +117,17 @@ def bench_remote(app: Path, env: dict, box: sandbox.Sandbox, image: str, app_dir
 
 PHASES = ("start", "healthy", "stop")
 # `fab deploy`'s line: `switch behind the proxy (start 0.7s, healthy 2.2s) 3.0s · recorded ·
-# old container stopping` (the deploy does not wait for the stop: 0 s of it)
+# old container stopping`: the deploy does not wait for the stop, 0 s of it
 FAB_PHASES = re.compile(r"switch behind the proxy \(start ([\d.]+)s, healthy ([\d.]+)s\) "
-                        r"[\d.]+s · recorded(?: · old container stopped \+([\d.]+)s)?")
-
-
-def wait_retired(app_dir: Path, timeout: float = 30) -> None:
-    """Until the old container `fab deploy` left stopping is gone (untimed: the next run's
-    floor must find one container)."""
-    marks = app_dir / ".deploy" / "retiring"
-    deadline = time.monotonic() + timeout
-    while marks.is_dir() and any(marks.iterdir()):
-        if time.monotonic() > deadline:
-            sys.exit(f"the old container is still stopping after {timeout:.0f}s: "
-                     f"{[p.name for p in marks.iterdir()]}")
-        time.sleep(0.05)
+                        r"[\d.]+s · recorded")
 
 
 def fab_phases(out: str) -> dict[str, float]:
     found = FAB_PHASES.search(out)
     if not found:
         sys.exit(f"no switch phases in `fab deploy`'s output:\n{out[-2000:]}")
-    return dict(zip(PHASES, (float(x or 0) for x in found.groups()), strict=True))
+    start, healthy = map(float, found.groups())
+    return {"start": start, "healthy": healthy, "stop": 0.0}
 
 
 def floor_phases(out: str) -> dict[str, float]:
@@ -177,7 +166,7 @@ def bench_proxy(work: Path, env: dict, box: sandbox.Sandbox, image: str, runs: i
             took, out = run_out([*FAB, "deploy", f"--tag={tags[i % 2]}"], app, penv)
             ours.append(took)
             phases["fab deploy"].append(fab_phases(out))
-            wait_retired(vm.host_path(app_dir))
+            vmkit.wait_retired(vm, app_dir)  # untimed: the floor must find one container
             took, out = run_out(script + [tags[(i + 1) % 2], project, caddy.proxy_dir, host],
                                 app, {**penv, "RUN": on_vm})
             floor.append(took)

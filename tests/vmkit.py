@@ -162,6 +162,26 @@ def build_images(root: Path, source: Path = EXAMPLE, prefix: str = "rt-") -> Ima
     return images
 
 
+def retiring(vm: Vm, app_dir: str) -> list[str]:
+    """The ids of the old containers a blue/green switch still stops in the background in
+    `app_dir` on `vm`."""
+    marks = vm.host_path(app_dir) / ".deploy" / "retiring"
+    ids = sorted(p.name for p in marks.iterdir()) if marks.is_dir() else []
+    if not ids:
+        return []
+    # a mark outlives its container when the stop was cut short (the engine killed)
+    there = run(vm.docker("ps", "-aq", "--no-trunc")).stdout.split()
+    return [i for i in ids if i in there]
+
+
+def wait_retired(vm: Vm, app_dir: str, timeout: float = 30) -> None:
+    """Until the old containers a switch retires are gone (a deploy does not wait)."""
+    deadline = time.monotonic() + timeout
+    while retiring(vm, app_dir):
+        assert time.monotonic() < deadline, f"still stopping: {retiring(vm, app_dir)}"
+        time.sleep(0.1)
+
+
 def remove_local_images(image: str, vm: Vm | None = None) -> None:
     """Remove every tag of `image` from the laptop's engine (or from `vm`'s)."""
     engine = vm.docker if vm else (lambda *args: ["docker", *args])
@@ -493,21 +513,10 @@ class App:
         return self.first_column("SELECT version_num FROM alembic_version")[0]
 
     def retiring(self) -> list[str]:
-        """The ids of the old containers a blue/green switch still stops in the background."""
-        marks = self.vm(".deploy/retiring")
-        ids = sorted(p.name for p in marks.iterdir()) if marks.is_dir() else []
-        if not ids:
-            return []
-        # a mark outlives its container when the stop was cut short (the engine killed)
-        there = self.vm_docker("ps", "-aq", "--no-trunc").stdout.split()
-        return [i for i in ids if i in there]
+        return retiring(self.machine, self.app_dir)
 
     def wait_retired(self, timeout: float = 30) -> None:
-        """Until the old containers a switch retires are gone (a deploy does not wait)."""
-        deadline = time.monotonic() + timeout
-        while self.retiring():
-            assert time.monotonic() < deadline, f"still stopping: {self.retiring()}"
-            time.sleep(0.1)
+        wait_retired(self.machine, self.app_dir, timeout)
 
     def containers(self, *, running: bool = True, service: str = "",
                    settled: bool = True) -> list[str]:

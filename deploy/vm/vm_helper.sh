@@ -341,17 +341,20 @@ wait_oneoffs() {  # PROJECT TIMEOUT
     done
 }
 
-container_of() {  # SERVICE COMPOSE...: the id of the service's container ('' if none),
-    # not one that a blue/green switch retires (it stops in the background, marked in
-    # .deploy/retiring/ by its full id)
+retiring() {  # ID (full or short): whether a blue/green switch retires the container (it
+    # stops in the background, marked in .deploy/retiring/ by its full id)
+    for f in .deploy/retiring/"$1"*; do
+        [ -e "$f" ] && return 0
+    done
+    return 1
+}
+
+container_of() {  # SERVICE COMPOSE...: the id of the service's container ('' if none), not
+    # one a switch retires
     service=$1
     shift
     for id in $("$@" ps -q "$service" 2>/dev/null); do
-        retiring=
-        for f in .deploy/retiring/"$id"*; do
-            [ -e "$f" ] && retiring=1
-        done
-        [ -n "$retiring" ] || { echo "$id"; return 0; }
+        retiring "$id" || { echo "$id"; return 0; }
     done
 }
 
@@ -954,7 +957,7 @@ wait_retired() {  # TIMEOUT [ID...]: until those of the containers a switch reti
     fi
     marked=
     for id in "$@"; do
-        [ -e ".deploy/retiring/$id" ] && marked="$marked $id"
+        retiring "$id" && marked="$marked $id"
     done
     if [ -n "$marked" ]; then
         # shellcheck disable=SC2086 # one container id per word
