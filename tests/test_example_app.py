@@ -133,3 +133,44 @@ def test_model_change_without_migration_fails_check(tmp_path):
     check = _alembic(tree, "check")
     assert check.returncode != 0, check.stdout + check.stderr
     assert "note" in check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("example", ["example", "example-postgres"])
+@pytest.mark.parametrize("status, code", [(200, 0), (500, 1), (503, 1)])
+def test_the_health_check_script_exits_0_only_on_a_200(example, status, code):
+    """The examples' Docker health check (`python -I -S healthcheck.py URL`), against a real
+    HTTP server on loopback: exit 0 on a 200 answer to the path it names, 1 otherwise."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.HTTPServer(("127.0.0.1", 0), Handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/health"
+        done = subprocess.run([sys.executable, "-I", "-S", str(REPO / example / "healthcheck.py"),
+                               url], capture_output=True, text=True, timeout=10)
+        server.shutdown()
+    assert (done.returncode, asked) == (code, ["/health"]), done.stderr
+
+
+def test_the_health_check_script_fails_when_nothing_listens():
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-I", "-S", str(EXAMPLE / "healthcheck.py"),
+                           f"http://127.0.0.1:{port}/health"], capture_output=True, text=True,
+                          timeout=10)
+    assert done.returncode == 1 and "ConnectionRefusedError" in done.stderr

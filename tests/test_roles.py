@@ -258,9 +258,8 @@ def test_roles_over_three_vms_one_migration_batches_failure_report_and_rollback(
     # when compose starts v2 there.
     compose = web2.vm("compose.proxy.yaml")
     lines = compose.read_text().splitlines()
-    check = ("import urllib.request; urllib.request.urlopen("
-             "'http://127.0.0.1:8000/health', timeout=2)")
-    lines = [f'      test: ["CMD-SHELL", "test ${{DEPLOY_TAG}} != {v2} && python -c \\"{check}\\""]'
+    check = "python -I -S healthcheck.py http://127.0.0.1:8000/health"
+    lines = [f'      test: ["CMD-SHELL", "test ${{DEPLOY_TAG}} != {v2} && {check}"]'
              if line.strip().startswith("test: [") else line for line in lines]
     # Docker says unhealthy after 20 failed checks a second apart (not 15 two seconds apart):
     # each of the failing deploys below waits that long, and a v1 starting there still has

@@ -38,8 +38,10 @@ services:
       test:
         - CMD
         - python
-        - -c
-        - "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=2)"
+        - -I
+        - -S
+        - healthcheck.py
+        - http://127.0.0.1:8000/health
       interval: 1s
       timeout: 2s
       retries: 3
