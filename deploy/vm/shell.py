@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import select
 import shlex
 import sys
 import threading
@@ -33,6 +34,8 @@ from paramiko.message import Message
 
 from deploy.core.errors import DeployError
 from deploy.core.runner import Result, strip_escapes
+
+WAKE_EVERY = 0.1  # seconds between the checks of a silent command's connection and timeout
 
 
 class ConnectionLost(DeployError):
@@ -199,7 +202,12 @@ class RemoteShell:
                 raise CommandTimedOut(InvokeResult(stdout=out.text, stderr=err.text,
                                                    command=command, exited=-1,
                                                    hide=("stdout", "stderr")), math.ceil(timeout))
-            time.sleep(0.002)
+            # Asleep until output (either stream) or the channel's end: a poll every few ms
+            # cost a deploy 0.08 s of CPU. Woken at least every WAKE_EVERY s for the keepalive
+            # and the timeout.
+            wait = WAKE_EVERY if not deadline else max(0.0, min(WAKE_EVERY,
+                                                             deadline - time.monotonic()))
+            select.select([channel], [], [], wait)
         return Result(command, out.exit_code, out.text, err.text)
 
 
