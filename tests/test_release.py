@@ -10,6 +10,7 @@ import pytest
 
 from deploy.core.errors import DeployError
 from deploy.core.settings import load_settings
+from deploy.release import sequence
 from deploy.release.target import release_kind, switch_kind
 from deploy.vm import flows
 
@@ -158,7 +159,7 @@ def test_the_proxy_without_a_host_name_is_refused_before_anything_changes(
         '    ports: ["8000:8000"]\n')
     with dry_vm(tmp_path, proxy=True) as vm, pytest.raises(DeployError) as err:
         if flow == "deploy":
-            flows.deploy(vm, "v2")
+            sequence.deploy_host(vm, "v2")
         elif flow == "rollback":
             flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
         else:

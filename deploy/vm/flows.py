@@ -1,4 +1,6 @@
-"""The flows on one VM: deploy, rollback, restore, and the health-checked switch they share.
+"""The phases of a release on one host that every plan of hosts shares (check, backup +
+migrate, record, prune; the sequence that orders them is deploy/release/sequence.py), and the
+rollback and restore of one host.
 
 Each flow holds the deploy lock; anything that cuts it short (an error, Ctrl-C, SIGTERM,
 SIGHUP, a lost connection) leaves the recorded release serving and says so.
@@ -10,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import signal
-import time
 from collections.abc import Callable
 
 from deploy.commands import vm as cmd
@@ -83,44 +84,6 @@ def record_release(vm: Vm, entry: dict, release: PhaseLine | None = None) -> dic
     if interrupted:
         vm.runner.say(f"Ctrl-C came after {entry['tag']} turned healthy: it was recorded all "
                       "the same")
-    return entry
-
-
-def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
-           lock: bool = True, announce: bool = True, digest: str = "",
-           before_change: Callable[[str], None] | None = None) -> dict:
-    """Check, pull, back up, migrate, switch, check health, record. Returns the history entry.
-
-    With lock=False the caller already holds the deploy lock (`inv deploy` takes it first);
-    with announce=False the caller prints the closing `done:` line. With `digest`, exactly that
-    image is pulled and named TAG (a promotion). `before_change(previous tag)` runs after the
-    checks, before anything changes on the VM (the pre-deploy hook).
-    """
-    started = time.monotonic()
-    refuse_moving_tag(refs.validate_tag(tag))
-    with PhaseLine(vm, tag) as rel, (vm.locked(tag, message) if lock
-                                   else contextlib.nullcontext()):
-        if lock:
-            rel.note("lock")
-        previous = check_release(vm, rel, tag)
-        if before_change:
-            before_change(previous)
-        with rel.phase("pull"):
-            digest = vm.pull_recorded(tag, digest) if digest else vm.pull(tag)
-        done = backup_and_migrate(vm, rel, tag, previous)
-        vm.hold_lock(previous)
-        switch_checked(vm, tag, previous, rel)
-        # No migration ran (or its revision is unknown): ask the database.
-        revision = done.revision or vm.revision() or done.before
-        vm.hold_lock(f"{tag} (switched, not recorded)")
-        entry = record_release(vm, release_entry(
-            tag, digest, revision, "deploy", previous, git_sha, message,
-            **done.recorded(revision)), rel)
-        vm.prune_backups([*done.history, entry])
-        prune_after(vm, rel)
-    if announce:
-        print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
-              file=vm.runner.out, flush=True)
     return entry
 
 

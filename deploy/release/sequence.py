@@ -1,0 +1,272 @@
+"""The one sequence of each action over a plan of hosts, whatever the plan and the target.
+
+A deploy is lock → check (every host) → the pre-deploy hook → pull (every host) → backup +
+migrate (once, where the database is) → switch (batch by batch, each host health-checked and
+recorded) → prune. A one-host release is a plan of one slot (`deploy_host`), roles are a plan of
+batches (deploy/release/roles.py), a Swarm manager a plan of one slot whose switch is `stack
+deploy`: only the switch differs (deploy/release/switch.py), so the phases, backup names,
+pruning and what is left serving hold for every target.
+
+What differs between a host and roles is presentation only (`View`): one host's phases are one
+line, as `fab deploy` prints them; roles' a line per host and step, with the batches named and
+each failure prefixed with the host it happened on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+
+from deploy.core import refs
+from deploy.core.errors import DeployError
+from deploy.release.roleplan import Plan, Slot, to_switch_back
+from deploy.release.switch import switch_checked
+from deploy.vm.contract import refuse_moving_tag
+from deploy.vm.flows import (
+    Migrated,
+    backup_and_migrate,
+    check_release,
+    last_revision,
+    left_alone,
+    prune_after,
+    record_release,
+    release_entry,
+)
+from deploy.vm.phases import PhaseLine, cut_short
+from deploy.vm.shell import ConnectionLost
+from deploy.vm.steps import Vm
+
+Record = Callable[[Slot, Vm, PhaseLine], None]
+
+
+def one_slot(vm: Vm) -> tuple[Plan, dict[Slot, Vm]]:
+    """The plan of one host: one slot, the primary (where the database is), in one batch."""
+    slot = Slot("", vm.runner.where)
+    return Plan(slot, ((slot,),)), {slot: vm}
+
+
+class View:
+    """How a release over `plan` is printed. One host (`single`): every phase on one line
+    (`[vm1] lock · check · pull · backup · migrate · switch · healthy · recorded · prune`),
+    errors as the phase says them. Roles (a role may have one host): a line per host and
+    step, the batches named, an error prefixed with its host, a Ctrl-C between phases said
+    as cut short."""
+
+    def __init__(self, plan: Plan, vms: dict[Slot, Vm], tag: str, single: bool = False
+                 ) -> None:
+        self.plan = plan
+        self.vms = vms
+        self.tag = tag
+        self.single = single and len(plan.slots) == 1
+        self.whole: PhaseLine | None = None  # one host's line, open for the whole release
+
+    @contextlib.contextmanager
+    def release(self) -> Iterator[None]:
+        if not self.single:
+            yield
+            return
+        with PhaseLine(self.vms[self.plan.primary], self.tag) as self.whole:
+            yield
+
+    @contextlib.contextmanager
+    def line(self, slot: Slot, previous: str = "") -> Iterator[PhaseLine]:
+        """The phase line of `slot`'s next steps (`previous` serving there)."""
+        if self.whole:
+            self.whole.previous = previous or self.whole.previous
+            yield self.whole
+            return
+        with PhaseLine(self.vms[slot], self.tag, previous) as rel:
+            yield rel
+
+    def say(self, text: str) -> None:
+        """A line several hosts need to tell their steps apart (one host's phases say it)."""
+        if not self.single:
+            self.vms[self.plan.primary].runner.say(text)
+
+    @contextlib.contextmanager
+    def on(self, slot: Slot) -> Iterator[None]:
+        """An error in the block names `slot` (several hosts)."""
+        try:
+            yield
+        except DeployError as exc:
+            if self.single:
+                raise
+            raise DeployError(f"{slot}: {exc.message}", exc.fix,
+                              exit_code=exc.exit_code) from None
+
+    def cut_short(self, exc: KeyboardInterrupt | ConnectionLost, step: str, previous: str
+                  ) -> BaseException:
+        """Ctrl-C or a lost connection before the switch, between phases (a phase says it
+        itself): several hosts name the step; one host lets it through as it comes."""
+        return exc if self.single else cut_short(exc, step, self.tag, previous)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a release over a plan did: the history entry of each host it recorded, the hosts
+    it acted on (`todo`; the others served the release already), those still on it after a
+    failing batch, and the failure (the host and its error), if any."""
+
+    previous: dict[Slot, str]
+    todo: list[Slot]
+    entries: dict[Slot, dict] = dataclasses.field(default_factory=dict)
+    switched: list[Slot] = dataclasses.field(default_factory=list)
+    failure: tuple[Slot, DeployError] | None = None
+
+
+def switch_batches(view: View, tag: str, previous: dict[Slot, str], record: Record,
+                   todo: list[Slot] | None = None) -> tuple[list[Slot],
+                                                          tuple[Slot, DeployError] | None]:
+    """Switch the plan's batches to `tag` (each host health-checked, then recorded by
+    `record(slot, vm, line)`), the hosts in `todo` only (default: all; a batch with none is
+    skipped); on the first failure put back what `to_switch_back` says and stop. Returns the
+    switched hosts still on `tag` and the failure, if any."""
+    plan, vms = view.plan, view.vms
+    holder = vms[plan.primary]  # the deploy lock's host
+    settings = holder.settings
+    switched: list[Slot] = []
+    waiting = False
+    for number, batch in enumerate(plan.batches):
+        slots = [slot for slot in batch if todo is None or slot in todo]
+        if not slots:
+            continue
+        if waiting and settings.batch_wait > 0:
+            view.say(f"waiting {settings.batch_wait:g}s before the next batch")
+            time.sleep(settings.batch_wait)
+        waiting = True
+        view.say(f"batch {number + 1}/{len(plan.batches)}: {', '.join(map(str, slots))}")
+        for slot in slots:
+            vm = vms[slot]
+            failed: DeployError | None = None
+            with view.line(slot, previous[slot]) as rel:  # the host's line of phases
+                holder.hold_lock(previous[slot])
+                try:
+                    switch_checked(vm, tag, previous[slot], rel)
+                except DeployError as exc:
+                    failed = exc
+                else:
+                    record(slot, vm, rel)
+            if failed:
+                for back in to_switch_back(plan, number, switched,
+                                           settings.rollback_all_on_failure):
+                    put_back(vms[back], tag, previous[back], f"{slot} failed")
+                    switched.remove(back)
+                return switched, (slot, failed)
+            switched.append(slot)
+    return switched, None
+
+
+def put_back(vm: Vm, tag: str, previous: str, why: str) -> None:
+    """Switch a host that already serves `tag` back to `previous` (through the same checked
+    switch, behind the proxy or not) and record that; a failure is said, not raised."""
+    if not previous:
+        vm.runner.say(f"{vm.runner.where}: no previous release to switch back to; {tag} stays")
+        return
+    vm.runner.say(f"{why}; switching {vm.runner.where} back to {previous}")
+    try:
+        switch_checked(vm, previous, tag)
+    except DeployError as exc:
+        vm.runner.say(f"warning: {vm.runner.where} could not go back to {previous}: "
+                      f"{exc.message}")
+        return
+    if not vm.runner.dry_run:
+        vm.record(release_entry(previous, "", vm.revision(), "rollback", tag))
+
+
+def deploy(plan: Plan, vms: dict[Slot, Vm], tag: str, *, git_sha: str = "", message: str = "",
+           lock: bool = True, digest: str = "", redeploy: bool = False, single: bool = False,
+           before_change: Callable[[str], None] | None = None) -> Outcome:
+    """Deploy `tag` over `plan` (`vms`: a session per slot), in the module's one order.
+
+    With lock=False the caller already holds the deploy lock on the primary host (`inv
+    deploy` takes it first). With `digest`, exactly that image is pulled and named TAG (a
+    promotion). `before_change(previous tag on the primary)` runs after every host's checks,
+    before anything changes (the pre-deploy hook). A host that serves `tag` healthy already
+    is left alone (an earlier run that stopped at a later host switched it), unless
+    `redeploy`. `single`: printed as one host (View). A failing switch: one host raises its
+    error; roles return it in the Outcome, the batch's hosts put back (every host with
+    `rollback_all_on_failure`)."""
+    refuse_moving_tag(refs.validate_tag(tag))
+    primary = vms[plan.primary]
+    view = View(plan, vms, tag, single)
+    out = Outcome({}, [])
+    previous = out.previous
+    digests: dict[Slot, str] = {}
+    with view.release(), primary.locked(tag, message) if lock else contextlib.nullcontext():
+        step = "check"
+        try:
+            for slot in plan.slots:  # nothing is pulled before every host is checked
+                with view.line(slot) as rel:
+                    if slot == plan.primary and lock:
+                        rel.note("lock")
+                    step = f"check on {slot}"
+                    previous[slot] = check_release(vms[slot], rel, tag)
+                    if not redeploy and left_alone(vms[slot], tag):
+                        rel.note(f"serves {tag} healthy already: left alone")
+                        continue
+                out.todo.append(slot)
+            if before_change:
+                before_change(previous[plan.primary])
+            for slot in out.todo:  # nothing switches before every host has the image
+                step = f"pull on {slot}"
+                with view.line(slot, previous[slot]) as rel, rel.phase("pull"):
+                    digests[slot] = vms[slot].pull_recorded(tag, digest)
+            others = [slot for slot in out.todo if slot != plan.primary]
+            if others:  # the migration proves it on the primary; the others ask
+                step = f"database on {plan.primary}"
+                primary.start_database(tag)  # a first deploy has none running yet
+                for slot in others:
+                    step = f"database check on {slot}"
+                    vms[slot].check_database_reach(tag, str(plan.primary), str(slot))
+            step = f"backup on {plan.primary}"
+            if plan.primary in out.todo:
+                with view.on(plan.primary), view.line(plan.primary,
+                                                      previous[plan.primary]) as rel:
+                    done = backup_and_migrate(primary, rel, tag, previous[plan.primary])
+                view.say(f"migrated once, on {plan.primary}: revision "
+                         f"{done.revision or last_revision(done.history) or '-'}")
+            else:  # it took `tag` (and its migration) in an earlier run: no second backup
+                history = primary.history()
+                done = Migrated("", last_revision(history), "", history)
+        except (KeyboardInterrupt, ConnectionLost) as exc:
+            raise view.cut_short(exc, step, "the previous release") from None
+        asked: list[str] = []  # the revision recorded, asked once after the first switch
+
+        def record(slot: Slot, vm: Vm, rel: PhaseLine) -> None:
+            if not asked:  # no migration ran (or its revision is unknown): ask the database
+                asked.append(done.revision or primary.revision() or done.before)
+            revision = asked[0]
+            primary.hold_lock(f"{tag} (switched, not recorded)")
+            out.entries[slot] = record_release(vm, release_entry(
+                tag, digests[slot], revision, "deploy", previous[slot], git_sha, message,
+                **(done.recorded(revision) if slot == plan.primary else {})), rel)
+
+        out.switched, out.failure = switch_batches(view, tag, previous, record, out.todo)
+        if out.failure and view.single:
+            raise out.failure[1]
+        if plan.primary in out.switched:  # the backups are where it migrated
+            primary.prune_backups([*done.history, out.entries[plan.primary]])
+        if not out.failure:
+            for slot in out.todo:
+                with view.line(slot) as rel:
+                    prune_after(vms[slot], rel)
+    return out
+
+
+def deploy_host(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
+                lock: bool = True, announce: bool = True, digest: str = "",
+                before_change: Callable[[str], None] | None = None) -> dict:
+    """Deploy `tag` on one host: the plan of one slot, every phase on one line. Returns the
+    history entry. A host serving `tag` already deploys it again (`fab deploy` of the same
+    tag redeploys; `inv deploy` leaves it alone itself). With announce=False the caller
+    prints the closing `done:` line."""
+    started = time.monotonic()
+    plan, vms = one_slot(vm)
+    out = deploy(plan, vms, tag, git_sha=git_sha, message=message, lock=lock, digest=digest,
+                 redeploy=True, single=True, before_change=before_change)
+    if announce:
+        print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
+              file=vm.runner.out, flush=True)
+    return out.entries[plan.primary]
