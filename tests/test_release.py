@@ -161,7 +161,7 @@ def test_the_proxy_without_a_host_name_is_refused_before_anything_changes(
         if flow == "deploy":
             sequence.deploy_host(vm, "v2")
         elif flow == "rollback":
-            flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
+            sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: True)
         else:
             flows.restore(vm, "20260101T000000Z-v1.dump")
     assert str(err.value).startswith("setting 'proxy_host' is not set (proxy = true needs the "

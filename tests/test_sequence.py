@@ -19,9 +19,10 @@ COMPOSE = 'services:\n  app:\n    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"\n'
 @pytest.fixture
 def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """(host, phase or note) as each phase line of every release gets them, and ('sequence',
-    'deploy') for each call of the one sequence."""
+    ACTION) for each call of the one sequence of ACTION."""
     out: list[tuple[str, str]] = []
-    phase, note, deploy = PhaseLine.phase, PhaseLine.note, sequence.deploy
+    phase, note = PhaseLine.phase, PhaseLine.note
+    deploy, rollback = sequence.deploy, sequence.rollback
 
     def seen_phase(self: PhaseLine, name: str, **kw: bool
                    ) -> contextlib.AbstractContextManager[Phase]:
@@ -36,6 +37,11 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         out.append(("sequence", "deploy"))
         return deploy(*args, **kw)  # type: ignore[arg-type]
 
+    def seen_rollback(*args: object, **kw: object) -> sequence.Outcome:
+        out.append(("sequence", "rollback"))
+        return rollback(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sequence, "rollback", seen_rollback)
     monkeypatch.setattr(PhaseLine, "phase", seen_phase)
     monkeypatch.setattr(PhaseLine, "note", seen_note)
     monkeypatch.setattr(sequence, "deploy", seen_deploy)
@@ -102,3 +108,28 @@ def test_the_pre_deploy_hook_runs_after_every_check_before_any_pull(
     names = [name if host != "hook" else "hook" for host, name in seen if host != "sequence"]
     assert names[:5] == ["lock", "check", "check", "hook", "pull"], seen
 
+
+
+def test_one_host_and_two_roles_hosts_roll_back_through_the_one_sequence(
+        tmp_path: Path, seen: list[tuple[str, str]]) -> None:
+    (tmp_path / "compose.yaml").write_text(COMPOSE)
+    with dry_vm(tmp_path) as vm:
+        sequence.rollback_host(vm, "v1", downgrade=True)
+    one = list(seen)
+    assert one[0] == ("sequence", "rollback"), one
+    assert steps(one, vm.runner.where) == ["lock", "check", "pull", "switch", "healthy",
+                                           "recorded"], one
+
+    seen.clear()
+    (tmp_path / "deploy.toml").write_text('[roles.web]\nhosts = ["web1.invalid", '
+                                          '"web2.invalid"]\n')
+    roles.rollback(settings_for(tmp_path, batch_limit=1), "v1", dry_run=True)
+    assert seen.count(("sequence", "rollback")) == 1, seen
+    assert steps(seen, "web1.invalid") == steps(one, vm.runner.where), seen
+    order = [(host, name) for host, name in seen if host != "sequence"]
+    assert order == [
+        ("web1.invalid", "lock"), ("web1.invalid", "check"), ("web2.invalid", "check"),
+        ("web1.invalid", "pull"), ("web2.invalid", "pull"),
+        ("web1.invalid", "switch"), ("web1.invalid", "healthy"), ("web1.invalid", "recorded"),
+        ("web2.invalid", "switch"), ("web2.invalid", "healthy"), ("web2.invalid", "recorded")
+    ], seen

@@ -299,7 +299,7 @@ def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path)
     for database in ("sqlite", "postgres"):
         with dry_vm(tmp_path, database=database, health_url="http://127.0.0.1:8000/h") as vm:
             sequence.deploy_host(vm, "v2")
-            flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
+            sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: True)
             flows.restore(vm, "20300101T000000Z-v1.dump")
         lines += vm.runner.history
     # behind Caddy: the compose file's proxy form is made from the laptop's compose file
@@ -309,7 +309,7 @@ def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path)
     with dry_vm(tmp_path, proxy=True, proxy_host="app.test") as vm:
         bluegreen.setup(vm)
         sequence.deploy_host(vm, "v2")
-        flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
+        sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: True)
     lines += vm.runner.history
     assert any("backup-stdout" in line for line in lines)
     assert any(" proxy-poll " in line for line in lines)
@@ -609,7 +609,7 @@ def test_moving_tags_are_refused(tmp_path, tag):
         with pytest.raises(DeployError, match="every push moves"):
             sequence.deploy_host(vm, tag)
         with pytest.raises(DeployError, match="every push moves"):
-            flows.rollback(vm, tag, known_in_registry=lambda t: True)
+            sequence.rollback_host(vm, tag, known_in_registry=lambda t: True)
     assert vm.runner.history == []
 
 
@@ -1001,7 +1001,7 @@ def test_rollback_downgrades_to_the_revision_the_release_was_deployed_with(tmp_p
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers, compose_command=kind)
-    entry = flows.rollback(vm, "v1", downgrade=True)
+    entry = sequence.rollback_host(vm, "v1", downgrade=True)
     history = vm.runner.history
     downgrade = history[index_of(history, "alembic downgrade 0001")]
     assert "DEPLOY_TAG=v2 " in downgrade  # the current image holds the downgrade scripts
@@ -1030,7 +1030,7 @@ def test_a_downgrade_runs_alembic_where_the_migrate_command_does(tmp_path):
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, _ = scripted_vm(tmp_path, answers, migrate_command="poetry run alembic upgrade head")
-    entry = flows.rollback(vm, "v1", downgrade=True)
+    entry = sequence.rollback_host(vm, "v1", downgrade=True)
     assert ran(vm.runner.history, "'poetry run alembic downgrade 0001'")
     assert not [c for c in vm.runner.history if re.search(r"(?<!run )alembic (current|down)", c)]
     assert (entry["tag"], entry["revision"]) == ("v1", "0001")
@@ -1049,7 +1049,7 @@ def test_a_failed_downgrade_after_the_switch_records_the_older_release(tmp_path)
     }
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.rollback(vm, "v1", downgrade=True)
+        sequence.rollback_host(vm, "v1", downgrade=True)
     history = vm.runner.history
     assert index_of(history, " up -d") < index_of(history, "alembic downgrade")
     assert "the downgrade 0002 -> 0001 failed; v1 serves on schema 0002 and is recorded" \
@@ -1074,7 +1074,7 @@ def test_downgrade_refuses_when_a_revision_is_unknown(tmp_path, unknown):
     }
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.rollback(vm, "v1", downgrade=True)
+        sequence.rollback_host(vm, "v1", downgrade=True)
     assert "cannot downgrade" in err.value.message and "unknown" in err.value.message
     assert not ran(vm.runner.history, "alembic downgrade")
     assert not ran(vm.runner.history, " up -d")
@@ -1088,7 +1088,7 @@ def test_rollback_without_downgrade_warns_and_keeps_the_schema(tmp_path):
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers)
-    flows.rollback(vm)  # no tag: the release before the current one
+    sequence.rollback_host(vm)  # no tag: the release before the current one
     assert not ran(vm.runner.history, "alembic downgrade")
     assert "warning: v1 was released with schema 0001, the database is at 0002" \
         in out.getvalue()
@@ -1098,7 +1098,7 @@ def test_rollback_without_downgrade_warns_and_keeps_the_schema(tmp_path):
 def test_rollback_with_nothing_earlier_says_to_name_a_tag(tmp_path):
     vm, _ = scripted_vm(tmp_path, {})  # history holds only v1, which is current
     with pytest.raises(DeployError) as err:
-        flows.rollback(vm)
+        sequence.rollback_host(vm)
     assert "no earlier release" in err.value.message and "--tag" in err.value.fix
     assert not ran(vm.runner.history, "lock-acquire")
 
@@ -1176,7 +1176,7 @@ def test_a_dry_run_rollback_restore_and_upload_print_without_connecting(tmp_path
     asked: list[str] = []
     with dry_vm(tmp_path) as vm:
         # a dry run reads no history and asks no registry: it shows what a rollback to v1 runs
-        flows.rollback(vm, "v1", known_in_registry=lambda tag: bool(asked.append(tag)))
+        sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: bool(asked.append(tag)))
         assert asked == []
         flows.restore(vm, "20300101T000000Z-v1.sqlite3")
         (tmp_path / ".env").write_text("A=1\n")
@@ -1201,7 +1201,7 @@ def test_restore_refuses_names_that_are_not_backups(tmp_path, name):
 def test_a_bad_tag_never_reaches_a_docker_command(tmp_path, tag):
     with dry_vm(tmp_path) as vm:
         with pytest.raises(DeployError, match="not a valid Docker tag"):
-            flows.rollback(vm, tag, known_in_registry=lambda t: True)
+            sequence.rollback_host(vm, tag, known_in_registry=lambda t: True)
         with pytest.raises(DeployError, match="not a valid Docker tag"):
             sequence.deploy_host(vm, tag)
     assert not [c for c in vm.runner.history if "docker" in c]

@@ -41,22 +41,15 @@ from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-expor
     role_of,
     to_switch_back,
 )
-from deploy.release.sequence import View
 from deploy.release.switch import stop_app
 from deploy.vm.flows import (
-    check_rollback,
     healthy_after_start,
-    pick_rollback_tag,
-    record_release,
-    release_entry,
     restore_entry,
     start_release,
     validate_backup_name,
-    will_downgrade,
 )
 from deploy.vm.flows import restore as restore_on
 from deploy.vm.matching import matching_release
-from deploy.vm.phases import PhaseLine
 from deploy.vm.session import Target, session
 from deploy.vm.session import targets as remote_targets
 from deploy.vm.steps import Vm
@@ -160,78 +153,27 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
 def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_run: bool = False,
              known_in_registry: Callable[[str], bool] | None = None) -> list[Row]:
     """Put every role's hosts back on `tag` (default: the release before the primary host's
-    current one), batch by batch, under the one lock; `downgrade` runs on the primary host."""
+    current one), batch by batch, under the one lock, in the one sequence of a rollback
+    (deploy/release/sequence.py); `downgrade` runs on the primary host. Returns the report."""
     roles = read_roles(settings)
     plan = plan_of(settings)
     with sessions(settings, plan, roles, dry_run) as vms:
-        first = vms[plan.primary]
-        say = first.runner.say
-        history = first.history()
-        target = pick_rollback_tag(history, first.current_tag(), tag)
-        entries = {e["tag"]: e for e in history}
-        if (target not in entries and not dry_run
-                and not (known_in_registry and known_in_registry(target))):
-            raise DeployError(f"{target} is neither in the release history nor in the registry",
-                              "pick a tag from `fab releases`")
-        with first.locked(target, action="rollback"):
-            previous: dict[Slot, str] = {}
-            digests: dict[Slot, str] = {}
-            # the image the release recorded where it migrated: the same on every host
-            recorded = next((e for e in reversed(history) if e["tag"] == target
-                             and e.get("action", "deploy") == "deploy"), entries.get(target, {}))
-            for slot, vm in vms.items():  # nothing switches before every host has the image
-                previous[slot] = vm.current_tag()
-                with PhaseLine(vm, target, previous[slot]) as rel:
-                    if slot == plan.primary:
-                        rel.note("lock")
-                    check_rollback(vm, rel, target, previous[slot])
-                    with rel.phase("pull", cuts_short=False):
-                        digests[slot] = vm.pull_recorded(target, recorded.get("digest", ""))
-            wanted, now = recorded.get("revision", ""), first.revision()
-            downgrading = downgrade and will_downgrade(first, target, wanted, now)
-            backup = first.backup(target, previous[plan.primary], revision=now,
-                                  reason=f"before downgrading to {wanted}"
-                                  ) if downgrading else ""
-            switched_hosts: list[tuple[Slot, Vm]] = []
-
-            def record(slot: Slot, vm: Vm, rel: PhaseLine | None = None,
-                       revision: str = "") -> None:
-                if downgrading and not revision:  # recorded once the schema is known
-                    switched_hosts.append((slot, vm))
-                else:
-                    record_release(vm, release_entry(
-                        target, digests[slot], revision or first.revision(), "rollback",
-                        previous[slot]), rel)
-
-            # Every host on the older release first (it runs on the newer schema: the
-            # expand/contract rule), then the downgrade: no host runs the newer release on the
-            # older schema.
-            switched, failure = sequence.switch_batches(View(plan, vms, target), target,
-                                                        previous, record)
-            problem = ""
-            if downgrading and not failure:
-                say(f"downgrading the schema {now} -> {wanted} on {plan.primary}, {target} "
-                    f"serving (backup: {backup or 'none'})")
-                try:  # in the migrate command's environment, as on one host
-                    first.downgrade(previous[plan.primary], wanted)
-                except DeployError as exc:  # its own output, after the runner's first line
-                    problem = exc.message.partition("\n")[2] or exc.message
-            if switched_hosts:
-                revision = first.revision() or now
-                for slot, vm in switched_hosts:
-                    record(slot, vm, None, revision)
+        say = vms[plan.primary].runner.say
+        out = sequence.rollback(plan, vms, tag, downgrade=downgrade,
+                                known_in_registry=known_in_registry)
+        target = out.tag
         rows = report(vms, target) if not dry_run else []
         if rows:
             print_report(rows, target, say)
-    if failure:
-        slot, error = failure
+    if out.failure:
+        slot, error = out.failure
         raise DeployError(f"rolling back to {target} stopped at {slot}: {error.message}",
                           "fix what the message says and run the rollback again")
-    if problem:
-        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
+    if out.problem:
+        name = out.backup.removeprefix(f"{cmd.BACKUP_DIR}/")
         raise DeployError(
-            f"every host serves {target} and is recorded, but the downgrade {now} -> {wanted} "
-            f"failed:\n{problem}",
+            f"every host serves {target} and is recorded, but the downgrade {out.schema} "
+            f"failed:\n{out.problem}",
             "look at the migration's downgrade() and the database, then `fab rollback "
             f"--tag={target} --downgrade` again"
             + (f"; `fab restore --backup={name}` puts back the copy taken before it"

@@ -5,7 +5,9 @@ migrate (once, where the database is) → switch (batch by batch, each host heal
 recorded) → prune. A one-host release is a plan of one slot (`deploy_host`), roles are a plan of
 batches (deploy/release/roles.py), a Swarm manager a plan of one slot whose switch is `stack
 deploy`: only the switch differs (deploy/release/switch.py), so the phases, backup names,
-pruning and what is left serving hold for every target.
+pruning and what is left serving hold for every target. A rollback is lock → check (every host)
+→ pull the recorded image (every host) → backup (with --downgrade, where the database is) →
+switch per batch → downgrade → record (`rollback`, `rollback_host`).
 
 What differs between a host and roles is presentation only (`View`): one host's phases are one
 line, as `fab deploy` prints them; roles' a line per host and step, with the batches named and
@@ -19,8 +21,10 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 
+from deploy.commands import vm as cmd
 from deploy.core import refs
 from deploy.core.errors import DeployError
+from deploy.release import switch
 from deploy.release.roleplan import Plan, Slot, to_switch_back
 from deploy.release.switch import switch_checked
 from deploy.vm.contract import refuse_moving_tag
@@ -28,14 +32,18 @@ from deploy.vm.flows import (
     Migrated,
     backup_and_migrate,
     check_release,
+    check_rollback,
     last_revision,
     left_alone,
+    pick_rollback_tag,
     prune_after,
     record_release,
     release_entry,
+    will_downgrade,
 )
 from deploy.vm.phases import PhaseLine, cut_short
 from deploy.vm.shell import ConnectionLost
+from deploy.vm.signals import exit_code, sigint_deferred, signal_name
 from deploy.vm.steps import Vm
 
 Record = Callable[[Slot, Vm, PhaseLine], None]
@@ -63,11 +71,12 @@ class View:
         self.whole: PhaseLine | None = None  # one host's line, open for the whole release
 
     @contextlib.contextmanager
-    def release(self) -> Iterator[None]:
+    def release(self, previous: str = "") -> Iterator[None]:
+        """The whole release (`previous` serving on the primary host)."""
         if not self.single:
             yield
             return
-        with PhaseLine(self.vms[self.plan.primary], self.tag) as self.whole:
+        with PhaseLine(self.vms[self.plan.primary], self.tag, previous) as self.whole:
             yield
 
     @contextlib.contextmanager
@@ -105,15 +114,19 @@ class View:
 
 @dataclasses.dataclass
 class Outcome:
-    """What a release over a plan did: the history entry of each host it recorded, the hosts
-    it acted on (`todo`; the others served the release already), those still on it after a
-    failing batch, and the failure (the host and its error), if any."""
+    """What a release of `tag` over a plan did: the history entry of each host it recorded,
+    the hosts it acted on (`todo`; the others served the release already), those still on it
+    after a failing batch, and the failure (the host and its error), if any."""
 
+    tag: str
     previous: dict[Slot, str]
     todo: list[Slot]
     entries: dict[Slot, dict] = dataclasses.field(default_factory=dict)
     switched: list[Slot] = dataclasses.field(default_factory=list)
     failure: tuple[Slot, DeployError] | None = None
+    problem: str = ""  # a rollback's downgrade that failed, every switched host recorded
+    schema: str = ""  # the downgrade's `NOW -> WANTED`
+    backup: str = ""  # the backup taken before it
 
 
 def switch_batches(view: View, tag: str, previous: dict[Slot, str], record: Record,
@@ -191,7 +204,7 @@ def deploy(plan: Plan, vms: dict[Slot, Vm], tag: str, *, git_sha: str = "", mess
     refuse_moving_tag(refs.validate_tag(tag))
     primary = vms[plan.primary]
     view = View(plan, vms, tag, single)
-    out = Outcome({}, [])
+    out = Outcome(tag, {}, [])
     previous = out.previous
     digests: dict[Slot, str] = {}
     with view.release(), primary.locked(tag, message) if lock else contextlib.nullcontext():
@@ -269,4 +282,162 @@ def deploy_host(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
     if announce:
         print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
               file=vm.runner.out, flush=True)
+    return out.entries[plan.primary]
+
+
+def rollback(plan: Plan, vms: dict[Slot, Vm], tag: str = "", *, downgrade: bool = False,
+             known_in_registry: Callable[[str], bool] | None = None, single: bool = False
+             ) -> Outcome:
+    """Put every host of `plan` back on an earlier release (`tag`, default the one before the
+    primary host's current one), the image it recorded, in the one order of a rollback: lock
+    → check (every host) → pull (every host) → backup (with `downgrade`, where the database
+    is) → switch per batch → downgrade the schema → record. The older release switches first
+    on the newer schema (expand/contract: a release runs on the schema of the one after it),
+    so no host runs the newer release on the older schema.
+
+    `single`: printed as one host (View). A failing switch: one host raises its error; roles
+    return it in the Outcome, as a failed downgrade (`Outcome.problem`), the hosts recorded."""
+    if tag:  # before anything runs on a VM
+        refuse_moving_tag(refs.validate_tag(tag))
+    primary = vms[plan.primary]
+    history = primary.history()
+    current = primary.current_tag()
+    target = refuse_moving_tag(pick_rollback_tag(history, current, tag))
+    entries = {e["tag"]: e for e in history}
+    # The schema a release was deployed with: a rollback records the database's revision then,
+    # which (without --downgrade) is newer than the release itself.
+    deployed = {e["tag"]: e for e in history if e.get("action", "deploy") == "deploy"}
+    # a dry run reads no history and asks no registry: it shows the commands for `tag`
+    if target not in entries and not primary.runner.dry_run \
+            and not (known_in_registry and known_in_registry(target)):
+        raise DeployError(f"{target} is neither in the release history nor in the registry",
+                          "pick a tag from `fab releases`")
+    # the image the release recorded where it migrated: the same on every host
+    recorded = deployed.get(target) or entries.get(target, {})
+    view = View(plan, vms, target, single)
+    out = Outcome(target, {plan.primary: current}, list(plan.slots))
+    previous = out.previous
+    digests: dict[Slot, str] = {}
+    with view.release(current), primary.locked(target, action="rollback"):
+        for slot in plan.slots:
+            vm = vms[slot]
+            if slot not in previous:
+                previous[slot] = vm.current_tag()
+            with view.line(slot, previous[slot]) as rel:
+                if slot == plan.primary:
+                    rel.note("lock")
+                check_rollback(vm, rel, target, previous[slot])
+        for slot in plan.slots:  # nothing switches before every host has the image
+            vm = vms[slot]
+            with view.line(slot, previous[slot]) as rel, \
+                    rel.phase("pull", cuts_short=False) as found:
+                pinned = switch.pins_digest(vm)
+                digests[slot] = vm.pull_recorded(
+                    target, recorded.get("digest", "") if pinned else "")
+                if recorded.get("digest") and pinned:
+                    found.result = f"{digests[slot][:19]} (as recorded)"
+        wanted = recorded.get("revision", "")
+        now = primary.revision()
+        downgrading = downgrade and will_downgrade(primary, target, wanted, now)
+        backup = ""
+        if downgrading:  # the copy to go back to, taken before anything changes
+            with view.line(plan.primary, current) as rel, \
+                    rel.phase("backup", cuts_short=False, timed=False) as found:
+                backup = primary.backup(target, current, revision=now,
+                                        reason=f"before downgrading to {wanted}")
+                found.result = backup or "none"
+        elif wanted and now and wanted != now:
+            primary.runner.say(
+                f"warning: {target} was released with schema {wanted}, the database is at "
+                f"{now}; not downgrading (pass --downgrade to run `{primary.alembic} downgrade "
+                f"{wanted}`)")
+        asked: list[str] = []  # the revision recorded, asked once after the first switch
+        downgraded: list[bool] = []
+
+        def record(slot: Slot, vm: Vm, rel: PhaseLine | None) -> None:
+            if not asked:  # an older image may not know a newer schema's revision: ask
+                asked.append(primary.revision() or (wanted if downgraded else now))
+            primary.hold_lock(f"{target} (switched, not recorded)")
+            out.entries[slot] = record_release(vm, release_entry(
+                target, digests[slot], asked[0], "rollback", previous[slot]), rel)
+
+        def record_later(slot: Slot, vm: Vm, rel: PhaseLine) -> None:
+            """With `downgrade`, every switched host is recorded once the schema is known."""
+
+        out.switched, out.failure = switch_batches(view, target, previous,
+                                                   record_later if downgrading else record)
+        if out.failure and view.single:
+            raise out.failure[1]
+        if downgrading:
+            if not out.failure:
+                primary.hold_lock(f"{target} (switched, not recorded)")
+                out.schema, out.backup = f"{now} -> {wanted}", backup
+                out.problem = downgrade_serving(view, out, target, now, wanted, backup,
+                                                digests)
+                downgraded.append(not out.problem)
+            for slot in out.switched:
+                if slot not in out.entries:
+                    with view.line(slot, previous[slot]) as rel:
+                        record(slot, vms[slot], rel)
+    return out
+
+
+def downgrade_serving(view: View, out: Outcome, target: str, now: str, wanted: str,
+                      backup: str, digests: dict[Slot, str]) -> str:
+    """Downgrade the schema `now` -> `wanted` on the primary host with the image of the release
+    it served (it holds the downgrade scripts) while `target` serves on every switched host.
+    A failure or an interruption records each switched host with the revision the database
+    is at, then says so: `target` serves either way. Returns what failed ('' if it did not):
+    roles say it after their report; one host raises it here."""
+    plan, vms = view.plan, view.vms
+    primary = vms[plan.primary]
+    current = out.previous[plan.primary]
+    # No maintenance page here: the release that serves runs on both schemas (expand/contract),
+    # so users lose no request while the schema goes back.
+    where = f"with {current}" if view.single else f"on {plan.primary}"
+    primary.runner.say(f"downgrading the schema {now} -> {wanted} {where}, {target} serving "
+                       f"(backup: {backup or 'none'})")
+    try:
+        with view.line(plan.primary, current) as rel:
+            with rel.phase("downgrade", cuts_short=False) as found:
+                found.result = f"{now}→{wanted}"
+                primary.downgrade(current, wanted)  # in the migrate command's environment
+    except ConnectionLost:
+        raise
+    except (KeyboardInterrupt, DeployError) as exc:
+        interrupted = not isinstance(exc, DeployError)
+        with sigint_deferred():
+            revision = primary.revision() or ("" if interrupted else now)
+            for slot in out.switched:
+                out.entries[slot] = record_release(vms[slot], release_entry(
+                    target, digests[slot], revision, "rollback", out.previous[slot]))
+        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
+        # the downgrade's own output, after the runner's first line
+        output = exc.message.partition("\n")[2] if isinstance(exc, DeployError) else ""
+        if isinstance(exc, DeployError) and not view.single:
+            return output or exc.message
+        if interrupted:
+            what = (f"{signal_name(exc)} during the downgrade {now} -> {wanted}; {target} serves "
+                    "and is recorded (the downgrade may still finish on the VM)")
+        else:
+            what = (f"the downgrade {now} -> {wanted} failed; {target} serves on schema "
+                    f"{revision or 'unknown'} and is recorded" + (f"\n{output}" if output else ""))
+        raise DeployError(
+            what,
+            "look at the migration's downgrade() and the database (`fab status`), then `fab "
+            f"rollback --tag={target} --downgrade` again"
+            + (f"; `fab restore --backup={name}` puts back the copy taken before it"
+               if name else ""),
+            exit_code=exit_code(exc) if interrupted else 1) from None
+    return ""
+
+
+def rollback_host(vm: Vm, tag: str = "", downgrade: bool = False,
+                  known_in_registry: Callable[[str], bool] | None = None) -> dict:
+    """Roll one host back: the plan of one slot, every phase on one line. Returns the history
+    entry."""
+    plan, vms = one_slot(vm)
+    out = rollback(plan, vms, tag, downgrade=downgrade, known_in_registry=known_in_registry,
+                   single=True)
+    vm.runner.say(f"rolled back to {out.tag}")
     return out.entries[plan.primary]

@@ -1,6 +1,6 @@
 """The phases of a release on one host that every plan of hosts shares (check, backup +
-migrate, record, prune; the sequence that orders them is deploy/release/sequence.py), and the
-rollback and restore of one host.
+migrate, record, prune, a rollback's checks; the sequence that orders them is
+deploy/release/sequence.py), and the restore of one host.
 
 Each flow holds the deploy lock; anything that cuts it short (an error, Ctrl-C, SIGTERM,
 SIGHUP, a lost connection) leaves the recorded release serving and says so.
@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import signal
-from collections.abc import Callable
 
 from deploy.commands import vm as cmd
 from deploy.core import refs
@@ -20,12 +19,10 @@ from deploy.core.errors import DeployError
 from deploy.core.runner import redact
 from deploy.core.stamp import stamp
 from deploy.release import bluegreen, maintenance, switch
-from deploy.release.switch import switch_checked
 from deploy.vm import appenvfile, housekeeping
 from deploy.vm.contract import refuse_moving_tag
 from deploy.vm.matching import Match, matching_release
 from deploy.vm.phases import PhaseLine, optional_phase
-from deploy.vm.shell import ConnectionLost
 from deploy.vm.signals import Interrupted, exit_code, sigint_deferred, signal_name
 from deploy.vm.steps import Vm
 from deploy.vm.vm import is_release
@@ -198,69 +195,6 @@ def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
     raise DeployError("there is no earlier release to roll back to", "name one: --tag=T")
 
 
-def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
-             known_in_registry: Callable[[str], bool] | None = None) -> dict:
-    """Put an earlier release back (the image it recorded), through the same lock and
-    health-checked switch; with `downgrade`, back up, switch, then downgrade the schema (the
-    older release runs on the newer schema meanwhile, as expand/contract migrations allow)."""
-    if tag:  # before anything runs on the VM
-        refuse_moving_tag(refs.validate_tag(tag))
-    history = vm.history()
-    current = vm.current_tag()
-    target = refuse_moving_tag(pick_rollback_tag(history, current, tag))
-    entries = {e["tag"]: e for e in history}
-    # The schema a release was deployed with: a rollback records the database's revision then,
-    # which (without --downgrade) is newer than the release itself.
-    deployed = {e["tag"]: e for e in history if e.get("action", "deploy") == "deploy"}
-    # a dry run reads no history and asks no registry: it shows the commands for `tag`
-    if target not in entries and not vm.runner.dry_run \
-            and not (known_in_registry and known_in_registry(target)):
-        raise DeployError(
-            f"{target} is neither in the release history nor in the registry",
-            "pick a tag from `fab releases`",
-        )
-    recorded = deployed.get(target) or entries.get(target, {})
-    with PhaseLine(vm, target, current) as rel, vm.locked(target, action="rollback"):
-        rel.note("lock")
-        check_rollback(vm, rel, target, current)
-        with rel.phase("pull", cuts_short=False) as found:
-            pinned = switch.pins_digest(vm)
-            digest = vm.pull_recorded(target, recorded.get("digest", "") if pinned else "")
-            if recorded.get("digest") and pinned:
-                found.result = f"{digest[:19]} (as recorded)"
-        wanted = recorded.get("revision", "")
-        now = vm.revision()
-        downgrading = downgrade and will_downgrade(vm, target, wanted, now)
-        backup = ""
-        if downgrading:  # the copy to go back to, taken before anything changes
-            with rel.phase("backup", cuts_short=False, timed=False) as found:
-                backup = vm.backup(target, current, revision=now,
-                                   reason=f"before downgrading to {wanted}")
-                found.result = backup or "none"
-        elif wanted and now and wanted != now:
-            vm.runner.say(
-                f"warning: {target} was released with schema {wanted}, the database is at "
-                f"{now}; not downgrading (pass --downgrade to run `{vm.alembic} downgrade "
-                f"{wanted}`)"
-            )
-        vm.hold_lock(current)
-        # The older release first, on the newer schema (expand/contract: a release runs on
-        # the schema of the one after it); the newer release never runs on the older schema.
-        switch_checked(vm, target, current, rel)
-        if downgrading:
-            vm.hold_lock(f"{target} (switched, not recorded)")
-            # No maintenance page here: the release that serves runs on both schemas
-            # (expand/contract), so users lose no request while the schema goes back.
-            downgrade_serving(vm, rel, target, current, digest, now, wanted, backup)
-        # An older image may not know a newer schema's revision: ask the database.
-        revision = vm.revision() or (wanted if downgrading else now)
-        vm.hold_lock(f"{target} (switched, not recorded)")
-        entry = record_release(vm, release_entry(target, digest, revision, "rollback", current),
-                               rel)
-    vm.runner.say(f"rolled back to {target}")
-    return entry
-
-
 def will_downgrade(vm: Vm, target: str, wanted: str, now: str) -> bool:
     """Whether `rollback --downgrade` to `target` (deployed at revision `wanted`, the database
     at `now`) downgrades the schema; refuses, before anything changes, when either revision
@@ -273,41 +207,6 @@ def will_downgrade(vm: Vm, target: str, wanted: str, now: str) -> bool:
                           f"(`fab exec --cmd \"{vm.alembic} downgrade REV\"`) after a "
                           "backup")
     return bool(wanted and now and wanted != now)
-
-
-def downgrade_serving(vm: Vm, rel: PhaseLine, target: str, current: str, digest: str,
-                      now: str, wanted: str, backup: str) -> None:
-    """Downgrade the schema `now` -> `wanted` with `current`'s image (it holds the downgrade
-    scripts) while `target` serves. A failure or an interruption records the rollback with
-    the revision the database is at, then says so: `target` serves either way."""
-    vm.runner.say(f"downgrading the schema {now} -> {wanted} with {current}, {target} serving "
-                  f"(backup: {backup or 'none'})")
-    try:
-        with rel.phase("downgrade", cuts_short=False) as found:
-            found.result = f"{now}→{wanted}"
-            vm.downgrade(current, wanted)
-    except ConnectionLost:
-        raise
-    except (KeyboardInterrupt, DeployError) as exc:
-        interrupted = not isinstance(exc, DeployError)
-        with sigint_deferred():
-            revision = vm.revision() or ("" if interrupted else now)
-            record_release(vm, release_entry(target, digest, revision, "rollback", current))
-        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
-        if not isinstance(exc, DeployError):
-            what = (f"{signal_name(exc)} during the downgrade {now} -> {wanted}; {target} serves "
-                    "and is recorded (the downgrade may still finish on the VM)")
-        else:  # the downgrade's own output, after the runner's first line
-            output = exc.message.partition("\n")[2]
-            what = (f"the downgrade {now} -> {wanted} failed; {target} serves on schema "
-                    f"{revision or 'unknown'} and is recorded" + (f"\n{output}" if output else ""))
-        raise DeployError(
-            what,
-            "look at the migration's downgrade() and the database (`fab status`), then `fab "
-            f"rollback --tag={target} --downgrade` again"
-            + (f"; `fab restore --backup={name}` puts back the copy taken before it"
-               if name else ""),
-            exit_code=exit_code(exc) if interrupted else 1) from None
 
 
 def validate_backup_name(name: str) -> str:
