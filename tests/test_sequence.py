@@ -22,7 +22,7 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     ACTION) for each call of the one sequence of ACTION."""
     out: list[tuple[str, str]] = []
     phase, note = PhaseLine.phase, PhaseLine.note
-    deploy, rollback = sequence.deploy, sequence.rollback
+    deploy, rollback, restore = sequence.deploy, sequence.rollback, sequence.restore
 
     def seen_phase(self: PhaseLine, name: str, **kw: bool
                    ) -> contextlib.AbstractContextManager[Phase]:
@@ -41,7 +41,12 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         out.append(("sequence", "rollback"))
         return rollback(*args, **kw)  # type: ignore[arg-type]
 
+    def seen_restore(*args: object, **kw: object) -> list[str]:
+        out.append(("sequence", "restore"))
+        return restore(*args, **kw)  # type: ignore[arg-type]
+
     monkeypatch.setattr(sequence, "rollback", seen_rollback)
+    monkeypatch.setattr(sequence, "restore", seen_restore)
     monkeypatch.setattr(PhaseLine, "phase", seen_phase)
     monkeypatch.setattr(PhaseLine, "note", seen_note)
     monkeypatch.setattr(sequence, "deploy", seen_deploy)
@@ -133,3 +138,28 @@ def test_one_host_and_two_roles_hosts_roll_back_through_the_one_sequence(
         ("web1.invalid", "switch"), ("web1.invalid", "healthy"), ("web1.invalid", "recorded"),
         ("web2.invalid", "switch"), ("web2.invalid", "healthy"), ("web2.invalid", "recorded")
     ], seen
+
+
+def test_one_host_and_two_roles_hosts_restore_through_the_one_sequence(
+        tmp_path: Path, seen: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "compose.yaml").write_text(COMPOSE)
+    name = "20300101T000000Z-v1.sqlite3"
+    with dry_vm(tmp_path) as vm:
+        sequence.restore_host(vm, name)
+    one = list(seen)
+    assert one[0] == ("sequence", "restore"), one
+    phases = ["lock", "check", "stop", "save", "restore", "start", "healthy"]
+    assert steps(one, vm.runner.where) == phases, one
+
+    seen.clear()
+    capsys.readouterr()
+    (tmp_path / "deploy.toml").write_text('[roles.web]\nhosts = ["web1.invalid", '
+                                          '"web2.invalid"]\n')
+    roles.restore(settings_for(tmp_path), name, dry_run=True)
+    assert seen.count(("sequence", "restore")) == 1, seen
+    assert steps(seen, "web1.invalid") == phases, seen
+    printed = capsys.readouterr().out
+    # the other host stops before the primary's, starts after its health check
+    stop = printed.index("stopped the app on web2.invalid (web)")
+    assert printed.index("[web1.invalid] lock") < stop < printed.index("[web1.invalid] stop\n")
+    assert printed.index("web2.invalid (web): started again") > printed.index(" healthy"), printed

@@ -300,7 +300,7 @@ def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path)
         with dry_vm(tmp_path, database=database, health_url="http://127.0.0.1:8000/h") as vm:
             sequence.deploy_host(vm, "v2")
             sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: True)
-            flows.restore(vm, "20300101T000000Z-v1.dump")
+            sequence.restore_host(vm, "20300101T000000Z-v1.dump")
         lines += vm.runner.history
     # behind Caddy: the compose file's proxy form is made from the laptop's compose file
     (tmp_path / "compose.yaml").write_text(
@@ -1111,7 +1111,7 @@ def test_a_failed_restore_leaves_the_app_stopped_and_says_so(tmp_path):
                on("restore-postgres"): Result("", "ERROR:  syntax error\n", exited=3)}
     vm, _ = scripted_vm(tmp_path, answers, database="postgres")
     with pytest.raises(DeployError) as err:
-        flows.restore(vm, "20300101T000000Z-v1.dump")
+        sequence.restore_host(vm, "20300101T000000Z-v1.dump")
     assert "restoring 20300101T000000Z-v1.dump failed; app is left stopped" in err.value.message
     assert "syntax error" in err.value.message
     history = vm.runner.history
@@ -1178,7 +1178,7 @@ def test_a_dry_run_rollback_restore_and_upload_print_without_connecting(tmp_path
         # a dry run reads no history and asks no registry: it shows what a rollback to v1 runs
         sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: bool(asked.append(tag)))
         assert asked == []
-        flows.restore(vm, "20300101T000000Z-v1.sqlite3")
+        sequence.restore_host(vm, "20300101T000000Z-v1.sqlite3")
         (tmp_path / ".env").write_text("A=1\n")
         vm.upload(tmp_path / ".env", cmd.APP_ENV, 0o600)
     history = vm.runner.history
@@ -1193,7 +1193,7 @@ def test_a_dry_run_rollback_restore_and_upload_print_without_connecting(tmp_path
 def test_restore_refuses_names_that_are_not_backups(tmp_path, name):
     with dry_vm(tmp_path) as vm:
         with pytest.raises(DeployError, match="is not a backup name"):
-            flows.restore(vm, name)
+            sequence.restore_host(vm, name)
     assert vm.runner.history == []
 
 

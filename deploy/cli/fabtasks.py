@@ -483,7 +483,7 @@ def restore(c: Context, backup: str, force_unverified: bool = False, tag: str = 
     health-checked. A backup on another schema than the serving release's (taken before a
     migration) brings back the release that runs on it."""
     from deploy.core.runner import set_verbose
-    from deploy.vm.flows import restore as restore_backup
+    from deploy.release import sequence
 
     set_verbose(verbose, c)
     if with_roles(c):  # where the database is, the other hosts stopped meanwhile
@@ -492,7 +492,7 @@ def restore(c: Context, backup: str, force_unverified: bool = False, tag: str = 
         roles.restore(load_settings(), backup, force_unverified=force_unverified, tag=tag)
         return
     for vm in each_vm(c):
-        restore_backup(vm, backup, force_unverified=force_unverified, tag=tag)
+        sequence.restore_host(vm, backup, force_unverified=force_unverified, tag=tag)
 
 
 MAINTENANCE_ACTIONS = ("on", "off")

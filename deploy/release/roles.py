@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from deploy.commands import vm as cmd
 from deploy.core.errors import DeployError
 from deploy.core.settings import Settings
-from deploy.release import maintenance, sequence
+from deploy.release import sequence
 from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     KINDS,
     ROLE_KEYS,
@@ -41,15 +41,9 @@ from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-expor
     role_of,
     to_switch_back,
 )
-from deploy.release.switch import stop_app
 from deploy.vm.flows import (
-    healthy_after_start,
-    restore_entry,
-    start_release,
     validate_backup_name,
 )
-from deploy.vm.flows import restore as restore_on
-from deploy.vm.matching import matching_release
 from deploy.vm.session import Target, session
 from deploy.vm.session import targets as remote_targets
 from deploy.vm.steps import Vm
@@ -186,83 +180,15 @@ def restore(settings: Settings, name: str, *, force_unverified: bool = False,
             dry_run: bool = False, tag: str = "") -> None:
     """Restore backup `name` where the database is (the primary role's first host, where
     deploys back up and migrate), the app stopped on every other host meanwhile so that none
-    writes to the database being replaced; then start them and check each one's health.
-    When the backup's schema is not the serving release's, every host then runs the release
-    on its schema (`tag`, or the one the primary's history names: remote.restore decides)."""
+    writes to the database being replaced; then start them and check each one's health, in
+    the one sequence of a restore (deploy/release/sequence.py). When the backup's schema is
+    not the serving release's, every host then runs the release on its schema (`tag`, or the
+    one the primary's history names)."""
     roles = read_roles(settings)
     plan = plan_of(settings)
     validate_backup_name(name)
     with sessions(settings, plan, roles, dry_run) as vms:
-        first = vms[plan.primary]
-        say = first.runner.say
-        others = {slot: vm for slot, vm in vms.items() if slot != plan.primary}
-        if not dry_run:  # a bad name or backup changes nothing anywhere
-            if name not in first.backups():
-                raise DeployError(f"there is no backup {name!r} on {plan.primary}, where the "
-                                  "database is", "pick one from `fab backups`")
-            manifest = first.check_backup(name, force_unverified)
-            history = first.history()
-            match = matching_release(history, manifest, name, first.current_tag(), tag)
-            digest = next((e.get("digest", "") for e in reversed(history)
-                           if e.get("tag") == match.tag and e.get("digest")), "")
-            for vm in others.values():  # each host has the release's image before any stops
-                if vm.current_tag() != match.tag:
-                    vm.pull_recorded(match.tag, digest)
-
-        with contextlib.ExitStack() as pages:
-            for vm in others.values():  # behind each host's proxy, the page, not errors
-                pages.enter_context(maintenance.window(vm, f"fab restore --backup={name}",
-                                                       note=False))
-            problems = restore_others(first, name, force_unverified, others, say, tag)
+        problems = sequence.restore(plan, vms, name, force_unverified=force_unverified, tag=tag)
     if problems:
         raise DeployError("after the restore, not every host is healthy: " + "; ".join(problems),
                           "look at `fab logs` on those hosts; `fab status` shows each host")
-
-
-def restore_others(first: Vm, name: str, force_unverified: bool, others: dict[Slot, Vm],
-                   say: Say, tag: str = "") -> list[str]:
-    """Stop the app on `others`, restore on `first` (`tag`: its --tag), then start and
-    health-check `others`, each on the release `first` serves then (recorded there when it
-    changed); what is wrong on those that are not healthy ('HOST (ROLE): problem')."""
-    stopped: list[Slot] = []
-    problems: list[str] = []
-    before = {slot: vm.current_tag() for slot, vm in others.items()}
-    try:
-        for slot, vm in others.items():
-            stop_app(vm, what=f"stopping the app on {slot} failed; nothing was restored")
-            stopped.append(slot)
-        if stopped:
-            say(f"stopped the app on {', '.join(map(str, stopped))} while the database on "
-                f"{first.runner.where} is restored")
-        restore_on(first, name, force_unverified=force_unverified, tag=tag)
-    finally:
-        serving = first.current_tag()  # the release on the restored data's schema
-        for slot in stopped:
-            vm = others[slot]
-            if serving != before[slot]:
-                problem = start_on(vm, name, serving, before[slot])
-            else:
-                started = vm.run(cmd.up(vm.compose()), hide=True, check=False)
-                problem = healthy_after_start(vm) if started.ok else (
-                    started.output.strip().splitlines() or [f"exit {started.exited}"])[-1]
-            if problem:
-                problems.append(f"{slot}: {problem}")
-            else:
-                say(f"{slot}: started again, healthy" + (
-                    f", on {serving} (the release on the restored data's schema)"
-                    if serving != before[slot] else ""))
-    return problems
-
-
-def start_on(vm: Vm, name: str, tag: str, previous: str) -> str:
-    """Start release `tag` on a host stopped for the restore of `name`, in place of
-    `previous`, and record that; what failed ('' if it serves healthy)."""
-    try:
-        problem = start_release(vm, tag)
-    except DeployError as exc:
-        problem = exc.message.splitlines()[0]
-    if not vm.runner.dry_run:
-        with contextlib.suppress(DeployError):
-            vm.record_restore(restore_entry(name, tag, vm.revision(), not problem,
-                                            previous=previous))
-    return problem

@@ -7,7 +7,9 @@ batches (deploy/release/roles.py), a Swarm manager a plan of one slot whose swit
 deploy`: only the switch differs (deploy/release/switch.py), so the phases, backup names,
 pruning and what is left serving hold for every target. A rollback is lock → check (every host)
 → pull the recorded image (every host) → backup (with --downgrade, where the database is) →
-switch per batch → downgrade → record (`rollback`, `rollback_host`).
+switch per batch → downgrade → record (`rollback`, `rollback_host`). A restore is lock → check
+→ maintenance page → stop the other hosts → stop, save, restore, start, health, record where the
+database is → start the other hosts (`restore`, `restore_host`).
 
 What differs between a host and roles is presentation only (`View`): one host's phases are one
 line, as `fab deploy` prints them; roles' a line per host and step, with the batches named and
@@ -24,21 +26,27 @@ from collections.abc import Callable, Iterator
 from deploy.commands import vm as cmd
 from deploy.core import refs
 from deploy.core.errors import DeployError
-from deploy.release import switch
+from deploy.release import maintenance, switch
 from deploy.release.roleplan import Plan, Slot, to_switch_back
-from deploy.release.switch import switch_checked
+from deploy.release.switch import stop_app, switch_checked
 from deploy.vm.contract import refuse_moving_tag
 from deploy.vm.flows import (
     Migrated,
     backup_and_migrate,
     check_release,
     check_rollback,
+    healthy_after_start,
     last_revision,
     left_alone,
     pick_rollback_tag,
     prune_after,
     record_release,
     release_entry,
+    replace_database,
+    restore_entry,
+    restore_match,
+    start_release,
+    validate_backup_name,
     will_downgrade,
 )
 from deploy.vm.phases import PhaseLine, cut_short
@@ -441,3 +449,114 @@ def rollback_host(vm: Vm, tag: str = "", downgrade: bool = False,
                    single=True)
     vm.runner.say(f"rolled back to {out.tag}")
     return out.entries[plan.primary]
+
+
+def restore(plan: Plan, vms: dict[Slot, Vm], name: str, *, force_unverified: bool = False,
+            tag: str = "", single: bool = False) -> list[str]:
+    """Restore backup `name` where the database is (the primary host, where deploys back up
+    and migrate), in the one order of a restore: lock → check (the backup against its
+    manifest, the release on its schema; every other host pulls that release if it runs
+    another) → maintenance page (with the proxy) → stop the app on every other host, so that
+    none writes to the database being replaced → on the primary: stop, save the live
+    database, restore, start, health, record (flows.replace_database) → start every other
+    host again (on the primary's release now, recorded when it changed) and check its health.
+
+    Returns what is wrong on the other hosts that are not healthy ('HOST (ROLE): problem').
+    When the backup's schema is not the serving release's, the release that runs on it is
+    started instead, `tag` if given (deploy/vm/matching.py decides, before anything
+    changes)."""
+    validate_backup_name(name)
+    if tag:
+        refuse_moving_tag(refs.validate_tag(tag))
+    primary = vms[plan.primary]
+    if not primary.runner.dry_run and name not in primary.backups():
+        where = "the VM" if single else f"{plan.primary}, where the database is"
+        raise DeployError(f"there is no backup {name!r} on {where}", "pick one from `fab backups`")
+    current = primary.current_tag()
+    view = View(plan, vms, current, single)
+    others = {slot: vm for slot, vm in vms.items() if slot != plan.primary}
+    before = {slot: vm.current_tag() for slot, vm in others.items()}
+    reason = f"fab restore --backup={name}"
+    problems: list[str] = []
+    with view.release(current), primary.locked(current, action="restore", message=name):
+        with view.line(plan.primary, current) as rel:
+            rel.note("lock")
+            with rel.phase("check"):
+                switch.check_switch(primary)  # how the app stops and starts again
+                primary.sync_release_env(current)
+                manifest = primary.check_backup(name, force_unverified)
+                match = restore_match(primary, name, manifest, current, tag)
+                primary.start_database(current)
+                revision = primary.revision()  # SQLite: asked of the app before it stops
+        if others:  # each host has the release's image before any stops
+            digest = next((e.get("digest", "") for e in reversed(primary.history())
+                           if e.get("tag") == match.tag and e.get("digest")), "")
+            for slot, vm in others.items():
+                if before[slot] != match.tag:
+                    vm.pull_recorded(match.tag, digest)
+        stopped: list[Slot] = []
+        with contextlib.ExitStack() as pages:
+            for vm in others.values():  # behind each host's proxy, the page, not errors
+                pages.enter_context(maintenance.window(vm, reason, note=False))
+            try:
+                for slot, vm in others.items():
+                    stop_app(vm, what=f"stopping the app on {slot} failed; nothing was restored")
+                    stopped.append(slot)
+                if stopped:
+                    view.say(f"stopped the app on {', '.join(map(str, stopped))} while the "
+                             f"database on {primary.runner.where} is restored")
+                # Users get the maintenance page (with the proxy) until the app serves again.
+                with view.line(plan.primary, current) as rel, \
+                        maintenance.window(primary, reason):
+                    saved = replace_database(primary, rel, name, current, revision, match.tag)
+            finally:
+                # the release on the restored data's schema
+                serving = primary.current_tag() if stopped else current
+                for slot in stopped:
+                    problem = start_again_on(others[slot], name, serving, before[slot])
+                    if problem:
+                        problems.append(f"{slot}: {problem}")
+                    else:
+                        view.say(f"{slot}: started again, healthy" + (
+                            f", on {serving} (the release on the restored data's schema)"
+                            if serving != before[slot] else ""))
+    primary.runner.say(f"restored {name}; " + (f"the database it replaced is saved as {saved} "
+                                               f"(`fab restore --backup={saved}` undoes this)"
+                                               if saved else "there was no database before it"))
+    if match.tag != current:
+        primary.runner.say(f"{match.tag} serves now, in place of {current}: {match.why}")
+    return problems
+
+
+def start_again_on(vm: Vm, name: str, serving: str, previous: str) -> str:
+    """Start a host stopped for the restore of `name` again, on `serving` (the primary's
+    release now; recorded there when it is not `previous`) and check its health as a
+    restart is checked; what failed ('' if it serves healthy)."""
+    if serving == previous:
+        started = vm.run(cmd.up(vm.compose()), hide=True, check=False)
+        return healthy_after_start(vm) if started.ok else (
+            started.output.strip().splitlines() or [f"exit {started.exited}"])[-1]
+    try:
+        problem = start_release(vm, serving)
+    except DeployError as exc:
+        problem = exc.message.splitlines()[0]
+    if not vm.runner.dry_run:
+        with contextlib.suppress(DeployError):
+            vm.record_restore(restore_entry(name, serving, vm.revision(), not problem,
+                                            previous=previous))
+    return problem
+
+
+def restore_host(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") -> None:
+    """Restore backup `name` on one host: the plan of one slot, every phase on one line.
+
+    Nothing changes before the backup is checked (`force_unverified`: one without a manifest,
+    if its first bytes are of the right kind). Ctrl-C, SIGTERM or SIGHUP before the data step
+    start the app again on the data as it was; during it, the step is finished and recorded
+    first. A failed restore command changed nothing (one transaction; SQLite: a rename),
+    records nothing and leaves the app stopped, and says so. A `fab` killed meanwhile leaves a
+    marker the next command reads (VmQueries.settle_restore). With the proxy, users get the
+    maintenance page from before the app stops until it serves again
+    (deploy/release/maintenance.py; flows.replace_database)."""
+    plan, vms = one_slot(vm)
+    restore(plan, vms, name, force_unverified=force_unverified, tag=tag, single=True)

@@ -1,6 +1,6 @@
 """The phases of a release on one host that every plan of hosts shares (check, backup +
 migrate, record, prune, a rollback's checks; the sequence that orders them is
-deploy/release/sequence.py), and the restore of one host.
+deploy/release/sequence.py), and the steps of a restore on the host where the database is.
 
 Each flow holds the deploy lock; anything that cuts it short (an error, Ctrl-C, SIGTERM,
 SIGHUP, a lost connection) leaves the recorded release serving and says so.
@@ -18,7 +18,7 @@ from deploy.core import refs
 from deploy.core.errors import DeployError
 from deploy.core.runner import redact
 from deploy.core.stamp import stamp
-from deploy.release import bluegreen, maintenance, switch
+from deploy.release import bluegreen, switch
 from deploy.vm import appenvfile, housekeeping
 from deploy.vm.contract import refuse_moving_tag
 from deploy.vm.matching import Match, matching_release
@@ -387,45 +387,3 @@ def replace_database(vm: Vm, rel: PhaseLine, name: str, current: str, revision: 
                           + (f"; {target} was started, not {current}" if moved else ""),
                           f"look at `fab logs`; {undo}")
     return saved
-
-
-def restore(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") -> None:
-    """Check the backup against its manifest, stop the app, save the live database as a
-    backup of its own (so a restore can be undone), make the database equal the backup,
-    record it, start the app, check its health.
-
-    Nothing changes before the backup is checked (`force_unverified`: one without a manifest,
-    if its first bytes are of the right kind). Ctrl-C, SIGTERM or SIGHUP before the data step
-    start the app again on the data as it was; during it, the step is finished and recorded
-    first. A failed restore command changed nothing (one transaction; SQLite: a rename),
-    records nothing and leaves the app stopped, and says so. A `fab` killed meanwhile leaves a
-    marker the next command reads (VmQueries.settle_restore). With the proxy, users get the
-    maintenance page from before the app stops until it serves again
-    (deploy/release/maintenance.py).
-
-    When the backup's schema (its manifest's revision) is not one the serving release runs on,
-    the release that runs on it is started instead, `tag` if given (deploy/vm/matching.py
-    decides, before anything changes); the restore's record names it: it is what serves."""
-    validate_backup_name(name)
-    if tag:
-        refuse_moving_tag(refs.validate_tag(tag))
-    if not vm.runner.dry_run and name not in vm.backups():
-        raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
-    current = vm.current_tag()
-    with PhaseLine(vm, current) as rel, vm.locked(current, action="restore", message=name):
-        rel.note("lock")
-        with rel.phase("check"):
-            switch.check_switch(vm)  # how the app stops and starts again: the switch's needs
-            vm.sync_release_env(current)
-            manifest = vm.check_backup(name, force_unverified)
-            match = restore_match(vm, name, manifest, current, tag)
-            vm.start_database(current)
-            revision = vm.revision()  # SQLite: asked of the app before it stops
-        # Users get the maintenance page (with the proxy) until the app serves again.
-        with maintenance.window(vm, f"fab restore --backup={name}"):
-            saved = replace_database(vm, rel, name, current, revision, match.tag)
-    vm.runner.say(f"restored {name}; " + (f"the database it replaced is saved as {saved} "
-                                          f"(`fab restore --backup={saved}` undoes this)"
-                                          if saved else "there was no database before it"))
-    if match.tag != current:
-        vm.runner.say(f"{match.tag} serves now, in place of {current}: {match.why}")
