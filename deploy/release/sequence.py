@@ -11,9 +11,11 @@ switch per batch → downgrade → record (`rollback`, `rollback_host`). A resto
 → maintenance page → stop the other hosts → stop, save, restore, start, health, record where the
 database is → start the other hosts (`restore`, `restore_host`).
 
-What differs between a host and roles is presentation only (`View`): one host's phases are one
-line, as `fab deploy` prints them; roles' a line per host and step, with the batches named and
-each failure prefixed with the host it happened on.
+What differs between a host and roles is presentation (`View`): one host's phases are one line,
+as `fab deploy` prints them; roles' a line per host and step, with the batches named and each
+failure prefixed with the host it happened on. And one choice: `fab deploy` of the tag a host
+serves deploys it again there (`redeploy`, as it always did), where roles leave a host that
+serves it healthy alone (an earlier run that stopped at a later batch switched it).
 """
 
 from __future__ import annotations
@@ -229,6 +231,7 @@ def deploy(plan: Plan, vms: dict[Slot, Vm], tag: str, *, git_sha: str = "", mess
                         continue
                 out.todo.append(slot)
             if before_change:
+                step = "the pre-deploy hook"
                 before_change(previous[plan.primary])
             for slot in out.todo:  # nothing switches before every host has the image
                 step = f"pull on {slot}"
