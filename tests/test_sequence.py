@@ -163,3 +163,16 @@ def test_one_host_and_two_roles_hosts_restore_through_the_one_sequence(
     stop = printed.index("stopped the app on web2.invalid (web)")
     assert printed.index("[web1.invalid] lock") < stop < printed.index("[web1.invalid] stop\n")
     assert printed.index("web2.invalid (web): started again") > printed.index(" healthy"), printed
+
+
+def test_a_promotion_over_roles_pulls_exactly_the_digest_on_every_host(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "compose.yaml").write_text(COMPOSE)
+    (tmp_path / "deploy.toml").write_text('[roles.web]\nhosts = ["web1.invalid", '
+                                          '"web2.invalid"]\n')
+    digest = "sha256:" + "a" * 64
+    roles.deploy(settings_for(tmp_path), "v2", dry_run=True, digest=digest)
+    printed = capsys.readouterr().out
+    for host in ("web1.invalid", "web2.invalid"):
+        assert f"[{host}] $ docker pull --quiet 127.0.0.1:5000/example@{digest}" in printed, \
+            printed
