@@ -10,7 +10,8 @@ earlier batches keep the new release (or go back too with `rollback_all_on_failu
 lock per app, held on the primary role's first host.
 
 A roles deploy is the one sequence of a deploy (deploy/release/sequence.py) over the roles' plan;
-this module opens the hosts' sessions, reports what each host serves and says the outcome.
+as are a roles rollback and restore. This module opens the hosts' sessions, reports what each
+host serves and says the outcome.
 """
 
 from __future__ import annotations
@@ -41,9 +42,7 @@ from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-expor
     role_of,
     to_switch_back,
 )
-from deploy.vm.flows import (
-    validate_backup_name,
-)
+from deploy.vm.flows import validate_backup_name
 from deploy.vm.session import Target, session
 from deploy.vm.session import targets as remote_targets
 from deploy.vm.steps import Vm
