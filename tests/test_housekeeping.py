@@ -28,7 +28,7 @@ from deploy.commands import vm as cmd
 from deploy.core import registry
 from deploy.core.errors import DeployError
 from deploy.core.settings import load_settings
-from deploy.vm import flows
+from deploy.release import sequence
 from deploy.vm import housekeeping as hk
 
 DASH = shutil.which("dash") or "dash"
@@ -134,7 +134,7 @@ def test_a_pull_is_refused_with_the_figures_when_the_disk_is_too_small(tmp_path)
                on("app-images"): Result(f"image sha256:{'aa' * 32} {300 * hk.MB} {IMAGE}:v1\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     message = err.value.message
     assert f"not enough free disk on vm to pull {IMAGE}:v2: 50 MB free on " \
         "/root/.deploy-sandbox/vms/vm1/docker (Docker's data root), 556 MB needed (300 MB, " \
@@ -153,7 +153,7 @@ def test_an_image_already_on_the_vm_needs_no_room(tmp_path):
     answers = {on("disk-free docker"): Result(df),
                on("app-images"): Result(f"image sha256:{'aa' * 32} {300 * hk.MB} {IMAGE}:v2\n")}
     vm, _ = scripted_vm(tmp_path, answers)
-    flows.deploy(vm, "v2")
+    sequence.deploy_host(vm, "v2")
     assert ran(vm.runner.history, "docker pull")
     # read once: the next pull of this connection asks the VM again, its answer fresh
     with pytest.raises(DeployError) as err:
@@ -167,7 +167,7 @@ def test_a_backup_is_refused_with_the_figures_when_backups_has_no_room(tmp_path)
                on("file-size data/app.db data/app.db-wal"): Result("81920\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert "not enough free disk on vm to back up the database: 0 B free on " \
         "/srv/t-1b2c3d/backups (/srv/app/backups), 256.1 MB needed (80 kB, the database's " \
         "size, plus disk_headroom_mb 256 MB); nothing was changed" in err.value.message
@@ -180,7 +180,7 @@ def test_a_prune_that_fails_is_reported_and_the_deploy_succeeds(tmp_path):
     answers = {on("prune-containers"): Result("", stderr="Cannot connect to the Docker daemon",
                                               exited=1)}
     vm, out = scripted_vm(tmp_path, answers)
-    entry_ = flows.deploy(vm, "v2")
+    entry_ = sequence.deploy_host(vm, "v2")
     assert entry_["tag"] == "v2" and ran(vm.runner.history, f"{cmd.HELPER} record ")
     text = out.getvalue()
     assert "prune failed" in text
@@ -197,7 +197,7 @@ def test_the_prune_phase_removes_old_images_by_reference(tmp_path):
     answers = {on("history-read"): Result(history), on("app-images"): Result(images),
                on("prune-containers"): Result("old-app-1\n")}
     vm, out = scripted_vm(tmp_path, answers, keep_releases=2)
-    flows.deploy(vm, "v2")  # v2 and v1: the newest two releases
+    sequence.deploy_host(vm, "v2")  # v2 and v1: the newest two releases
     assert ran(vm.runner.history, f"remove-images {IMAGE}:v0 {IMAGE}@sha256:v0")
     assert not ran(vm.runner.history, f"{IMAGE}:v1 {IMAGE}@sha256:v1")
     assert "prune 1 image (10 MB), 1 stopped container" in out.getvalue()
@@ -215,7 +215,7 @@ def test_the_prune_lists_the_images_again_only_when_one_could_go(tmp_path, keep,
               f"image sha256:11 {10 * hk.MB} {IMAGE}:v1 {IMAGE}@sha256:v1\nused sha256:11\n")
     answers = {on("history-read"): Result(history), on("app-images"): Result(images)}
     vm, out = scripted_vm(tmp_path, answers, keep_releases=keep)
-    flows.deploy(vm, "v2")
+    sequence.deploy_host(vm, "v2")
     assert len(ran(vm.runner.history, "app-images")) == asked
     assert bool(ran(vm.runner.history, "remove-images")) == bool(asked)
     assert ("prune 1 image (10 MB)" if asked else "prune nothing to remove") in out.getvalue()

@@ -10,8 +10,8 @@ import pytest
 
 from deploy.core.errors import DeployError
 from deploy.core.settings import load_settings
+from deploy.release import sequence
 from deploy.release.target import release_kind, switch_kind
-from deploy.vm import flows
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 ROLES = '[roles.web]\nhosts = ["vm1", "vm2"]\n'
@@ -151,18 +151,17 @@ def test_the_proxy_without_a_host_name_is_refused_before_anything_changes(
     commands that would run on the VM are the runner's history."""
     from test_vm_commands import dry_vm, ran
 
-    from deploy.vm import flows
 
     (tmp_path / "compose.yaml").write_text(
         'services:\n  app:\n    image: "${DEPLOY_IMAGE}:${DEPLOY_TAG}"\n'
         '    ports: ["8000:8000"]\n')
     with dry_vm(tmp_path, proxy=True) as vm, pytest.raises(DeployError) as err:
         if flow == "deploy":
-            flows.deploy(vm, "v2")
+            sequence.deploy_host(vm, "v2")
         elif flow == "rollback":
-            flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
+            sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: True)
         else:
-            flows.restore(vm, "20260101T000000Z-v1.dump")
+            sequence.restore_host(vm, "20260101T000000Z-v1.dump")
     assert str(err.value).startswith("setting 'proxy_host' is not set (proxy = true needs the "
                                      "app's host name); nothing was changed"), err.value
     assert "fix: add `proxy_host = \"app.example.com\"` to deploy.toml" in str(err.value)
@@ -178,7 +177,7 @@ def test_a_stack_restore_scales_the_app_to_0_and_deploys_the_stack_again(tmp_pat
     from test_vm_commands import dry_vm, index_of, ran
 
     with dry_vm(tmp_path, target="swarm", stack="shop", database="postgres") as vm:
-        flows.restore(vm, "20260101T000000Z-v1.dump")
+        sequence.restore_host(vm, "20260101T000000Z-v1.dump")
     history = vm.runner.history
     order = [index_of(history, step) for step in (
         "docker service scale --detach shop_app=0", "restore-postgres",

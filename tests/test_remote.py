@@ -31,7 +31,8 @@ from vmkit import (
     unique,
 )
 
-from deploy.vm import flows, session, steps
+from deploy.release import sequence
+from deploy.vm import session, steps
 
 HEALTH_TIMEOUT = {"DEPLOY_HEALTH_TIMEOUT": "15"}
 
@@ -287,7 +288,7 @@ def test_an_unexpected_exception_mid_deploy_releases_the_lock(live, images, monk
     settings = live.settings()
     with session.session(settings, session.targets(settings)[0]) as vm:
         with pytest.raises(RuntimeError):
-            flows.deploy(vm, images.v2)
+            sequence.deploy_host(vm, images.v2)
     assert not live.vm(".deploy/lock").exists()
     assert live.release_env()["DEPLOY_TAG"] == images.v1
     assert live.version()["version"] == "1"

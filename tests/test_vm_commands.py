@@ -27,7 +27,7 @@ from deploy.commands import vm as cmd
 from deploy.core.errors import DeployError
 from deploy.core.runner import Runner
 from deploy.core.settings import Settings
-from deploy.release import bluegreen, recreate, switch
+from deploy.release import bluegreen, recreate, sequence, switch
 from deploy.vm import deploylock, flows, session, steps
 
 IMAGE = "127.0.0.1:5000/example"
@@ -298,9 +298,9 @@ def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path)
     lines = []
     for database in ("sqlite", "postgres"):
         with dry_vm(tmp_path, database=database, health_url="http://127.0.0.1:8000/h") as vm:
-            flows.deploy(vm, "v2")
-            flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
-            flows.restore(vm, "20300101T000000Z-v1.dump")
+            sequence.deploy_host(vm, "v2")
+            sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: True)
+            sequence.restore_host(vm, "20300101T000000Z-v1.dump")
         lines += vm.runner.history
     # behind Caddy: the compose file's proxy form is made from the laptop's compose file
     (tmp_path / "compose.yaml").write_text(
@@ -308,8 +308,8 @@ def test_every_command_a_flow_sends_is_one_shellcheck_clean_posix_line(tmp_path)
         '    ports: ["8000:8000"]\n')
     with dry_vm(tmp_path, proxy=True, proxy_host="app.test") as vm:
         bluegreen.setup(vm)
-        flows.deploy(vm, "v2")
-        flows.rollback(vm, "v1", known_in_registry=lambda tag: True)
+        sequence.deploy_host(vm, "v2")
+        sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: True)
     lines += vm.runner.history
     assert any("backup-stdout" in line for line in lines)
     assert any(" proxy-poll " in line for line in lines)
@@ -607,9 +607,9 @@ def test_sqlite_on_a_named_volume_is_refused_with_the_fix():
 def test_moving_tags_are_refused(tmp_path, tag):
     with dry_vm(tmp_path) as vm:
         with pytest.raises(DeployError, match="every push moves"):
-            flows.deploy(vm, tag)
+            sequence.deploy_host(vm, tag)
         with pytest.raises(DeployError, match="every push moves"):
-            flows.rollback(vm, tag, known_in_registry=lambda t: True)
+            sequence.rollback_host(vm, tag, known_in_registry=lambda t: True)
     assert vm.runner.history == []
 
 
@@ -706,7 +706,7 @@ def ran(history: list[str], needle: str) -> list[str]:
 @pytest.mark.parametrize("kind", ["v2", "v1"])
 def test_deploy_runs_each_step_in_order_and_records_the_release(tmp_path, kind):
     vm, _ = scripted_vm(tmp_path, {}, compose_command=kind)
-    entry = flows.deploy(vm, "v2", git_sha="f" * 40, message="hello")
+    entry = sequence.deploy_host(vm, "v2", git_sha="f" * 40, message="hello")
     history = vm.runner.history
     order = []
     for needle in ("lock-acquire", " config", "docker pull --quiet", "backup-sqlite",
@@ -735,7 +735,7 @@ def test_the_revision_comes_from_the_database_not_from_what_the_migration_printe
     recorded is what `alembic current` says after the migration."""
     answers = {on("prestart.sh"): Result(f"{printed}{cmd.REVISION_MARK}\n0002 (head)\n")}
     vm, _ = scripted_vm(tmp_path, answers, migrate_command="bash scripts/prestart.sh")
-    assert flows.deploy(vm, "v2")["revision"] == "0002"
+    assert sequence.deploy_host(vm, "v2")["revision"] == "0002"
 
 
 def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path):
@@ -749,7 +749,7 @@ def test_a_ctrl_c_after_the_switch_waits_until_the_release_is_recorded(tmp_path)
         record(entry)
 
     vm.record = interrupted_record
-    entry = flows.deploy(vm, "v2")
+    entry = sequence.deploy_host(vm, "v2")
     assert entry["tag"] == "v2"
     history = vm.runner.history
     recorded = index_of(history, f"{cmd.HELPER} record ")
@@ -772,7 +772,7 @@ def test_sigterm_and_sighup_cut_a_deploy_short_like_ctrl_c(tmp_path, signum):
 
     vm.pull = killed_pull
     with terminations_interrupt(), pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert err.value.exit_code == 128 + signum
     assert f"interrupted ({signal.Signals(signum).name}) during pull of v2" in err.value.message
     assert "v1 is still serving and the lock was released" in err.value.message
@@ -793,7 +793,7 @@ def test_sigterm_mid_switch_switches_back(tmp_path):
 
     vm.switch = killed_switch
     with terminations_interrupt(), pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert err.value.exit_code == 143
     assert "switched back to v1" in err.value.message
     ups = ran(vm.runner.history, " up -d --remove")
@@ -805,7 +805,7 @@ def test_a_container_not_running_the_pulled_image_fails_the_deploy(tmp_path):
     answers = {on("health-state"): Result(f"healthy sha256:{'ee' * 32} {IMAGE}:v2\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert "not the image pulled for" in err.value.message
     assert "switched back to v1" in err.value.message
     assert not ran(vm.runner.history, f"{cmd.HELPER} record ")
@@ -822,7 +822,7 @@ def test_the_health_check_runs_on_the_vm_and_never_from_here(tmp_path, monkeypat
     monkeypatch.setattr(socket, "create_connection", no_local_http)
     answers = {on("http-status"): [Result("000\n"), Result("503\n"), Result("200\n")]}
     vm, _ = scripted_vm(tmp_path, answers, health_url="http://127.0.0.1:8000/health")
-    flows.deploy(vm, "v2")
+    sequence.deploy_host(vm, "v2")
     polls = ran(vm.runner.history, "http-status http://127.0.0.1:8000/health")
     assert len(polls) == 3 and all(p.startswith(f"cd {APP_DIR} && sh {cmd.HELPER}")
                                    for p in polls)
@@ -832,7 +832,7 @@ def test_a_vm_without_curl_wget_or_python_is_named(tmp_path):
     answers = {on("http-tool"): Result("")}  # the facts name no tool the VM has
     vm, _ = scripted_vm(tmp_path, answers, health_url="http://127.0.0.1:8000/health")
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert "none of curl, wget, python3" in err.value.message
     assert "curl" in err.value.fix
     assert not ran(vm.runner.history, "docker pull")  # found before anything changed
@@ -842,7 +842,7 @@ def test_a_project_of_another_directory_is_refused(tmp_path):
     answers = {on("project-dirs"): Result("/srv/other\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert f"belongs to /srv/other, not to {APP_DIR}" in err.value.message
     assert "project_name" in err.value.fix
     assert not ran(vm.runner.history, "docker pull")
@@ -852,7 +852,7 @@ def test_an_app_dir_running_under_another_project_name_is_refused(tmp_path):
     answers = {on("dir-projects"): Result("app\n")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert f"the app in {APP_DIR} runs as compose project 'app'" in err.value.message
     assert 'project_name = "app"' in err.value.fix
     assert not ran(vm.runner.history, "docker pull")
@@ -866,7 +866,7 @@ def test_a_compose_file_that_does_not_run_the_release_is_refused_before_anything
         + json.dumps({"services": {"app": {"image": "127.0.0.1:5000/example:latest"}}})
     ) if " config --format json" in command else answer(command, *a, **k)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert "not the release" in err.value.message
     assert not ran(vm.runner.history, "docker pull")
 
@@ -876,7 +876,7 @@ def test_a_busy_lock_names_its_holder_and_is_left_alone(tmp_path):
                                           exited=cmd.LOCK_BUSY_EXIT)}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert "locked by another deploy: alice@laptop since 2030-01-01T00:00:00Z deploy of " \
            "abc1234 (big migration) [lease renewed 4s ago]" in err.value.message
     assert "fab unlock" in err.value.fix
@@ -890,7 +890,7 @@ def test_a_failed_migration_switches_nothing_and_releases_the_lock(tmp_path, kin
         "", "sqlite3.OperationalError: no such function: no_such_function\n", exited=1)}
     vm, _ = scripted_vm(tmp_path, answers, compose_command=kind)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert "migration with v2 failed; the previous version is still serving" in err.value.message
     assert "no such function" in err.value.message
     history = vm.runner.history
@@ -905,7 +905,7 @@ def test_a_failed_backup_shows_the_commands_own_error(tmp_path):
                on("read-var .deploy/release.env"): Result("v1\n")}
     vm, _ = scripted_vm(tmp_path, answers, database="postgres")
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert 'role "x" does not exist' in err.value.message
     assert "disk" not in err.value.fix
     history = vm.runner.history
@@ -919,7 +919,7 @@ def test_an_unhealthy_release_is_switched_back(tmp_path, kind):
     answers = {on("health-state"): Result("unhealthy\n")}
     vm, out = scripted_vm(tmp_path, answers, compose_command=kind)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert "v2 did not turn healthy (unhealthy); switched back to v1, which is unhealthy too" \
         in err.value.message
     ups = ran(vm.runner.history, " up -d")
@@ -935,7 +935,7 @@ def test_without_rollback_on_failure_the_release_is_left_and_the_fix_names_the_o
     answers = {on("health-state"): Result("unhealthy\n")}
     vm, _ = scripted_vm(tmp_path, answers, rollback_on_failure=False)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     assert "v2 did not turn healthy (unhealthy)" in err.value.message
     assert "rollback_on_failure is off" in err.value.message
     assert "fab rollback --tag=v1" in err.value.fix
@@ -947,7 +947,7 @@ def test_a_first_release_that_fails_has_nothing_to_switch_back_to(tmp_path):
                on("read-var"): Result(""), on("history-read"): Result("")}
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.deploy(vm, "v1")
+        sequence.deploy_host(vm, "v1")
     assert "v1 did not turn healthy" in err.value.message
     assert "fab rollback --tag" not in err.value.fix
     assert len(ran(vm.runner.history, " up -d")) == 1
@@ -1001,7 +1001,7 @@ def test_rollback_downgrades_to_the_revision_the_release_was_deployed_with(tmp_p
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers, compose_command=kind)
-    entry = flows.rollback(vm, "v1", downgrade=True)
+    entry = sequence.rollback_host(vm, "v1", downgrade=True)
     history = vm.runner.history
     downgrade = history[index_of(history, "alembic downgrade 0001")]
     assert "DEPLOY_TAG=v2 " in downgrade  # the current image holds the downgrade scripts
@@ -1030,7 +1030,7 @@ def test_a_downgrade_runs_alembic_where_the_migrate_command_does(tmp_path):
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, _ = scripted_vm(tmp_path, answers, migrate_command="poetry run alembic upgrade head")
-    entry = flows.rollback(vm, "v1", downgrade=True)
+    entry = sequence.rollback_host(vm, "v1", downgrade=True)
     assert ran(vm.runner.history, "'poetry run alembic downgrade 0001'")
     assert not [c for c in vm.runner.history if re.search(r"(?<!run )alembic (current|down)", c)]
     assert (entry["tag"], entry["revision"]) == ("v1", "0001")
@@ -1049,7 +1049,7 @@ def test_a_failed_downgrade_after_the_switch_records_the_older_release(tmp_path)
     }
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.rollback(vm, "v1", downgrade=True)
+        sequence.rollback_host(vm, "v1", downgrade=True)
     history = vm.runner.history
     assert index_of(history, " up -d") < index_of(history, "alembic downgrade")
     assert "the downgrade 0002 -> 0001 failed; v1 serves on schema 0002 and is recorded" \
@@ -1074,7 +1074,7 @@ def test_downgrade_refuses_when_a_revision_is_unknown(tmp_path, unknown):
     }
     vm, _ = scripted_vm(tmp_path, answers)
     with pytest.raises(DeployError) as err:
-        flows.rollback(vm, "v1", downgrade=True)
+        sequence.rollback_host(vm, "v1", downgrade=True)
     assert "cannot downgrade" in err.value.message and "unknown" in err.value.message
     assert not ran(vm.runner.history, "alembic downgrade")
     assert not ran(vm.runner.history, " up -d")
@@ -1088,7 +1088,7 @@ def test_rollback_without_downgrade_warns_and_keeps_the_schema(tmp_path):
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers)
-    flows.rollback(vm)  # no tag: the release before the current one
+    sequence.rollback_host(vm)  # no tag: the release before the current one
     assert not ran(vm.runner.history, "alembic downgrade")
     assert "warning: v1 was released with schema 0001, the database is at 0002" \
         in out.getvalue()
@@ -1098,7 +1098,7 @@ def test_rollback_without_downgrade_warns_and_keeps_the_schema(tmp_path):
 def test_rollback_with_nothing_earlier_says_to_name_a_tag(tmp_path):
     vm, _ = scripted_vm(tmp_path, {})  # history holds only v1, which is current
     with pytest.raises(DeployError) as err:
-        flows.rollback(vm)
+        sequence.rollback_host(vm)
     assert "no earlier release" in err.value.message and "--tag" in err.value.fix
     assert not ran(vm.runner.history, "lock-acquire")
 
@@ -1111,7 +1111,7 @@ def test_a_failed_restore_leaves_the_app_stopped_and_says_so(tmp_path):
                on("restore-postgres"): Result("", "ERROR:  syntax error\n", exited=3)}
     vm, _ = scripted_vm(tmp_path, answers, database="postgres")
     with pytest.raises(DeployError) as err:
-        flows.restore(vm, "20300101T000000Z-v1.dump")
+        sequence.restore_host(vm, "20300101T000000Z-v1.dump")
     assert "restoring 20300101T000000Z-v1.dump failed; app is left stopped" in err.value.message
     assert "syntax error" in err.value.message
     history = vm.runner.history
@@ -1154,7 +1154,7 @@ def dry_vm(tmp_path: Path, **overrides):
 def test_a_dry_run_deploy_prints_the_steps_in_order_and_opens_no_connection(
         tmp_path, capsys, kind):
     with dry_vm(tmp_path, compose_command=kind) as vm:  # the host does not even resolve
-        flows.deploy(vm, "v2")
+        sequence.deploy_host(vm, "v2")
     history = vm.runner.history
     steps = ["lock-acquire", "docker pull --quiet", "backup-sqlite", "alembic upgrade head",
              "up -d --remove-orphans", "health-state", "lock-release-if"]
@@ -1176,9 +1176,9 @@ def test_a_dry_run_rollback_restore_and_upload_print_without_connecting(tmp_path
     asked: list[str] = []
     with dry_vm(tmp_path) as vm:
         # a dry run reads no history and asks no registry: it shows what a rollback to v1 runs
-        flows.rollback(vm, "v1", known_in_registry=lambda tag: bool(asked.append(tag)))
+        sequence.rollback_host(vm, "v1", known_in_registry=lambda tag: bool(asked.append(tag)))
         assert asked == []
-        flows.restore(vm, "20300101T000000Z-v1.sqlite3")
+        sequence.restore_host(vm, "20300101T000000Z-v1.sqlite3")
         (tmp_path / ".env").write_text("A=1\n")
         vm.upload(tmp_path / ".env", cmd.APP_ENV, 0o600)
     history = vm.runner.history
@@ -1193,7 +1193,7 @@ def test_a_dry_run_rollback_restore_and_upload_print_without_connecting(tmp_path
 def test_restore_refuses_names_that_are_not_backups(tmp_path, name):
     with dry_vm(tmp_path) as vm:
         with pytest.raises(DeployError, match="is not a backup name"):
-            flows.restore(vm, name)
+            sequence.restore_host(vm, name)
     assert vm.runner.history == []
 
 
@@ -1201,9 +1201,9 @@ def test_restore_refuses_names_that_are_not_backups(tmp_path, name):
 def test_a_bad_tag_never_reaches_a_docker_command(tmp_path, tag):
     with dry_vm(tmp_path) as vm:
         with pytest.raises(DeployError, match="not a valid Docker tag"):
-            flows.rollback(vm, tag, known_in_registry=lambda t: True)
+            sequence.rollback_host(vm, tag, known_in_registry=lambda t: True)
         with pytest.raises(DeployError, match="not a valid Docker tag"):
-            flows.deploy(vm, tag)
+            sequence.deploy_host(vm, tag)
     assert not [c for c in vm.runner.history if "docker" in c]
 
 
@@ -1262,7 +1262,7 @@ def test_an_external_database_is_neither_started_nor_backed_up_by_the_tool(tmp_p
     provider keeps them) and reads the revision in the app container; a restore refuses."""
     vm, _ = scripted_vm(tmp_path, {}, database="postgres",
                         database_url="postgresql://app:s3cret-pw@db.example.com:5432/app")
-    entry = flows.deploy(vm, "v2")
+    entry = sequence.deploy_host(vm, "v2")
     history = vm.runner.history
     assert not ran(history, "pg_dump") and not ran(history, "pg_isready")
     assert not ran(history, "--no-recreate db")

@@ -93,8 +93,8 @@ def promote(c: Any, settings: Settings, source: str, message: str = "",
           f"({release.digest[:19]})", flush=True)
     now = registry.tag_digest(image, release.tag, settings.registry_user,
                               settings.registry_password)
-    if now != release.digest and release_kind_of(c, settings) != "host":
-        # roles and swarm pull by tag: the tag must still name the digest
+    if now != release.digest and release_kind_of(c, settings) == "swarm":
+        # a stack's nodes pull the tag themselves: it must still name the digest
         raise DeployError(f"{image}:{release.tag} names {now or 'nothing'} in the registry now, "
                           f"not the {release.digest[:19]} that {source} serves; nothing was "
                           "deployed", f"deploy a fresh tag to {source} and promote that")

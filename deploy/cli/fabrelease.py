@@ -50,8 +50,8 @@ def deploy_tag(c: Any, settings: Settings, tag: str, *, message: str = "", dry_r
     pre-deploy hook after the first host's checks, post-deploy after the last; the history
     entries."""
     from deploy.cli.fabhosts import one_host_after_another, release_kind_of
-    from deploy.release import dbplace
-    from deploy.vm import flows, steps
+    from deploy.release import dbplace, sequence
+    from deploy.vm import steps
 
     kind = release_kind_of(c, settings)
     dbplace.check(settings, use_roles=kind == "roles")  # before any VM is contacted
@@ -70,13 +70,13 @@ def deploy_tag(c: Any, settings: Settings, tag: str, *, message: str = "", dry_r
         if kind == "roles":  # one lock and the checks of every host happen inside
             from deploy.release import roles
 
-            hooks.pre(settings, runner, hooks.PRE_DEPLOY, release,
-                      "nothing was changed on any VM")
-            roles.deploy(settings, tag, message=message, dry_run=dry_run)
+            roles.deploy(settings, tag, message=message, dry_run=dry_run, digest=digest,
+                         before_change=before_change)
         else:
             def step(vm: steps.Vm) -> None:  # a swarm manager too: its switch is the stack's
-                entries.append(flows.deploy(vm, tag, message=message, digest=digest,
-                                             before_change=None if entries else before_change))
+                entries.append(sequence.deploy_host(
+                    vm, tag, message=message, digest=digest,
+                    before_change=None if entries else before_change))
 
             one_host_after_another(c, tag, step, dry_run)
         if entries:

@@ -77,7 +77,7 @@ def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool =
     from deploy.core.errors import DeployError
     from deploy.core.runner import set_verbose
     from deploy.core.settings import load_settings
-    from deploy.vm import flows
+    from deploy.release import sequence
     from deploy.vm.contract import refuse_moving_tag
 
     set_verbose(verbose, c)
@@ -108,8 +108,8 @@ def rollback(c: Context, tag: str = "", downgrade: bool = False, dry_run: bool =
             s = vm.settings
             return registry.tag_digest(vm.image, t, s.registry_user, s.registry_password) \
                 is not None
-        entries.append(flows.rollback(vm, tag, downgrade=downgrade,
-                                       known_in_registry=in_vm_registry))
+        entries.append(sequence.rollback_host(vm, tag, downgrade=downgrade,
+                                              known_in_registry=in_vm_registry))
     after_rollback(c, settings, entries, dry_run)
 
 
@@ -483,7 +483,7 @@ def restore(c: Context, backup: str, force_unverified: bool = False, tag: str = 
     health-checked. A backup on another schema than the serving release's (taken before a
     migration) brings back the release that runs on it."""
     from deploy.core.runner import set_verbose
-    from deploy.vm.flows import restore as restore_backup
+    from deploy.release import sequence
 
     set_verbose(verbose, c)
     if with_roles(c):  # where the database is, the other hosts stopped meanwhile
@@ -492,7 +492,7 @@ def restore(c: Context, backup: str, force_unverified: bool = False, tag: str = 
         roles.restore(load_settings(), backup, force_unverified=force_unverified, tag=tag)
         return
     for vm in each_vm(c):
-        restore_backup(vm, backup, force_unverified=force_unverified, tag=tag)
+        sequence.restore_host(vm, backup, force_unverified=force_unverified, tag=tag)
 
 
 MAINTENANCE_ACTIONS = ("on", "off")

@@ -17,9 +17,9 @@ from deploy.core.settings import Settings
 from deploy.local import apptests, git, hooks, imagebuild
 from deploy.local.checks import format_results, run_checks
 from deploy.local.checks import registry as check_registry
-from deploy.release import dbplace, roles
+from deploy.release import dbplace, roles, sequence
 from deploy.release.target import release_kind
-from deploy.vm import appenvfile, flows, session, steps
+from deploy.vm import appenvfile, session, steps
 from deploy.vm.flows import left_alone
 
 NO_TESTS_COLLECTED = 5
@@ -165,7 +165,8 @@ def deploy_release(
             stale = []
 
         def deploy_on(vm: steps.Vm) -> None:  # a swarm manager too: its switch is the stack's
-            flows.deploy(vm, tag, git_sha=git_sha, message=message, lock=False, announce=False)
+            sequence.deploy_host(vm, tag, git_sha=git_sha, message=message, lock=False,
+                                 announce=False)
 
         for vm in stale:
             timed(runner, f"remote deploy on {vm.runner.where}", functools.partial(deploy_on, vm))

@@ -2,6 +2,8 @@
 place (target.py), the switch each kind of host takes (switch.py, one module per kind), and
 the releases over several hosts.
 
+    sequence.py   the one sequence of each action over a plan of hosts (a host: a plan of one
+                  slot), its phases in one order whatever the target
     target.py     the release's kind (one host after another, roles in batches, a Swarm stack)
                   and each host's switch (compose, blue/green behind Caddy, `stack deploy`)
     switch.py     the health-checked switch of one host, whatever its kind

@@ -9,7 +9,9 @@ first. The first failing batch stops the deploy and switches its own hosts back;
 earlier batches keep the new release (or go back too with `rollback_all_on_failure`). One deploy
 lock per app, held on the primary role's first host.
 
-The per-host steps (pull, migrate, switch, record) are the remote flow's; this module orders them.
+A roles deploy is the one sequence of a deploy (deploy/release/sequence.py) over the roles' plan;
+as are a roles rollback and restore. This module opens the hosts' sessions, reports what each
+host serves and says the outcome.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterator
 from deploy.commands import vm as cmd
 from deploy.core.errors import DeployError
 from deploy.core.settings import Settings
-from deploy.release import maintenance
+from deploy.release import sequence
 from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-exported)
     KINDS,
     ROLE_KEYS,
@@ -40,30 +42,9 @@ from deploy.release.roleplan import (  # noqa: F401  (the roles' model, re-expor
     role_of,
     to_switch_back,
 )
-from deploy.release.switch import stop_app, switch_checked
-from deploy.vm.flows import (
-    Migrated,
-    backup_and_migrate,
-    check_release,
-    check_rollback,
-    healthy_after_start,
-    last_revision,
-    left_alone,
-    pick_rollback_tag,
-    prune_after,
-    record_release,
-    release_entry,
-    restore_entry,
-    start_release,
-    validate_backup_name,
-    will_downgrade,
-)
-from deploy.vm.flows import restore as restore_on
-from deploy.vm.matching import matching_release
-from deploy.vm.phases import PhaseLine, cut_short
+from deploy.vm.flows import validate_backup_name
 from deploy.vm.session import Target, session
 from deploy.vm.session import targets as remote_targets
-from deploy.vm.shell import ConnectionLost
 from deploy.vm.steps import Vm
 
 Say = Callable[[str], None]
@@ -124,65 +105,12 @@ def print_report(rows: list[Row], tag: str, say: Say) -> None:
         say(f"  {str(slot):<{width}}  serves {recorded or '(none)'}  [{mark}]  {health}{note}")
 
 
-def switch_batches(vms: dict[Slot, Vm], plan: Plan, tag: str, previous: dict[Slot, str],
-                   settings: Settings, record: Callable[[Slot, Vm, PhaseLine], None], say: Say,
-                   todo: set[Slot] | None = None
-                   ) -> tuple[list[Slot], tuple[Slot, DeployError] | None]:
-    """Switch the plan's batches to `tag` (health-checked, recorded by `record(slot, vm,
-    release)`), the hosts in `todo` only (default: all; a batch with none is skipped); on the
-    first failure put back what `to_switch_back` says and stop. Returns the switched hosts
-    still on `tag` and the failure, if any."""
-    switched: list[Slot] = []
-    waiting = False
-    for number, batch in enumerate(plan.batches):
-        slots = [slot for slot in batch if todo is None or slot in todo]
-        if not slots:
-            continue
-        if waiting and settings.batch_wait > 0:
-            say(f"waiting {settings.batch_wait:g}s before the next batch")
-            time.sleep(settings.batch_wait)
-        waiting = True
-        say(f"batch {number + 1}/{len(plan.batches)}: {', '.join(map(str, slots))}")
-        for slot in slots:
-            vm = vms[slot]
-            failed: DeployError | None = None
-            with PhaseLine(vm, tag, previous[slot]) as rel:  # the host's line of phases
-                try:
-                    switch_checked(vm, tag, previous[slot], rel)
-                except DeployError as exc:
-                    failed = exc
-                else:
-                    record(slot, vm, rel)
-            if failed:
-                rollback_all = settings.rollback_all_on_failure
-                for back in to_switch_back(plan, number, switched, rollback_all):
-                    put_back(vms[back], tag, previous[back], f"{slot} failed")
-                    switched.remove(back)
-                return switched, (slot, failed)
-            switched.append(slot)
-    return switched, None
-
-
-def put_back(vm: Vm, tag: str, previous: str, why: str) -> None:
-    """Switch a host that already serves `tag` back to `previous` (through the same checked
-    switch, behind the proxy or not) and record that; a failure is said, not raised."""
-    if not previous:
-        vm.runner.say(f"{vm.runner.where}: no previous release to switch back to; {tag} stays")
-        return
-    vm.runner.say(f"{why}; switching {vm.runner.where} back to {previous}")
-    try:
-        switch_checked(vm, previous, tag)
-    except DeployError as exc:
-        vm.runner.say(f"warning: {vm.runner.where} could not go back to {previous}: "
-                      f"{exc.message}")
-        return
-    if not vm.runner.dry_run:
-        vm.record(release_entry(previous, "", vm.revision(), "rollback", tag))
-
-
 def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = "",
-           dry_run: bool = False, vms: dict[Slot, Vm] | None = None) -> list[Row]:
-    """Deploy `tag` to every role's hosts (see the module's docstring). Returns the report.
+           dry_run: bool = False, vms: dict[Slot, Vm] | None = None, digest: str = "",
+           before_change: Callable[[str], None] | None = None) -> list[Row]:
+    """Deploy `tag` to every role's hosts (see the module's docstring), in the one sequence of
+    a deploy (deploy/release/sequence.py): `digest` (a promotion) and `before_change` (the
+    pre-deploy hook) as on one host. Returns the report.
 
     With `vms` (a session per slot, `inv deploy`) the caller already holds the lock."""
     roles = read_roles(settings)
@@ -192,75 +120,24 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
     given = vms is not None
     with contextlib.nullcontext(vms) if vms is not None else sessions(settings, plan, roles,
                                                                       dry_run) as vms:
-        first = vms[plan.primary]
-        say = first.runner.say
-        with contextlib.nullcontext() if given else first.locked(tag, message):
-            previous: dict[Slot, str] = {}
-            digests: dict[Slot, str] = {}
-            todo: set[Slot] = set()  # the hosts not serving `tag` already
-            step = "check"
-            try:
-                for slot, vm in vms.items():  # nothing switches before every host has the image
-                    with PhaseLine(vm, tag) as rel:  # the same phases as a one-host deploy
-                        if slot == plan.primary and not given:
-                            rel.note("lock")
-                        step = f"check on {slot}"
-                        previous[slot] = check_release(vm, rel, tag)
-                        if left_alone(vm, tag):
-                            rel.note(f"serves {tag} healthy already: left alone")
-                            continue
-                        with rel.phase("pull"):
-                            digests[slot] = vm.pull(tag)
-                        todo.add(slot)
-                if todo:  # the migration proves it on the primary; the others ask
-                    step = f"database on {plan.primary}"
-                    first.start_database(tag)  # a first deploy has none running yet
-                    for slot in sorted(todo - {plan.primary}, key=plan.slots.index):
-                        step = f"database check on {slot}"
-                        vms[slot].check_database_reach(tag, str(plan.primary), str(slot))
-                step = f"backup on {plan.primary}"
-                if plan.primary in todo:
-                    try:
-                        with PhaseLine(first, tag, previous[plan.primary]) as rel:
-                            done = backup_and_migrate(first, rel, tag, previous[plan.primary])
-                    except DeployError as exc:  # its phases speak of one host: name it
-                        raise DeployError(f"{plan.primary}: {exc.message}", exc.fix,
-                                          exit_code=exc.exit_code) from None
-                    revision = done.revision or last_revision(done.history)
-                    say(f"migrated once, on {plan.primary}: revision {revision or '-'}")
-                else:  # it took `tag` (and its migration) in an earlier run: no second backup
-                    done = Migrated("", "", "", first.history())
-                    revision = last_revision(done.history)
-            except (KeyboardInterrupt, ConnectionLost) as exc:
-                raise cut_short(exc, step, tag, "the previous release") from None
-
-            def record(slot: Slot, vm: Vm, rel: PhaseLine) -> None:
-                record_release(vm, release_entry(
-                    tag, digests[slot], revision, "deploy", previous[slot], git_sha, message,
-                    **(done.recorded(revision) if slot == plan.primary else {})), rel)
-
-            switched, failure = switch_batches(vms, plan, tag, previous, settings, record, say,
-                                               todo)
-            if plan.primary in switched and not dry_run:  # the backups are where it migrated
-                first.prune_backups(first.history())
-            if not failure:  # as after a one-host deploy, host by host
-                for slot in sorted(todo, key=plan.slots.index):
-                    with PhaseLine(vms[slot], tag) as rel:
-                        prune_after(vms[slot], rel)
+        say = vms[plan.primary].runner.say
+        out = sequence.deploy(plan, vms, tag, git_sha=git_sha, message=message, lock=not given,
+                              digest=digest, before_change=before_change)
         rows = report(vms, tag) if not dry_run else []
         if rows:
             print_report(rows, tag, say)
-    if failure:
-        slot, error = failure
-        kept = [s for s in plan.slots if s not in todo]  # on `tag` before this run
-        on_new = ", ".join(map(str, sorted([*kept, *switched], key=plan.slots.index))) or "none"
-        previous_any = previous.get(plan.primary) or "T"
+    if out.failure:
+        slot, error = out.failure
+        kept = [s for s in plan.slots if s not in out.todo]  # on `tag` before this run
+        on_new = ", ".join(map(str, sorted([*kept, *out.switched], key=plan.slots.index))) \
+            or "none"
+        previous_any = out.previous.get(plan.primary) or "T"
         raise DeployError(f"{slot}: {error.message}; hosts serving {tag}: {on_new}",
                           "fix what the message says and deploy again (hosts already on the "
                           f"new release are left alone); `fab rollback --tag={previous_any}` puts "
                           "every host back", exit_code=error.exit_code)
-    already = len(plan.slots) - len(todo)
-    say(f"deployed {tag} to {len(todo)} host(s)"
+    already = len(plan.slots) - len(out.todo)
+    say(f"deployed {tag} to {len(out.todo)} host(s)"
         + (f" ({already} served it already)" if already else "")
         + f" in {time.monotonic() - started:.1f}s")
     return rows
@@ -269,78 +146,27 @@ def deploy(settings: Settings, tag: str, *, message: str = "", git_sha: str = ""
 def rollback(settings: Settings, tag: str = "", *, downgrade: bool = False, dry_run: bool = False,
              known_in_registry: Callable[[str], bool] | None = None) -> list[Row]:
     """Put every role's hosts back on `tag` (default: the release before the primary host's
-    current one), batch by batch, under the one lock; `downgrade` runs on the primary host."""
+    current one), batch by batch, under the one lock, in the one sequence of a rollback
+    (deploy/release/sequence.py); `downgrade` runs on the primary host. Returns the report."""
     roles = read_roles(settings)
     plan = plan_of(settings)
     with sessions(settings, plan, roles, dry_run) as vms:
-        first = vms[plan.primary]
-        say = first.runner.say
-        history = first.history()
-        target = pick_rollback_tag(history, first.current_tag(), tag)
-        entries = {e["tag"]: e for e in history}
-        if (target not in entries and not dry_run
-                and not (known_in_registry and known_in_registry(target))):
-            raise DeployError(f"{target} is neither in the release history nor in the registry",
-                              "pick a tag from `fab releases`")
-        with first.locked(target, action="rollback"):
-            previous: dict[Slot, str] = {}
-            digests: dict[Slot, str] = {}
-            # the image the release recorded where it migrated: the same on every host
-            recorded = next((e for e in reversed(history) if e["tag"] == target
-                             and e.get("action", "deploy") == "deploy"), entries.get(target, {}))
-            for slot, vm in vms.items():  # nothing switches before every host has the image
-                previous[slot] = vm.current_tag()
-                with PhaseLine(vm, target, previous[slot]) as rel:
-                    if slot == plan.primary:
-                        rel.note("lock")
-                    check_rollback(vm, rel, target, previous[slot])
-                    with rel.phase("pull", cuts_short=False):
-                        digests[slot] = vm.pull_recorded(target, recorded.get("digest", ""))
-            wanted, now = recorded.get("revision", ""), first.revision()
-            downgrading = downgrade and will_downgrade(first, target, wanted, now)
-            backup = first.backup(target, previous[plan.primary], revision=now,
-                                  reason=f"before downgrading to {wanted}"
-                                  ) if downgrading else ""
-            switched_hosts: list[tuple[Slot, Vm]] = []
-
-            def record(slot: Slot, vm: Vm, rel: PhaseLine | None = None,
-                       revision: str = "") -> None:
-                if downgrading and not revision:  # recorded once the schema is known
-                    switched_hosts.append((slot, vm))
-                else:
-                    record_release(vm, release_entry(
-                        target, digests[slot], revision or first.revision(), "rollback",
-                        previous[slot]), rel)
-
-            # Every host on the older release first (it runs on the newer schema: the
-            # expand/contract rule), then the downgrade: no host runs the newer release on the
-            # older schema.
-            switched, failure = switch_batches(vms, plan, target, previous, settings, record,
-                                               say)
-            problem = ""
-            if downgrading and not failure:
-                say(f"downgrading the schema {now} -> {wanted} on {plan.primary}, {target} "
-                    f"serving (backup: {backup or 'none'})")
-                try:  # in the migrate command's environment, as on one host
-                    first.downgrade(previous[plan.primary], wanted)
-                except DeployError as exc:  # its own output, after the runner's first line
-                    problem = exc.message.partition("\n")[2] or exc.message
-            if switched_hosts:
-                revision = first.revision() or now
-                for slot, vm in switched_hosts:
-                    record(slot, vm, None, revision)
+        say = vms[plan.primary].runner.say
+        out = sequence.rollback(plan, vms, tag, downgrade=downgrade,
+                                known_in_registry=known_in_registry)
+        target = out.tag
         rows = report(vms, target) if not dry_run else []
         if rows:
             print_report(rows, target, say)
-    if failure:
-        slot, error = failure
+    if out.failure:
+        slot, error = out.failure
         raise DeployError(f"rolling back to {target} stopped at {slot}: {error.message}",
                           "fix what the message says and run the rollback again")
-    if problem:
-        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
+    if out.problem:
+        name = out.backup.removeprefix(f"{cmd.BACKUP_DIR}/")
         raise DeployError(
-            f"every host serves {target} and is recorded, but the downgrade {now} -> {wanted} "
-            f"failed:\n{problem}",
+            f"every host serves {target} and is recorded, but the downgrade {out.schema} "
+            f"failed:\n{out.problem}",
             "look at the migration's downgrade() and the database, then `fab rollback "
             f"--tag={target} --downgrade` again"
             + (f"; `fab restore --backup={name}` puts back the copy taken before it"
@@ -353,83 +179,15 @@ def restore(settings: Settings, name: str, *, force_unverified: bool = False,
             dry_run: bool = False, tag: str = "") -> None:
     """Restore backup `name` where the database is (the primary role's first host, where
     deploys back up and migrate), the app stopped on every other host meanwhile so that none
-    writes to the database being replaced; then start them and check each one's health.
-    When the backup's schema is not the serving release's, every host then runs the release
-    on its schema (`tag`, or the one the primary's history names: remote.restore decides)."""
+    writes to the database being replaced; then start them and check each one's health, in
+    the one sequence of a restore (deploy/release/sequence.py). When the backup's schema is
+    not the serving release's, every host then runs the release on its schema (`tag`, or the
+    one the primary's history names)."""
     roles = read_roles(settings)
     plan = plan_of(settings)
     validate_backup_name(name)
     with sessions(settings, plan, roles, dry_run) as vms:
-        first = vms[plan.primary]
-        say = first.runner.say
-        others = {slot: vm for slot, vm in vms.items() if slot != plan.primary}
-        if not dry_run:  # a bad name or backup changes nothing anywhere
-            if name not in first.backups():
-                raise DeployError(f"there is no backup {name!r} on {plan.primary}, where the "
-                                  "database is", "pick one from `fab backups`")
-            manifest = first.check_backup(name, force_unverified)
-            history = first.history()
-            match = matching_release(history, manifest, name, first.current_tag(), tag)
-            digest = next((e.get("digest", "") for e in reversed(history)
-                           if e.get("tag") == match.tag and e.get("digest")), "")
-            for vm in others.values():  # each host has the release's image before any stops
-                if vm.current_tag() != match.tag:
-                    vm.pull_recorded(match.tag, digest)
-
-        with contextlib.ExitStack() as pages:
-            for vm in others.values():  # behind each host's proxy, the page, not errors
-                pages.enter_context(maintenance.window(vm, f"fab restore --backup={name}",
-                                                       note=False))
-            problems = restore_others(first, name, force_unverified, others, say, tag)
+        problems = sequence.restore(plan, vms, name, force_unverified=force_unverified, tag=tag)
     if problems:
         raise DeployError("after the restore, not every host is healthy: " + "; ".join(problems),
                           "look at `fab logs` on those hosts; `fab status` shows each host")
-
-
-def restore_others(first: Vm, name: str, force_unverified: bool, others: dict[Slot, Vm],
-                   say: Say, tag: str = "") -> list[str]:
-    """Stop the app on `others`, restore on `first` (`tag`: its --tag), then start and
-    health-check `others`, each on the release `first` serves then (recorded there when it
-    changed); what is wrong on those that are not healthy ('HOST (ROLE): problem')."""
-    stopped: list[Slot] = []
-    problems: list[str] = []
-    before = {slot: vm.current_tag() for slot, vm in others.items()}
-    try:
-        for slot, vm in others.items():
-            stop_app(vm, what=f"stopping the app on {slot} failed; nothing was restored")
-            stopped.append(slot)
-        if stopped:
-            say(f"stopped the app on {', '.join(map(str, stopped))} while the database on "
-                f"{first.runner.where} is restored")
-        restore_on(first, name, force_unverified=force_unverified, tag=tag)
-    finally:
-        serving = first.current_tag()  # the release on the restored data's schema
-        for slot in stopped:
-            vm = others[slot]
-            if serving != before[slot]:
-                problem = start_on(vm, name, serving, before[slot])
-            else:
-                started = vm.run(cmd.up(vm.compose()), hide=True, check=False)
-                problem = healthy_after_start(vm) if started.ok else (
-                    started.output.strip().splitlines() or [f"exit {started.exited}"])[-1]
-            if problem:
-                problems.append(f"{slot}: {problem}")
-            else:
-                say(f"{slot}: started again, healthy" + (
-                    f", on {serving} (the release on the restored data's schema)"
-                    if serving != before[slot] else ""))
-    return problems
-
-
-def start_on(vm: Vm, name: str, tag: str, previous: str) -> str:
-    """Start release `tag` on a host stopped for the restore of `name`, in place of
-    `previous`, and record that; what failed ('' if it serves healthy)."""
-    try:
-        problem = start_release(vm, tag)
-    except DeployError as exc:
-        problem = exc.message.splitlines()[0]
-    if not vm.runner.dry_run:
-        with contextlib.suppress(DeployError):
-            vm.record_restore(restore_entry(name, tag, vm.revision(), not problem,
-                                            previous=previous))
-    return problem

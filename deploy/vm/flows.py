@@ -1,4 +1,6 @@
-"""The flows on one VM: deploy, rollback, restore, and the health-checked switch they share.
+"""The phases of a release on one host that every plan of hosts shares (check, backup +
+migrate, record, prune, a rollback's checks; the sequence that orders them is
+deploy/release/sequence.py), and the steps of a restore on the host where the database is.
 
 Each flow holds the deploy lock; anything that cuts it short (an error, Ctrl-C, SIGTERM,
 SIGHUP, a lost connection) leaves the recorded release serving and says so.
@@ -10,21 +12,17 @@ import contextlib
 import dataclasses
 import json
 import signal
-import time
-from collections.abc import Callable
 
 from deploy.commands import vm as cmd
 from deploy.core import refs
 from deploy.core.errors import DeployError
 from deploy.core.runner import redact
 from deploy.core.stamp import stamp
-from deploy.release import bluegreen, maintenance, switch
-from deploy.release.switch import switch_checked
+from deploy.release import bluegreen, switch
 from deploy.vm import appenvfile, housekeeping
 from deploy.vm.contract import refuse_moving_tag
 from deploy.vm.matching import Match, matching_release
 from deploy.vm.phases import PhaseLine, optional_phase
-from deploy.vm.shell import ConnectionLost
 from deploy.vm.signals import Interrupted, exit_code, sigint_deferred, signal_name
 from deploy.vm.steps import Vm
 from deploy.vm.vm import is_release
@@ -83,44 +81,6 @@ def record_release(vm: Vm, entry: dict, release: PhaseLine | None = None) -> dic
     if interrupted:
         vm.runner.say(f"Ctrl-C came after {entry['tag']} turned healthy: it was recorded all "
                       "the same")
-    return entry
-
-
-def deploy(vm: Vm, tag: str, *, git_sha: str = "", message: str = "",
-           lock: bool = True, announce: bool = True, digest: str = "",
-           before_change: Callable[[str], None] | None = None) -> dict:
-    """Check, pull, back up, migrate, switch, check health, record. Returns the history entry.
-
-    With lock=False the caller already holds the deploy lock (`inv deploy` takes it first);
-    with announce=False the caller prints the closing `done:` line. With `digest`, exactly that
-    image is pulled and named TAG (a promotion). `before_change(previous tag)` runs after the
-    checks, before anything changes on the VM (the pre-deploy hook).
-    """
-    started = time.monotonic()
-    refuse_moving_tag(refs.validate_tag(tag))
-    with PhaseLine(vm, tag) as rel, (vm.locked(tag, message) if lock
-                                   else contextlib.nullcontext()):
-        if lock:
-            rel.note("lock")
-        previous = check_release(vm, rel, tag)
-        if before_change:
-            before_change(previous)
-        with rel.phase("pull"):
-            digest = vm.pull_recorded(tag, digest) if digest else vm.pull(tag)
-        done = backup_and_migrate(vm, rel, tag, previous)
-        vm.hold_lock(previous)
-        switch_checked(vm, tag, previous, rel)
-        # No migration ran (or its revision is unknown): ask the database.
-        revision = done.revision or vm.revision() or done.before
-        vm.hold_lock(f"{tag} (switched, not recorded)")
-        entry = record_release(vm, release_entry(
-            tag, digest, revision, "deploy", previous, git_sha, message,
-            **done.recorded(revision)), rel)
-        vm.prune_backups([*done.history, entry])
-        prune_after(vm, rel)
-    if announce:
-        print(f"done: {vm.ref(tag)} on {vm.runner.where} in {time.monotonic() - started:.1f}s",
-              file=vm.runner.out, flush=True)
     return entry
 
 
@@ -235,69 +195,6 @@ def pick_rollback_tag(history: list[dict], current: str, tag: str) -> str:
     raise DeployError("there is no earlier release to roll back to", "name one: --tag=T")
 
 
-def rollback(vm: Vm, tag: str = "", downgrade: bool = False,
-             known_in_registry: Callable[[str], bool] | None = None) -> dict:
-    """Put an earlier release back (the image it recorded), through the same lock and
-    health-checked switch; with `downgrade`, back up, switch, then downgrade the schema (the
-    older release runs on the newer schema meanwhile, as expand/contract migrations allow)."""
-    if tag:  # before anything runs on the VM
-        refuse_moving_tag(refs.validate_tag(tag))
-    history = vm.history()
-    current = vm.current_tag()
-    target = refuse_moving_tag(pick_rollback_tag(history, current, tag))
-    entries = {e["tag"]: e for e in history}
-    # The schema a release was deployed with: a rollback records the database's revision then,
-    # which (without --downgrade) is newer than the release itself.
-    deployed = {e["tag"]: e for e in history if e.get("action", "deploy") == "deploy"}
-    # a dry run reads no history and asks no registry: it shows the commands for `tag`
-    if target not in entries and not vm.runner.dry_run \
-            and not (known_in_registry and known_in_registry(target)):
-        raise DeployError(
-            f"{target} is neither in the release history nor in the registry",
-            "pick a tag from `fab releases`",
-        )
-    recorded = deployed.get(target) or entries.get(target, {})
-    with PhaseLine(vm, target, current) as rel, vm.locked(target, action="rollback"):
-        rel.note("lock")
-        check_rollback(vm, rel, target, current)
-        with rel.phase("pull", cuts_short=False) as found:
-            pinned = switch.pins_digest(vm)
-            digest = vm.pull_recorded(target, recorded.get("digest", "") if pinned else "")
-            if recorded.get("digest") and pinned:
-                found.result = f"{digest[:19]} (as recorded)"
-        wanted = recorded.get("revision", "")
-        now = vm.revision()
-        downgrading = downgrade and will_downgrade(vm, target, wanted, now)
-        backup = ""
-        if downgrading:  # the copy to go back to, taken before anything changes
-            with rel.phase("backup", cuts_short=False, timed=False) as found:
-                backup = vm.backup(target, current, revision=now,
-                                   reason=f"before downgrading to {wanted}")
-                found.result = backup or "none"
-        elif wanted and now and wanted != now:
-            vm.runner.say(
-                f"warning: {target} was released with schema {wanted}, the database is at "
-                f"{now}; not downgrading (pass --downgrade to run `{vm.alembic} downgrade "
-                f"{wanted}`)"
-            )
-        vm.hold_lock(current)
-        # The older release first, on the newer schema (expand/contract: a release runs on
-        # the schema of the one after it); the newer release never runs on the older schema.
-        switch_checked(vm, target, current, rel)
-        if downgrading:
-            vm.hold_lock(f"{target} (switched, not recorded)")
-            # No maintenance page here: the release that serves runs on both schemas
-            # (expand/contract), so users lose no request while the schema goes back.
-            downgrade_serving(vm, rel, target, current, digest, now, wanted, backup)
-        # An older image may not know a newer schema's revision: ask the database.
-        revision = vm.revision() or (wanted if downgrading else now)
-        vm.hold_lock(f"{target} (switched, not recorded)")
-        entry = record_release(vm, release_entry(target, digest, revision, "rollback", current),
-                               rel)
-    vm.runner.say(f"rolled back to {target}")
-    return entry
-
-
 def will_downgrade(vm: Vm, target: str, wanted: str, now: str) -> bool:
     """Whether `rollback --downgrade` to `target` (deployed at revision `wanted`, the database
     at `now`) downgrades the schema; refuses, before anything changes, when either revision
@@ -310,41 +207,6 @@ def will_downgrade(vm: Vm, target: str, wanted: str, now: str) -> bool:
                           f"(`fab exec --cmd \"{vm.alembic} downgrade REV\"`) after a "
                           "backup")
     return bool(wanted and now and wanted != now)
-
-
-def downgrade_serving(vm: Vm, rel: PhaseLine, target: str, current: str, digest: str,
-                      now: str, wanted: str, backup: str) -> None:
-    """Downgrade the schema `now` -> `wanted` with `current`'s image (it holds the downgrade
-    scripts) while `target` serves. A failure or an interruption records the rollback with
-    the revision the database is at, then says so: `target` serves either way."""
-    vm.runner.say(f"downgrading the schema {now} -> {wanted} with {current}, {target} serving "
-                  f"(backup: {backup or 'none'})")
-    try:
-        with rel.phase("downgrade", cuts_short=False) as found:
-            found.result = f"{now}→{wanted}"
-            vm.downgrade(current, wanted)
-    except ConnectionLost:
-        raise
-    except (KeyboardInterrupt, DeployError) as exc:
-        interrupted = not isinstance(exc, DeployError)
-        with sigint_deferred():
-            revision = vm.revision() or ("" if interrupted else now)
-            record_release(vm, release_entry(target, digest, revision, "rollback", current))
-        name = backup.removeprefix(f"{cmd.BACKUP_DIR}/")
-        if not isinstance(exc, DeployError):
-            what = (f"{signal_name(exc)} during the downgrade {now} -> {wanted}; {target} serves "
-                    "and is recorded (the downgrade may still finish on the VM)")
-        else:  # the downgrade's own output, after the runner's first line
-            output = exc.message.partition("\n")[2]
-            what = (f"the downgrade {now} -> {wanted} failed; {target} serves on schema "
-                    f"{revision or 'unknown'} and is recorded" + (f"\n{output}" if output else ""))
-        raise DeployError(
-            what,
-            "look at the migration's downgrade() and the database (`fab status`), then `fab "
-            f"rollback --tag={target} --downgrade` again"
-            + (f"; `fab restore --backup={name}` puts back the copy taken before it"
-               if name else ""),
-            exit_code=exit_code(exc) if interrupted else 1) from None
 
 
 def validate_backup_name(name: str) -> str:
@@ -525,45 +387,3 @@ def replace_database(vm: Vm, rel: PhaseLine, name: str, current: str, revision: 
                           + (f"; {target} was started, not {current}" if moved else ""),
                           f"look at `fab logs`; {undo}")
     return saved
-
-
-def restore(vm: Vm, name: str, force_unverified: bool = False, tag: str = "") -> None:
-    """Check the backup against its manifest, stop the app, save the live database as a
-    backup of its own (so a restore can be undone), make the database equal the backup,
-    record it, start the app, check its health.
-
-    Nothing changes before the backup is checked (`force_unverified`: one without a manifest,
-    if its first bytes are of the right kind). Ctrl-C, SIGTERM or SIGHUP before the data step
-    start the app again on the data as it was; during it, the step is finished and recorded
-    first. A failed restore command changed nothing (one transaction; SQLite: a rename),
-    records nothing and leaves the app stopped, and says so. A `fab` killed meanwhile leaves a
-    marker the next command reads (VmQueries.settle_restore). With the proxy, users get the
-    maintenance page from before the app stops until it serves again
-    (deploy/release/maintenance.py).
-
-    When the backup's schema (its manifest's revision) is not one the serving release runs on,
-    the release that runs on it is started instead, `tag` if given (deploy/vm/matching.py
-    decides, before anything changes); the restore's record names it: it is what serves."""
-    validate_backup_name(name)
-    if tag:
-        refuse_moving_tag(refs.validate_tag(tag))
-    if not vm.runner.dry_run and name not in vm.backups():
-        raise DeployError(f"there is no backup {name!r} on the VM", "pick one from `fab backups`")
-    current = vm.current_tag()
-    with PhaseLine(vm, current) as rel, vm.locked(current, action="restore", message=name):
-        rel.note("lock")
-        with rel.phase("check"):
-            switch.check_switch(vm)  # how the app stops and starts again: the switch's needs
-            vm.sync_release_env(current)
-            manifest = vm.check_backup(name, force_unverified)
-            match = restore_match(vm, name, manifest, current, tag)
-            vm.start_database(current)
-            revision = vm.revision()  # SQLite: asked of the app before it stops
-        # Users get the maintenance page (with the proxy) until the app serves again.
-        with maintenance.window(vm, f"fab restore --backup={name}"):
-            saved = replace_database(vm, rel, name, current, revision, match.tag)
-    vm.runner.say(f"restored {name}; " + (f"the database it replaced is saved as {saved} "
-                                          f"(`fab restore --backup={saved}` undoes this)"
-                                          if saved else "there was no database before it"))
-    if match.tag != current:
-        vm.runner.say(f"{match.tag} serves now, in place of {current}: {match.why}")
