@@ -139,13 +139,14 @@ class Outcome:
     backup: str = ""  # the backup taken before it
 
 
-def switch_batches(view: View, tag: str, previous: dict[Slot, str], record: Record,
+def switch_batches(view: View, tag: str, previous: dict[Slot, str], record: Record | None,
                    todo: list[Slot] | None = None) -> tuple[list[Slot],
                                                           tuple[Slot, DeployError] | None]:
     """Switch the plan's batches to `tag` (each host health-checked, then recorded by
-    `record(slot, vm, line)`), the hosts in `todo` only (default: all; a batch with none is
-    skipped); on the first failure put back what `to_switch_back` says and stop. Returns the
-    switched hosts still on `tag` and the failure, if any."""
+    `record(slot, vm, line)`; None: the caller records them afterwards), the hosts in `todo`
+    only (default: all; a batch with none is skipped); on the first failure put back what
+    `to_switch_back` says and stop. Returns the switched hosts still on `tag` and the
+    failure, if any."""
     plan, vms = view.plan, view.vms
     holder = vms[plan.primary]  # the deploy lock's host
     settings = holder.settings
@@ -170,7 +171,8 @@ def switch_batches(view: View, tag: str, previous: dict[Slot, str], record: Reco
                 except DeployError as exc:
                     failed = exc
                 else:
-                    record(slot, vm, rel)
+                    if record:
+                        record(slot, vm, rel)
             if failed:
                 for back in to_switch_back(plan, number, switched,
                                            settings.rollback_all_on_failure):
@@ -363,20 +365,18 @@ def rollback(plan: Plan, vms: dict[Slot, Vm], tag: str = "", *, downgrade: bool 
                 f"{now}; not downgrading (pass --downgrade to run `{primary.alembic} downgrade "
                 f"{wanted}`)")
         asked: list[str] = []  # the revision recorded, asked once after the first switch
-        downgraded: list[bool] = []
 
         def record(slot: Slot, vm: Vm, rel: PhaseLine | None) -> None:
             if not asked:  # an older image may not know a newer schema's revision: ask
+                downgraded = downgrading and not out.failure and not out.problem
                 asked.append(primary.revision() or (wanted if downgraded else now))
             primary.hold_lock(f"{target} (switched, not recorded)")
             out.entries[slot] = record_release(vm, release_entry(
                 target, digests[slot], asked[0], "rollback", previous[slot]), rel)
 
-        def record_later(slot: Slot, vm: Vm, rel: PhaseLine) -> None:
-            """With `downgrade`, every switched host is recorded once the schema is known."""
-
+        # With `downgrade`, every switched host is recorded once the schema is known.
         out.switched, out.failure = switch_batches(view, target, previous,
-                                                   record_later if downgrading else record)
+                                                   None if downgrading else record)
         if out.failure and view.single:
             raise out.failure[1]
         if downgrading:
@@ -385,7 +385,6 @@ def rollback(plan: Plan, vms: dict[Slot, Vm], tag: str = "", *, downgrade: bool 
                 out.schema, out.backup = f"{now} -> {wanted}", backup
                 out.problem = downgrade_serving(view, out, target, now, wanted, backup,
                                                 digests)
-                downgraded.append(not out.problem)
             for slot in out.switched:
                 if slot not in out.entries:
                     with view.line(slot, previous[slot]) as rel:
