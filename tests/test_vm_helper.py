@@ -524,6 +524,36 @@ def test_without_the_proxy_the_container_wait_ends_on_dockers_verdict_or_a_stead
     assert settle(tmp_path, "gone", "healthy") == (0, line.format("healthy"), 2)
 
 
+def test_the_container_wait_sleeps_until_docker_can_have_probed(tmp_path):
+    """Docker probes a container `interval` after its start (or its last probe): the wait sleeps
+    until then instead of polling every 0.1 s, and answers as soon as the verdict is in."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    polls = tmp_path / "polls"
+    polls.write_text("")
+    started = time.time()
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started)) + \
+        f".{int(started % 1 * 1000):03d}Z"
+    # healthy from 1 s after the start on (the probe's verdict), starting before it
+    (bin_dir / "docker").write_text(
+        f'#!/bin/sh\n[ "$1" = inspect ] || exit 2\necho . >> {polls}\n'
+        f'age=$(( $(date +%s%3N) - {int(started * 1000)} ))\n'
+        'state=starting && [ "$age" -ge 1000 ] && state=healthy\n'
+        f'echo "$state sha256:ab 127.0.0.1:5000/app:v2|{iso}|{{\\"Test\\":[\\"CMD\\"],'
+        '\\"Interval\\":1000000000}"\n')
+    (bin_dir / "compose").write_text('#!/bin/sh\n[ "$1" = ps ] && echo c0ffee\n')
+    for name in ("docker", "compose"):
+        (bin_dir / name).chmod(0o755)
+    result = dash(cmd.health_state_wait([str(bin_dir / "compose")], "app", 10, 30), tmp_path,
+                  env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    took = time.time() - started
+    assert (result.returncode, result.stdout) == (0, "healthy sha256:ab 127.0.0.1:5000/app:v2\n")
+    assert 1.0 <= took < 2.5
+    # one poll at the start, one when the probe is due (and one more if it was still running);
+    # polling every 0.1 s would take about 10
+    assert len(polls.read_text().splitlines()) <= 3
+
+
 class Polls:
     """A remote target that answers each command with the next scripted (exit, stdout)."""
 

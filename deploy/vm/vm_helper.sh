@@ -382,25 +382,64 @@ health_state() {  # SERVICE COMPOSE...: container_release of the service's conta
     echo "${found:-missing}"
 }
 
+# What the health wait reads of a container, one `docker inspect` a poll: container_release's
+# line, then "|" and when Docker last started or probed it, then "|" and its health check.
+WAIT_FORMAT='{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}} '\
+'{{.Image}} {{.Config.Image}}|{{.State.StartedAt}}{{with .State.Health}}{{range .Log}} '\
+'{{.End.Format "2006-01-02T15:04:05.000000000Z07:00"}}{{end}}{{end}}|{{json .Config.Healthcheck}}'
+
+ms_of() {  # [DATE]: milliseconds since the epoch (now without DATE); '' where date cannot say
+    ms=$(date ${1:+-d "$1"} +%s%3N 2>/dev/null) || return 0
+    case $ms in '' | *[!0-9]*) ;; *) echo "$ms" ;; esac
+}
+
+nanos_of() {  # FIELD JSON: a duration field of a health check's JSON, in ns ('' if absent)
+    printf '%s' "$2" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"
+}
+
+probe_quiet_ms() {  # TIMES JSON: how long no probe can end Docker's "starting" ('' if not
+    # known). Docker probes INTERVAL after the container's start or after the last probe
+    # ended; engines with a start interval (default 5 s) may probe at that pace instead.
+    last=${1##* }
+    interval=$(nanos_of Interval "$2")
+    early=$(nanos_of StartInterval "$2")
+    [ "${interval:-0}" -gt 0 ] || interval=30000000000
+    [ "${early:-0}" -gt 0 ] || early=5000000000
+    [ "$early" -lt "$interval" ] && interval=$early
+    then_ms=$(ms_of "$last")
+    now_ms=$(ms_of)
+    [ -n "$then_ms" ] && [ -n "$now_ms" ] || return 0
+    echo $((then_ms + interval / 1000000 - now_ms))
+}
+
+sleep_ms() {  # MS: sleep that long
+    sleep "$(($1 / 1000)).$(printf %03d $(($1 % 1000)))"
+}
+
 health_state_wait() {  # SECONDS STEADY SERVICE COMPOSE...: health_state's line once Docker's verdict
     # is in (healthy, unhealthy, exited, dead), the container ran STEADY polls in a row without
     # a health check, or it was seen restarting twice; exit 3 with the last line after SECONDS.
     # Polled here on the VM every 0.1 s, by id (a `compose ps` only when the id is not known or
-    # gone): no round trip per poll.
+    # gone): no round trip per poll. While the container's health check cannot have run yet,
+    # it sleeps instead: a check every 2 s would otherwise cost 20 polls for one verdict.
     end=$(( $(now) + $1 ))
     steady_max=$2
     shift 2
     steady=0
     restarts=0
     cid=
+    seen=
     while :; do
         [ -n "$cid" ] || cid=$(container_of "$@")
         line=missing
+        info=
         if [ -n "$cid" ]; then
-            line=$(container_release "$cid") || {
-                line=missing
+            info=$(docker inspect --format "$WAIT_FORMAT" "$cid" 2>/dev/null) || {
+                info=
                 cid=
             }
+            line=${info%%|*}
+            line=${line:-missing}
         fi
         state=${line%% *}
         case $state in
@@ -420,7 +459,16 @@ health_state_wait() {  # SECONDS STEADY SERVICE COMPOSE...: health_state's line 
             echo "$line"
             exit 3
         fi
-        sleep 0.1
+        pause=100
+        rest=${info#*|}
+        if [ "$state" = starting ] && [ "$rest" != "$info" ] && [ "${rest%%|*}" != "$seen" ]; then
+            seen=${rest%%|*}  # once a start or probe: a probe may run long
+            quiet=$(probe_quiet_ms "$seen" "${rest#*|}")
+            left=$(( (end - $(now)) * 1000 ))
+            [ "${quiet:-0}" -gt "$left" ] && quiet=$left
+            [ "${quiet:-0}" -gt "$pause" ] && pause=$quiet
+        fi
+        sleep_ms "$pause"
     done
 }
 
