@@ -593,6 +593,15 @@ def test_the_wait_polls_through_the_shell_until_the_watch_decides(tmp_path):
     assert late == "timeout (starting, 000 through the proxy)"
 
 
+def test_the_proxy_wait_sleeps_while_docker_cannot_have_probed(tmp_path):
+    """A poll that says when Docker's health check can run next ("starting - MS") is followed
+    by a pause of that long, not by a poll every 0.1 s."""
+    started = time.monotonic()
+    problem, sent = polled(tmp_path, [(0, "starting - 600\n")] + [(0, "healthy 200\n")] * 3)
+    assert problem == "" and len(sent) == 5
+    assert time.monotonic() - started >= 0.6
+
+
 def test_after_a_switch_the_other_services_come_from_the_compose_file_the_check_rendered(
         tmp_path):
     """The check phase rendered the compose file with the release: settle brings up the

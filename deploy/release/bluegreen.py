@@ -421,11 +421,14 @@ def wait_upstream(vm: Vm, container_id: str, upstream: str) -> str:
             verdict["problem"] = (f"the health poll failed (exit {result.exited}): "
                                   f"{(result.output.splitlines() or [''])[-1]}")
             return True
-        state, _, code = result.stdout.strip().partition(" ")
-        if code.strip() == "proxy-down":  # Caddy stopped under the deploy: start it again
+        state, code, quiet = (result.stdout.split() + ["", "", ""])[:3]
+        if code == "proxy-down":  # Caddy stopped under the deploy: start it again
             ensure_running(vm)
             return False
-        verdict["problem"] = watch.poll(state, code.strip())
+        verdict["problem"] = watch.poll(state, code)
+        if verdict["problem"] is None and quiet.isdigit():
+            # Docker's health check cannot have run yet: no verdict can come before
+            time.sleep(min(int(quiet) / 1000, s.health_timeout))
         return verdict["problem"] is not None
 
     if not vm.wait_ready(decided, s.health_timeout, UPSTREAM_POLL):

@@ -947,12 +947,22 @@ proxy_maintenance_state() {  # DIR PROJECT: "on" and who turned it on, or nothin
 }
 
 proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request through Caddy
-    # (proxy-down if Caddy does not listen)
-    state=$(container_state "$2")
-    case $state in
+    # (proxy-down if Caddy does not listen); while Docker's health check has not run, "starting
+    # - QUIET": the milliseconds until it can have (Docker decides nothing before)
+    info=$(docker inspect --format "$WAIT_FORMAT" "$2" 2>/dev/null) || info=
+    state=${info%% *}
+    case ${state:-missing} in
         unhealthy | exited | dead | missing)
-            echo "$state -"
+            echo "${state:-missing} -"
             return
+            ;;
+        starting)
+            rest=${info#*|}
+            quiet=$(probe_quiet_ms "${rest%%|*}" "${rest#*|}")
+            if [ "${quiet:-0}" -gt 100 ]; then
+                echo "starting - $quiet"
+                return
+            fi
             ;;
     esac
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
