@@ -122,24 +122,54 @@ def wait_until(check: Callable[[], object], timeout: float, interval: float = 0.
 # --------------------------------------------------------------------------- VM processes
 
 
-def processes(needle: str, cwd: str | None = None) -> list[int]:
-    """pids whose command line contains `needle` (and whose working dir is `cwd`)."""
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (its children, theirs, ...), from /proc's children lists."""
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as handle:
+                    children = [int(c) for c in handle.read().split()]
+            except OSError:
+                continue
+            found += children
+            stack += children
+    return found
+
+
+def processes(needle: str, cwd: str | None = None, under: int | None = None) -> list[int]:
+    """pids whose command line contains `needle` (and whose working dir is `cwd`); only those
+    below process `under` when given (a fault's poll every 10 ms reads a few files, not all
+    of /proc)."""
     found = []
     me = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == me:
+    pids = descendants(under) if under else \
+        [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
+    for pid in pids:
+        if pid == me:
             continue
         try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 args = handle.read().replace(b"\0", b" ").decode(errors="replace")
             if needle not in args:
                 continue
-            if cwd is not None and os.readlink(f"/proc/{entry.name}/cwd") != cwd:
+            if cwd is not None and os.readlink(f"/proc/{pid}/cwd") != cwd:
                 continue
         except OSError:
             continue
-        found.append(int(entry.name))
+        found.append(pid)
     return found
+
+
+def on_vm(vm: Vm, needle: str, cwd: str | None = None) -> list[int]:
+    """processes() among the commands SSH runs on `vm`: those below the VM's sshd."""
+    return processes(needle, cwd, sandbox_mod.read_pid(vm.pid_file("sshd")))
 
 
 @dataclass(frozen=True)
@@ -151,7 +181,9 @@ class Phase:
     in_app_dir: bool = False
 
     def running(self, app: App) -> bool:
-        return bool(processes(self.needle, app.app_dir if self.in_app_dir else None))
+        """Whether the VM runs the phase's process now: the tool's commands run below the
+        VM's sshd."""
+        return bool(on_vm(app.machine, self.needle, app.app_dir if self.in_app_dir else None))
 
 
 def phases(app: App, tag: str) -> dict[str, Phase]:

@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, child_env, output
 
+from sandbox import Sandbox
+from sandbox.demo import reset_vm
+
 
 def demo(*args: str, env: dict[str, str] | None = None, timeout: float = 900
          ) -> subprocess.CompletedProcess[str]:
@@ -59,7 +62,7 @@ def test_the_demo_dry_run_needs_no_engine_and_shows_every_step(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("postgres", [False, True], ids=["sqlite", "postgres"])
-def test_the_demo_runs_twice_in_a_row(sandbox: object, postgres: bool) -> None:
+def test_the_demo_runs_twice_in_a_row(sandbox: Sandbox, postgres: bool) -> None:
     """exit 0, the versions and rows served after each step, the same on the second run (the
     VM still holds the first run's app and data)."""
     args = ["--postgres"] if postgres else []
@@ -75,6 +78,18 @@ def test_the_demo_runs_twice_in_a_row(sandbox: object, postgres: bool) -> None:
             # the backup taken before v2's migration: its schema, its rows
             ({"version": "1", "revision": "0001"}, v1_rows),
         ]
+    try:
+        ran_twice(args, expected, postgres)
+    finally:
+        # the demo leaves its app serving, for the user to look at; the suite's other tests
+        # would share the cores with its health checks
+        work = sandbox.state_dir / "demo" / ("app-postgres" if postgres else "app")
+        if (work / "deploy.toml").exists():
+            reset_vm(work)
+
+
+def ran_twice(args: list[str], expected: list[tuple[dict[str, str], list[str]]],
+              postgres: bool) -> None:
     for attempt in (1, 2):
         proc = demo(*args)
         out = output(proc)

@@ -39,7 +39,7 @@ from faultkit import (
     first_message,
     kill_engine,
     lock_state,
-    processes,
+    on_vm,
     restore_engine,
     served,
     shorten,
@@ -165,7 +165,7 @@ def running_on(vm: Vm, *needles: str) -> list[int]:
     command line holds every one of `needles`."""
     inode = os.stat(vm.netns_file).st_ino
     found = []
-    for pid in processes(needles[0]):
+    for pid in on_vm(vm, needles[0]):
         try:
             args = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
             if all(n in args for n in needles) and netns_inode(pid) == inode:

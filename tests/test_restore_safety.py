@@ -15,7 +15,7 @@ import stat
 
 import pytest
 from conftest import assert_no_traceback
-from faultkit import processes, start_fab, stop_all, wait_until
+from faultkit import on_vm, processes, start_fab, stop_all, wait_until
 from test_postgres import db_container, pg_app, rows  # noqa: F401 (fixtures)
 from vmkit import App, output
 
@@ -199,7 +199,7 @@ def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # no
     try:
         # SIGTERM while the live database is saved: nothing changed, the app is started again.
         run = start_fab(app, "restore", f"--backup={pre_v2}")
-        run.when(lambda: processes("-pre-restore.dump", app.app_dir),
+        run.when(lambda: on_vm(app.machine, "-pre-restore.dump", app.app_dir),
                  lambda: run.signal(signal.SIGTERM), "the save of the live database",
                  interval=0.005)
         code, out = run.wait()
@@ -214,7 +214,7 @@ def test_postgres_restore_survives_sigterm_and_sigkill(pg_app, pg_images):  # no
 
         # SIGTERM during the data step: it is finished and recorded, the app started again.
         run = start_fab(app, "restore", f"--backup={pre_v2}")
-        run.when(lambda: processes("restore-postgres", app.app_dir),
+        run.when(lambda: on_vm(app.machine, "restore-postgres", app.app_dir),
                  lambda: run.signal(signal.SIGTERM), "the data step", interval=0.005)
         code, out = run.wait()
         assert code == 143, out
