@@ -1088,11 +1088,14 @@ def test_rollback_without_downgrade_warns_and_keeps_the_schema(tmp_path):
         on("running-image"): Result(f"{IMAGE_ID} {IMAGE}:v1\n"),
     }
     vm, out = scripted_vm(tmp_path, answers)
-    sequence.rollback_host(vm)  # no tag: the release before the current one
+    entry = sequence.rollback_host(vm)  # no tag: the release before the current one
     assert not ran(vm.runner.history, "alembic downgrade")
     assert "warning: v1 was released with schema 0001, the database is at 0002" \
         in out.getvalue()
     assert "--downgrade" in out.getvalue()
+    # the schema is read once, before the switch: nothing changes it after
+    assert sum("alembic current" in c for c in vm.runner.history) == 1
+    assert entry["revision"] == "0002"
 
 
 def test_rollback_with_nothing_earlier_says_to_name_a_tag(tmp_path):

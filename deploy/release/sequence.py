@@ -367,9 +367,14 @@ def rollback(plan: Plan, vms: dict[Slot, Vm], tag: str = "", *, downgrade: bool 
         asked: list[str] = []  # the revision recorded, asked once after the first switch
 
         def record(slot: Slot, vm: Vm, rel: PhaseLine | None) -> None:
-            if not asked:  # an older image may not know a newer schema's revision: ask
+            if not asked:
                 downgraded = downgrading and not out.failure and not out.problem
-                asked.append(primary.revision() or (wanted if downgraded else now))
+                # Without a downgrade the schema is the one read before the switch: asking
+                # the older image again would say it or nothing (a newer revision it does not
+                # know). With a downgrade (done or failed half-way), or when that read said
+                # nothing, it is asked.
+                asked.append(primary.revision() or (wanted if downgraded else now)
+                             if downgrading or not now else now)
             primary.hold_lock(f"{target} (switched, not recorded)")
             out.entries[slot] = record_release(vm, release_entry(
                 target, digests[slot], asked[0], "rollback", previous[slot]), rel)
