@@ -117,10 +117,12 @@ def fault_images(example, request):
 
 
 def fast_healthcheck(app) -> None:
-    """The example's compose healthchecks twice a second instead of every 2 s: each switch
-    turns healthy sooner (the campaign has a time budget)."""
+    """The example's app service healthchecks twice a second instead of every 2 s: each switch
+    turns healthy sooner (the campaign has a time budget). The database's check (Postgres,
+    after the app in compose.yaml) keeps its 2 s: only its start waits for it, and each check
+    is an exec in the container for the whole module's run."""
     compose = app.repo / "compose.yaml"
-    compose.write_text(compose.read_text().replace("interval: 2s", "interval: 500ms"))
+    compose.write_text(compose.read_text().replace("interval: 2s", "interval: 500ms", 1))
     commit_all(app.repo, "healthcheck twice a second")
 
 
