@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import tiers
-from sharedlock import SharedLock
 
 if TYPE_CHECKING:  # vmkit imports this module (see below); the sandbox's types only
     from _pytest.terminal import TerminalReporter
@@ -514,7 +513,7 @@ def shared_build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
     root = run_root(request, tmp_path_factory)
     record = root / f"shared-{key}.json"
-    with open(root / f"shared-{key}.lock", "a") as lock, registry_in_use():
+    with open(root / f"shared-{key}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if record.exists():
             return Images(**json.loads(record.read_text()))
@@ -546,47 +545,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         delete_from_registry(built.name)
 
 
-# The laptop's registry is shared by every test of the docker tiers and above, on every xdist
-# worker; the fault campaign stops it for a moment. Tests hold this lock shared, the registry
-# faults exclusive. A writer first closes the gate, so that new readers wait behind it instead
-# of keeping the lock shared until the run ends.
-REGISTRY_LOCK = Path("/tmp/deploy-tests-registry.lock")
-REGISTRY_GATE = Path("/tmp/deploy-tests-registry.gate")
-
-
-REGISTRY_USE = SharedLock(REGISTRY_LOCK, REGISTRY_GATE)
-
-
-def registry_in_use(exclusive: bool = False) -> contextlib.AbstractContextManager[None]:
-    return REGISTRY_USE.held(exclusive)
-
-
 def sandbox_up(*vms: int) -> Sandbox:
     """The sandbox with the VMs `vms` up (idempotent), and no other VM started: another
-    worker's fault test may have stopped one on purpose. `up` starts the registry if it is
-    down, so it waits while a registry fault has it stopped."""
+    worker's fault test may have stopped one on purpose."""
     import sandbox as sandbox_mod
 
-    with registry_in_use():
-        return sandbox_mod.up(only=vms)
-
-
-@pytest.fixture
-def registry_alone(sandbox: Any, images: Any) -> Iterator[None]:
-    """For a test that stops the laptop's registry: it waits until no other test uses the
-    registry, and keeps it to itself until the end."""
-    with registry_in_use(exclusive=True):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _registry_shared(request: pytest.FixtureRequest) -> Iterator[None]:
-    tier = dict(request.node.user_properties).get("tier", "fast")
-    if tier in ("fast", "slow") or "registry_alone" in request.fixturenames:
-        yield
-        return
-    with registry_in_use():
-        yield
+    return sandbox_mod.up(only=vms)
 
 
 @pytest.fixture(scope="session")

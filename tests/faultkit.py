@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from conftest import EXAMPLE, child_env
 from vmkit import App, Images, buildx, checked, docker, make_app_repo, run
 
 from sandbox import box as sandbox_mod
+from sandbox.ports import free_port
 from sandbox.vms import Vm
 
 # --------------------------------------------------------------------------- extra images
@@ -393,33 +395,63 @@ def start_inv(app: App, *args: str, env: dict[str, str] | None = None) -> Runnin
 # --------------------------------------------------------------------------- services
 
 
-def registry_pid() -> int | None:
-    return sandbox_mod.read_pid(sandbox_mod.sandbox().state_dir / "registry.pid")
+FORWARD = Path(sandbox_mod.__file__).resolve().parent / "forward.py"
 
 
-def stop_registry() -> None:
-    """Kill the sandbox's docker-registry (by its pid file) and wait until it answers no more."""
-    sb = sandbox_mod.sandbox()
-    pid = registry_pid()
-    assert pid and sandbox_mod.alive(pid, "docker-registry"), f"no docker-registry at pid {pid}"
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not sandbox_mod.registry_up(sb), 10, 0.05, "the registry to stop")
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
 
 
-def restore_registry() -> None:
-    sb = sandbox_mod.sandbox()
-    sandbox_mod.ensure_registry(sb)
-    wait_until(lambda: sandbox_mod.registry_up(sb), 30, 0.1, "the registry to come back")
+class RegistryDoor:
+    """A second address of the laptop's registry, 127.0.0.1:PORT here and on `vm`, each a
+    forwarder (sandbox/forward.py) to 127.0.0.1:5000. An app whose image is named with it
+    reaches the registry only through it: `close()` is that app's registry going down (its
+    connections refused here, dropped on the VM), while every other test goes on using
+    127.0.0.1:5000."""
 
+    def __init__(self, vm: Vm, logs: Path) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.logs = logs
+        self._here: subprocess.Popen | None = None
+        self._on_vm = self._forward("vm", "--listen-netns", str(vm.netns_file), str(self.port),
+                                    self.address)
+        wait_until(lambda: "listening" in (logs / "door-vm.log").read_text(), 10, 0.05,
+                   "the VM's forwarder")
+        self.open()
 
-@contextlib.contextmanager
-def registry_down() -> Iterator[None]:
-    """The registry stopped for the block, always brought back after it."""
-    try:
-        stop_registry()
-        yield
-    finally:
-        restore_registry()
+    def _forward(self, name: str, *args: str) -> subprocess.Popen:
+        with open(self.logs / f"door-{name}.log", "w") as log:
+            return subprocess.Popen([sys.executable, str(FORWARD), *args], stdout=log,
+                                    stderr=subprocess.STDOUT)
+
+    def open(self) -> None:
+        self._here = self._forward("here", str(self.port), "127.0.0.1:5000")
+        wait_until(lambda: _listening(self.port), 10, 0.05, "the registry's door to open")
+
+    def close(self) -> None:
+        """The registry down for whoever uses this address (SIGKILL: no goodbye)."""
+        if self._here is not None:
+            self._here.kill()
+            self._here.wait(timeout=10)
+            self._here = None
+        wait_until(lambda: not _listening(self.port), 10, 0.05, "the registry's door to close")
+
+    @contextlib.contextmanager
+    def closed(self) -> Iterator[None]:
+        """The registry down for the block, always back after it."""
+        try:
+            self.close()
+            yield
+        finally:
+            self.open()
+
+    def remove(self) -> None:
+        self.close()
+        self._on_vm.kill()
+        self._on_vm.wait(timeout=10)
 
 
 def running_containers(vm: Vm) -> set[str]:

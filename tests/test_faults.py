@@ -36,6 +36,7 @@ from faultkit import (
     RESULTS,
     Fault,
     PsSampler,
+    RegistryDoor,
     Row,
     build_fault_images,
     cut_ssh,
@@ -45,15 +46,12 @@ from faultkit import (
     kill_engine,
     lock_state,
     phases,
-    registry_down,
     restore_engine,
-    restore_registry,
     row_count,
     running_containers,
     served,
     start_fab,
     start_inv,
-    stop_registry,
     wait_until,
 )
 from vmkit import (
@@ -460,13 +458,37 @@ def test_local_process_killed(rows, fault_images, phase, sig):
 # --------------------------------------------------------------------------- 3: registry down
 
 
-def test_registry_down_at_push(registry_alone, rows, images, sshd):
-    app = rows
+@pytest.fixture
+def door(fault_vms, tmp_path):
+    """A registry address of the test's own (the laptop's registry through a forwarder here
+    and on the fault VM): closing it takes the registry away from this test only."""
+    door = RegistryDoor(fault_vms[0], tmp_path)
+    yield door
+    door.remove()
+
+
+@pytest.fixture
+def door_rows(make_app, images, fault_vms, door):
+    """A new SQLite app serving v1 with the campaign's rows, its image named through `door`."""
+    app = make_app(image=f"{door.address}/{images.name}", vm=fault_vms[0])
+    fast_healthcheck(app)
+    app.fab_ok("setup")
+    app.deploy(images.v1)
+    for name in ROWS:
+        app.post_item(name)
+    yield app
+    # the names under the door's address: `inv build`'s here, the pulls' on the VM
+    remove_local_images(app.env["DEPLOY_IMAGE"])
+    remove_local_images(app.env["DEPLOY_IMAGE"], fault_vms[0])
+
+
+def test_registry_down_at_push(door_rows, door, images, sshd):
+    app = door_rows
     for step in ("build", "smoke"):
         proc = app.inv(step)
         assert proc.returncode == 0, output(proc)
     before = app.snapshot()
-    with Fault(app, "registry down at inv push") as fault, registry_down():
+    with Fault(app, "registry down at inv push") as fault, door.closed():
         proc = app.inv("push")
         out = output(proc)
         fault.done(proc.returncode, out)
@@ -474,13 +496,13 @@ def test_registry_down_at_push(registry_alone, rows, images, sshd):
         assert "pushing" in out and "failed" in out and "registry" in out
         assert "is up" in out  # what to do: check the registry
         fault.then("nothing changed on the VM")
-    with Fault(app, "registry down at inv deploy") as fault, registry_down():
+    with Fault(app, "registry down at inv deploy") as fault, door.closed():
         mark = sshd.mark()
         proc = app.inv("deploy", "--skip-tests")
         out = output(proc)
         fault.done(proc.returncode, out)
         clean_failure(out, proc.returncode)
-        assert "cannot reach the registry 127.0.0.1:5000" in out
+        assert f"cannot reach the registry {door.address}" in out
         assert sshd.connections(mark) == 0  # stopped before any SSH connection
         fault.then("nothing changed on the VM")
     assert app.snapshot() == before
@@ -488,9 +510,9 @@ def test_registry_down_at_push(registry_alone, rows, images, sshd):
     fault.rows_intact()
 
 
-def test_registry_down_at_pull(registry_alone, rows, images, sshd):
+def test_registry_down_at_pull(door_rows, door, images, sshd):
     """The registry answers the tool's check, then dies before the VM pulls."""
-    app = rows
+    app = door_rows
     mark = sshd.mark()
     with Fault(app, "registry down at pull") as fault:
         run = start_fab(app, "deploy", f"--tag={images.v2}")
@@ -498,18 +520,18 @@ def test_registry_down_at_pull(registry_alone, rows, images, sshd):
             # Frozen as soon as it connects to the VM (its registry check has passed).
             run.when(lambda: sshd.connections(mark), lambda: run.signal(signal.SIGSTOP),
                      "the SSH connection", interval=0.002)
-            stop_registry()
+            door.close()
             run.signal(signal.SIGCONT)
             code, out = run.wait()
         finally:
             run.signal(signal.SIGCONT)
-            restore_registry()
+            door.open()
         fault.done(code, out)
         clean_failure(out, code)
-        assert f"the VM could not pull {images.ref(images.v2)}" in out
-        # Docker's own words: a VM reaches the registry through its forwarder on 127.0.0.1:5000,
-        # which accepts and then drops the connection ("reset", or an "EOF" when it closes
-        # before any answer); a VM without one is "refused"
+        assert f"the VM could not pull {app.env['DEPLOY_IMAGE']}:{images.v2}" in out
+        # Docker's own words: the VM reaches the registry through its forwarder, which accepts
+        # and then drops the connection ("reset", or an "EOF" when it closes before any
+        # answer); a VM without one is "refused"
         assert re.search(r"connection (refused|reset by peer)|/v2/\": eof", out.lower()), out
         assert "registry" in out.split("fix:")[-1]
         serving_good(app)
