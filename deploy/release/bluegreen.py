@@ -427,8 +427,10 @@ def wait_upstream(vm: Vm, container_id: str, upstream: str) -> str:
             return False
         verdict["problem"] = watch.poll(state, code)
         if verdict["problem"] is None and quiet.isdigit():
-            # Docker's health check cannot have run yet: no verdict can come before
-            time.sleep(min(int(quiet) / 1000, s.health_timeout))
+            # Docker's health check cannot have run yet, so no verdict comes before: sleep,
+            # waking in time for the passes through Caddy to be counted when it does
+            lead = (watch.passes + 1) * UPSTREAM_POLL
+            time.sleep(min(max(int(quiet) / 1000 - lead, 0), s.health_timeout))
         return verdict["problem"] is not None
 
     if not vm.wait_ready(decided, s.health_timeout, UPSTREAM_POLL):

@@ -947,8 +947,8 @@ proxy_maintenance_state() {  # DIR PROJECT: "on" and who turned it on, or nothin
 }
 
 proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request through Caddy
-    # (proxy-down if Caddy does not listen); while Docker's health check has not run, "starting
-    # - QUIET": the milliseconds until it can have (Docker decides nothing before)
+    # (proxy-down if Caddy does not listen); while Docker's health check has not run yet,
+    # "starting CODE QUIET": QUIET the milliseconds until it can have (no verdict before)
     info=$(docker inspect --format "$WAIT_FORMAT" "$2" 2>/dev/null) || info=
     state=${info%% *}
     case ${state:-missing} in
@@ -956,20 +956,18 @@ proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request 
             echo "${state:-missing} -"
             return
             ;;
-        starting)
-            rest=${info#*|}
-            quiet=$(probe_quiet_ms "${rest%%|*}" "${rest#*|}")
-            if [ "${quiet:-0}" -gt 100 ]; then
-                echo "starting - $quiet"
-                return
-            fi
-            ;;
     esac
     code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
         --unix-socket "$1/run/check.sock" -H "$UPSTREAM_HEADER: $3" "$4")
     # curl's exit 7: nothing listens on Caddy's socket (Caddy is down), not the app's fault
     [ $? -eq 7 ] && code=proxy-down
-    echo "$state ${code:-000}"
+    quiet=
+    if [ "$state" = starting ]; then
+        rest=${info#*|}
+        quiet=$(probe_quiet_ms "${rest%%|*}" "${rest#*|}")
+        [ "${quiet:-0}" -gt 0 ] || quiet=
+    fi
+    echo "$state ${code:-000}${quiet:+ $quiet}"
 }
 
 retire() {  # ID...: each stopped within its stop grace period (finishing the requests it
