@@ -358,15 +358,8 @@ container_of() {  # SERVICE COMPOSE...: the id of the service's container ('' if
     done
 }
 
-container_state() {  # ID: its health (healthy, unhealthy, starting), else its run state; missing
-    found=$(docker inspect --format \
-        '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' \
-        "$1" 2>/dev/null) || found=missing
-    echo "${found:-missing}"
-}
-
-container_release() {  # ID: "STATE IMAGE_ID REFERENCE": container_state's state (no
-    # "missing"), the image it runs and the reference it was started from
+container_release() {  # ID: "STATE IMAGE_ID REFERENCE": its health (healthy, unhealthy,
+    # starting), else its run state, the image it runs and the reference it was started from
     docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}'\
 '{{.State.Status}}{{end}} {{.Image}} {{.Config.Image}}' "$1" 2>/dev/null
 }
@@ -397,12 +390,21 @@ nanos_of() {  # FIELD JSON: a duration field of a health check's JSON, in ns (''
     printf '%s' "$2" | sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"
 }
 
-probe_quiet_ms() {  # TIMES JSON: how long no probe can end Docker's "starting" ('' if not
-    # known). Docker probes INTERVAL after the container's start or after the last probe
-    # ended; engines with a start interval (default 5 s) may probe at that pace instead.
-    last=${1##* }
-    interval=$(nanos_of Interval "$2")
-    early=$(nanos_of StartInterval "$2")
+wait_times() {  # INFO (a WAIT_FORMAT line): its start and probe times ('' without them)
+    rest=${1#*|}
+    [ "$rest" = "$1" ] || echo "${rest%%|*}"
+}
+
+probe_quiet_ms() {  # INFO (a WAIT_FORMAT line): how long no probe can end Docker's "starting"
+    # ('' if not known). Docker probes INTERVAL after the container's start or after the last
+    # probe ended; engines with a start interval (default 5 s) may probe at that pace instead.
+    times=$(wait_times "$1")
+    [ -n "$times" ] || return 0
+    check=${1#*|}
+    check=${check#*|}
+    last=${times##* }
+    interval=$(nanos_of Interval "$check")
+    early=$(nanos_of StartInterval "$check")
     [ "${interval:-0}" -gt 0 ] || interval=30000000000
     [ "${early:-0}" -gt 0 ] || early=5000000000
     [ "$early" -lt "$interval" ] && interval=$early
@@ -460,10 +462,10 @@ health_state_wait() {  # SECONDS STEADY SERVICE COMPOSE...: health_state's line 
             exit 3
         fi
         pause=100
-        rest=${info#*|}
-        if [ "$state" = starting ] && [ "$rest" != "$info" ] && [ "${rest%%|*}" != "$seen" ]; then
-            seen=${rest%%|*}  # once a start or probe: a probe may run long
-            quiet=$(probe_quiet_ms "$seen" "${rest#*|}")
+        times=$(wait_times "$info")
+        if [ "$state" = starting ] && [ -n "$times" ] && [ "$times" != "$seen" ]; then
+            seen=$times  # once a start or probe: a probe may run long
+            quiet=$(probe_quiet_ms "$info")
             left=$(( (end - $(now)) * 1000 ))
             [ "${quiet:-0}" -gt "$left" ] && quiet=$left
             [ "${quiet:-0}" -gt "$pause" ] && pause=$quiet
@@ -963,8 +965,7 @@ proxy_poll() {  # DIR CONTAINER UPSTREAM URL: "STATE CODE", CODE of one request 
     [ $? -eq 7 ] && code=proxy-down
     quiet=
     if [ "$state" = starting ]; then
-        rest=${info#*|}
-        quiet=$(probe_quiet_ms "${rest%%|*}" "${rest#*|}")
+        quiet=$(probe_quiet_ms "$info")
         [ "${quiet:-0}" -gt 0 ] || quiet=
     fi
     echo "$state ${code:-000}${quiet:+ $quiet}"
