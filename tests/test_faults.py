@@ -270,7 +270,11 @@ def rows(example, fault_vms, request):
 def fresh_rows(make_app, images, fault_vms):
     """A new SQLite app serving v1 with the campaign's rows, for a fault that changes its repo
     or counts its whole history."""
-    app = make_app(vm=fault_vms[0])
+    return serving_v1_with_rows(make_app(vm=fault_vms[0]), images)
+
+
+def serving_v1_with_rows(app, images):
+    """`app` set up, serving v1 (checked twice a second) with the campaign's rows."""
     fast_healthcheck(app)
     app.fab_ok("setup")
     app.deploy(images.v1)
@@ -470,12 +474,8 @@ def door(fault_vms, tmp_path):
 @pytest.fixture
 def door_rows(make_app, images, fault_vms, door):
     """A new SQLite app serving v1 with the campaign's rows, its image named through `door`."""
-    app = make_app(image=f"{door.address}/{images.name}", vm=fault_vms[0])
-    fast_healthcheck(app)
-    app.fab_ok("setup")
-    app.deploy(images.v1)
-    for name in ROWS:
-        app.post_item(name)
+    app = serving_v1_with_rows(make_app(image=f"{door.address}/{images.name}",
+                                        vm=fault_vms[0]), images)
     yield app
     # the names under the door's address: `inv build`'s here, the pulls' on the VM
     remove_local_images(app.env["DEPLOY_IMAGE"])
