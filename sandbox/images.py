@@ -14,6 +14,7 @@ Each built image carries a label with a hash of its recipe: `up` rebuilds only w
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -22,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -268,9 +270,29 @@ def _build(tags: tuple[str, ...], dockerfile: str, files: dict[str, Path], recip
               "read the error above; `docker build` needs the sandbox base images", timeout=600)
 
 
+def fetch_sources(cache_dir: Path, wanted: set[str]) -> None:
+    """Fetch into the cache, side by side, what the images in `wanted` that the engine lacks
+    are made from: the two rootfs tarballs and the caddy binary. Each mostly waits on the
+    network and on dpkg, so on a fresh machine together they take about as long as the
+    slowest alone (40 s instead of 90 s)."""
+    jobs: list[Callable[[], Path]] = []
+    if PYTHON in wanted and not image_exists(PYTHON):
+        jobs.append(functools.partial(ensure_rootfs_tarball, cache_dir, PYTHON_ROOTFS))
+    if wanted & set(POSTGRES_TAGS) and not image_exists(POSTGRES_BASE):
+        jobs.append(functools.partial(ensure_rootfs_tarball, cache_dir, POSTGRES_ROOTFS))
+    if CADDY in wanted:
+        jobs.append(functools.partial(caddy_binary, cache_dir))
+    if len(jobs) < 2:
+        return  # the one left runs where ensure_images needs it
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()  # the first error, as raised
+
+
 def ensure_images(cache_dir: Path, wanted: Iterable[str] = IMAGES) -> str:
     """Make sure each of the sandbox's images is in the host engine, current with its recipe."""
     wanted = set(wanted)
+    fetch_sources(cache_dir, wanted)
     done: list[str] = []
     if PYTHON in wanted and not image_exists(PYTHON):
         tarball = ensure_rootfs_tarball(cache_dir, PYTHON_ROOTFS)

@@ -12,7 +12,8 @@ VM i (named vmI, address 10.213.0.(10+i)) is:
 - its own sshd on 10.213.0.(10+i):22 with its own host key (known_hosts lines for the address
   and the name vmI; /etc/hosts names it);
 - a forwarder on its 127.0.0.1:5000 to the laptop's registry, so `127.0.0.1:5000/name:tag` is the
-  same image everywhere; the sandbox's base images are `docker save | docker load`ed into it.
+  same image everywhere; the sandbox's base images are `docker save | docker load`ed into the
+  first VM, whose image store seeds the others' (hard links: see `seed_engine`).
 
 What it is not: no kernel, CPU or memory of its own; processes are visible in the laptop's `ps`;
 /tmp, /etc and the rest of the filesystem are the laptop's.
@@ -20,6 +21,7 @@ What it is not: no kernel, CPU or memory of its own; processes are visible in th
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -324,11 +326,16 @@ def ensure_dockerd(v: Vm) -> str:
     return f"started dockerd (pid {pid})"
 
 
+def laptop_image_ids(tags: Sequence[str] = images.IMAGES) -> dict[str, str]:
+    """The laptop engine's image id of each tag ("" for a tag it lacks)."""
+    return {tag: run(["docker", "image", "inspect", "--format", "{{.Id}}", tag]).stdout.strip()
+            for tag in tags}
+
+
 def ensure_images(v: Vm, tags: Sequence[str] = images.IMAGES) -> str:
     """Load the sandbox's images into the VM's engine (only those missing or different)."""
     missing = []
-    for tag in tags:
-        ours = run(["docker", "image", "inspect", "--format", "{{.Id}}", tag]).stdout.strip()
+    for tag, ours in laptop_image_ids(tags).items():
         theirs = run(v.docker("image", "inspect", "--format", "{{.Id}}", tag)).stdout.strip()
         if ours and ours != theirs:
             missing.append(tag)
@@ -343,6 +350,61 @@ def ensure_images(v: Vm, tags: Sequence[str] = images.IMAGES) -> str:
         raise DeployError(f"{v.name}: loading {', '.join(missing)} failed: {load.stderr.strip()}",
                           "check free disk space and that the laptop engine has these images")
     return f"loaded {', '.join(missing)}"
+
+
+# A `docker load` of the base images writes about 550 MB into each VM (5 s, plus 4 s for the
+# `docker save`), and a machine's disk does not load two VMs faster than one after the other.
+# So the first VM loaded fresh leaves a seed: its engine's image store, the layers hard-linked.
+# A new VM's engine starts from a copy of it (hard links again: no data written). Image layers
+# are only ever read (overlayfs writes to a container's own upper directory) and removing an
+# image in one VM unlinks only that VM's names, so the VMs stay apart.
+
+def seed_dir(v: Vm) -> Path:
+    return v.state_dir / "vms" / "image-seed"
+
+
+def _seed_ids(seed: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((seed / "ids.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def seed_engine(v: Vm) -> bool:
+    """Give a VM whose engine has no data root yet the seed's image store, if the seed holds
+    the laptop's current images; True if it did."""
+    seed, root = seed_dir(v), v.dir / "docker"
+    if root.exists() or not seed.is_dir():
+        return False
+    ids = laptop_image_ids()
+    if _seed_ids(seed) != ids or not all(ids.values()):
+        shutil.rmtree(seed, ignore_errors=True)  # older images: the next fresh load makes it anew
+        return False
+    partial = v.dir / "docker.seeding"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    check(["cp", "-a", "--link", str(seed / "overlay2"), str(partial / "overlay2")],
+          f"{v.name}: linking the seed's image layers", f"remove {seed} and retry")
+    check(["cp", "-a", str(seed / "image"), str(partial / "image")],
+          f"{v.name}: copying the seed's image metadata", f"remove {seed} and retry")
+    partial.rename(root)
+    return True
+
+
+def make_seed(v: Vm) -> None:
+    """Keep the image store of `v`, whose engine holds the base images and nothing else yet,
+    as the seed (layers hard-linked)."""
+    seed, root = seed_dir(v), v.dir / "docker"
+    partial = seed.with_name(seed.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    check(["cp", "-a", "--link", str(root / "overlay2"), str(partial / "overlay2")],
+          f"{v.name}: linking the image layers into the seed", f"check {partial}")
+    check(["cp", "-a", str(root / "image"), str(partial / "image")],
+          f"{v.name}: copying the image metadata into the seed", f"check {partial}")
+    (partial / "ids.json").write_text(json.dumps(laptop_image_ids()))
+    shutil.rmtree(seed, ignore_errors=True)
+    partial.rename(seed)
 
 
 def ensure_forwarder(v: Vm, registry: str) -> str:
@@ -444,8 +506,13 @@ def up_vm(v: Vm, registry: str, authorized_keys: Path, keygen: list[str]) -> str
         start_holder(v)
         done.append("started")
     allow_vm_to_vm()  # also for VMs an older sandbox started
+    fresh = not (v.dir / "docker").exists()
+    seeded = fresh and seed_engine(v)
     done.append(ensure_dockerd(v))
-    done.append(ensure_images(v))
+    loaded = ensure_images(v)
+    if fresh and not seeded and loaded.startswith("loaded"):
+        make_seed(v)
+    done.append("images from the seed" if seeded and loaded == "images present" else loaded)
     done.append(ensure_forwarder(v, registry))
     done.append(ensure_sshd(v, authorized_keys, keygen))
     return ", ".join(done)

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -167,6 +168,51 @@ def test_up_refuses_a_vm_count_out_of_range(capsys):
     assert box.main(["up", "--vms=99"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: --vms 99 is out of range\nfix: ")
+
+
+SEED_VM = 20  # this test's alone: removed before and after
+
+
+def test_a_new_vm_starts_from_the_seed_and_its_images_stay_its_own(sandbox, capsys):
+    from sandbox import images
+
+    vm = sandbox.vm(SEED_VM)
+
+    def remove_vm() -> None:
+        box.vmlib.stop_vm(vm)
+        shutil.rmtree(vm.dir, ignore_errors=True)
+
+    remove_vm()
+    try:
+        sandbox_mod.up(only=[SEED_VM])  # loads and leaves the seed, if no VM did before
+        seed = box.vmlib.seed_dir(vm)
+        assert (seed / "ids.json").is_file()
+        remove_vm()
+        capsys.readouterr()
+        sandbox_mod.up(only=[SEED_VM])
+        assert "images from the seed" in capsys.readouterr().out
+        have = ok(run(vm.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}")))
+        assert set(images.IMAGES) <= set(have.split())
+        # the layers are the seed's files, hard-linked, not copies
+        ours = {p.stat().st_ino for p in (vm.dir / "docker" / "overlay2").rglob("*")
+                if p.is_file() and not p.is_symlink()}
+        theirs = {p.stat().st_ino for p in (seed / "overlay2").rglob("*")
+                  if p.is_file() and not p.is_symlink()}
+        assert ours and ours <= theirs
+        # a file a container changes, and an image removed, stay this VM's
+        changed = ok(run(vm.docker("run", "--rm", images.PYTHON, "sh", "-c",
+                                   "echo changed >> /etc/debian_version; python3 -c 'print(42)'")))
+        assert changed == "42"
+        ok(run(vm.docker("image", "rm", images.CADDY)))
+        remove_vm()
+        capsys.readouterr()
+        sandbox_mod.up(only=[SEED_VM])
+        assert "images from the seed" in capsys.readouterr().out
+        version = ok(run(vm.docker("run", "--rm", images.PYTHON, "cat", "/etc/debian_version")))
+        assert "changed" not in version
+        ok(run(vm.docker("image", "inspect", images.CADDY)))
+    finally:
+        remove_vm()
 
 
 # --------------------------------------------------------------------------- broken VMs
