@@ -374,9 +374,12 @@ def wait_no_oneoffs(project: str, timeout: float) -> list[str]:
 
 
 def up(compose_argv: list[str], *services: str) -> list[str]:
+    """`compose up`, run to its end on the VM even if the SSH session goes away under it
+    (the helper's to-end): cut off at its next line of output, compose would leave the old
+    container removed and the new one never started."""
     if services:
-        return [*compose_argv, "up", "-d", "--no-deps", *services]
-    return [*compose_argv, "up", "-d", "--remove-orphans"]
+        return helper("to-end", *compose_argv, "up", "-d", "--no-deps", *services)
+    return helper("to-end", *compose_argv, "up", "-d", "--remove-orphans")
 
 
 def start_service(compose_argv: list[str], service: str) -> list[str]:

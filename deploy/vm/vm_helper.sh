@@ -988,6 +988,30 @@ retire() {  # ID...: each stopped within its stop grace period (finishing the re
     ) </dev/null >/dev/null 2>&1 &
 }
 
+to_end() {  # CMD...: CMD run to its end even if the SSH session goes away meanwhile, its
+    # output shown once it ends. Cut off from the session's pipes, a program dies at its next
+    # line of output (SIGPIPE): a `compose up` then leaves the old container removed and the
+    # new one created, never started, and nothing serves until the next deploy. Another CMD
+    # still running (cut off with an earlier session) is waited for first, 120 s at most, so
+    # that a switch back does not collide with it.
+    pidfile=$STATE/to-end.pid
+    out=$STATE/to-end.$$.out
+    end=$(( $(now) + 120 ))
+    while earlier=$(cat "$pidfile" 2>/dev/null) && [ -n "$earlier" ] \
+            && kill -0 "$earlier" 2>/dev/null && [ "$(now)" -lt "$end" ]; do
+        sleep_ms 100
+    done
+    ( trap '' HUP PIPE; exec "$@" ) </dev/null >"$out" 2>&1 &
+    echo $! > "$pidfile"
+    wait $!
+    rc=$?
+    rm -f "$pidfile"
+    exec 3<"$out"  # removed before it is shown: the session may be gone, and us with it
+    rm -f "$out"
+    cat <&3
+    return $rc
+}
+
 wait_gone() {  # TIMEOUT ID...: until none of the containers exists; exit 1 after TIMEOUT s
     end=$(( $(now) + $1 ))
     shift
@@ -1089,6 +1113,7 @@ case $cmd in
     proxy-maintenance-state) proxy_maintenance_state "$@" ;;
     ensure-network) ensure_network "$1" ;;
     retire) retire "$@" ;;
+    to-end) to_end "$@" ;;
     wait-retired) wait_retired "$@" ;;
     app-images) app_images "$1" ;;
     prune-containers) prune_containers "$1" ;;
