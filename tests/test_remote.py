@@ -449,6 +449,8 @@ def command_kind(command: str) -> str:
     words = command.split()
     if words[:2] == ["sh", "-c"]:
         return "install-helper"
+    if len(words) > 3 and words[0] == "sh" and "/helper-" in words[1] and words[2] == "to-end":
+        return command_kind(" ".join(words[3:]))  # the command it runs to its end
     if len(words) > 2 and words[0] == "sh" and "/helper-" in words[1]:
         return words[2]
     if words[0] == "docker" and words[1] != "compose":
