@@ -370,6 +370,16 @@ def _seed_ids(seed: Path) -> dict[str, str]:
         return {}
 
 
+def _copy_store(source: Path, target: Path, what: str, fix: str) -> Path:
+    """A new `target` holding `source`'s image store: the layers (overlay2) hard-linked, the
+    metadata (image) copied."""
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    check(["cp", "-a", "--link", str(source / "overlay2"), str(target / "overlay2")], what, fix)
+    check(["cp", "-a", str(source / "image"), str(target / "image")], what, fix)
+    return target
+
+
 def seed_engine(v: Vm) -> bool:
     """Give a VM whose engine has no data root yet the seed's image store, if the seed holds
     the laptop's current images; True if it did."""
@@ -380,14 +390,8 @@ def seed_engine(v: Vm) -> bool:
     if _seed_ids(seed) != ids or not all(ids.values()):
         shutil.rmtree(seed, ignore_errors=True)  # older images: the next fresh load makes it anew
         return False
-    partial = v.dir / "docker.seeding"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    check(["cp", "-a", "--link", str(seed / "overlay2"), str(partial / "overlay2")],
-          f"{v.name}: linking the seed's image layers", f"remove {seed} and retry")
-    check(["cp", "-a", str(seed / "image"), str(partial / "image")],
-          f"{v.name}: copying the seed's image metadata", f"remove {seed} and retry")
-    partial.rename(root)
+    _copy_store(seed, v.dir / "docker.seeding", f"{v.name}: copying the seed",
+                f"remove {seed} and retry").rename(root)
     return True
 
 
@@ -395,13 +399,8 @@ def make_seed(v: Vm) -> None:
     """Keep the image store of `v`, whose engine holds the base images and nothing else yet,
     as the seed (layers hard-linked)."""
     seed, root = seed_dir(v), v.dir / "docker"
-    partial = seed.with_name(seed.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    check(["cp", "-a", "--link", str(root / "overlay2"), str(partial / "overlay2")],
-          f"{v.name}: linking the image layers into the seed", f"check {partial}")
-    check(["cp", "-a", str(root / "image"), str(partial / "image")],
-          f"{v.name}: copying the image metadata into the seed", f"check {partial}")
+    partial = _copy_store(root, seed.with_name(seed.name + ".partial"),
+                          f"{v.name}: making the seed", f"check {seed.parent}")
     (partial / "ids.json").write_text(json.dumps(laptop_image_ids()))
     shutil.rmtree(seed, ignore_errors=True)
     partial.rename(seed)
