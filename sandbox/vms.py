@@ -332,10 +332,11 @@ def laptop_image_ids(tags: Sequence[str] = images.IMAGES) -> dict[str, str]:
             for tag in tags}
 
 
-def ensure_images(v: Vm, tags: Sequence[str] = images.IMAGES) -> str:
-    """Load the sandbox's images into the VM's engine (only those missing or different)."""
+def ensure_images(v: Vm, laptop_ids: dict[str, str]) -> str:
+    """Load the sandbox's images into the VM's engine (only those missing or different from
+    `laptop_ids`, the laptop's: `laptop_image_ids`)."""
     missing = []
-    for tag, ours in laptop_image_ids(tags).items():
+    for tag, ours in laptop_ids.items():
         theirs = run(v.docker("image", "inspect", "--format", "{{.Id}}", tag)).stdout.strip()
         if ours and ours != theirs:
             missing.append(tag)
@@ -380,14 +381,13 @@ def _copy_store(source: Path, target: Path, what: str, fix: str) -> Path:
     return target
 
 
-def seed_engine(v: Vm) -> bool:
+def seed_engine(v: Vm, laptop_ids: dict[str, str]) -> bool:
     """Give a VM whose engine has no data root yet the seed's image store, if the seed holds
-    the laptop's current images; True if it did."""
+    the laptop's current images (`laptop_ids`); True if it did."""
     seed, root = seed_dir(v), v.dir / "docker"
     if root.exists() or not seed.is_dir():
         return False
-    ids = laptop_image_ids()
-    if _seed_ids(seed) != ids or not all(ids.values()):
+    if _seed_ids(seed) != laptop_ids or not all(laptop_ids.values()):
         shutil.rmtree(seed, ignore_errors=True)  # older images: the next fresh load makes it anew
         return False
     _copy_store(seed, v.dir / "docker.seeding", f"{v.name}: copying the seed",
@@ -395,13 +395,13 @@ def seed_engine(v: Vm) -> bool:
     return True
 
 
-def make_seed(v: Vm) -> None:
-    """Keep the image store of `v`, whose engine holds the base images and nothing else yet,
-    as the seed (layers hard-linked)."""
+def make_seed(v: Vm, laptop_ids: dict[str, str]) -> None:
+    """Keep the image store of `v`, whose engine holds the base images (`laptop_ids`) and
+    nothing else yet, as the seed (layers hard-linked)."""
     seed, root = seed_dir(v), v.dir / "docker"
     partial = _copy_store(root, seed.with_name(seed.name + ".partial"),
                           f"{v.name}: making the seed", f"check {seed.parent}")
-    (partial / "ids.json").write_text(json.dumps(laptop_image_ids()))
+    (partial / "ids.json").write_text(json.dumps(laptop_ids))
     shutil.rmtree(seed, ignore_errors=True)
     partial.rename(seed)
 
@@ -505,12 +505,13 @@ def up_vm(v: Vm, registry: str, authorized_keys: Path, keygen: list[str]) -> str
         start_holder(v)
         done.append("started")
     allow_vm_to_vm()  # also for VMs an older sandbox started
+    laptop_ids = laptop_image_ids()
     fresh = not (v.dir / "docker").exists()
-    seeded = fresh and seed_engine(v)
+    seeded = fresh and seed_engine(v, laptop_ids)
     done.append(ensure_dockerd(v))
-    loaded = ensure_images(v)
+    loaded = ensure_images(v, laptop_ids)
     if fresh and not seeded and loaded.startswith("loaded"):
-        make_seed(v)
+        make_seed(v, laptop_ids)
     done.append("images from the seed" if seeded and loaded == "images present" else loaded)
     done.append(ensure_forwarder(v, registry))
     done.append(ensure_sshd(v, authorized_keys, keygen))
