@@ -295,7 +295,12 @@ def test_a_dead_network_fails_within_the_network_timeout_and_reports_the_lock(
            "DEPLOY_LOCK_LEASE": "3"}
     proc = background(live, "deploy", f"--tag={images.v2}", env=env)
     try:
-        wait_for(live.vm(".deploy/lock").exists, proc=proc)
+        # Frozen once the lease has been renewed: the deploy knows it holds the lock (a freeze
+        # while it is taken is reported as "may be held"; tests/test_vm_commands.py has it).
+        lease = live.vm(".deploy/lock/lease")
+        wait_for(lease.exists, proc=proc)
+        taken = lease.stat().st_mtime_ns
+        wait_for(lambda: lease.exists() and lease.stat().st_mtime_ns != taken, proc=proc)
         proxy.frozen.set()
         started = time.monotonic()
         out = proc.communicate(timeout=120)[0]

@@ -29,6 +29,7 @@ from deploy.core.runner import Runner
 from deploy.core.settings import Settings
 from deploy.release import bluegreen, recreate, sequence, switch
 from deploy.vm import deploylock, flows, session, steps
+from deploy.vm.shell import ConnectionLost
 
 IMAGE = "127.0.0.1:5000/example"
 APP_DIR = "/srv/app"
@@ -1144,6 +1145,32 @@ def test_ctrl_c_while_taking_the_lock_releases_it_only_if_it_is_ours(tmp_path):
     last = runner.history[-1]
     assert "lock-release-if" in last and '"tag": "v2"' in last
     assert not ran(runner.history, "lock-release ")
+
+
+class LostAtLock(MockContext):
+    """The network dies while the lock command runs: neither it nor the release answers."""
+
+    def run(self, command, *args, **kwargs):
+        if "lock-acquire" in command or "lock-release-if" in command:
+            self.history.append(command)
+            raise ConnectionLost("the SSH connection to vm was lost while running: x",
+                                 "check the VM", "vm", "no answer for 6s")
+        return super().run(command, *args, **kwargs)
+
+
+def test_a_lock_taken_as_the_network_died_is_reported_as_perhaps_held(tmp_path):
+    ctx = LostAtLock(run={re.compile(".*", re.S): Result("")})
+    ctx.history = []
+    out = io.StringIO()
+    runner = Runner(ctx, where="vm", cwd=APP_DIR, out=out, clock=lambda: 0.0)
+    vm = steps.Vm(settings_for(tmp_path), runner)
+    with pytest.raises(ConnectionLost):
+        with vm.locked("v2"):
+            pytest.fail("the block ran without the lock")
+    assert ["lock-acquire" in c for c in ctx.history] == [True, False]
+    assert "lock-release-if" in ctx.history[1]
+    assert ("the deploy lock on vm may be held by this deploy (the VM did not answer while it "
+            "was taken)") in out.getvalue()
 
 
 # --------------------------------------------------------------------------- flows, dry run

@@ -194,9 +194,14 @@ class VmQueries:
         try:
             result = self.run(cmd.acquire_lock(holder), check=False, quiet=True)
         except BaseException:
-            # Cut off (Ctrl-C) while taking it: the VM may have made the lock ours already.
-            with contextlib.suppress(Exception):
+            # Cut off (Ctrl-C, a dead network) while taking it: the VM may have made the lock
+            # ours already, and only the VM can say.
+            try:
                 self.run(cmd.release_lock_if_ours(holder), quiet=True)
+            except Exception:
+                self.runner.say(f"the deploy lock on {self.runner.where} may be held by this "
+                                "deploy (the VM did not answer while it was taken); `fab unlock` "
+                                "shows and clears it once the VM answers")
             raise
         if result.exited == cmd.LOCK_BUSY_EXIT:
             raise DeployError(
