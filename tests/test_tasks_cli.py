@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -97,3 +98,21 @@ def test_deploy_refuses_a_dirty_tree_without_allow_dirty(example_repo: Path, inv
     dry = inv(example_repo, "deploy", "--dry-run", "--allow-dirty", "--skip-tests")
     assert dry.returncode == 0, output(dry)
     assert "-dirty-" in dry.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [("deploy", "--help"), ("exec", "-h"), ("env", "set", "--help")])
+def test_a_tasks_help_after_its_name_shows_the_help_and_runs_nothing(tmp_path: Path, args) -> None:
+    """Invoke gives `--help` after a task's name to the task's positional argument (the tag,
+    the command); it shows the task's help instead, and nothing connects to a VM."""
+    (tmp_path / "fabfile").mkdir()
+    (tmp_path / "fabfile/__init__.py").write_text("from deploy.cli.fabtasks import ns  # noqa\n")
+    proc = subprocess.run([sys.executable, "-m", "fabric", *args], cwd=tmp_path,
+                          env=child_env({"DEPLOY_HOST": "vm.invalid"}), capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, output(proc)
+    # (the program's name under `python -m fabric` is Invoke's: __main__.py)
+    assert re.match(rf"Usage: \S+ \[--core-opts\] {args[0]} \[--options\]", proc.stdout), \
+        proc.stdout
+    assert "Docstring:" in proc.stdout and "Options:" in proc.stdout
+    assert "error" not in output(proc) and "vm.invalid" not in output(proc)

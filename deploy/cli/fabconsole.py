@@ -13,6 +13,7 @@ from fabric.tasks import Task
 from invoke import Context, Exit
 
 from deploy.cli.fabhosts import each_vm
+from deploy.cli.taskhelp import help_instead
 from deploy.core.errors import DeployError, friendly
 
 
@@ -24,6 +25,7 @@ def exec_(c: Context, cmd: str, interactive: bool = False) -> None:
     """Run a command inside the running app container; its exit code is ours.
 
     `fab exec "CMD"` (or --cmd); `-i` gives it a terminal: `fab exec -i "python"`."""
+    help_instead("exec", cmd)
     exec_command(c, cmd, interactive)  # (Invoke loses positional arguments through a wrapper)
 
 
@@ -59,6 +61,7 @@ def shell(c: Context) -> None:
 def alias_(c: Context, name: str) -> None:
     """Run an alias of deploy.toml's [aliases] in the app container, with a terminal
     (`fab alias console`, or just `fab console`)."""
+    help_instead("alias", name)
     run_alias(c, name)  # (Invoke loses positional arguments through a wrapper)
 
 

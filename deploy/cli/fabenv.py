@@ -10,6 +10,7 @@ from fabric import task
 from invoke import Context
 
 from deploy.cli.fabhosts import each_vm
+from deploy.cli.taskhelp import help_instead
 from deploy.core.errors import friendly
 
 ACTIONS = ("set", "get", "unset")
@@ -24,6 +25,7 @@ def env_(c: Context, action: str, key: str, show: bool = False) -> None:
     (all of it, line breaks included, but for the one line end `echo`/`printf '%s\\n'` add),
     mode 0600. `fab env get KEY [--show]`: its length, or with --show the value.
     `fab env unset KEY`: remove KEY from app.env."""
+    help_instead("env", action, key)
     env_action(c, action, key, show)  # (Invoke loses positional arguments through a wrapper)
 
 

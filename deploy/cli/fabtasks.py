@@ -15,6 +15,7 @@ from invoke import Collection, Context, Exit
 from deploy.cli.fabconsole import alias_, alias_tasks, exec_, shell
 from deploy.cli.fabenv import env_, env_keys
 from deploy.cli.fabhosts import each_vm, last_of, release_kind_of, with_roles
+from deploy.cli.taskhelp import help_instead
 from deploy.core.errors import friendly
 from deploy.core.runner import set_verbose, sh
 from deploy.core.settings import load_settings
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # each task imports what it runs when it runs: `fab --list` s
 def deploy(c: Context, tag: str, message: str = "", dry_run: bool = False,
            verbose: bool = False) -> None:
     """Deploy TAG: lock, pull, backup, migrate, up, health check, record the release."""
+    help_instead("deploy", tag)
     from deploy.core import refs, registry
     from deploy.core.runner import set_verbose
     from deploy.core.settings import load_settings
@@ -229,6 +231,7 @@ def run_(c: Context, cmd: str) -> None:
 
     Fabric's own `fab -H vm -- cmd` works too, but Fabric alone does not verify host keys.
     """
+    help_instead("run", cmd)
 
     for vm in each_vm(c):
         result = vm.run(sh(cmd), check=False)
@@ -485,6 +488,8 @@ def restore(c: Context, backup: str, force_unverified: bool = False, tag: str = 
     from deploy.core.runner import set_verbose
     from deploy.release import sequence
 
+    help_instead("restore", backup)
+
     set_verbose(verbose, c)
     if with_roles(c):  # where the database is, the other hosts stopped meanwhile
         from deploy.release import roles
@@ -506,6 +511,7 @@ def maintenance_(c: Context, action: str) -> None:
     a 503 page (maintenance_page, else the toolkit's) and Retry-After
     (maintenance_retry_after); `off` sends them to the app again. No config load, no
     dropped request; `fab status` shows it."""
+    help_instead("maintenance", action)
     maintenance_action(c, action)  # (Invoke loses positional arguments through a wrapper)
 
 
@@ -544,6 +550,8 @@ def proxy_(c: Context, action: str, follow: bool = False, tail: int = 100) -> No
     from deploy.commands import proxy as pcmd
     from deploy.core.errors import DeployError
     from deploy.release import bluegreen
+
+    help_instead("proxy", action)
 
     if action not in PROXY_ACTIONS:
         raise DeployError(f"unknown proxy action {action!r}",
