@@ -232,7 +232,6 @@ def run_(c: Context, cmd: str) -> None:
     Fabric's own `fab -H vm -- cmd` works too, but Fabric alone does not verify host keys.
     """
     help_instead("run", cmd)
-
     for vm in each_vm(c):
         result = vm.run(sh(cmd), check=False)
         if not result.ok:
