@@ -484,10 +484,9 @@ def restore(c: Context, backup: str, force_unverified: bool = False, tag: str = 
     the live database is saved as a backup first, the app stopped meanwhile, then
     health-checked. A backup on another schema than the serving release's (taken before a
     migration) brings back the release that runs on it."""
+    help_instead("restore", backup)
     from deploy.core.runner import set_verbose
     from deploy.release import sequence
-
-    help_instead("restore", backup)
 
     set_verbose(verbose, c)
     if with_roles(c):  # where the database is, the other hosts stopped meanwhile
@@ -546,11 +545,10 @@ PROXY_ACTIONS = ("status", "logs", "reload")
 def proxy_(c: Context, action: str, follow: bool = False, tail: int = 100) -> None:
     """The VM's proxy (Caddy): `status` (routes, upstream health), `logs`, or `reload` (load
     its config again: no restart, open connections carry on)."""
+    help_instead("proxy", action)
     from deploy.commands import proxy as pcmd
     from deploy.core.errors import DeployError
     from deploy.release import bluegreen
-
-    help_instead("proxy", action)
 
     if action not in PROXY_ACTIONS:
         raise DeployError(f"unknown proxy action {action!r}",
