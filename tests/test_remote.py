@@ -98,6 +98,9 @@ def test_rollback_to_the_previous_release_warns_about_the_schema_and_keeps_data(
     assert "warning" in out and "0001" in out and "0002" in out and "--downgrade" in out
     assert live.version() == {"version": "1", "revision": "0002"}  # v1 code, schema untouched
     assert [i["name"] for i in live.get_json("/items")] == ["from v1", "from v2"]
+    # v1's own alembic cannot name 0002 (its migrations end at 0001): status still reads it
+    status = live.fab_ok("status")
+    assert re.search(r"^revision:\s+0002$", status, re.M) and "warning" not in status, status
     assert live.release_env()["DEPLOY_TAG"] == images.v1
     assert live.serving_image() == images.ref(images.v1)
     last = live.history()[-1]
@@ -118,6 +121,21 @@ def test_rollback_to_the_previous_release_warns_about_the_schema_and_keeps_data(
     assert "warning" in out and "0001" in out, out
     assert live.version() == {"version": "1", "revision": "0002"}
     assert current_line(live.fab_ok("releases")).split()[2] == images.v1
+
+    # The data from before v2's migration, restored under v1 (which ran on it): v1 stays, and
+    # the copy of the database it replaced names its schema, so undoing it keeps v1 too.
+    before_v2 = next(b for b in live.backups() if images.v2 in b)
+    out = live.fab_ok("restore", f"--backup={before_v2}")
+    assert f"restored {before_v2}" in out and "serves now" not in out, out
+    assert live.version() == {"version": "1", "revision": "0001"}
+    status = live.fab_ok("status")
+    assert re.search(r"^revision:\s+0001$", status, re.M) and "warning" not in status, status
+    saved = re.search(r"the database it replaced is saved as (\S+)", out).group(1)
+    assert re.search(rf"^{re.escape(saved)}\s+schema 0002,", live.fab_ok("backups"), re.M)
+    out = live.fab_ok("restore", f"--backup={saved}")
+    assert "serves now" not in out, out
+    assert live.version() == {"version": "1", "revision": "0002"}
+    assert [i["name"] for i in live.get_json("/items")] == ["from v1", "from v2"]
 
 
 def test_rollback_with_downgrade_takes_the_schema_back(live, images):

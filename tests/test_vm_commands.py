@@ -1286,7 +1286,26 @@ def test_a_rollback_without_downgrade_runs_on_the_newer_schema_it_recorded():
         ("v1", "deploy", "0001"), ("v2", "deploy", "0002"), ("v1", "rollback", "0002"))
         .splitlines()]
     assert flows.schema_mismatch(history, "v1", "0002") == ""
-    assert "v1 was released on 0002" in flows.schema_mismatch(history, "v1", "0001")
+    # its deploy's own schema too (data restored from before v2's migration): a restore
+    # keeps v1 serving there, so status has nothing to warn about
+    assert flows.schema_mismatch(history, "v1", "0001") == ""
+    assert "v1 was released on 0001/0002" in flows.schema_mismatch(history, "v1", "0003")
+
+
+# `alembic current` of an image whose migrations end before the database's revision
+OLDER_IMAGE = Result(stderr="INFO  [alembic.runtime.migration] Context impl SQLiteImpl.\n"
+                     "ERROR [alembic.util.messaging] Can't locate revision identified by "
+                     "'0002'\n  FAILED: Can't locate revision identified by '0002'\n", exited=255)
+
+
+def test_the_revision_an_older_image_cannot_name_is_read_from_alembics_error(tmp_path):
+    vm, _ = scripted_vm(tmp_path, {on("sh -c 'alembic current"): OLDER_IMAGE})
+    assert vm.revision() == "0002"
+    other = Result(stderr="service \"app\" is not running\n", exited=1)
+    vm, _ = scripted_vm(tmp_path, {on("sh -c 'alembic current"): other})
+    assert vm.revision() == ""  # any other failure: unknown
+    vm, _ = scripted_vm(tmp_path, {on("sh -c 'alembic current"): Result("0001 (head)\n")})
+    assert vm.revision() == "0001"
 
 
 def test_an_external_database_is_neither_started_nor_backed_up_by_the_tool(tmp_path):

@@ -21,7 +21,7 @@ from deploy.core.stamp import stamp
 from deploy.release import bluegreen, switch
 from deploy.vm import appenvfile, housekeeping
 from deploy.vm.contract import refuse_moving_tag
-from deploy.vm.matching import Match, matching_release
+from deploy.vm.matching import Match, matching_release, schemas_of
 from deploy.vm.phases import PhaseLine, optional_phase
 from deploy.vm.signals import Interrupted, exit_code, sigint_deferred, signal_name
 from deploy.vm.steps import Vm
@@ -36,13 +36,13 @@ def last_revision(history: list[dict]) -> str:
 
 def schema_mismatch(history: list[dict], release: str, revision: str) -> str:
     """Why the database's `revision` does not match what `release` runs on ('' if it does or
-    either is unknown). A release's last record (its deploy, or a rollback to it, which
-    records the schema it found) says which schema it runs on; a restore is not a release
-    record, so data restored from before a migration shows here."""
-    entry = next((e for e in reversed(history) if e.get("tag") == release), None)
-    expected = (entry or {}).get("revision") or ""
-    if not (release and revision and expected) or revision == expected:
+    either is unknown). A release runs on the schemas its release records name (its deploy
+    migrated to one, a rollback to it found one), as a restore decides; a restore is not a
+    release record, so data restored from before a migration shows here."""
+    ran = schemas_of(history, release)
+    if not (release and revision and ran) or revision in ran:
         return ""
+    expected = "/".join(ran)
     matching = [e["tag"] for e in history
                 if e.get("revision") == revision and e.get("action") == "deploy"]
     return (f"the database is at revision {revision}, but {release} was released on "

@@ -509,7 +509,9 @@ class VmQueries:
 
     def revision(self) -> str:
         """The database's Alembic revision ('' if unknown): read through the database
-        container for Postgres, else `alembic current` in the running app container."""
+        container for Postgres, else `alembic current` in the running app container. After a
+        rollback without --downgrade the serving image's migrations stop before the
+        database's revision and its `alembic current` fails, naming that revision."""
         s = self.settings
         if s.database == "none" and not s.migrate_command:
             return ""
@@ -517,11 +519,11 @@ class VmQueries:
             result = self.run(cmd.read_alembic_version(self.compose(), s.postgres_service,
                                                        s.postgres_user, s.postgres_db),
                               check=False, quiet=True)
-        else:
-            result = self.run(cmd.exec_in_service(self.compose(), s.service,
-                                                  f"{self.alembic} current 2>/dev/null"),
-                              check=False, quiet=True)
-        return parse_revision(result.stdout) if result.ok else ""
+            return parse_revision(result.stdout) if result.ok else ""
+        result = self.run(cmd.exec_in_service(self.compose(), s.service,
+                                              f"{self.alembic} current"),
+                          check=False, quiet=True)
+        return parse_revision(result.stdout) if result.ok else unknown_revision(result.stderr)
 
     def history(self) -> list[dict]:
         """The release records (deploys and rollbacks), oldest first: what a rollback picks
@@ -623,6 +625,17 @@ def parse_json(text: str) -> dict | None:
 def is_release(entry: dict) -> bool:
     """A deploy or rollback record; not a restore's (kind "restore") nor a failed hook's."""
     return entry.get("kind", "release") not in ("restore", "hook")
+
+
+# Alembic's words when the database is at a revision the image's migrations do not have
+UNKNOWN_REVISION_RE = re.compile(r"Can't locate revision identified by '(\w+)'")
+
+
+def unknown_revision(output: str) -> str:
+    """The database's revision a failed `alembic current` named as unknown to its scripts
+    ('' if it failed otherwise)."""
+    found = UNKNOWN_REVISION_RE.search(output)
+    return found.group(1) if found else ""
 
 
 def parse_revision(output: str) -> str:
