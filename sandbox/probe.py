@@ -8,6 +8,7 @@ the requests take the VM's own path to the proxy, not the laptop's.
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 import threading
@@ -37,7 +38,7 @@ def probe(url: str, host: str, stop: threading.Event, rate: float = 20.0) -> dic
                 versions.append(version)
         except urllib.error.HTTPError as exc:
             failures.append(f"HTTP {exc.code}")
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # IncompleteRead
             failures.append(f"{type(exc).__name__}: {exc}")
     return {"requests": total, "failed": len(failures), "failures": failures[:5],
             "versions": versions, "seconds": round(time.monotonic() - begin, 1)}

@@ -12,6 +12,7 @@ example/, postgres: example-postgres/); rows are counted in that example's datab
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -281,7 +282,7 @@ class Probe:
                     version = str(json.load(response).get("version"))
             except urllib.error.HTTPError as exc:
                 status = str(exc.code)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, http.client.HTTPException) as exc:
                 status = type(exc).__name__
             self.samples.append(Sample(started, self.stage, version, status))
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
@@ -613,7 +614,7 @@ def served(app: App) -> str:
     """The version /version answers now ('none' if it does not answer 200)."""
     try:
         status, body = app.get("/version", timeout=3)
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return "none"
     return str(body.get("version")) if status == 200 and isinstance(body, dict) else "none"
 

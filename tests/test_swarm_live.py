@@ -11,6 +11,7 @@ resolution for containers created before it, moby#45144), so no other test may u
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import subprocess
@@ -155,7 +156,7 @@ def wait_version(url: str, want: str, timeout: float = 90) -> str:
             last = get_version(url, timeout=2)
             if last == want:
                 return last
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             last = str(exc)
         time.sleep(0.5)
     return last

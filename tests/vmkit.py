@@ -10,6 +10,7 @@ tests count.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -415,7 +416,7 @@ class App:
         while time.monotonic() < deadline:
             try:
                 last = self.get(path, timeout=2)[0]
-            except OSError as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 last = f"no answer ({exc})"
             if last == 200:
                 return 200
@@ -701,11 +702,11 @@ def fetch(app: App, path: str, timeout: float = 10) -> Hit:
     except urllib.error.HTTPError as exc:
         try:
             body = exc.read(2000).decode(errors="replace")
-        except OSError as cut:  # the answer's status came, its body did not
+        except (OSError, http.client.HTTPException) as cut:  # the status came, the body did not
             body = f"(body cut: {cut})"
         return Hit(started, time.monotonic(), exc.code,
                    retry_after=exc.headers.get("Retry-After") or "", body=body)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # IncompleteRead: cut off
         return Hit(started, time.monotonic(), f"{type(exc).__name__}: {exc}")
 
 

@@ -4,6 +4,7 @@ that turns it into an exit code for the tasks."""
 from __future__ import annotations
 
 import functools
+import http.client
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -41,3 +42,11 @@ def friendly(body: Callable[P, R]) -> Callable[P, R]:
             raise invoke.Exit("interrupted", code=128 + getattr(exc, "signum", 2)) from None
 
     return wrapper
+
+
+def error_words(exc: BaseException) -> str:
+    """An error's own words on one line, with its kind when the words alone do not say what
+    happened (`BadStatusLine: SSH-2.0-…`: something that is not an HTTP server answered)."""
+    words = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {words}" if isinstance(exc, http.client.HTTPException) \
+        else words

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import re
 import urllib.error
@@ -10,7 +11,7 @@ import urllib.parse
 import urllib.request
 
 from deploy.commands.docker import registry_of
-from deploy.core.errors import DeployError
+from deploy.core.errors import DeployError, error_words
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -48,9 +49,19 @@ def _token(challenge: str, user: str, password: str) -> str | None:
     request = urllib.request.Request(f"{params['realm']}?{urllib.parse.urlencode(query)}")
     if user:
         request.add_header("Authorization", _basic(user, password))
-    with urllib.request.urlopen(request, timeout=10) as response:
-        data = json.load(response)
-    return data.get("token") or data.get("access_token")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            data = json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            return None  # the credentials: said so by the caller
+        raise DeployError(f"the registry's token service {params['realm']} answered {exc.code}",
+                          "check that the registry is up and reachable from here") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+        raise DeployError(f"cannot get a token from {params['realm']}: "
+                          f"{getattr(exc, 'reason', None) or error_words(exc)}",
+                          "check that the registry is up and reachable from here") from None
+    return (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
 
 
 def tag_digest(image: str, tag: str, user: str = "", password: str = "") -> str | None:
@@ -83,6 +94,11 @@ def tag_digest(image: str, tag: str, user: str = "", password: str = "") -> str 
             raise DeployError(
                 f"cannot reach the registry {registry}: {reason}",
                 "check that the registry is up and reachable from here",
+            ) from None
+        except http.client.HTTPException as exc:
+            raise DeployError(
+                f"{registry} did not answer as an HTTP registry: {error_words(exc)}",
+                f"check the registry's host and port in the image name ({image})",
             ) from None
     raise DeployError(f"the registry {registry} refused our credentials", "check them")
 
@@ -118,7 +134,7 @@ def _get_json(url: str, headers: dict[str, str], user: str, password: str) -> di
                     headers["Authorization"] = f"Bearer {token}"
                     continue
             return None
-        except (urllib.error.URLError, OSError, ValueError):
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
             return None
     return None
 

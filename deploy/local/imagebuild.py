@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import yaml
 from deploy.commands import docker
 from deploy.core import refs
 from deploy.core.dotenvfile import read_env_file
-from deploy.core.errors import DeployError
+from deploy.core.errors import DeployError, error_words
 from deploy.core.runner import Runner
 from deploy.core.settings import Settings
 from deploy.local import dockerfile, git
@@ -319,6 +320,8 @@ def wait_for_http(url: str, timeout: float, interval: float = 0.25) -> int | str
             last = exc.code
         except (urllib.error.URLError, OSError) as exc:
             last = f"no answer ({getattr(exc, 'reason', exc)})"
+        except http.client.HTTPException as exc:  # something that is not HTTP answered
+            last = f"no HTTP answer ({error_words(exc)})"
         if last == 200:
             return 200
         time.sleep(interval)

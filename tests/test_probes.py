@@ -1,0 +1,77 @@
+"""The request probes (the fault campaign's, the proxy tests', the demo's) count an answer cut
+off in its body as a failed request and go on probing: an `IncompleteRead` once killed the
+campaign's probe thread in the middle of a fault, and the requests after it went uncounted."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+CUT = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 33\r\n"
+       b"Connection: close\r\n\r\n")  # then the connection closes: no body
+
+
+@contextlib.contextmanager
+def cut_answers() -> Iterator[int]:
+    """A local port that answers each request's headers and closes before the body."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(CUT)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+
+
+def test_the_fault_campaigns_probe_counts_a_cut_answer_and_keeps_probing():
+    from faultkit import Probe
+
+    with cut_answers() as port:
+        probe = Probe(f"http://127.0.0.1:{port}/version", interval=0.02)
+        with probe:
+            time.sleep(0.4)
+            assert probe._thread.is_alive()
+    assert len(probe.samples) >= 3
+    assert {s.status for s in probe.samples} == {"IncompleteRead"}
+
+
+def test_the_proxy_tests_fetch_and_the_demos_probe_count_a_cut_answer():
+    from vmkit import fetch
+
+    from sandbox.probe import probe
+
+    class Target:  # what fetch asks of an App: the request for a path
+        def __init__(self, port: int) -> None:
+            self.port = port
+
+        def request(self, path: str) -> str:
+            return f"http://127.0.0.1:{self.port}{path}"
+
+    with cut_answers() as port:
+        hit = fetch(Target(port), "/version", timeout=2)  # type: ignore[arg-type]
+        assert str(hit.status).startswith("IncompleteRead"), hit
+        stop = threading.Event()
+        threading.Timer(0.3, stop.set).start()
+        result = probe(f"http://127.0.0.1:{port}/version", "", stop, rate=20)
+    assert result["requests"] >= 2 and result["failed"] == result["requests"], result
+    assert all(f.startswith("IncompleteRead") for f in result["failures"]), result
