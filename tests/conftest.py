@@ -122,10 +122,25 @@ def inv(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @contextlib.contextmanager
+def http_serving(handler: type) -> Iterator[int]:
+    """A local HTTP server answering with `handler` (a BaseHTTPRequestHandler), for the
+    block; yields its port."""
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def answering_200() -> Iterator[int]:
     """A local HTTP server that answers 200 to every GET, for the block; yields its port."""
     import http.server
-    import threading
 
     class Ok(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802
@@ -135,13 +150,41 @@ def answering_200() -> Iterator[int]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Ok)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with http_serving(Ok) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def answering_raw(reply: bytes) -> Iterator[int]:
+    """A local TCP port that reads each connection's request, sends `reply` as it is (not
+    necessarily HTTP) and closes, for the block; yields the port."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    conn.sendall(reply)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     try:
-        yield server.server_port
+        yield server.getsockname()[1]
     finally:
-        server.shutdown()
-        server.server_close()
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
 
 
 def output(proc: subprocess.CompletedProcess[str]) -> str:

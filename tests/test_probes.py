@@ -4,49 +4,19 @@ campaign's probe thread in the middle of a fault, and the requests after it went
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
-from collections.abc import Iterator
+
+from conftest import answering_raw
 
 CUT = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 33\r\n"
        b"Connection: close\r\n\r\n")  # then the connection closes: no body
 
 
-@contextlib.contextmanager
-def cut_answers() -> Iterator[int]:
-    """A local port that answers each request's headers and closes before the body."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.settimeout(2)
-                with contextlib.suppress(OSError):
-                    conn.recv(65536)
-                    conn.sendall(CUT)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()
-
-
 def test_the_fault_campaigns_probe_counts_a_cut_answer_and_keeps_probing():
     from faultkit import Probe
 
-    with cut_answers() as port:
+    with answering_raw(CUT) as port:
         probe = Probe(f"http://127.0.0.1:{port}/version", interval=0.02)
         with probe:
             deadline = time.monotonic() + 30  # a loaded machine answers slowly
@@ -69,7 +39,7 @@ def test_the_proxy_tests_fetch_and_the_demos_probe_count_a_cut_answer():
         def request(self, path: str) -> str:
             return f"http://127.0.0.1:{self.port}{path}"
 
-    with cut_answers() as port:
+    with answering_raw(CUT) as port:
         hit = fetch(Target(port), "/version", timeout=2)  # type: ignore[arg-type]
         assert str(hit.status).startswith("IncompleteRead"), hit
         stop = threading.Event()
